@@ -48,7 +48,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def lab_config(domain_glob: str, overrides: dict[str, Any] | None = None, base: Path = SHIPPED_CONFIG) -> dict[str, Any]:
+def lab_config(
+    domain_glob: str, overrides: dict[str, Any] | None = None, base: Path = SHIPPED_CONFIG
+) -> dict[str, Any]:
     """The shipped config, restricted to the lab's domains, plus explicit overrides."""
     with base.open("rb") as f:
         cfg = tomllib.load(f)

@@ -179,7 +179,7 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._seen_ooms: dict[str, int] = {}
+        self._seen: dict[str, tuple[int, int]] = {}  # per guest: OOM kills, hog events recorded
         self.errors: list[str] = []
 
     def __enter__(self) -> Recorder:
@@ -257,16 +257,11 @@ class Recorder:
                 "coordinator_alive": coordinator_alive,
             }
             rows.append(row)
-            for kill in cs.oom_kills[self._seen_ooms.get(g.name, 0) :]:
-                self.mark(
-                    "oom_kill",
-                    g.name,
-                    t_mono_s=kill.t_mono_s,
-                    pid=kill.pid,
-                    comm=kill.comm,
-                    actual_mib=row["actual_mib"],
-                )
-            self._seen_ooms[g.name] = len(cs.oom_kills)
+            seen_kills, seen_hog = self._seen.get(g.name, (0, 0))
+            for kill in cs.oom_kills[seen_kills:]:
+                self.mark("oom_kill", g.name, t_mono_s=kill.t_mono_s, pid=kill.pid, comm=kill.comm)
+            for ev in cs.hog_events[seen_hog:]:
+                self.mark(f"hog_{ev.kind}", g.name, t_mono_s=ev.t_mono_s, hog_mib=ev.hog_mib)
+            self._seen[g.name] = (len(cs.oom_kills), len(cs.hog_events))
         with self._lock:
             self.timeline.rows.extend(rows)
-
