@@ -256,12 +256,37 @@ class Lab:
         self.run(which, "killall -9 hog 2>/dev/null; true")
 
     def balloon_stats(self) -> dict[str, dict[str, int]]:
-        """Balloon and state stats of our running guests in one libvirt call (KiB; see LAB-NOTES)."""
+        """Balloon and state stats of our guests in one libvirt call (KiB; see LAB-NOTES).
+
+        libvirtd is shared and may be restarted under us (its guests survive that): on a broken
+        connection we reconnect once and look our domains up again.
+        """
         if self.conn is None:
             return {}
+        try:
+            return self._balloon_stats()
+        except libvirt.libvirtError:
+            if self.conn is not None and self.conn.isAlive():
+                raise
+            self._reconnect()
+            return self._balloon_stats()
+
+    def _balloon_stats(self) -> dict[str, dict[str, int]]:
+        assert self.conn is not None
         doms = [g.domain for g in self.guests]
         flags = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_STATE
         out: dict[str, dict[str, int]] = {}
         for dom, stats in self.conn.domainListGetStats(doms, flags, 0):
             out[dom.name()] = stats
         return out
+
+    def _reconnect(self) -> None:
+        with self._down_lock:
+            if self.conn is None:
+                return
+            with contextlib.suppress(libvirt.libvirtError):
+                self.conn.close()
+            ensure_libvirtd()
+            self.conn = libvirt.open(self.uri)
+            for g in self.guests:
+                g.domain = self.conn.lookupByName(g.name)
