@@ -78,12 +78,14 @@ class Memcoord:
         work_dir: Path,
         extra_args: list[str] | None = None,
         on_action: Callable[[CoordinatorAction], None] | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.config_path = work_dir / "memcoord.toml"
         self.log_path = work_dir / "memcoord.log"
         self.extra_args = extra_args or []
         self.on_action = on_action
+        self.on_line = on_line
         self.actions: list[CoordinatorAction] = []
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -111,6 +113,8 @@ class Memcoord:
         with self.log_path.open("a", buffering=1) as log:
             for line in self.proc.stdout:
                 log.write(line)
+                if self.on_line is not None:
+                    self.on_line(line)
                 m = ACTION_RE.search(line)
                 if m and "dry run" not in line:
                     a = CoordinatorAction(

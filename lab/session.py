@@ -105,7 +105,11 @@ class LabRun:
                 reason=a.reason,
             )
 
-        self.memcoord = Memcoord(config, self.out_dir, extra_args=extra_args, on_action=on_action)
+        def on_line(line: str) -> None:
+            if "lost the hypervisor" in line:
+                self.mark("memcoord_lost_hypervisor", line=line.strip())
+
+        self.memcoord = Memcoord(config, self.out_dir, extra_args=extra_args, on_action=on_action, on_line=on_line)
         meta = self.timeline.meta
         meta["config"] = config
         meta["floor_mib"] = config["guest"]["min_mib"]

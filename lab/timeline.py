@@ -23,6 +23,9 @@ import psutil
 from lab.lab import Lab
 
 KIB_PER_MIB = 1024
+STALL_S = 3.0  # a libvirt stats call slower than this means libvirtd was stopped or swamped
+LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
+OUTAGE_KINDS = ("libvirt_error", "libvirt_stall", "libvirtd_restart", "memcoord_lost_hypervisor")
 ROW_FIELDS = (
     "t_s",
     "guest",
@@ -63,6 +66,10 @@ class Timeline:
     def series(self, guest: str, key: str) -> list[tuple[float, Any]]:
         """(t_s, value) pairs, skipping samples where the value is missing."""
         return [(r["t_s"], r[key]) for r in self.for_guest(guest) if r.get(key) is not None]
+
+    def outages(self) -> list[dict[str, Any]]:
+        """When libvirtd was unavailable (stopped, killed, swamped by others): the environment, not memcoord."""
+        return [e for e in self.events if e["kind"] in OUTAGE_KINDS]
 
     def events_of(self, kind: str, guest: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events if e["kind"] == kind and (guest is None or e.get("guest") == guest)]
@@ -181,6 +188,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[int, int]] = {}  # per guest: OOM kills, hog events recorded
         self.errors: list[str] = []
+        self._libvirtd_pid: int | None = None
 
     def __enter__(self) -> Recorder:
         self.start()
@@ -221,12 +229,30 @@ class Recorder:
     def _loop(self) -> None:
         next_s = time.monotonic()
         while not self._stop.is_set():
+            t0_s = time.monotonic()
             try:
                 self.sample()
             except libvirt.libvirtError as e:
                 self.errors.append(f"{self.t_s()}: {e}")
-            next_s += self.interval_s
+                self.mark("libvirt_error", error=str(e))
+            took_s = time.monotonic() - t0_s
+            if took_s > STALL_S:
+                # libvirtd is shared: another user may stop or kill it. Such a gap is the
+                # environment's doing, and a test must be able to tell it from memcoord's.
+                self.mark("libvirt_stall", t_mono_s=t0_s, took_s=round(took_s, 1))
+            self._check_libvirtd_pid()
+            # After a stall, resume the 1 s rhythm from now instead of sampling in a burst.
+            next_s = max(next_s + self.interval_s, time.monotonic())
             self._stop.wait(max(0.0, next_s - time.monotonic()))
+
+    def _check_libvirtd_pid(self) -> None:
+        try:
+            pid = int(LIBVIRTD_PIDFILE.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        if self._libvirtd_pid is not None and pid != self._libvirtd_pid:
+            self.mark("libvirtd_restart", old_pid=self._libvirtd_pid, new_pid=pid)
+        self._libvirtd_pid = pid
 
     def sample(self) -> None:
         """One row per guest: libvirt balloon stats, console state, host memory."""
