@@ -70,6 +70,7 @@ class BurstSpec(_Model):
     length_s: float = Field(gt=0)
     start_s: float = Field(0, ge=0)
     jitter: float = Field(0, ge=0, le=1)
+    ramp_s: float = Field(0, ge=0)
 
 
 class SawtoothSpec(_Model):
@@ -211,6 +212,7 @@ def _workload(scenario: Scenario, spec: WorkloadSpec, offset_s: float, seed: int
                 start_s=t0_s + spec.start_s,
                 jitter=spec.jitter,
                 seed=seed,
+                ramp_s=spec.ramp_s,
             )
         case SawtoothSpec():
             return Sawtooth(mib_to_kib(spec.low_mib), mib_to_kib(spec.high_mib), spec.period_s, t0_s + spec.start_s)

@@ -76,10 +76,10 @@ class Hog:
 
 @dataclass
 class Burst:
-    """base_kib always, plus peak_kib for length_s every about every_s seconds (jittered by a seeded RNG).
+    """base_kib always, plus peak_kib for length_s about every every_s seconds (jittered by a seeded RNG).
 
-    Bursts arrive as a step, as a batch job or a cache warm-up does: the hardest shape for a policy that grows
-    one step per tick. A killed burst ends; the next one comes on schedule.
+    A burst rises to its peak over ramp_s (0: a step), as a batch job or a cache warm-up does: the hardest
+    shape for a policy that grows one step per tick. A killed burst ends; the next one comes on schedule.
     """
 
     base_kib: int
@@ -89,6 +89,7 @@ class Burst:
     start_s: float = 0.0
     jitter: float = 0.0
     seed: int = 0
+    ramp_s: float = 0.0
     _starts_s: list[float] = field(default_factory=list)
     _dead_until_s: float = -1.0
 
@@ -111,6 +112,8 @@ class Burst:
         start_s = self._burst_start_s(t_s)
         if start_s is None or t_s < self._dead_until_s:
             return self.base_kib
+        if self.ramp_s > 0 and t_s - start_s < self.ramp_s:
+            return self.base_kib + int(self.peak_kib * (t_s - start_s) / self.ramp_s)
         return self.base_kib + self.peak_kib
 
     def killed(self, t_s: float) -> None:
