@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             _, _, peak_mib = measure(name, n, max(3, args.ticks // 4))
             if name == "seed":
                 seed_ms[n] = max_ms
-            ratio = f"{max_ms / seed_ms[n]:.2f}" if n in seed_ms and seed_ms[n] else "-"
+            ratio = f"{max_ms / seed_ms[n]:.2f}" if seed_ms.get(n) else "-"
             target = {1000: 10.0, 10000: 100.0}.get(n)
             verdict = "-" if target is None or name != "seed" else ("ok" if max_ms <= target else "MISSED")
             rows.append([n, name, f"{median_ms:.2f}", f"{max_ms:.2f}", ratio, f"{peak_mib:.1f}", verdict])

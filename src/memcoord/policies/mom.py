@@ -12,7 +12,8 @@ What MOM does, read from github.com/oVirt/mom:
 - otherwise every guest below its maximum grows by 5% of its current size, up to its maximum;
 - changes smaller than min_balloon_change_percent 0.25% of current are skipped.
 MOM's libvirt interface takes balloon_min from <memtune><min_guarantee> (0 when absent); we use memcoord's
-per-guest floor (guest.min_mib) there, since a 0 floor would let MOM shrink a guest toward nothing.
+per-guest floor (guest.min_mib) there, since a 0 floor would let MOM shrink a guest toward nothing. Note the
+rules' `min`: a guest using little may still be shrunk below balloon_min, as in MOM itself.
 """
 
 from __future__ import annotations
