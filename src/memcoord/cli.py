@@ -74,6 +74,13 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from . import simulate
+
+    config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
+    return simulate.main(args.scenario, config, args.policy, args.duration, args.plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="memcoord", description="Memory coordinator for KVM hosts (virtio balloon, libvirt).")
     parser.add_argument("--version", action="version", version=f"memcoord {__version__}")
@@ -99,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: /etc/memcoord.toml if present, else the built-in defaults)",
     )
     show.set_defaults(func=_cmd_print_config)
+
+    from .policies import POLICIES
+
+    sim = sub.add_parser("simulate", help="run a scenario on the simulated hypervisor and print what happened")
+    sim.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. scenarios/course-1-one-hog.toml")
+    sim.add_argument("--policy", choices=sorted(POLICIES), default="seed", help="policy (%(default)s)")
+    sim.add_argument("--config", type=Path, default=None, help="config file (default: the built-in defaults)")
+    sim.add_argument("--duration", type=_positive_float, metavar="S", help="simulated seconds (default: scenario's)")
+    sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")
+    sim.set_defaults(func=_cmd_simulate)
     return parser
 
 
