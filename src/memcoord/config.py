@@ -50,7 +50,7 @@ class LoopConfig(_Section):
 
 class GuestConfig(_Section):
     starving_mib: int = Field(150, ge=0)
-    wasteful_mib: int = Field(350, gt=0)
+    wasteful_mib: int = Field(350, gt=0, validate_default=True)
     grow_step_mib: int = Field(300, gt=0)
     reclaim_step_mib: int = Field(100, gt=0)
     min_mib: int = Field(256, gt=0)

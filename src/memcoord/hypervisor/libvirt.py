@@ -18,7 +18,6 @@ import psutil
 from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot
 from . import HypervisorError
 
-
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
 
