@@ -63,7 +63,7 @@ class Observer:
             self.reload, self.reload_error = "ok", None
             self.reloads_ok += 1
             self.metrics.reloads.labels("success").inc()
-        self.config_path, self.config, self.loaded_at_s = config_path, config, time.time()
+        self.config_path, self.config, self.loaded_at_s = config_path.absolute(), config, time.time()
         self._gid = grp.getgrnam(config.status.group).gr_gid if config.status.group else None
         if self._recorder is not None and str(self._recorder.path) != config.timeline.path:
             self._recorder.close()
@@ -72,12 +72,14 @@ class Observer:
             self._recorder = timeline.Recorder(Path(config.timeline.path), mib_to_kib(config.timeline.max_mib) * 1024)
         if self._serving:
             self._serve()
+        self._refresh()
 
     def reload_failed(self, error: str) -> None:
         self.reload, self.reload_error = "failed", error
         self.reloads_failed += 1
         self.metrics.reloads.labels("failure").inc()
         self._error("reload", error)
+        self._refresh()
 
     def start(self) -> None:
         """The daemon's loop begins: open the metrics endpoint if configured."""
@@ -228,12 +230,17 @@ class Observer:
             "domains": domains,
         }
 
-    def _publish(self, now_s: float, next_update_by_s: float, actions: list[dict[str, Any]]) -> None:
+    def _refresh(self) -> None:
+        """Republish between ticks (after a reload), so status shows it at once; the timeline waits for a tick."""
+        if self.view is not None:
+            self._publish(time.time(), self.view["next_update_by_s"], None)
+
+    def _publish(self, now_s: float, next_update_by_s: float, actions: list[dict[str, Any]] | None) -> None:
         self.view = self.build_view(now_s, next_update_by_s)
         if not self.publish_enabled:
             return
         self._write_state(self.view)
-        if self._recorder is not None:
+        if self._recorder is not None and actions is not None:
             try:
                 self._recorder.write(timeline.line_from_view(self.view, actions))
             except OSError as exc:

@@ -87,6 +87,6 @@ def main(timeline_path: Path, out_path: Path, title: str | None = None) -> int:
     if not series.guests:
         print(f"memcoord: {timeline_path}: no guest in the timeline, nothing to plot", file=sys.stderr)
         return EX_DATAERR
-    figure(series, title).savefig(out_path, dpi=90)
+    figure(series, title or f"memcoord: {timeline_path.name} ({series.source} timeline)").savefig(out_path, dpi=90)
     print(f"{out_path}: {len(series.guests)} guests, {len(series.events)} events")
     return EX_OK

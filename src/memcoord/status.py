@@ -7,6 +7,7 @@ It reads the state file only (see state.py), never libvirt, so it shows what the
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,9 +137,13 @@ def main(state_path: Path, as_json: bool) -> int:
     except state.StateUnavailable as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
-    if as_json:
-        json.dump({**reading.view, "age_s": round(reading.age_s, 3)}, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write("\n".join(render(reading.view)) + "\n")
+    try:
+        if as_json:
+            json.dump({**reading.view, "age_s": round(reading.age_s, 3)}, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write("\n".join(render(reading.view)) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `memcoord status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EX_OK
