@@ -187,6 +187,7 @@ class Observer:
                         "unused_kib": d.unused_kib,
                         "usable_kib": d.usable_kib,
                         "stats_age_s": None if not d.last_update_s else round(snap.taken_at_s - d.last_update_s, 1),
+                        "stats_updated_at_s": d.last_update_s,
                         "last_action": self.last_actions.get(d.name),
                     }
                 )

@@ -15,6 +15,7 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
     host {available_kib, total_kib, guard_kib, headroom_kib},
     errors {count, by_kind {kind: n}, last, last_at_s},
     domains [{name, managed, class, current_kib, max_kib, target_kib, unused_kib, usable_kib, stats_age_s,
+              stats_updated_at_s (the guest's own timestamp of its stats),
               last_action {action, from_kib, to_kib, reason, at_s, error, dry_run} | null}]
 """
 
