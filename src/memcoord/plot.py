@@ -55,8 +55,9 @@ def figure(series: Series, title: str | None = None) -> Figure:
                     label=kind,
                 )
             else:
+                colour, style = ("red", "-") if kind == "oom_kill" else ("grey", ":")
                 for i, e in enumerate(events):
-                    ax.axvline(e.t_s, color="red", lw=0.8, label=kind if i == 0 else None)
+                    ax.axvline(e.t_s, color=colour, ls=style, lw=0.8, label=kind if i == 0 else None)
         ax.set_ylabel(f"{name}\nMiB")
         ax.legend(loc="upper left", fontsize=7, ncol=6)
         ax.grid(alpha=0.3)

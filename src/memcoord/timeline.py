@@ -168,9 +168,13 @@ def _read_lab_json(data: dict[str, Any]) -> Series:
     series = Series(source="lab")
     _lab_rows(series, data["rows"])
     for e in data.get("events", []):
-        if e.get("guest"):
-            mib = e.get("to_mib", e.get("actual_mib"))
-            series.events.append(Event(float(e["t_s"]), e["guest"], e["kind"], mib, e["kind"]))
+        if not e.get("guest"):
+            continue  # host-wide marks (memcoord_start, ...)
+        if e["kind"] == "action":  # memcoord's actions, read by the lab from its log
+            label = f"{e['action']} {e.get('from_mib')}->{e.get('to_mib')} MiB"
+            series.events.append(Event(float(e["t_s"]), e["guest"], e["action"], e.get("to_mib"), label))
+        else:  # oom_kill, hog_start, hog_killed, ...
+            series.events.append(Event(float(e["t_s"]), e["guest"], e["kind"], None, e["kind"]))
     guard = data.get("meta", {}).get("host_min_available_mib")
     series.host_guard_mib = float(guard) if guard else None
     return series

@@ -91,27 +91,31 @@ LAB_ROWS = [
 
 
 def test_plot_of_the_labs_json_and_csv(tmp_path: Path):
+    """Written by the lab's own Timeline class, so a change of its format breaks this test, not a demo."""
+    from lab.timeline import Timeline
+
     events = [
-        {"t_s": 1.5, "kind": "grow", "guest": "lab1", "to_mib": 812},
-        {"t_s": 1.8, "kind": "oom_kill", "guest": "lab2", "pid": 42, "comm": "hog", "actual_mib": 1080.0},
+        {"t_s": 0.2, "kind": "memcoord_start", "guest": None},
+        {"t_s": 1.5, "kind": "action", "guest": "lab1", "action": "grow", "from_mib": 512, "to_mib": 812},
+        {"t_s": 1.8, "kind": "oom_kill", "guest": "lab2", "pid": 42, "comm": "hog"},
+        {"t_s": 1.9, "kind": "hog_killed", "guest": "lab2", "hog_mib": 300},
     ]
+    lab = Timeline(rows=LAB_ROWS, events=events, meta={"host_min_available_mib": 1024})
     lab_json = tmp_path / "timeline.json"
-    lab_json.write_text(json.dumps({"meta": {"host_min_available_mib": 1024}, "rows": LAB_ROWS, "events": events}))
+    lab.write_json(lab_json)
     series = timeline.read(lab_json)
     assert series.source == "lab" and set(series.guests) == {"lab1", "lab2"}
     assert series.guests["lab1"].actual_mib == [512.0, 512.0, 812.0]
     panels = lines_by_panel(figure(series))
     assert panels["lab1"] == ["actual", "unused", "grow"]
-    assert panels["lab2"][:2] == ["actual", "unused"] and "oom_kill" in panels["lab2"]
+    assert panels["lab2"] == ["actual", "unused", "hog_killed", "oom_kill"]
+    assert series.events[0].label == "grow 512->812 MiB"
     out = tmp_path / "lab.png"
     assert memcoord("plot", str(lab_json), "-o", str(out)).returncode == 0
     assert png_size(out)[0] > 0
 
     lab_csv = tmp_path / "timeline.csv"
-    lab_csv.write_text(
-        "t_s,guest,alive,actual_mib,unused_mib,host_available_mib\n"
-        + "".join(f"{r['t_s']},{r['guest']},True,{r['actual_mib']},{r['unused_mib']},20000.0\n" for r in LAB_ROWS)
-    )
+    lab.write_csv(lab_csv)
     from_csv = timeline.read(lab_csv)
     assert from_csv.guests["lab2"].unused_mib == [1100.0, 1000.0, 900.0]
     result = memcoord("plot", str(lab_csv))
