@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, journal
+from . import __version__, journal, watch
 from . import config as config_mod
 from .config import ConfigError, ConfigFileError
 
@@ -49,12 +49,13 @@ def _positive_float(text: str) -> float:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .hypervisor import connect
+    from .observe import Observer
     from .service import Overrides, Service
 
     journal.setup(verbose=args.verbose)
     config = _load_or_exit(args.config)
     overrides = Overrides(interval_s=args.interval, dry_run=args.dry_run)
-    service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle)
+    service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle, observer=Observer())
     service.install_signal_handlers()
     return service.run()
 
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=_positive_float, metavar="S", help="simulated seconds (default: scenario's)")
     sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)
+
+    watch.add_commands(sub)  # status, monitor, plot (watch.py)
     return parser
 
 
