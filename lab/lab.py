@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
+import re
 import shutil
 import tempfile
 import threading
@@ -22,7 +24,7 @@ import libvirt
 
 from lab.console import Console, ConsoleError
 from lab.image import GuestImage, build_image
-from lab.libvirtd import ensure_libvirtd
+from lab.libvirtd import ensure_libvirtd, pid_alive
 
 DEFAULT_URI = "qemu:///system"
 HogMode = Literal["grow", "hold"]
@@ -70,6 +72,36 @@ def domain_xml(
   </devices>
 </domain>
 """
+
+
+def remove_orphans(prefix_root: str, uri: str = DEFAULT_URI) -> list[str]:
+    """Tear down guests of dead lab processes: names `<prefix_root><pid>-<n>` whose pid is gone.
+
+    A lab killed with SIGKILL (or one whose libvirtd died under it) cannot clean up; its pid in the
+    name tells a later run that nobody owns those guests any more. Returns the names removed.
+    """
+    _silence_libvirt_stderr()
+    ensure_libvirtd()
+    pattern = re.compile(rf"^{re.escape(prefix_root)}(\d+)-\d+$")
+    removed = []
+    conn = libvirt.open(uri)
+    try:
+        for dom in conn.listAllDomains():
+            m = pattern.match(dom.name())
+            if m and not pid_alive(int(m.group(1))):
+                with contextlib.suppress(libvirt.libvirtError):
+                    if dom.isActive():
+                        dom.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.undefine()
+                removed.append(dom.name())
+    finally:
+        conn.close()
+    for d in glob.glob(f"/tmp/{prefix_root}*"):
+        m = re.match(rf"^{re.escape(prefix_root)}(\d+)-", Path(d).name)
+        if m and not pid_alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+    return removed
 
 
 @dataclass

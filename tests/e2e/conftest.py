@@ -41,10 +41,21 @@ def guest_image():  # type: ignore[no-untyped-def]
     return build_image()
 
 
+E2E_PREFIX_ROOT = "mclab-e2e"
+
+
 @pytest.fixture(scope="session")
-def lab_prefix() -> str:
-    """Unique per session (pid): memcoord's domain glob then matches this run's guests only."""
-    return f"mclab-e2e{os.getpid()}-"
+def lab_prefix(guest_image) -> str:  # type: ignore[no-untyped-def]
+    """Unique per session (pid): memcoord's domain glob then matches this run's guests only.
+
+    Guests left behind by an earlier session that died (its pid is gone) are removed first.
+    """
+    from lab.lab import remove_orphans
+
+    removed = remove_orphans(E2E_PREFIX_ROOT)
+    if removed:
+        print(f"\nremoved guests of dead e2e sessions: {removed}")
+    return f"{E2E_PREFIX_ROOT}{os.getpid()}-"
 
 
 @pytest.hookimpl(hookwrapper=True)
