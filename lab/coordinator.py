@@ -7,12 +7,15 @@ per scenario, explicit overrides such as the host guard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -79,6 +82,7 @@ class Memcoord:
         extra_args: list[str] | None = None,
         on_action: Callable[[CoordinatorAction], None] | None = None,
         on_line: Callable[[str], None] | None = None,
+        on_status: Callable[[float, str], None] | None = None,
     ) -> None:
         self.config = config
         self.config_path = work_dir / "memcoord.toml"
@@ -86,6 +90,11 @@ class Memcoord:
         self.extra_args = extra_args or []
         self.on_action = on_action
         self.on_line = on_line
+        self.on_status = on_status
+        self.status = ""  # memcoord's latest sd_notify STATUS= line (one per tick)
+        self.status_times_mono_s: list[float] = []
+        self._notify_dir = Path(tempfile.mkdtemp(prefix="mclab-notify-"))
+        self._notify_sock: socket.socket | None = None
         self.actions: list[CoordinatorAction] = []
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -102,6 +111,14 @@ class Memcoord:
         cmd = [*memcoord_command(), "run", "--config", str(self.config_path), *self.extra_args]
         env = dict(os.environ)
         env.pop("JOURNAL_STREAM", None)  # log to our pipe, never to the journal
+        for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(var, None)
+        # Play systemd's part: memcoord reports every tick with STATUS=, so a stalled loop shows up.
+        self._notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify_sock.bind(str(self._notify_dir / "notify.sock"))
+        self._notify_sock.settimeout(0.5)
+        env["NOTIFY_SOCKET"] = str(self._notify_dir / "notify.sock")
+        threading.Thread(target=self._read_notify, name="memcoord-notify", daemon=True).start()
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
@@ -124,6 +141,23 @@ class Memcoord:
                     if self.on_action is not None:
                         self.on_action(a)
 
+    def _read_notify(self) -> None:
+        sock = self._notify_sock
+        while sock is not None and sock.fileno() != -1:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            for line in data.decode(errors="replace").splitlines():
+                if line.startswith("STATUS="):
+                    self.status = line.removeprefix("STATUS=")
+                    self.status_times_mono_s.append(now)
+                    if self.on_status is not None:
+                        self.on_status(now, self.status)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -140,6 +174,10 @@ class Memcoord:
                 self.proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)
+        if self._notify_sock is not None:
+            with contextlib.suppress(OSError):
+                self._notify_sock.close()
+        shutil.rmtree(self._notify_dir, ignore_errors=True)
         return self.proc.returncode
 
     def log_text(self) -> str:

@@ -18,6 +18,8 @@ from lab.image import GuestImage
 from lab.lab import Lab
 from lab.timeline import Recorder, Timeline
 
+MEMCOORD_STALL_S = 4.0  # no tick for this long (interval 1 s) means memcoord's loop was held up
+
 
 class LabRun:
     """Context manager: boots the lab and starts recording; `start_memcoord` when the baseline is taken."""
@@ -109,7 +111,22 @@ class LabRun:
             if "lost the hypervisor" in line:
                 self.mark("memcoord_lost_hypervisor", line=line.strip())
 
-        self.memcoord = Memcoord(config, self.out_dir, extra_args=extra_args, on_action=on_action, on_line=on_line)
+        last_status_mono_s: list[float] = []  # the previous tick's report (none before the first)
+
+        def on_status(t_mono_s: float, _status: str) -> None:
+            if not last_status_mono_s:
+                last_status_mono_s.append(t_mono_s)
+                return
+            gap_s = t_mono_s - last_status_mono_s[0]
+            if gap_s > MEMCOORD_STALL_S:
+                # memcoord's bulk stats call covers every domain on the host, so a foreign guest that
+                # is starting or stopped can hold its loop up; record it next to the libvirt outages.
+                self.mark("memcoord_stall", t_mono_s=last_status_mono_s[0], gap_s=round(gap_s, 1))
+            last_status_mono_s[0] = t_mono_s
+
+        self.memcoord = Memcoord(
+            config, self.out_dir, extra_args=extra_args, on_action=on_action, on_line=on_line, on_status=on_status
+        )
         meta = self.timeline.meta
         meta["config"] = config
         meta["floor_mib"] = config["guest"]["min_mib"]

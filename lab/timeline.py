@@ -25,7 +25,7 @@ from lab.lab import Lab
 KIB_PER_MIB = 1024
 STALL_S = 3.0  # a libvirt stats call slower than this means libvirtd was stopped or swamped
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
-OUTAGE_KINDS = ("libvirt_error", "libvirt_stall", "libvirtd_restart", "memcoord_lost_hypervisor")
+OUTAGE_KINDS = ("libvirt_error", "libvirt_stall", "libvirtd_restart", "memcoord_lost_hypervisor", "memcoord_stall")
 ROW_FIELDS = (
     "t_s",
     "guest",
