@@ -54,10 +54,12 @@ class LiveView:
                 cells = " ".join(f"{g}={r['actual_mib']:.0f}" for g, r in sorted(latest.items()))
                 print(f"[{t_s:5.0f} s] {phase}: {cells} MiB; memcoord actions {len(actions)}", file=self.stream)
             return
+        width = 110
+        status = (mc.status if mc and mc.alive() else "not running")[:width]
         lines = [
-            f"memcoord demo  t={t_s:5.0f} s  phase: {phase}",
-            f"host available {host_mib:7.0f} MiB   memcoord: {'running' if mc and mc.alive() else 'not running'}"
-            f"   actions so far: {len(actions)}",
+            f"memcoord demo  t={t_s:5.0f} s  phase: {phase}"[:width],
+            f"host available {host_mib:7.0f} MiB   memcoord actions so far: {len(actions)}",
+            f"memcoord status: {status}",
             "",
             f"{'guest':<16} {'actual':>7} {'unused':>7} {'hog':>6} {'hog state':<9} {'OOM':>3}  balloon (of max)",
         ]

@@ -137,10 +137,17 @@ class Lab:
         self.image = image
         self.boot_timeout_s = boot_timeout_s
         self._own_run_dir = run_dir is None
-        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        self._run_dir = run_dir
         self.conn: libvirt.virConnect | None = None
         self.guests: list[Guest] = []
         self._down_lock = threading.Lock()
+
+    @property
+    def run_dir(self) -> Path:
+        """Console sockets and logs; a fresh /tmp/<prefix>XXXX unless given (short: sockets max 108 bytes)."""
+        if self._run_dir is None:
+            self._run_dir = Path(tempfile.mkdtemp(prefix=self.prefix, dir="/tmp"))
+        return self._run_dir
 
     @property
     def names(self) -> list[str]:
@@ -251,8 +258,9 @@ class Lab:
                     self.conn.close()
                 self.conn = None
             self.guests = []
-            if self._own_run_dir:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self._own_run_dir and self._run_dir is not None:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
+                self._run_dir = None
             atexit.unregister(self.down)
 
     # -- guest control ---------------------------------------------------------------------------
