@@ -22,7 +22,7 @@ from .hypervisor import Hypervisor, HypervisorError
 from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from .notify import Notifier
 from .observe import Observer
-from .policy import PolicyState, decide
+from .policy import PolicyState, applied, decide
 
 log = logging.getLogger("memcoord")
 
@@ -157,7 +157,11 @@ class Service:
         dry_run = self.config.loop.dry_run
         results: list[ApplyResult] = []
         if plan.changes:
-            results = [ApplyResult(c) for c in plan.changes] if dry_run else self.hypervisor.apply(plan.changes)
+            if dry_run:
+                results = [ApplyResult(c) for c in plan.changes]
+            else:
+                results = self.hypervisor.apply(plan.changes)
+                self.state = applied(self.state, [r.change for r in results if r.ok], snapshot.taken_at_s)
             for result in results:
                 journal.action(result, dry_run)
             c = plan.changes[-1]

@@ -13,8 +13,6 @@ from memcoord import timeline
 from memcoord.plot import figure
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, memcoord
 
-pytest.importorskip("matplotlib", reason="the plot extra: pip install -e '.[test,plot]'")
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

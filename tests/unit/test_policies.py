@@ -9,7 +9,7 @@ from memcoord.model import DomainStats, HostStats, Snapshot, mib_to_kib
 from memcoord.policies import POLICIES, make
 from memcoord.policies.proxmox import MAX_CHANGE_KIB, compute_alg1
 from memcoord.policies.proxmox import _Vm as Vm
-from memcoord.policy import PolicyState, decide
+from memcoord.policy import PolicyState, applied, decide
 
 T0_S = 1_000_000.0
 
@@ -41,6 +41,7 @@ def test_seed_wrapper_gives_exactly_policy_decide() -> None:
     for i, unused_mib in enumerate([100, 100, 90, 500, 500]):
         s = snap(T0_S + i, 4000, [("a", 1024, unused_mib), ("b", 1024, 600)])
         plan, state = decide(s, state, config)
+        state = applied(state, plan.changes, s.taken_at_s)
         assert wrapped.decide(s) == plan.changes
 
 
