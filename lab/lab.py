@@ -246,14 +246,32 @@ class Lab:
         with contextlib.suppress(libvirt.libvirtError):
             dom.undefine()
 
+    def _remove_all_ours(self) -> None:
+        """Remove our domains; if libvirtd died under us (it is shared), wait for it and try again,
+        so a guest is not left running for nobody."""
+        for attempt in (1, 2):
+            try:
+                assert self.conn is not None
+                if not self.conn.isAlive():
+                    raise libvirt.libvirtError("connection lost")
+                for name in self.names:
+                    self._remove_domain(name)
+                return
+            except libvirt.libvirtError:
+                if attempt == 2:
+                    raise
+                with contextlib.suppress(libvirt.libvirtError):
+                    self.conn.close()
+                ensure_libvirtd()
+                self.conn = libvirt.open(self.uri)
+
     def down(self) -> None:
         """Destroy+undefine our domains, close consoles, remove our files. Idempotent."""
         with self._down_lock:
             for g in self.guests:
                 g.console.close()
             if self.conn is not None:
-                for name in self.names:
-                    self._remove_domain(name)
+                self._remove_all_ours()
                 with contextlib.suppress(libvirt.libvirtError):
                     self.conn.close()
                 self.conn = None
