@@ -98,6 +98,8 @@ class Console:
         self._thread.start()
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         if self._sock is not None:
             with contextlib.suppress(OSError):

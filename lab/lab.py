@@ -184,16 +184,26 @@ class Lab:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o777)  # QEMU (libvirt-qemu) creates the console sockets here
         atexit.register(self.down)
-        try:
-            self.conn = libvirt.open(self.uri)
-            for name in self.names:
-                self._remove_domain(name)
-            for name in self.names:
-                self._start_guest(name)
-            self._wait_measurable()
-        except BaseException:
-            self.down()
-            raise
+        for attempt in (1, 2):
+            try:
+                self.conn = libvirt.open(self.uri)
+                for name in self.names:
+                    self._remove_domain(name)
+                for name in self.names:
+                    self._start_guest(name)
+                self._wait_measurable()
+                return self
+            except libvirt.libvirtError:
+                lost = self.conn is None or not self.conn.isAlive()
+                self._teardown_guests()
+                if attempt == 2 or not lost:
+                    self.down()
+                    raise
+                # libvirtd is shared and was restarted under us: wait for it and boot again.
+                ensure_libvirtd()
+            except BaseException:
+                self.down()
+                raise
         return self
 
     def _start_guest(self, name: str) -> None:
@@ -265,17 +275,23 @@ class Lab:
                 ensure_libvirtd()
                 self.conn = libvirt.open(self.uri)
 
-    def down(self) -> None:
-        """Destroy+undefine our domains, close consoles, remove our files. Idempotent."""
-        with self._down_lock:
-            for g in self.guests:
-                g.console.close()
-            if self.conn is not None:
+    def _teardown_guests(self) -> None:
+        """Close consoles, destroy+undefine our domains, drop the connection."""
+        for g in self.guests:
+            g.console.close()
+        if self.conn is not None:
+            try:
                 self._remove_all_ours()
+            finally:
                 with contextlib.suppress(libvirt.libvirtError):
                     self.conn.close()
                 self.conn = None
-            self.guests = []
+        self.guests = []
+
+    def down(self) -> None:
+        """Destroy+undefine our domains, close consoles, remove our files. Idempotent."""
+        with self._down_lock:
+            self._teardown_guests()
             if self._own_run_dir and self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
                 self._run_dir = None

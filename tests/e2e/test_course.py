@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from lab import analysis
@@ -60,9 +61,12 @@ def _retry_once_on_outage(scenario: Callable[[Path], None], run_dir: Path) -> No
         try:
             scenario(attempt_dir)
             return
-        except (AssertionError, TimeoutError) as e:
+        except (AssertionError, TimeoutError, libvirt.libvirtError) as e:
             json_path = attempt_dir / "timeline.json"
             outages = Timeline.read_json(json_path).outages() if json_path.exists() else []
+            if isinstance(e, libvirt.libvirtError):
+                # The lab's own libvirt calls failed: libvirtd went away under the lab itself.
+                outages.append({"kind": "lab_libvirt_error", "error": str(e)})
             if attempt == 2 or not outages:
                 if outages:
                     raise AssertionError(f"{e}\n(libvirtd outages during this attempt: {outages[:5]})") from e
