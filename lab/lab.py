@@ -311,7 +311,8 @@ class Lab:
         hold_s: int = 0,
         page_us: int = 200,
     ) -> None:
-        """Start the hog in the background: mode "grow" (B, until killed) or "hold" (A, to size_mib).
+        """Start the hog in the background: mode "grow" (B, until killed) or "hold" (A, to size_mib);
+        returns once the hog has reported its start.
 
         page_us is the time per 4 KiB page: 100 us = 40 MiB/s, 500 us = 8 MiB/s.
         """
@@ -321,9 +322,17 @@ class Lab:
             if size_mib is None:
                 raise ValueError("mode 'hold' needs size_mib")
             cmd = f"hog hold {size_mib} {hold_s} {page_us} &"
+        console = self.guest(which).console
+        runs_before = console.state.hog_runs
         status, out = self.run(which, cmd)
         if status != 0:
             raise ConsoleError(f"starting hog failed ({status}): {out}")
+        # Return once the hog runs, so callers can wait on its state without seeing the previous one.
+        deadline = time.monotonic() + 15
+        while console.state.hog_runs == runs_before:
+            if time.monotonic() > deadline:
+                raise ConsoleError(f"hog did not start in {self.guest(which).name}: {out}")
+            time.sleep(0.05)
 
     def stop_hog(self, which: int | str) -> None:
         """Kill the hog (SIGKILL, like the OOM killer would)."""
