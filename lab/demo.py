@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
@@ -54,10 +55,9 @@ class LiveView:
                 cells = " ".join(f"{g}={r['actual_mib']:.0f}" for g, r in sorted(latest.items()))
                 print(f"[{t_s:5.0f} s] {phase}: {cells} MiB; memcoord actions {len(actions)}", file=self.stream)
             return
-        width = 110
-        status = (mc.status if mc and mc.alive() else "not running")[:width]
+        status = mc.status if mc and mc.alive() else "not running"
         lines = [
-            f"memcoord demo  t={t_s:5.0f} s  phase: {phase}"[:width],
+            f"memcoord demo  t={t_s:5.0f} s  phase: {phase}",
             f"host available {host_mib:7.0f} MiB   memcoord actions so far: {len(actions)}",
             f"memcoord status: {status}",
             "",
@@ -73,6 +73,9 @@ class LiveView:
         for a in actions[-4:]:
             lines.append(f"  t={a['t_s']:5.0f} s  {a['action']:<7} {a['guest']} {a['from_mib']} -> {a['to_mib']} MiB")
         lines += [""] * (4 - min(4, len(actions)))
+        # A line wider than the terminal wraps and breaks the cursor-up count: cut to the width.
+        columns = shutil.get_terminal_size((120, 24)).columns - 1
+        lines = [line[:columns] for line in lines]
         out = []
         if self.drawn_lines:
             out.append(f"\x1b[{self.drawn_lines}F")  # back to the table's first line
