@@ -141,6 +141,21 @@ class Memcoord:
                     if self.on_action is not None:
                         self.on_action(a)
 
+    def reload(self, config: dict[str, Any], timeout_s: float = 15.0) -> None:
+        """Rewrite the config file and SIGHUP memcoord (its documented reload); wait until it took it."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("memcoord is not running")
+        self.config = config
+        self.config_path.write_text(tomli_w.dumps(config))
+        ok_before = self.log_text().count("config reloaded from")
+        failed_before = self.log_text().count("config reload failed")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while self.log_text().count("config reloaded from") == ok_before:
+            if self.log_text().count("config reload failed") > failed_before or time.monotonic() > deadline:
+                raise RuntimeError(f"memcoord did not reload its config:\n{self.log_text()[-2000:]}")
+            time.sleep(0.1)
+
     def _read_notify(self) -> None:
         sock = self._notify_sock
         while sock is not None and sock.fileno() != -1:

@@ -135,6 +135,15 @@ class LabRun:
         self.mark("memcoord_start")
         return self.memcoord
 
+    def reload_memcoord(self, overrides: dict[str, Any]) -> None:
+        """New overrides on top of the lab config, applied with memcoord's SIGHUP reload."""
+        assert self.memcoord is not None
+        config = lab_config(self.lab.domain_glob, overrides)
+        self.memcoord.reload(config)
+        self.timeline.meta["config"] = config
+        self.timeline.meta["host_min_available_mib"] = config["host"]["min_available_mib"]
+        self.mark("memcoord_reload", overrides=overrides)
+
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> float:
         """Poll until predicate() holds; returns the seconds waited, raises TimeoutError naming `what`."""
         t0 = time.monotonic()

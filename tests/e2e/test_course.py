@@ -74,6 +74,21 @@ def _retry_once_on_outage(scenario: Callable[[Path], None], run_dir: Path) -> No
             warnings.warn(f"attempt 1 failed during a libvirtd outage {outages[:3]}: {e}; retrying", stacklevel=1)
 
 
+def _settle_then_guard(run: LabRun, handout_mib: int) -> int:
+    """Let memcoord's first reclaims of the idle guests land, then set the host guard (SIGHUP reload)
+    so that about handout_mib can be handed out beyond *this* start, the one growth is measured from."""
+    time.sleep(BASELINE_S)
+
+    def quiet() -> bool:
+        actions = run.timeline.events_of("action")
+        return not actions or run.t_s() - actions[-1]["t_s"] >= 3
+
+    run.wait_until(quiet, 30, "memcoord quiet after its first reclaims")
+    guard_mib = run.guard_allowing_mib(handout_mib)
+    run.reload_memcoord({"host": {"min_available_mib": guard_mib}})
+    return guard_mib
+
+
 def _new_run(prefix: str, run_dir: Path, image: GuestImage, title: str) -> LabRun:
     return LabRun(prefix, run_dir, n=4, max_mib=MAX_MIB, current_mib=START_MIB, image=image, title=title)
 
@@ -127,9 +142,8 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
     def scenario(attempt_dir: Path) -> None:
         with _new_run(lab_prefix, attempt_dir, guest_image, "2: four unbounded hogs, host guard ~1.5 GiB") as run:
             names = run.lab.names
-            guard_mib = run.guard_allowing_mib(HANDOUT_MIB)
-            run.start_memcoord({"host": {"min_available_mib": guard_mib}})
-            time.sleep(BASELINE_S)
+            run.start_memcoord()
+            guard_mib = _settle_then_guard(run, HANDOUT_MIB)
             t_hog_s = run.t_s()
             for i in range(1, 5):
                 run.lab.start_hog(i, "grow", page_us=HOG_PAGE_US)
@@ -148,21 +162,23 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         growth_mib = {g: analysis.peak(tl, g, "actual_mib", t_hog_s) - start_mib[g] for g in names}
         mean_mib = sum(growth_mib.values()) / len(growth_mib)
         spread_mib = max(growth_mib.values()) - min(growth_mib.values())
-        print(f"\nscenario 2: guard {guard_mib} MiB, growth per guest {growth_mib}, spread {spread_mib:.0f} MiB")
-
-        assert all(v > 0 for v in growth_mib.values()), f"not every guest grew: {growth_mib}"
-        assert spread_mib < 0.3 * mean_mib, f"growth spread {spread_mib:.0f} MiB >= 30% of mean {mean_mib:.0f} MiB"
-
-        # Memory handed out at any one time stays near what the guard allows (the guard really binds) ...
+        # Memory handed out at any one time (the guard should bind near HANDOUT_MIB) ...
         times = sorted({r["t_s"] for r in tl.rows if r["t_s"] >= t_hog_s})
         handed_out_mib = max(
             sum(analysis.value_at(tl, g, "actual_mib", t) - start_mib[g] for g in names) for t in times
         )
-        assert handed_out_mib <= HANDOUT_MIB + 150, f"{handed_out_mib:.0f} MiB handed out, guard allowed ~{HANDOUT_MIB}"
-        # ... and the host never goes below it.
-        lowest = min(tl.host_available_mib(), key=lambda p: p[1])
-        assert lowest[1] >= guard_mib, f"host available {lowest[1]} MiB < guard {guard_mib} MiB at t={lowest[0]} s"
+        # ... and the host's lowest available memory while the hogs ran.
+        lowest = min(((t, v) for t, v in tl.host_available_mib() if t >= t_hog_s), key=lambda p: p[1])
+        print(
+            f"\nscenario 2: guard {guard_mib} MiB, growth per guest {sorted(growth_mib.values())} MiB, "
+            f"spread {spread_mib:.0f} MiB = {100 * spread_mib / max(mean_mib, 1):.0f}% of the mean; handed out at most "
+            f"{handed_out_mib:.0f} MiB; host lowest {lowest[1]:.0f} MiB at t={lowest[0]} s"
+        )
 
+        assert all(v > 0 for v in growth_mib.values()), f"not every guest grew: {growth_mib}"
+        assert spread_mib < 0.3 * mean_mib, f"growth spread {spread_mib:.0f} MiB >= 30% of mean {mean_mib:.0f} MiB"
+        assert handed_out_mib <= HANDOUT_MIB + 150, f"{handed_out_mib:.0f} MiB handed out, guard allowed ~{HANDOUT_MIB}"
+        assert lowest[1] >= guard_mib, f"host available {lowest[1]} MiB < guard {guard_mib} MiB at t={lowest[0]} s"
         for g in names:
             t_kill_s = analysis.first_event_t_s(tl, "hog_killed", g)
             assert t_kill_s is not None
@@ -170,7 +186,6 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
             assert t_back_s is not None, f"{g} not reclaimed after its hog died"
         # Under the guard a hog dies wherever the host stops it, not at its max: any hog may be OOM killed.
         _assert_always(tl, oom_ok=dict.fromkeys(names, 0.0))
-        print(f"handed out at most {handed_out_mib:.0f} MiB; host lowest {lowest[1]:.0f} MiB (guard {guard_mib})")
 
     _retry_once_on_outage(scenario, run_dir)
 
@@ -185,9 +200,8 @@ def test_freed_memory_flows_to_grower(guest_image: GuestImage, lab_prefix: str, 
     def scenario(attempt_dir: Path) -> None:
         with _new_run(lab_prefix, attempt_dir, guest_image, "3: hold-and-exit, unbounded grower, two idle") as run:
             g1, g2, *_idle = run.lab.names
-            guard_mib = run.guard_allowing_mib(HANDOUT_MIB)
-            run.start_memcoord({"host": {"min_available_mib": guard_mib}})
-            time.sleep(BASELINE_S)
+            run.start_memcoord()
+            guard_mib = _settle_then_guard(run, HANDOUT_MIB)
             t_hog_s = run.t_s()
             run.lab.start_hog(1, "hold", size_mib=512, hold_s=10, page_us=HOG_PAGE_US)
             run.lab.start_hog(2, "grow", page_us=2 * HOG_PAGE_US)  # slower, so guest 1 frees before guest 2 needs it
