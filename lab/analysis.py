@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,3 +108,34 @@ def invariant_violations(
     if rc not in (None, 0):
         out.append(f"memcoord exited with {rc} on SIGTERM")
     return out
+
+
+def workload_window_s(timeline: Timeline) -> tuple[float, float]:
+    """From the first hog start to the last hog death or exit (the whole run if there were none)."""
+    starts = [e["t_s"] for e in timeline.events_of("hog_start")]
+    ends = [e["t_s"] for e in timeline.events if e["kind"] in ("hog_killed", "hog_exit")]
+    last_s = timeline.rows[-1]["t_s"] if timeline.rows else 0.0
+    return (min(starts) if starts else 0.0, max(ends) if ends else last_s)
+
+
+def foreign_use_mib(timeline: Timeline, t_from_s: float, t_to_s: float) -> float:
+    """Host memory taken by something other than the lab's QEMUs during [t_from, t_to] (median, MiB).
+
+    Host available memory falls as the guests' QEMU processes grow (balloon.rss); a fall beyond that
+    is another user of the host. The median ignores the brief skew between the two readings while
+    balloons move. The host guard scenarios are only meaningful on a host where this stays small.
+    """
+    times = sorted({r["t_s"] for r in timeline.rows if t_from_s <= r["t_s"] <= t_to_s})
+    if len(times) < 2:
+        return 0.0
+
+    def at(t_s: float) -> tuple[float, float]:
+        rows = [r for r in timeline.rows if r["t_s"] == t_s]
+        return rows[0]["host_available_mib"], sum(r["rss_mib"] or 0.0 for r in rows)
+
+    avail0_mib, rss0_mib = at(times[0])
+    foreign = []
+    for t in times[1:]:
+        avail_mib, rss_mib = at(t)
+        foreign.append((avail0_mib - avail_mib) - (rss_mib - rss0_mib))
+    return round(statistics.median(foreign), 1)
