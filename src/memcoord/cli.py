@@ -1,0 +1,114 @@
+"""The `memcoord` command: a thin layer that parses arguments and hands over to the service or the config.
+
+Exit codes follow sysexits.h, as admins' scripts expect: 64 usage, 66 cannot read input, 78 bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__, journal
+from . import config as config_mod
+from .config import ConfigError, ConfigFileError
+
+EX_OK = 0
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_CONFIG = 78
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _load_or_exit(path: Path) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except ConfigFileError as exc:
+        print(f"memcoord: {exc}", file=sys.stderr)
+        sys.exit(EX_NOINPUT)
+    except ConfigError as exc:
+        print(f"memcoord: invalid config:\n{exc}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .hypervisor import connect
+    from .service import Overrides, Service
+
+    journal.setup(verbose=args.verbose)
+    config = _load_or_exit(args.config)
+    overrides = Overrides(interval_s=args.interval, dry_run=args.dry_run)
+    service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle)
+    service.install_signal_handlers()
+    return service.run()
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    _load_or_exit(args.path)
+    print(f"{args.path}: OK")
+    return EX_OK
+
+
+def _cmd_print_config(args: argparse.Namespace) -> int:
+    path = args.config
+    if path is None and config_mod.DEFAULT_PATH.exists():
+        path = config_mod.DEFAULT_PATH
+    config = _load_or_exit(path) if path is not None else config_mod.Config()
+    sys.stdout.write(config_mod.dump(config))
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="memcoord", description="Memory coordinator for KVM hosts (virtio balloon, libvirt).")
+    parser.add_argument("--version", action="version", version=f"memcoord {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the coordinator in the foreground (what the systemd unit starts)")
+    run.add_argument("--config", type=Path, default=config_mod.DEFAULT_PATH, help="config file (%(default)s)")
+    run.add_argument("--interval", type=_positive_float, metavar="S", help="seconds between ticks")
+    run.add_argument("--dry-run", action="store_true", help="decide and log, never call setMemory")
+    run.add_argument("--exit-when-idle", action="store_true", help="exit when no managed domain is running")
+    run.add_argument("-v", "--verbose", action="store_true", help="also log host-guard notes (debug)")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file: OK, or every error; exit 78")
+    check.add_argument("path", type=Path, nargs="?", default=config_mod.DEFAULT_PATH)
+    check.set_defaults(func=_cmd_check_config)
+
+    show = sub.add_parser("print-config", help="print the effective config (defaults filled in) as TOML")
+    show.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: /etc/memcoord.toml if present, else the built-in defaults)",
+    )
+    show.set_defaults(func=_cmd_print_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The one validated configuration, and the one error type for everything wrong with it.
+
+Every message names the file, the key and the value, so that an admin who broke /etc/memcoord.toml at 3 a.m.
+knows which line to fix. A config is either loaded whole or not at all: there is no partial result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from .model import mib_to_kib
+
+DEFAULT_PATH = Path("/etc/memcoord.toml")
+
+
+class ConfigError(Exception):
+    """The config file is wrong; the message says where and how (file, key, value)."""
+
+
+class ConfigFileError(ConfigError):
+    """The config file cannot be read at all (missing, a directory, no permission)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class LibvirtConfig(_Section):
+    uri: str = "qemu:///system"
+    domains: tuple[str, ...] = ("*",)
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class LoopConfig(_Section):
+    interval_s: float = Field(1.0, gt=0, le=3600)
+    stats_period_s: int = Field(1, ge=1, le=3600)
+    dry_run: bool = False
+
+
+class GuestConfig(_Section):
+    starving_mib: int = Field(150, ge=0)
+    wasteful_mib: int = Field(350, gt=0, validate_default=True)
+    grow_step_mib: int = Field(300, gt=0)
+    reclaim_step_mib: int = Field(100, gt=0)
+    min_mib: int = Field(256, gt=0)
+    idle_tax_mib: int = Field(2, ge=0)
+
+    @field_validator("wasteful_mib")
+    @classmethod
+    def _above_starving(cls, wasteful_mib: int, info: ValidationInfo) -> int:
+        starving_mib = info.data.get("starving_mib")
+        if starving_mib is not None and wasteful_mib <= starving_mib:
+            raise ValueError(f"must be greater than guest.starving_mib ({starving_mib})")
+        return wasteful_mib
+
+
+class HostConfig(_Section):
+    min_available_mib: int = Field(1024, ge=0)
+
+
+class DomainOverride(_Section):
+    min_mib: int | None = Field(None, gt=0)
+    max_mib: int | None = Field(None, gt=0)
+    enabled: bool = True
+
+    @field_validator("max_mib")
+    @classmethod
+    def _above_min(cls, max_mib: int | None, info: ValidationInfo) -> int | None:
+        min_mib = info.data.get("min_mib")
+        if max_mib is not None and min_mib is not None and max_mib < min_mib:
+            raise ValueError(f"must be at least min_mib ({min_mib})")
+        return max_mib
+
+
+class Config(_Section):
+    libvirt: LibvirtConfig = LibvirtConfig()
+    loop: LoopConfig = LoopConfig()
+    guest: GuestConfig = GuestConfig()
+    host: HostConfig = HostConfig()
+    domains: dict[str, DomainOverride] = {}
+
+    def manages(self, name: str) -> bool:
+        """True for a domain memcoord may touch: matched by libvirt.domains and not disabled."""
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.libvirt.domains):
+            return False
+        override = self.domains.get(name)
+        return override is None or override.enabled
+
+    def floor_kib(self, name: str) -> int:
+        override = self.domains.get(name)
+        min_mib = override.min_mib if override and override.min_mib is not None else self.guest.min_mib
+        return mib_to_kib(min_mib)
+
+    def ceiling_kib(self, name: str, max_kib: int) -> int:
+        """The highest target for a domain: its libvirt maximum, lowered by a max_mib override."""
+        override = self.domains.get(name)
+        if override and override.max_mib is not None:
+            return min(max_kib, mib_to_kib(override.max_mib))
+        return max_kib
+
+    @property
+    def stale_after_s(self) -> float:
+        """Guest stats older than this are not trusted: three missed stats periods plus two ticks of slack."""
+        return 3 * self.loop.stats_period_s + 2 * self.loop.interval_s
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    parts = []
+    for part in loc:
+        text = str(part)
+        parts.append(text if text.replace("_", "").isalnum() else f'"{text}"')
+    return ".".join(parts)
+
+
+def _describe(path: Path | str, err: Any) -> str:
+    loc = tuple(err["loc"])
+    key = _key(loc) if loc else "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{path}: {key} = {err['input']!r}: unknown key"
+    if err["type"] == "missing":
+        return f"{path}: {key}: required key is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {key} = {err['input']!r}: {message}"
+
+
+def parse(text: str, path: Path | str = "<string>") -> Config:
+    """Validate TOML text; raise ConfigError listing every problem, one per line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(path, err) for err in exc.errors())) from None
+
+
+def load(path: Path | str = DEFAULT_PATH) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigFileError(f"{path}: is a directory, not a config file") from None
+    except FileNotFoundError:
+        raise ConfigFileError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ConfigFileError(f"{path}: permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, path)
+
+
+def dump(config: Config) -> str:
+    """The effective config as TOML; keys left unset (None) are omitted, as TOML has no null."""
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

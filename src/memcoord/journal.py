@@ -1,0 +1,69 @@
+"""Logging to the journal (with structured fields) under systemd, to stderr otherwise.
+
+Every action the coordinator takes is one record with MEMCOORD_* fields and a MESSAGE_ID per action kind,
+so `journalctl -u memcoord MEMCOORD_DOMAIN=web1` answers "what happened to web1".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .model import Action, ApplyResult, kib_to_mib
+
+log = logging.getLogger("memcoord")
+
+MESSAGE_IDS = {
+    Action.GROW: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c01",
+    Action.RECLAIM: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c02",
+    Action.TAX: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c03",
+    Action.CLAMP: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c04",
+}
+MESSAGE_ID_SET_MEMORY_FAILED = "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c05"
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM to stderr's device:inode when stderr goes to the journal."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup(verbose: bool = False) -> None:
+    handler: logging.Handler
+    if _stderr_is_journal():
+        from systemd.journal import JournalHandler
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER="memcoord")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def action(result: ApplyResult, dry_run: bool) -> None:
+    """One record per setMemory: which guest, what, from -> to, why; a warning when it failed."""
+    c = result.change
+    fields = {
+        "MEMCOORD_DOMAIN": c.domain,
+        "MEMCOORD_ACTION": str(c.action),
+        "MEMCOORD_FROM_KIB": c.from_kib,
+        "MEMCOORD_TO_KIB": c.to_kib,
+        "MEMCOORD_REASON": c.reason,
+        "MEMCOORD_DRY_RUN": int(dry_run),
+        "MESSAGE_ID": MESSAGE_IDS[c.action],
+    }
+    what = f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f} -> {kib_to_mib(c.to_kib):.0f} MiB ({c.reason})"
+    if result.error is not None:
+        fields["MEMCOORD_ERROR"] = result.error
+        fields["MESSAGE_ID"] = MESSAGE_ID_SET_MEMORY_FAILED
+        log.warning("setMemory failed: %s: %s", what, result.error, extra=fields)
+    else:
+        log.info("%s%s", "dry run, not applied: " if dry_run else "", what, extra=fields)

@@ -1,0 +1,103 @@
+"""Plain data that crosses the boundary between the shell and the pure policy.
+
+Everything here is frozen: a snapshot is what the hypervisor said at one instant, a plan is what the policy
+wants done. Sizes are KiB throughout, as libvirt's balloon stats and setMemory are; the names say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+KIB_PER_MIB = 1024
+
+
+def mib_to_kib(mib: float) -> int:
+    return int(mib * KIB_PER_MIB)
+
+
+def kib_to_mib(kib: int) -> float:
+    return kib / KIB_PER_MIB
+
+
+@dataclass(frozen=True, slots=True)
+class DomainStats:
+    """One running guest as its balloon reports it. Guest-side figures are None when the guest gave none."""
+
+    name: str
+    current_kib: int
+    max_kib: int
+    unused_kib: int | None = None
+    usable_kib: int | None = None
+    available_kib: int | None = None
+    rss_kib: int | None = None
+    last_update_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostStats:
+    available_kib: int
+    total_kib: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """All running guests and the host at one instant; taken_at_s is wall-clock seconds (epoch)."""
+
+    host: HostStats
+    domains: tuple[DomainStats, ...]
+    taken_at_s: float
+
+
+class GuestClass(StrEnum):
+    STARVING = "starving"
+    WASTEFUL = "wasteful"
+    IDLE = "idle"
+    BUSY = "busy"
+    NO_STATS = "no-stats"
+    STALE = "stale"
+
+
+class Action(StrEnum):
+    GROW = "grow"
+    RECLAIM = "reclaim"
+    TAX = "tax"
+    CLAMP = "clamp"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One setMemory the policy wants: domain from from_kib to to_kib, and why."""
+
+    domain: str
+    action: Action
+    from_kib: int
+    to_kib: int
+    reason: str
+
+    @property
+    def delta_kib(self) -> int:
+        return self.to_kib - self.from_kib
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The policy's answer for one tick."""
+
+    changes: tuple[Change, ...]
+    classes: dict[str, GuestClass]
+    host_headroom_kib: int
+    notes: tuple[str, ...] = field(default=())
+
+    def count(self, guest_class: GuestClass) -> int:
+        return sum(1 for c in self.classes.values() if c is guest_class)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    change: Change
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,45 @@
+"""sd_notify for systemd's Type=notify: readiness, status line, watchdog, reload and stop.
+
+Outside systemd (no NOTIFY_SOCKET) every call is a no-op, so the same code runs in a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from systemd import daemon
+
+
+class Notifier:
+    def _send(self, *lines: str) -> None:
+        daemon.notify("\n".join(lines))
+
+    def ready(self) -> None:
+        self._send("READY=1")
+
+    def status(self, text: str) -> None:
+        self._send(f"STATUS={text}")
+
+    def reloading(self) -> None:
+        # systemd >= 253 wants MONOTONIC_USEC with RELOADING=1; older ones ignore it.
+        self._send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    def watchdog(self) -> None:
+        if self.watchdog_interval_s() is not None:
+            self._send("WATCHDOG=1")
+
+    @staticmethod
+    def watchdog_interval_s() -> float | None:
+        """systemd's WatchdogSec for this process, or None when the watchdog is off."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            return int(usec) / 1_000_000
+        except ValueError:
+            return None

@@ -1,0 +1,237 @@
+"""The seed's balloon policy as one pure function: snapshot + state + config -> plan + next state.
+
+No I/O, no clock, no logging: the same inputs always give the same plan, whatever order the domains are
+listed in. Read top to bottom, it is the algorithm:
+
+1. classify every managed guest from its balloon stats (starving / wasteful / idle / busy; no-stats and
+   stale guests are left alone);
+2. clamp guests outside [floor, ceiling] back inside, one reclaim step at a time downwards;
+3. reclaim one step from each wasteful idle guest into a pool;
+4. grow each starving guest one step (neediest first), then share what is left of the pool among busy guests;
+5. if a starving guest grew, each idle guest pays the idle tax, which goes to the starving guests;
+6. every growth goes through the host guard (see `_Ledger`).
+
+Where the C original differs (half the domain added to the pool, no clamps, tax only when more than one guest
+paid, a fixed 80 MB free-memory guard), this follows DESIGN.md, not the C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .config import Config
+from .model import (
+    KIB_PER_MIB,
+    Action,
+    Change,
+    DomainStats,
+    GuestClass,
+    Plan,
+    Snapshot,
+    kib_to_mib,
+    mib_to_kib,
+)
+
+# Stats that move less than this between two guest samples count as unchanged (the seed compared MiB).
+STEADY_TOLERANCE_KIB = KIB_PER_MIB
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The last guest stats sample the policy saw for a domain, and whether it matched the one before."""
+
+    last_update_s: int
+    unused_kib: int
+    current_kib: int
+    steady: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    samples: dict[str, Sample] = field(default_factory=dict)
+
+
+def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
+    """Fold a new stats sample into the domain's history; a sample with the same timestamp is not new.
+
+    A guest is steady when its unused memory did not change, or when it changed exactly as much as the balloon
+    moved (its used memory did not change): that is memcoord's own doing, not the guest being busy.
+    """
+    if dom.unused_kib is None or not dom.last_update_s:
+        return prev
+    if prev is not None and dom.last_update_s <= prev.last_update_s:
+        return prev
+    steady = False
+    if prev is not None:
+        unused_moved_kib = abs(dom.unused_kib - prev.unused_kib)
+        used_moved_kib = abs((dom.current_kib - dom.unused_kib) - (prev.current_kib - prev.unused_kib))
+        steady = min(unused_moved_kib, used_moved_kib) < STEADY_TOLERANCE_KIB
+    return Sample(dom.last_update_s, dom.unused_kib, dom.current_kib, steady)
+
+
+def classify(dom: DomainStats, sample: Sample | None, config: Config, now_s: float) -> GuestClass:
+    if dom.unused_kib is None or not dom.last_update_s or sample is None:
+        return GuestClass.NO_STATS
+    if now_s - dom.last_update_s > config.stale_after_s:
+        return GuestClass.STALE
+    if dom.unused_kib <= mib_to_kib(config.guest.starving_mib):
+        return GuestClass.STARVING
+    if not sample.steady:
+        return GuestClass.BUSY
+    if dom.unused_kib >= mib_to_kib(config.guest.wasteful_mib):
+        return GuestClass.WASTEFUL
+    return GuestClass.IDLE
+
+
+def _outstanding_kib(target_kib: int, rss_kib: int | None) -> int:
+    """Memory a guest may still take from the host: its target minus what QEMU already holds."""
+    return max(0, target_kib - (rss_kib or 0))
+
+
+def _whole_mib(kib: int) -> int:
+    return kib - kib % KIB_PER_MIB
+
+
+class _Ledger:
+    """Targets being planned, and the host headroom they leave.
+
+    Host guard: headroom = host available - what every guest may still take (target - QEMU RSS) - the floor
+    min_available. Growth only spends headroom, so all growth in the tick is counted together, and memory
+    granted in earlier ticks but not yet touched by the guest is counted too. Reclaim gives headroom back.
+    """
+
+    def __init__(self, snapshot: Snapshot, managed: list[DomainStats], config: Config) -> None:
+        self.doms = {d.name: d for d in managed}
+        self.target_kib = {d.name: d.current_kib for d in managed}
+        self.actions: dict[str, tuple[Action, list[str]]] = {}
+        self.notes: list[str] = []
+        self.config = config
+        outstanding_kib = sum(_outstanding_kib(d.current_kib, d.rss_kib) for d in managed)
+        self.headroom_kib = snapshot.host.available_kib - outstanding_kib - mib_to_kib(config.host.min_available_mib)
+
+    def floor_kib(self, name: str) -> int:
+        return min(self.config.floor_kib(name), self.ceiling_kib(name))
+
+    def ceiling_kib(self, name: str) -> int:
+        return self.config.ceiling_kib(name, self.doms[name].max_kib)
+
+    def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
+        dom = self.doms[name]
+        old_kib = self.target_kib[name]
+        self.headroom_kib -= _outstanding_kib(new_kib, dom.rss_kib) - _outstanding_kib(old_kib, dom.rss_kib)
+        self.target_kib[name] = new_kib
+        if name in self.actions:
+            self.actions[name][1].append(reason)
+        else:
+            self.actions[name] = (action, [reason])
+
+    def take(self, name: str, want_kib: int, action: Action, reason: str) -> int:
+        """Lower a target by up to want_kib, never below the floor; returns what was taken."""
+        got_kib = _whole_mib(min(want_kib, self.target_kib[name] - self.floor_kib(name)))
+        if got_kib <= 0:
+            return 0
+        self._move(name, self.target_kib[name] - got_kib, action, reason)
+        return got_kib
+
+    def give(self, name: str, want_kib: int, action: Action, reason: str) -> int:
+        """Raise a target by up to want_kib, never above the ceiling nor past the host guard."""
+        room_kib = self.ceiling_kib(name) - self.target_kib[name]
+        rss_kib = self.doms[name].rss_kib or 0
+        # Growth below QEMU's RSS costs the host nothing new; only the part above it spends headroom.
+        free_below_rss_kib = max(0, rss_kib - self.target_kib[name])
+        allowed_kib = max(0, self.headroom_kib) + free_below_rss_kib
+        got_kib = _whole_mib(min(want_kib, room_kib, allowed_kib))
+        if got_kib < min(want_kib, room_kib):
+            self.notes.append(
+                f"host guard: {name} wanted {kib_to_mib(min(want_kib, room_kib)):.0f} MiB, "
+                f"got {kib_to_mib(max(got_kib, 0)):.0f} MiB"
+            )
+        if got_kib <= 0:
+            return 0
+        self._move(name, self.target_kib[name] + got_kib, action, reason)
+        return got_kib
+
+    def changes(self) -> tuple[Change, ...]:
+        out = []
+        for name in sorted(self.actions):
+            action, reasons = self.actions[name]
+            before_kib, after_kib = self.doms[name].current_kib, self.target_kib[name]
+            if before_kib != after_kib:
+                out.append(Change(name, action, before_kib, after_kib, "; ".join(reasons)))
+        return tuple(out)
+
+
+def _by_name(doms: Iterable[DomainStats]) -> list[DomainStats]:
+    return sorted(doms, key=lambda d: d.name)
+
+
+def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
+    managed = _by_name(d for d in snapshot.domains if config.manages(d.name))
+    samples: dict[str, Sample] = {}
+    classes: dict[str, GuestClass] = {}
+    for dom in managed:
+        sample = _observe(state.samples.get(dom.name), dom)
+        if sample is not None:
+            samples[dom.name] = sample
+        classes[dom.name] = classify(dom, sample, config, snapshot.taken_at_s)
+
+    ledger = _Ledger(snapshot, managed, config)
+    guest = config.guest
+    reclaim_step_kib = mib_to_kib(guest.reclaim_step_mib)
+    trusted = [d for d in managed if classes[d.name] not in (GuestClass.NO_STATS, GuestClass.STALE)]
+
+    # Clamps: below the floor is raised (safe without stats); above the ceiling comes down one step at a time.
+    clamped: set[str] = set()
+    for dom in managed:
+        floor_kib = ledger.floor_kib(dom.name)
+        if dom.current_kib < floor_kib:
+            ledger.give(dom.name, floor_kib - dom.current_kib, Action.CLAMP, "below its floor")
+            clamped.add(dom.name)
+    for dom in trusted:
+        excess_kib = dom.current_kib - ledger.ceiling_kib(dom.name)
+        if excess_kib > 0:
+            ledger.take(dom.name, min(excess_kib, reclaim_step_kib), Action.CLAMP, "above its max_mib")
+            clamped.add(dom.name)
+
+    def members(guest_class: GuestClass) -> list[DomainStats]:
+        return [d for d in trusted if classes[d.name] is guest_class and d.name not in clamped]
+
+    pool_kib = 0
+    for dom in members(GuestClass.WASTEFUL):
+        pool_kib += ledger.take(
+            dom.name,
+            reclaim_step_kib,
+            Action.RECLAIM,
+            f"idle with {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused >= wasteful {guest.wasteful_mib} MiB",
+        )
+
+    starving = sorted(members(GuestClass.STARVING), key=lambda d: (d.unused_kib or 0, d.name))
+    grown: list[str] = []
+    for dom in starving:
+        got_kib = ledger.give(
+            dom.name,
+            mib_to_kib(guest.grow_step_mib),
+            Action.GROW,
+            f"starving: {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused <= {guest.starving_mib} MiB",
+        )
+        if got_kib:
+            grown.append(dom.name)
+        pool_kib = max(0, pool_kib - got_kib)
+
+    busy = members(GuestClass.BUSY)
+    for i, dom in enumerate(busy):
+        share_kib = pool_kib // (len(busy) - i)
+        pool_kib -= ledger.give(dom.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
+
+    if grown and guest.idle_tax_mib:
+        tax_kib = sum(
+            ledger.take(d.name, mib_to_kib(guest.idle_tax_mib), Action.TAX, "idle tax while others grow")
+            for d in members(GuestClass.IDLE)
+        )
+        for i, name in enumerate(grown):
+            share_kib = tax_kib // (len(grown) - i)
+            tax_kib -= ledger.give(name, share_kib, Action.GROW, "idle tax received")
+
+    plan = Plan(ledger.changes(), classes, ledger.headroom_kib, tuple(ledger.notes))
+    return plan, PolicyState(samples)

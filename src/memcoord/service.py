@@ -1,0 +1,208 @@
+"""The imperative shell: the tick loop, signals, config reload, sd_notify and the journal.
+
+It knows nothing of the algorithm beyond calling `policy.decide`. Signal handlers only set flags; the loop
+acts on them between ticks, so a reload or a stop never lands in the middle of applying a plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from . import config as config_mod
+from . import journal
+from .config import Config, ConfigError
+from .hypervisor import Hypervisor, HypervisorError
+from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
+from .notify import Notifier
+from .policy import PolicyState, decide
+
+log = logging.getLogger("memcoord")
+
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line settings that win over the file, on start and on every reload."""
+
+    interval_s: float | None = None
+    dry_run: bool = False
+
+    def apply(self, config: Config) -> Config:
+        loop = config.loop
+        if self.interval_s is not None:
+            loop = loop.model_copy(update={"interval_s": self.interval_s})
+        if self.dry_run:
+            loop = loop.model_copy(update={"dry_run": True})
+        return config.model_copy(update={"loop": loop})
+
+
+def _gib(kib: int) -> str:
+    return f"{kib / 1024 / 1024:.1f} GiB"
+
+
+def status_line(plan: Plan, snapshot: Snapshot, config: Config, last_action: str) -> str:
+    """One line for `systemctl status`: domains by class, host memory and guard, last action."""
+    counts = ", ".join(f"{plan.count(c)} {c}" for c in GuestClass if plan.count(c))
+    managed = len(plan.classes)
+    line = f"{managed} domains" + (f" ({counts})" if counts else "")
+    line += f"; host available {_gib(snapshot.host.available_kib)}, guard {config.host.min_available_mib} MiB"
+    if config.loop.dry_run:
+        line += "; DRY RUN"
+    return f"{line}; last action: {last_action}"
+
+
+class Service:
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        connect: Callable[[str], Hypervisor],
+        overrides: Overrides = Overrides(),
+        exit_when_idle: bool = False,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.overrides = overrides
+        self.config = overrides.apply(config)
+        self.connect = connect
+        self.exit_when_idle = exit_when_idle
+        self.notifier = notifier or Notifier()
+        self.hypervisor = connect(self.config.libvirt.uri)
+        self.state = PolicyState()
+        self.ready = False
+        self.ticks = 0
+        self.last_action = "none yet"
+        self.reload_note = ""
+        self._lost_reason: str | None = None
+        self._backoff_s = BACKOFF_START_S
+        self._should_exit = False
+        self._reload_requested = False
+        self._wake = threading.Event()
+
+    # -- signals -------------------------------------------------------------------------------------------
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self._should_exit = True
+        self._wake.set()
+
+    def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    # -- reload --------------------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read the config file; on any error keep running with the old one and say so."""
+        self.notifier.reloading()
+        try:
+            new = self.overrides.apply(config_mod.load(self.config_path))
+        except ConfigError as exc:
+            self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
+            log.error("config reload failed, keeping the running config:\n%s", exc)
+        else:
+            if new.libvirt.uri != self.config.libvirt.uri:
+                self.hypervisor.close()
+                self.hypervisor = self.connect(new.libvirt.uri)
+            self.config = new
+            self.reload_note = ""
+            log.info("config reloaded from %s", self.config_path)
+        self.notifier.ready()
+        self.notifier.status(self.reload_note or f"config reloaded from {self.config_path}")
+
+    # -- one tick ------------------------------------------------------------------------------------------
+    def tick(self) -> bool:
+        """Sample, decide, apply, report. False when the hypervisor could not be reached."""
+        try:
+            snapshot = self.hypervisor.sample()
+        except HypervisorError as exc:
+            if self._lost_reason is None:
+                log.error("lost the hypervisor, retrying with backoff: %s", exc)
+            self._lost_reason = str(exc)
+            self.notifier.status(f"hypervisor unreachable, retrying: {exc}")
+            return False
+        if self._lost_reason is not None:
+            log.info("hypervisor reachable again at %s", self.config.libvirt.uri)
+            self._lost_reason = None
+        self._backoff_s = BACKOFF_START_S
+
+        managed = [d.name for d in snapshot.domains if self.config.manages(d.name)]
+        for failure in self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s):
+            log.warning("%s", failure)
+
+        plan, self.state = decide(snapshot, self.state, self.config)
+        for note in plan.notes:
+            log.debug("%s", note)
+        dry_run = self.config.loop.dry_run
+        if plan.changes:
+            results = [ApplyResult(c) for c in plan.changes] if dry_run else self.hypervisor.apply(plan.changes)
+            for result in results:
+                journal.action(result, dry_run)
+            c = plan.changes[-1]
+            self.last_action = (
+                f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
+                f" at {time.strftime('%H:%M:%S')}"
+            )
+        self.ticks += 1
+        line = status_line(plan, snapshot, self.config, self.last_action)
+        self.notifier.status(f"{line}; {self.reload_note}" if self.reload_note else line)
+        if self.exit_when_idle and not managed:
+            log.info("no running domain to coordinate, exiting (--exit-when-idle)")
+            self._should_exit = True
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def _sleep(self, seconds: float) -> None:
+        """Wait for the next tick, waking early for a signal."""
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def run(self) -> int:
+        log.info(
+            "memcoord starting: %s, every %.1f s, config %s%s",
+            self.config.libvirt.uri,
+            self.config.loop.interval_s,
+            self.config_path,
+            " (dry run)" if self.config.loop.dry_run else "",
+        )
+        try:
+            while not self._should_exit:
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                started_s = time.monotonic()
+                ok = self.tick()
+                if ok and not self.ready:
+                    self.ready = True
+                    self.notifier.ready()
+                    log.info("first tick done, ready")
+                self.notifier.watchdog()
+                if self._should_exit:
+                    break
+                if ok:
+                    wait_s = self.config.loop.interval_s - (time.monotonic() - started_s)
+                else:
+                    wait_s, self._backoff_s = self._backoff_s, min(self._backoff_s * 2, BACKOFF_MAX_S)
+                watchdog_s = self.notifier.watchdog_interval_s()
+                while wait_s > 0 and not self._should_exit and not self._reload_requested:
+                    slice_s = min(wait_s, watchdog_s / 2) if watchdog_s else wait_s
+                    self._sleep(slice_s)
+                    wait_s -= slice_s
+                    if wait_s > 0:
+                        self.notifier.watchdog()
+        finally:
+            self.notifier.stopping()
+            log.info("memcoord stopping after %d ticks", self.ticks)
+            self.hypervisor.close()
+        return 0
