@@ -109,15 +109,14 @@ class Container:
     def boot(self, timeout: float = 90) -> None:
         """Boot systemd in the container and wait until `systemctl is-system-running` settles."""
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                "systemd-nspawn", "-D", str(self.root), "-M", self.name, "--boot", "--register=no",
-                "--keep-unit", "--bind=/run/libvirt", "--console=passive",
-            ],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "systemd-nspawn", "-D", str(self.root), "-M", self.name, "--boot", "--register=no",
+                    "--keep-unit", "--bind=/run/libvirt", "--console=passive",
+                ],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while not self.leader:
             if self.proc.poll() is not None:
