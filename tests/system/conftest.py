@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import libvirt
 import pytest
@@ -19,6 +20,7 @@ from lab.libvirtd import ensure_libvirtd
 
 from .container import CACHE, Container
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "memcoord.service"
 GUEST_MAX_MIB = 1024
@@ -168,17 +170,36 @@ def reconnect(lab: Lab) -> None:
         g.domain = lab.conn.lookupByName(g.name)
 
 
+def on_lab(lab: Lab, call: Callable[[], T]) -> T:
+    """Run a libvirt call of the test; if the shared libvirtd restarted under us (other users restart it too),
+    reconnect once and retry."""
+    try:
+        return call()
+    except libvirt.libvirtError:
+        reconnect(lab)
+        return call()
+
+
+def stats(lab: Lab) -> dict[str, dict[str, int]]:
+    """Balloon stats of the lab guests (KiB), as libvirt reports them."""
+    return on_lab(lab, lab.balloon_stats)
+
+
+def set_memory_mib(lab: Lab, name: str, mib: int) -> None:
+    """setMemory from the host side (the admin's `virsh setmem`)."""
+    on_lab(lab, lambda: lab.guest(name).domain.setMemoryFlags(mib * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+
 def reset_guests(lab: Lab) -> None:
     """Stop hogs and put every guest back at its start size; wait until the balloons are there."""
     for g in lab.guests:
         lab.stop_hog(g.name)
-        g.domain.setMemoryFlags(GUEST_START_MIB * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        set_memory_mib(lab, g.name, GUEST_START_MIB)
 
     def settled() -> bool:
-        stats = lab.balloon_stats()
-        return all(abs(s["balloon.current"] - GUEST_START_MIB * 1024) <= 1024 for s in stats.values())
+        return all(abs(s["balloon.current"] - GUEST_START_MIB * 1024) <= 1024 for s in stats(lab).values())
 
-    assert wait_until(settled, 60), lab.balloon_stats()
+    assert wait_until(settled, 60), stats(lab)
 
 
 @pytest.fixture

@@ -114,6 +114,9 @@ class Container:
                 [
                     "systemd-nspawn", "-D", str(self.root), "-M", self.name, "--boot", "--register=no",
                     "--keep-unit", "--bind=/run/libvirt", "--console=passive",
+                    # As PID 1 on a host has it: lets systemd bring up lo in a PrivateNetwork= namespace. Without
+                    # it every start of a unit with PrivateNetwork= logs "Failed to configure loopback network".
+                    "--capability=CAP_NET_ADMIN",
                 ],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
