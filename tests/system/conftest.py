@@ -156,11 +156,25 @@ def container() -> Iterator[Container]:
 @pytest.fixture(scope="session")
 def lab(container: Container) -> Iterator[Lab]:
     """Two real tiny guests, mcsys-1 and mcsys-2, on the host's libvirtd (the one the container sees)."""
+    wait_for_libvirtd()
     with Lab(
         prefix="mcsys-", n=2, max_mib=GUEST_MAX_MIB, current_mib=GUEST_START_MIB,
         run_dir=container.workdir / "lab",
     ) as lab:
         yield lab
+
+
+def wait_for_libvirtd(timeout_s: float = 60) -> None:
+    """Wait until qemu:///system answers (the shared daemon may be in the middle of a restart)."""
+
+    def answers() -> bool:
+        try:
+            libvirt.open("qemu:///system").close()
+        except libvirt.libvirtError:
+            return False
+        return True
+
+    assert wait_until(answers, timeout_s, 1.0), "qemu:///system does not answer"
 
 
 def reconnect(lab: Lab) -> None:
@@ -176,6 +190,7 @@ def on_lab(lab: Lab, call: Callable[[], T]) -> T:
     try:
         return call()
     except libvirt.libvirtError:
+        wait_for_libvirtd()
         reconnect(lab)
         return call()
 
