@@ -8,6 +8,7 @@ markers so its output can be cut out of that stream.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import socket
@@ -39,6 +40,15 @@ class OomKill:
 
 
 @dataclass
+class HogEvent:
+    """A change in the hog's life: start, holding, exit (after freeing), killed (by the OOM killer)."""
+
+    t_mono_s: float
+    kind: str
+    hog_mib: int
+
+
+@dataclass
 class ConsoleState:
     """What the console has told us so far; read by the timeline recorder."""
 
@@ -46,6 +56,8 @@ class ConsoleState:
     hog_state: str = "none"  # none | growing | holding | exited | killed
     hog_pid: int | None = None
     hog_runs: int = 0
+    hog_peak_mib: int = 0
+    hog_events: list[HogEvent] = field(default_factory=list)
     oom_kills: list[OomKill] = field(default_factory=list)
     panicked: bool = False
     ready: bool = False
@@ -88,10 +100,8 @@ class Console:
     def close(self) -> None:
         self._closed = True
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=2)
@@ -120,19 +130,24 @@ class Console:
             s.oom_kills.append(OomKill(now, int(m.group(1)), m.group(2)))
             if s.hog_pid == int(m.group(1)):
                 s.hog_state = "killed"
+                s.hog_events.append(HogEvent(now, "killed", s.hog_mib))
         elif m := HOG_START_RE.search(line):
             s.hog_pid, s.hog_mib, s.hog_state = int(m.group(1)), 0, "growing"
             s.hog_runs += 1
+            s.hog_events.append(HogEvent(now, "start", 0))
         elif m := HOG_HOLD_RE.search(line):
             s.hog_mib, s.hog_state = int(m.group(1)), "holding"
+            s.hog_events.append(HogEvent(now, "holding", s.hog_mib))
         elif HOG_EXIT_RE.search(line):
             s.hog_state = "exited"
+            s.hog_events.append(HogEvent(now, "exit", s.hog_mib))
         elif m := HOG_MIB_RE.search(line):
             s.hog_mib = int(m.group(1))
         elif PANIC_RE.search(line):
             s.panicked = True
         elif READY_LINE in line:
             s.ready = True
+        s.hog_peak_mib = max(s.hog_peak_mib, s.hog_mib)
         with self._cond:
             self._lines.append(line)
             self._cond.notify_all()

@@ -53,7 +53,9 @@ def find_kernel() -> tuple[Path, str]:
         if Path(f"/lib/modules/{version}/kernel/drivers/virtio").is_dir():
             candidates.append((Path(path), version))
     if not candidates:
-        raise ImageError("no /boot/vmlinuz-* with /lib/modules/<version>/kernel/drivers/virtio: install linux-image-amd64")
+        raise ImageError(
+            "no /boot/vmlinuz-* with /lib/modules/<version>/kernel/drivers/virtio: install linux-image-amd64"
+        )
     return candidates[-1]
 
 

@@ -35,6 +35,8 @@ from .model import (
 
 # Stats that move less than this between two guest samples count as unchanged (the seed compared MiB).
 STEADY_TOLERANCE_KIB = KIB_PER_MIB
+# A balloon within this of the target memcoord set has arrived (QEMU stops a few pages short at times).
+SETTLED_TOLERANCE_KIB = 4 * KIB_PER_MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,39 @@ class Sample:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """A target memcoord set that the balloon has not reached yet, and when it was set."""
+
+    target_kib: int
+    set_at_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyState:
     samples: dict[str, Sample] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+
+
+def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> PolicyState:
+    """Record the targets the shell really set, so the next ticks wait for those balloons to get there.
+
+    balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
+    would grow a guest twice for one need, and the host guard would count less than was granted.
+    """
+    pending = dict(state.pending)
+    pending.update({c.domain: Pending(c.to_kib, now_s) for c in changes})
+    return PolicyState(state.samples, pending)
+
+
+def _still_pending(pending: Pending | None, dom: DomainStats, config: Config, now_s: float) -> Pending | None:
+    """The pending target while the balloon is on its way; None once it arrived or gave up.
+
+    A balloon that cannot reach its target (a guest that will not give pages up) is believed where it is
+    after the stale-stats time.
+    """
+    if pending is None or abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB:
+        return None
+    return pending if now_s - pending.set_at_s <= config.stale_after_s else None
 
 
 def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
@@ -101,13 +134,19 @@ class _Ledger:
     granted in earlier ticks but not yet touched by the guest is counted too. Reclaim gives headroom back.
     """
 
-    def __init__(self, snapshot: Snapshot, managed: list[DomainStats], config: Config) -> None:
+    def __init__(
+        self, snapshot: Snapshot, managed: list[DomainStats], pending: dict[str, Pending], config: Config
+    ) -> None:
         self.doms = {d.name: d for d in managed}
         self.target_kib = {d.name: d.current_kib for d in managed}
         self.actions: dict[str, tuple[Action, list[str]]] = {}
         self.notes: list[str] = []
         self.config = config
-        outstanding_kib = sum(_outstanding_kib(d.current_kib, d.rss_kib) for d in managed)
+        # A balloon still growing toward its target will take that target: count the target, not where it is.
+        outstanding_kib = sum(
+            _outstanding_kib(max(d.current_kib, pending[d.name].target_kib if d.name in pending else 0), d.rss_kib)
+            for d in managed
+        )
         self.headroom_kib = snapshot.host.available_kib - outstanding_kib - mib_to_kib(config.host.min_available_mib)
 
     def floor_kib(self, name: str) -> int:
@@ -170,20 +209,28 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     managed = _by_name(d for d in snapshot.domains if config.manages(d.name))
     samples: dict[str, Sample] = {}
     classes: dict[str, GuestClass] = {}
+    pending: dict[str, Pending] = {}
     for dom in managed:
         sample = _observe(state.samples.get(dom.name), dom)
         if sample is not None:
             samples[dom.name] = sample
         classes[dom.name] = classify(dom, sample, config, snapshot.taken_at_s)
+        still = _still_pending(state.pending.get(dom.name), dom, config, snapshot.taken_at_s)
+        if still is not None:
+            pending[dom.name] = still
 
-    ledger = _Ledger(snapshot, managed, config)
+    ledger = _Ledger(snapshot, managed, pending, config)
     guest = config.guest
     reclaim_step_kib = mib_to_kib(guest.reclaim_step_mib)
     trusted = [d for d in managed if classes[d.name] not in (GuestClass.NO_STATS, GuestClass.STALE)]
 
+    # Guests whose balloon is still moving to the last target wait for it; no second decision on old figures.
+    settled = [d for d in managed if d.name not in pending]
+    trusted = [d for d in trusted if d.name not in pending]
+
     # Clamps: below the floor is raised (safe without stats); above the ceiling comes down one step at a time.
     clamped: set[str] = set()
-    for dom in managed:
+    for dom in settled:
         floor_kib = ledger.floor_kib(dom.name)
         if dom.current_kib < floor_kib:
             ledger.give(dom.name, floor_kib - dom.current_kib, Action.CLAMP, "below its floor")
@@ -234,4 +281,4 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             tax_kib -= ledger.give(name, share_kib, Action.GROW, "idle tax received")
 
     plan = Plan(ledger.changes(), classes, ledger.headroom_kib, tuple(ledger.notes))
-    return plan, PolicyState(samples)
+    return plan, PolicyState(samples, pending)

@@ -12,13 +12,16 @@ import pytest
 
 from tests.conftest import NotifySocket
 
-SIM_CONFIG = '[libvirt]\nuri = "sim:///demo"\n[loop]\ninterval_s = 0.2\n[host]\nmin_available_mib = {guard}\n'
+SIM_CONFIG = (
+    '[libvirt]\nuri = "sim:///demo"\n[loop]\ninterval_s = 0.2\n[host]\nmin_available_mib = {guard}\n'
+    '[status]\npath = "{state}"\n'
+)
 
 
 @pytest.fixture
 def service(tmp_path: Path, notify_socket: NotifySocket):
     config = tmp_path / "memcoord.toml"
-    config.write_text(SIM_CONFIG.format(guard=1024))
+    config.write_text(SIM_CONFIG.format(guard=1024, state=tmp_path / "state.json"))
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "5000000"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "memcoord.cli", "run", "--config", str(config)],
@@ -55,7 +58,7 @@ def test_ready_status_watchdog_then_stopping(service):
 def test_sighup_reloads_the_new_config(service):
     proc, config, ns = service
     ns.wait_for(lambda m: m == "READY=1")
-    config.write_text(SIM_CONFIG.format(guard=2000))
+    config.write_text(SIM_CONFIG.format(guard=2000, state=config.parent / "state.json"))
     proc.send_signal(signal.SIGHUP)
     reloading = ns.wait_for(lambda m: m.startswith("RELOADING=1"))
     assert "MONOTONIC_USEC=" in reloading
@@ -70,7 +73,9 @@ def test_sighup_reloads_the_new_config(service):
 def test_invalid_reload_keeps_the_running_config(service):
     proc, config, ns = service
     ns.wait_for(lambda m: m == "READY=1")
-    config.write_text(SIM_CONFIG.format(guard=2000) + "[guest]\nwasteful_mib = 10\n")
+    config.write_text(
+        SIM_CONFIG.format(guard=2000, state=config.parent / "state.json") + "[guest]\nwasteful_mib = 10\n"
+    )
     proc.send_signal(signal.SIGHUP)
     failed = ns.wait_for(lambda m: m.startswith("STATUS=") and "reload failed" in m)
     assert "guest.wasteful_mib = 10" in failed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from memcoord.config import Config, parse
 from memcoord.model import Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.policy import PolicyState, decide
+from memcoord.policy import PolicyState, applied, decide
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000
@@ -269,3 +269,43 @@ def test_state_forgets_domains_that_are_gone():
     _p, state = decide(snap(dom("a", 1024, 800), dom("b", 1024, 800)), PolicyState(), config)
     _p, state = decide(snap(dom("a", 1024, 800, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert set(state.samples) == {"a"}
+
+
+def test_a_guest_whose_balloon_is_still_moving_is_not_grown_again():
+    """The simulator showed 312 -> 612, then 562 -> 864: a second grow decided while the first was on its way."""
+    config = Config()
+    plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), config)
+    state = applied(state, plan.changes, NOW_S)
+    # One second later the balloon is half-way and the guest's stats still say starving.
+    plan, state = decide(snap(dom("a", 662, 60, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    assert plan.changes == ()
+    # Once it arrived, a starving guest grows again.
+    plan, _ = decide(snap(dom("a", 812, 60, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
+    assert by_name(plan)["a"].to_kib == mib_to_kib(1112)
+
+
+def test_the_guard_counts_a_pending_grow_at_its_target():
+    """While guest a's balloon moves to 812 MiB, the host must keep those 300 MiB for it."""
+    config = Config()
+    plan, state = decide(snap(dom("a", 512, 50), available_mib=1024 + 400), PolicyState(), config)
+    state = applied(state, plan.changes, NOW_S)
+    # a's QEMU has not touched the new memory yet (RSS still 512 MiB), so the host figure is unchanged.
+    a_moving = dom("a", 600, 40, last_s=NOW_S + 1, rss_mib=512)
+    second = snap(a_moving, dom("b", 512, 50), available_mib=1024 + 400, now_s=NOW_S + 1)
+    plan, _ = decide(second, state, config)
+    # Only 400 - 300 = 100 MiB are left for b, not 300 (nor the 312 that a's current position would leave).
+    assert by_name(plan)["b"].delta_kib == mib_to_kib(100)
+
+
+def test_a_balloon_that_never_arrives_is_believed_after_the_stale_time():
+    config = Config()
+    plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), config)
+    state = applied(state, plan.changes, NOW_S)
+    later_s = NOW_S + config.stale_after_s + 1
+    plan, _ = decide(snap(dom("a", 600, 40, last_s=int(later_s)), now_s=later_s), state, config)
+    assert by_name(plan)["a"].from_kib == mib_to_kib(600)
+
+
+def test_dry_run_style_no_apply_leaves_nothing_pending():
+    plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), Config())
+    assert plan.changes and state.pending == {}

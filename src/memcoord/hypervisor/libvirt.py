@@ -1,7 +1,13 @@
 """The real adapter: one bulk getAllDomainStats per tick, setMemory per change, reconnect on loss.
 
-Units: balloon.* stats and setMemory are KiB; psutil reports bytes. A keepalive on the connection bounds how
-long a call can hang when libvirtd stops answering (it needs libvirt's event loop, run in a daemon thread).
+Units: balloon.* stats and setMemory are KiB; psutil reports bytes.
+
+Two things can hang a libvirt call, and neither may stall the coordination of every other guest: libvirtd
+itself (a keepalive on the connection closes it, which needs libvirt's event loop, run in a daemon thread), and
+one guest's QEMU monitor (libvirtd is fine but waits on that guest forever). For the second, every call runs in
+a thread of its own and is given up after CALL_TIMEOUT_S, and the bulk stats call asks for NOWAIT, so later
+ticks skip a guest whose monitor is still busy instead of queueing behind it: that guest shows no guest stats,
+and memcoord leaves guests without stats alone.
 """
 
 from __future__ import annotations
@@ -9,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
@@ -20,6 +27,11 @@ from . import HypervisorError
 
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
+CALL_TIMEOUT_S = 10.0
+# Calls given up on still hold a thread each until libvirt answers; past this many, start a new connection.
+MAX_ABANDONED_CALLS = 4
+
+T = TypeVar("T")
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -74,6 +86,7 @@ class LibvirtHypervisor:
         self._domains: dict[str, libvirt.virDomain] = {}
         # (uuid, domain id, period): a restarted domain gets a new id and needs its period set again.
         self._period_set: set[tuple[str, int, int]] = set()
+        self._abandoned: list[threading.Event] = []
         _quiet_libvirt_errors()
         _start_event_loop()
 
@@ -98,6 +111,33 @@ class LibvirtHypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
+    def _bounded(self, what: str, call: Callable[[], T]) -> T:
+        """Run one libvirt call, giving up after CALL_TIMEOUT_S (the call goes on in its thread, unheeded)."""
+        self._abandoned = [done for done in self._abandoned if not done.is_set()]
+        if len(self._abandoned) >= MAX_ABANDONED_CALLS:
+            self._abandoned = []
+            self._drop()
+            raise HypervisorError(f"{self.uri}: {MAX_ABANDONED_CALLS} calls unanswered, reconnecting")
+        result: list[T] = []
+        error: list[BaseException] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                result.append(call())
+            except BaseException as exc:  # handed to the caller's thread below
+                error.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"libvirt {what}", daemon=True).start()
+        if not done.wait(CALL_TIMEOUT_S):
+            self._abandoned.append(done)
+            raise TimeoutError(f"{what}: no answer from {self.uri} in {CALL_TIMEOUT_S:.0f} s")
+        if error:
+            raise error[0]
+        return result[0]
+
     def _host(self, conn: libvirt.virConnect) -> HostStats:
         if is_local(self.uri):
             vm = psutil.virtual_memory()
@@ -108,14 +148,17 @@ class LibvirtHypervisor:
 
     def sample(self) -> Snapshot:
         conn = self._connection()
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
         try:
-            records = conn.getAllDomainStats(
-                libvirt.VIR_DOMAIN_STATS_BALLOON, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+            records = self._bounded(
+                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags)
             )
             host = self._host(conn)
         except libvirt.libvirtError as exc:
             self._drop()
             raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
+        except TimeoutError as exc:
+            raise HypervisorError(str(exc)) from None
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
         domains = tuple(_domain_stats(dom.name(), stats) for dom, stats in records)
@@ -131,9 +174,14 @@ class LibvirtHypervisor:
             if key in self._period_set:
                 continue
             try:
-                dom.setMemoryStatsPeriod(period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                self._bounded(
+                    "setMemoryStatsPeriod",
+                    lambda dom=dom: dom.setMemoryStatsPeriod(period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                )
             except libvirt.libvirtError as exc:
                 failures.append(f"{name}: cannot set the balloon stats period: {exc.get_error_message()}")
+            except (TimeoutError, HypervisorError) as exc:
+                failures.append(f"{name}: cannot set the balloon stats period: {exc}")
             self._period_set.add(key)
         return failures
 
@@ -145,9 +193,13 @@ class LibvirtHypervisor:
                 results.append(ApplyResult(change, "domain is gone"))
                 continue
             try:
-                dom.setMemoryFlags(change.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                self._bounded(
+                    "setMemory", lambda dom=dom, c=change: dom.setMemoryFlags(c.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                )
             except libvirt.libvirtError as exc:
                 results.append(ApplyResult(change, exc.get_error_message()))
+            except (TimeoutError, HypervisorError) as exc:
+                results.append(ApplyResult(change, str(exc)))
             else:
                 results.append(ApplyResult(change))
         return results
