@@ -85,17 +85,21 @@ class Unit:
         return self.ct.show(UNIT, *props)
 
     def cursor(self) -> str:
-        """The cursor of the newest journal entry (any unit): later queries read only what came after."""
+        """A mark at the newest journal entry (any unit): journal(after=mark) returns only entries after it.
+
+        It is the entry's realtime, not its __CURSOR: `journalctl --after-cursor=C` with matches skips the first
+        matching entry when the entry at C does not match (journalctl 252 steps over "the cursor entry")."""
         out = self.ct.run(["journalctl", "-o", "json", "-n", "1", "--no-pager"]).stdout
-        return json.loads(out.splitlines()[-1])["__CURSOR"]
+        return json.loads(out.splitlines()[-1])["__REALTIME_TIMESTAMP"]
 
     def journal(self, after: str | None = None, *matches: str) -> list[dict[str, str]]:
-        """Journal entries of the unit (from systemd and from memcoord itself), as JSON objects."""
+        """Journal entries of the unit (from systemd and from memcoord itself) after a mark, as JSON objects."""
         args = ["journalctl", "-u", UNIT, "-o", "json", "--no-pager", *matches]
         if after:
-            args.append(f"--after-cursor={after}")
+            args.append(f"--since=@{int(after) // 1_000_000}")
         out = self.ct.run(args).stdout
-        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return [e for e in entries if not after or int(e["__REALTIME_TIMESTAMP"]) > int(after)]
 
     def messages(self, after: str | None = None) -> list[str]:
         """The MESSAGE texts of journal(after)."""
