@@ -162,7 +162,10 @@ def lab(container: Container) -> Iterator[Lab]:
     """Two real tiny guests, mcsys-1 and mcsys-2, on the host's libvirtd (the one the container sees)."""
     wait_for_libvirtd()
     with Lab(
-        prefix="mcsys-", n=2, max_mib=GUEST_MAX_MIB, current_mib=GUEST_START_MIB,
+        prefix="mcsys-",
+        n=2,
+        max_mib=GUEST_MAX_MIB,
+        current_mib=GUEST_START_MIB,
         run_dir=container.workdir / "lab",
     ) as lab:
         yield lab

@@ -58,10 +58,15 @@ def base_tarball() -> Path:
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(
             [
-                "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                "bookworm", str(work), MIRROR,
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(PACKAGES)}",
+                "bookworm",
+                str(work),
+                MIRROR,
             ],
-            check=True, stdout=subprocess.DEVNULL,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         tmp = tarball.with_suffix(".partial")
         subprocess.run(["tar", "-C", str(work), "-cf", str(tmp), "."], check=True)
@@ -74,7 +79,9 @@ def repo_files(repo: Path) -> list[str]:
     """The files a `git clone` of the work tree would have (tracked + new, not ignored)."""
     out = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=repo, check=True, capture_output=True,
+        cwd=repo,
+        check=True,
+        capture_output=True,
     ).stdout
     return [f for f in out.decode().split("\0") if f and (repo / f).is_file()]
 
@@ -112,13 +119,25 @@ class Container:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [
-                    "systemd-nspawn", "-D", str(self.root), "-M", self.name, "--boot", "--register=no",
-                    "--keep-unit", "--bind=/run/libvirt", "--console=passive",
+                    "systemd-nspawn",
+                    "-D",
+                    str(self.root),
+                    "-M",
+                    self.name,
+                    "--boot",
+                    "--register=no",
+                    "--keep-unit",
+                    "--bind=/run/libvirt",
+                    "--console=passive",
                     # As PID 1 on a host has it: lets systemd bring up lo in a PrivateNetwork= namespace. Without
                     # it every start of a unit with PrivateNetwork= logs "Failed to configure loopback network".
                     "--capability=CAP_NET_ADMIN",
                 ],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self.leader:
@@ -145,9 +164,11 @@ class Container:
         """Run a command inside the container as root, with a clean admin environment; capture its output."""
         assert self.leader, "container not booted"
         r = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i",
-             *(f"{k}={v}" for k, v in ENV.items()), *args],
-            capture_output=True, text=True, timeout=timeout, input=input,
+            ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", *(f"{k}={v}" for k, v in ENV.items()), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
         )
         if check and r.returncode != 0:
             raise AssertionError(

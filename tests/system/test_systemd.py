@@ -39,7 +39,6 @@ from .container import Container, exposure
 pytestmark = pytest.mark.system
 
 
-
 def unused_mib(lab: Lab, name: str) -> int:
     """The guest's unused memory (balloon.unused) in MiB."""
     return stats(lab)[name]["balloon.unused"] // 1024
@@ -91,9 +90,10 @@ def test_make_install_as_readme(container: Container) -> None:
     assert ct.run(["memcoord", "check-config", "/etc/memcoord.toml"]).returncode == 0
     shipped = (REPO / "etc" / "memcoord.toml").read_text()
     assert ct.run(["cat", "/etc/memcoord.toml"]).stdout == shipped
-    assert ct.run(["cat", "/etc/systemd/system/memcoord.service"]).stdout == (
-        REPO / "packaging" / "memcoord.service"
-    ).read_text()
+    assert (
+        ct.run(["cat", "/etc/systemd/system/memcoord.service"]).stdout
+        == (REPO / "packaging" / "memcoord.service").read_text()
+    )
     props = ct.show(UNIT, "LoadState", "NeedDaemonReload", "FragmentPath")
     assert props == {
         "LoadState": "loaded",
@@ -191,7 +191,7 @@ def test_3_reload_applies_new_threshold(unit: Unit, lab: Lab) -> None:
     got = notifications(unit, cur, pid)
     reloading = [n for n in got if "RELOADING=1" in n]
     assert reloading and "MONOTONIC_USEC=" in reloading[0], got
-    assert any("READY=1" in n for n in got[got.index(reloading[0]):]), got
+    assert any("READY=1" in n for n in got[got.index(reloading[0]) :]), got
     assert "config reloaded from /etc/memcoord.toml" in unit.messages(cur)
     grow = actions(unit, cur, name, "grow")[0]
     assert int(grow["MEMCOORD_FROM_KIB"]) == GUEST_START_MIB * 1024
@@ -212,6 +212,7 @@ def test_4_invalid_config(unit: Unit, lab: Lab) -> None:
     assert any("reload failed" in m for m in msgs), msgs
     props = unit.show("ActiveState", "MainPID")
     assert props == {"ActiveState": "active", "MainPID": str(pid)}
+
     # The next tick's line keeps the note; and the old config is the one running: the guard is still 1024 (the
     # bad file said 900).
     def status() -> str:
@@ -333,17 +334,23 @@ path = "/var/lib/memcoord/timeline.jsonl"
     unit.systemctl("restart", UNIT)
     try:
         ct = unit.ct
-        assert wait_until(lambda: ct.run(["test", "-s", "/var/lib/memcoord/timeline.jsonl"], check=False).returncode
-                          == 0, 10), unit.messages(cur)
+        assert wait_until(
+            lambda: ct.run(["test", "-s", "/var/lib/memcoord/timeline.jsonl"], check=False).returncode == 0, 10
+        ), unit.messages(cur)
         mode = ct.run(["stat", "-c", "%G %a", "/run/memcoord/state.json"]).stdout.split()
         assert mode == ["adm", "640"], mode
         status = ct.run(["memcoord", "status"])
         assert "mcsys-1" in status.stdout and "mcsys-2" in status.stdout, status.stdout
-        fetch = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+        fetch = (
+            f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+        )
         metrics = ct.run(["python3", "-c", fetch]).stdout
         assert re.search(r'^memcoord_domain_actual_bytes\{domain="mcsys-1"\} \d', metrics, re.M), metrics[-2000:]
-        warnings = [e["MESSAGE"] for e in unit.journal(cur) if e.get("SYSLOG_IDENTIFIER") == "memcoord"
-                    and int(e.get("PRIORITY", "6")) <= 4]
+        warnings = [
+            e["MESSAGE"]
+            for e in unit.journal(cur)
+            if e.get("SYSLOG_IDENTIFIER") == "memcoord" and int(e.get("PRIORITY", "6")) <= 4
+        ]
         assert warnings == [], warnings
     finally:
         unit.write_config(BASE_CONFIG)
