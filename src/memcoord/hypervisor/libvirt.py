@@ -165,6 +165,11 @@ class LibvirtHypervisor:
         return Snapshot(host=host, domains=domains, taken_at_s=taken_at_s)
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int) -> list[str]:
+        """Set the period once per running domain (a restart gives it a new id); a failure is reported once.
+
+        After one call that got no answer, the rest wait for the next tick: a few hung guests must not add
+        CALL_TIMEOUT_S each to one tick and trip the watchdog.
+        """
         failures = []
         for name in names:
             dom = self._domains.get(name)
@@ -173,6 +178,7 @@ class LibvirtHypervisor:
             key = (dom.UUIDString(), dom.ID(), period_s)
             if key in self._period_set:
                 continue
+            self._period_set.add(key)
             try:
                 self._bounded(
                     "setMemoryStatsPeriod",
@@ -182,7 +188,7 @@ class LibvirtHypervisor:
                 failures.append(f"{name}: cannot set the balloon stats period: {exc.get_error_message()}")
             except (TimeoutError, HypervisorError) as exc:
                 failures.append(f"{name}: cannot set the balloon stats period: {exc}")
-            self._period_set.add(key)
+                break
         return failures
 
     def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
