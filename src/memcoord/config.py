@@ -153,7 +153,8 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
-def _describe(path: Path | str, err: Any) -> str:
+def describe_error(path: Path | str, err: Any) -> str:
+    """One pydantic error as `file: key = value: what is wrong` (also used for simulate's scenario files)."""
     loc = tuple(err["loc"])
     key = _key(loc) if loc else "(top level)"
     if err["type"] == "extra_forbidden":
@@ -173,7 +174,7 @@ def parse(text: str, path: Path | str = "<string>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(path, err) for err in exc.errors())) from None
+        raise ConfigError("\n".join(describe_error(path, err) for err in exc.errors())) from None
 
 
 def load(path: Path | str = DEFAULT_PATH) -> Config:
