@@ -7,6 +7,7 @@ knows which line to fix. A config is either loaded whole or not at all: there is
 from __future__ import annotations
 
 import fnmatch
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,9 @@ def _key(loc: tuple[int | str, ...]) -> str:
     parts = []
     for part in loc:
         text = str(part)
-        parts.append(text if text.replace("_", "").isalnum() else f'"{text}"')
+        # Quoted as a TOML basic string (JSON escapes are valid there): a name with a quote or a newline
+        # must not garble the message or split it into lines that look like other errors.
+        parts.append(text if text.replace("_", "").isalnum() else json.dumps(text))
     return ".".join(parts)
 
 
