@@ -18,9 +18,11 @@ import psutil
 from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot
 from . import HypervisorError
 
-
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
+# open() has no keepalive yet: a daemon that accepts but never answers (stopped, deadlocked) would hang it
+# forever. It runs in a thread and the tick gives up after as long as keepalive allows any other call.
+CONNECT_TIMEOUT_S = KEEPALIVE_INTERVAL_S * (KEEPALIVE_COUNT + 1)
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -45,6 +47,23 @@ def _start_event_loop() -> None:
 def _quiet_libvirt_errors() -> None:
     """libvirt prints every error to stderr by default; we report them ourselves, once."""
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class _Opener:
+    """libvirt.open() in a daemon thread; a later tick collects a connection that was slow to come."""
+
+    def __init__(self, uri: str) -> None:
+        self.done = threading.Event()
+        self.conn: libvirt.virConnect | None = None
+        self.error = ""
+        threading.Thread(target=self._run, args=(uri,), name="libvirt-open", daemon=True).start()
+
+    def _run(self, uri: str) -> None:
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            self.error = exc.get_error_message() or "unknown error"
+        self.done.set()
 
 
 def is_local(uri: str) -> bool:
@@ -72,6 +91,7 @@ class LibvirtHypervisor:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
+        self._opener: _Opener | None = None
         self._domains: dict[str, libvirt.virDomain] = {}
         # (uuid, domain id, period): a restarted domain gets a new id and needs its period set again.
         self._period_set: set[tuple[str, int, int]] = set()
@@ -81,10 +101,14 @@ class LibvirtHypervisor:
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
             return self._conn
-        try:
-            conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as exc:
-            raise HypervisorError(f"cannot connect to {self.uri}: {exc.get_error_message()}") from None
+        if self._opener is None:
+            self._opener = _Opener(self.uri)
+        if not self._opener.done.wait(CONNECT_TIMEOUT_S):
+            raise HypervisorError(f"cannot connect to {self.uri}: no answer within {CONNECT_TIMEOUT_S} s")
+        opener, self._opener = self._opener, None
+        if opener.conn is None:
+            raise HypervisorError(f"cannot connect to {self.uri}: {opener.error}")
+        conn = opener.conn
         # Drivers without keepalive (test://, embedded ones) refuse it; they cannot hang on a dead daemon.
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
