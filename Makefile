@@ -19,7 +19,7 @@ deps:  ## Debian packages for the tests, the lab and the venv (as root)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,plot]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, journal
+from . import __version__, journal, watch
 from . import config as config_mod
 from .config import ConfigError, ConfigFileError
 
@@ -49,12 +49,13 @@ def _positive_float(text: str) -> float:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .hypervisor import connect
+    from .observe import Observer
     from .service import Overrides, Service
 
     journal.setup(verbose=args.verbose)
     config = _load_or_exit(args.config)
     overrides = Overrides(interval_s=args.interval, dry_run=args.dry_run)
-    service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle)
+    service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle, observer=Observer())
     service.install_signal_handlers()
     return service.run()
 
@@ -72,6 +73,13 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
     config = _load_or_exit(path) if path is not None else config_mod.Config()
     sys.stdout.write(config_mod.dump(config))
     return EX_OK
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from . import simulate
+
+    config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
+    return simulate.main(args.scenario, config, args.policy, args.duration, args.plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: /etc/memcoord.toml if present, else the built-in defaults)",
     )
     show.set_defaults(func=_cmd_print_config)
+
+    from .policies import POLICIES
+
+    sim = sub.add_parser("simulate", help="run a scenario on the simulated hypervisor and print what happened")
+    sim.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. scenarios/course-1-one-hog.toml")
+    sim.add_argument("--policy", choices=sorted(POLICIES), default="seed", help="policy (%(default)s)")
+    sim.add_argument("--config", type=Path, default=None, help="config file (default: the built-in defaults)")
+    sim.add_argument("--duration", type=_positive_float, metavar="S", help="simulated seconds (default: scenario's)")
+    sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")
+    sim.set_defaults(func=_cmd_simulate)
+
+    watch.add_commands(sub)  # status, monitor, plot (watch.py)
     return parser
 
 

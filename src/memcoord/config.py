@@ -7,6 +7,7 @@ knows which line to fix. A config is either loaded whole or not at all: there is
 from __future__ import annotations
 
 import fnmatch
+import grp
 import json
 import tomllib
 from pathlib import Path
@@ -50,7 +51,7 @@ class LoopConfig(_Section):
 
 class GuestConfig(_Section):
     starving_mib: int = Field(150, ge=0)
-    wasteful_mib: int = Field(350, gt=0)
+    wasteful_mib: int = Field(350, gt=0, validate_default=True)
     grow_step_mib: int = Field(300, gt=0)
     reclaim_step_mib: int = Field(100, gt=0)
     min_mib: int = Field(256, gt=0)
@@ -83,12 +84,42 @@ class DomainOverride(_Section):
         return max_mib
 
 
+# -- observability (issue 7): what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ----
+class StatusConfig(_Section):
+    path: str = "/run/memcoord/state.json"
+    group: str = ""
+
+    @field_validator("group")
+    @classmethod
+    def _group_exists(cls, group: str) -> str:
+        if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise ValueError("no such group") from None
+        return group
+
+
+class MetricsConfig(_Section):
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = Field(9749, ge=1, le=65535)
+
+
+class TimelineConfig(_Section):
+    path: str = ""
+    max_mib: int = Field(64, gt=0)
+
+
 class Config(_Section):
     libvirt: LibvirtConfig = LibvirtConfig()
     loop: LoopConfig = LoopConfig()
     guest: GuestConfig = GuestConfig()
     host: HostConfig = HostConfig()
     domains: dict[str, DomainOverride] = {}
+    status: StatusConfig = StatusConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    timeline: TimelineConfig = TimelineConfig()
 
     def manages(self, name: str) -> bool:
         """True for a domain memcoord may touch: matched by libvirt.domains and not disabled."""

@@ -13,7 +13,9 @@ from systemd import daemon
 
 class Notifier:
     def _send(self, *lines: str) -> None:
-        daemon.notify("\n".join(lines))
+        # An empty NOTIFY_SOCKET means "not under systemd", but sd_notify would fail on it with EINVAL.
+        if os.environ.get("NOTIFY_SOCKET"):
+            daemon.notify("\n".join(lines))
 
     def ready(self) -> None:
         self._send("READY=1")

@@ -21,6 +21,7 @@ from .config import Config, ConfigError
 from .hypervisor import Hypervisor, HypervisorError
 from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from .notify import Notifier
+from .observe import Observer
 from .policy import PolicyState, decide
 
 log = logging.getLogger("memcoord")
@@ -69,6 +70,7 @@ class Service:
         overrides: Overrides = Overrides(),
         exit_when_idle: bool = False,
         notifier: Notifier | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.config_path = config_path
         self.overrides = overrides
@@ -89,6 +91,9 @@ class Service:
         self._wake = threading.Event()
         self._untrusted_since: dict[str, float] = {}
         self._untrusted_reported: set[str] = set()
+        # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
+        self.observer = observer or Observer(publish=False)
+        self.observer.configure(config_path, self.config)
 
     # -- signals -------------------------------------------------------------------------------------------
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -113,11 +118,13 @@ class Service:
         except ConfigError as exc:
             self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
             log.error("config reload failed, keeping the running config:\n%s", exc)
+            self.observer.reload_failed(str(exc))
         else:
             if new.libvirt.uri != self.config.libvirt.uri:
                 self.hypervisor.close()
                 self.hypervisor = self.connect(new.libvirt.uri)
             self.config = new
+            self.observer.configure(self.config_path, new)
             self.reload_note = ""
             log.info("config reloaded from %s", self.config_path)
         self.notifier.ready()
@@ -126,6 +133,7 @@ class Service:
     # -- one tick ------------------------------------------------------------------------------------------
     def tick(self) -> bool:
         """Sample, decide, apply, report. False when the hypervisor could not be reached."""
+        started_s = time.monotonic()
         try:
             snapshot = self.hypervisor.sample()
         except HypervisorError as exc:
@@ -133,6 +141,7 @@ class Service:
                 log.error("lost the hypervisor, retrying with backoff: %s", exc)
             self._lost_reason = str(exc)
             self.notifier.status(f"hypervisor unreachable, retrying: {exc}")
+            self.observer.tick_failed(str(exc), time.monotonic() - started_s, next_in_s=self._backoff_s)
             return False
         if self._lost_reason is not None:
             log.info("hypervisor reachable again at %s", self.config.libvirt.uri)
@@ -140,7 +149,8 @@ class Service:
         self._backoff_s = BACKOFF_START_S
 
         managed = [d.name for d in snapshot.domains if self.config.manages(d.name)]
-        for failure in self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s):
+        failures = self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s)
+        for failure in failures:
             log.warning("%s", failure)
 
         plan, self.state = decide(snapshot, self.state, self.config)
@@ -148,6 +158,7 @@ class Service:
         for note in plan.notes:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
+        results: list[ApplyResult] = []
         if plan.changes:
             results = [ApplyResult(c) for c in plan.changes] if dry_run else self.hypervisor.apply(plan.changes)
             for result in results:
@@ -158,6 +169,7 @@ class Service:
                 f" at {time.strftime('%H:%M:%S')}"
             )
         self.ticks += 1
+        self.observer.tick_done(snapshot, plan, results, time.monotonic() - started_s, failures)
         line = status_line(plan, snapshot, self.config, self.last_action)
         self.notifier.status(f"{line}; {self.reload_note}" if self.reload_note else line)
         if self.exit_when_idle and not managed:
@@ -204,6 +216,7 @@ class Service:
             self.config_path,
             " (dry run)" if self.config.loop.dry_run else "",
         )
+        self.observer.start()
         try:
             while not self._should_exit:
                 if self._reload_requested:
@@ -231,6 +244,7 @@ class Service:
                         self.notifier.watchdog()
         finally:
             self.notifier.stopping()
+            self.observer.stop()
             log.info("memcoord stopping after %d ticks", self.ticks)
             self.hypervisor.close()
         return 0

@@ -2,15 +2,23 @@
 
 Guests have a maximum, a balloon target, an actual size that converges toward the target at a finite rate,
 guest stats that refresh on a period, and a workload that asks for memory over time. A workload asking for
-more than the guest has is OOM-killed (counted) and starts over. Time only moves when `advance` is called,
-so a run is deterministic.
+more than the guest has is OOM-killed (counted). Time only moves when `advance` is called, and any randomness
+comes from a `random.Random(seed)`, so a run is deterministic for a seed.
+
+Host memory follows what QEMU really holds: a guest's RSS grows with what it touches and only shrinks when the
+balloon takes pages back (memory a program frees inside the guest stays with QEMU). That is why reclaiming
+idle memory matters to the host at all, and the simulator has to model it for the comparison to mean anything.
 """
 
 from __future__ import annotations
 
+import csv
+import random
 import time
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot, mib_to_kib
@@ -31,6 +39,8 @@ class Workload(Protocol):
 
 @dataclass
 class Idle:
+    """A guest doing nothing but holding used_kib (a daemon or two)."""
+
     used_kib: int = 0
 
     def demand_kib(self, t_s: float) -> int:
@@ -42,7 +52,11 @@ class Idle:
 
 @dataclass
 class Hog:
-    """Grows at rate_kib_s from start_s up to limit_kib (None: until killed), holds, then frees at free_s."""
+    """Grows at rate_kib_s from start_s up to limit_kib (None: until killed), holds, then frees at free_s.
+
+    Covers steady growth (no limit), grow-then-hold (limit) and grow-then-hold-then-free (limit and free_s).
+    Like the course's hog, once killed it stays dead.
+    """
 
     rate_kib_s: int
     start_s: float = 0.0
@@ -57,12 +71,140 @@ class Hog:
         return grown_kib if self.limit_kib is None else min(grown_kib, self.limit_kib)
 
     def killed(self, t_s: float) -> None:
-        # Like the course's hog: once killed it stays dead.
         self.free_s = t_s
 
 
 @dataclass
+class Burst:
+    """base_kib always, plus peak_kib for length_s about every every_s seconds (jittered by a seeded RNG).
+
+    A burst rises to its peak over ramp_s (0: a step), as a batch job or a cache warm-up does: the hardest
+    shape for a policy that grows one step per tick. A killed burst ends; the next one comes on schedule.
+    """
+
+    base_kib: int
+    peak_kib: int
+    every_s: float
+    length_s: float
+    start_s: float = 0.0
+    jitter: float = 0.0
+    seed: int = 0
+    ramp_s: float = 0.0
+    _starts_s: list[float] = field(default_factory=list)
+    _dead_until_s: float = -1.0
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        self._rng = rng
+        self._starts_s = [self.start_s]
+
+    def _burst_start_s(self, t_s: float) -> float | None:
+        """Start of the burst covering t_s, or None between bursts. Burst times are drawn lazily, in order."""
+        while self._starts_s[-1] <= t_s:
+            gap_s = self.every_s * (1 + self.jitter * (2 * self._rng.random() - 1))
+            self._starts_s.append(self._starts_s[-1] + max(gap_s, self.length_s))
+        i = bisect_right(self._starts_s, t_s) - 1
+        if i < 0 or t_s >= self._starts_s[i] + self.length_s:
+            return None
+        return self._starts_s[i]
+
+    def demand_kib(self, t_s: float) -> int:
+        start_s = self._burst_start_s(t_s)
+        if start_s is None or t_s < self._dead_until_s:
+            return self.base_kib
+        if self.ramp_s > 0 and t_s - start_s < self.ramp_s:
+            return self.base_kib + int(self.peak_kib * (t_s - start_s) / self.ramp_s)
+        return self.base_kib + self.peak_kib
+
+    def killed(self, t_s: float) -> None:
+        start_s = self._burst_start_s(t_s)
+        self._dead_until_s = (start_s + self.length_s) if start_s is not None else t_s
+
+
+@dataclass
+class Sawtooth:
+    """Ramps from low_kib to high_kib over period_s, drops back to low_kib, and again (a leaky cache flushed)."""
+
+    low_kib: int
+    high_kib: int
+    period_s: float
+    start_s: float = 0.0
+    _dead_cycle: int = -1
+
+    def demand_kib(self, t_s: float) -> int:
+        if t_s < self.start_s:
+            return self.low_kib
+        cycle, into_s = divmod(t_s - self.start_s, self.period_s)
+        if int(cycle) == self._dead_cycle:
+            return self.low_kib
+        return self.low_kib + int((self.high_kib - self.low_kib) * into_s / self.period_s)
+
+    def killed(self, t_s: float) -> None:
+        self._dead_cycle = int((t_s - self.start_s) // self.period_s) if t_s >= self.start_s else -1
+
+
+@dataclass
+class Trace:
+    """Demand replayed from (t_s, demand_kib) points, stepwise (each value holds until the next point).
+
+    Time is relative to start_s. A kill drops demand to zero for restart_after_s, then the trace resumes, as a
+    service restarted by systemd would.
+    """
+
+    points: list[tuple[float, int]]
+    start_s: float = 0.0
+    restart_after_s: float = 5.0
+    _dead_until_s: float = -1.0
+
+    def __post_init__(self) -> None:
+        self.points = sorted(self.points)
+        self._times_s = [t for t, _ in self.points]
+
+    def demand_kib(self, t_s: float) -> int:
+        if t_s < self._dead_until_s:
+            return 0
+        i = bisect_right(self._times_s, t_s - self.start_s) - 1
+        return self.points[i][1] if i >= 0 else 0
+
+    def killed(self, t_s: float) -> None:
+        self._dead_until_s = t_s + self.restart_after_s
+
+
+class TraceError(ValueError):
+    """A trace file cannot be read; the message names the file and line."""
+
+
+def load_trace(path: Path | str) -> list[tuple[float, int]]:
+    """Read a CSV of `t_s,demand_mib` rows (a header line is allowed) into (t_s, demand_kib) points."""
+    path = Path(path)
+    points: list[tuple[float, int]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for lineno, row in enumerate(csv.reader(f), start=1):
+                if not row or row[0].strip().startswith("#"):
+                    continue
+                if len(row) != 2:
+                    raise TraceError(f"{path}:{lineno}: expected 2 columns t_s,demand_mib, got {len(row)}")
+                try:
+                    t_s, demand_mib = float(row[0]), float(row[1])
+                except ValueError:
+                    if lineno == 1:
+                        continue  # header
+                    raise TraceError(f"{path}:{lineno}: not numbers: {','.join(row)!r}") from None
+                if demand_mib < 0:
+                    raise TraceError(f"{path}:{lineno}: demand_mib must be >= 0, got {demand_mib}")
+                points.append((t_s, mib_to_kib(demand_mib)))
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
+    if not points:
+        raise TraceError(f"{path}: no data rows")
+    return points
+
+
+@dataclass
 class SimGuest:
+    """One guest: actual converges to target; used is what the kernel and workload hold; rss is what QEMU holds."""
+
     name: str
     max_kib: int
     target_kib: int
@@ -70,12 +212,15 @@ class SimGuest:
     has_balloon_stats: bool = True
     actual_kib: int = 0
     used_kib: int = KERNEL_USED_KIB
+    rss_kib: int = 0
     oom_kills: int = 0
     last_update_s: int = 0
     reported_unused_kib: int = 0
+    reported_current_kib: int = 0
 
     def __post_init__(self) -> None:
         self.actual_kib = self.actual_kib or self.target_kib
+        self.rss_kib = self.rss_kib or self.used_kib
 
 
 class SimulatedHypervisor:
@@ -86,42 +231,55 @@ class SimulatedHypervisor:
         balloon_rate_kib_s: int = mib_to_kib(500),
         start_s: float = 1_000_000.0,
         realtime: bool = False,
+        host_other_used_kib: int = 0,
     ) -> None:
         self.guests = {g.name: g for g in guests}
         self.host_total_kib = host_total_kib
+        self.host_other_used_kib = host_other_used_kib
         self.balloon_rate_kib_s = balloon_rate_kib_s
         self.now_s = start_s
         self.stats_period_s: dict[str, int] = {}
         self.set_memory_calls = 0
+        self.sample_calls = 0
         self.reachable = True
         # In real time (memcoord run on a sim: URI) each sample first advances the model by the wall time passed.
         self._realtime_mark_s = time.monotonic() if realtime else None
 
+    def host_available_kib(self) -> int:
+        """Host memory not held by QEMU processes or the rest of the host."""
+        held_kib = self.host_other_used_kib + sum(g.rss_kib for g in self.guests.values())
+        return max(0, self.host_total_kib - held_kib)
+
     def _host(self) -> HostStats:
-        used_kib = sum(g.used_kib for g in self.guests.values())
-        return HostStats(available_kib=max(0, self.host_total_kib - used_kib), total_kib=self.host_total_kib)
+        return HostStats(available_kib=self.host_available_kib(), total_kib=self.host_total_kib)
 
     def advance(self, dt_s: float) -> None:
-        """Move time forward: balloons converge, workloads grow, guests refresh their stats."""
+        """Move time forward: balloons converge, workloads grow (or die), guests refresh their stats."""
         self.now_s += dt_s
         step_kib = int(self.balloon_rate_kib_s * dt_s)
+        now_s = self.now_s
         for g in self.guests.values():
             gap_kib = g.target_kib - g.actual_kib
-            g.actual_kib += max(-step_kib, min(step_kib, gap_kib))
-            want_kib = KERNEL_USED_KIB + g.workload.demand_kib(self.now_s)
+            if gap_kib:
+                g.actual_kib += max(-step_kib, min(step_kib, gap_kib))
+            want_kib = KERNEL_USED_KIB + g.workload.demand_kib(now_s)
             if want_kib > g.actual_kib:
                 g.oom_kills += 1
-                g.workload.killed(self.now_s)
-                want_kib = KERNEL_USED_KIB + g.workload.demand_kib(self.now_s)
+                g.workload.killed(now_s)
+                want_kib = KERNEL_USED_KIB + g.workload.demand_kib(now_s)
             g.used_kib = min(want_kib, g.actual_kib)
+            # QEMU keeps pages the guest touched; only the balloon gives them back.
+            g.rss_kib = min(max(g.rss_kib, g.used_kib), g.actual_kib)
             period_s = self.stats_period_s.get(g.name, 0)
-            if g.has_balloon_stats and period_s and self.now_s - g.last_update_s >= period_s:
-                g.last_update_s = int(self.now_s)
+            if g.has_balloon_stats and period_s and now_s - g.last_update_s >= period_s:
+                g.last_update_s = int(now_s)
                 g.reported_unused_kib = g.actual_kib - g.used_kib
+                g.reported_current_kib = g.actual_kib
 
     def sample(self) -> Snapshot:
         if not self.reachable:
             raise HypervisorError("simulated hypervisor unreachable")
+        self.sample_calls += 1
         if self._realtime_mark_s is not None:
             mark_s = time.monotonic()
             self.advance(mark_s - self._realtime_mark_s)
@@ -133,7 +291,7 @@ class SimulatedHypervisor:
                 max_kib=g.max_kib,
                 unused_kib=g.reported_unused_kib if g.last_update_s else None,
                 usable_kib=g.reported_unused_kib if g.last_update_s else None,
-                rss_kib=g.used_kib,
+                rss_kib=g.rss_kib,
                 last_update_s=g.last_update_s or None,
             )
             for g in self.guests.values()

@@ -1,0 +1,123 @@
+"""Policy cost per tick at 10 .. 10,000 simulated domains: time per decide() and peak memory.
+
+    .venv/bin/python bench/scale.py [--sizes 10,100,1000,10000] [--ticks 20] [--policies seed,mom,proxmox]
+
+Targets (issue 5): seed policy <= 10 ms per tick at 1,000 domains, <= 100 ms at 10,000. Only the policy call is
+timed (the simulator's own work between ticks is not). Peak memory is tracemalloc's peak during the policy calls
+(Python allocations made by the policy: the snapshot it reads is built outside); ru_maxrss is the whole
+process at the end. Times are also given as ratios against seed, since these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+
+from memcoord.config import Config
+from memcoord.hypervisor.sim import Hog, Idle, Sawtooth, SimGuest, SimulatedHypervisor
+from memcoord.model import mib_to_kib
+from memcoord.policies import POLICIES, make
+from memcoord.simulate import format_table
+
+
+def host(n: int) -> SimulatedHypervisor:
+    """n guests, a quarter each idle-fat, idle-small, growing, sawtooth: every class shows up every tick."""
+    guests = []
+    for i in range(n):
+        kind = i % 4
+        workload: Idle | Hog | Sawtooth
+        if kind == 0:
+            workload, start_mib = Idle(mib_to_kib(100)), 1024
+        elif kind == 1:
+            workload, start_mib = Idle(mib_to_kib(200)), 512
+        elif kind == 2:
+            workload, start_mib = Hog(mib_to_kib(20), start_s=1_000_000.0 + i % 7, limit_kib=mib_to_kib(1500)), 512
+        else:
+            workload, start_mib = Sawtooth(mib_to_kib(100), mib_to_kib(800), 30 + i % 11), 512
+        guests.append(
+            SimGuest(f"vm{i:05d}", max_kib=mib_to_kib(2048), target_kib=mib_to_kib(start_mib), workload=workload)
+        )
+    return SimulatedHypervisor(guests, host_total_kib=mib_to_kib(2048) * n)
+
+
+def measure(policy_name: str, n: int, ticks: int) -> tuple[float, float, float]:
+    """(median ms per tick, max ms per tick, tracemalloc peak MiB) over `ticks` ticks after 2 warm-up ticks."""
+    config = Config()
+    hv = host(n)
+    hv.ensure_stats_period(list(hv.guests), 1)
+    policy = make(policy_name, config)
+    times_ms = []
+    peak_b = 0
+    for tick in range(ticks + 2):
+        hv.advance(1.0)
+        snapshot = hv.sample()
+        gc.collect()
+        tracemalloc.start()
+        started = time.perf_counter()
+        changes = policy.decide(snapshot)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        peak_b = max(peak_b, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        hv.apply(changes)
+        if tick >= 2:
+            times_ms.append(elapsed_ms)
+    return statistics.median(times_ms), max(times_ms), peak_b / 2**20
+
+
+def untraced_ms(policy_name: str, n: int, ticks: int) -> tuple[float, float]:
+    """(median, max) ms per tick without tracemalloc (it slows allocation-heavy code a lot).
+
+    MOM and Proxmox decide only every 10 s and return at once in between, so their max is their real cost.
+    """
+    config = Config()
+    hv = host(n)
+    hv.ensure_stats_period(list(hv.guests), 1)
+    policy = make(policy_name, config)
+    times_ms = []
+    for tick in range(ticks + 2):
+        hv.advance(1.0)
+        snapshot = hv.sample()
+        started = time.perf_counter()
+        changes = policy.decide(snapshot)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        hv.apply(changes)
+        if tick >= 2:
+            times_ms.append(elapsed_ms)
+    return statistics.median(times_ms), max(times_ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--ticks", type=int, default=20)
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    policies = args.policies.split(",")
+    rows = []
+    seed_ms: dict[int, float] = {}
+    for n in sizes:
+        for name in policies:
+            median_ms, max_ms = untraced_ms(name, n, args.ticks)
+            _, _, peak_mib = measure(name, n, max(3, args.ticks // 4))
+            if name == "seed":
+                seed_ms[n] = max_ms
+            ratio = f"{max_ms / seed_ms[n]:.2f}" if seed_ms.get(n) else "-"
+            target = {1000: 10.0, 10000: 100.0}.get(n)
+            verdict = "-" if target is None or name != "seed" else ("ok" if max_ms <= target else "MISSED")
+            rows.append([n, name, f"{median_ms:.2f}", f"{max_ms:.2f}", ratio, f"{peak_mib:.1f}", verdict])
+            print(f"  {n} {name} done", file=sys.stderr)
+    headers = ["domains", "policy", "ms/tick median", "ms/tick max", "max x seed", "policy peak MiB", "target"]
+    print(format_table(headers, rows))
+    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"process peak RSS (ru_maxrss, whole run incl. simulator): {maxrss_mib:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Run the real `memcoord run` against a lab, as a subprocess, with the shipped config.
+
+The lab config is the shipped etc/memcoord.toml with only what the lab must change: the
+domains memcoord manages (the lab's prefix, so it never touches anyone else's guests) and,
+per scenario, explicit overrides such as the host guard.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = REPO_ROOT / "etc" / "memcoord.toml"
+# "grow mclab-1 512 -> 812 MiB (starving: ...)", optionally prefixed "dry run, not applied: ".
+ACTION_RE = re.compile(r"\b(grow|reclaim|tax|clamp) (\S+) (\d+) -> (\d+) MiB \((.*)\)\s*$")
+
+
+@dataclass(frozen=True)
+class CoordinatorAction:
+    """One setMemory memcoord logged."""
+
+    t_mono_s: float
+    action: str
+    domain: str
+    from_mib: int
+    to_mib: int
+    reason: str
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def lab_config(
+    domain_glob: str, overrides: dict[str, Any] | None = None, base: Path = SHIPPED_CONFIG
+) -> dict[str, Any]:
+    """The shipped config, restricted to the lab's domains, plus explicit overrides."""
+    with base.open("rb") as f:
+        cfg = tomllib.load(f)
+    cfg = _merge(cfg, {"libvirt": {"domains": [domain_glob]}})
+    return _merge(cfg, overrides or {})
+
+
+def memcoord_command() -> list[str]:
+    """The console script beside this interpreter (the venv's), else on PATH, else the module."""
+    beside = Path(sys.executable).parent / "memcoord"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("memcoord")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "memcoord.cli"]
+
+
+class Memcoord:
+    """`memcoord run --config PATH` as a child process; its stderr is kept and its actions parsed."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        work_dir: Path,
+        extra_args: list[str] | None = None,
+        on_action: Callable[[CoordinatorAction], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = work_dir / "memcoord.toml"
+        self.log_path = work_dir / "memcoord.log"
+        self.extra_args = extra_args or []
+        self.on_action = on_action
+        self.actions: list[CoordinatorAction] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> Memcoord:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.config_path.write_text(tomli_w.dumps(self.config))
+        cmd = [*memcoord_command(), "run", "--config", str(self.config_path), *self.extra_args]
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)  # log to our pipe, never to the journal
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        self._reader = threading.Thread(target=self._read, name="memcoord-log", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with self.log_path.open("a", buffering=1) as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                m = ACTION_RE.search(line)
+                if m and "dry run" not in line:
+                    a = CoordinatorAction(
+                        time.monotonic(), m.group(1), m.group(2), int(m.group(3)), int(m.group(4)), m.group(5)
+                    )
+                    self.actions.append(a)
+                    if self.on_action is not None:
+                        self.on_action(a)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM (memcoord's clean shutdown), SIGKILL if it hangs; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""

@@ -1,0 +1,146 @@
+"""One lab run: guests + the real memcoord + the timeline recorder, torn down as one unit.
+
+`make demo` and every acceptance scenario are a LabRun plus a workload; keeping the wiring
+here means the demo shows exactly what the tests check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lab.coordinator import CoordinatorAction, Memcoord, lab_config
+from lab.image import GuestImage
+from lab.lab import Lab
+from lab.timeline import Recorder, Timeline
+
+
+class LabRun:
+    """Context manager: boots the lab and starts recording; `start_memcoord` when the baseline is taken."""
+
+    def __init__(
+        self,
+        prefix: str,
+        out_dir: Path,
+        n: int = 4,
+        max_mib: int = 2048,
+        current_mib: int = 512,
+        image: GuestImage | None = None,
+        sample_interval_s: float = 1.0,
+        title: str = "memcoord lab",
+    ) -> None:
+        self.out_dir = out_dir
+        self.lab = Lab(prefix=prefix, n=n, max_mib=max_mib, current_mib=current_mib, image=image)
+        self.sample_interval_s = sample_interval_s
+        self.title = title
+        self.memcoord: Memcoord | None = None
+        self.recorder: Recorder | None = None
+        self.saved: list[Path] = []
+
+    def __enter__(self) -> LabRun:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.lab.up()
+        try:
+            self.recorder = Recorder(
+                self.lab,
+                self.sample_interval_s,
+                coordinator_alive=lambda: self.memcoord is not None and self.memcoord.alive(),
+                meta={"title": self.title, "prefix": self.lab.prefix, "n": self.lab.n},
+            )
+            self.recorder.start()
+        except BaseException:
+            self.lab.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def timeline(self) -> Timeline:
+        assert self.recorder is not None
+        return self.recorder.timeline
+
+    def t_s(self) -> float:
+        """Now, on the timeline's clock."""
+        assert self.recorder is not None
+        return self.recorder.t_s()
+
+    def mark(self, kind: str, guest: str | None = None, **data: Any) -> None:
+        assert self.recorder is not None
+        self.recorder.mark(kind, guest, **data)
+
+    def host_baseline_mib(self) -> tuple[float, float]:
+        """(host available, memory the guests may still take = sum of max(0, current - QEMU RSS)), in MiB.
+
+        This is the host guard's own accounting, so a guard derived from it hands out a known amount.
+        """
+        import psutil
+
+        stats = self.lab.balloon_stats()
+        outstanding_kib = sum(max(0, s.get("balloon.current", 0) - s.get("balloon.rss", 0)) for s in stats.values())
+        return psutil.virtual_memory().available / 2**20, outstanding_kib / 1024
+
+    def guard_allowing_mib(self, growth_mib: int) -> int:
+        """A host.min_available_mib under which about growth_mib can be handed out beyond now."""
+        available_mib, outstanding_mib = self.host_baseline_mib()
+        return int(available_mib - outstanding_mib - growth_mib)
+
+    def start_memcoord(self, overrides: dict[str, Any] | None = None, extra_args: list[str] | None = None) -> Memcoord:
+        """Start `memcoord run` with the shipped config restricted to this lab (plus overrides)."""
+        config = lab_config(self.lab.domain_glob, overrides)
+
+        def on_action(a: CoordinatorAction) -> None:
+            self.mark(
+                "action",
+                a.domain,
+                t_mono_s=a.t_mono_s,
+                action=a.action,
+                from_mib=a.from_mib,
+                to_mib=a.to_mib,
+                reason=a.reason,
+            )
+
+        self.memcoord = Memcoord(config, self.out_dir, extra_args=extra_args, on_action=on_action)
+        meta = self.timeline.meta
+        meta["config"] = config
+        meta["floor_mib"] = config["guest"]["min_mib"]
+        meta["host_min_available_mib"] = config["host"]["min_available_mib"]
+        self.memcoord.start()
+        self.mark("memcoord_start")
+        return self.memcoord
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> float:
+        """Poll until predicate() holds; returns the seconds waited, raises TimeoutError naming `what`."""
+        t0 = time.monotonic()
+        while not predicate():
+            if self.memcoord is not None and not self.memcoord.alive():
+                raise RuntimeError(
+                    f"memcoord exited ({self.memcoord.proc and self.memcoord.proc.returncode}) while waiting for {what}"
+                )
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{what}: not reached within {timeout_s:.0f} s")
+            time.sleep(poll_s)
+        return time.monotonic() - t0
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        assert self.recorder is not None
+        return self.recorder.latest()
+
+    def close(self) -> None:
+        """Stop recording, stop memcoord, keep logs, tear the guests down, write the timeline. Idempotent."""
+        if self.recorder is not None:
+            self.recorder.stop()
+        if self.memcoord is not None:
+            rc = self.memcoord.stop()
+            self.timeline.meta["memcoord_exit_code"] = rc
+        for g in self.lab.guests:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(g.console.log_path, self.out_dir / g.console.log_path.name)
+        self.lab.down()
+        if self.recorder is not None and not self.saved:
+            self.saved = self.timeline.save(self.out_dir)

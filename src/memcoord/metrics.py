@@ -1,0 +1,135 @@
+"""Prometheus metrics, with the standard client library: one memcoord per host, Prometheus aggregates the fleet.
+
+Per-domain sizes are gauges collected from the latest published view at scrape time (a custom collector),
+so a domain that stops or is undefined disappears from the scrape instead of freezing at its last value.
+Events (actions, errors, reloads, tick durations) are ordinary counters and a histogram, updated by the
+observer. The registry is private to each Metrics object so tests can run several services in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("memcoord")
+
+BYTES_PER_KIB = 1024
+# Ticks are one bulk stats call and a few setMemory calls: milliseconds normally, seconds when libvirt is slow.
+TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+DOMAIN_GAUGES = (
+    ("target", "target_kib", "Balloon target memcoord last set (absent until it sets one)"),
+    ("actual", "current_kib", "Current balloon size, as libvirt reports it"),
+    ("max", "max_kib", "Maximum memory of the domain"),
+    ("unused", "unused_kib", "Memory the guest reports unused"),
+    ("usable", "usable_kib", "Memory the guest reports usable without swapping"),
+)
+
+
+class _ViewCollector(Collector):
+    """Gauges from the latest view: per-domain sizes, host memory and guard, guest classes."""
+
+    def __init__(self, get_view: Callable[[], dict[str, Any] | None]) -> None:
+        self._get_view = get_view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        view = self._get_view()
+        if view is None:
+            return
+        for name, key, doc in DOMAIN_GAUGES:
+            family = GaugeMetricFamily(f"memcoord_domain_{name}_bytes", doc, labels=["domain"])
+            for dom in view["domains"]:
+                if dom.get(key) is not None:
+                    family.add_metric([dom["name"]], dom[key] * BYTES_PER_KIB)
+            yield family
+        classes = GaugeMetricFamily(
+            "memcoord_domain_class", "1 for the class the policy gave the domain this tick", labels=["domain", "class"]
+        )
+        for dom in view["domains"]:
+            classes.add_metric([dom["name"], dom["class"]], 1)
+        yield classes
+        host = view["host"]
+        if host is not None:
+            yield GaugeMetricFamily(
+                "memcoord_host_available_bytes", "Host memory available", value=host["available_kib"] * BYTES_PER_KIB
+            )
+            yield GaugeMetricFamily(
+                "memcoord_host_guard_bytes",
+                "Host available memory growth may not go below ([host] min_available_mib)",
+                value=host["guard_kib"] * BYTES_PER_KIB,
+            )
+        yield GaugeMetricFamily(
+            "memcoord_hypervisor_up", "1 when the last tick reached the hypervisor", value=int(view["hypervisor_ok"])
+        )
+        yield GaugeMetricFamily("memcoord_dry_run", "1 when actions are only logged", value=int(view["dry_run"]))
+        yield GaugeMetricFamily(
+            "memcoord_last_tick_timestamp_seconds", "When the last tick finished", value=view["updated_at_s"]
+        )
+        yield GaugeMetricFamily(
+            "memcoord_start_time_seconds", "When the daemon started (epoch)", value=view["started_at_s"]
+        )
+
+
+class Metrics:
+    """The counters and histogram the observer updates, the view collector, and the HTTP endpoint."""
+
+    def __init__(self, get_view: Callable[[], dict[str, Any] | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.actions = Counter(
+            "memcoord_actions",
+            "Balloon changes decided (applied, or logged in dry run), by action and domain",
+            ["domain", "action"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "memcoord_errors",
+            "Errors: hypervisor unreachable, setMemory or stats period failed, config reload failed, state file",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "memcoord_config_reloads", "Config reloads by result", ["result"], registry=self.registry
+        )
+        self.ticks = Counter("memcoord_ticks", "Ticks that reached the hypervisor", registry=self.registry)
+        self.tick_duration = Histogram(
+            "memcoord_tick_duration_seconds",
+            "Time to sample, decide and apply one tick",
+            buckets=TICK_BUCKETS_S,
+            registry=self.registry,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        self.registry.register(_ViewCollector(get_view))
+        self._server: Any = None
+        self._bound: tuple[str, int] | None = None
+
+    def serve(self, address: str, port: int) -> None:
+        """Start (or move) the HTTP endpoint; a port already taken is logged, not fatal: balloons matter more."""
+        if self._bound == (address, port):
+            return
+        self.shutdown()
+        try:
+            self._server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            log.error("metrics endpoint not started on %s:%d: %s", address, port, exc)
+            self.errors.labels("metrics").inc()
+            return
+        self._bound = (address, port)
+        log.info("metrics on http://%s:%d/metrics", address, port)
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self._bound = None
+
+    def exposition(self) -> bytes:
+        """What a scrape returns, without HTTP (for tests and debugging)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,257 @@
+"""The service's one hook for everything watchable: the state file, Prometheus metrics, the timeline.
+
+The service calls a handful of methods (configure, tick_done, tick_failed, reload_failed, start, stop); this
+module turns them into a view (a plain JSON-able dict, see state.py) and hands it to the publishers. Keeping
+it out of service.py keeps the loop readable and lets other branches change the loop without touching this.
+No failure here may stop the coordinator: a state file or timeline that cannot be written is logged once
+per distinct error and counted.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import state, timeline
+from .config import Config
+from .metrics import Metrics
+from .model import ApplyResult, Plan, Snapshot, mib_to_kib
+
+log = logging.getLogger("memcoord")
+
+
+class Observer:
+    """Tracks what the daemon did and publishes it. With publish=False it only keeps the view in memory."""
+
+    def __init__(self, publish: bool = True) -> None:
+        self.publish_enabled = publish
+        self.pid = os.getpid()
+        self.started_at_s = time.time()
+        self.config: Config = Config()
+        self.config_path: Path | None = None
+        self.loaded_at_s: float | None = None
+        self.reload = "never"
+        self.reload_error: str | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.ticks = 0
+        self.errors_by_kind: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.last_error_at_s: float | None = None
+        self.targets_kib: dict[str, int] = {}
+        self.last_actions: dict[str, dict[str, Any]] = {}
+        self.snapshot: Snapshot | None = None
+        self.plan: Plan | None = None
+        self.hypervisor_error: str | None = None
+        self.last_tick_duration_s: float | None = None
+        self.view: dict[str, Any] | None = None
+        self.metrics = Metrics(lambda: self.view)
+        self._recorder: timeline.Recorder | None = None
+        self._gid: int | None = None
+        self._logged: set[str] = set()
+        self._serving = False
+
+    # -- hooks the service calls -----------------------------------------------------------------------------
+    def configure(self, config_path: Path, config: Config) -> None:
+        """A config was loaded (at start or by a successful reload): point the publishers at its settings."""
+        if self.loaded_at_s is not None:
+            self.reload, self.reload_error = "ok", None
+            self.reloads_ok += 1
+            self.metrics.reloads.labels("success").inc()
+        self.config_path, self.config, self.loaded_at_s = config_path.absolute(), config, time.time()
+        self._gid = grp.getgrnam(config.status.group).gr_gid if config.status.group else None
+        if self._recorder is not None and str(self._recorder.path) != config.timeline.path:
+            self._recorder.close()
+            self._recorder = None
+        if self.publish_enabled and config.timeline.path and self._recorder is None:
+            self._recorder = timeline.Recorder(Path(config.timeline.path), mib_to_kib(config.timeline.max_mib) * 1024)
+        if self._serving:
+            self._serve()
+        self._refresh()
+
+    def reload_failed(self, error: str) -> None:
+        self.reload, self.reload_error = "failed", error
+        self.reloads_failed += 1
+        self.metrics.reloads.labels("failure").inc()
+        self._error("reload", error)
+        self._refresh()
+
+    def start(self) -> None:
+        """The daemon's loop begins: open the metrics endpoint if configured."""
+        self._serving = True
+        self._serve()
+
+    def tick_done(
+        self,
+        snapshot: Snapshot,
+        plan: Plan,
+        results: Sequence[ApplyResult],
+        duration_s: float,
+        problems: Iterable[str] = (),
+    ) -> None:
+        """A tick reached the hypervisor: record what it saw and did, then publish."""
+        now_s = time.time()
+        dry_run = self.config.loop.dry_run
+        for problem in problems:
+            self._error("stats_period", problem)
+        actions = []
+        for result in results:
+            c = result.change
+            action = {
+                "domain": c.domain,
+                "action": str(c.action),
+                "from_kib": c.from_kib,
+                "to_kib": c.to_kib,
+                "reason": c.reason,
+                "error": result.error,
+            }
+            actions.append(action)
+            self.last_actions[c.domain] = {**action, "at_s": now_s, "dry_run": dry_run}
+            if result.ok:
+                self.metrics.actions.labels(c.domain, str(c.action)).inc()
+                if not dry_run:
+                    self.targets_kib[c.domain] = c.to_kib
+            else:
+                self._error("set_memory", f"setMemory {c.domain} {c.to_kib} KiB: {result.error}")
+        running = {d.name for d in snapshot.domains}
+        for known in (self.targets_kib, self.last_actions):
+            for name in set(known) - running:
+                del known[name]
+        self.snapshot, self.plan, self.hypervisor_error = snapshot, plan, None
+        self.ticks += 1
+        self.last_tick_duration_s = duration_s
+        self.metrics.ticks.inc()
+        self.metrics.tick_duration.observe(duration_s)
+        self._publish(now_s, now_s + self.config.loop.interval_s + duration_s, actions)
+
+    def tick_failed(self, error: str, duration_s: float, next_in_s: float) -> None:
+        """The hypervisor could not be reached; the last snapshot is kept but marked as such."""
+        now_s = time.time()
+        self.hypervisor_error = error
+        self.last_tick_duration_s = duration_s
+        self.metrics.tick_duration.observe(duration_s)
+        self._error("hypervisor", error)
+        self._publish(now_s, now_s + next_in_s + duration_s, [])
+
+    def stop(self) -> None:
+        """The daemon exits: say so in the state file (status then reports when), close everything."""
+        self._serving = False
+        self.metrics.shutdown()
+        if self.view is not None and self.publish_enabled:
+            now_s = time.time()
+            self.view = {**self.view, "running": False, "stopped_at_s": now_s, "updated_at_s": now_s}
+            self._write_state(self.view)
+        if self._recorder is not None:
+            self._recorder.close()
+            self._recorder = None
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        m = self.config.metrics
+        if self.publish_enabled and m.enabled:
+            self.metrics.serve(m.address, m.port)
+        else:
+            self.metrics.shutdown()
+
+    def _error(self, kind: str, message: str) -> None:
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+        self.last_error, self.last_error_at_s = f"{kind}: {message}", time.time()
+        self.metrics.errors.labels(kind).inc()
+
+    def _log_once(self, key: str, message: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error("%s", message)
+
+    def build_view(self, now_s: float, next_update_by_s: float) -> dict[str, Any]:
+        """The whole published view, from what the observer knows (see state.py for the schema)."""
+        snap, plan, cfg = self.snapshot, self.plan, self.config
+        domains = []
+        host = None
+        if snap is not None and plan is not None:
+            for d in sorted(snap.domains, key=lambda d: d.name):
+                managed = d.name in plan.classes
+                domains.append(
+                    {
+                        "name": d.name,
+                        "managed": managed,
+                        "class": str(plan.classes[d.name]) if managed else "unmanaged",
+                        "current_kib": d.current_kib,
+                        "max_kib": d.max_kib,
+                        "target_kib": self.targets_kib.get(d.name),
+                        "unused_kib": d.unused_kib,
+                        "usable_kib": d.usable_kib,
+                        "stats_age_s": None if not d.last_update_s else round(snap.taken_at_s - d.last_update_s, 1),
+                        "stats_updated_at_s": d.last_update_s,
+                        "last_action": self.last_actions.get(d.name),
+                    }
+                )
+            host = {
+                "available_kib": snap.host.available_kib,
+                "total_kib": snap.host.total_kib,
+                "guard_kib": mib_to_kib(cfg.host.min_available_mib),
+                "headroom_kib": plan.host_headroom_kib,
+            }
+        return {
+            "version": state.SCHEMA_VERSION,
+            "pid": self.pid,
+            "running": True,
+            "stopped_at_s": None,
+            "started_at_s": self.started_at_s,
+            "updated_at_s": now_s,
+            "next_update_by_s": next_update_by_s,
+            "ticks": self.ticks,
+            "uri": cfg.libvirt.uri,
+            "dry_run": cfg.loop.dry_run,
+            "interval_s": cfg.loop.interval_s,
+            "last_tick_duration_s": self.last_tick_duration_s,
+            "hypervisor_ok": self.hypervisor_error is None and snap is not None,
+            "hypervisor_error": self.hypervisor_error,
+            "snapshot_at_s": None if snap is None else snap.taken_at_s,
+            "config": {
+                "path": None if self.config_path is None else str(self.config_path),
+                "loaded_at_s": self.loaded_at_s,
+                "reload": self.reload,
+                "reload_error": self.reload_error,
+                "reloads_ok": self.reloads_ok,
+                "reloads_failed": self.reloads_failed,
+            },
+            "host": host,
+            "errors": {
+                "count": sum(self.errors_by_kind.values()),
+                "by_kind": dict(self.errors_by_kind),
+                "last": self.last_error,
+                "last_at_s": self.last_error_at_s,
+            },
+            "domains": domains,
+        }
+
+    def _refresh(self) -> None:
+        """Republish between ticks (after a reload), so status shows it at once; the timeline waits for a tick."""
+        if self.view is not None:
+            self._publish(time.time(), self.view["next_update_by_s"], None)
+
+    def _publish(self, now_s: float, next_update_by_s: float, actions: list[dict[str, Any]] | None) -> None:
+        self.view = self.build_view(now_s, next_update_by_s)
+        if not self.publish_enabled:
+            return
+        self._write_state(self.view)
+        if self._recorder is not None and actions is not None:
+            try:
+                self._recorder.write(timeline.line_from_view(self.view, actions))
+            except OSError as exc:
+                self._error("timeline", str(exc))
+                self._log_once(f"timeline:{exc}", f"cannot write the timeline {self._recorder.path}: {exc}")
+
+    def _write_state(self, view: dict[str, Any]) -> None:
+        path = Path(self.config.status.path)
+        try:
+            state.publish(path, view, self._gid)
+        except OSError as exc:
+            self._error("state_file", str(exc))
+            self._log_once(f"state:{exc}", f"cannot publish the state file {path}: {exc}")

@@ -1,0 +1,149 @@
+"""`memcoord status`: the running daemon's published view as a table for humans or JSON for scripts.
+
+It reads the state file only (see state.py), never libvirt, so it shows what the daemon saw and decided.
+`render` is shared with `memcoord monitor`, so both always show the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import state
+
+EX_OK = 0
+EX_UNAVAILABLE = 69
+KIB_PER_MIB = 1024
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / KIB_PER_MIB:.0f}"
+
+
+def _size(kib: int) -> str:
+    mib = kib / KIB_PER_MIB
+    return f"{mib / 1024:.1f} GiB" if mib >= 10 * 1024 else f"{mib:.0f} MiB"
+
+
+def _clock(epoch_s: float | None) -> str:
+    return "-" if epoch_s is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch_s))
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _last_action(action: dict[str, Any] | None) -> str:
+    if action is None:
+        return "-"
+    text = (
+        f"{time.strftime('%H:%M:%S', time.localtime(action['at_s']))} {action['action']} "
+        f"{_mib(action['from_kib'])}->{_mib(action['to_kib'])}: {action['reason']}"
+    )
+    if action.get("dry_run"):
+        text += " (dry run)"
+    if action.get("error"):
+        text += f" FAILED: {action['error']}"
+    return text
+
+
+COLUMNS = ("DOMAIN", "CLASS", "CURRENT", "MAX", "TARGET", "UNUSED", "USABLE", "STATS AGE", "LAST ACTION (MiB)")
+
+
+def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
+    """The view as lines of text: a header of daemon, config, host and errors, then one row per guest."""
+    now_s = time.time() if now_s is None else now_s
+    lines = []
+    tick = view["last_tick_duration_s"]
+    tick_text = f", last took {tick * 1000:.0f} ms" if tick is not None else ""
+    dry = "; DRY RUN (nothing applied)" if view["dry_run"] else ""
+    lines.append(
+        f"memcoord pid {view['pid']}, up {_duration(now_s - view['started_at_s'])}, {view['ticks']} ticks "
+        f"every {view['interval_s']:g} s{tick_text}; {view['uri']}{dry}"
+    )
+    cfg = view["config"]
+    counts = f"({cfg['reloads_ok']} OK, {cfg['reloads_failed']} failed)"
+    reload_text = {"never": "no reload yet", "ok": f"last reload OK {counts}"}.get(
+        cfg["reload"], f"LAST RELOAD FAILED, running the previous config {counts}: {cfg['reload_error']}"
+    )
+    lines.append(f"config {cfg['path']}, loaded {_clock(cfg['loaded_at_s'])}; {reload_text}")
+    host = view["host"]
+    if host is not None:
+        lines.append(
+            f"host available {_size(host['available_kib'])} of {_size(host['total_kib'])}, "
+            f"guard {_size(host['guard_kib'])}, room to grow {_size(host['headroom_kib'])}"
+        )
+    if not view["hypervisor_ok"]:
+        lines.append(f"HYPERVISOR UNREACHABLE: {view['hypervisor_error']} (guests below as last seen)")
+    errors = view["errors"]
+    if errors["count"]:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(errors["by_kind"].items()))
+        lines.append(f"errors {errors['count']} ({kinds}); last at {_clock(errors['last_at_s'])}: {errors['last']}")
+    else:
+        lines.append("errors 0")
+    lines.append(f"state of {_clock(view['updated_at_s'])} ({now_s - view['updated_at_s']:.1f} s ago); sizes in MiB")
+    lines.append("")
+    rows = [COLUMNS]
+    for d in view["domains"]:
+        rows.append(
+            (
+                d["name"],
+                d["class"],
+                _mib(d["current_kib"]),
+                _mib(d["max_kib"]),
+                _mib(d["target_kib"]),
+                _mib(d["unused_kib"]),
+                _mib(d["usable_kib"]),
+                "-" if d["stats_age_s"] is None else f"{d['stats_age_s']:g}s",
+                _last_action(d["last_action"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
+    numeric = {2, 3, 4, 5, 6, 7}
+    for r in rows:
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))]
+        lines.append("  ".join([*cells, r[-1]]))
+    if not view["domains"]:
+        lines.append("(no running domain)")
+    return lines
+
+
+def default_state_path(config_path: Path | None) -> Path:
+    """The state file named by the config ([status] path), /etc/memcoord.toml if present, else the default."""
+    from . import config as config_mod
+
+    if config_path is None and config_mod.DEFAULT_PATH.exists():
+        config_path = config_mod.DEFAULT_PATH
+    if config_path is None:
+        return Path(config_mod.StatusConfig().path)
+    return Path(config_mod.load(config_path).status.path)
+
+
+def main(state_path: Path, as_json: bool) -> int:
+    """Print the view; exit 69 (EX_UNAVAILABLE) with the reason on stderr when the daemon is not running."""
+    try:
+        reading = state.read(state_path)
+    except state.StateUnavailable as exc:
+        print(f"memcoord: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    try:
+        if as_json:
+            json.dump({**reading.view, "age_s": round(reading.age_s, 3)}, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write("\n".join(render(reading.view)) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `memcoord status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EX_OK

@@ -1,0 +1,186 @@
+"""The course's acceptance scenarios, on 4 real QEMU guests with the real `memcoord run`.
+
+Setup as in the course: 4 guests of 512 MiB (max 2048 MiB), memcoord with the shipped defaults
+(interval 1 s). Every assertion is on the recorded timeline (libvirt's balloon sizes, the guests'
+own free memory, the hogs' progress and OOM kills read from the serial consoles, the host's
+available memory), never on memcoord's account of itself. Scenario 4 ("always") is checked at
+the end of each of the others.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import analysis
+from lab.image import GuestImage
+from lab.session import LabRun
+from lab.timeline import Timeline
+
+pytestmark = pytest.mark.real
+
+MAX_MIB = 2048
+START_MIB = 512
+NEAR_MAX_MIB = 150  # "within ~150 MiB of its max"
+HOG_PAGE_US = 100  # 40 MiB/s, the fast end of the course's 100-500 us: keeps scenarios short
+BASELINE_S = 4  # memcoord's first ticks (the idle guests' first reclaim) before any hog starts
+RECLAIM_DEADLINE_S = 90
+HANDOUT_MIB = 1536  # scenario 2/3 host guard: what may be handed out beyond the start
+
+
+def _hog_state(run: LabRun, i: int) -> str:
+    return run.lab.guest(i).console.state.hog_state
+
+
+def _guest_cfg(tl: Timeline) -> dict[str, Any]:
+    return dict(tl.meta["config"]["guest"])
+
+
+def _assert_always(tl: Timeline, oom_ok: dict[str, float] | None = None) -> None:
+    """Scenario 4: no guest kernel dies, no OOM kill but a hog where expected, no guest below its floor,
+    memcoord alive throughout (and a clean exit on SIGTERM)."""
+    violations = analysis.invariant_violations(tl, floor_mib=_guest_cfg(tl)["min_mib"], oom_ok=oom_ok)
+    assert violations == [], "\n".join(violations)
+
+
+def _new_run(prefix: str, run_dir: Path, image: GuestImage, title: str) -> LabRun:
+    return LabRun(prefix, run_dir, n=4, max_mib=MAX_MIB, current_mib=START_MIB, image=image, title=title)
+
+
+def test_one_grower_three_idle(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """1: the grower reaches its max, idle guests give back gradually, the grower is reclaimed after."""
+    with _new_run(lab_prefix, run_dir, guest_image, "1: one unbounded hog, three idle") as run:
+        grower, *idle = run.lab.names
+        run.start_memcoord()
+        time.sleep(BASELINE_S)
+        t_hog_s = run.t_s()
+        run.lab.start_hog(1, "grow", page_us=HOG_PAGE_US)
+        run.wait_until(lambda: _hog_state(run, 1) == "killed", 240, "the grower's hog OOM killed")
+        run.wait_until(
+            lambda: run.latest()[grower]["actual_mib"] < 1024, RECLAIM_DEADLINE_S + 10, "grower back under 1 GiB"
+        )
+        time.sleep(2)
+    tl = run.timeline
+    cfg = _guest_cfg(tl)
+
+    t_kill_s = analysis.first_event_t_s(tl, "hog_killed", grower)
+    assert t_kill_s is not None, "the grower's hog was never OOM killed"
+    peak_mib = analysis.peak(tl, grower, "actual_mib", t_hog_s, t_kill_s)
+    assert peak_mib >= MAX_MIB - NEAR_MAX_MIB, f"grower peaked at {peak_mib} MiB before its hog died"
+
+    for guest in idle:
+        drop = analysis.largest_drop(tl, guest)
+        limit_mib = cfg["reclaim_step_mib"] + cfg["idle_tax_mib"]
+        assert drop.drop_mib <= limit_mib + 1, f"{guest} dropped {drop.drop_mib} MiB at once (t={drop.t_s} s)"
+        end_mib = analysis.value_at(tl, guest, "actual_mib", tl.rows[-1]["t_s"])
+        assert end_mib < START_MIB, f"idle {guest} never gave memory back (ends at {end_mib} MiB)"
+
+    t_under_s = analysis.first_t_s(tl, grower, "actual_mib", lambda v: v < 1024, t_kill_s)
+    assert t_under_s is not None and t_under_s - t_kill_s <= RECLAIM_DEADLINE_S, (
+        f"grower not under 1 GiB within {RECLAIM_DEADLINE_S} s of its hog's death (at {t_under_s})"
+    )
+    _assert_always(tl, oom_ok={grower: MAX_MIB - NEAR_MAX_MIB})
+    print(
+        f"\nscenario 1: grower peak {peak_mib:.0f} MiB, hog {analysis.peak(tl, grower, 'hog_mib'):.0f} MiB at kill, "
+        f"under 1 GiB {t_under_s - t_kill_s:.0f} s after the kill; idle guests end at "
+        f"{[analysis.value_at(tl, g, 'actual_mib', 1e9) for g in idle]} MiB"
+    )
+
+
+def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """2: with the host guard allowing ~1.5 GiB, all four grow by similar amounts and the guard holds."""
+    with _new_run(lab_prefix, run_dir, guest_image, "2: four unbounded hogs, host guard ~1.5 GiB") as run:
+        names = run.lab.names
+        guard_mib = run.guard_allowing_mib(HANDOUT_MIB)
+        run.start_memcoord({"host": {"min_available_mib": guard_mib}})
+        time.sleep(BASELINE_S)
+        t_hog_s = run.t_s()
+        for i in range(1, 5):
+            run.lab.start_hog(i, "grow", page_us=HOG_PAGE_US)
+        run.wait_until(
+            lambda: all(_hog_state(run, i) == "killed" for i in range(1, 5)), 300, "all four hogs OOM killed"
+        )
+        cfg_reclaim_mib = run.timeline.meta["config"]["guest"]["reclaim_step_mib"]
+        run.wait_until(
+            lambda: all(r["actual_mib"] <= START_MIB + cfg_reclaim_mib for r in run.latest().values()),
+            RECLAIM_DEADLINE_S + 30,
+            "every guest reclaimed after its hog died",
+        )
+        time.sleep(2)
+    tl = run.timeline
+    start_mib = {g: analysis.value_at(tl, g, "actual_mib", t_hog_s) for g in names}
+    growth_mib = {g: analysis.peak(tl, g, "actual_mib", t_hog_s) - start_mib[g] for g in names}
+    mean_mib = sum(growth_mib.values()) / len(growth_mib)
+    spread_mib = max(growth_mib.values()) - min(growth_mib.values())
+    print(f"\nscenario 2: guard {guard_mib} MiB, growth per guest {growth_mib}, spread {spread_mib:.0f} MiB")
+
+    assert all(v > 0 for v in growth_mib.values()), f"not every guest grew: {growth_mib}"
+    assert spread_mib < 0.3 * mean_mib, f"growth spread {spread_mib:.0f} MiB >= 30% of mean {mean_mib:.0f} MiB"
+
+    # Memory handed out at any one time stays near what the guard allows (the guard really binds) ...
+    times = sorted({r["t_s"] for r in tl.rows if r["t_s"] >= t_hog_s})
+    handed_out_mib = max(sum(analysis.value_at(tl, g, "actual_mib", t) - start_mib[g] for g in names) for t in times)
+    assert handed_out_mib <= HANDOUT_MIB + 150, f"{handed_out_mib:.0f} MiB handed out, guard allowed ~{HANDOUT_MIB}"
+    # ... and the host never goes below it.
+    lowest = min(tl.host_available_mib(), key=lambda p: p[1])
+    assert lowest[1] >= guard_mib, f"host available {lowest[1]} MiB < guard {guard_mib} MiB at t={lowest[0]} s"
+
+    for g in names:
+        t_kill_s = analysis.first_event_t_s(tl, "hog_killed", g)
+        assert t_kill_s is not None
+        t_back_s = analysis.first_t_s(tl, g, "actual_mib", lambda v: v <= START_MIB + 100, t_kill_s)
+        assert t_back_s is not None, f"{g} not reclaimed after its hog died"
+    # Under the guard a hog dies wherever the host stops it, not at its max: any hog may be OOM killed.
+    _assert_always(tl, oom_ok=dict.fromkeys(names, 0.0))
+    print(f"handed out at most {handed_out_mib:.0f} MiB; host lowest {lowest[1]:.0f} MiB (guard {guard_mib})")
+
+
+def test_freed_memory_flows_to_grower(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """3: guest 1 holds 512 MiB then exits; its memory flows to guest 2, which reaches near its max.
+
+    The host guard allows only ~1.5 GiB beyond the start, less than guest 1's hold plus guest 2's
+    way to its max, so guest 2 can only get there with memory guest 1 gave back.
+    """
+    with _new_run(lab_prefix, run_dir, guest_image, "3: hold-and-exit, unbounded grower, two idle") as run:
+        g1, g2, *_idle = run.lab.names
+        guard_mib = run.guard_allowing_mib(HANDOUT_MIB)
+        run.start_memcoord({"host": {"min_available_mib": guard_mib}})
+        time.sleep(BASELINE_S)
+        t_hog_s = run.t_s()
+        run.lab.start_hog(1, "hold", size_mib=512, hold_s=10, page_us=HOG_PAGE_US)
+        run.lab.start_hog(2, "grow", page_us=2 * HOG_PAGE_US)  # slower, so guest 1 frees before guest 2 needs it
+        run.wait_until(lambda: _hog_state(run, 1) == "exited", 120, "guest 1's hog held and exited")
+        run.wait_until(lambda: _hog_state(run, 2) == "killed", 240, "guest 2's hog OOM killed")
+        reclaim_mib = run.timeline.meta["config"]["guest"]["reclaim_step_mib"]
+        run.wait_until(
+            lambda: all(r["actual_mib"] <= START_MIB + reclaim_mib for r in run.latest().values()),
+            RECLAIM_DEADLINE_S + 30,
+            "everything idle reclaimed",
+        )
+        time.sleep(2)
+    tl = run.timeline
+    t_exit_s = analysis.first_event_t_s(tl, "hog_exit", g1)
+    t_kill_s = analysis.first_event_t_s(tl, "hog_killed", g2)
+    assert t_exit_s is not None and t_kill_s is not None
+    g1_peak_mib = analysis.peak(tl, g1, "actual_mib", t_hog_s, t_exit_s)
+    g1_after_mib = analysis.minimum(tl, g1, "actual_mib", t_exit_s, t_kill_s)
+    g2_at_exit_mib = analysis.value_at(tl, g2, "actual_mib", t_exit_s)
+    g2_peak_mib = analysis.peak(tl, g2, "actual_mib", t_hog_s, t_kill_s)
+    print(
+        f"\nscenario 3: guard {guard_mib} MiB; g1 peak {g1_peak_mib:.0f} -> {g1_after_mib:.0f} MiB after its hog "
+        f"exited; g2 {g2_at_exit_mib:.0f} MiB then, peak {g2_peak_mib:.0f} MiB"
+    )
+    assert g1_peak_mib >= START_MIB + 256, f"guest 1 never grew to hold its hog ({g1_peak_mib} MiB)"
+    freed_mib = g1_peak_mib - g1_after_mib
+    assert freed_mib >= 300, f"guest 1 gave back only {freed_mib:.0f} MiB after its hog exited"
+    # Guest 2 got past what the host guard alone would have let it have: the rest came from guest 1.
+    g2_growth_mib = g2_peak_mib - analysis.value_at(tl, g2, "actual_mib", t_hog_s)
+    g1_growth_mib = g1_peak_mib - analysis.value_at(tl, g1, "actual_mib", t_hog_s)
+    assert g2_growth_mib + g1_growth_mib > HANDOUT_MIB + 150, (
+        f"g1 grew {g1_growth_mib:.0f} and g2 {g2_growth_mib:.0f} MiB: no sign of g1's memory moving to g2"
+    )
+    assert g2_peak_mib >= MAX_MIB - NEAR_MAX_MIB, f"guest 2 peaked at {g2_peak_mib} MiB, not near its max"
+    _assert_always(tl, oom_ok={g2: MAX_MIB - NEAR_MAX_MIB})

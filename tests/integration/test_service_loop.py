@@ -1,0 +1,96 @@
+"""The service loop as systemd sees it: `memcoord run` on the simulated host, sd_notify read from a real socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NotifySocket
+
+SIM_CONFIG = (
+    '[libvirt]\nuri = "sim:///demo"\n[loop]\ninterval_s = 0.2\n[host]\nmin_available_mib = {guard}\n'
+    '[status]\npath = "{state}"\n'
+)
+
+
+@pytest.fixture
+def service(tmp_path: Path, notify_socket: NotifySocket):
+    config = tmp_path / "memcoord.toml"
+    config.write_text(SIM_CONFIG.format(guard=1024, state=tmp_path / "state.json"))
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "5000000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memcoord.cli", "run", "--config", str(config)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield proc, config, notify_socket
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    return proc.returncode, err
+
+
+def test_ready_status_watchdog_then_stopping(service):
+    proc, _config, ns = service
+    ready_at = ns.messages.index(ns.wait_for(lambda m: m == "READY=1"))
+    status = ns.wait_for(lambda m: m.startswith("STATUS=3 domains"))
+    assert "host available" in status and "guard 1024 MiB" in status
+    ns.wait_for(lambda m: m == "WATCHDOG=1")
+    # READY comes after the first tick, whose STATUS line precedes it.
+    assert any(m.startswith("STATUS=3 domains") for m in ns.messages[:ready_at])
+    code, err = stop(proc)
+    assert code == 0
+    ns.wait_for(lambda m: m == "STOPPING=1")
+    assert "memcoord stopping" in err
+
+
+def test_sighup_reloads_the_new_config(service):
+    proc, config, ns = service
+    ns.wait_for(lambda m: m == "READY=1")
+    config.write_text(SIM_CONFIG.format(guard=2000, state=config.parent / "state.json"))
+    proc.send_signal(signal.SIGHUP)
+    reloading = ns.wait_for(lambda m: m.startswith("RELOADING=1"))
+    assert "MONOTONIC_USEC=" in reloading
+    after = ns.messages.index(reloading)
+    ns.wait_for(lambda m: "guard 2000 MiB" in m)
+    assert "READY=1" in ns.messages[after:]
+    code, err = stop(proc)
+    assert code == 0
+    assert "config reloaded" in err
+
+
+def test_invalid_reload_keeps_the_running_config(service):
+    proc, config, ns = service
+    ns.wait_for(lambda m: m == "READY=1")
+    config.write_text(
+        SIM_CONFIG.format(guard=2000, state=config.parent / "state.json") + "[guest]\nwasteful_mib = 10\n"
+    )
+    proc.send_signal(signal.SIGHUP)
+    failed = ns.wait_for(lambda m: m.startswith("STATUS=") and "reload failed" in m)
+    assert "guest.wasteful_mib = 10" in failed
+    later = ns.wait_for(lambda m: m.startswith("STATUS=3 domains") and "reload failed" in m)
+    assert "guard 1024 MiB" in later  # still the old config
+    assert proc.poll() is None
+    code, err = stop(proc)
+    assert code == 0
+    assert "config reload failed, keeping the running config" in err
+    assert f"{config}: guest.wasteful_mib = 10: must be greater than guest.starving_mib (150)" in err
+
+
+def test_sigint_also_stops_cleanly(service):
+    proc, _config, ns = service
+    ns.wait_for(lambda m: m == "READY=1")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    ns.wait_for(lambda m: m == "STOPPING=1")

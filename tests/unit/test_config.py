@@ -1,0 +1,132 @@
+"""Each kind of bad config gives a message naming the file, the key and the value; check-config exits 0 or 78."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from memcoord.config import Config, ConfigError, ConfigFileError, dump, load, parse
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "etc" / "memcoord.toml"
+
+
+def error_of(text: str, path: str = "/etc/memcoord.toml") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, path)
+    return str(info.value)
+
+
+def test_shipped_file_is_exactly_the_defaults():
+    assert load(SHIPPED) == Config()
+
+
+def test_contract_defaults():
+    c = Config()
+    assert (c.libvirt.uri, c.loop.interval_s, c.loop.stats_period_s, c.loop.dry_run) == (
+        "qemu:///system",
+        1.0,
+        1,
+        False,
+    )
+    g = c.guest
+    assert (g.starving_mib, g.wasteful_mib, g.grow_step_mib, g.reclaim_step_mib, g.min_mib, g.idle_tax_mib) == (
+        150,
+        350,
+        300,
+        100,
+        256,
+        2,
+    )
+    assert c.host.min_available_mib == 1024
+
+
+def test_unknown_key_names_file_key_and_value():
+    msg = error_of("[guest]\nstarving_mb = 100\n")
+    assert msg == "/etc/memcoord.toml: guest.starving_mb = 100: unknown key"
+
+
+def test_unknown_section():
+    assert "hots = {'min_available_mib': 1}: unknown key" in error_of("[hots]\nmin_available_mib = 1\n")
+
+
+def test_wrong_type_names_key_and_value():
+    msg = error_of('[guest]\nstarving_mib = "150"\n')
+    assert msg.startswith("/etc/memcoord.toml: guest.starving_mib = '150': ")
+    assert "integer" in msg
+
+
+def test_starving_must_be_below_wasteful():
+    msg = error_of("[guest]\nstarving_mib = 400\n")
+    assert msg == "/etc/memcoord.toml: guest.wasteful_mib = 350: must be greater than guest.starving_mib (400)"
+
+
+@pytest.mark.parametrize("key", ["grow_step_mib", "reclaim_step_mib", "min_mib"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_steps_must_be_positive(key: str, value: int):
+    msg = error_of(f"[guest]\n{key} = {value}\n")
+    assert f"guest.{key} = {value}: Input should be greater than 0" in msg
+
+
+def test_interval_must_be_positive():
+    assert "loop.interval_s = 0.0: Input should be greater than 0" in error_of("[loop]\ninterval_s = 0.0\n")
+
+
+def test_domain_override_errors_quote_the_domain_name():
+    msg = error_of('[domains."web-1.example"]\nmin_mib = 2048\nmax_mib = 1024\n')
+    assert msg == '/etc/memcoord.toml: domains."web-1.example".max_mib = 1024: must be at least min_mib (2048)'
+
+
+def test_every_error_is_reported_at_once():
+    msg = error_of("[guest]\ngrow_step_mib = 0\nbogus = 1\n[loop]\ninterval_s = -1\n")
+    assert len(msg.splitlines()) == 3
+
+
+def test_toml_syntax_error_names_the_line():
+    msg = error_of("[guest]\nstarving_mib = = 3\n")
+    assert msg.startswith("/etc/memcoord.toml: not valid TOML:")
+    assert "line 2" in msg
+
+
+def test_missing_file_and_directory_are_file_errors(tmp_path: Path):
+    with pytest.raises(ConfigFileError, match="no such file"):
+        load(tmp_path / "absent.toml")
+    with pytest.raises(ConfigFileError, match="is a directory"):
+        load(tmp_path)
+
+
+def test_print_config_round_trips():
+    config = parse('[guest]\nstarving_mib = 100\n[domains."a"]\nenabled = false\n')
+    assert parse(dump(config)) == config
+    assert tomllib.loads(dump(config))["domains"] == {"a": {"enabled": False}}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "memcoord.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_ok_exits_0():
+    result = run_cli("check-config", str(SHIPPED))
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"{SHIPPED}: OK"
+
+
+def test_check_config_bad_exits_78_with_every_error(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[guest]\nstarving_mib = 500\nreclaim_step_mib = 0\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 78
+    assert f"{bad}: guest.wasteful_mib = 350" in result.stderr
+    assert f"{bad}: guest.reclaim_step_mib = 0" in result.stderr
+
+
+def test_run_with_invalid_config_exits_78(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[loop]\ninterval = 1\n")
+    result = run_cli("run", "--config", str(bad))
+    assert result.returncode == 78
+    assert f"{bad}: loop.interval = 1: unknown key" in result.stderr

@@ -1,0 +1,165 @@
+"""The simulated hypervisor: what the benchmarks' numbers rest on, so its physics are pinned down here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memcoord.hypervisor.sim import (
+    KERNEL_USED_KIB,
+    Burst,
+    Hog,
+    Idle,
+    Sawtooth,
+    SimGuest,
+    SimulatedHypervisor,
+    Trace,
+    TraceError,
+    demo_host,
+    load_trace,
+)
+from memcoord.model import Action, Change, mib_to_kib
+
+T0_S = 1_000_000.0
+
+
+def one_guest(workload: object, size_mib: int = 512, max_mib: int = 2048, **kw: object) -> SimulatedHypervisor:
+    guest = SimGuest("g", max_kib=mib_to_kib(max_mib), target_kib=mib_to_kib(size_mib), workload=workload)
+    return SimulatedHypervisor([guest], host_total_kib=mib_to_kib(8192), start_s=T0_S, **kw)
+
+
+def set_target(hv: SimulatedHypervisor, mib: int) -> None:
+    g = hv.guests["g"]
+    results = hv.apply([Change("g", Action.GROW, g.target_kib, mib_to_kib(mib), "test")])
+    assert all(r.ok for r in results)
+
+
+def test_balloon_converges_at_its_rate_without_overshoot() -> None:
+    hv = one_guest(Idle(), size_mib=2048, balloon_rate_kib_s=mib_to_kib(500))
+    set_target(hv, 1048)
+    hv.advance(1.0)
+    assert hv.guests["g"].actual_kib == mib_to_kib(1548)
+    hv.advance(1.0)
+    assert hv.guests["g"].actual_kib == mib_to_kib(1048)
+    hv.advance(5.0)
+    assert hv.guests["g"].actual_kib == mib_to_kib(1048)
+
+
+def test_oom_kill_is_counted_once_and_the_hog_stays_dead() -> None:
+    hv = one_guest(Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S), size_mib=512)
+    for _ in range(100):
+        hv.advance(0.1)
+    g = hv.guests["g"]
+    assert g.oom_kills == 1
+    assert g.used_kib == KERNEL_USED_KIB  # the hog's memory is gone with it
+
+
+def test_shrinking_the_balloon_under_a_workload_kills_it() -> None:
+    hv = one_guest(Idle(mib_to_kib(400)), size_mib=1024)
+    hv.advance(0.1)
+    set_target(hv, 300)
+    hv.advance(2.0)
+    assert hv.guests["g"].oom_kills == 1
+
+
+def test_stats_refresh_on_the_period_and_are_stale_in_between() -> None:
+    hv = one_guest(Hog(rate_kib_s=mib_to_kib(10), start_s=T0_S, limit_kib=mib_to_kib(300)), size_mib=1024)
+    assert hv.sample().domains[0].unused_kib is None  # no stats period set yet
+    hv.ensure_stats_period(["g"], 5)
+    hv.advance(5.0)
+    first = hv.sample().domains[0]
+    hv.advance(2.0)
+    stale = hv.sample().domains[0]
+    hv.advance(3.0)
+    fresh = hv.sample().domains[0]
+    assert first.last_update_s == stale.last_update_s == int(T0_S + 5)
+    assert stale.unused_kib == first.unused_kib
+    assert fresh.last_update_s == int(T0_S + 10)
+    assert fresh.unused_kib == first.unused_kib - mib_to_kib(50)
+
+
+def test_freed_memory_stays_with_qemu_until_the_balloon_takes_it() -> None:
+    hog = Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S, limit_kib=mib_to_kib(600), free_s=T0_S + 10)
+    hv = one_guest(hog, size_mib=1024)
+    for _ in range(80):
+        hv.advance(0.1)
+    held_kib = hv.guests["g"].rss_kib
+    assert held_kib == KERNEL_USED_KIB + mib_to_kib(600)
+    for _ in range(30):
+        hv.advance(0.1)
+    g = hv.guests["g"]
+    assert g.used_kib == KERNEL_USED_KIB and g.rss_kib == held_kib
+    available_before_kib = hv.host_available_kib()
+    set_target(hv, 300)
+    hv.advance(5.0)
+    assert g.rss_kib == mib_to_kib(300)
+    assert hv.host_available_kib() - available_before_kib == held_kib - mib_to_kib(300)
+
+
+def test_host_available_counts_other_host_memory() -> None:
+    hv = one_guest(Idle(), host_other_used_kib=mib_to_kib(1000))
+    assert hv.host_available_kib() == mib_to_kib(8192 - 1000) - KERNEL_USED_KIB
+
+
+def test_sawtooth_ramps_and_drops() -> None:
+    saw = Sawtooth(mib_to_kib(100), mib_to_kib(500), period_s=40, start_s=0)
+    assert [saw.demand_kib(t) for t in (0, 20, 39.999, 40)] == [
+        mib_to_kib(100),
+        mib_to_kib(300),
+        pytest.approx(mib_to_kib(500), rel=1e-3),
+        mib_to_kib(100),
+    ]
+    saw.killed(50)
+    assert saw.demand_kib(70) == mib_to_kib(100)  # dead for the rest of this cycle
+    assert saw.demand_kib(100) == mib_to_kib(300)  # back in the next one
+
+
+def test_bursts_are_deterministic_for_a_seed_and_differ_across_seeds() -> None:
+    def shape(seed: int) -> list[int]:
+        burst = Burst(0, mib_to_kib(500), every_s=30, length_s=5, jitter=0.5, seed=seed, ramp_s=2)
+        return [burst.demand_kib(t / 2) for t in range(0, 1200)]
+
+    assert shape(1) == shape(1)
+    assert shape(1) != shape(2)
+    assert max(shape(1)) == mib_to_kib(500)
+    assert mib_to_kib(250) in shape(1)  # halfway up the ramp
+
+
+def test_trace_replays_stepwise_and_restarts_after_a_kill() -> None:
+    trace = Trace([(0, mib_to_kib(100)), (10, mib_to_kib(300))], start_s=100, restart_after_s=5)
+    assert [trace.demand_kib(t) for t in (99, 100, 109, 110, 500)] == [0, *map(mib_to_kib, (100, 100, 300, 300))]
+    trace.killed(120)
+    assert trace.demand_kib(124) == 0
+    assert trace.demand_kib(125) == mib_to_kib(300)
+
+
+def test_load_trace_reads_csv_with_a_header(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("t_s,demand_mib\n0,100\n5,250.5\n")
+    assert load_trace(path) == [(0.0, mib_to_kib(100)), (5.0, mib_to_kib(250.5))]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0,100\n5,x\n", "t.csv:2: not numbers"),
+        ("0,100,3\n", "t.csv:1: expected 2 columns"),
+        ("0,-5\n", "t.csv:1: demand_mib must be >= 0"),
+        ("t_s,demand_mib\n", "t.csv: no data rows"),
+    ],
+)
+def test_load_trace_errors_name_file_and_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(TraceError, match=expected):
+        load_trace(path)
+
+
+def test_demo_host_keeps_its_public_shape() -> None:
+    hv = demo_host()
+    hv.ensure_stats_period(list(hv.guests), 1)
+    hv.advance(1.0)
+    snapshot = hv.sample()
+    assert [d.name for d in snapshot.domains] == ["sim-hog", "sim-idle", "sim-busy"]
+    assert all(d.unused_kib is not None for d in snapshot.domains)

@@ -1,0 +1,177 @@
+"""`memcoord status` and the state file behind it: what the daemon publishes agrees with the hypervisor."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from memcoord import state, status
+from memcoord.config import Config, ConfigError, parse
+from memcoord.hypervisor.sim import demo_host
+from memcoord.observe import Observer
+from memcoord.service import Service
+from tests.unit.obs_daemon import SIM_GUESTS, Daemon, memcoord, wait_for
+
+
+def _service(tmp_path: Path, extra: str = "") -> tuple[Service, object]:
+    sim = demo_host()
+    cfg_path = tmp_path / "memcoord.toml"
+    cfg_path.write_text(f'[status]\npath = "{tmp_path / "state.json"}"\n{extra}')
+    config = parse(cfg_path.read_text(), cfg_path)
+    return Service(cfg_path, config, lambda _uri: sim, observer=Observer()), sim
+
+
+def test_state_file_agrees_with_the_hypervisor_every_tick(tmp_path: Path):
+    service, sim = _service(tmp_path)
+    for _ in range(30):
+        sim.advance(1.0)
+        assert service.tick()
+        published = json.loads((tmp_path / "state.json").read_text())
+        seen = sim.sample()  # the sim does not move between two samples unless advanced
+        assert {d["name"] for d in published["domains"]} == {d.name for d in seen.domains}
+        by_name = {d["name"]: d for d in published["domains"]}
+        for d in seen.domains:
+            assert by_name[d.name]["current_kib"] == d.current_kib
+            assert by_name[d.name]["max_kib"] == d.max_kib
+            assert by_name[d.name]["unused_kib"] == d.unused_kib
+            assert by_name[d.name]["usable_kib"] == d.usable_kib
+            # The target is what memcoord last set, i.e. the sim's balloon target.
+            if by_name[d.name]["target_kib"] is not None:
+                assert by_name[d.name]["target_kib"] == sim.guests[d.name].target_kib
+        assert published["host"]["available_kib"] == seen.host.available_kib
+        assert published["host"]["guard_kib"] == 1024 * 1024
+    assert published["ticks"] == 30
+    # The demo's idle guest is reclaimed in this time: its last action and reason are published.
+    idle = by_name["sim-idle"]
+    assert idle["last_action"]["action"] == "reclaim" and "idle with" in idle["last_action"]["reason"]
+    assert idle["class"] in {"idle", "wasteful"}
+
+
+def test_state_file_is_0640_written_atomically_and_owned_by_the_group(tmp_path: Path):
+    group = grp.getgrgid(os.getgid() + 1 if os.getgid() == 0 else os.getgid()).gr_name
+    service, sim = _service(tmp_path, f'group = "{group}"\n')
+    sim.advance(1.0)
+    service.tick()
+    st = (tmp_path / "state.json").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert st.st_gid == grp.getgrnam(group).gr_gid
+    # Only the state file is left: the temporary file was renamed over it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memcoord.toml", "state.json"]
+
+
+def test_an_unknown_group_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"status.group = 'no-such-group-x': no such group"):
+        parse('[status]\ngroup = "no-such-group-x"\n', "memcoord.toml")
+
+
+def test_old_config_files_still_load_with_observability_off():
+    config = parse('[libvirt]\nuri = "qemu:///system"\n')
+    assert config.status.path == "/run/memcoord/state.json" and config.status.group == ""
+    assert not config.metrics.enabled and config.metrics.address == "127.0.0.1" and config.metrics.port == 9749
+    assert config.timeline.path == ""
+    assert config == Config()
+
+
+def test_a_failed_tick_and_a_failed_reload_are_published(tmp_path: Path):
+    service, sim = _service(tmp_path)
+    sim.advance(1.0)
+    service.tick()
+    sim.reachable = False
+    assert not service.tick()
+    (tmp_path / "memcoord.toml").write_text("[guest]\nwasteful_mib = 10\n")
+    service.reload()
+    view = json.loads((tmp_path / "state.json").read_text())
+    assert view["hypervisor_ok"] is False and "unreachable" in view["hypervisor_error"]
+    assert view["errors"]["by_kind"] == {"hypervisor": 1, "reload": 1}
+    assert view["config"]["reload"] == "failed" and "wasteful_mib" in view["config"]["reload_error"]
+    assert {d["name"] for d in view["domains"]} == SIM_GUESTS  # as last seen
+    text = "\n".join(status.render(view))
+    assert "HYPERVISOR UNREACHABLE" in text and "LAST RELOAD FAILED" in text
+
+
+def test_read_says_why_there_is_no_view(tmp_path: Path):
+    path = tmp_path / "state.json"
+    with pytest.raises(state.StateUnavailable, match=r"not running \(no state file"):
+        state.read(path)
+    view = {"version": 1, "pid": os.getpid(), "running": True, "updated_at_s": 1000.0, "next_update_by_s": 1001.0}
+    state.publish(path, view)
+    assert state.read(path, now_s=1005.0).age_s == 5.0
+    with pytest.raises(state.StateUnavailable, match=r"stale: .* 20 s overdue"):
+        state.read(path, now_s=1021.0)
+    state.publish(path, {**view, "running": False, "stopped_at_s": 1002.0})
+    with pytest.raises(state.StateUnavailable, match=r"not running \(pid \d+ stopped at"):
+        state.read(path, now_s=1003.0)
+
+
+def test_status_against_a_running_daemon(tmp_path: Path):
+    daemon = Daemon(tmp_path)
+    try:
+        daemon.wait_ticks(10)
+        result = memcoord("status", "--state", str(daemon.state_path))
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith(f"memcoord pid {daemon.proc.pid}, up ")
+        assert f"config {daemon.config_path}, loaded" in result.stdout
+        assert "host available" in result.stdout and "guard 1024 MiB" in result.stdout
+        header = next(i for i, line in enumerate(lines) if line.startswith("DOMAIN"))
+        assert {line.split()[0] for line in lines[header + 1 :]} == SIM_GUESTS
+
+        as_json = memcoord("status", "--json", "--state", str(daemon.state_path))
+        assert as_json.returncode == 0
+        view = json.loads(as_json.stdout)
+        assert view["pid"] == daemon.proc.pid and view["ticks"] >= 10 and view["uri"] == "sim:///demo"
+        assert all(d["max_kib"] == 2048 * 1024 for d in view["domains"])
+        # Each action the daemon logged is the last action status shows, when it was the guest's last one.
+        for d in view["domains"]:
+            if d["last_action"] is not None:
+                a = d["last_action"]
+                assert f"{a['action']} {d['name']} {a['from_kib'] // 1024} -> {a['to_kib'] // 1024} MiB" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+    stopped = memcoord("status", "--state", str(daemon.state_path))
+    assert stopped.returncode == 69
+    assert "memcoord is not running" in stopped.stderr and "stopped at" in stopped.stderr
+    assert stopped.stdout == ""
+
+
+def test_status_of_a_killed_daemon_and_of_none(tmp_path: Path):
+    daemon = Daemon(tmp_path)
+    daemon.wait_ticks(2)
+    daemon.stop(signal.SIGKILL)
+    result = memcoord("status", "--state", str(daemon.state_path))
+    assert result.returncode == 69
+    assert f"pid {daemon.proc.pid} is gone" in result.stderr
+    none = memcoord("status", "--json", "--state", str(tmp_path / "nowhere.json"))
+    assert none.returncode == 69 and "no state file" in none.stderr
+
+
+def test_status_finds_the_state_file_through_the_config(tmp_path: Path):
+    daemon = Daemon(tmp_path)
+    try:
+        daemon.wait_ticks(1)
+        result = memcoord("status", "--config", str(daemon.config_path))
+        assert result.returncode == 0, result.stderr
+        assert "sim-hog" in result.stdout
+    finally:
+        daemon.stop()
+
+
+def test_sighup_reload_shows_in_status(tmp_path: Path):
+    daemon = Daemon(tmp_path)
+    try:
+        first = daemon.wait_ticks(1)
+        daemon.proc.send_signal(signal.SIGHUP)
+        view = wait_for(lambda: (v := daemon.view()) and v["config"]["reload"] == "ok" and v)
+        assert view["config"]["loaded_at_s"] > first["config"]["loaded_at_s"]
+        assert view["config"]["reloads_ok"] == 1
+        assert view["started_at_s"] == first["started_at_s"]
+        assert view["updated_at_s"] <= time.time()
+    finally:
+        daemon.stop()
