@@ -211,10 +211,14 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     classes: dict[str, GuestClass] = {}
     pending: dict[str, Pending] = {}
     for dom in managed:
-        sample = _observe(state.samples.get(dom.name), dom)
+        prev = state.samples.get(dom.name)
+        sample = _observe(prev, dom)
         if sample is not None:
             samples[dom.name] = sample
         classes[dom.name] = classify(dom, sample, config, snapshot.taken_at_s)
+        if classes[dom.name] is GuestClass.WASTEFUL and sample is prev:
+            # No new guest sample since the last tick: its unused figure predates our last reclaim.
+            classes[dom.name] = GuestClass.IDLE
         still = _still_pending(state.pending.get(dom.name), dom, config, snapshot.taken_at_s)
         if still is not None:
             pending[dom.name] = still

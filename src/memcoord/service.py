@@ -89,6 +89,8 @@ class Service:
         self._should_exit = False
         self._reload_requested = False
         self._wake = threading.Event()
+        self._untrusted_since: dict[str, float] = {}
+        self._untrusted_reported: set[str] = set()
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -152,6 +154,7 @@ class Service:
             log.warning("%s", failure)
 
         plan, self.state = decide(snapshot, self.state, self.config)
+        self._report_untrusted(plan, snapshot)
         for note in plan.notes:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
@@ -177,6 +180,31 @@ class Service:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
             self._should_exit = True
         return True
+
+    def _report_untrusted(self, plan: Plan, snapshot: Snapshot) -> None:
+        """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to
+        start reporting (it is left alone meanwhile), one line when they flow again."""
+        now_s = time.monotonic()
+        for name, guest_class in plan.classes.items():
+            if guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
+                since_s = self._untrusted_since.setdefault(name, now_s)
+                if name not in self._untrusted_reported and now_s - since_s >= self.config.stale_after_s:
+                    self._untrusted_reported.add(name)
+                    dom = next(d for d in snapshot.domains if d.name == name)
+                    detail = (
+                        f"last update {snapshot.taken_at_s - dom.last_update_s:.0f} s ago"
+                        if guest_class is GuestClass.STALE and dom.last_update_s
+                        else "no balloon driver or stats period"
+                    )
+                    log.warning("%s: %s balloon stats (%s): left alone until they flow", name, guest_class, detail)
+            else:
+                self._untrusted_since.pop(name, None)
+                if name in self._untrusted_reported:
+                    self._untrusted_reported.discard(name)
+                    log.info("%s: balloon stats flowing again", name)
+        for name in set(self._untrusted_since) - set(plan.classes):
+            self._untrusted_since.pop(name)
+            self._untrusted_reported.discard(name)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
