@@ -173,7 +173,8 @@ def test_3_reload_applies_new_threshold(unit: Unit, lab: Lab) -> None:
     cur = unit.cursor()
     time.sleep(3)
     assert actions(unit, cur, name, "grow") == [], "mcsys-2 grew before the reload"
-    assert "guard 1024 MiB" in unit.show("StatusText")["StatusText"]
+    # (the fixture's reload just set STATUS to "config reloaded"; the next tick writes the full line)
+    assert wait_until(lambda: "guard 1024 MiB" in unit.show("StatusText")["StatusText"], 15), unit.show("StatusText")
 
     raised = unused + 60  # mcsys-2 is starving under the new threshold only
     new = BASE_CONFIG.replace(f"starving_mib = {STARVING_MIB}", f"starving_mib = {raised}")
