@@ -84,6 +84,7 @@ class Service:
         self.ticks = 0
         self.last_action = "none yet"
         self.reload_note = ""
+        self._status_line = "starting"
         self._lost_reason: str | None = None
         self._backoff_s = BACKOFF_START_S
         self._should_exit = False
@@ -117,7 +118,9 @@ class Service:
             new = self.overrides.apply(config_mod.load(self.config_path))
         except ConfigError as exc:
             self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
-            log.error("config reload failed, keeping the running config:\n%s", exc)
+            log.error(
+                "config reload failed, keeping the running config:\n%s", exc, extra=journal.lifecycle("reload-failed")
+            )
             self.observer.reload_failed(str(exc))
         else:
             if new.libvirt.uri != self.config.libvirt.uri:
@@ -126,9 +129,13 @@ class Service:
             self.config = new
             self.observer.configure(self.config_path, new)
             self.reload_note = ""
-            log.info("config reloaded from %s", self.config_path)
+            log.info("config reloaded from %s", self.config_path, extra=journal.lifecycle("reload-ok"))
         self.notifier.ready()
-        self.notifier.status(self.reload_note or f"config reloaded from {self.config_path}")
+        self._send_status("" if self.reload_note else f"config reloaded from {self.config_path}")
+
+    def _send_status(self, event: str = "") -> None:
+        """STATUS= the last tick's line, a failed reload's note (until a reload works), and the event now."""
+        self.notifier.status("; ".join(part for part in (self._status_line, self.reload_note, event) if part))
 
     # -- one tick ------------------------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -138,13 +145,18 @@ class Service:
             snapshot = self.hypervisor.sample()
         except HypervisorError as exc:
             if self._lost_reason is None:
-                log.error("lost the hypervisor, retrying with backoff: %s", exc)
+                log.error(
+                    "lost the hypervisor, retrying with backoff: %s", exc, extra=journal.lifecycle("hypervisor-lost")
+                )
             self._lost_reason = str(exc)
-            self.notifier.status(f"hypervisor unreachable, retrying: {exc}")
+            self._status_line = f"hypervisor unreachable, retrying: {exc}"
+            self._send_status()
             self.observer.tick_failed(str(exc), time.monotonic() - started_s, next_in_s=self._backoff_s)
             return False
         if self._lost_reason is not None:
-            log.info("hypervisor reachable again at %s", self.config.libvirt.uri)
+            log.info(
+                "hypervisor reachable again at %s", self.config.libvirt.uri, extra=journal.lifecycle("hypervisor-back")
+            )
             self._lost_reason = None
         self._backoff_s = BACKOFF_START_S
 
@@ -174,8 +186,8 @@ class Service:
             )
         self.ticks += 1
         self.observer.tick_done(snapshot, plan, results, time.monotonic() - started_s, failures)
-        line = status_line(plan, snapshot, self.config, self.last_action)
-        self.notifier.status(f"{line}; {self.reload_note}" if self.reload_note else line)
+        self._status_line = status_line(plan, snapshot, self.config, self.last_action)
+        self._send_status()
         if self.exit_when_idle and not managed:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
             self._should_exit = True
@@ -219,6 +231,7 @@ class Service:
             self.config.loop.interval_s,
             self.config_path,
             " (dry run)" if self.config.loop.dry_run else "",
+            extra=journal.lifecycle("started"),
         )
         self.observer.start()
         try:
@@ -231,7 +244,7 @@ class Service:
                 if ok and not self.ready:
                     self.ready = True
                     self.notifier.ready()
-                    log.info("first tick done, ready")
+                    log.info("first tick done, ready", extra=journal.lifecycle("ready"))
                 self.notifier.watchdog()
                 if self._should_exit:
                     break
@@ -249,6 +262,6 @@ class Service:
         finally:
             self.notifier.stopping()
             self.observer.stop()
-            log.info("memcoord stopping after %d ticks", self.ticks)
+            log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
         return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab.lab import Lab
+from memcoord.journal import LIFECYCLE_IDS
 
 from .conftest import (
     BASE_CONFIG,
@@ -198,6 +199,10 @@ def test_3_reload_applies_new_threshold(unit: Unit, lab: Lab) -> None:
     assert int(grow["MEMCOORD_FROM_KIB"]) == GUEST_START_MIB * 1024
     assert wait_until(lambda: "guard 1000 MiB" in unit.show("StatusText")["StatusText"], 10)
     assert unit.main_pid() == pid
+    # The reload is a journal record of its own kind, and the running daemon reports the new threshold.
+    assert unit.journal(cur, f"MESSAGE_ID={LIFECYCLE_IDS['reload-ok']}"), unit.messages(cur)[-20:]
+    running = unit.ct.run(["memcoord", "print-config", "--running"]).stdout
+    assert f"starving_mib = {raised}" in running, running
 
 
 def test_4_invalid_config(unit: Unit, lab: Lab) -> None:
