@@ -67,11 +67,27 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_print_config(args: argparse.Namespace) -> int:
+    if args.running:
+        return _print_running_config(args)
     path = args.config
     if path is None and config_mod.DEFAULT_PATH.exists():
         path = config_mod.DEFAULT_PATH
     config = _load_or_exit(path) if path is not None else config_mod.Config()
     sys.stdout.write(config_mod.dump(config))
+    return EX_OK
+
+
+def _print_running_config(args: argparse.Namespace) -> int:
+    """The config the running daemon uses, from its published state: shows whether a reload took effect."""
+    from . import state, status
+
+    state_path = args.state if args.state is not None else status.default_state_path(args.config)
+    try:
+        reading = state.read(state_path)
+    except state.StateUnavailable as exc:
+        print(f"memcoord: {exc}", file=sys.stderr)
+        return status.EX_UNAVAILABLE
+    sys.stdout.write(config_mod.dump(config_mod.Config.model_validate(reading.view["config"]["effective"])))
     return EX_OK
 
 
@@ -106,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="config file (default: /etc/memcoord.toml if present, else the built-in defaults)",
     )
+    show.add_argument("--running", action="store_true", help="the running daemon's config, from its state file")
+    show.add_argument("--state", type=Path, metavar="PATH", help="with --running: state file (default: [status] path)")
     show.set_defaults(func=_cmd_print_config)
 
     from .policies import POLICIES

@@ -7,13 +7,18 @@ knows which line to fix. A config is either loaded whole or not at all: there is
 from __future__ import annotations
 
 import fnmatch
+import functools
 import grp
+import json
+import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .model import mib_to_kib
 
@@ -50,19 +55,26 @@ class LoopConfig(_Section):
 
 class GuestConfig(_Section):
     starving_mib: int = Field(150, ge=0)
-    wasteful_mib: int = Field(350, gt=0, validate_default=True)
+    wasteful_mib: int = Field(350, gt=0)
     grow_step_mib: int = Field(300, gt=0)
     reclaim_step_mib: int = Field(100, gt=0)
     min_mib: int = Field(256, gt=0)
     idle_tax_mib: int = Field(2, ge=0)
 
-    @field_validator("wasteful_mib")
-    @classmethod
-    def _above_starving(cls, wasteful_mib: int, info: ValidationInfo) -> int:
-        starving_mib = info.data.get("starving_mib")
-        if starving_mib is not None and wasteful_mib <= starving_mib:
-            raise ValueError(f"must be greater than guest.starving_mib ({starving_mib})")
-        return wasteful_mib
+    @model_validator(mode="after")
+    def _starving_below_wasteful(self) -> GuestConfig:
+        """Blame the key the file set: raising starving_mib past the default wasteful_mib is starving's fault."""
+        if self.starving_mib < self.wasteful_mib:
+            return self
+        if "starving_mib" in self.model_fields_set:
+            key, value, rule = "starving_mib", self.starving_mib, f"less than guest.wasteful_mib ({self.wasteful_mib})"
+        else:
+            key, value, rule = (
+                "wasteful_mib",
+                self.wasteful_mib,
+                f"greater than guest.starving_mib ({self.starving_mib})",
+            )
+        raise PydanticCustomError("key_conflict", f"must be {rule}", {"key": key, "value": value})
 
 
 class HostConfig(_Section):
@@ -122,7 +134,7 @@ class Config(_Section):
 
     def manages(self, name: str) -> bool:
         """True for a domain memcoord may touch: matched by libvirt.domains and not disabled."""
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.libvirt.domains):
+        if not _matcher(self.libvirt.domains)(name):
             return False
         override = self.domains.get(name)
         return override is None or override.enabled
@@ -145,23 +157,37 @@ class Config(_Section):
         return 3 * self.loop.stats_period_s + 2 * self.loop.interval_s
 
 
+@functools.lru_cache(maxsize=8)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """All glob patterns as one compiled regex: called for every domain on every tick."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)").match
+
+
 def _key(loc: tuple[int | str, ...]) -> str:
     parts = []
     for part in loc:
         text = str(part)
-        parts.append(text if text.replace("_", "").isalnum() else f'"{text}"')
+        # Quoted as a TOML basic string (JSON escapes are valid there): a name with a quote or a newline
+        # must not garble the message or split it into lines that look like other errors.
+        parts.append(text if text.replace("_", "").isalnum() else json.dumps(text))
     return ".".join(parts)
 
 
-def _describe(path: Path | str, err: Any) -> str:
-    loc = tuple(err["loc"])
+def describe_error(path: Path | str, err: Any) -> str:
+    """One pydantic error as `file: key = value: what is wrong` (also used for simulate's scenario files).
+
+    A rule between two keys (a key_conflict) is raised by its section and names the key to blame in ctx.
+    """
+    loc, value = tuple(err["loc"]), err["input"]
+    if err["type"] == "key_conflict":
+        loc, value = (*loc, err["ctx"]["key"]), err["ctx"]["value"]
     key = _key(loc) if loc else "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{path}: {key} = {err['input']!r}: unknown key"
+        return f"{path}: {key} = {value!r}: unknown key"
     if err["type"] == "missing":
         return f"{path}: {key}: required key is missing"
     message = err["msg"].removeprefix("Value error, ")
-    return f"{path}: {key} = {err['input']!r}: {message}"
+    return f"{path}: {key} = {value!r}: {message}"
 
 
 def parse(text: str, path: Path | str = "<string>") -> Config:
@@ -173,7 +199,7 @@ def parse(text: str, path: Path | str = "<string>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(path, err) for err in exc.errors())) from None
+        raise ConfigError("\n".join(describe_error(path, err) for err in exc.errors())) from None
 
 
 def load(path: Path | str = DEFAULT_PATH) -> Config:

@@ -21,6 +21,21 @@ MESSAGE_IDS = {
     Action.CLAMP: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c04",
 }
 MESSAGE_ID_SET_MEMORY_FAILED = "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c05"
+# The daemon's own life, so that `journalctl MESSAGE_ID=...` finds every start, loss or failed reload.
+LIFECYCLE_IDS = {
+    "started": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c10",
+    "ready": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c11",
+    "stopping": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c12",
+    "hypervisor-lost": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c13",
+    "hypervisor-back": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c14",
+    "reload-ok": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c15",
+    "reload-failed": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c16",
+}
+
+
+def lifecycle(event: str) -> dict[str, str]:
+    """The journal fields of a lifecycle record: `log.info(..., extra=lifecycle("started"))`."""
+    return {"MESSAGE_ID": LIFECYCLE_IDS[event], "MEMCOORD_EVENT": event}
 
 
 def _stderr_is_journal() -> bool:

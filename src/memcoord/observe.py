@@ -220,6 +220,8 @@ class Observer:
                 "reload_error": self.reload_error,
                 "reloads_ok": self.reloads_ok,
                 "reloads_failed": self.reloads_failed,
+                # What the daemon runs with (after --interval/--dry-run), for `memcoord print-config --running`.
+                "effective": cfg.model_dump(mode="json", exclude_none=True),
             },
             "host": host,
             "errors": {

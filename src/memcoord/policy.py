@@ -108,11 +108,11 @@ def classify(dom: DomainStats, sample: Sample | None, config: Config, now_s: flo
         return GuestClass.NO_STATS
     if now_s - dom.last_update_s > config.stale_after_s:
         return GuestClass.STALE
-    if dom.unused_kib <= mib_to_kib(config.guest.starving_mib):
+    if dom.unused_kib <= config.guest.starving_mib * KIB_PER_MIB:
         return GuestClass.STARVING
     if not sample.steady:
         return GuestClass.BUSY
-    if dom.unused_kib >= mib_to_kib(config.guest.wasteful_mib):
+    if dom.unused_kib >= config.guest.wasteful_mib * KIB_PER_MIB:
         return GuestClass.WASTEFUL
     return GuestClass.IDLE
 
@@ -139,21 +139,17 @@ class _Ledger:
     ) -> None:
         self.doms = {d.name: d for d in managed}
         self.target_kib = {d.name: d.current_kib for d in managed}
+        # Each guest's [floor, ceiling], looked up once per tick (a floor above the ceiling yields to it).
+        self.ceiling_kib = {d.name: config.ceiling_kib(d.name, d.max_kib) for d in managed}
+        self.floor_kib = {d.name: min(config.floor_kib(d.name), self.ceiling_kib[d.name]) for d in managed}
         self.actions: dict[str, tuple[Action, list[str]]] = {}
         self.notes: list[str] = []
-        self.config = config
         # A balloon still growing toward its target will take that target: count the target, not where it is.
         outstanding_kib = sum(
             _outstanding_kib(max(d.current_kib, pending[d.name].target_kib if d.name in pending else 0), d.rss_kib)
             for d in managed
         )
         self.headroom_kib = snapshot.host.available_kib - outstanding_kib - mib_to_kib(config.host.min_available_mib)
-
-    def floor_kib(self, name: str) -> int:
-        return min(self.config.floor_kib(name), self.ceiling_kib(name))
-
-    def ceiling_kib(self, name: str) -> int:
-        return self.config.ceiling_kib(name, self.doms[name].max_kib)
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
         dom = self.doms[name]
@@ -167,7 +163,7 @@ class _Ledger:
 
     def take(self, name: str, want_kib: int, action: Action, reason: str) -> int:
         """Lower a target by up to want_kib, never below the floor; returns what was taken."""
-        got_kib = _whole_mib(min(want_kib, self.target_kib[name] - self.floor_kib(name)))
+        got_kib = _whole_mib(min(want_kib, self.target_kib[name] - self.floor_kib[name]))
         if got_kib <= 0:
             return 0
         self._move(name, self.target_kib[name] - got_kib, action, reason)
@@ -175,7 +171,7 @@ class _Ledger:
 
     def give(self, name: str, want_kib: int, action: Action, reason: str) -> int:
         """Raise a target by up to want_kib, never above the ceiling nor past the host guard."""
-        room_kib = self.ceiling_kib(name) - self.target_kib[name]
+        room_kib = self.ceiling_kib[name] - self.target_kib[name]
         rss_kib = self.doms[name].rss_kib or 0
         # Growth below QEMU's RSS costs the host nothing new; only the part above it spends headroom.
         free_below_rss_kib = max(0, rss_kib - self.target_kib[name])
@@ -211,10 +207,14 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     classes: dict[str, GuestClass] = {}
     pending: dict[str, Pending] = {}
     for dom in managed:
-        sample = _observe(state.samples.get(dom.name), dom)
+        prev = state.samples.get(dom.name)
+        sample = _observe(prev, dom)
         if sample is not None:
             samples[dom.name] = sample
         classes[dom.name] = classify(dom, sample, config, snapshot.taken_at_s)
+        if classes[dom.name] is GuestClass.WASTEFUL and sample is prev:
+            # No new guest sample since the last tick: its unused figure predates our last reclaim.
+            classes[dom.name] = GuestClass.IDLE
         still = _still_pending(state.pending.get(dom.name), dom, config, snapshot.taken_at_s)
         if still is not None:
             pending[dom.name] = still
@@ -231,21 +231,23 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     # Clamps: below the floor is raised (safe without stats); above the ceiling comes down one step at a time.
     clamped: set[str] = set()
     for dom in settled:
-        floor_kib = ledger.floor_kib(dom.name)
+        floor_kib = ledger.floor_kib[dom.name]
         if dom.current_kib < floor_kib:
             ledger.give(dom.name, floor_kib - dom.current_kib, Action.CLAMP, "below its floor")
             clamped.add(dom.name)
     for dom in trusted:
-        excess_kib = dom.current_kib - ledger.ceiling_kib(dom.name)
+        excess_kib = dom.current_kib - ledger.ceiling_kib[dom.name]
         if excess_kib > 0:
             ledger.take(dom.name, min(excess_kib, reclaim_step_kib), Action.CLAMP, "above its max_mib")
             clamped.add(dom.name)
 
-    def members(guest_class: GuestClass) -> list[DomainStats]:
-        return [d for d in trusted if classes[d.name] is guest_class and d.name not in clamped]
+    groups: dict[GuestClass, list[DomainStats]] = {c: [] for c in GuestClass}
+    for dom in trusted:
+        if dom.name not in clamped:
+            groups[classes[dom.name]].append(dom)
 
     pool_kib = 0
-    for dom in members(GuestClass.WASTEFUL):
+    for dom in groups[GuestClass.WASTEFUL]:
         pool_kib += ledger.take(
             dom.name,
             reclaim_step_kib,
@@ -253,7 +255,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             f"idle with {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused >= wasteful {guest.wasteful_mib} MiB",
         )
 
-    starving = sorted(members(GuestClass.STARVING), key=lambda d: (d.unused_kib or 0, d.name))
+    starving = sorted(groups[GuestClass.STARVING], key=lambda d: (d.unused_kib or 0, d.name))
     grown: list[str] = []
     for dom in starving:
         got_kib = ledger.give(
@@ -266,7 +268,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             grown.append(dom.name)
         pool_kib = max(0, pool_kib - got_kib)
 
-    busy = members(GuestClass.BUSY)
+    busy = groups[GuestClass.BUSY]
     for i, dom in enumerate(busy):
         share_kib = pool_kib // (len(busy) - i)
         pool_kib -= ledger.give(dom.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
@@ -274,7 +276,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     if grown and guest.idle_tax_mib:
         tax_kib = sum(
             ledger.take(d.name, mib_to_kib(guest.idle_tax_mib), Action.TAX, "idle tax while others grow")
-            for d in members(GuestClass.IDLE)
+            for d in groups[GuestClass.IDLE]
         )
         for i, name in enumerate(grown):
             share_kib = tax_kib // (len(grown) - i)

@@ -84,11 +84,14 @@ class Service:
         self.ticks = 0
         self.last_action = "none yet"
         self.reload_note = ""
+        self._status_line = "starting"
         self._lost_reason: str | None = None
         self._backoff_s = BACKOFF_START_S
         self._should_exit = False
         self._reload_requested = False
         self._wake = threading.Event()
+        self._untrusted_since: dict[str, float] = {}
+        self._untrusted_reported: set[str] = set()
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -115,7 +118,9 @@ class Service:
             new = self.overrides.apply(config_mod.load(self.config_path))
         except ConfigError as exc:
             self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
-            log.error("config reload failed, keeping the running config:\n%s", exc)
+            log.error(
+                "config reload failed, keeping the running config:\n%s", exc, extra=journal.lifecycle("reload-failed")
+            )
             self.observer.reload_failed(str(exc))
         else:
             if new.libvirt.uri != self.config.libvirt.uri:
@@ -124,9 +129,13 @@ class Service:
             self.config = new
             self.observer.configure(self.config_path, new)
             self.reload_note = ""
-            log.info("config reloaded from %s", self.config_path)
+            log.info("config reloaded from %s", self.config_path, extra=journal.lifecycle("reload-ok"))
         self.notifier.ready()
-        self.notifier.status(self.reload_note or f"config reloaded from {self.config_path}")
+        self._send_status("" if self.reload_note else f"config reloaded from {self.config_path}")
+
+    def _send_status(self, event: str = "") -> None:
+        """STATUS= the last tick's line, a failed reload's note (until a reload works), and the event now."""
+        self.notifier.status("; ".join(part for part in (self._status_line, self.reload_note, event) if part))
 
     # -- one tick ------------------------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -136,13 +145,18 @@ class Service:
             snapshot = self.hypervisor.sample()
         except HypervisorError as exc:
             if self._lost_reason is None:
-                log.error("lost the hypervisor, retrying with backoff: %s", exc)
+                log.error(
+                    "lost the hypervisor, retrying with backoff: %s", exc, extra=journal.lifecycle("hypervisor-lost")
+                )
             self._lost_reason = str(exc)
-            self.notifier.status(f"hypervisor unreachable, retrying: {exc}")
+            self._status_line = f"hypervisor unreachable, retrying: {exc}"
+            self._send_status()
             self.observer.tick_failed(str(exc), time.monotonic() - started_s, next_in_s=self._backoff_s)
             return False
         if self._lost_reason is not None:
-            log.info("hypervisor reachable again at %s", self.config.libvirt.uri)
+            log.info(
+                "hypervisor reachable again at %s", self.config.libvirt.uri, extra=journal.lifecycle("hypervisor-back")
+            )
             self._lost_reason = None
         self._backoff_s = BACKOFF_START_S
 
@@ -152,6 +166,7 @@ class Service:
             log.warning("%s", failure)
 
         plan, self.state = decide(snapshot, self.state, self.config)
+        self._report_untrusted(plan, snapshot)
         for note in plan.notes:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
@@ -171,12 +186,37 @@ class Service:
             )
         self.ticks += 1
         self.observer.tick_done(snapshot, plan, results, time.monotonic() - started_s, failures)
-        line = status_line(plan, snapshot, self.config, self.last_action)
-        self.notifier.status(f"{line}; {self.reload_note}" if self.reload_note else line)
+        self._status_line = status_line(plan, snapshot, self.config, self.last_action)
+        self._send_status()
         if self.exit_when_idle and not managed:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
             self._should_exit = True
         return True
+
+    def _report_untrusted(self, plan: Plan, snapshot: Snapshot) -> None:
+        """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to
+        start reporting (it is left alone meanwhile), one line when they flow again."""
+        now_s = time.monotonic()
+        for name, guest_class in plan.classes.items():
+            if guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
+                since_s = self._untrusted_since.setdefault(name, now_s)
+                if name not in self._untrusted_reported and now_s - since_s >= self.config.stale_after_s:
+                    self._untrusted_reported.add(name)
+                    dom = next(d for d in snapshot.domains if d.name == name)
+                    detail = (
+                        f"last update {snapshot.taken_at_s - dom.last_update_s:.0f} s ago"
+                        if guest_class is GuestClass.STALE and dom.last_update_s
+                        else "no balloon driver or stats period"
+                    )
+                    log.warning("%s: %s balloon stats (%s): left alone until they flow", name, guest_class, detail)
+            else:
+                self._untrusted_since.pop(name, None)
+                if name in self._untrusted_reported:
+                    self._untrusted_reported.discard(name)
+                    log.info("%s: balloon stats flowing again", name)
+        for name in set(self._untrusted_since) - set(plan.classes):
+            self._untrusted_since.pop(name)
+            self._untrusted_reported.discard(name)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
@@ -191,6 +231,7 @@ class Service:
             self.config.loop.interval_s,
             self.config_path,
             " (dry run)" if self.config.loop.dry_run else "",
+            extra=journal.lifecycle("started"),
         )
         self.observer.start()
         try:
@@ -203,7 +244,7 @@ class Service:
                 if ok and not self.ready:
                     self.ready = True
                     self.notifier.ready()
-                    log.info("first tick done, ready")
+                    log.info("first tick done, ready", extra=journal.lifecycle("ready"))
                 self.notifier.watchdog()
                 if self._should_exit:
                     break
@@ -221,6 +262,6 @@ class Service:
         finally:
             self.notifier.stopping()
             self.observer.stop()
-            log.info("memcoord stopping after %d ticks", self.ticks)
+            log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
         return 0

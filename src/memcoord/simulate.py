@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import Config
+from .config import Config, describe_error
 from .hypervisor.sim import (
     Burst,
     Hog,
@@ -143,15 +143,8 @@ class Scenario(_Model):
 
 
 def _describe(path: Path | str, err: Any) -> str:
-    loc = [str(p) for p in err["loc"] if not str(p).endswith("Spec")]  # drop union tags from the key path
-    key = ".".join(loc) if loc else "(top level)"
-    if err["type"] == "extra_forbidden":
-        return f"{path}: {key} = {err['input']!r}: unknown key"
-    if err["type"] == "missing":
-        return f"{path}: {key}: required key is missing"
-    message = err["msg"].removeprefix("Value error, ")
-    shown = err["input"] if not isinstance(err["input"], dict) else "{...}"
-    return f"{path}: {key} = {shown!r}: {message}"
+    loc = tuple(p for p in err["loc"] if not str(p).endswith("Spec"))  # drop union tags from the key path
+    return describe_error(path, {**err, "loc": loc})
 
 
 def parse_scenario(text: str, path: Path | str = "<string>") -> Scenario:

@@ -18,6 +18,7 @@ import pytest
 from lab.coordinator import Memcoord, lab_config
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
+from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S
 from memcoord.model import mib_to_kib
 
 pytestmark = pytest.mark.real
@@ -60,10 +61,13 @@ def test_starving_guest_grows_and_idle_guest_is_reclaimed(tmp_path: Path):
         assert coordinator.proc is not None and coordinator.proc.returncode == 0, log
         assert reached, f"start {start}, end {history[-1]}\n{log}"
 
-        # Read back through libvirt: the hungry guest holds what memcoord logged last.
+        # Read back through libvirt: the hungry guest's balloon gets to what memcoord logged last.
         grown = [a for a in coordinator.actions if a.domain == hungry]
         assert all(a.action == "grow" for a in grown), grown
-        assert abs(history[-1][hungry] - grown[-1].to_mib) <= 1, (history[-1], grown[-1])
+        assert wait_until(lambda: abs(current_mib(lab)[hungry] - grown[-1].to_mib) <= 4, 15), (
+            current_mib(lab),
+            grown[-1],
+        )
         assert f"reclaim {idle} 1280 -> 1180 MiB (idle with" in log
         # Gradual: one reclaim step (plus the tax) per tick at most, never below the floor.
         taken = [a for a in coordinator.actions if a.domain == idle]
@@ -95,5 +99,7 @@ def test_a_guest_whose_qemu_hangs_does_not_stall_the_others(tmp_path: Path):
             os.kill(qemu_pid, signal.SIGCONT)
         assert reclaimed, log
         assert not [a for a in coordinator.actions if a.domain == hung], log
-        assert "ERROR" not in log, log
+        # The hung guest costs at most one unanswered stats call and one unanswered stats-period call, once.
+        assert log.count("no answer from") <= 2, log
+        assert elapsed_s < 2 * CALL_TIMEOUT_S + 15, log
         print(f"3 reclaims of the healthy guest in {elapsed_s:.1f} s beside a hung QEMU")

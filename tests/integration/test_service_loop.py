@@ -65,6 +65,24 @@ def test_sighup_reloads_the_new_config(service):
     after = ns.messages.index(reloading)
     ns.wait_for(lambda m: "guard 2000 MiB" in m)
     assert "READY=1" in ns.messages[after:]
+    # STATUS right after the reload keeps the domain counts and says what happened.
+    assert any(m.startswith("STATUS=3 domains") and "config reloaded" in m for m in ns.messages[after:])
+    running = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memcoord.cli",
+            "print-config",
+            "--running",
+            "--state",
+            str(config.parent / "state.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert running.returncode == 0, running.stderr
+    assert "min_available_mib = 2000" in running.stdout
     code, err = stop(proc)
     assert code == 0
     assert "config reloaded" in err

@@ -62,7 +62,9 @@ def test_wrong_type_names_key_and_value():
 
 def test_starving_must_be_below_wasteful():
     msg = error_of("[guest]\nstarving_mib = 400\n")
-    assert msg == "/etc/memcoord.toml: guest.wasteful_mib = 350: must be greater than guest.starving_mib (400)"
+    assert msg == "/etc/memcoord.toml: guest.starving_mib = 400: must be less than guest.wasteful_mib (350)"
+    msg = error_of("[guest]\nwasteful_mib = 100\n")
+    assert msg == "/etc/memcoord.toml: guest.wasteful_mib = 100: must be greater than guest.starving_mib (150)"
 
 
 @pytest.mark.parametrize("key", ["grow_step_mib", "reclaim_step_mib", "min_mib"])
@@ -117,11 +119,15 @@ def test_check_config_ok_exits_0():
 
 def test_check_config_bad_exits_78_with_every_error(tmp_path: Path):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[guest]\nstarving_mib = 500\nreclaim_step_mib = 0\n")
+    bad.write_text("[guest]\nmin_mib = 0\nreclaim_step_mib = 0\n")
     result = run_cli("check-config", str(bad))
     assert result.returncode == 78
-    assert f"{bad}: guest.wasteful_mib = 350" in result.stderr
     assert f"{bad}: guest.reclaim_step_mib = 0" in result.stderr
+    assert f"{bad}: guest.min_mib = 0" in result.stderr
+    bad.write_text("[guest]\nstarving_mib = 500\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 78
+    assert f"{bad}: guest.starving_mib = 500: must be less than guest.wasteful_mib (350)" in result.stderr
 
 
 def test_run_with_invalid_config_exits_78(tmp_path: Path):

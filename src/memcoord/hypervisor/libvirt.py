@@ -16,7 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
@@ -27,6 +27,9 @@ from . import HypervisorError
 
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
+# open() has no keepalive yet: a daemon that accepts but never answers (stopped, deadlocked) would hang it
+# forever. The tick gives up after as long as keepalive allows any other call; a later tick collects it.
+CONNECT_TIMEOUT_S = KEEPALIVE_INTERVAL_S * (KEEPALIVE_COUNT + 1)
 CALL_TIMEOUT_S = 10.0
 # Calls given up on still hold a thread each until libvirt answers; past this many, start a new connection.
 MAX_ABANDONED_CALLS = 4
@@ -58,19 +61,50 @@ def _quiet_libvirt_errors() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
+class _Call(Generic[T]):
+    """One libvirt call in a daemon thread of its own, so that the tick can stop waiting for it."""
+
+    def __init__(self, what: str, fn: Callable[[], T]) -> None:
+        self.what = what
+        self.done = threading.Event()
+        self._result: list[T] = []
+        self._error: list[BaseException] = []
+        threading.Thread(target=self._run, args=(fn,), name=f"libvirt {what}", daemon=True).start()
+
+    def _run(self, fn: Callable[[], T]) -> None:
+        try:
+            self._result.append(fn())
+        except BaseException as exc:  # handed to the waiting thread by wait()
+            self._error.append(exc)
+        finally:
+            self.done.set()
+
+    def wait(self, timeout_s: float) -> T:
+        """The call's result or its exception; TimeoutError when it has not answered in timeout_s."""
+        if not self.done.wait(timeout_s):
+            raise TimeoutError(f"{self.what}: no answer in {timeout_s:.0f} s")
+        if self._error:
+            raise self._error[0]
+        return self._result[0]
+
+
 def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
 
 
-def _domain_stats(name: str, stats: dict[str, int]) -> DomainStats:
+def _domain_stats(name: str, stats: dict[str, int]) -> DomainStats | None:
+    """The record as DomainStats; None without current and maximum, which nothing safe can be decided on."""
+
     def opt(key: str) -> int | None:
         value = stats.get(key)
         return int(value) if value is not None else None
 
+    if not stats.get("balloon.current") or not stats.get("balloon.maximum"):
+        return None
     return DomainStats(
         name=name,
-        current_kib=int(stats.get("balloon.current", 0)),
-        max_kib=int(stats.get("balloon.maximum", 0)),
+        current_kib=int(stats["balloon.current"]),
+        max_kib=int(stats["balloon.maximum"]),
         unused_kib=opt("balloon.unused"),
         usable_kib=opt("balloon.usable"),
         available_kib=opt("balloon.available"),
@@ -83,20 +117,27 @@ class LibvirtHypervisor:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
+        self._opening: _Call[libvirt.virConnect] | None = None
         self._domains: dict[str, libvirt.virDomain] = {}
         # (uuid, domain id, period): a restarted domain gets a new id and needs its period set again.
         self._period_set: set[tuple[str, int, int]] = set()
-        self._abandoned: list[threading.Event] = []
+        self._abandoned: list[_Call[object]] = []
         _quiet_libvirt_errors()
         _start_event_loop()
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
             return self._conn
+        if self._opening is None:
+            self._opening = _Call("open", lambda: libvirt.open(self.uri))
         try:
-            conn = libvirt.open(self.uri)
+            conn = self._opening.wait(CONNECT_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise HypervisorError(f"cannot connect to {self.uri}: {exc}") from None  # still opening: next tick
         except libvirt.libvirtError as exc:
+            self._opening = None
             raise HypervisorError(f"cannot connect to {self.uri}: {exc.get_error_message()}") from None
+        self._opening = None
         # Drivers without keepalive (test://, embedded ones) refuse it; they cannot hang on a dead daemon.
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
@@ -111,38 +152,25 @@ class LibvirtHypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
-    def _bounded(self, what: str, call: Callable[[], T]) -> T:
+    def _bounded(self, what: str, fn: Callable[[], T]) -> T:
         """Run one libvirt call, giving up after CALL_TIMEOUT_S (the call goes on in its thread, unheeded)."""
-        self._abandoned = [done for done in self._abandoned if not done.is_set()]
+        self._abandoned = [call for call in self._abandoned if not call.done.is_set()]
         if len(self._abandoned) >= MAX_ABANDONED_CALLS:
             self._abandoned = []
             self._drop()
             raise HypervisorError(f"{self.uri}: {MAX_ABANDONED_CALLS} calls unanswered, reconnecting")
-        result: list[T] = []
-        error: list[BaseException] = []
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                result.append(call())
-            except BaseException as exc:  # handed to the caller's thread below
-                error.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name=f"libvirt {what}", daemon=True).start()
-        if not done.wait(CALL_TIMEOUT_S):
-            self._abandoned.append(done)
-            raise TimeoutError(f"{what}: no answer from {self.uri} in {CALL_TIMEOUT_S:.0f} s")
-        if error:
-            raise error[0]
-        return result[0]
+        call = _Call(what, fn)
+        try:
+            return call.wait(CALL_TIMEOUT_S)
+        except TimeoutError:
+            self._abandoned.append(call)
+            raise TimeoutError(f"{what}: no answer from {self.uri} in {CALL_TIMEOUT_S:.0f} s") from None
 
     def _host(self, conn: libvirt.virConnect) -> HostStats:
         if is_local(self.uri):
             vm = psutil.virtual_memory()
             return HostStats(available_kib=vm.available // 1024, total_kib=vm.total // 1024)
-        node = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+        node = self._bounded("getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS))
         available_kib = node.get("free", 0) + node.get("buffers", 0) + node.get("cached", 0)
         return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
 
@@ -161,10 +189,15 @@ class LibvirtHypervisor:
             raise HypervisorError(str(exc)) from None
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
-        domains = tuple(_domain_stats(dom.name(), stats) for dom, stats in records)
+        domains = tuple(d for dom, stats in records if (d := _domain_stats(dom.name(), stats)) is not None)
         return Snapshot(host=host, domains=domains, taken_at_s=taken_at_s)
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int) -> list[str]:
+        """Set the period once per running domain (a restart gives it a new id); a failure is reported once.
+
+        After one call that got no answer, the rest wait for the next tick: a few hung guests must not add
+        CALL_TIMEOUT_S each to one tick and trip the watchdog.
+        """
         failures = []
         for name in names:
             dom = self._domains.get(name)
@@ -173,6 +206,7 @@ class LibvirtHypervisor:
             key = (dom.UUIDString(), dom.ID(), period_s)
             if key in self._period_set:
                 continue
+            self._period_set.add(key)
             try:
                 self._bounded(
                     "setMemoryStatsPeriod",
@@ -182,7 +216,7 @@ class LibvirtHypervisor:
                 failures.append(f"{name}: cannot set the balloon stats period: {exc.get_error_message()}")
             except (TimeoutError, HypervisorError) as exc:
                 failures.append(f"{name}: cannot set the balloon stats period: {exc}")
-            self._period_set.add(key)
+                break
         return failures
 
     def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:

@@ -1,0 +1,263 @@
+"""Faults on real guests: tiny QEMU guests from the lab (virtio balloon, serial console), the real libvirtd and
+`memcoord run` as a subprocess. Every guest is named mcfault-*, every memcoord manages only mcfault-*.
+
+What must hold (issue 6): memcoord never crashes, logs one line per loss and per recovery, resumes within a few
+ticks; guests that come and go are skipped and picked up; guests without usable stats are never reclaimed and
+reported once; a failing setMemory is logged with its domain and value and the tick goes on; no guest is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from memcoord import config as config_mod
+from memcoord.hypervisor.libvirt import LibvirtHypervisor
+from memcoord.model import Action, Change
+from memcoord.service import Service
+from tests.integration.faultkit import (
+    LOST,
+    RECOVERED,
+    URI,
+    MemcoordRun,
+    actions,
+    kill_libvirtd,
+    libvirtd_restored,
+    require_libvirtd,
+    start_libvirtd,
+    write_config,
+)
+
+lab_mod = pytest.importorskip("lab.lab", reason="the lab package (tiny guests) is not in this tree yet")
+image_mod = pytest.importorskip("lab.image")
+
+pytestmark = pytest.mark.real
+REPO = Path(__file__).resolve().parents[2]
+MIB = 1024
+RESTARTS = 10
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[object]:
+    require_libvirtd()
+    image = image_mod.build_image(cache_dir=REPO / ".cache" / "lab")
+    with lab_mod.Lab(prefix="mcfault-", n=2, max_mib=1024, current_mib=1024, image=image) as the_lab:
+        yield the_lab
+        _reconnect(the_lab)  # a test may have restarted libvirtd: down() needs a live connection
+
+
+def _reconnect(the_lab) -> None:  # type: ignore[no-untyped-def]
+    start_libvirtd()
+    the_lab.conn = libvirt.open(URI)
+    for g in the_lab.guests:
+        g.domain = the_lab.conn.lookupByName(g.name)
+
+
+@contextlib.contextmanager
+def extra_guest(the_lab, name: str, max_mib: int, current_mib: int, cmdline_extra: str = "", period_s: int = 1):  # type: ignore[no-untyped-def]
+    """One more guest of the lab's image, defined here (odd kernel options or no stats period)."""
+    conn = libvirt.open(URI)
+    xml = lab_mod.domain_xml(name, the_lab.image, the_lab.run_dir / f"{name}.sock", max_mib, current_mib, period_s)
+    if cmdline_extra:
+        xml = xml.replace("panic=-1", f"panic=-1 {cmdline_extra}")
+    if period_s == 0:
+        xml = xml.replace("<stats period='0'/>", "")
+    dom = conn.defineXML(xml)
+    try:
+        dom.create()
+        yield dom
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn = libvirt.open(URI)
+            dom = conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+
+
+def _alive(the_lab) -> list[str]:  # type: ignore[no-untyped-def]
+    """Names of lab guests whose domain runs and whose shell answers: the guests not lost."""
+    conn = libvirt.open(URI)
+    out = []
+    for g in the_lab.guests:
+        with contextlib.suppress(libvirt.libvirtError, Exception):
+            if conn.lookupByName(g.name).isActive() and the_lab.run(g.name, "echo alive", timeout_s=20)[0] == 0:
+                out.append(g.name)
+    conn.close()
+    return out
+
+
+def test_libvirtd_killed_and_restarted_10_times(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Small reclaim steps keep memcoord busy with the idle 1 GiB guests for the whole test.
+    config = write_config(tmp_path / "m.toml", guest={"reclaim_step_mib": 4})
+    run = MemcoordRun(config).start()
+    recovery_s: list[float] = []
+    try:
+        run.wait_for(lambda ls: len(actions(ls)) >= 2, 60, "first reclaims")
+        with libvirtd_restored():
+            for i in range(1, RESTARTS + 1):
+                kill_libvirtd(signal.SIGKILL)
+                run.wait_count(LOST, i, 15)
+                time.sleep(1.0)
+                start_libvirtd()
+                t_up = time.monotonic()
+                t_rec = run.wait_count(RECOVERED, i, 60)
+                recovery_s.append(t_rec - t_up)
+                n_actions = len(actions(run.text()))
+                run.wait_for(lambda ls, n=n_actions: len(actions(ls)) > n, 15, f"an action after restart {i}")
+        assert run.proc is not None and run.proc.poll() is None, "memcoord died"
+    finally:
+        code = run.stop()
+        _reconnect(lab)
+    lines = run.text()
+    log = "\n".join(lines)
+    print(f"restarts survived: {RESTARTS}, recovery after the daemon answered: {[f'{s:.1f}' for s in recovery_s]}")
+    assert code == 0 and "Traceback" not in log, log
+    assert run.count(LOST) == RESTARTS and run.count(RECOVERED) == RESTARTS, log
+    assert max(recovery_s) <= 20, recovery_s  # backoff is 1, 2, 4 ... s: a few ticks
+    assert "setMemory failed" not in log, log
+    # No stale target: every setMemory starts from where the previous one left the guest (balloon converged).
+    for g in lab.guests:
+        steps = actions(lines, g.name)
+        for (_a, _n, _f, prev_to), (_a2, _n2, from_, _t) in itertools.pairwise(steps):
+            assert abs(from_ - prev_to) <= 4, (g.name, prev_to, from_)
+    assert sorted(_alive(lab)) == sorted(g.name for g in lab.guests), "a guest was lost"
+
+
+def test_guest_destroyed_and_another_started_mid_run(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path / "m.toml")
+    run = MemcoordRun(config).start()
+    victim = "mcfault-gone"
+    newcomer = "mcfault-new"
+    try:
+        with extra_guest(lab, victim, 1024, 768):
+            run.wait_for(lambda ls: any("first tick done" in x for x in ls), 30, "first tick")
+            time.sleep(3)
+            conn = libvirt.open(URI)
+            conn.lookupByName(victim).destroy()
+            # No stats period in its XML: memcoord must set it.
+            with extra_guest(lab, newcomer, 1024, 1024, period_s=0) as dom:
+                deadline = time.monotonic() + 60
+                updates = set()
+                while len(updates) < 3:
+                    assert time.monotonic() < deadline, f"{newcomer}: stats never flowed (period not set?)"
+                    stats = dom.memoryStats()
+                    if "last_update" in stats and "unused" in stats:
+                        updates.add(stats["last_update"])
+                    time.sleep(1)
+                period = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, 0)
+                assert any(d.name() == newcomer for d, _s in period)
+                time.sleep(5)
+        assert run.proc is not None and run.proc.poll() is None
+    finally:
+        code = run.stop()
+    lines = run.text()
+    log = "\n".join(lines)
+    assert code == 0 and "Traceback" not in log, log
+    for name in (victim, newcomer):
+        noisy = [x for x in lines if name in x and (" WARNING " in x or " ERROR " in x)]
+        assert len(noisy) <= 1, noisy
+    assert LOST not in log, log
+    assert sorted(_alive(lab)) == sorted(g.name for g in lab.guests)
+
+
+def test_guests_without_usable_stats_are_never_reclaimed_and_reported_once(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No balloon driver (the module is blacklisted in the guest kernel) and stats that stopped (a guest whose
+    vCPU is paused: its last-update freezes). Both are 1 GiB and idle: with stats they would be reclaimed."""
+    config = write_config(tmp_path / "m.toml")
+    nodrv, frozen = "mcfault-nodrv", "mcfault-frozen"
+    with (
+        extra_guest(lab, nodrv, 1024, 1024, cmdline_extra="module_blacklist=virtio_balloon"),
+        extra_guest(lab, frozen, 1024, 1024) as frozen_dom,
+    ):
+        conn = libvirt.open(URI)
+        deadline = time.monotonic() + 60
+        while "unused" not in frozen_dom.memoryStats() or frozen_dom.memoryStats().get("actual", 0) > 1024 * MIB:
+            assert time.monotonic() < deadline, "frozen guest never reported stats"
+            time.sleep(1)
+        time.sleep(3)
+        frozen_dom.suspend()
+        run = MemcoordRun(config).start()
+        try:
+            run.wait_for(lambda ls: sum("left alone" in x for x in ls) >= 2, 40, "both reported")
+            time.sleep(10)
+            assert run.proc is not None and run.proc.poll() is None
+            nodrv_stats = conn.lookupByName(nodrv).memoryStats()
+            assert "unused" not in nodrv_stats, nodrv_stats
+            frozen_dom.resume()
+            run.wait_for(lambda ls: any(f"{frozen}: balloon stats flowing again" in x for x in ls), 30, "resume")
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                frozen_dom.resume()
+            code = run.stop()
+    lines = run.text()
+    log = "\n".join(lines)
+    assert code == 0 and "Traceback" not in log, log
+    for name in (nodrv, frozen):
+        reported = [x for x in lines if name in x and "left alone" in x]
+        assert len(reported) == 1, (name, reported)
+    for name in (nodrv, frozen):
+        reclaims = [a for a in actions(lines, name) if a[3] < a[2]]
+        # The resumed guest may be reclaimed once its stats flow again; before that line, never.
+        resumed_at = next((i for i, x in enumerate(lines) if f"{name}: balloon stats flowing again" in x), len(lines))
+        early = [a for a in actions(lines[:resumed_at], name) if a[3] < a[2]]
+        assert not early, (name, early)
+        if name == nodrv:
+            assert not reclaims, reclaims
+
+
+def test_set_memory_failures_are_logged_with_domain_and_value(lab, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Above the maximum (real libvirt refuses) and a domain destroyed between sample and apply."""
+    hv = LibvirtHypervisor(URI)
+    try:
+        snapshot = hv.sample()
+        g1, g2 = (next(d for d in snapshot.domains if d.name == g.name) for g in lab.guests)
+        results = hv.apply(
+            [
+                Change(g1.name, Action.GROW, g1.current_kib, g1.max_kib + 512 * MIB, "fault test: above max"),
+                Change(g2.name, Action.RECLAIM, g2.current_kib, g2.current_kib - 8 * MIB, "fault test: fine"),
+            ]
+        )
+        assert not results[0].ok and results[0].error, results[0]
+        assert results[1].ok, results[1]
+        print(f"libvirt on a target above max: {results[0].error}")
+    finally:
+        hv.close()
+
+    # Through the service: two guests below the floor get a clamp each; one is destroyed before apply.
+    class DestroyBeforeApply(LibvirtHypervisor):
+        def apply(self, changes):  # type: ignore[no-untyped-def]
+            with contextlib.suppress(libvirt.libvirtError):
+                libvirt.open(URI).lookupByName("mcfault-va").destroy()
+            return super().apply(changes)
+
+    config = config_mod.parse('[libvirt]\ndomains = ["mcfault-v*"]\n[guest]\nmin_mib = 600\n')
+    with extra_guest(lab, "mcfault-va", 1024, 512) as va, extra_guest(lab, "mcfault-vb", 1024, 512) as vb:
+        # balloon.current starts at the max and falls to currentMemory once the guest's driver loads.
+        deadline = time.monotonic() + 60
+        while any(d.memoryStats().get("actual", 1 << 40) > 512 * MIB for d in (va, vb)):
+            assert time.monotonic() < deadline, "victims' balloons never settled"
+            time.sleep(0.5)
+        service = Service(Path("/dev/null"), config, DestroyBeforeApply)
+        try:
+            with caplog.at_level(logging.DEBUG, logger="memcoord"):
+                assert service.tick()
+                assert service.tick()
+        finally:
+            service.hypervisor.close()
+    failed = [r for r in caplog.records if "setMemory failed" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in caplog.records]
+    message = failed[0].getMessage()
+    assert "mcfault-va" in message and "512 -> 600 MiB" in message, message
+    assert failed[0].MEMCOORD_DOMAIN == "mcfault-va" and failed[0].MEMCOORD_TO_KIB == 600 * MIB
+    applied = [r.getMessage() for r in caplog.records if "clamp mcfault-vb 512 -> 600 MiB" in r.getMessage()]
+    assert applied, ("the tick did not go on to the next guest", [r.getMessage() for r in caplog.records])
+    print(f"setMemory on a destroyed domain: {message}")

@@ -1,0 +1,213 @@
+"""A Debian 12 container booted with systemd-nspawn: real systemd 252 as PID 1, the host's libvirt socket bound in.
+
+The Debian root is built once with debootstrap and cached as a tarball under the cache dir (MEMCOORD_TEST_CACHE,
+default /var/cache/memcoord-test); each test session unpacks a fresh copy, so `make install` always runs on a
+clean system.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("MEMCOORD_TEST_CACHE", "/var/cache/memcoord-test"))
+MIRROR = os.environ.get("MEMCOORD_TEST_MIRROR", "http://deb.debian.org/debian")
+# systemd as init; procps for /bin/kill (ExecReload); make + python3-* so README's `make install` finds its
+# apt packages already there (it still runs apt-get, which then needs no network).
+PACKAGES = [
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "procps",
+    "make",
+    "ca-certificates",
+    "python3",
+    "python3-venv",
+    "python3-libvirt",
+    "python3-systemd",
+]
+# The environment of an admin's root shell, not the test runner's (no PIP_*, no VIRTUAL_ENV, no pager).
+ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+    "SYSTEMD_PAGER": "",
+    "SYSTEMD_COLORS": "0",
+}
+
+
+def base_tarball() -> Path:
+    """Return the cached Debian 12 root tarball, building it with debootstrap (about a minute) if absent."""
+    key = hashlib.sha256(f"bookworm {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
+    tarball = CACHE / f"bookworm-systemd-{key}.tar"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tarball.exists():
+            return tarball
+        work = CACHE / f"debootstrap-{key}"
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(PACKAGES)}",
+                "bookworm",
+                str(work),
+                MIRROR,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        tmp = tarball.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(work), "-cf", str(tmp), "."], check=True)
+        tmp.rename(tarball)
+        shutil.rmtree(work)
+    return tarball
+
+
+def repo_files(repo: Path) -> list[str]:
+    """The files a `git clone` of the work tree would have (tracked + new, not ignored)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    ).stdout
+    return [f for f in out.decode().split("\0") if f and (repo / f).is_file()]
+
+
+class Container:
+    """One booted container; `run` executes a command inside it (all namespaces of its PID 1)."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.root = workdir / "root"
+        self.log_path = workdir / "nspawn.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+
+    def prepare(self, repo: Path, dest: str = "/root/memcoord") -> None:
+        """Unpack a fresh root and copy the repository into it (as an admin's clone would be)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        subprocess.run(["tar", "-C", str(self.root), "-xf", str(base_tarball())], check=True)
+        target = self.root / dest.lstrip("/")
+        with tarfile.open(self.workdir / "repo.tar", "w") as tar:
+            for f in repo_files(repo):
+                tar.add(repo / f, arcname=f)
+        target.mkdir(parents=True)
+        subprocess.run(["tar", "-C", str(target), "-xf", str(self.workdir / "repo.tar")], check=True)
+        # The host's trust store: where HTTPS goes through an inspecting proxy, pip in the container needs its CA,
+        # exactly as pip on the host does. On an ordinary network this is the same Mozilla bundle.
+        shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc/ssl/certs/ca-certificates.crt")
+        (self.root / "etc/hostname").write_text(self.name + "\n")
+
+    def boot(self, timeout: float = 90) -> None:
+        """Boot systemd in the container and wait until `systemctl is-system-running` settles."""
+        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "systemd-nspawn",
+                    "-D",
+                    str(self.root),
+                    "-M",
+                    self.name,
+                    "--boot",
+                    "--register=no",
+                    "--keep-unit",
+                    "--bind=/run/libvirt",
+                    "--console=passive",
+                    # As PID 1 on a host has it: lets systemd bring up lo in a PrivateNetwork= namespace. Without
+                    # it every start of a unit with PrivateNetwork= logs "Failed to configure loopback network".
+                    "--capability=CAP_NET_ADMIN",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.leader:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}: {self.log_path.read_text()}")
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            if children:
+                self.leader = int(children[0])
+            elif time.monotonic() > deadline:
+                raise TimeoutError("systemd-nspawn started no PID 1")
+            else:
+                time.sleep(0.2)
+        while True:
+            state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"container system state {state!r} after {timeout}s")
+            time.sleep(0.5)
+
+    def run(
+        self, args: list[str], check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the container as root, with a clean admin environment; capture its output."""
+        assert self.leader, "container not booted"
+        r = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", *(f"{k}={v}" for k, v in ENV.items()), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"in container: {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+            )
+        return r
+
+    def sh(self, script: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a shell script inside the container."""
+        return self.run(["sh", "-c", script], check=check, timeout=timeout)
+
+    def write(self, path: str, text: str) -> None:
+        """Write a file inside the container (through the container's own view of its filesystem)."""
+        self.run(["sh", "-c", 'cat > "$1"', "sh", path], input=text)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        """`systemctl show -p ...` as a dict."""
+        out = self.run(["systemctl", "show", unit, *(f"--property={p}" for p in props)]).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def shutdown(self, timeout: float = 60) -> None:
+        """Power the container off (SIGTERM to systemd-nspawn halts it cleanly), then kill if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def remove(self) -> None:
+        """Delete the container's files (after shutdown)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def exposure(output: str) -> float:
+    """The overall exposure number from `systemd-analyze security UNIT` output."""
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", output)
+    if not m:
+        raise ValueError(f"no exposure level in: {output[-500:]}")
+    return float(m.group(1))

@@ -1,0 +1,322 @@
+"""Property tests: the pure policy and the simulator, hammered by hypothesis.
+
+Each test states one promise memcoord makes to the guests it manages (issue 6): no target below the floor or
+above the max, no growth past the host guard, no memory handed out that was not reclaimed or free on the host,
+no reclaim on missing or stale stats, disabled and unmatched guests never touched, no dependence on the order
+libvirt lists domains in; and over many simulated ticks no idle guest OOM-killed, no guest below its floor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import replace
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from memcoord.config import Config
+from memcoord.hypervisor.sim import KERNEL_USED_KIB, Hog, Idle, SimGuest, SimulatedHypervisor
+from memcoord.model import DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
+from memcoord.policy import PolicyState, decide
+
+MIB = 1024
+NOW_S = 1_000_000.0
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+names = st.sampled_from([f"vm{i}" for i in range(8)] + ["web1", "db", "mcfault-a", "other"])
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> Config:
+    starving = draw(st.integers(0, 300))
+    data = {
+        "libvirt": {"domains": draw(st.sampled_from([["*"], ["vm*"], ["vm*", "web1"], ["mcfault-*"], []]))},
+        "loop": {"interval_s": draw(st.sampled_from([0.5, 1.0, 2.0])), "stats_period_s": draw(st.integers(1, 5))},
+        "guest": {
+            "starving_mib": starving,
+            "wasteful_mib": starving + draw(st.integers(1, 500)),
+            "grow_step_mib": draw(st.integers(1, 1024)),
+            "reclaim_step_mib": draw(st.integers(1, 512)),
+            "min_mib": draw(st.integers(1, 1024)),
+            "idle_tax_mib": draw(st.integers(0, 64)),
+        },
+        "host": {"min_available_mib": draw(st.integers(0, 8192))},
+        "domains": {},
+    }
+    for name in draw(st.lists(names, max_size=4, unique=True)):
+        override: dict[str, object] = {"enabled": draw(st.booleans())}
+        lo = draw(st.none() | st.integers(1, 4096))
+        if lo is not None:
+            override["min_mib"] = lo
+        hi = draw(st.none() | st.integers(lo or 1, 8192))
+        if hi is not None:
+            override["max_mib"] = hi
+        data["domains"][name] = override
+    return Config.model_validate(data)
+
+
+@st.composite
+def domain_stats(draw: st.DrawFn, name: str) -> DomainStats:
+    max_kib = draw(st.integers(64, 16384)) * MIB + draw(st.sampled_from([0, 0, 0, 1, 512]))
+    current_kib = draw(st.integers(1, max_kib) | st.integers(max_kib // 4, max_kib * 3 // 4).map(lambda k: k - k % MIB))
+    has_stats = draw(st.integers(0, 9)) > 0
+    unused_kib = (
+        min(current_kib, draw(st.integers(0, 1500)) * MIB + draw(st.sampled_from([0, 0, 1, 700])))
+        if has_stats
+        else None
+    )
+    age_s = draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 10, 100, 10**6]))
+    last_update_s = int(NOW_S) - age_s if has_stats else draw(st.sampled_from([None, 0]))
+    rss_kib = draw(st.none() | st.integers(0, max_kib + 64 * MIB) | st.just(current_kib))
+    return DomainStats(
+        name=name,
+        current_kib=current_kib,
+        max_kib=max_kib,
+        unused_kib=unused_kib,
+        usable_kib=unused_kib,
+        available_kib=current_kib,
+        rss_kib=rss_kib,
+        last_update_s=last_update_s,
+    )
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    doms = [draw(domain_stats(n)) for n in draw(st.lists(names, max_size=8, unique=True))]
+    total_kib = draw(st.integers(1024, 65536)) * MIB
+    available_kib = draw(st.integers(0, total_kib) | st.integers(total_kib // 2, total_kib))
+    host = HostStats(available_kib=available_kib, total_kib=total_kib)
+    return Snapshot(host=host, domains=tuple(doms), taken_at_s=NOW_S)
+
+
+@st.composite
+def states(draw: st.DrawFn, snapshot: Snapshot) -> PolicyState:
+    """A previous tick: the same domains one sample earlier, unused moved or not (steady or busy)."""
+    prev = []
+    for d in snapshot.domains:
+        if d.unused_kib is None or not d.last_update_s or draw(st.integers(0, 4)) == 0:
+            continue
+        moved_kib = draw(st.sampled_from([0, 0, 512, 50 * MIB, -50 * MIB]))
+        prev.append(
+            replace(
+                d,
+                unused_kib=max(0, d.unused_kib + moved_kib),
+                last_update_s=d.last_update_s - draw(st.integers(1, 3)),
+            )
+        )
+    earlier = Snapshot(host=snapshot.host, domains=tuple(prev), taken_at_s=NOW_S - 1)
+    _plan, state = decide(earlier, PolicyState(), _everything(draw(configs())))
+    return state
+
+
+def _everything(config: Config) -> Config:
+    """The same config managing every domain, so the earlier tick records every sample."""
+    libvirt = config.libvirt.model_copy(update={"domains": ("*",)})
+    return config.model_copy(update={"libvirt": libvirt, "domains": {}})
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[Snapshot, PolicyState, Config]:
+    snapshot = draw(snapshots())
+    return snapshot, draw(states(snapshot)), draw(configs())
+
+
+def _outstanding(target_kib: int, rss_kib: int | None) -> int:
+    return max(0, target_kib - (rss_kib or 0))
+
+
+def _floor_kib(config: Config, d: DomainStats) -> int:
+    return min(config.floor_kib(d.name), config.ceiling_kib(d.name, d.max_kib))
+
+
+@SETTINGS
+@given(cases())
+def test_targets_stay_between_floor_and_max(case: tuple[Snapshot, PolicyState, Config]) -> None:
+    snapshot, state, config = case
+    plan, _ = decide(snapshot, state, config)
+    doms = {d.name: d for d in snapshot.domains}
+    for c in plan.changes:
+        d = doms[c.domain]
+        assert c.from_kib == d.current_kib
+        assert c.to_kib > 0
+        if c.to_kib < c.from_kib:
+            assert c.to_kib >= _floor_kib(config, d), c
+            # never lowered below the configured floor unless the admin's max_mib asks for less
+            assert c.to_kib >= min(config.floor_kib(d.name), config.ceiling_kib(d.name, d.max_kib)), c
+        else:
+            assert c.to_kib <= config.ceiling_kib(d.name, d.max_kib), c
+            assert c.to_kib <= d.max_kib, c
+
+
+@SETTINGS
+@given(cases())
+def test_growth_never_takes_the_host_below_its_guard(case: tuple[Snapshot, PolicyState, Config]) -> None:
+    snapshot, state, config = case
+    plan, _ = decide(snapshot, state, config)
+    managed = [d for d in snapshot.domains if config.manages(d.name)]
+    targets = {d.name: d.current_kib for d in managed} | {c.domain: c.to_kib for c in plan.changes}
+    guard_kib = mib_to_kib(config.host.min_available_mib)
+
+    def headroom(target_of: dict[str, int]) -> int:
+        outstanding = sum(_outstanding(target_of[d.name], d.rss_kib) for d in managed)
+        return snapshot.host.available_kib - outstanding - guard_kib
+
+    before_kib = headroom({d.name: d.current_kib for d in managed})
+    after_kib = headroom(targets)
+    assert plan.host_headroom_kib == after_kib
+    # Above the guard it stays above; below the guard no growth makes it worse.
+    assert after_kib >= min(0, before_kib)
+
+
+@SETTINGS
+@given(cases())
+def test_memory_handed_out_is_reclaimed_or_free_on_the_host(case: tuple[Snapshot, PolicyState, Config]) -> None:
+    snapshot, state, config = case
+    plan, _ = decide(snapshot, state, config)
+    doms = {d.name: d for d in snapshot.domains}
+    managed = [d for d in doms.values() if config.manages(d.name)]
+    headroom_kib = (
+        snapshot.host.available_kib
+        - sum(_outstanding(d.current_kib, d.rss_kib) for d in managed)
+        - mib_to_kib(config.host.min_available_mib)
+    )
+    given_kib = sum(c.delta_kib for c in plan.changes if c.delta_kib > 0)
+    taken_kib = sum(-c.delta_kib for c in plan.changes if c.delta_kib < 0)
+    # Growth up to QEMU's RSS is memory the host already gave that guest: it costs nothing new.
+    already_held_kib = sum(max(0, (doms[c.domain].rss_kib or 0) - c.from_kib) for c in plan.changes if c.delta_kib > 0)
+    assert given_kib <= taken_kib + max(0, headroom_kib) + already_held_kib
+
+
+@SETTINGS
+@given(cases())
+def test_missing_or_stale_stats_are_never_reclaimed(case: tuple[Snapshot, PolicyState, Config]) -> None:
+    snapshot, state, config = case
+    plan, _ = decide(snapshot, state, config)
+    doms = {d.name: d for d in snapshot.domains}
+    for c in plan.changes:
+        d = doms[c.domain]
+        untrusted = (
+            d.unused_kib is None or not d.last_update_s or snapshot.taken_at_s - d.last_update_s > config.stale_after_s
+        )
+        if untrusted:
+            assert c.delta_kib > 0, f"reclaimed {c.domain} without fresh stats: {c}"
+            assert plan.classes[c.domain] in (GuestClass.NO_STATS, GuestClass.STALE)
+
+
+@SETTINGS
+@given(cases())
+def test_disabled_and_unmatched_guests_are_never_in_a_plan(case: tuple[Snapshot, PolicyState, Config]) -> None:
+    snapshot, state, config = case
+    plan, next_state = decide(snapshot, state, config)
+    for d in snapshot.domains:
+        override = config.domains.get(d.name)
+        disabled = override is not None and not override.enabled
+        matched = any(fnmatch.fnmatchcase(d.name, p) for p in config.libvirt.domains)
+        if disabled or not matched:
+            assert d.name not in {c.domain for c in plan.changes}
+            assert d.name not in plan.classes
+            assert d.name not in next_state.samples
+
+
+@SETTINGS
+@given(cases(), st.randoms(use_true_random=False))
+def test_decisions_do_not_depend_on_domain_order(case: tuple[Snapshot, PolicyState, Config], rnd) -> None:
+    snapshot, state, config = case
+    shuffled = list(snapshot.domains)
+    rnd.shuffle(shuffled)
+    plan_a, state_a = decide(snapshot, state, config)
+    plan_b, state_b = decide(replace(snapshot, domains=tuple(shuffled)), state, config)
+    assert plan_a == plan_b
+    assert state_a == state_b
+
+
+@SETTINGS
+@given(
+    st.integers(512, 8192),
+    st.integers(0, 1000),
+    st.integers(1, 3),
+    st.integers(0, 3),
+)
+def test_a_sample_already_seen_is_not_reclaimed_again(current_mib: int, extra_mib: int, gap_s: int, ticks: int) -> None:
+    """Ticks on one guest sample (its stats not refreshed in between): at most one reclaim for it.
+
+    A later tick has no new information about the guest: reclaiming again would act on numbers that the first
+    reclaim already made wrong. It is how a guest whose stats stop updating gets drained step after step
+    before its stats are old enough to count as stale.
+    """
+    config = Config()
+    unused_kib = min(current_mib, config.guest.wasteful_mib + extra_mib) * MIB
+    assume(unused_kib >= config.guest.wasteful_mib * MIB)
+    dom = DomainStats("vm1", current_mib * MIB, 16384 * MIB, unused_kib, unused_kib, None, current_mib * MIB, 999_990)
+    host = HostStats(available_kib=4096 * MIB, total_kib=16384 * MIB)
+    earlier = replace(dom, last_update_s=dom.last_update_s - gap_s)
+    _plan, state = decide(Snapshot(host, (earlier,), 999_990.0 - gap_s), PolicyState(), config)
+    plan, state = decide(Snapshot(host, (dom,), 999_990.5), state, config)
+    assert [c.action for c in plan.changes] == ["reclaim"]
+    current_kib = plan.changes[0].to_kib
+    for i in range(1, ticks + 2):
+        # The balloon moved as asked; the guest's stats did not refresh (same last-update).
+        dom = replace(dom, current_kib=current_kib)
+        plan, state = decide(Snapshot(host, (dom,), 999_990.5 + i), state, config)
+        assert not [c for c in plan.changes if c.delta_kib < 0], plan
+
+
+# -- the simulator over many ticks ---------------------------------------------------------------------------
+
+
+@st.composite
+def sim_hosts(draw: st.DrawFn) -> tuple[SimulatedHypervisor, Config, set[str]]:
+    config = Config.model_validate(
+        {
+            "guest": {"min_mib": draw(st.integers(128, 512))},
+            "host": {"min_available_mib": draw(st.integers(0, 2048))},
+        }
+    )
+    guests, idle = [], set()
+    for i in range(draw(st.integers(1, 5))):
+        max_kib = mib_to_kib(draw(st.sampled_from([1024, 2048, 4096])))
+        start_kib = draw(st.integers(config.guest.min_mib * MIB, max_kib))
+        kind = draw(st.sampled_from(["idle", "resident", "hog", "hold"]))
+        name = f"g{i}"
+        if kind == "idle":
+            workload = Idle()
+        elif kind == "resident":
+            # An idle guest with a resident program: it fits in the guest's floor minus the kernel.
+            used_kib = draw(st.integers(0, max(0, config.floor_kib(name) - KERNEL_USED_KIB - 8 * MIB)))
+            used_kib = min(used_kib, start_kib - KERNEL_USED_KIB - 8 * MIB)
+            workload = Idle(used_kib=max(0, used_kib))
+        elif kind == "hog":
+            workload = Hog(
+                rate_kib_s=mib_to_kib(draw(st.integers(1, 60))), start_s=1_000_000.0 + draw(st.integers(0, 60))
+            )
+        else:
+            workload = Hog(
+                rate_kib_s=mib_to_kib(draw(st.integers(1, 30))),
+                limit_kib=mib_to_kib(draw(st.integers(10, 400))),
+                free_s=1_000_000.0 + draw(st.integers(30, 200)),
+            )
+        if kind in ("idle", "resident"):
+            idle.add(name)
+        guests.append(SimGuest(name, max_kib=max_kib, target_kib=start_kib, workload=workload))
+    host_total_kib = mib_to_kib(draw(st.integers(2048, 16384)))
+    return SimulatedHypervisor(guests, host_total_kib=host_total_kib), config, idle
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sim_hosts(), st.sampled_from([0.5, 1.0, 1.5]))
+def test_simulated_idle_guests_survive_many_ticks(host: tuple[SimulatedHypervisor, Config, set[str]], dt_s) -> None:
+    sim, config, idle = host
+    state = PolicyState()
+    floors = {g.name: config.floor_kib(g.name) for g in sim.guests.values()}
+    for _tick in range(300):
+        snapshot = sim.sample()
+        sim.ensure_stats_period([d.name for d in snapshot.domains], config.loop.stats_period_s)
+        plan, state = decide(snapshot, state, config)
+        results = sim.apply(plan.changes)
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        for g in sim.guests.values():
+            assert g.target_kib >= min(floors[g.name], g.max_kib), (g.name, g.target_kib)
+            assert g.target_kib <= g.max_kib
+        sim.advance(dt_s)
+    for name in idle:
+        assert sim.guests[name].oom_kills == 0, f"idle guest {name} was OOM-killed"
