@@ -76,21 +76,24 @@ class LabRun:
         assert self.recorder is not None
         self.recorder.mark(kind, guest, **data)
 
-    def host_baseline_mib(self) -> tuple[float, float]:
-        """(host available, memory the guests may still take = sum of max(0, current - QEMU RSS)), in MiB.
+    def guard_allowing_mib(self, growth_mib: int) -> int:
+        """A host.min_available_mib under which about growth_mib can be handed out beyond now.
 
-        This is the host guard's own accounting, so a guard derived from it hands out a known amount.
+        Computed with memcoord's own host-guard accounting (policy.host_headroom_kib, shipped defaults), so
+        a guard derived from it hands out a known amount.
         """
         import psutil
 
-        stats = self.lab.balloon_stats()
-        outstanding_kib = sum(max(0, s.get("balloon.current", 0) - s.get("balloon.rss", 0)) for s in stats.values())
-        return psutil.virtual_memory().available / 2**20, outstanding_kib / 1024
+        from memcoord.config import Config
+        from memcoord.hypervisor.libvirt import domain_stats
+        from memcoord.model import HostStats, Snapshot
+        from memcoord.policy import host_headroom_kib
 
-    def guard_allowing_mib(self, growth_mib: int) -> int:
-        """A host.min_available_mib under which about growth_mib can be handed out beyond now."""
-        available_mib, outstanding_mib = self.host_baseline_mib()
-        return int(available_mib - outstanding_mib - growth_mib)
+        vm = psutil.virtual_memory()
+        doms = [d for name, s in self.lab.balloon_stats().items() if (d := domain_stats(name, s)) is not None]
+        snapshot = Snapshot(HostStats(vm.available // 1024, vm.total // 1024), tuple(doms), time.time())
+        unguarded = Config.model_validate({"host": {"min_available_mib": 0}})
+        return int(host_headroom_kib(snapshot, unguarded) / 1024 - growth_mib)
 
     def start_memcoord(self, overrides: dict[str, Any] | None = None, extra_args: list[str] | None = None) -> Memcoord:
         """Start `memcoord run` with the shipped config restricted to this lab (plus overrides)."""

@@ -79,6 +79,9 @@ class GuestConfig(_Section):
 
 class HostConfig(_Section):
     min_available_mib: int = Field(1024, ge=0)
+    # What QEMU needs per guest beyond the guest's own memory (device models, page tables; more under software
+    # emulation): a guest that fills its target takes this too, so the host guard counts it.
+    guest_overhead_mib: int = Field(128, ge=0)
 
 
 class DomainOverride(_Section):

@@ -61,6 +61,8 @@ class Pending:
 class PolicyState:
     samples: dict[str, Sample] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
+    # When memcoord last lowered each guest: its next samples may look busy from the balloon's own move.
+    lowered_at_s: dict[str, float] = field(default_factory=dict)
 
 
 def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> PolicyState:
@@ -69,9 +71,10 @@ def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> Poli
     balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
     would grow a guest twice for one need, and the host guard would count less than was granted.
     """
-    pending = dict(state.pending)
-    pending.update({c.domain: Pending(c.to_kib, now_s) for c in changes})
-    return PolicyState(state.samples, pending)
+    changes = list(changes)
+    pending = {**state.pending, **{c.domain: Pending(c.to_kib, now_s) for c in changes}}
+    lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if c.delta_kib < 0}}
+    return PolicyState(state.samples, pending, lowered_at_s)
 
 
 def _still_pending(pending: Pending | None, dom: DomainStats, config: Config, now_s: float) -> Pending | None:
@@ -117,9 +120,22 @@ def classify(dom: DomainStats, sample: Sample | None, config: Config, now_s: flo
     return GuestClass.IDLE
 
 
-def _outstanding_kib(target_kib: int, rss_kib: int | None) -> int:
-    """Memory a guest may still take from the host: its target minus what QEMU already holds."""
-    return max(0, target_kib - (rss_kib or 0))
+def may_take_kib(dom: DomainStats, target_kib: int, overhead_kib: int) -> int:
+    """Host memory a guest may still take if it fills target_kib: the host guard's view of one guest.
+
+    Its free memory, except the part QEMU already backs (pages the guest touched and freed), plus any change
+    of target. QEMU's RSS includes QEMU's own overhead, which a full guest needs as well. Without guest stats
+    all of current + overhead - RSS counts; without RSS, all the free memory.
+    """
+    unbacked_kib = dom.current_kib + overhead_kib - (dom.rss_kib or 0)
+    free_kib = unbacked_kib if dom.unused_kib is None else min(dom.unused_kib, unbacked_kib)
+    return max(0, max(0, free_kib) + target_kib - dom.current_kib)
+
+
+def host_headroom_kib(snapshot: Snapshot, config: Config) -> int:
+    """What the host guard lets memcoord hand out now (before any plan): host available - what the managed
+    guests may still take - host.min_available_mib. Negative when the host is already below its guard."""
+    return _Ledger(snapshot, [d for d in snapshot.domains if config.manages(d.name)], {}, config).headroom_kib
 
 
 def _whole_mib(kib: int) -> int:
@@ -129,9 +145,10 @@ def _whole_mib(kib: int) -> int:
 class _Ledger:
     """Targets being planned, and the host headroom they leave.
 
-    Host guard: headroom = host available - what every guest may still take (target - QEMU RSS) - the floor
+    Host guard: headroom = host available - what every guest may still take (`may_take_kib`) - the floor
     min_available. Growth only spends headroom, so all growth in the tick is counted together, and memory
-    granted in earlier ticks but not yet touched by the guest is counted too. Reclaim gives headroom back.
+    granted in earlier ticks but not yet touched by the guest is counted too. Reclaim of memory QEMU does not
+    back gives headroom back at once; memory it backs comes back through host available on a later tick.
     """
 
     def __init__(
@@ -144,9 +161,12 @@ class _Ledger:
         self.floor_kib = {d.name: min(config.floor_kib(d.name), self.ceiling_kib[d.name]) for d in managed}
         self.actions: dict[str, tuple[Action, list[str]]] = {}
         self.notes: list[str] = []
+        self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
         # A balloon still growing toward its target will take that target: count the target, not where it is.
         outstanding_kib = sum(
-            _outstanding_kib(max(d.current_kib, pending[d.name].target_kib if d.name in pending else 0), d.rss_kib)
+            may_take_kib(
+                d, max(d.current_kib, pending[d.name].target_kib if d.name in pending else 0), self.overhead_kib
+            )
             for d in managed
         )
         self.headroom_kib = snapshot.host.available_kib - outstanding_kib - mib_to_kib(config.host.min_available_mib)
@@ -154,7 +174,9 @@ class _Ledger:
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
         dom = self.doms[name]
         old_kib = self.target_kib[name]
-        self.headroom_kib -= _outstanding_kib(new_kib, dom.rss_kib) - _outstanding_kib(old_kib, dom.rss_kib)
+        self.headroom_kib -= may_take_kib(dom, new_kib, self.overhead_kib) - may_take_kib(
+            dom, old_kib, self.overhead_kib
+        )
         self.target_kib[name] = new_kib
         if name in self.actions:
             self.actions[name][1].append(reason)
@@ -169,13 +191,11 @@ class _Ledger:
         self._move(name, self.target_kib[name] - got_kib, action, reason)
         return got_kib
 
-    def give(self, name: str, want_kib: int, action: Action, reason: str) -> int:
-        """Raise a target by up to want_kib, never above the ceiling nor past the host guard."""
+    def give(self, name: str, want_kib: int, action: Action, reason: str, share_kib: int | None = None) -> int:
+        """Raise a target by up to want_kib, never above the ceiling nor past the host guard (nor past its
+        share_kib of a headroom too small for everyone)."""
         room_kib = self.ceiling_kib[name] - self.target_kib[name]
-        rss_kib = self.doms[name].rss_kib or 0
-        # Growth below QEMU's RSS costs the host nothing new; only the part above it spends headroom.
-        free_below_rss_kib = max(0, rss_kib - self.target_kib[name])
-        allowed_kib = max(0, self.headroom_kib) + free_below_rss_kib
+        allowed_kib = max(0, self.headroom_kib) if share_kib is None else min(max(0, self.headroom_kib), share_kib)
         got_kib = _whole_mib(min(want_kib, room_kib, allowed_kib))
         if got_kib < min(want_kib, room_kib):
             self.notes.append(
@@ -255,20 +275,31 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             f"idle with {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused >= wasteful {guest.wasteful_mib} MiB",
         )
 
-    starving = sorted(groups[GuestClass.STARVING], key=lambda d: (d.unused_kib or 0, d.name))
+    # Starving guests grow one step each. When the headroom cannot give everyone a step, it is shared evenly
+    # (smallest needs first, so what they leave goes to the others), not first come first served.
+    grow_step_kib = mib_to_kib(guest.grow_step_mib)
+    want_kib = {
+        d.name: min(grow_step_kib, ledger.ceiling_kib[d.name] - d.current_kib) for d in groups[GuestClass.STARVING]
+    }
+    scarce = sum(want_kib.values()) > ledger.headroom_kib
+    starving = sorted(groups[GuestClass.STARVING], key=lambda d: (want_kib[d.name], d.unused_kib or 0, d.name))
     grown: list[str] = []
-    for dom in starving:
+    for i, dom in enumerate(starving):
         got_kib = ledger.give(
             dom.name,
-            mib_to_kib(guest.grow_step_mib),
+            grow_step_kib,
             Action.GROW,
             f"starving: {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused <= {guest.starving_mib} MiB",
+            share_kib=max(0, ledger.headroom_kib) // (len(starving) - i) if scarce else None,
         )
         if got_kib:
             grown.append(dom.name)
         pool_kib = max(0, pool_kib - got_kib)
 
-    busy = groups[GuestClass.BUSY]
+    # Busy guests share what is left of the pool; not one memcoord just lowered (its stats lag the balloon, and
+    # giving back what was just taken makes the two ping-pong).
+    just_lowered = {n for n, t in state.lowered_at_s.items() if snapshot.taken_at_s - t <= config.stale_after_s}
+    busy = [d for d in groups[GuestClass.BUSY] if d.name not in just_lowered]
     for i, dom in enumerate(busy):
         share_kib = pool_kib // (len(busy) - i)
         pool_kib -= ledger.give(dom.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
@@ -283,4 +314,4 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             tax_kib -= ledger.give(name, share_kib, Action.GROW, "idle tax received")
 
     plan = Plan(ledger.changes(), classes, ledger.headroom_kib, tuple(ledger.notes))
-    return plan, PolicyState(samples, pending)
+    return plan, PolicyState(samples, pending, {n: t for n, t in state.lowered_at_s.items() if n in just_lowered})

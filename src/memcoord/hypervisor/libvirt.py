@@ -92,7 +92,7 @@ def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
 
 
-def _domain_stats(name: str, stats: dict[str, int]) -> DomainStats | None:
+def domain_stats(name: str, stats: dict[str, int]) -> DomainStats | None:
     """The record as DomainStats; None without current and maximum, which nothing safe can be decided on."""
 
     def opt(key: str) -> int | None:
@@ -189,7 +189,7 @@ class LibvirtHypervisor:
             raise HypervisorError(str(exc)) from None
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
-        domains = tuple(d for dom, stats in records if (d := _domain_stats(dom.name(), stats)) is not None)
+        domains = tuple(d for dom, stats in records if (d := domain_stats(dom.name(), stats)) is not None)
         return Snapshot(host=host, domains=domains, taken_at_s=taken_at_s)
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int) -> list[str]:
