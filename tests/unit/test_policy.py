@@ -353,3 +353,21 @@ def test_a_guest_just_lowered_gets_no_share_of_the_pool():
     plan, _ = decide(third, state, config)
     assert plan.classes["x"] is GuestClass.BUSY
     assert "x" not in by_name(plan)
+
+
+def test_scarce_headroom_keeps_a_share_for_busy_guests_that_may_starve_next():
+    """Course scenario 2 on real guests: one hog's guest starved a tick after the others and found the headroom
+    spent (growth 423, 422, 455, 316 MiB). A busy guest's share now waits in the headroom for it."""
+    # s may still take its 100 MiB free, b 128 MiB (its free memory QEMU does not back yet): 300 MiB headroom.
+    available_mib = 1024 + 100 + 128 + 300
+    first = snap(dom("s", 512, 300), dom("b", 512, 300), available_mib=available_mib)
+    second = snap(
+        dom("s", 512, 100, last_s=NOW_S + 1),
+        dom("b", 512, 200, last_s=NOW_S + 1),  # its used memory grew by 100 MiB: it may starve next
+        available_mib=available_mib,
+        now_s=NOW_S + 1,
+    )
+    plan = two_ticks(first, second)
+    assert plan.classes == {"s": GuestClass.STARVING, "b": GuestClass.BUSY}
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(150)
+    assert plan.host_headroom_kib == mib_to_kib(150)
