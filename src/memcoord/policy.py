@@ -35,6 +35,8 @@ from .model import (
 
 # Stats that move less than this between two guest samples count as unchanged (the seed compared MiB).
 STEADY_TOLERANCE_KIB = KIB_PER_MIB
+# A busy guest whose used memory keeps growing at its last pace for this many samples would be starving.
+STARVE_HORIZON_SAMPLES = 3
 # A balloon within this of the target memcoord set has arrived (QEMU stops a few pages short at times).
 SETTLED_TOLERANCE_KIB = 4 * KIB_PER_MIB
 
@@ -47,7 +49,7 @@ class Sample:
     unused_kib: int
     current_kib: int
     steady: bool
-    consuming: bool = False  # its used memory grew since the sample before: it may starve soon
+    used_growth_kib: int = 0  # how much its used memory grew since the sample before
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +106,7 @@ def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
     used_grew_kib = (dom.current_kib - dom.unused_kib) - (prev.current_kib - prev.unused_kib)
     unused_moved_kib = abs(dom.unused_kib - prev.unused_kib)
     steady = min(unused_moved_kib, abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
-    return Sample(
-        dom.last_update_s, dom.unused_kib, dom.current_kib, steady, consuming=used_grew_kib >= STEADY_TOLERANCE_KIB
-    )
+    return Sample(dom.last_update_s, dom.unused_kib, dom.current_kib, steady, used_growth_kib=used_grew_kib)
 
 
 def classify(dom: DomainStats, sample: Sample | None, config: Config, now_s: float) -> GuestClass:
@@ -278,15 +278,21 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             f"idle with {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused >= wasteful {guest.wasteful_mib} MiB",
         )
 
-    # Starving guests grow one step each. When the headroom cannot give a step to everyone who may need one soon
-    # (the starving, and the busy ones whose used memory is growing), it is shared evenly among them, smallest needs
-    # first so that what they leave goes to the others: the busy guests' shares stay in the headroom for the
-    # tick in which they starve. Course scenario 2 (four hogs) grew 375..673 MiB when the first come took all.
+    # Starving guests grow one step each. When the headroom cannot give a step to everyone who needs one soon
+    # (the starving, and the busy guests that starve within a few samples at their pace), it is shared evenly,
+    # smallest needs first so that what they leave goes to the others; the busy guests' shares stay in the
+    # headroom for the tick in which they starve. Course scenario 2 (four hogs) grew 375..673 MiB when the
+    # first come took all.
     grow_step_kib = mib_to_kib(guest.grow_step_mib)
     want_kib = {
         d.name: min(grow_step_kib, ledger.ceiling_kib[d.name] - d.current_kib) for d in groups[GuestClass.STARVING]
     }
-    contenders = sum(1 for d in groups[GuestClass.BUSY] if samples[d.name].consuming)
+    starving_kib = mib_to_kib(guest.starving_mib)
+    contenders = sum(
+        1
+        for d in groups[GuestClass.BUSY]
+        if (d.unused_kib or 0) - STARVE_HORIZON_SAMPLES * samples[d.name].used_growth_kib <= starving_kib
+    )
     scarce = sum(want_kib.values()) + contenders * grow_step_kib > ledger.headroom_kib
     starving = sorted(groups[GuestClass.STARVING], key=lambda d: (want_kib[d.name], d.unused_kib or 0, d.name))
     grown: list[str] = []
