@@ -35,8 +35,8 @@ from .model import (
 
 # Stats that move less than this between two guest samples count as unchanged (the seed compared MiB).
 STEADY_TOLERANCE_KIB = KIB_PER_MIB
-# A busy guest whose used memory keeps growing at its last pace for this many samples would be starving.
-STARVE_HORIZON_SAMPLES = 3
+# A busy guest that would be starving after this many more samples at its last pace competes for scarce headroom.
+STARVE_HORIZON_SAMPLES = 10
 # A balloon within this of the target memcoord set has arrived (QEMU stops a few pages short at times).
 SETTLED_TOLERANCE_KIB = 4 * KIB_PER_MIB
 
