@@ -24,7 +24,8 @@ import libvirt
 
 from lab.console import Console, ConsoleError
 from lab.image import GuestImage, build_image
-from lab.libvirtd import ensure_libvirtd, pid_alive
+from lab.libvirtd import ensure_libvirtd
+from memcoord.state import pid_alive
 
 DEFAULT_URI = "qemu:///system"
 HogMode = Literal["grow", "hold"]

@@ -8,7 +8,6 @@ stopping it would kill their guests' management.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -71,13 +70,3 @@ def ensure_libvirtd(timeout_s: float = 60.0, grace_s: float = 15.0) -> bool:
             started = True
         time.sleep(0.3)
     raise LibvirtdError(f"libvirtd does not answer on {LIBVIRT_SOCK} after {timeout_s:.0f} s (pid {libvirtd_pid()})")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

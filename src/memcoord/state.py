@@ -57,7 +57,8 @@ def publish(path: Path, view: dict[str, Any], gid: int | None = None) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (even one we may not signal)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -95,7 +96,7 @@ def read(path: Path, now_s: float | None = None, check_pid: bool = True) -> Read
         stopped = view.get("stopped_at_s") or view["updated_at_s"]
         stopped_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stopped))
         raise StateUnavailable(f"memcoord is not running (pid {view['pid']} stopped at {stopped_text})")
-    if check_pid and not _pid_alive(int(view["pid"])):
+    if check_pid and not pid_alive(int(view["pid"])):
         raise StateUnavailable(f"memcoord is not running (pid {view['pid']} is gone; last state from {when})")
     late_s = now_s - float(view["next_update_by_s"])
     if late_s > STALE_GRACE_S:
