@@ -4,10 +4,11 @@ No I/O, no clock, no logging: the same inputs always give the same plan, whateve
 listed in. Read top to bottom, it is the algorithm:
 
 1. classify every managed guest from its balloon stats (starving / wasteful / idle / busy; no-stats and
-   stale guests are left alone);
+   stale guests are left alone, and so is a guest whose balloon is still moving to the last target set);
 2. clamp guests outside [floor, ceiling] back inside, one reclaim step at a time downwards;
 3. reclaim one step from each wasteful idle guest into a pool;
-4. grow each starving guest one step (neediest first), then share what is left of the pool among busy guests;
+4. grow each starving guest one step (a scarce headroom shared evenly), then share what is left of the pool
+   among busy guests;
 5. if a starving guest grew, each idle guest pays the idle tax, which goes to the starving guests;
 6. every growth goes through the host guard (see `_Ledger`).
 
@@ -245,11 +246,9 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     ledger = _Ledger(snapshot, managed, pending, config)
     guest = config.guest
     reclaim_step_kib = mib_to_kib(guest.reclaim_step_mib)
-    trusted = [d for d in managed if classes[d.name] not in (GuestClass.NO_STATS, GuestClass.STALE)]
-
     # Guests whose balloon is still moving to the last target wait for it; no second decision on old figures.
     settled = [d for d in managed if d.name not in pending]
-    trusted = [d for d in trusted if d.name not in pending]
+    trusted = [d for d in settled if classes[d.name] not in (GuestClass.NO_STATS, GuestClass.STALE)]
 
     # Clamps: below the floor is raised (safe without stats); above the ceiling comes down one step at a time.
     clamped: set[str] = set()
