@@ -213,6 +213,8 @@ class LibvirtHypervisor:
                     lambda dom=dom: dom.setMemoryStatsPeriod(period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
                 )
             except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # destroyed since this tick's sample: skipped, like any domain that went away
                 failures.append(f"{name}: cannot set the balloon stats period: {exc.get_error_message()}")
             except (TimeoutError, HypervisorError) as exc:
                 failures.append(f"{name}: cannot set the balloon stats period: {exc}")
