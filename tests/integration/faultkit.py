@@ -29,7 +29,7 @@ MEMCOORD = Path(sys.executable).parent / "memcoord"
 
 LOST = "lost the hypervisor"
 RECOVERED = "hypervisor reachable again"
-ACTION = re.compile(r"\b(grow|reclaim|tax|clamp) (\S+) (\d+) -> (\d+) MiB")
+ACTION = re.compile(r"\b(grow|reclaim|tax|clamp|relieve) (\S+) (\d+) -> (\d+) MiB")
 
 
 def require_libvirtd() -> None:
