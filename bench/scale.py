@@ -1,11 +1,11 @@
 """Policy cost per tick at 10 .. 10,000 simulated domains: time per decide() and peak memory.
 
-    .venv/bin/python bench/scale.py [--sizes 10,100,1000,10000] [--ticks 20] [--policies seed,mom,proxmox]
+    .venv/bin/python bench/scale.py [--sizes 10,100,1000,10000] [--ticks 20] [--policies memcoord,mom,proxmox]
 
-Targets (issue 5): seed policy <= 10 ms per tick at 1,000 domains, <= 100 ms at 10,000. Only the policy call is
+Targets (issue 5): memcoord's policy <= 10 ms per tick at 1,000 domains, <= 100 ms at 10,000. Only the policy call is
 timed (the simulator's own work between ticks is not). Peak memory is tracemalloc's peak during the policy calls
 (Python allocations made by the policy: the snapshot it reads is built outside); ru_maxrss is the whole
-process at the end. Times are also given as ratios against seed, since these machines are noisy.
+process at the end. Times are also given as ratios against memcoord, since these machines are noisy.
 """
 
 from __future__ import annotations
@@ -100,19 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     policies = args.policies.split(",")
     rows = []
-    seed_ms: dict[int, float] = {}
+    own_ms: dict[int, float] = {}
     for n in sizes:
         for name in policies:
             median_ms, max_ms = untraced_ms(name, n, args.ticks)
             _, _, peak_mib = measure(name, n, max(3, args.ticks // 4))
-            if name == "seed":
-                seed_ms[n] = max_ms
-            ratio = f"{max_ms / seed_ms[n]:.2f}" if seed_ms.get(n) else "-"
+            if name == "memcoord":
+                own_ms[n] = max_ms
+            ratio = f"{max_ms / own_ms[n]:.2f}" if own_ms.get(n) else "-"
             target = {1000: 10.0, 10000: 100.0}.get(n)
-            verdict = "-" if target is None or name != "seed" else ("ok" if max_ms <= target else "MISSED")
+            verdict = "-" if target is None or name != "memcoord" else ("ok" if max_ms <= target else "MISSED")
             rows.append([n, name, f"{median_ms:.2f}", f"{max_ms:.2f}", ratio, f"{peak_mib:.1f}", verdict])
             print(f"  {n} {name} done", file=sys.stderr)
-    headers = ["domains", "policy", "ms/tick median", "ms/tick max", "max x seed", "policy peak MiB", "target"]
+    headers = ["domains", "policy", "ms/tick median", "ms/tick max", "max x memcoord", "policy peak MiB", "target"]
     print(format_table(headers, rows))
     maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS (ru_maxrss, whole run incl. simulator): {maxrss_mib:.0f} MiB")

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a scenario on the simulated hypervisor and print what happened")
     sim.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. scenarios/course-1-one-hog.toml")
-    sim.add_argument("--policy", choices=sorted(POLICIES), default="seed", help="policy (%(default)s)")
+    sim.add_argument("--policy", choices=sorted(POLICIES), default="memcoord", help="policy (%(default)s)")
     sim.add_argument("--config", type=Path, default=None, help="config file (default: the built-in defaults)")
     sim.add_argument("--duration", type=_positive_float, metavar="S", help="simulated seconds (default: scenario's)")
     sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")

@@ -324,7 +324,7 @@ class RunReport:
 def run(
     scenario: Scenario,
     config: Config,
-    policy_name: str = "seed",
+    policy_name: str = "memcoord",
     duration_s: float | None = None,
     record: bool = False,
 ) -> RunReport:

@@ -29,14 +29,14 @@ def snap(t_s: float, available_mib: int, doms: list[tuple[str, int, int]], total
 
 
 def test_make_names_the_known_policies() -> None:
-    with pytest.raises(KeyError, match="known: seed, mom, proxmox"):
+    with pytest.raises(KeyError, match="known: memcoord, mom, proxmox"):
         make("nope", Config())
-    assert set(POLICIES) >= {"seed", "mom", "proxmox"}
+    assert set(POLICIES) >= {"memcoord", "mom", "proxmox"}
 
 
-def test_seed_wrapper_gives_exactly_policy_decide() -> None:
+def test_memcoord_wrapper_gives_exactly_policy_decide() -> None:
     config = Config()
-    wrapped = make("seed", config)
+    wrapped = make("memcoord", config)
     state = PolicyState()
     for i, unused_mib in enumerate([100, 100, 90, 500, 500]):
         s = snap(T0_S + i, 4000, [("a", 1024, unused_mib), ("b", 1024, 600)])

@@ -61,22 +61,22 @@ def test_missing_trace_file_is_reported_before_the_run(tmp_path: Path) -> None:
 
 def test_a_run_is_deterministic_for_a_seed() -> None:
     scenario = load_scenario(ROOT / "scenarios" / "fleet-50.toml")
-    first = run(scenario, Config(), "seed", duration_s=60)
-    second = run(scenario, Config(), "seed", duration_s=60)
+    first = run(scenario, Config(), "memcoord", duration_s=60)
+    second = run(scenario, Config(), "memcoord", duration_s=60)
     assert first == second
-    reseeded = run(scenario.model_copy(update={"seed": 51}), Config(), "seed", duration_s=60)
+    reseeded = run(scenario.model_copy(update={"seed": 51}), Config(), "memcoord", duration_s=60)
     assert [g.peak_used_mib for g in reseeded.guests] != [g.peak_used_mib for g in first.guests]
 
 
-@pytest.mark.parametrize("policy", ["seed", "mom", "proxmox"])
+@pytest.mark.parametrize("policy", ["memcoord", "mom", "proxmox"])
 def test_host_never_goes_negative_and_changes_are_counted(policy: str) -> None:
     report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), policy)
     assert report.host_min_available_mib >= 0
     assert report.balloon_changes > 0
 
 
-def test_seed_keeps_the_host_floor_with_four_hogs() -> None:
-    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), "seed")
+def test_memcoord_keeps_the_host_floor_with_four_hogs() -> None:
+    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), "memcoord")
     assert report.host_min_available_mib >= Config().host.min_available_mib
 
 

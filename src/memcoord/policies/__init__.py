@@ -1,4 +1,4 @@
-"""Balloon policies side by side: memcoord's seed policy and the production peers it is measured against.
+"""Balloon policies side by side: memcoord's own policy and the production peers it is measured against.
 
 `policy.decide` is pure and takes its state in and out; MOM and Proxmox keep moving averages and their own
 10 s cadence. One small interface holds both shapes: an object with `decide(snapshot) -> changes` that keeps
@@ -12,9 +12,9 @@ from typing import Protocol
 
 from ..config import Config
 from ..model import Change, Snapshot
+from .memcoord import MemcoordPolicy
 from .mom import MomPolicy
 from .proxmox import ProxmoxPolicy
-from .seed import SeedPolicy
 
 
 class BalloonPolicy(Protocol):
@@ -26,7 +26,7 @@ class BalloonPolicy(Protocol):
 
 
 POLICIES: dict[str, Callable[[Config], BalloonPolicy]] = {
-    "seed": SeedPolicy,
+    "memcoord": MemcoordPolicy,
     "mom": MomPolicy,
     "proxmox": ProxmoxPolicy,
 }
@@ -41,4 +41,4 @@ def make(name: str, config: Config) -> BalloonPolicy:
     return factory(config)
 
 
-__all__ = ["POLICIES", "BalloonPolicy", "MomPolicy", "ProxmoxPolicy", "SeedPolicy", "make"]
+__all__ = ["POLICIES", "BalloonPolicy", "MemcoordPolicy", "MomPolicy", "ProxmoxPolicy", "make"]

@@ -7,8 +7,8 @@ from ..model import Change, Snapshot
 from ..policy import PolicyState, applied, decide
 
 
-class SeedPolicy:
-    name = "seed"
+class MemcoordPolicy:
+    name = "memcoord"
 
     def __init__(self, config: Config) -> None:
         self.config = config
