@@ -7,6 +7,10 @@ for a scenario (its seed) and a config.
 The simulation advances in steps of `step_s` (default 0.1 s) and the policy runs every `loop.interval_s`, as
 the service would; metrics are measured on the true guest state at every step, not on the stale stats the
 policy sees.
+
+A guest's memory is used (kernel + programs), page cache (reclaimable) or free. What a guest holds that its
+programs do not use, free + cache (MemAvailable, "usable"), is what the metrics call idle memory, and a guest
+starves when that falls to `guest.starving_mib`: a guest full of page cache is not hungry.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .config import Config, describe_error
 from .hypervisor.sim import (
+    KERNEL_USED_KIB,
     Burst,
+    FileReader,
     Hog,
+    HostPressure,
     Idle,
     Sawtooth,
     SimGuest,
@@ -71,6 +78,14 @@ class BurstSpec(_Model):
     start_s: float = Field(0, ge=0)
     jitter: float = Field(0, ge=0, le=1)
     ramp_s: float = Field(0, ge=0)
+    # Each burst draws its ramp between ramp_s and ramp_max_s (seeded); absent: every ramp is ramp_s.
+    ramp_max_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ramp_range(self) -> BurstSpec:
+        if self.ramp_max_s is not None and self.ramp_max_s < self.ramp_s:
+            raise ValueError(f"ramp_max_s ({self.ramp_max_s}) must be at least ramp_s ({self.ramp_s})")
+        return self
 
 
 class SawtoothSpec(_Model):
@@ -96,6 +111,21 @@ class TraceSpec(_Model):
     restart_after_s: float = Field(5, ge=0)
 
 
+class CacheSpec(_Model):
+    """A program reading files next to the workload: the page cache fills with up to file_mib of them."""
+
+    read_mib_per_s: float = Field(gt=0)
+    file_mib: float = Field(gt=0)
+    start_s: float = Field(0, ge=0)
+    stop_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _stop_after_start(self) -> CacheSpec:
+        if self.stop_s is not None and self.stop_s <= self.start_s:
+            raise ValueError(f"stop_s ({self.stop_s}) must be after start_s ({self.start_s})")
+        return self
+
+
 WorkloadSpec = Annotated[IdleSpec | GrowSpec | BurstSpec | SawtoothSpec | TraceSpec, Field(discriminator="kind")]
 
 
@@ -108,6 +138,7 @@ class GuestSpec(_Model):
     stagger_s: float = Field(0, ge=0)
     balloon_stats: bool = True
     workload: WorkloadSpec = IdleSpec(kind="idle")
+    cache: CacheSpec | None = None
 
     @model_validator(mode="after")
     def _start_within_max(self) -> GuestSpec:
@@ -116,10 +147,29 @@ class GuestSpec(_Model):
         return self
 
 
+class PressureSpec(_Model):
+    """A host process: takes mib, ramped over ramp_s from start_s, and frees it at end_s (absent: never)."""
+
+    start_s: float = Field(ge=0)
+    mib: float = Field(gt=0)
+    ramp_s: float = Field(0, ge=0)
+    end_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _end_after_ramp(self) -> PressureSpec:
+        if self.end_s is not None and self.end_s < self.start_s + self.ramp_s:
+            raise ValueError(
+                f"end_s ({self.end_s}) must be at or after start_s + ramp_s ({self.start_s + self.ramp_s})"
+            )
+        return self
+
+
 class HostSpec(_Model):
     total_mib: int = Field(gt=0)
     # Memory the host itself and other processes hold, never available to guests.
     other_used_mib: int = Field(0, ge=0)
+    # Memory host processes take and free during the run, on top of other_used_mib.
+    pressure: tuple[PressureSpec, ...] = ()
 
 
 class Scenario(_Model):
@@ -206,6 +256,7 @@ def _workload(scenario: Scenario, spec: WorkloadSpec, offset_s: float, seed: int
                 jitter=spec.jitter,
                 seed=seed,
                 ramp_s=spec.ramp_s,
+                ramp_max_s=spec.ramp_max_s,
             )
         case SawtoothSpec():
             return Sawtooth(mib_to_kib(spec.low_mib), mib_to_kib(spec.high_mib), spec.period_s, t0_s + spec.start_s)
@@ -213,6 +264,18 @@ def _workload(scenario: Scenario, spec: WorkloadSpec, offset_s: float, seed: int
             points = load_trace(_trace_path(scenario, spec))
             return Trace(points, t0_s + spec.start_s, spec.restart_after_s)
     raise AssertionError(f"unhandled workload {spec!r}")
+
+
+def _reader(spec: CacheSpec | None, offset_s: float) -> FileReader | None:
+    if spec is None:
+        return None
+    t0_s = SIM_EPOCH_S + offset_s
+    return FileReader(
+        read_kib_per_s=mib_to_kib(spec.read_mib_per_s),
+        file_kib=mib_to_kib(spec.file_mib),
+        start_s=t0_s + spec.start_s,
+        stop_s=None if spec.stop_s is None else t0_s + spec.stop_s,
+    )
 
 
 def build_host(scenario: Scenario) -> SimulatedHypervisor:
@@ -231,6 +294,7 @@ def build_host(scenario: Scenario) -> SimulatedHypervisor:
                     max_kib=mib_to_kib(spec.max_mib),
                     target_kib=mib_to_kib(spec.start_mib),
                     workload=workload,
+                    reader=_reader(spec.cache, offset_s),
                     has_balloon_stats=spec.balloon_stats,
                 )
             )
@@ -240,6 +304,55 @@ def build_host(scenario: Scenario) -> SimulatedHypervisor:
         balloon_rate_kib_s=mib_to_kib(scenario.balloon_rate_mib_s),
         start_s=SIM_EPOCH_S,
         host_other_used_kib=mib_to_kib(scenario.host.other_used_mib),
+        host_pressure=[
+            HostPressure(
+                used_kib=mib_to_kib(p.mib),
+                start_s=SIM_EPOCH_S + p.start_s,
+                ramp_s=p.ramp_s,
+                end_s=None if p.end_s is None else SIM_EPOCH_S + p.end_s,
+            )
+            for p in scenario.host.pressure
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class DemandCheck:
+    """Could a perfect policy have avoided every OOM kill? Programs' demand only: page cache is reclaimable.
+
+    fits: at every step, every guest's kernel + program demand fits its maximum, and all of them together plus
+    the host's own use fit the host with min_available_mib to spare.
+    """
+
+    peak_need_mib: float
+    room_mib: float
+    over_max: tuple[str, ...]
+
+    @property
+    def fits(self) -> bool:
+        return not self.over_max and self.peak_need_mib <= self.room_mib
+
+
+def check_demand(scenario: Scenario, min_available_mib: float, duration_s: float | None = None) -> DemandCheck:
+    """Replay the scenario's demand on a fresh host, without a policy and without kills."""
+    duration_s = scenario.duration_s if duration_s is None else duration_s
+    hv = build_host(scenario)
+    guests = list(hv.guests.values())
+    peak_need_kib = 0
+    over_max: set[str] = set()
+    for i in range(max(1, round(duration_s / scenario.step_s)) + 1):
+        hv.now_s = SIM_EPOCH_S + i * scenario.step_s
+        need_kib = hv.host_used_kib()
+        for g in guests:
+            want_kib = KERNEL_USED_KIB + g.workload.demand_kib(hv.now_s)
+            if want_kib > g.max_kib:
+                over_max.add(g.name)
+            need_kib += want_kib
+        peak_need_kib = max(peak_need_kib, need_kib)
+    return DemandCheck(
+        peak_need_mib=peak_need_kib / KIB_PER_MIB,
+        room_mib=scenario.host.total_mib - min_available_mib,
+        over_max=tuple(sorted(over_max)),
     )
 
 
@@ -257,14 +370,19 @@ class GuestReport:
     final_size_mib: float = 0.0
     oom_kills: int = 0
     starving_s: float = 0.0
-    unused_mib_s: float = 0.0
+    idle_mib_s: float = 0.0
+    cache_mib_s: float = 0.0
     balloon_changes: int = 0
     relief_s: list[float] = field(default_factory=list)
     unrelieved: int = 0
     _starving_since_s: float | None = None
 
-    def mean_unused_mib(self, duration_s: float) -> float:
-        return self.unused_mib_s / duration_s if duration_s else 0.0
+    def mean_idle_mib(self, duration_s: float) -> float:
+        """Memory the guest held that its programs did not use (free + page cache), averaged over the run."""
+        return self.idle_mib_s / duration_s if duration_s else 0.0
+
+    def mean_cache_mib(self, duration_s: float) -> float:
+        return self.cache_mib_s / duration_s if duration_s else 0.0
 
 
 @dataclass
@@ -274,6 +392,7 @@ class Timeline:
     t_s: list[float] = field(default_factory=list)
     size_mib: dict[str, list[float]] = field(default_factory=dict)
     used_mib: dict[str, list[float]] = field(default_factory=dict)
+    cache_mib: dict[str, list[float]] = field(default_factory=dict)
     host_available_mib: list[float] = field(default_factory=list)
 
 
@@ -288,6 +407,10 @@ class RunReport:
     host_min_at_s: float
     guests: list[GuestReport]
     timeline: Timeline | None = None
+    host_guard_mib: float = 0.0
+    # Seconds the host's available memory was below host.min_available_mib: in all, and the longest spell.
+    host_below_guard_s: float = 0.0
+    host_longest_below_guard_s: float = 0.0
 
     @property
     def oom_kills(self) -> int:
@@ -298,9 +421,13 @@ class RunReport:
         return sum(g.starving_s for g in self.guests)
 
     @property
-    def mean_unused_mib(self) -> float:
-        """Memory left unused inside all guests together, averaged over the run."""
-        return sum(g.mean_unused_mib(self.duration_s) for g in self.guests)
+    def mean_idle_mib(self) -> float:
+        """Memory all guests together held but their programs did not use (free + cache), averaged over the run."""
+        return sum(g.mean_idle_mib(self.duration_s) for g in self.guests)
+
+    @property
+    def mean_cache_mib(self) -> float:
+        return sum(g.mean_cache_mib(self.duration_s) for g in self.guests)
 
     @property
     def balloon_changes(self) -> int:
@@ -330,9 +457,11 @@ def run(
 ) -> RunReport:
     """Run a scenario to the end and measure it.
 
-    A guest counts as starving while its true unused memory is at or below guest.starving_mib and it is below
-    its maximum (at its maximum no balloon policy can help it). Each starving spell that ends is one relief
-    time; a spell still open at the end counts as unrelieved and adds its length so far.
+    A guest counts as starving while the memory its programs could still get (free + page cache, the true
+    MemAvailable) is at or below guest.starving_mib and it is below its maximum (at its maximum no balloon
+    policy can help it). Each starving spell that ends is one relief time; a spell still open at the end counts
+    as unrelieved and adds its length so far. The host is below its guard while its available memory is below
+    host.min_available_mib.
     """
     duration_s = scenario.duration_s if duration_s is None else duration_s
     hv = build_host(scenario)
@@ -344,6 +473,9 @@ def run(
     reports = {g.name: GuestReport(g.name, g.max_kib / KIB_PER_MIB) for g in hv.guests.values()}
     timeline = Timeline() if record else None
     host_min_kib, host_min_at_s = hv.host_available_kib(), 0.0
+    guard_kib = mib_to_kib(config.host.min_available_mib)
+    below_guard_s = longest_below_s = 0.0
+    below_since_s: float | None = None
     stats_set: set[str] = set()
 
     for i in range(n_steps):
@@ -365,17 +497,19 @@ def run(
                 for g in hv.guests.values():
                     timeline.size_mib.setdefault(g.name, []).append(g.actual_kib / KIB_PER_MIB)
                     timeline.used_mib.setdefault(g.name, []).append(g.used_kib / KIB_PER_MIB)
+                    timeline.cache_mib.setdefault(g.name, []).append(g.cache_kib / KIB_PER_MIB)
         hv.advance(step_s)
         now_s = t_s + step_s
         for g in hv.guests.values():
             rep = reports[g.name]
-            unused_kib = g.actual_kib - g.used_kib
-            rep.unused_mib_s += unused_kib / KIB_PER_MIB * step_s
+            usable_kib = g.usable_kib
+            rep.idle_mib_s += usable_kib / KIB_PER_MIB * step_s
+            rep.cache_mib_s += g.cache_kib / KIB_PER_MIB * step_s
             if g.used_kib > rep.peak_used_mib * KIB_PER_MIB:
                 rep.peak_used_mib = g.used_kib / KIB_PER_MIB
             if g.actual_kib > rep.peak_size_mib * KIB_PER_MIB:
                 rep.peak_size_mib = g.actual_kib / KIB_PER_MIB
-            if unused_kib <= starving_kib and g.actual_kib < g.max_kib:
+            if usable_kib <= starving_kib and g.actual_kib < g.max_kib:
                 rep.starving_s += step_s
                 if rep._starving_since_s is None:
                     rep._starving_since_s = now_s - step_s
@@ -385,6 +519,13 @@ def run(
         available_kib = hv.host_available_kib()
         if available_kib < host_min_kib:
             host_min_kib, host_min_at_s = available_kib, now_s
+        if available_kib < guard_kib:
+            below_guard_s += step_s
+            if below_since_s is None:
+                below_since_s = now_s - step_s
+            longest_below_s = max(longest_below_s, now_s - below_since_s)
+        else:
+            below_since_s = None
 
     for g in hv.guests.values():
         rep = reports[g.name]
@@ -403,6 +544,9 @@ def run(
         host_min_at_s=host_min_at_s,
         guests=list(reports.values()),
         timeline=timeline,
+        host_guard_mib=config.host.min_available_mib,
+        host_below_guard_s=below_guard_s,
+        host_longest_below_guard_s=longest_below_s,
     )
 
 
@@ -439,7 +583,8 @@ def summary(report: RunReport) -> str:
         "final size MiB",
         "OOM kills",
         "starving s",
-        "mean unused MiB",
+        "mean idle MiB",
+        "mean cache MiB",
         "balloon changes",
         "max relief s",
     ]
@@ -452,7 +597,8 @@ def summary(report: RunReport) -> str:
             f"{g.final_size_mib:.0f}",
             g.oom_kills,
             f"{g.starving_s:.1f}",
-            f"{g.mean_unused_mib(report.duration_s):.0f}",
+            f"{g.mean_idle_mib(report.duration_s):.0f}",
+            f"{g.mean_cache_mib(report.duration_s):.0f}",
             g.balloon_changes,
             _opt(max(g.relief_s) if g.relief_s else None),
         ]
@@ -471,7 +617,8 @@ def summary(report: RunReport) -> str:
             "",
             report.oom_kills,
             f"{report.starving_guest_s:.1f}",
-            f"{report.mean_unused_mib:.0f}",
+            f"{report.mean_idle_mib:.0f}",
+            f"{report.mean_cache_mib:.0f}",
             report.balloon_changes,
             _opt(report.max_relief_s),
         ]
@@ -484,10 +631,12 @@ def summary(report: RunReport) -> str:
         lines.append(f"({hidden} more guests not shown; TOTAL counts all of them)")
     lines.append(
         f"host: total {report.host_total_mib:.0f} MiB, minimum available {report.host_min_available_mib:.0f} MiB"
-        f" at t={report.host_min_at_s:.1f} s"
+        f" at t={report.host_min_at_s:.1f} s; below its {report.host_guard_mib:.0f} MiB guard"
+        f" {report.host_below_guard_s:.1f} s, longest {report.host_longest_below_guard_s:.1f} s"
     )
     lines.append(
-        f"starving = true unused <= {report.starving_mib} MiB while below max; relief = length of a starving spell"
+        f"idle = free + page cache (held, not used by programs); starving = idle <= {report.starving_mib} MiB while"
+        " below max; relief = length of a starving spell"
     )
     return "\n".join(lines)
 
@@ -507,6 +656,9 @@ def plot(report: RunReport, out: Path) -> None:
     for name in shown:
         (line,) = ax_guests.plot(tl.t_s, tl.size_mib[name], label=f"{name} size")
         ax_guests.plot(tl.t_s, tl.used_mib[name], linestyle="--", color=line.get_color(), label=f"{name} used")
+        if any(tl.cache_mib[name]):
+            used_and_cache = [u + c for u, c in zip(tl.used_mib[name], tl.cache_mib[name], strict=True)]
+            ax_guests.plot(tl.t_s, used_and_cache, linestyle=":", color=line.get_color(), label=f"{name} used+cache")
     ax_guests.set_ylabel("MiB")
     ax_guests.set_title(f"{report.scenario} - policy {report.policy}")
     ax_guests.legend(fontsize="small", ncol=2)
