@@ -1,7 +1,8 @@
-"""Build the lab's tiny guest image: Debian's kernel + a busybox initramfs + virtio balloon + the hog.
+"""Build the lab's tiny guest image: Debian's kernel + a busybox initramfs + virtio balloon and disk + the hog.
 
 The image is cached under a key derived from every input, so a test session or a demo
-builds it once and later runs reuse it (a build takes about a second).
+builds it once and later runs reuse it (a build takes about a second). Beside it lies the
+sparse raw file page-cache guests read as their readonly virtio disk.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "lab"
 BUSYBOX = Path("/bin/busybox")
 # insmod order that resolves the symbols (LAB-NOTES); any other order fails with "unknown symbol".
+# virtio_blk (a readonly disk whose reads fill the guest's page cache) needs virtio_pci before it.
 VIRTIO_MODULES = (
     "virtio_ring",
     "virtio",
@@ -29,7 +31,11 @@ VIRTIO_MODULES = (
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_balloon",
+    "virtio_blk",
 )
+# Where each module lives under /lib/modules/<version>/kernel/ when not in drivers/virtio.
+MODULE_DIRS = {"virtio_blk": "drivers/block"}
+DISK_SIZE_MIB = 3072  # larger than any lab guest's max, so reading it keeps cycling the guest's cache
 
 
 class ImageError(RuntimeError):
@@ -43,6 +49,11 @@ class GuestImage:
     kernel: Path
     initrd: Path
     kernel_version: str
+
+    @property
+    def hog(self) -> Path:
+        """The static hog built for the initramfs; it runs on the host too (a host memory hog)."""
+        return self.kernel.parent / "hog"
 
 
 def find_kernel() -> tuple[Path, str]:
@@ -60,7 +71,7 @@ def find_kernel() -> tuple[Path, str]:
 
 
 def _module_path(version: str, name: str) -> Path:
-    base = Path(f"/lib/modules/{version}/kernel/drivers/virtio")
+    base = Path(f"/lib/modules/{version}/kernel") / MODULE_DIRS.get(name, "drivers/virtio")
     for suffix in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"):
         if (base / (name + suffix)).exists():
             return base / (name + suffix)
@@ -147,8 +158,9 @@ def build_image(cache_dir: Path = DEFAULT_CACHE_DIR) -> GuestImage:
         compile_hog(tmp / "hog")
         (tmp / "initramfs.gz").write_bytes(build_initramfs(version, (tmp / "hog").read_bytes()))
         shutil.copyfile(kernel_src, tmp / "vmlinuz")
-        for f in ("vmlinuz", "initramfs.gz", "hog"):
+        for f in ("vmlinuz", "initramfs.gz"):
             os.chmod(tmp / f, 0o644)
+        os.chmod(tmp / "hog", 0o755)  # lab.hosthog runs it on the host
         os.chmod(tmp, 0o755)
         try:
             tmp.rename(target)  # atomic publish; a concurrent builder may have won the race
@@ -157,8 +169,36 @@ def build_image(cache_dir: Path = DEFAULT_CACHE_DIR) -> GuestImage:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    # QEMU runs as libvirt-qemu: every directory on the way must be traversable.
+    _let_qemu_in(cache_dir)
+    return image
+
+
+def _let_qemu_in(cache_dir: Path) -> None:
+    """QEMU runs as libvirt-qemu: every directory on the way must be traversable."""
     for d in (cache_dir, cache_dir.parent):
         if d.exists():
             d.chmod(d.stat().st_mode | 0o055)
-    return image
+
+
+def shared_disk(cache_dir: Path = DEFAULT_CACHE_DIR, size_mib: int = DISK_SIZE_MIB) -> Path:
+    """A sparse raw file (all zeros, no blocks on disk) that page-cache guests attach readonly.
+
+    One file serves every guest (readonly, so QEMU's shared locks allow that). It lives beside the
+    cached image, where QEMU's user can read it; created once, atomically, safe against a concurrent
+    creator.
+    """
+    path = cache_dir / f"readonly-disk-{size_mib}m.raw"
+    if path.exists() and path.stat().st_size == size_mib << 20:
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".disk-")
+    try:
+        os.ftruncate(fd, size_mib << 20)
+        os.fchmod(fd, 0o644)
+        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _let_qemu_in(cache_dir)
+    return path

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +24,7 @@ from xml.sax.saxutils import escape
 import libvirt
 
 from lab.console import Console, ConsoleError
-from lab.image import GuestImage, build_image
+from lab.image import GuestImage, build_image, shared_disk
 from lab.libvirtd import ensure_libvirtd
 from memcoord.state import pid_alive
 
@@ -40,10 +41,34 @@ def _silence_libvirt_stderr() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
+def _disk_xml(disk: Path | None) -> str:
+    """A readonly virtio disk (the guest's /dev/vda), or nothing.
+
+    cache='none' (O_DIRECT) keeps the guests' reads out of the host's page cache, so the host's
+    available memory moves with what the guests' QEMUs hold, not with the host caching the file.
+    """
+    if disk is None:
+        return ""
+    return f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='{escape(str(disk))}'/>
+      <target dev='vda' bus='virtio'/>
+      <readonly/>
+    </disk>"""
+
+
 def domain_xml(
-    name: str, image: GuestImage, console_sock: Path, max_mib: int, current_mib: int, stats_period_s: int = 1
+    name: str,
+    image: GuestImage,
+    console_sock: Path,
+    max_mib: int,
+    current_mib: int,
+    stats_period_s: int = 1,
+    disk: Path | None = None,
 ) -> str:
-    """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second.
+    """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second,
+    and with `disk` a readonly virtio disk to fill its page cache from.
 
     on_reboot/on_crash destroy plus panic=-1 turn a dead guest kernel into a stopped domain the
     recorder sees, instead of a silently rebooting one.
@@ -68,7 +93,7 @@ def domain_xml(
       <source mode='bind' path='{escape(str(console_sock))}'/>
       <target port='0'/>
     </serial>
-    <controller type='usb' model='none'/>
+    <controller type='usb' model='none'/>{_disk_xml(disk)}
     <memballoon model='virtio'><stats period='{stats_period_s}'/></memballoon>
   </devices>
 </domain>
@@ -114,6 +139,7 @@ class Guest:
     console: Console
     max_mib: int
     current_mib: int
+    has_disk: bool = False
 
 
 class Lab:
@@ -129,7 +155,9 @@ class Lab:
         run_dir: Path | None = None,
         image: GuestImage | None = None,
         boot_timeout_s: float = 180.0,
+        disk_guests: Collection[int] = (),
     ) -> None:
+        """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda)."""
         self.prefix = prefix
         self.n = n
         self.max_mib = max_mib
@@ -137,6 +165,10 @@ class Lab:
         self.uri = uri
         self.image = image
         self.boot_timeout_s = boot_timeout_s
+        self.disk_guests = frozenset(disk_guests)
+        if not self.disk_guests <= set(range(1, n + 1)):
+            raise ValueError(f"disk_guests {sorted(self.disk_guests)} not within 1..{n}")
+        self.disk: Path | None = None
         self._own_run_dir = run_dir is None
         self._run_dir = run_dir
         self.conn: libvirt.virConnect | None = None
@@ -182,6 +214,8 @@ class Lab:
         ensure_libvirtd()
         if self.image is None:
             self.image = build_image()
+        if self.disk_guests and self.disk is None:
+            self.disk = shared_disk()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o777)  # QEMU (libvirt-qemu) creates the console sockets here
         atexit.register(self.down)
@@ -210,11 +244,12 @@ class Lab:
     def _start_guest(self, name: str) -> None:
         assert self.conn is not None and self.image is not None
         sock = self.run_dir / f"{name}.sock"
-        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib)
+        disk = self.disk if self.names.index(name) + 1 in self.disk_guests else None
+        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib, disk=disk)
         dom = self.conn.defineXML(xml)
         console = Console(sock, self.run_dir / f"{name}.console.log")
         # Append before create() so down() cleans up even if the start fails half-way.
-        self.guests.append(Guest(name, dom, console, self.max_mib, self.current_mib))
+        self.guests.append(Guest(name, dom, console, self.max_mib, self.current_mib, has_disk=disk is not None))
         dom.create()
         console.connect()
 
@@ -338,6 +373,47 @@ class Lab:
     def stop_hog(self, which: int | str) -> None:
         """Kill the hog (SIGKILL, like the OOM killer would)."""
         self.run(which, "killall -9 hog 2>/dev/null; true")
+
+    def read_disk(self, which: int | str, mib: int | None = None, loop: bool = False) -> int:
+        """Read the guest's readonly disk in the background, filling its page cache; returns the
+        reader's pid in the guest (for `stop_reading`).
+
+        Without `loop`: read `mib` MiB from the start (all of it if None) once, print
+        "mclab: read done <pid>" (see `wait_read_done`), then keep the disk open so the cache stays:
+        the guest kernel drops a block device's cache when its last opener closes it. With `loop`:
+        read all of it over and over, the cache recycled by each pass, like a busy file reader.
+        The reader leaves the control shell's OOM immunity behind (an OOM kill of it is one the
+        timeline must see). `stop_reading` ends it and so lets the guest drop the cache.
+        """
+        guest = self.guest(which)
+        if not guest.has_disk:
+            raise LabError(f"{guest.name} has no disk: boot it with disk_guests")
+        count = "" if mib is None else f" count={mib}"
+        read = f"dd if=/dev/vda of=/dev/null bs=1M{count} 2>/dev/null"
+        if loop:
+            body = f"while true; do {read}; done"
+        else:
+            body = f"exec 3</dev/vda; {read}; echo mclab: read done $$; exec sleep 2147483647"
+        # A separate `sh -c`, so $$ inside is the pid `$!` names and kill stops the reader.
+        status, out = self.run(which, f"sh -c 'echo 0 > /proc/self/oom_score_adj; {body}' </dev/null & echo pid=$!")
+        m = re.search(r"pid=(\d+)", out)
+        if status != 0 or m is None:
+            raise ConsoleError(f"starting the disk reader in {guest.name} failed ({status}): {out}")
+        return int(m.group(1))
+
+    def wait_read_done(self, which: int | str, pid: int, timeout_s: float = 60.0) -> float:
+        """Wait until the single read started as `pid` has finished; returns the seconds waited."""
+        console = self.guest(which).console
+        t0 = time.monotonic()
+        while f"mclab: read done {pid}" not in console.lines():
+            if time.monotonic() - t0 > timeout_s:
+                raise LabError(f"disk read {pid} in {self.guest(which).name} not done after {timeout_s:.0f} s")
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def stop_reading(self, which: int | str, pid: int) -> None:
+        """Stop a disk reader: the process `read_disk` returned, then any dd it runs."""
+        self.run(which, f"kill {pid} 2>/dev/null; killall dd 2>/dev/null; true")
 
     def balloon_stats(self) -> dict[str, dict[str, int]]:
         """Balloon and state stats of our guests in one libvirt call (KiB; see LAB-NOTES).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,13 @@ class LabRun:
         image: GuestImage | None = None,
         sample_interval_s: float = 1.0,
         title: str = "memcoord lab",
+        disk_guests: Collection[int] = (),
     ) -> None:
+        """disk_guests: 1-based indexes of the guests with the readonly disk (page-cache readers)."""
         self.out_dir = out_dir
-        self.lab = Lab(prefix=prefix, n=n, max_mib=max_mib, current_mib=current_mib, image=image)
+        self.lab = Lab(
+            prefix=prefix, n=n, max_mib=max_mib, current_mib=current_mib, image=image, disk_guests=disk_guests
+        )
         self.sample_interval_s = sample_interval_s
         self.title = title
         self.memcoord: Memcoord | None = None

@@ -1,4 +1,4 @@
-"""The lab's guest-side parts on the host, without booting anything: the hog binary and the image.
+"""The lab's parts on the host, without booting anything: the hog binary, the image, the disk, the host hog.
 
 These run in seconds and pin what the real scenarios rely on: the hog's pacing and its progress
 lines (the console parser reads them), and an initramfs with everything /init uses.
@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from lab.console import HOG_HOLD_RE, HOG_MIB_RE
-from lab.image import VIRTIO_MODULES, build_image, compile_hog
+from lab.hosthog import HostHog
+from lab.image import VIRTIO_MODULES, GuestImage, build_image, compile_hog, shared_disk
+from lab.lab import domain_xml
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,44 @@ def test_initramfs_holds_init_busybox_hog_modules_and_console(tmp_path: Path) ->
     assert image.kernel.stat().st_mode & 0o004 and image.initrd.stat().st_mode & 0o004
     # A second build with the same inputs is the cached one.
     assert build_image(cache_dir=tmp_path) == image
+
+
+def test_initramfs_loads_the_disk_driver_after_virtio_pci() -> None:
+    """virtio_blk needs virtio_pci's bus; /init loads the modules in VIRTIO_MODULES' order."""
+    init = (Path(__file__).resolve().parents[2] / "lab" / "guest" / "init").read_text()
+    loop = next(line for line in init.splitlines() if line.startswith("for m in "))
+    order = loop.removeprefix("for m in ").removesuffix("; do").split()
+    assert order == list(VIRTIO_MODULES)
+    assert order.index("virtio_blk") > order.index("virtio_pci")
+
+
+def test_shared_disk_is_sparse_readable_and_made_once(tmp_path: Path) -> None:
+    disk = shared_disk(cache_dir=tmp_path, size_mib=64)
+    st = disk.stat()
+    assert st.st_size == 64 << 20
+    assert st.st_blocks * 512 < 1 << 20, "the disk must be sparse (no blocks written)"
+    assert st.st_mode & 0o004, "QEMU's user must be able to read it"
+    assert shared_disk(cache_dir=tmp_path, size_mib=64) == disk
+
+
+def test_only_guests_that_ask_for_it_get_the_readonly_disk(tmp_path: Path) -> None:
+    image = GuestImage(tmp_path / "vmlinuz", tmp_path / "initramfs.gz", "test")
+    plain = domain_xml("g1", image, tmp_path / "g1.sock", 2048, 512)
+    with_disk = domain_xml("g2", image, tmp_path / "g2.sock", 2048, 512, disk=tmp_path / "d.raw")
+    assert "<disk" not in plain
+    assert f"<source file='{tmp_path / 'd.raw'}'/>" in with_disk
+    assert "<readonly/>" in with_disk and "bus='virtio'" in with_disk
+
+
+def test_host_hog_takes_its_memory_and_gives_it_back_when_stopped(tmp_path: Path) -> None:
+    if shutil.which("gcc") is None or not Path("/bin/busybox").exists():
+        pytest.skip("gcc or busybox-static missing")
+    psutil = pytest.importorskip("psutil")
+    image = build_image(cache_dir=tmp_path)
+    size_mib = 256
+    with HostHog(size_mib, image=image) as hog:
+        assert hog.alive()
+        rss_mib = psutil.Process(hog.proc.pid).memory_info().rss / 2**20
+        assert rss_mib >= size_mib, f"the host hog holds only {rss_mib:.0f} MiB"
+    assert not hog.alive()
+    assert hog.proc.returncode is not None
