@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
 from memcoord.hypervisor.sim import (
+    CACHE_FREE_FLOOR_KIB,
     KERNEL_USED_KIB,
     Burst,
+    FileReader,
     Hog,
+    HostPressure,
     Idle,
     Sawtooth,
     SimGuest,
@@ -24,9 +28,18 @@ from memcoord.model import Action, Change, mib_to_kib
 T0_S = 1_000_000.0
 
 
-def one_guest(workload: object, size_mib: int = 512, max_mib: int = 2048, **kw: object) -> SimulatedHypervisor:
-    guest = SimGuest("g", max_kib=mib_to_kib(max_mib), target_kib=mib_to_kib(size_mib), workload=workload)
+def one_guest(
+    workload: object, size_mib: int = 512, max_mib: int = 2048, reader: FileReader | None = None, **kw: object
+) -> SimulatedHypervisor:
+    guest = SimGuest(
+        "g", max_kib=mib_to_kib(max_mib), target_kib=mib_to_kib(size_mib), workload=workload, reader=reader
+    )
     return SimulatedHypervisor([guest], host_total_kib=mib_to_kib(8192), start_s=T0_S, **kw)
+
+
+def run_for(hv: SimulatedHypervisor, seconds: float, step_s: float = 0.1) -> None:
+    for _ in range(round(seconds / step_s)):
+        hv.advance(step_s)
 
 
 def set_target(hv: SimulatedHypervisor, mib: int) -> None:
@@ -163,3 +176,139 @@ def test_demo_host_keeps_its_public_shape() -> None:
     snapshot = hv.sample()
     assert [d.name for d in snapshot.domains] == ["sim-hog", "sim-idle", "sim-busy"]
     assert all(d.unused_kib is not None for d in snapshot.domains)
+
+
+# -- page cache -------------------------------------------------------------------------------------------
+
+
+def reader(mib_per_s: float, file_mib: float, start_s: float = T0_S) -> FileReader:
+    return FileReader(read_kib_per_s=mib_to_kib(mib_per_s), file_kib=mib_to_kib(file_mib), start_s=start_s)
+
+
+def test_cache_fills_at_the_read_rate_up_to_the_file_set() -> None:
+    hv = one_guest(Idle(mib_to_kib(100)), size_mib=1024, reader=reader(50, 300))
+    run_for(hv, 2.0)
+    g = hv.guests["g"]
+    assert g.cache_kib == pytest.approx(mib_to_kib(100), abs=mib_to_kib(1))
+    run_for(hv, 20.0)
+    assert g.cache_kib == mib_to_kib(300)  # the whole file set is cached; rereading adds nothing
+    assert g.unused_kib == mib_to_kib(1024 - 160 - 300)
+
+
+def test_cache_fills_free_memory_down_to_the_watermark_only() -> None:
+    hv = one_guest(Idle(mib_to_kib(100)), size_mib=1024, reader=reader(200, 4096))
+    run_for(hv, 10.0)
+    g = hv.guests["g"]
+    assert g.unused_kib == CACHE_FREE_FLOOR_KIB
+    assert g.cache_kib == mib_to_kib(1024 - 160) - CACHE_FREE_FLOOR_KIB
+
+
+def test_stats_report_memfree_as_unused_and_memavailable_as_usable() -> None:
+    hv = one_guest(Idle(mib_to_kib(100)), size_mib=1024, reader=reader(200, 4096))
+    hv.ensure_stats_period(["g"], 1)
+    run_for(hv, 10.0)
+    dom = hv.sample().domains[0]
+    assert dom.unused_kib == CACHE_FREE_FLOOR_KIB  # MemFree: a cache-full guest looks nearly empty
+    assert dom.usable_kib == mib_to_kib(1024 - 160)  # MemAvailable: the cache is still there for programs
+
+
+def test_programs_evict_cache_before_anyone_is_oom_killed() -> None:
+    # The cache fills the guest by t=5 s; then the hog takes 700 MiB of the 864 MiB left beside the kernel.
+    hog = Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S + 5, limit_kib=mib_to_kib(700))
+    hv = one_guest(hog, size_mib=1024, reader=reader(400, 4096, start_s=T0_S))
+    run_for(hv, 4.0)
+    g = hv.guests["g"]
+    assert g.cache_kib > mib_to_kib(800)
+    run_for(hv, 10.0)
+    assert g.oom_kills == 0
+    assert g.used_kib == KERNEL_USED_KIB + mib_to_kib(700)
+    assert g.cache_kib == mib_to_kib(1024 - 760) - CACHE_FREE_FLOOR_KIB  # refilled what the hog left
+
+
+def test_demand_beyond_the_guest_kills_even_with_cache_to_drop() -> None:
+    hog = Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S + 5)
+    hv = one_guest(hog, size_mib=1024, reader=reader(400, 4096))
+    run_for(hv, 20.0)
+    assert hv.guests["g"].oom_kills == 1
+
+
+def test_balloon_inflation_evicts_cache_and_qemu_gives_those_pages_back() -> None:
+    hv = one_guest(Idle(mib_to_kib(100)), size_mib=2048, reader=reader(500, 1500, start_s=T0_S))
+    run_for(hv, 5.0)
+    g = hv.guests["g"]
+    reader_ = g.reader
+    assert reader_ is not None
+    reader_.stop_s = T0_S + 5  # stop reading, so the cache does not refill behind the balloon
+    assert g.cache_kib == mib_to_kib(1500)
+    assert g.rss_kib == mib_to_kib(160 + 1500)
+    available_before_kib = hv.host_available_kib()
+    set_target(hv, 800)
+    run_for(hv, 5.0)
+    assert g.oom_kills == 0
+    assert g.cache_kib == mib_to_kib(800 - 160) - CACHE_FREE_FLOOR_KIB
+    assert g.rss_kib == mib_to_kib(800)
+    assert hv.host_available_kib() - available_before_kib == mib_to_kib(1660 - 800)
+
+
+def test_cached_pages_are_backed_by_qemu_and_cost_the_host() -> None:
+    hv = one_guest(Idle(), size_mib=2048, reader=reader(100, 1000))
+    before_kib = hv.host_available_kib()
+    run_for(hv, 5.0)
+    g = hv.guests["g"]
+    assert g.rss_kib == KERNEL_USED_KIB + g.cache_kib
+    assert before_kib - hv.host_available_kib() == pytest.approx(mib_to_kib(500), abs=mib_to_kib(1))
+
+
+def test_a_reader_not_started_caches_nothing() -> None:
+    hv = one_guest(Idle(), size_mib=1024, reader=reader(100, 1000, start_s=T0_S + 60))
+    run_for(hv, 10.0)
+    assert hv.guests["g"].cache_kib == 0
+
+
+# -- host pressure ----------------------------------------------------------------------------------------
+
+
+def test_host_pressure_ramps_holds_and_frees() -> None:
+    pressure = HostPressure(used_kib=mib_to_kib(2000), start_s=T0_S + 10, ramp_s=10, end_s=T0_S + 30)
+    hv = one_guest(Idle(), host_other_used_kib=mib_to_kib(1000), host_pressure=[pressure])
+    base_kib = mib_to_kib(8192 - 1000) - KERNEL_USED_KIB
+    seen = {}
+    for t_s in (5, 15, 25, 35):
+        hv.now_s = T0_S + t_s
+        seen[t_s] = base_kib - hv.host_available_kib()
+    assert seen == {5: 0, 15: mib_to_kib(1000), 25: mib_to_kib(2000), 35: 0}
+
+
+def test_host_pressure_moves_host_available_as_time_advances() -> None:
+    pressure = HostPressure(used_kib=mib_to_kib(3000), start_s=T0_S + 1)
+    hv = one_guest(Idle(), host_pressure=[pressure])
+    before_kib = hv.host_available_kib()
+    run_for(hv, 2.0)
+    assert before_kib - hv.host_available_kib() == mib_to_kib(3000)
+    assert hv.sample().host.available_kib == hv.host_available_kib()
+
+
+def test_burst_ramps_are_drawn_within_their_range_and_are_deterministic() -> None:
+    def ramps(seed: int) -> list[float]:
+        burst = Burst(0, mib_to_kib(1000), every_s=60, length_s=30, seed=seed, ramp_s=5, ramp_max_s=20)
+        burst.demand_kib(600)  # draws every burst up to t=600
+        return list(burst._ramps_s)
+
+    assert ramps(3) == ramps(3)
+    assert all(5 <= r <= 20 for r in ramps(3))
+    assert len(set(ramps(3))) > 1
+    burst = Burst(0, mib_to_kib(1000), every_s=60, length_s=30, seed=3, ramp_s=5, ramp_max_s=20)
+    first_ramp_s = burst._ramps_s[0]
+    assert burst.demand_kib(first_ramp_s / 2) == pytest.approx(mib_to_kib(500), abs=2)
+    assert burst.demand_kib(first_ramp_s + 0.01) == mib_to_kib(1000)
+
+
+def test_burst_times_without_drawn_ramps_follow_the_rng_as_before() -> None:
+    plain = Burst(0, mib_to_kib(500), every_s=30, length_s=5, jitter=0.5, seed=9, ramp_s=2)
+    plain.demand_kib(200)
+    rng = random.Random(9)
+    expected = [0.0]
+    while expected[-1] <= 200:
+        expected.append(expected[-1] + max(30 * (1 + 0.5 * (2 * rng.random() - 1)), 5))
+    assert plain._starts_s == expected
+    assert set(plain._ramps_s) == {2}

@@ -348,11 +348,12 @@ class SimulatedHypervisor:
                 g.workload.killed(now_s)
                 want_kib = KERNEL_USED_KIB + g.workload.demand_kib(now_s)
             g.used_kib = min(want_kib, g.actual_kib)
-            # Programs and the inflating balloon take page cache before anything else.
-            g.cache_kib = max(0, min(g.cache_kib, g.actual_kib - g.used_kib))
+            # Programs and the inflating balloon take page cache before anything else, and the kernel keeps
+            # MemFree at its watermark by dropping cache.
+            room_kib = max(0, g.actual_kib - g.used_kib - CACHE_FREE_FLOOR_KIB)
+            g.cache_kib = min(g.cache_kib, room_kib)
             reader = g.reader
             if reader is not None and reader.reading(now_s):
-                room_kib = g.actual_kib - g.used_kib - CACHE_FREE_FLOOR_KIB
                 cap_kib = max(g.cache_kib, min(reader.file_kib, room_kib))
                 g.cache_kib = min(cap_kib, g.cache_kib + int(reader.read_kib_per_s * dt_s))
             # QEMU keeps pages the guest touched (programs' and cached); only the balloon gives them back.
