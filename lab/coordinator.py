@@ -28,7 +28,8 @@ import tomli_w
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO_ROOT / "etc" / "memcoord.toml"
-# "grow mclab-1 512 -> 812 MiB (starving: ...)" (also reclaim, tax, clamp, relieve), optionally prefixed "dry run, not applied: ".
+# "grow mclab-1 512 -> 812 MiB (starving: ...)", likewise reclaim, tax, clamp and relieve;
+# optionally prefixed "dry run, not applied: ".
 ACTION_RE = re.compile(r"\b(grow|reclaim|tax|clamp|relieve) (\S+) (\d+) -> (\d+) MiB \((.*)\)\s*$")
 
 

@@ -1,0 +1,319 @@
+"""Issue 10's policy behaviours on real QEMU guests with the real `memcoord run`.
+
+a. page cache is not hunger: a guest full of page cache (it reads its disk) is not grown while another
+   guest's real need is served from a limited headroom;
+b. host pressure is relieved: a host process pushes the host below its guard and memcoord takes memory
+   back from the guests holding backed, reclaimable memory (cache) until the host is above it again;
+c. the headroom that exists: with H MiB above the guard, a growing guest next to three idle ones gets
+   most of H before its process is OOM killed.
+
+As in test_course.py every assertion is on the recorded timeline (libvirt's balloon sizes, the guests'
+own stats, OOM kills from the consoles, the host's available memory), and every scenario prints its
+numbers before asserting. Each boots its own lab and takes about 1-2 minutes on a 2-core host.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from lab import analysis
+from lab.hosthog import HostHog
+from lab.image import GuestImage
+from lab.session import LabRun
+from lab.timeline import Timeline
+from tests.e2e.test_course import (
+    _assert_always,
+    _guest_cfg,
+    _hog_state,
+    _retry_once_on_outage,
+    _settle_then_guard,
+)
+
+pytestmark = pytest.mark.real
+
+MAX_MIB = 2048
+START_MIB = 512
+GROWER_PAGE_US = 160  # 4 KiB per 160 us = 25 MiB/s, the grower of issue 10
+# Host memory the guard may miss by between memcoord's reading and the recorder's, a second apart: other
+# processes on this shared host and QEMU's own allocations under software emulation move it by tens of MiB.
+HOST_DRIFT_MIB = 50
+# What "about H" may fall short by: memcoord's guard counts the grower's QEMU overhead
+# (host.guest_overhead_mib, 128 MiB shipped) as growth reaching its target takes it too, plus the host's
+# drift over the ~40 s the grower needs.
+GROWTH_MARGIN_MIB = 128 + 64
+# The recorder samples once a second; a gap longer than this means the host was too busy to watch.
+MAX_SAMPLE_GAP_S = 5.0
+
+
+def _max_sample_gap_s(tl: Timeline, t_from_s: float, t_to_s: float) -> float:
+    times = [t for t, _ in tl.host_available_mib() if t_from_s <= t <= t_to_s]
+    if len(times) < 2:
+        return float("inf")
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+def _assert_watched(tl: Timeline, t_from_s: float, t_to_s: float) -> None:
+    """The numbers below come from a recorder that kept sampling through the window (else they are void)."""
+    gap_s = _max_sample_gap_s(tl, t_from_s, t_to_s)
+    assert gap_s <= MAX_SAMPLE_GAP_S, f"the recorder stalled {gap_s:.1f} s between t={t_from_s} and {t_to_s} s"
+
+
+def _median(tl: Timeline, guest: str, key: str, t_from_s: float, t_to_s: float) -> float:
+    vals = sorted(v for t, v in tl.series(guest, key) if t_from_s <= t <= t_to_s)
+    return vals[len(vals) // 2] if vals else float("nan")
+
+
+def _moves(actions: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    return [(a["guest"], a["from_mib"], a["to_mib"]) for a in actions]
+
+
+def _host_lowest(tl: Timeline, t_from_s: float, t_to_s: float) -> tuple[float, float]:
+    """(t_s, MiB) of the host's lowest available memory in the window."""
+    return min(((t, v) for t, v in tl.host_available_mib() if t_from_s <= t <= t_to_s), key=lambda p: p[1])
+
+
+# -- a. page cache is not hunger ------------------------------------------------------------------------------
+CACHE_HEADROOM_MIB = 600  # what the guard lets memcoord hand out: less than the reader alone would take to its max
+# A grow is a grow step (300 MiB shipped) or what a ramp needs; the balloon's reported size wobbles by a MiB or
+# two. Anything above this is the reader being fed.
+READER_GROWTH_LIMIT_MIB = 32
+
+
+def test_page_cache_is_not_hunger(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """Guest 1 reads its disk over and over (MemFree a few MiB, MemAvailable high); guest 2's process grows at
+    25 MiB/s. With ~600 MiB of headroom, guest 2 gets it and guest 1 is not grown."""
+
+    def scenario(attempt_dir: Path) -> None:
+        title = "a: page-cache reader + a growing guest, host guard ~600 MiB"
+        with LabRun(
+            lab_prefix,
+            attempt_dir,
+            n=2,
+            max_mib=MAX_MIB,
+            current_mib=START_MIB,
+            image=guest_image,
+            title=title,
+            disk_guests=[1],
+        ) as run:
+            reader, grower = run.lab.names
+            run.lab.read_disk(1, loop=True)
+            run.wait_until(
+                lambda: (run.latest().get(reader, {}).get("unused_mib") or 1e9) < 120, 60, "the reader's cache full"
+            )
+            run.mark("workload", reader, what="dd /dev/vda in a loop")
+            run.start_memcoord()
+            t_mc_s = run.t_s()
+            guard_mib = _settle_then_guard(run, CACHE_HEADROOM_MIB)
+            t_hog_s = run.t_s()
+            run.lab.start_hog(2, "grow", page_us=GROWER_PAGE_US)
+            run.wait_until(lambda: _hog_state(run, 2) == "killed", 150, "the grower's hog OOM killed")
+            time.sleep(2)
+        tl = run.timeline
+        cfg = _guest_cfg(tl)
+        t_kill_s = analysis.first_event_t_s(tl, "hog_killed", grower)
+        assert t_kill_s is not None
+        reader_start_mib = analysis.value_at(tl, reader, "actual_mib", t_mc_s)
+        reader_growth_mib = analysis.peak(tl, reader, "actual_mib", t_mc_s) - reader_start_mib
+        reader_unused_mib = _median(tl, reader, "unused_mib", t_hog_s, t_kill_s)
+        reader_usable_mib = _median(tl, reader, "usable_mib", t_hog_s, t_kill_s)
+        reader_grows = [a for a in tl.events_of("action", reader) if a["action"] == "grow"]
+        grower_start_mib = analysis.value_at(tl, grower, "actual_mib", t_hog_s)
+        grower_peak_mib = analysis.peak(tl, grower, "actual_mib", t_hog_s, t_kill_s)
+        kill_at_mib = analysis.value_at(tl, grower, "actual_mib", t_kill_s)
+        hog_at_kill_mib = next(e["hog_mib"] for e in tl.events_of("hog_killed", grower))
+        lowest = _host_lowest(tl, t_hog_s, t_kill_s)
+        print(
+            f"\na: guard {guard_mib} MiB (headroom ~{CACHE_HEADROOM_MIB} MiB); reader while the hog ran: unused "
+            f"{reader_unused_mib:.0f} MiB, usable {reader_usable_mib:.0f} MiB (medians), size {reader_start_mib:.0f} "
+            f"MiB at memcoord's start, grown by {reader_growth_mib:.0f} MiB ({len(reader_grows)} grow actions); "
+            f"grower {grower_start_mib:.0f} -> peak {grower_peak_mib:.0f} MiB "
+            f"(+{grower_peak_mib - grower_start_mib:.0f}), hog OOM killed at {hog_at_kill_mib} MiB with the guest "
+            f"at {kill_at_mib:.0f} MiB, "
+            f"{t_kill_s - t_hog_s:.0f} s after it started; host lowest {lowest[1]:.0f} MiB at t={lowest[0]} s"
+        )
+
+        _assert_watched(tl, t_mc_s, t_kill_s)
+        # The premise: by MemFree the reader looks starving, by MemAvailable it does not.
+        assert reader_unused_mib <= cfg["starving_mib"], f"the reader's cache did not hold ({reader_unused_mib} MiB)"
+        assert reader_usable_mib > cfg["starving_mib"], f"the reader is really short of memory ({reader_usable_mib})"
+        assert reader_growth_mib <= READER_GROWTH_LIMIT_MIB, (
+            f"the page-cache reader was grown by {reader_growth_mib:.0f} MiB: {reader_grows[:3]}"
+        )
+        assert grower_peak_mib - grower_start_mib >= CACHE_HEADROOM_MIB - GROWTH_MARGIN_MIB, (
+            f"the grower got {grower_peak_mib - grower_start_mib:.0f} MiB of ~{CACHE_HEADROOM_MIB} MiB headroom"
+        )
+        assert lowest[1] >= guard_mib - HOST_DRIFT_MIB, f"host {lowest[1]} MiB < guard {guard_mib} at t={lowest[0]}"
+        # The hog may only die once its guest got near what the headroom allows; the reader's dd never.
+        _assert_always(tl, oom_ok={grower: grower_start_mib + CACHE_HEADROOM_MIB - GROWTH_MARGIN_MIB})
+
+    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+
+
+# -- b. host pressure is relieved -----------------------------------------------------------------------------
+READERS = 3
+READER_START_MIB = 1024  # each reader fills this with cache: ~800 MiB usable, backed by its QEMU
+GUARD_BELOW_MIB = 200  # the guard is set this far below the host's available memory before the pressure ...
+DEFICIT_MIB = 500  # ... and the host hog then takes this much more: more than one relief step of one guest
+# Issue 10 asks for ~10 s when guests hold enough. Here: memcoord's next tick (<= 1 s), two or three ticks of
+# relief steps (256 MiB per guest per tick; what QEMU gives back lags the target), the balloons inflating in
+# software-emulated guests (~1-2 s for a few hundred MiB), all on 2 cores shared with 3 vCPUs; plus 1 s of the
+# recorder's sampling. 20 s leaves room for a slow stats round on the busy host, not for a missing relief.
+RELIEF_BOUND_S = 20.0
+HOLD_AFTER_RECOVERY_S = 6  # the host must stay at the guard while the host hog keeps holding
+
+
+def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """Three guests hold ~800 MiB of page cache each; a host process takes the host 500 MiB below the guard.
+    memcoord relieves it (journal action `relieve`) within the bound, never below a floor, no OOM kill.
+
+    The production profile (host.target_available_mib) is where guests keep such memory: with the default
+    profile an idle guest is already trimmed to below its wasteful line, which leaves relief (which keeps
+    twice the starving line free in each guest) almost nothing to take.
+    """
+
+    def scenario(attempt_dir: Path) -> None:
+        title = "b: host process pushes the host 500 MiB below its guard; three cache-holding guests"
+        with LabRun(
+            lab_prefix,
+            attempt_dir,
+            n=READERS,
+            max_mib=MAX_MIB,
+            current_mib=READER_START_MIB,
+            image=guest_image,
+            title=title,
+            disk_guests=range(1, READERS + 1),
+        ) as run:
+            names = run.lab.names
+            # One at a time: three emulated guests reading at once on 2 cores would each take three times longer.
+            for i in range(1, READERS + 1):
+                run.lab.wait_read_done(i, run.lab.read_disk(i, mib=READER_START_MIB), timeout_s=60)
+            run.mark("workload", what=f"each guest read {READER_START_MIB} MiB of its disk and keeps it cached")
+            # Far above the guard and the comfort target: memcoord has no reason to touch the guests yet.
+            run.start_memcoord({"host": {"target_available_mib": 2048}})
+            time.sleep(3)
+            avail_mib = psutil.virtual_memory().available // 2**20
+            guard_mib = int(avail_mib - GUARD_BELOW_MIB)
+            run.reload_memcoord({"host": {"min_available_mib": guard_mib, "target_available_mib": guard_mib + 100}})
+            before = {g: r["actual_mib"] for g, r in run.latest().items()}
+            usable_before = {g: r["usable_mib"] for g, r in run.latest().items()}
+            t_hog_s = run.t_s()
+            hog_mib = GUARD_BELOW_MIB + DEFICIT_MIB
+            run.mark("workload", what=f"host hog {hog_mib} MiB")
+            with HostHog(hog_mib, image=guest_image):
+                t_held_s = run.t_s()
+                run.wait_until(
+                    lambda: any(v >= guard_mib for _, v in _after_dip(run.timeline, t_hog_s, guard_mib)),
+                    RELIEF_BOUND_S + 30,
+                    "host available below the guard, then back at it",
+                )
+                time.sleep(HOLD_AFTER_RECOVERY_S)
+                t_end_s = run.t_s()
+            time.sleep(1)
+        tl = run.timeline
+        host = [(t, v) for t, v in tl.host_available_mib() if t >= t_hog_s]
+        t_dip_s = next((t for t, v in host if v < guard_mib), None)
+        assert t_dip_s is not None, "the host hog never took the host below its guard"
+        lowest = _host_lowest(tl, t_hog_s, t_end_s)
+        t_back_s = next((t for t, v in host if t > t_dip_s and v >= guard_mib), None)
+        after = [v for t, v in host if t_back_s is not None and t_back_s <= t <= t_end_s]
+        relieved = [a for a in tl.events_of("action") if a["action"] == "relieve" and a["t_s"] >= t_hog_s]
+        regrown = [a for a in tl.events_of("action") if a["action"] == "grow" and a["t_s"] >= t_hog_s]
+        # Without memcoord the host would have ended this far below its guard: relief races the hog, so the
+        # recorder's lowest sample shows less.
+        pressure_mib = guard_mib - (analysis.value_at(tl, names[0], "host_available_mib", t_hog_s) - hog_mib)
+        given_mib = {g: before[g] - analysis.minimum(tl, g, "actual_mib", t_hog_s, t_end_s) for g in names}
+        print(
+            f"\nb: guard {guard_mib} MiB; readers at {sorted(before.values())} MiB, usable "
+            f"{sorted(usable_before.values())} MiB; host hog holding at t={t_held_s} s; host first below the guard "
+            f"at t={t_dip_s} s, lowest {lowest[1]:.0f} MiB ({guard_mib - lowest[1]:.0f} below) at t={lowest[0]} s, "
+            f"back at the guard {None if t_back_s is None else round(t_back_s - t_dip_s, 1)} s after the dip; "
+            f"then lowest {min(after, default=float('nan')):.0f} MiB; {len(relieved)} relieve actions "
+            f"({_moves(relieved)}); given back per guest "
+            f"{ {g: round(v) for g, v in given_mib.items()} } MiB; pressure without relief {pressure_mib:.0f} MiB "
+            f"below the guard; grown while the host hog held: {_moves(regrown)}"
+        )
+
+        _assert_watched(tl, t_hog_s, t_end_s)
+        # The premise: the host process took the host clearly below its guard (other processes on this shared
+        # host may have freed memory meanwhile; then the scenario is void and says so).
+        assert pressure_mib >= DEFICIT_MIB / 2, (
+            f"the host hog took the host only {pressure_mib:.0f} MiB below the guard"
+        )
+        assert relieved, "memcoord took no relieve action while the host was below its guard"
+        assert t_back_s is not None and t_back_s - t_dip_s <= RELIEF_BOUND_S, (
+            f"host back at the guard {t_back_s and round(t_back_s - t_dip_s, 1)} s after the dip (<= {RELIEF_BOUND_S})"
+        )
+        assert min(after) >= guard_mib - HOST_DRIFT_MIB, f"host fell to {min(after)} MiB after its recovery"
+        _assert_always(tl)  # nobody below the floor, no OOM kill at all
+
+    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+
+
+def _after_dip(tl: Timeline, t_from_s: float, guard_mib: float) -> list[tuple[float, float]]:
+    """The host samples from its first one below the guard on (none before the pressure shows)."""
+    host = [(t, v) for t, v in tl.host_available_mib() if t >= t_from_s]
+    first = next((i for i, (_, v) in enumerate(host) if v < guard_mib), None)
+    return [] if first is None else host[first + 1 :]
+
+
+# -- c. the headroom that exists ------------------------------------------------------------------------------
+HEADROOM_MIB = 800  # issue 10, case 1: the host 800 MiB above its guard
+
+
+def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """One guest's process grows at 25 MiB/s next to three idle 512 MiB guests, ~800 MiB above the guard: it
+    gets most of those 800 MiB before its process is OOM killed, and the host stays at its guard."""
+
+    def scenario(attempt_dir: Path) -> None:
+        title = "c: one 25 MiB/s grower, three idle, host 800 MiB above its guard"
+        with LabRun(
+            lab_prefix, attempt_dir, n=4, max_mib=MAX_MIB, current_mib=START_MIB, image=guest_image, title=title
+        ) as run:
+            grower, *_idle = run.lab.names
+            run.start_memcoord()
+            guard_mib = _settle_then_guard(run, HEADROOM_MIB)
+            t_hog_s = run.t_s()
+            start_mib = run.latest()[grower]["actual_mib"]
+            run.lab.start_hog(1, "grow", page_us=GROWER_PAGE_US)
+            # Killed where the guard stops it; or, if the guard does not hold, past it (the assertions say so).
+            run.wait_until(
+                lambda: (
+                    _hog_state(run, 1) == "killed" or run.latest()[grower]["actual_mib"] > start_mib + 2 * HEADROOM_MIB
+                ),
+                150,
+                "the grower's hog OOM killed",
+            )
+            time.sleep(2)
+        tl = run.timeline
+        t_kill_s = analysis.first_event_t_s(tl, "hog_killed", grower)
+        t_end_s = t_kill_s if t_kill_s is not None else tl.rows[-1]["t_s"]
+        start_mib = analysis.value_at(tl, grower, "actual_mib", t_hog_s)
+        peak_mib = analysis.peak(tl, grower, "actual_mib", t_hog_s, t_end_s)
+        kill = tl.events_of("hog_killed", grower)
+        lowest = _host_lowest(tl, t_hog_s, t_end_s)
+        print(
+            f"\nc: guard {guard_mib} MiB (headroom ~{HEADROOM_MIB} MiB); grower {start_mib:.0f} -> peak "
+            f"{peak_mib:.0f} MiB (+{peak_mib - start_mib:.0f}); hog "
+            + (
+                f"OOM killed at {kill[0]['hog_mib']} MiB with the guest at "
+                f"{analysis.value_at(tl, grower, 'actual_mib', t_kill_s):.0f} MiB, {t_kill_s - t_hog_s:.0f} s in"
+                if kill
+                else "not killed"
+            )
+            + f"; host lowest {lowest[1]:.0f} MiB ({lowest[1] - guard_mib:+.0f} vs the guard) at t={lowest[0]} s"
+        )
+
+        _assert_watched(tl, t_hog_s, t_end_s)
+        assert peak_mib - start_mib >= HEADROOM_MIB - GROWTH_MARGIN_MIB, (
+            f"the grower got {peak_mib - start_mib:.0f} MiB of the ~{HEADROOM_MIB} MiB the host had above its guard"
+        )
+        assert lowest[1] >= guard_mib - HOST_DRIFT_MIB, f"host {lowest[1]} MiB < guard {guard_mib} at t={lowest[0]}"
+        _assert_always(tl, oom_ok={grower: start_mib + HEADROOM_MIB - GROWTH_MARGIN_MIB})
+
+    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
