@@ -21,6 +21,7 @@ from typing import Any
 from lab import analysis
 from lab.image import build_image
 from lab.session import LabRun
+from lab.timeline import Timeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BAR_WIDTH = 30
@@ -89,6 +90,34 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+class DemoFailed(RuntimeError):
+    """The demo did not show what its title says (an OOM kill it did not mean, a grower that fell short)."""
+
+
+def _oom_kills(run: LabRun) -> list[str]:
+    """Every OOM kill the guests' kernels reported so far (live, from the consoles): the demo means none."""
+    return [
+        f"{g.name}: OOM killed {k.comm} (pid {k.pid}) with the guest at "
+        f"{run.latest().get(g.name, {}).get('actual_mib', float('nan')):.0f} MiB"
+        for g in run.lab.guests
+        for k in g.console.state.oom_kills
+    ]
+
+
+def failures(tl: Timeline, grower: str, grow_mib: int) -> list[str]:
+    """What the demo promised and did not show: no OOM kill anywhere, the grower's hog holding grow_mib."""
+    out = [
+        f"{e['guest']}: OOM killed {e['comm']} (pid {e['pid']}) at t={e['t_s']:.0f} s with the guest at "
+        f"{analysis.value_at(tl, e['guest'], 'actual_mib', e['t_s']):.0f} MiB"
+        for e in tl.events_of("oom_kill")
+    ]
+    held = [e for e in tl.events_of("hog_holding", grower) if e["hog_mib"] >= grow_mib]
+    if not held:
+        reached = max((e["hog_mib"] for e in tl.events if e.get("guest") == grower and "hog_mib" in e), default=0)
+        out.append(f"{grower}'s hog never held {grow_mib} MiB (it reached {reached} MiB)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__.splitlines()[0])
     p.add_argument("--prefix", default="mclab-demo-", help="domain name prefix (only these are touched)")
@@ -120,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         title=f"memcoord demo: guest 1 grows to {args.grow_mib} MiB, holds {args.hold_s} s, exits",
     )
     interrupted = False
+    failed: list[str] = []
+    stopped_by = ""
     try:
         with run:
             print(f"guests up in {time.monotonic() - t0:.0f} s; starting memcoord\n", flush=True)
@@ -133,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     view.draw(name)
                     if not (run.memcoord and run.memcoord.alive()):
                         raise RuntimeError("memcoord exited; see its log in " + str(args.out))
+                    if kills := _oom_kills(run):
+                        raise DemoFailed("; ".join(kills))
                     time.sleep(1)
                 view.draw(name)
 
@@ -152,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: cleaning up", flush=True)
+    except DemoFailed as e:
+        stopped_by = str(e)  # the lab is down now: the timeline says the rest
     tl = run.timeline
     print()
+    grower = f"{args.prefix}1"
     if not interrupted:
-        grower = f"{args.prefix}1"
+        failed = failures(tl, grower, args.grow_mib)
+        if stopped_by and not tl.events_of("oom_kill"):
+            failed.insert(0, stopped_by)  # the kill came after the recorder's last sample
         t_exit_s = analysis.first_event_t_s(tl, "hog_exit", grower)
         print(f"{grower}: peak {analysis.peak(tl, grower, 'actual_mib'):.0f} MiB", end="")
         if t_exit_s is not None:
@@ -168,7 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in run.saved:
         print(f"wrote {path}")
     print(f"memcoord log: {args.out / 'memcoord.log'}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if failed:
+        for line in failed:
+            print(f"DEMO FAILED: {line}", file=sys.stderr)
+        return 1
+    print(f"demo ok: {grower}'s hog held {args.grow_mib} MiB, no guest process was OOM killed")
+    return 0
 
 
 if __name__ == "__main__":
