@@ -90,7 +90,8 @@ class Served:
         return (
             f"balloon {self.start_mib:.0f} -> peak {self.peak_mib:.0f} MiB (+{self.peak_mib - self.start_mib:.0f}), "
             f"host memory taken {self.taken_mib:.0f} MiB (QEMU resident {self.rss_start_mib:.0f} -> "
-            f"{self.rss_end_mib:.0f} MiB)"
+            f"{self.rss_end_mib:.0f} MiB; ~{max(0.0, self.start_mib - self.rss_start_mib):.0f} MiB of its own never "
+            f"backed at the start)"
         )
 
 
