@@ -294,7 +294,9 @@ def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run
         assert min(after) >= guard_mib - HOST_DRIFT_MIB, f"host fell to {min(after)} MiB after its recovery"
         _assert_always(tl)  # nobody below the floor, no OOM kill at all
 
-    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+    # Not guard_sensitive: that check counts host memory taken by others than the guests, which here is the
+    # scenario's own host hog; the pressure premise above answers for the environment instead.
+    _retry_once_on_outage(scenario, run_dir)
 
 
 def _after_dip(tl: Timeline, t_from_s: float, guard_mib: float) -> list[tuple[float, float]]:
