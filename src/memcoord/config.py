@@ -54,9 +54,15 @@ class LoopConfig(_Section):
 
 
 class GuestConfig(_Section):
+    # Thresholds and the grow step are max(MiB, % of the guest's size): the MiB figures suit small guests, the
+    # percentages large ones (5 % of a 64 GiB database is 3.2 GiB, where 150 MiB would be nothing). The
+    # wasteful line always stays wasteful_mib - starving_mib above the starving line, whatever the percentages.
     starving_mib: int = Field(150, ge=0)
+    starving_pct: float = Field(5.0, ge=0, le=50)
     wasteful_mib: int = Field(350, gt=0)
+    wasteful_pct: float = Field(15.0, ge=0, le=90)
     grow_step_mib: int = Field(300, gt=0)
+    grow_step_pct: float = Field(5.0, ge=0, le=100)
     reclaim_step_mib: int = Field(100, gt=0)
     min_mib: int = Field(256, gt=0)
     idle_tax_mib: int = Field(2, ge=0)
@@ -64,17 +70,29 @@ class GuestConfig(_Section):
     @model_validator(mode="after")
     def _starving_below_wasteful(self) -> GuestConfig:
         """Blame the key the file set: raising starving_mib past the default wasteful_mib is starving's fault."""
-        if self.starving_mib < self.wasteful_mib:
-            return self
-        if "starving_mib" in self.model_fields_set:
-            key, value, rule = "starving_mib", self.starving_mib, f"less than guest.wasteful_mib ({self.wasteful_mib})"
-        else:
-            key, value, rule = (
-                "wasteful_mib",
-                self.wasteful_mib,
-                f"greater than guest.starving_mib ({self.starving_mib})",
+        _blame_pair(self, "starving_mib", "wasteful_mib", self.starving_mib < self.wasteful_mib)
+        gap_mib = self.wasteful_mib - self.starving_mib
+        if self.reclaim_step_mib >= gap_mib:
+            # One step would take a guest from "wasteful" past "starving": it would be reclaimed and regrown
+            # on alternate ticks.
+            raise PydanticCustomError(
+                "key_conflict",
+                f"must be less than guest.wasteful_mib - guest.starving_mib ({gap_mib}), or guests flap",
+                {"key": "reclaim_step_mib", "value": self.reclaim_step_mib},
             )
-        raise PydanticCustomError("key_conflict", f"must be {rule}", {"key": key, "value": value})
+        return self
+
+
+def _blame_pair(section: _Section, low: str, high: str, ok: bool) -> None:
+    """A rule between two keys names the one the file set (the low one when both or neither were set)."""
+    if ok:
+        return
+    low_value, high_value = getattr(section, low), getattr(section, high)
+    if low in section.model_fields_set or high not in section.model_fields_set:
+        key, value, rule = low, low_value, f"less than guest.{high} ({high_value})"
+    else:
+        key, value, rule = high, high_value, f"greater than guest.{low} ({low_value})"
+    raise PydanticCustomError("key_conflict", f"must be {rule}", {"key": key, "value": value})
 
 
 class HostConfig(_Section):
@@ -82,6 +100,21 @@ class HostConfig(_Section):
     # What QEMU needs per guest beyond the guest's own memory (device models, page tables; more under software
     # emulation): a guest that fills its target takes this too, so the host guard counts it.
     guest_overhead_mib: int = Field(128, ge=0)
+    # Production profile: when > 0, idle guests give memory back only while host available is below this (or a
+    # guest is starving); 0 keeps every wasteful idle guest shrinking toward what it uses.
+    target_available_mib: int = Field(0, ge=0)
+    # Host-pressure relief takes at most this much from one guest per tick.
+    relief_step_mib: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _target_above_guard(self) -> HostConfig:
+        if self.target_available_mib and self.target_available_mib <= self.min_available_mib:
+            raise PydanticCustomError(
+                "key_conflict",
+                f"must be 0 (off) or greater than host.min_available_mib ({self.min_available_mib})",
+                {"key": "target_available_mib", "value": self.target_available_mib},
+            )
+        return self
 
 
 class DomainOverride(_Section):

@@ -63,6 +63,12 @@ class Action(StrEnum):
     RECLAIM = "reclaim"
     TAX = "tax"
     CLAMP = "clamp"
+    # Taken back because the host's available memory is below its guard (host-pressure relief).
+    RELIEVE = "relieve"
+
+
+# Actions that lower a guest's target: its next samples may look busy from the balloon's own move.
+LOWERING_ACTIONS = frozenset({Action.RECLAIM, Action.TAX, Action.RELIEVE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,10 @@ class Plan:
     classes: dict[str, GuestClass]
     host_headroom_kib: int
     notes: tuple[str, ...] = field(default=())
+    # How far the host is below its guard (0 when at or above it), and what relief could not find this tick
+    # in the guests' reclaimable memory (0 when relief covers the deficit, or there is none).
+    host_deficit_kib: int = 0
+    relief_shortfall_kib: int = 0
 
     def count(self, guest_class: GuestClass) -> int:
         return sum(1 for c in self.classes.values() if c is guest_class)

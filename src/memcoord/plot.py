@@ -27,6 +27,7 @@ MARKERS = {
     "reclaim": ("v", "tab:blue"),
     "tax": ("x", "tab:purple"),
     "clamp": ("s", "tab:orange"),
+    "relieve": ("v", "tab:red"),
 }
 
 

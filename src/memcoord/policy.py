@@ -1,19 +1,27 @@
-"""The seed's balloon policy as one pure function: snapshot + state + config -> plan + next state.
+"""memcoord's balloon policy as one pure function: snapshot + state + config -> plan + next state.
 
 No I/O, no clock, no logging: the same inputs always give the same plan, whatever order the domains are
-listed in. Read top to bottom, it is the algorithm:
+listed in. `decide` reads top to bottom as the algorithm, one named function per step:
 
-1. classify every managed guest from its balloon stats (starving / wasteful / idle / busy; no-stats and
-   stale guests are left alone, and so is a guest whose balloon is still moving to the last target set);
-2. clamp guests outside [floor, ceiling] back inside, one reclaim step at a time downwards;
-3. reclaim one step from each wasteful idle guest into a pool;
-4. grow each starving guest one step (a scarce headroom shared evenly), then share what is left of the pool
-   among busy guests;
-5. if a starving guest grew, each idle guest pays the idle tax, which goes to the starving guests;
-6. every growth goes through the host guard (see `_Ledger`).
+1. `_look_at` every managed guest: fold its new stats sample into its history (free memory, ramp), size its
+   thresholds, and `_classify` it: starving (or about to be, at its ramp), wasteful, idle, busy; no-stats and
+   stale guests are left alone, except a late guest whose last figures were ramping toward starvation;
+2. `_clamp_to_bounds`: a guest below its floor is raised, one above its ceiling comes down a step at a time;
+3. `_relieve_host`: when the host is below its guard, take memory back from the guests holding the most
+   reclaimable memory above their buffer (never a starving guest, never below a floor, bounded per tick);
+4. `_reclaim_wasteful`: each wasteful idle guest gives back one reclaim step into the pool (in the production
+   profile, only while the host is below its comfort target or a guest starves);
+5. `_grow_starving`: each starving guest grows by what its ramp will use until memcoord can look again (at
+   least a grow step), a scarce headroom shared evenly; `_share_pool_with_busy`: busy guests share what is
+   left of the pool;
+6. `_collect_idle_tax`: if a starving guest grew, each idle guest pays the idle tax, which goes to them.
 
-Where the C original differs (half the domain added to the pool, no clamps, tax only when more than one guest
-paid, a fixed 80 MB free-memory guard), this follows DESIGN.md, not the C.
+Every growth goes through the host guard (`_Ledger`): headroom = host available - host.min_available_mib -
+memory memcoord granted that its guest has not touched yet. Idle guests' own untouched memory is not
+reserved: if they touch it and the host drops below its guard, step 3 answers.
+
+Free memory is `balloon.usable` (MemAvailable: free + reclaimable page cache) where the guest reports it, else
+`balloon.unused` (MemFree), so a guest full of page cache is not taken for a starving one.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field
 from .config import Config
 from .model import (
     KIB_PER_MIB,
+    LOWERING_ACTIONS,
     Action,
     Change,
     DomainStats,
@@ -36,21 +45,37 @@ from .model import (
 
 # Stats that move less than this between two guest samples count as unchanged (the seed compared MiB).
 STEADY_TOLERANCE_KIB = KIB_PER_MIB
-# A busy guest that would be starving after this many more samples at its last pace competes for scarce headroom.
-STARVE_HORIZON_SAMPLES = 10
 # A balloon within this of the target memcoord set has arrived (QEMU stops a few pages short at times).
 SETTLED_TOLERANCE_KIB = 4 * KIB_PER_MIB
+# How long a balloon takes to move a few hundred MiB once setMemory is called (about a second on real QEMU).
+BALLOON_MOVE_S = 1.0
+# Growth covers this many times what the ramp uses before memcoord looks again: a ramp may steepen, and a
+# busy guest's next stats may come late. Memory granted and not used is reclaimed later; an OOM kill is not.
+RAMP_SAFETY = 2.0
+# A ramp seen once is remembered, halving with each later sample that does not repeat it: one quiet sample
+# in the middle of a burst does not make the guest look idle.
+RAMP_DECAY = 0.5
+# A busy guest that starves within this at its ramp competes for a scarce headroom with the starving.
+CONTENDER_HORIZON_S = 10.0
+# A guest whose stats stopped coming while it ramped toward starving is grown on its projection for at most
+# this many stale-stats periods; after that it is left alone like any guest without stats.
+LATE_GROWTH_LIMIT_STALE_PERIODS = 3
+# Relief aims this far above the guard, so that the host does not hover on the line.
+RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """The last guest stats sample the policy saw for a domain, and whether it matched the one before."""
+    """The last guest stats sample the policy saw for a domain, folded into its history."""
 
     last_update_s: int
-    unused_kib: int
-    current_kib: int
+    free_kib: int  # usable, or unused where the guest does not report usable
+    current_kib: int  # the balloon's size when the sample was first seen
     steady: bool
-    used_growth_kib: int = 0  # how much its used memory grew since the sample before
+    used_kib: int  # what the guest's programs held
+    used_by_total: bool  # used_kib is the guest's own total (MemTotal) less free, not balloon.current less free
+    ramp_kib_per_s: float = 0.0  # how fast the guest's used memory grows (0 when it does not)
+    figure: str = "usable"  # which balloon stat free_kib is
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +92,142 @@ class PolicyState:
     pending: dict[str, Pending] = field(default_factory=dict)
     # When memcoord last lowered each guest: its next samples may look busy from the balloon's own move.
     lowered_at_s: dict[str, float] = field(default_factory=dict)
+    # Memory memcoord granted each guest that the guest has not touched yet: the host guard keeps it.
+    granted_kib: dict[str, int] = field(default_factory=dict)
+    # When memcoord last raised each guest: its free memory is the grant until it uses it, not waste.
+    raised_at_s: dict[str, float] = field(default_factory=dict)
 
 
 def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> PolicyState:
-    """Record the targets the shell really set, so the next ticks wait for those balloons to get there.
+    """Record the targets the shell really set, so the next ticks wait for those balloons to get there and
+    the host guard keeps what was granted.
 
     balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
     would grow a guest twice for one need, and the host guard would count less than was granted.
     """
     changes = list(changes)
     pending = {**state.pending, **{c.domain: Pending(c.to_kib, now_s) for c in changes}}
-    lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if c.delta_kib < 0}}
-    return PolicyState(state.samples, pending, lowered_at_s)
+    lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if _lowers(c)}}
+    raised_at_s = {**state.raised_at_s, **{c.domain: now_s for c in changes if not _lowers(c)}}
+    granted_kib = dict(state.granted_kib)
+    for c in changes:
+        # Lowering takes the untouched grant first (the balloon takes free pages).
+        granted_kib[c.domain] = max(0, granted_kib.get(c.domain, 0) + c.delta_kib)
+    granted_kib = {n: g for n, g in granted_kib.items() if g}
+    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s)
+
+
+def _lowers(change: Change) -> bool:
+    return change.action in LOWERING_ACTIONS or change.delta_kib < 0
+
+
+# -- step 1: look at each guest ---------------------------------------------------------------------------
+def free_figure(dom: DomainStats) -> tuple[int | None, str]:
+    """The guest's free memory as the policy counts it, and the name of the balloon stat it came from."""
+    if dom.usable_kib is not None:
+        return dom.usable_kib, "usable"
+    return dom.unused_kib, "unused"
+
+
+def _used_kib(dom: DomainStats, free_kib: int) -> int:
+    """What the guest's programs hold: its own total (MemTotal, which the balloon shrinks) less free.
+
+    MemTotal comes in the same guest report as the free figure; balloon.current may have moved since.
+    """
+    total_kib = dom.available_kib if dom.available_kib is not None else dom.current_kib
+    return total_kib - free_kib
+
+
+def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
+    """Fold a new stats sample into the domain's history; a sample with the same timestamp is not new.
+
+    A guest is steady when its free memory did not change, or when it changed exactly as much as the balloon
+    moved (its used memory did not change): that is memcoord's own doing, not the guest being busy. Its ramp
+    is its used memory's growth per second between samples, over the time between them: a guest whose stats
+    come late because it is busy shows its ramp all the same.
+    """
+    free_kib, figure = free_figure(dom)
+    if free_kib is None or not dom.last_update_s:
+        return prev
+    if prev is not None and dom.last_update_s <= prev.last_update_s:
+        return prev
+    used_kib = _used_kib(dom, free_kib)
+    by_total = dom.available_kib is not None
+    if prev is None or prev.figure != figure or prev.used_by_total != by_total:
+        return Sample(dom.last_update_s, free_kib, dom.current_kib, False, used_kib, by_total, figure=figure)
+    used_grew_kib = used_kib - prev.used_kib
+    steady = min(abs(free_kib - prev.free_kib), abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
+    # Without the guest's own total, a balloon move between two reports reads as use: no new ramp from it.
+    moved = abs(dom.current_kib - prev.current_kib) > SETTLED_TOLERANCE_KIB
+    interval_s = dom.last_update_s - prev.last_update_s
+    rate_kib_per_s = used_grew_kib / interval_s if by_total or not moved else 0.0
+    ramp_kib_per_s = max(rate_kib_per_s, prev.ramp_kib_per_s * RAMP_DECAY, 0.0)
+    if ramp_kib_per_s * interval_s < STEADY_TOLERANCE_KIB:
+        ramp_kib_per_s = 0.0
+    return Sample(dom.last_update_s, free_kib, dom.current_kib, steady, used_kib, by_total, ramp_kib_per_s, figure)
+
+
+@dataclass(frozen=True, slots=True)
+class _Guest:
+    """One managed guest as this tick sees it; sizes at `base_kib`, the target its balloon is heading to."""
+
+    dom: DomainStats
+    sample: Sample | None
+    new_sample: bool
+    pending: Pending | None
+    base_kib: int
+    floor_kib: int
+    ceiling_kib: int
+    starving_kib: int
+    wasteful_kib: int
+    grow_step_kib: int
+    grant_kib: int
+    free_kib: int | None = None  # at base_kib, corrected for balloon moves since the sample
+    age_s: float = 0.0
+    guest_class: GuestClass = GuestClass.NO_STATS
+    why: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.dom.name
+
+    @property
+    def ramp_kib_per_s(self) -> float:
+        return self.sample.ramp_kib_per_s if self.sample else 0.0
+
+    @property
+    def figure(self) -> str:
+        return self.sample.figure if self.sample else "unused"
+
+    def projected_free_kib(self, ahead_s: float) -> int:
+        """Free memory ahead_s from now at the guest's ramp (the sample is already age_s old)."""
+        return int((self.free_kib or 0) - self.ramp_kib_per_s * (self.age_s + ahead_s))
+
+    def buffer_kib(self, lookahead_s: float) -> int:
+        """Free memory relief leaves a guest: twice its starving line, or what its ramp needs if more."""
+        return max(2 * self.starving_kib, self.starving_kib + int(RAMP_SAFETY * self.ramp_kib_per_s * lookahead_s))
+
+
+def lookahead_s(config: Config) -> float:
+    """How long until memcoord can act on a guest again: its next stats, the next tick, the balloon's move."""
+    return config.loop.stats_period_s + config.loop.interval_s + BALLOON_MOVE_S
+
+
+def thresholds_kib(config: Config, size_kib: int) -> tuple[int, int, int]:
+    """(starving, wasteful, grow step) for a guest of size_kib: each max(MiB, % of the guest).
+
+    The wasteful line stays at least wasteful_mib - starving_mib above the starving line, whatever the
+    percentages, so that one reclaim step (config checks it is smaller) never makes a guest starve.
+    """
+    g = config.guest
+    starving_kib = max(mib_to_kib(g.starving_mib), int(size_kib * g.starving_pct / 100))
+    wasteful_kib = max(
+        mib_to_kib(g.wasteful_mib),
+        int(size_kib * g.wasteful_pct / 100),
+        starving_kib + mib_to_kib(g.wasteful_mib - g.starving_mib),
+    )
+    grow_step_kib = max(mib_to_kib(g.grow_step_mib), int(size_kib * g.grow_step_pct / 100))
+    return starving_kib, wasteful_kib, grow_step_kib
 
 
 def _still_pending(pending: Pending | None, dom: DomainStats, config: Config, now_s: float) -> Pending | None:
@@ -92,104 +241,122 @@ def _still_pending(pending: Pending | None, dom: DomainStats, config: Config, no
     return pending if now_s - pending.set_at_s <= config.stale_after_s else None
 
 
-def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
-    """Fold a new stats sample into the domain's history; a sample with the same timestamp is not new.
-
-    A guest is steady when its unused memory did not change, or when it changed exactly as much as the balloon
-    moved (its used memory did not change): that is memcoord's own doing, not the guest being busy.
-    """
-    if dom.unused_kib is None or not dom.last_update_s:
-        return prev
-    if prev is not None and dom.last_update_s <= prev.last_update_s:
-        return prev
-    if prev is None:
-        return Sample(dom.last_update_s, dom.unused_kib, dom.current_kib, steady=False)
-    used_grew_kib = (dom.current_kib - dom.unused_kib) - (prev.current_kib - prev.unused_kib)
-    unused_moved_kib = abs(dom.unused_kib - prev.unused_kib)
-    steady = min(unused_moved_kib, abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
-    return Sample(dom.last_update_s, dom.unused_kib, dom.current_kib, steady, used_growth_kib=used_grew_kib)
-
-
-def classify(dom: DomainStats, sample: Sample | None, config: Config, now_s: float) -> GuestClass:
-    if dom.unused_kib is None or not dom.last_update_s or sample is None:
-        return GuestClass.NO_STATS
-    if now_s - dom.last_update_s > config.stale_after_s:
-        return GuestClass.STALE
-    if dom.unused_kib <= config.guest.starving_mib * KIB_PER_MIB:
-        return GuestClass.STARVING
-    if not sample.steady:
-        return GuestClass.BUSY
-    if dom.unused_kib >= config.guest.wasteful_mib * KIB_PER_MIB:
-        return GuestClass.WASTEFUL
-    return GuestClass.IDLE
-
-
-def may_take_kib(dom: DomainStats, target_kib: int, overhead_kib: int) -> int:
-    """Host memory a guest may still take if it fills target_kib: the host guard's view of one guest.
-
-    Its free memory, except the part QEMU already backs (pages the guest touched and freed), plus any change
-    of target. QEMU's RSS includes QEMU's own overhead, which a full guest needs as well. Without guest stats
-    all of current + overhead - RSS counts; without RSS, all the free memory.
-    """
-    unbacked_kib = dom.current_kib + overhead_kib - (dom.rss_kib or 0)
-    free_kib = unbacked_kib if dom.unused_kib is None else min(dom.unused_kib, unbacked_kib)
-    return max(0, max(0, free_kib) + target_kib - dom.current_kib)
+def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float) -> _Guest:
+    prev = state.samples.get(dom.name)
+    sample = _observe(prev, dom)
+    pending = _still_pending(state.pending.get(dom.name), dom, config, now_s)
+    base_kib = pending.target_kib if pending else dom.current_kib
+    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib)
+    # Sized on the guest as it is now (Hyper-V sizes its buffer on committed memory the same way).
+    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, base_kib)
+    guest = _Guest(
+        dom=dom,
+        sample=sample,
+        new_sample=sample is not None and sample is not prev,
+        pending=pending,
+        base_kib=base_kib,
+        # A floor above the ceiling yields to it.
+        floor_kib=min(config.floor_kib(dom.name), ceiling_kib),
+        ceiling_kib=ceiling_kib,
+        starving_kib=starving_kib,
+        wasteful_kib=wasteful_kib,
+        grow_step_kib=grow_step_kib,
+        grant_kib=state.granted_kib.get(dom.name, 0),
+    )
+    if sample is None:
+        return guest
+    # The sample saw the balloon at sample.current_kib; memory the balloon moved since is free (or gone) too.
+    free_kib = sample.free_kib + (base_kib - sample.current_kib)
+    age_s = max(0.0, now_s - (dom.last_update_s or sample.last_update_s))
+    guest = _replace(guest, free_kib=free_kib, age_s=age_s)
+    guest_class, why = _classify(guest, config)
+    return _replace(guest, guest_class=guest_class, why=why)
 
 
-def host_headroom_kib(snapshot: Snapshot, config: Config) -> int:
-    """What the host guard lets memcoord hand out now (before any plan): host available - what the managed
-    guests may still take - host.min_available_mib. Negative when the host is already below its guard."""
-    return _Ledger(snapshot, [d for d in snapshot.domains if config.manages(d.name)], {}, config).headroom_kib
+def _replace(guest: _Guest, **changes: object) -> _Guest:
+    fields = {f: getattr(guest, f) for f in _Guest.__slots__ if not f.startswith("__")}
+    fields.update(changes)
+    return _Guest(**fields)  # type: ignore[arg-type]
 
 
-def _whole_mib(kib: int) -> int:
-    return kib - kib % KIB_PER_MIB
+def _classify(g: _Guest, config: Config) -> tuple[GuestClass, str]:
+    """The guest's class and, for a starving guest, why (naming the balloon stat the figure came from)."""
+    ahead_s = lookahead_s(config)
+    free_kib = g.free_kib or 0
+    ramp_mib_per_s = kib_to_mib(int(g.ramp_kib_per_s))
+    line = f"{kib_to_mib(g.starving_kib):.0f} MiB"
+    if g.age_s > config.stale_after_s:
+        late_limit_s = LATE_GROWTH_LIMIT_STALE_PERIODS * config.stale_after_s
+        if g.ramp_kib_per_s and g.age_s <= late_limit_s and g.projected_free_kib(ahead_s) <= g.starving_kib:
+            return GuestClass.STARVING, (
+                f"stats {g.age_s:.0f} s late while ramping {ramp_mib_per_s:.0f} MiB/s: about "
+                f"{kib_to_mib(max(0, g.projected_free_kib(0))):.0f} MiB {g.figure} by now"
+            )
+        return GuestClass.STALE, ""
+    if free_kib <= g.starving_kib:
+        return GuestClass.STARVING, f"starving: {kib_to_mib(free_kib):.0f} MiB {g.figure} <= {line}"
+    if g.ramp_kib_per_s and g.projected_free_kib(ahead_s) <= g.starving_kib:
+        return GuestClass.STARVING, (
+            f"ramping {ramp_mib_per_s:.0f} MiB/s: {kib_to_mib(free_kib):.0f} MiB {g.figure} reaches {line} "
+            f"before memcoord can look again"
+        )
+    if not g.sample or not g.sample.steady:
+        return GuestClass.BUSY, ""
+    if free_kib >= g.wasteful_kib:
+        return GuestClass.WASTEFUL, ""
+    return GuestClass.IDLE, ""
 
 
+# -- the host guard ------------------------------------------------------------------------------------------
 class _Ledger:
     """Targets being planned, and the host headroom they leave.
 
-    Host guard: headroom = host available - what every guest may still take (`may_take_kib`) - the floor
-    min_available. Growth only spends headroom, so all growth in the tick is counted together, and memory
-    granted in earlier ticks but not yet touched by the guest is counted too. Reclaim of memory QEMU does not
-    back gives headroom back at once; memory it backs comes back through host available on a later tick.
+    headroom = host available - host.min_available_mib - what the guests may still take as the guard counts
+    it (`draw_kib`): growth planned this tick, and memory granted earlier that the guest has not touched.
+    Lowering a guest gives no headroom in the same tick: what QEMU releases reaches host available once the
+    balloon has inflated, and a guest grown from it meanwhile could touch it first (nothing comes back at all
+    from memory QEMU never backed).
     """
 
-    def __init__(
-        self, snapshot: Snapshot, managed: list[DomainStats], pending: dict[str, Pending], config: Config
-    ) -> None:
-        self.doms = {d.name: d for d in managed}
-        self.target_kib = {d.name: d.current_kib for d in managed}
-        # Each guest's [floor, ceiling], looked up once per tick (a floor above the ceiling yields to it).
-        self.ceiling_kib = {d.name: config.ceiling_kib(d.name, d.max_kib) for d in managed}
-        self.floor_kib = {d.name: min(config.floor_kib(d.name), self.ceiling_kib[d.name]) for d in managed}
+    def __init__(self, host_available_kib: int, guests: list[_Guest], config: Config) -> None:
+        self.guests = {g.name: g for g in guests}
+        self.target_kib = {g.name: g.base_kib for g in guests}
         self.actions: dict[str, tuple[Action, list[str]]] = {}
         self.notes: list[str] = []
         self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
-        # A balloon still growing toward its target will take that target: count the target, not where it is.
-        outstanding_kib = sum(
-            may_take_kib(
-                d, max(d.current_kib, pending[d.name].target_kib if d.name in pending else 0), self.overhead_kib
-            )
-            for d in managed
-        )
-        self.headroom_kib = snapshot.host.available_kib - outstanding_kib - mib_to_kib(config.host.min_available_mib)
+        self.guard_kib = mib_to_kib(config.host.min_available_mib)
+        self.deficit_kib = max(0, self.guard_kib - host_available_kib)
+        self.headroom_kib = host_available_kib - self.guard_kib - sum(self.draw_kib(g, g.base_kib) for g in guests)
+
+    def backed_above_kib(self, g: _Guest, target_kib: int) -> int:
+        """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
+        if g.dom.rss_kib is None:
+            return 0
+        return max(0, g.dom.rss_kib - self.overhead_kib - target_kib)
+
+    def draw_kib(self, g: _Guest, target_kib: int) -> int:
+        """Host memory the guest may still take at target_kib, as the guard counts it: growth beyond the
+        target its balloon is heading to, and the part of earlier grants QEMU does not back yet."""
+        grown_kib = max(0, target_kib - g.base_kib)
+        kept_kib = min(target_kib, g.base_kib)
+        unbacked_kib = kept_kib if g.dom.rss_kib is None else max(0, kept_kib + self.overhead_kib - g.dom.rss_kib)
+        return grown_kib + min(g.grant_kib, unbacked_kib)
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
-        dom = self.doms[name]
-        old_kib = self.target_kib[name]
-        self.headroom_kib -= may_take_kib(dom, new_kib, self.overhead_kib) - may_take_kib(
-            dom, old_kib, self.overhead_kib
-        )
+        g = self.guests[name]
+        self.headroom_kib -= self.draw_kib(g, new_kib) - self.draw_kib(g, self.target_kib[name])
         self.target_kib[name] = new_kib
         if name in self.actions:
             self.actions[name][1].append(reason)
         else:
             self.actions[name] = (action, [reason])
 
+    def room_kib(self, name: str) -> int:
+        return self.guests[name].ceiling_kib - self.target_kib[name]
+
     def take(self, name: str, want_kib: int, action: Action, reason: str) -> int:
         """Lower a target by up to want_kib, never below the floor; returns what was taken."""
-        got_kib = _whole_mib(min(want_kib, self.target_kib[name] - self.floor_kib[name]))
+        got_kib = _whole_mib(min(want_kib, self.target_kib[name] - self.guests[name].floor_kib))
         if got_kib <= 0:
             return 0
         self._move(name, self.target_kib[name] - got_kib, action, reason)
@@ -198,131 +365,257 @@ class _Ledger:
     def give(self, name: str, want_kib: int, action: Action, reason: str, share_kib: int | None = None) -> int:
         """Raise a target by up to want_kib, never above the ceiling nor past the host guard (nor past its
         share_kib of a headroom too small for everyone)."""
-        room_kib = self.ceiling_kib[name] - self.target_kib[name]
+        want_kib = min(want_kib, self.room_kib(name))
         allowed_kib = max(0, self.headroom_kib) if share_kib is None else min(max(0, self.headroom_kib), share_kib)
-        got_kib = _whole_mib(min(want_kib, room_kib, allowed_kib))
-        if got_kib < min(want_kib, room_kib):
+        got_kib = _whole_mib(min(want_kib, allowed_kib))
+        if got_kib < want_kib:
             self.notes.append(
-                f"host guard: {name} wanted {kib_to_mib(min(want_kib, room_kib)):.0f} MiB, "
-                f"got {kib_to_mib(max(got_kib, 0)):.0f} MiB"
+                f"host guard: {name} wanted {kib_to_mib(want_kib):.0f} MiB, got {kib_to_mib(max(got_kib, 0)):.0f} MiB"
             )
         if got_kib <= 0:
             return 0
         self._move(name, self.target_kib[name] + got_kib, action, reason)
         return got_kib
 
+    def lowered(self, name: str) -> bool:
+        return self.target_kib[name] < self.guests[name].base_kib
+
     def changes(self) -> tuple[Change, ...]:
         out = []
         for name in sorted(self.actions):
             action, reasons = self.actions[name]
-            before_kib, after_kib = self.doms[name].current_kib, self.target_kib[name]
+            before_kib, after_kib = self.guests[name].base_kib, self.target_kib[name]
             if before_kib != after_kib:
                 out.append(Change(name, action, before_kib, after_kib, "; ".join(reasons)))
         return tuple(out)
 
 
-def _by_name(doms: Iterable[DomainStats]) -> list[DomainStats]:
-    return sorted(doms, key=lambda d: d.name)
+def _whole_mib(kib: int) -> int:
+    return kib - kib % KIB_PER_MIB
 
 
-def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
-    managed = _by_name(d for d in snapshot.domains if config.manages(d.name))
-    samples: dict[str, Sample] = {}
-    classes: dict[str, GuestClass] = {}
-    pending: dict[str, Pending] = {}
-    for dom in managed:
-        prev = state.samples.get(dom.name)
-        sample = _observe(prev, dom)
-        if sample is not None:
-            samples[dom.name] = sample
-        classes[dom.name] = classify(dom, sample, config, snapshot.taken_at_s)
-        if classes[dom.name] is GuestClass.WASTEFUL and sample is prev:
-            # No new guest sample since the last tick: its unused figure predates our last reclaim.
-            classes[dom.name] = GuestClass.IDLE
-        still = _still_pending(state.pending.get(dom.name), dom, config, snapshot.taken_at_s)
-        if still is not None:
-            pending[dom.name] = still
+def host_headroom_kib(snapshot: Snapshot, config: Config, state: PolicyState | None = None) -> int:
+    """What the host guard lets memcoord hand out now (before any plan): host available -
+    host.min_available_mib - memory granted and not yet touched. Negative when the host is below its guard."""
+    state = state or PolicyState()
+    guests = [_look_at(d, state, config, snapshot.taken_at_s) for d in snapshot.domains if config.manages(d.name)]
+    return _Ledger(snapshot.host.available_kib, guests, config).headroom_kib
 
-    ledger = _Ledger(snapshot, managed, pending, config)
-    guest = config.guest
-    reclaim_step_kib = mib_to_kib(guest.reclaim_step_mib)
-    # Guests whose balloon is still moving to the last target wait for it; no second decision on old figures.
-    settled = [d for d in managed if d.name not in pending]
-    trusted = [d for d in settled if classes[d.name] not in (GuestClass.NO_STATS, GuestClass.STALE)]
 
-    # Clamps: below the floor is raised (safe without stats); above the ceiling comes down one step at a time.
+# -- steps 2-6 ---------------------------------------------------------------------------------------------
+def _settled(g: _Guest) -> bool:
+    """Trusted figures and a balloon at rest: only such a guest may be lowered."""
+    return g.pending is None and g.guest_class not in (GuestClass.NO_STATS, GuestClass.STALE)
+
+
+def _clamp_to_bounds(guests: list[_Guest], ledger: _Ledger, config: Config) -> set[str]:
+    """Below the floor is raised (safe without stats); above the ceiling comes down one step at a time."""
     clamped: set[str] = set()
-    for dom in settled:
-        floor_kib = ledger.floor_kib[dom.name]
-        if dom.current_kib < floor_kib:
-            ledger.give(dom.name, floor_kib - dom.current_kib, Action.CLAMP, "below its floor")
-            clamped.add(dom.name)
-    for dom in trusted:
-        excess_kib = dom.current_kib - ledger.ceiling_kib[dom.name]
-        if excess_kib > 0:
-            ledger.take(dom.name, min(excess_kib, reclaim_step_kib), Action.CLAMP, "above its max_mib")
-            clamped.add(dom.name)
+    step_kib = mib_to_kib(config.guest.reclaim_step_mib)
+    for g in guests:
+        if g.pending is None and g.base_kib < g.floor_kib:
+            ledger.give(g.name, g.floor_kib - g.base_kib, Action.CLAMP, "below its floor")
+            clamped.add(g.name)
+        elif _settled(g) and g.base_kib > g.ceiling_kib:
+            ledger.take(g.name, min(g.base_kib - g.ceiling_kib, step_kib), Action.CLAMP, "above its max_mib")
+            clamped.add(g.name)
+    return clamped
 
-    groups: dict[GuestClass, list[DomainStats]] = {c: [] for c in GuestClass}
-    for dom in trusted:
-        if dom.name not in clamped:
-            groups[classes[dom.name]].append(dom)
 
+def _relieve_host(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> int:
+    """Below the guard, take memory back until the host is above it again; returns the shortfall.
+
+    Memory on its way back (balloons still inflating to an earlier target) counts first. Then the guests
+    with the most reclaimable memory above their buffer give up to relief_step_mib each, in that order,
+    until what QEMU must release covers the deficit. Never a starving guest, never below a floor, never a
+    guest without trusted stats. A guest whose free memory QEMU never backed gives the host nothing; its
+    reclaim is not counted toward the deficit.
+    """
+    if not ledger.deficit_kib:
+        return 0
+    ahead_s = lookahead_s(config)
+    on_way_kib = sum(ledger.backed_above_kib(g, g.base_kib) for g in guests if g.pending)
+    need_kib = ledger.deficit_kib + RELIEF_MARGIN_KIB - on_way_kib
+    step_kib = mib_to_kib(config.host.relief_step_mib)
+    candidates = [
+        g
+        for g in guests
+        if _settled(g)
+        and g.name not in skip
+        and g.guest_class is not GuestClass.STARVING
+        and (g.free_kib or 0) > g.buffer_kib(ahead_s)
+    ]
+    candidates.sort(key=lambda g: (-((g.free_kib or 0) - g.buffer_kib(ahead_s)), g.name))
+    guard_mib = config.host.min_available_mib
+    available_mib = kib_to_mib(guard_mib * KIB_PER_MIB - ledger.deficit_kib)
+    for g in candidates:
+        if need_kib <= 0:
+            break
+        spare_kib = (g.free_kib or 0) - g.buffer_kib(ahead_s)
+        released_before_kib = ledger.backed_above_kib(g, ledger.target_kib[g.name])
+        ledger.take(
+            g.name,
+            min(step_kib, spare_kib),
+            Action.RELIEVE,
+            f"host available {available_mib:.0f} MiB < guard {guard_mib} MiB: {kib_to_mib(g.free_kib or 0):.0f} "
+            f"MiB {g.figure}, {kib_to_mib(g.buffer_kib(ahead_s)):.0f} MiB kept",
+        )
+        need_kib -= ledger.backed_above_kib(g, ledger.target_kib[g.name]) - released_before_kib
+    return max(0, need_kib - RELIEF_MARGIN_KIB)
+
+
+def _reclaim_allowed(guests: list[_Guest], host_available_kib: int, config: Config) -> bool:
+    """Default profile: always. Production profile (host.target_available_mib): only while the host is
+    below its comfort target or a guest is starving."""
+    target_mib = config.host.target_available_mib
+    if not target_mib or host_available_kib < mib_to_kib(target_mib):
+        return True
+    return any(g.guest_class is GuestClass.STARVING for g in guests)
+
+
+def _reclaim_wasteful(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> int:
+    """One reclaim step from each wasteful idle guest seen on a new sample; returns the pool."""
     pool_kib = 0
-    for dom in groups[GuestClass.WASTEFUL]:
-        pool_kib += ledger.take(
-            dom.name,
-            reclaim_step_kib,
-            Action.RECLAIM,
-            f"idle with {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused >= wasteful {guest.wasteful_mib} MiB",
-        )
+    step_kib = mib_to_kib(config.guest.reclaim_step_mib)
+    for g in guests:
+        # An old sample predates memcoord's last reclaim: never reclaim twice on one set of figures.
+        if g.guest_class is GuestClass.WASTEFUL and g.new_sample and _settled(g) and g.name not in skip:
+            pool_kib += ledger.take(
+                g.name,
+                step_kib,
+                Action.RECLAIM,
+                f"idle with {kib_to_mib(g.free_kib or 0):.0f} MiB {g.figure} >= wasteful "
+                f"{kib_to_mib(g.wasteful_kib):.0f} MiB",
+            )
+    return pool_kib
 
-    # Starving guests grow one step each. When the headroom cannot give a step to everyone who needs one soon
-    # (the starving, and the busy guests that starve within a few samples at their pace), it is shared evenly,
-    # smallest needs first so that what they leave goes to the others; the busy guests' shares stay in the
-    # headroom for the tick in which they starve. Course scenario 2 (four hogs) grew 375..673 MiB when the
-    # first come took all.
-    grow_step_kib = mib_to_kib(guest.grow_step_mib)
-    want_kib = {
-        d.name: min(grow_step_kib, ledger.ceiling_kib[d.name] - d.current_kib) for d in groups[GuestClass.STARVING]
-    }
-    starving_kib = mib_to_kib(guest.starving_mib)
-    contenders = sum(
-        1
-        for d in groups[GuestClass.BUSY]
-        if (d.unused_kib or 0) - STARVE_HORIZON_SAMPLES * samples[d.name].used_growth_kib <= starving_kib
+
+def grow_want_kib(g: _Guest, config: Config) -> int:
+    """What a starving guest should get: enough to stay above its starving line, with its ramp, until
+    memcoord can look again (twice over), and never less than a grow step."""
+    horizon_s = g.age_s + lookahead_s(config)
+    need_kib = g.starving_kib - (g.free_kib or 0) + int(RAMP_SAFETY * g.ramp_kib_per_s * horizon_s)
+    return max(g.grow_step_kib, need_kib)
+
+
+def _contends(g: _Guest, ledger: _Ledger) -> bool:
+    """A busy guest with room to grow that starves within CONTENDER_HORIZON_S at its ramp."""
+    return (
+        g.guest_class is GuestClass.BUSY
+        and ledger.room_kib(g.name) > 0
+        and g.projected_free_kib(CONTENDER_HORIZON_S) <= g.starving_kib
     )
-    scarce = sum(want_kib.values()) + contenders * grow_step_kib > ledger.headroom_kib
-    starving = sorted(groups[GuestClass.STARVING], key=lambda d: (want_kib[d.name], d.unused_kib or 0, d.name))
-    grown: list[str] = []
-    for i, dom in enumerate(starving):
-        got_kib = ledger.give(
-            dom.name,
-            grow_step_kib,
-            Action.GROW,
-            f"starving: {kib_to_mib(dom.unused_kib or 0):.0f} MiB unused <= {guest.starving_mib} MiB",
-            share_kib=max(0, ledger.headroom_kib) // (len(starving) - i + contenders) if scarce else None,
-        )
+
+
+def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> dict[str, int]:
+    """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
+    soon what they want (the starving, and busy guests about to starve), it is shared evenly, smallest needs
+    first so that what they leave goes to the others; the busy guests' shares stay in the headroom for the
+    tick in which they starve. Returns what each grown guest got."""
+    starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
+    want_kib = {g.name: min(grow_want_kib(g, config), ledger.room_kib(g.name)) for g in starving}
+    contenders = [g for g in guests if _contends(g, ledger)]
+    contender_want_kib = sum(min(g.grow_step_kib, ledger.room_kib(g.name)) for g in contenders)
+    scarce = sum(want_kib.values()) + contender_want_kib > ledger.headroom_kib
+    starving.sort(key=lambda g: (want_kib[g.name], g.free_kib or 0, g.name))
+    grown: dict[str, int] = {}
+    for i, g in enumerate(starving):
+        if want_kib[g.name] <= 0:
+            continue
+        share_kib = max(0, ledger.headroom_kib) // (len(starving) - i + len(contenders)) if scarce else None
+        got_kib = ledger.give(g.name, want_kib[g.name], Action.GROW, g.why, share_kib=share_kib)
         if got_kib:
-            grown.append(dom.name)
-        pool_kib = max(0, pool_kib - got_kib)
+            grown[g.name] = got_kib
+    return grown
 
-    # Busy guests share what is left of the pool; not one memcoord just lowered (its stats lag the balloon, and
-    # giving back what was just taken makes the two ping-pong).
-    just_lowered = {n for n, t in state.lowered_at_s.items() if snapshot.taken_at_s - t <= config.stale_after_s}
-    busy = [d for d in groups[GuestClass.BUSY] if d.name not in just_lowered]
-    for i, dom in enumerate(busy):
+
+def _share_pool_with_busy(guests: list[_Guest], ledger: _Ledger, pool_kib: int, just_lowered: set[str]) -> None:
+    """Busy guests share what is left of the pool; not one memcoord just lowered (its stats lag the balloon,
+    and giving back what was just taken makes the two ping-pong), nor one whose balloon is still moving."""
+    busy = [g for g in guests if g.guest_class is GuestClass.BUSY and g.pending is None and g.name not in just_lowered]
+    for i, g in enumerate(busy):
+        if pool_kib <= 0:
+            break
         share_kib = pool_kib // (len(busy) - i)
-        pool_kib -= ledger.give(dom.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
+        pool_kib -= ledger.give(g.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
 
-    if grown and guest.idle_tax_mib:
-        tax_kib = sum(
-            ledger.take(d.name, mib_to_kib(guest.idle_tax_mib), Action.TAX, "idle tax while others grow")
-            for d in groups[GuestClass.IDLE]
-        )
-        for i, name in enumerate(grown):
-            share_kib = tax_kib // (len(grown) - i)
-            tax_kib -= ledger.give(name, share_kib, Action.GROW, "idle tax received")
 
-    plan = Plan(ledger.changes(), classes, ledger.headroom_kib, tuple(ledger.notes))
-    return plan, PolicyState(samples, pending, {n: t for n, t in state.lowered_at_s.items() if n in just_lowered})
+def _collect_idle_tax(guests: list[_Guest], ledger: _Ledger, config: Config, grown: list[str], skip: set[str]) -> None:
+    """Each idle guest pays idle_tax_mib to the guests that grew, no more than they still have room for."""
+    tax_kib = mib_to_kib(config.guest.idle_tax_mib)
+    room_kib = sum(ledger.room_kib(n) for n in grown)
+    if not grown or not tax_kib or room_kib <= 0:
+        return
+    collected_kib = 0
+    for g in guests:
+        if g.guest_class is GuestClass.IDLE and _settled(g) and not ledger.lowered(g.name) and g.name not in skip:
+            if collected_kib >= room_kib:
+                break
+            collected_kib += ledger.take(
+                g.name, min(tax_kib, room_kib - collected_kib), Action.TAX, "idle tax while others grow"
+            )
+    for i, name in enumerate(grown):
+        share_kib = collected_kib // (len(grown) - i)
+        collected_kib -= ledger.give(name, share_kib, Action.GROW, "idle tax received")
+
+
+# -- the whole tick ------------------------------------------------------------------------------------------
+def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
+    now_s = snapshot.taken_at_s
+    managed = sorted((d for d in snapshot.domains if config.manages(d.name)), key=lambda d: d.name)
+    guests = [_look_at(d, state, config, now_s) for d in managed]
+    ledger = _Ledger(snapshot.host.available_kib, guests, config)
+
+    clamped = _clamp_to_bounds(guests, ledger, config)
+    shortfall_kib = _relieve_host(guests, ledger, config, skip=clamped)
+    lowered = {g.name for g in guests if ledger.lowered(g.name)} | clamped
+    just_lowered = {n for n, t in state.lowered_at_s.items() if now_s - t <= config.stale_after_s}
+    just_raised = {n for n, t in state.raised_at_s.items() if now_s - t <= config.stale_after_s}
+    pool_kib = 0
+    if _reclaim_allowed(guests, snapshot.host.available_kib, config):
+        # Not a guest memcoord just grew: taking back a grant before it is used makes the two ping-pong.
+        pool_kib = _reclaim_wasteful(guests, ledger, config, skip=lowered | just_raised)
+    # Below the guard nobody grows (but to a floor): relief's memory reaches others once the host shows it.
+    if ledger.deficit_kib:
+        ledger.notes.append(f"host guard: host {kib_to_mib(ledger.deficit_kib):.0f} MiB below it, nobody grows")
+    else:
+        grown = _grow_starving(guests, ledger, config, skip=clamped)
+        # The pool goes to the starving first: what they got came out of it, the rest is the busy guests'.
+        pool_kib = max(0, pool_kib - sum(grown.values()))
+        _share_pool_with_busy(guests, ledger, pool_kib, just_lowered | lowered)
+        _collect_idle_tax(guests, ledger, config, list(grown), skip=just_raised)
+
+    plan = Plan(
+        ledger.changes(),
+        {g.name: g.guest_class for g in guests},
+        ledger.headroom_kib,
+        tuple(ledger.notes),
+        host_deficit_kib=ledger.deficit_kib,
+        relief_shortfall_kib=shortfall_kib,
+    )
+    return plan, _next_state(guests, state, just_lowered, just_raised, ledger)
+
+
+def _next_state(
+    guests: list[_Guest], state: PolicyState, just_lowered: set[str], just_raised: set[str], ledger: _Ledger
+) -> PolicyState:
+    """What the next tick needs: samples, pending targets, recent lowerings, and grants still untouched.
+
+    A grant shrinks as the guest touches it (QEMU's RSS grows into it) and is dropped once the guest is
+    steady on a new sample past the first seconds after it was raised: it is not growing into it, and if it
+    does later, relief answers.
+    """
+    granted_kib = {}
+    for g in guests:
+        grant_kib = min(g.grant_kib, ledger.draw_kib(g, g.base_kib) if g.grant_kib else 0)
+        if g.new_sample and g.guest_class in (GuestClass.IDLE, GuestClass.WASTEFUL) and g.name not in just_raised:
+            grant_kib = 0
+        if grant_kib > 0:
+            granted_kib[g.name] = grant_kib
+    return PolicyState(
+        samples={g.name: g.sample for g in guests if g.sample is not None},
+        pending={g.name: g.pending for g in guests if g.pending is not None},
+        lowered_at_s={n: t for n, t in state.lowered_at_s.items() if n in just_lowered},
+        granted_kib=granted_kib,
+        raised_at_s={n: t for n, t in state.raised_at_s.items() if n in just_raised},
+    )

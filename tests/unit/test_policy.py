@@ -1,10 +1,10 @@
-"""Every rule of the seed policy, and every C bug it must not copy, on hand-made snapshots."""
+"""Every rule of the policy, and every C bug it must not copy, on hand-made snapshots."""
 
 from __future__ import annotations
 
 from memcoord.config import Config, parse
 from memcoord.model import Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.policy import PolicyState, applied, decide
+from memcoord.policy import PolicyState, applied, decide, host_headroom_kib
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000
@@ -15,17 +15,22 @@ def dom(
     current_mib: int,
     unused_mib: int | None,
     *,
+    usable_mib: int | None = None,
     max_mib: int = 2048,
     last_s: int = NOW_S,
     rss_mib: int | None = None,
 ) -> DomainStats:
+    """A guest; usable is unused unless given (no page cache). Unless given, QEMU backs all of it (rss is
+    current plus the default 128 MiB overhead): a guest that touched all its memory once."""
+    if usable_mib is None:
+        usable_mib = unused_mib
     return DomainStats(
         name=name,
         current_kib=mib_to_kib(current_mib),
         max_kib=mib_to_kib(max_mib),
         unused_kib=None if unused_mib is None else mib_to_kib(unused_mib),
-        usable_kib=None if unused_mib is None else mib_to_kib(unused_mib),
-        rss_kib=mib_to_kib(current_mib if rss_mib is None else rss_mib),
+        usable_kib=None if usable_mib is None else mib_to_kib(usable_mib),
+        rss_kib=mib_to_kib(current_mib + 128 if rss_mib is None else rss_mib),
         last_update_s=last_s if unused_mib is not None else None,
     )
 
@@ -52,10 +57,10 @@ def steady(*doms: DomainStats, available_mib: int = 16384, config: Config | None
     )
 
 
-def _bump(d: DomainStats) -> DomainStats:
+def _bump(d: DomainStats, seconds: int = 1) -> DomainStats:
     fields = {f: getattr(d, f) for f in DomainStats.__slots__}
     if d.last_update_s is not None:
-        fields["last_update_s"] = d.last_update_s + 1
+        fields["last_update_s"] = d.last_update_s + seconds
     return DomainStats(**fields)
 
 
@@ -63,6 +68,10 @@ def by_name(plan):
     return {c.domain: c for c in plan.changes}
 
 
+NO_GUARD = parse("[host]\nmin_available_mib = 0\n")
+
+
+# -- classes and the seed's rules -----------------------------------------------------------------------------
 def test_starving_guest_grows_one_step_from_the_host():
     plan, _ = decide(snap(dom("a", 512, 100)), PolicyState(), Config())
     assert plan.classes["a"] is GuestClass.STARVING
@@ -87,6 +96,7 @@ def test_wasteful_idle_guest_gives_back_one_reclaim_step():
     (change,) = plan.changes
     assert change.action is Action.RECLAIM
     assert change.from_kib - change.to_kib == mib_to_kib(100)
+    assert "800 MiB usable >= wasteful 350 MiB" in change.reason
 
 
 def test_busy_guest_is_never_reclaimed_even_far_above_wasteful():
@@ -96,7 +106,7 @@ def test_busy_guest_is_never_reclaimed_even_far_above_wasteful():
 
 
 def test_unused_moving_with_the_balloon_counts_as_steady():
-    """After memcoord reclaimed 100 MiB, unused fell by 100 MiB too: the guest did nothing, it is still idle."""
+    """After memcoord reclaimed 100 MiB, free fell by 100 MiB too: the guest did nothing, it is still idle."""
     plan = two_ticks(snap(dom("a", 1024, 800)), snap(dom("a", 924, 700, last_s=NOW_S + 1), now_s=NOW_S + 1))
     assert plan.classes["a"] is GuestClass.WASTEFUL
     assert by_name(plan)["a"].to_kib == mib_to_kib(824)
@@ -112,11 +122,11 @@ def test_a_repeated_sample_is_not_new_evidence():
 
 
 def test_reclaimed_memory_goes_to_the_starving_first_then_to_the_busy():
-    first = snap(dom("w", 1024, 800), dom("s", 512, 300), dom("b", 512, 300))
+    first = snap(dom("w", 1024, 800), dom("s", 512, 100), dom("b", 1024, 800))
     second = snap(
         dom("w", 1024, 800, last_s=NOW_S + 1),
         dom("s", 512, 100, last_s=NOW_S + 1),
-        dom("b", 512, 250, last_s=NOW_S + 1),
+        dom("b", 1024, 750, last_s=NOW_S + 1),  # busy, far from starving at its pace
         now_s=NOW_S + 1,
     )
     config = parse("[host]\nmin_available_mib = 0\n[guest]\ngrow_step_mib = 60\nidle_tax_mib = 0\n")
@@ -129,16 +139,14 @@ def test_reclaimed_memory_goes_to_the_starving_first_then_to_the_busy():
 
 
 def test_busy_guests_get_nothing_from_the_host():
-    plan = two_ticks(snap(dom("b", 512, 300)), snap(dom("b", 512, 250, last_s=NOW_S + 1), now_s=NOW_S + 1))
+    plan = two_ticks(snap(dom("b", 1024, 800)), snap(dom("b", 1024, 750, last_s=NOW_S + 1), now_s=NOW_S + 1))
     assert plan.classes["b"] is GuestClass.BUSY
     assert plan.changes == ()
 
 
 def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_and_it_goes_to_the_starving():
     """The C original gave the tax only when more than one guest paid; one payer is enough here."""
-    first = snap(dom("i", 1024, 250), dom("s", 512, 300))
-    second = snap(dom("i", 1024, 250, last_s=NOW_S + 1), dom("s", 512, 100, last_s=NOW_S + 1), now_s=NOW_S + 1)
-    changes = by_name(two_ticks(first, second))
+    changes = by_name(steady(dom("i", 1024, 250), dom("s", 512, 100)))
     assert changes["i"].action is Action.TAX
     assert changes["i"].delta_kib == -mib_to_kib(2)
     assert changes["s"].delta_kib == mib_to_kib(302)
@@ -150,11 +158,18 @@ def test_no_tax_when_nobody_grows():
     assert plan.changes == ()
 
 
+def test_no_tax_is_taken_that_the_grown_guest_has_no_room_for():
+    """A starving guest 1 MiB below its ceiling grows that 1 MiB; idle guests must not pay more than fits."""
+    changes = by_name(steady(dom("i", 1024, 250), dom("j", 1024, 250), dom("s", 2047, 100)))
+    assert changes["s"].to_kib == mib_to_kib(2048)
+    assert "i" not in changes and "j" not in changes
+
+
 def test_reclaim_adds_the_step_to_the_pool_not_half_the_guest():
     """The C original added half the reclaimed guest's memory to the pool."""
-    first = snap(dom("w", 2048, 1800), dom("b", 512, 300))
-    second = snap(dom("w", 2048, 1800, last_s=NOW_S + 1), dom("b", 512, 250, last_s=NOW_S + 1), now_s=NOW_S + 1)
-    changes = by_name(two_ticks(first, second, parse("[host]\nmin_available_mib = 0\n")))
+    first = snap(dom("w", 2048, 1800), dom("b", 1024, 800))
+    second = snap(dom("w", 2048, 1800, last_s=NOW_S + 1), dom("b", 1024, 750, last_s=NOW_S + 1), now_s=NOW_S + 1)
+    changes = by_name(two_ticks(first, second, NO_GUARD))
     assert changes["b"].delta_kib == mib_to_kib(100)
 
 
@@ -169,25 +184,10 @@ def test_guest_at_its_maximum_is_not_grown():
 
 
 def test_reclaim_stops_at_the_floor():
-    config = parse("[guest]\nwasteful_mib = 200\n")
-    changes = by_name(steady(dom("a", 300, 290), config=config))
+    config = parse("[guest]\nwasteful_mib = 200\nreclaim_step_mib = 40\n")
+    changes = by_name(steady(dom("a", 280, 270), config=config))
     assert changes["a"].to_kib == mib_to_kib(256)
     assert steady(dom("a", 256, 250), config=config).changes == ()
-
-
-def test_memory_reclaimed_from_touched_pages_reaches_others_only_through_the_host():
-    """At the guard, a reclaim of pages QEMU holds frees host memory only once the balloon inflates: the
-    pool is not handed out again in the same tick, so the host never dips below its guard meanwhile."""
-    first = snap(dom("w", 2048, 1800), dom("b", 512, 300), available_mib=1024)
-    second = snap(
-        dom("w", 2048, 1800, last_s=NOW_S + 1),
-        dom("b", 512, 250, last_s=NOW_S + 1),
-        available_mib=1024,
-        now_s=NOW_S + 1,
-    )
-    changes = by_name(two_ticks(first, second))
-    assert changes["w"].delta_kib == -mib_to_kib(100)
-    assert "b" not in changes
 
 
 def test_per_domain_floor_and_ceiling():
@@ -202,64 +202,6 @@ def test_a_guest_below_its_floor_is_raised_to_it():
     plan, _ = decide(snap(dom("a", 200, None)), PolicyState(), Config())
     (change,) = plan.changes
     assert (change.action, change.to_kib) == (Action.CLAMP, mib_to_kib(256))
-
-
-def test_host_guard_counts_all_growth_in_the_tick():
-    """Two starving guests (who may still fill 50 + 60 MiB), room for 450 MiB above the guard: together they
-    get 450, not 2 x 300, and evenly, not first come first served."""
-    plan, _ = decide(
-        snap(dom("a", 512, 50), dom("b", 512, 60), available_mib=1024 + 110 + 450), PolicyState(), Config()
-    )
-    assert sum(c.delta_kib for c in plan.changes) == mib_to_kib(450)
-    assert by_name(plan)["a"].delta_kib == by_name(plan)["b"].delta_kib == mib_to_kib(225)
-    assert plan.host_headroom_kib == 0
-
-
-def test_scarce_headroom_is_shared_evenly_and_what_a_small_need_leaves_goes_to_the_others():
-    """Course scenario 2 grew four hogs by 375, 375, 447 and 673 MiB when the neediest went first."""
-    doms = [dom("a", 512, 50), dom("b", 512, 60), dom("c", 512, 70), dom("d", 1948, 80)]  # d: 100 MiB to its max
-    plan, _ = decide(snap(*doms, available_mib=1024 + 260 + 700), PolicyState(), Config())
-    changes = by_name(plan)
-    assert changes["d"].delta_kib == mib_to_kib(100)
-    assert changes["a"].delta_kib == changes["b"].delta_kib == changes["c"].delta_kib == mib_to_kib(200)
-
-
-def test_memory_a_guest_touched_and_freed_is_not_counted_against_the_host():
-    """A guest whose hog died holds 1.9 GiB free that QEMU already backs: it cannot take that from the host
-    again, so it must not block another guest's growth while it waits to be reclaimed."""
-    after_hog = dom("done", 2048, 1900, rss_mib=2048 + 128)
-    plan, _ = decide(snap(after_hog, dom("s", 512, 50), available_mib=1024 + 50 + 300), PolicyState(), Config())
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(300)
-
-
-def test_qemu_overhead_is_counted_for_a_guest_that_may_still_fill_up():
-    """rss includes QEMU's own overhead: with 100 MiB touched and 128 MiB overhead, a 512 MiB guest at rss 228
-    may take 412 MiB, not 512 - 228 = 284."""
-    young = dom("y", 512, 420, rss_mib=228)
-    plan, _ = decide(snap(young, dom("s", 512, 50), available_mib=1024 + 412 + 50 + 100), PolicyState(), Config())
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(100)
-
-
-def test_host_guard_counts_memory_granted_but_not_yet_used():
-    """A guest holding a 2 GiB target with only 512 MiB touched may still take 1.5 GiB from the host."""
-    plan, _ = decide(
-        snap(dom("big", 2048, 1500, rss_mib=512), dom("s", 512, 50), available_mib=1024 + 1500 + 50 + 100),
-        PolicyState(),
-        Config(),
-    )
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(100)
-
-
-def test_host_below_its_guard_grows_nobody():
-    plan, _ = decide(snap(dom("a", 512, 50), available_mib=900), PolicyState(), Config())
-    assert plan.changes == ()
-    assert any("host guard" in note for note in plan.notes)
-
-
-def test_guard_uses_the_configured_floor_not_a_fixed_80_mb():
-    config = parse("[host]\nmin_available_mib = 4000\n")
-    plan, _ = decide(snap(dom("a", 512, 50), available_mib=4000 + 50 + 100), PolicyState(), config)
-    assert sum(c.delta_kib for c in plan.changes) == mib_to_kib(100)
 
 
 def test_stale_stats_are_never_reclaimed():
@@ -298,6 +240,96 @@ def test_state_forgets_domains_that_are_gone():
     assert set(state.samples) == {"a"}
 
 
+# -- usable, not unused ---------------------------------------------------------------------------------------
+def test_page_cache_is_not_hunger():
+    """A guest that read files: MemFree 8 MiB, MemAvailable 900 MiB. Not starving, and not grown."""
+    plan = steady(dom("cache", 1024, 8, usable_mib=900))
+    assert plan.classes["cache"] is GuestClass.WASTEFUL
+    assert all(c.delta_kib < 0 for c in plan.changes)
+
+
+def test_the_reason_names_the_figure_used():
+    plan, _ = decide(snap(dom("a", 512, 300, usable_mib=100)), PolicyState(), Config())
+    assert plan.classes["a"] is GuestClass.STARVING
+    assert "100 MiB usable <= 150 MiB" in by_name(plan)["a"].reason
+    no_usable = DomainStats("b", mib_to_kib(512), mib_to_kib(2048), mib_to_kib(100), None, None, None, NOW_S)
+    plan, _ = decide(snap(no_usable), PolicyState(), Config())
+    assert "100 MiB unused <= 150 MiB" in by_name(plan)["b"].reason
+
+
+# -- sizes scale with the guest -------------------------------------------------------------------------------
+def test_thresholds_scale_with_a_large_guest():
+    """8 GiB guest: starving below 5 % (410 MiB), wasteful from 15 % (1229 MiB), grow step 5 % (409.6 MiB,
+    whole MiB: 409)."""
+    plan, _ = decide(snap(dom("db", 8192, 400, max_mib=16384)), PolicyState(), Config())
+    assert by_name(plan)["db"].delta_kib == mib_to_kib(409)
+    plan = steady(dom("db", 8192, 1000, max_mib=16384))
+    assert plan.classes["db"] is GuestClass.IDLE
+    plan = steady(dom("db", 8192, 1300, max_mib=16384))
+    assert plan.classes["db"] is GuestClass.WASTEFUL
+
+
+def test_small_guests_keep_the_mib_thresholds():
+    plan = steady(dom("a", 512, 340))
+    assert plan.classes["a"] is GuestClass.IDLE
+
+
+# -- growth that keeps up -------------------------------------------------------------------------------------
+def test_a_guest_that_will_starve_before_memcoord_looks_again_is_grown_now():
+    """400 -> 300 MiB free in one second: at 100 MiB/s it crosses 150 MiB within the 3 s memcoord needs."""
+    plan = two_ticks(snap(dom("r", 1024, 400)), snap(dom("r", 1024, 300, last_s=NOW_S + 1), now_s=NOW_S + 1))
+    assert plan.classes["r"] is GuestClass.STARVING
+    change = by_name(plan)["r"]
+    assert "ramping 100 MiB/s" in change.reason
+    # Twice what 100 MiB/s uses in 3 s, less what it has above its starving line: 600 - 150.
+    assert change.delta_kib == mib_to_kib(450)
+
+
+def test_a_fast_ramp_gets_what_it_will_use_in_one_tick():
+    """300 MiB/s: the grant covers the ramp until memcoord can act again, not one 300 MiB step."""
+    plan = two_ticks(snap(dom("f", 1024, 700)), snap(dom("f", 1024, 400, last_s=NOW_S + 1), now_s=NOW_S + 1))
+    change = by_name(plan)["f"]
+    assert change.delta_kib >= mib_to_kib(3 * 300)
+
+
+def test_a_slow_ramp_far_from_starving_is_left_busy():
+    plan = two_ticks(snap(dom("s", 1024, 800)), snap(dom("s", 1024, 790, last_s=NOW_S + 1), now_s=NOW_S + 1))
+    assert plan.classes["s"] is GuestClass.BUSY
+    assert plan.changes == ()
+
+
+def test_late_stats_of_a_ramping_guest_are_a_reason_to_grow():
+    """Its vCPU is busy and its stats come every ~5 s: the last ones showed 60 MiB/s and 400 MiB free, which is
+    not starving yet; 7 s later, with no new figures, it is starving by its own pace."""
+    first = snap(dom("late", 1024, 700, last_s=NOW_S), now_s=NOW_S)
+    second = snap(dom("late", 1024, 400, last_s=NOW_S + 5), now_s=NOW_S + 5)
+    plan = two_ticks(first, second)
+    assert plan.classes["late"] is GuestClass.BUSY
+    third = snap(dom("late", 1024, 400, last_s=NOW_S + 5), now_s=NOW_S + 12)
+    _p, state = decide(first, PolicyState(), Config())
+    _p, state = decide(second, state, Config())
+    plan, _ = decide(third, state, Config())
+    assert plan.classes["late"] is GuestClass.STARVING
+    assert "7 s late while ramping 60 MiB/s" in by_name(plan)["late"].reason
+
+
+def test_late_stats_without_a_ramp_stay_untouched():
+    first = snap(dom("a", 1024, 100, last_s=NOW_S), now_s=NOW_S)
+    second = snap(dom("a", 1024, 100, last_s=NOW_S + 1), now_s=NOW_S + 9)
+    plan = two_ticks(first, second)
+    assert plan.classes["a"] is GuestClass.STALE
+    assert plan.changes == ()
+
+
+def test_a_ramp_is_not_extrapolated_forever():
+    first = snap(dom("a", 1024, 700, last_s=NOW_S), now_s=NOW_S)
+    second = snap(dom("a", 1024, 600, last_s=NOW_S + 1), now_s=NOW_S + 60)
+    plan = two_ticks(first, second)
+    assert plan.classes["a"] is GuestClass.STALE
+    assert plan.changes == ()
+
+
+# -- pending targets --------------------------------------------------------------------------------------
 def test_a_guest_whose_balloon_is_still_moving_is_not_grown_again():
     """The simulator showed 312 -> 612, then 562 -> 864: a second grow decided while the first was on its way."""
     config = Config()
@@ -311,18 +343,21 @@ def test_a_guest_whose_balloon_is_still_moving_is_not_grown_again():
     assert by_name(plan)["a"].to_kib == mib_to_kib(1112)
 
 
-def test_the_guard_counts_a_pending_grow_at_its_target():
-    """While guest a's balloon moves to 812 MiB, the host must keep those 300 MiB for it."""
+def test_a_reclaim_on_its_way_does_not_stop_a_burst_from_growing():
+    """Seen on real guests: a burst into a guest memcoord had just trimmed waited 4.5 s for its balloon."""
     config = Config()
-    plan, state = decide(snap(dom("a", 512, 50), available_mib=1024 + 50 + 400), PolicyState(), config)
-    state = applied(state, plan.changes, NOW_S)
-    # a's balloon is at 600 on its way to 812 and its QEMU has not touched the new memory (RSS still 512 MiB).
-    a_moving = dom("a", 600, 40, last_s=NOW_S + 1, rss_mib=512)
-    second = snap(a_moving, dom("b", 512, 50), available_mib=1024 + 50 + 400, now_s=NOW_S + 1)
-    plan, _ = decide(second, state, config)
-    # a may still take its 40 MiB free plus 212 MiB to its target; b its 50: 450 - 302 = 148 MiB for b.
-    # (Counted where a's balloon is, b would get a full 300 MiB step.)
-    assert by_name(plan)["b"].delta_kib == mib_to_kib(148)
+    plan = steady(dom("t", 512, 395))
+    state = PolicyState()
+    _p, state = decide(snap(dom("t", 512, 395)), state, config)
+    plan, state = decide(snap(dom("t", 512, 395, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    assert by_name(plan)["t"].to_kib == mib_to_kib(412)
+    state = applied(state, plan.changes, NOW_S + 1)
+    # The balloon has not moved yet and a burst takes 250 MiB in one second.
+    plan, _ = decide(snap(dom("t", 512, 145, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
+    change = by_name(plan)["t"]
+    assert change.action is Action.GROW
+    assert change.from_kib == mib_to_kib(412)  # from the target it was heading to
+    assert change.to_kib > mib_to_kib(512)
 
 
 def test_a_balloon_that_never_arrives_is_believed_after_the_stale_time():
@@ -336,7 +371,7 @@ def test_a_balloon_that_never_arrives_is_believed_after_the_stale_time():
 
 def test_dry_run_style_no_apply_leaves_nothing_pending():
     plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), Config())
-    assert plan.changes and state.pending == {}
+    assert plan.changes and state.pending == {} and state.granted_kib == {}
 
 
 def test_a_guest_just_lowered_gets_no_share_of_the_pool():
@@ -355,19 +390,208 @@ def test_a_guest_just_lowered_gets_no_share_of_the_pool():
     assert "x" not in by_name(plan)
 
 
+# -- the host guard ---------------------------------------------------------------------------------------
+def test_host_guard_counts_all_growth_in_the_tick():
+    """Two starving guests, room for 450 MiB above the guard: together they get 450, not 2 x 300, and
+    evenly, not first come first served."""
+    plan, _ = decide(snap(dom("a", 512, 50), dom("b", 512, 60), available_mib=1024 + 450), PolicyState(), Config())
+    assert sum(c.delta_kib for c in plan.changes) == mib_to_kib(450)
+    assert by_name(plan)["a"].delta_kib == by_name(plan)["b"].delta_kib == mib_to_kib(225)
+    assert plan.host_headroom_kib == 0
+
+
+def test_scarce_headroom_is_shared_evenly_and_what_a_small_need_leaves_goes_to_the_others():
+    """Course scenario 2 grew four hogs by 375, 375, 447 and 673 MiB when the neediest went first."""
+    doms = [dom("a", 512, 50), dom("b", 512, 60), dom("c", 512, 70), dom("d", 1948, 80)]  # d: 100 MiB to its max
+    plan, _ = decide(snap(*doms, available_mib=1024 + 700), PolicyState(), Config())
+    changes = by_name(plan)
+    assert changes["d"].delta_kib == mib_to_kib(100)
+    assert changes["a"].delta_kib == changes["b"].delta_kib == changes["c"].delta_kib == mib_to_kib(200)
+
+
+def test_idle_neighbours_untouched_memory_does_not_wall_off_the_headroom():
+    """Seen on real guests: 800 MiB above the guard, three idle 512 MiB guests with ~295 MiB each that QEMU
+    never backed; the old guard reserved all of it and the grower was OOM-killed at 412 MiB."""
+    idle = [dom(f"idle{i}", 512, 400, rss_mib=200) for i in range(3)]
+    plan = steady(*idle, dom("grower", 412, 100, rss_mib=412), available_mib=1024 + 800)
+    assert by_name(plan)["grower"].delta_kib >= mib_to_kib(300)
+    assert host_headroom_kib(snap(*idle, available_mib=1024 + 800), Config()) == mib_to_kib(800)
+
+
+def test_host_guard_keeps_memory_granted_until_the_guest_touches_it():
+    config = Config()
+    plan, state = decide(snap(dom("s", 512, 50), available_mib=1024 + 1000), PolicyState(), config)
+    state = applied(state, plan.changes, NOW_S)
+    assert state.granted_kib == {"s": mib_to_kib(300)}
+    # s's balloon arrived at 812 MiB; QEMU still backs only 512 + 128 MiB of it. t starves next to it.
+    s_arrived = dom("s", 812, 350, last_s=NOW_S + 1, rss_mib=512 + 128)
+    second = snap(s_arrived, dom("t", 512, 50), available_mib=1024 + 1000, now_s=NOW_S + 1)
+    plan, state = decide(second, state, config)
+    assert plan.host_headroom_kib == mib_to_kib(1000 - 300 - 300)
+    assert state.granted_kib["s"] == mib_to_kib(300)
+    # s touched 200 MiB of it (QEMU's RSS grew): only the untouched 100 MiB stays reserved.
+    s_touched = dom("s", 812, 150, last_s=NOW_S + 2, rss_mib=512 + 128 + 200)
+    assert host_headroom_kib(snap(s_touched, available_mib=1024 + 800, now_s=NOW_S + 2), config, state) == (
+        mib_to_kib(800 - 100)
+    )
+
+
+def test_a_grant_is_dropped_once_the_guest_is_steady():
+    config = Config()
+    state = PolicyState(granted_kib={"s": mib_to_kib(300)}, raised_at_s={"s": NOW_S - 1})
+    _p, state = decide(snap(dom("s", 812, 350, rss_mib=512)), state, config)
+    _p, state = decide(snap(dom("s", 812, 350, rss_mib=512, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    # Steady, but memcoord raised it a moment ago: the grant is what it was just given, kept.
+    assert state.granted_kib == {"s": mib_to_kib(300)}
+    later_s = NOW_S + 10
+    _p, state = decide(snap(dom("s", 812, 350, rss_mib=512, last_s=later_s), now_s=later_s), state, config)
+    assert state.granted_kib == {}
+
+
+def test_the_guard_counts_a_pending_grow_at_its_target():
+    """While guest a's balloon moves to 812 MiB, the host must keep those 300 MiB for it."""
+    config = Config()
+    plan, state = decide(snap(dom("a", 512, 50), available_mib=1024 + 450), PolicyState(), config)
+    state = applied(state, plan.changes, NOW_S)
+    a_moving = dom("a", 600, 40, last_s=NOW_S + 1, rss_mib=512)
+    second = snap(a_moving, dom("b", 512, 50), available_mib=1024 + 450, now_s=NOW_S + 1)
+    plan, _ = decide(second, state, config)
+    assert by_name(plan)["b"].delta_kib == mib_to_kib(150)
+
+
+def test_host_below_its_guard_grows_nobody():
+    plan, _ = decide(snap(dom("a", 512, 50), available_mib=900), PolicyState(), Config())
+    assert plan.changes == ()
+    assert any("host guard" in note for note in plan.notes)
+
+
+def test_guard_uses_the_configured_floor_not_a_fixed_80_mb():
+    config = parse("[host]\nmin_available_mib = 4000\n")
+    plan, _ = decide(snap(dom("a", 512, 50), available_mib=4000 + 100), PolicyState(), config)
+    assert sum(c.delta_kib for c in plan.changes) == mib_to_kib(100)
+
+
+def test_memory_reclaimed_from_untouched_pages_is_not_handed_out_again():
+    """At the guard, reclaiming memory QEMU never backed frees nothing on the host: the pool waits."""
+    first = snap(dom("w", 2048, 1800, rss_mib=300), dom("b", 1024, 800), available_mib=1024)
+    second = snap(
+        dom("w", 2048, 1800, last_s=NOW_S + 1, rss_mib=300),
+        dom("b", 1024, 750, last_s=NOW_S + 1),
+        available_mib=1024,
+        now_s=NOW_S + 1,
+    )
+    changes = by_name(two_ticks(first, second))
+    assert changes["w"].delta_kib == -mib_to_kib(100)
+    assert "b" not in changes
+
+
 def test_scarce_headroom_keeps_a_share_for_busy_guests_that_may_starve_next():
     """Course scenario 2 on real guests: one hog's guest starved a tick after the others and found the headroom
     spent (growth 423, 422, 455, 316 MiB). A busy guest's share now waits in the headroom for it."""
-    # s may still take its 100 MiB free, b 128 MiB (its free memory QEMU does not back yet): 300 MiB headroom.
-    available_mib = 1024 + 100 + 128 + 300
-    first = snap(dom("s", 512, 300), dom("b", 512, 300), available_mib=available_mib)
+    first = snap(dom("s", 512, 100), dom("b", 1024, 500), available_mib=1024 + 300)
     second = snap(
         dom("s", 512, 100, last_s=NOW_S + 1),
-        dom("b", 512, 200, last_s=NOW_S + 1),  # its used memory grew by 100 MiB: it may starve next
-        available_mib=available_mib,
+        dom("b", 1024, 450, last_s=NOW_S + 1),  # 50 MiB/s: starving within 10 s
+        available_mib=1024 + 300,
         now_s=NOW_S + 1,
     )
     plan = two_ticks(first, second)
     assert plan.classes == {"s": GuestClass.STARVING, "b": GuestClass.BUSY}
     assert by_name(plan)["s"].delta_kib == mib_to_kib(150)
     assert plan.host_headroom_kib == mib_to_kib(150)
+
+
+def test_a_busy_guest_at_its_ceiling_does_not_halve_a_starving_guests_share():
+    first = snap(dom("s", 512, 100), dom("b", 2048, 500), available_mib=1024 + 300)
+    second = snap(
+        dom("s", 512, 100, last_s=NOW_S + 1),
+        dom("b", 2048, 450, last_s=NOW_S + 1),
+        available_mib=1024 + 300,
+        now_s=NOW_S + 1,
+    )
+    plan = two_ticks(first, second)
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(300)
+
+
+# -- host-pressure relief ---------------------------------------------------------------------------------
+def test_relief_takes_from_the_guest_with_the_most_reclaimable_memory_first():
+    """Host 150 MiB below its guard: the cache-heavy guest (900 MiB usable) gives, the lean one does not."""
+    doms = [dom("cache", 1024, 8, usable_mib=900), dom("lean", 1024, 340), dom("s", 512, 100)]
+    plan = steady(*doms, available_mib=1024 - 150)
+    changes = by_name(plan)
+    assert changes["cache"].action is Action.RELIEVE
+    assert changes["cache"].delta_kib == -mib_to_kib(256)  # one relief step
+    assert "lean" not in changes and "s" not in changes
+    assert plan.host_deficit_kib == mib_to_kib(150) and plan.relief_shortfall_kib == 0
+
+
+def test_relief_spreads_over_guests_until_the_deficit_is_covered():
+    doms = [dom(f"g{i}", 2048, 1500) for i in range(4)]
+    plan = steady(*doms, available_mib=1024 - 600)
+    relieved = [c for c in plan.changes if c.action is Action.RELIEVE]
+    # 600 MiB + a 64 MiB margin, 256 MiB per guest: three guests.
+    assert len(relieved) == 3
+    assert all(c.delta_kib == -mib_to_kib(256) for c in relieved)
+
+
+def test_relief_never_takes_below_a_floor_or_into_a_buffer():
+    config = parse('[domains."f"]\nmin_mib = 1000\n')
+    plan = steady(dom("f", 1100, 800), dom("b", 1024, 350), available_mib=500, config=config)
+    changes = by_name(plan)
+    assert changes["f"].to_kib == mib_to_kib(1000)
+    # b keeps twice its starving line free: 350 - 300 = 50 MiB is all it gives.
+    assert changes["b"].to_kib == mib_to_kib(1024 - 50)
+    assert plan.relief_shortfall_kib == mib_to_kib(1024 - 500 - 100 - 50)
+
+
+def test_relief_never_takes_from_a_starving_guest_or_one_without_stats():
+    plan = steady(dom("s", 2048, 100), dom("n", 2048, None), available_mib=500)
+    assert plan.changes == ()
+    assert plan.relief_shortfall_kib == mib_to_kib(1024 - 500)
+
+
+def test_relief_does_not_count_memory_qemu_never_backed():
+    """A guest whose free memory was never touched gives the host nothing back: relief goes on to others."""
+    doms = [dom("fresh", 2048, 1800, rss_mib=300), dom("used", 2048, 1000)]
+    plan = steady(*doms, available_mib=1024 - 100)
+    changes = by_name(plan)
+    assert changes["fresh"].action is Action.RELIEVE
+    assert changes["used"].action is Action.RELIEVE
+
+
+def test_relief_waits_for_memory_already_on_its_way_back():
+    config = Config()
+    plan = steady(dom("g", 2048, 1500), dom("h", 2048, 1500), available_mib=1024 - 100, config=config)
+    state = applied(PolicyState(), plan.changes, NOW_S)
+    assert [c.domain for c in plan.changes if c.action is Action.RELIEVE] == ["g"]
+    # Next tick the balloon is half-way and the host has not seen it yet: nothing more is taken.
+    plan, _ = decide(
+        snap(
+            dom("g", 1920, 1372, last_s=NOW_S + 2),
+            dom("h", 2048, 1500, last_s=NOW_S + 2),
+            available_mib=924,
+            now_s=NOW_S + 2,
+        ),
+        state,
+        config,
+    )
+    assert plan.changes == ()
+
+
+# -- the production profile -------------------------------------------------------------------------------
+PROD = parse("[host]\ntarget_available_mib = 8192\n")
+
+
+def test_production_profile_keeps_idle_memory_while_the_host_is_comfortable():
+    assert steady(dom("w", 8192, 6000, max_mib=8192), available_mib=20000, config=PROD).changes == ()
+
+
+def test_production_profile_reclaims_below_its_comfort_target():
+    plan = steady(dom("w", 8192, 6000, max_mib=8192), available_mib=4000, config=PROD)
+    assert by_name(plan)["w"].action is Action.RECLAIM
+
+
+def test_production_profile_reclaims_when_a_guest_starves():
+    plan = steady(dom("w", 8192, 6000, max_mib=8192), dom("s", 512, 100), available_mib=20000, config=PROD)
+    assert by_name(plan)["w"].action is Action.RECLAIM
+    assert by_name(plan)["s"].action is Action.GROW

@@ -380,6 +380,8 @@ class SimulatedHypervisor:
                 max_kib=g.max_kib,
                 unused_kib=g.reported_unused_kib if g.last_update_s else None,
                 usable_kib=g.reported_usable_kib if g.last_update_s else None,
+                # The guest's own total (MemTotal) in the same report: a Linux guest's shrinks with the balloon.
+                available_kib=g.reported_current_kib if g.last_update_s else None,
                 rss_kib=g.rss_kib,
                 last_update_s=g.last_update_s or None,
             )
