@@ -28,13 +28,7 @@ from lab.hosthog import HostHog
 from lab.image import GuestImage
 from lab.session import LabRun
 from lab.timeline import Timeline
-from tests.e2e.test_course import (
-    _assert_always,
-    _guest_cfg,
-    _hog_state,
-    _retry_once_on_outage,
-    _settle_then_guard,
-)
+from tests.e2e.test_course import BASELINE_S, _assert_always, _guest_cfg, _hog_state, _retry_once_on_outage
 
 pytestmark = pytest.mark.real
 
@@ -50,6 +44,22 @@ HOST_DRIFT_MIB = 50
 GROWTH_MARGIN_MIB = 128 + 64
 # The recorder samples once a second; a gap longer than this means the host was too busy to watch.
 MAX_SAMPLE_GAP_S = 5.0
+
+
+def _settle_then_guard(run: LabRun, headroom_mib: int) -> int:
+    """Let memcoord's first reclaims land, then set the host guard (SIGHUP reload) headroom_mib below the
+    host's available memory: the headroom that exists, by the host's own figure (the one memcoord reads), not
+    by memcoord's accounting of it."""
+    time.sleep(BASELINE_S)
+
+    def quiet() -> bool:
+        actions = run.timeline.events_of("action")
+        return not actions or run.t_s() - actions[-1]["t_s"] >= 3
+
+    run.wait_until(quiet, 30, "memcoord quiet after its first reclaims")
+    guard_mib = psutil.virtual_memory().available // 2**20 - headroom_mib
+    run.reload_memcoord({"host": {"min_available_mib": guard_mib}})
+    return guard_mib
 
 
 def _max_sample_gap_s(tl: Timeline, t_from_s: float, t_to_s: float) -> float:
