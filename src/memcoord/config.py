@@ -66,6 +66,9 @@ class GuestConfig(_Section):
     reclaim_step_mib: int = Field(100, gt=0)
     min_mib: int = Field(256, gt=0)
     idle_tax_mib: int = Field(2, ge=0)
+    # Idle reclaim never takes a guest below the most its programs used in this many seconds (plus its
+    # starving line): a guest that bursts keeps room for the next burst. 0: reclaim down to the wasteful line.
+    peak_hold_s: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _starving_below_wasteful(self) -> GuestConfig:

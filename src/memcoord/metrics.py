@@ -64,6 +64,16 @@ class _ViewCollector(Collector):
                 "Host available memory growth may not go below ([host] min_available_mib)",
                 value=host["guard_kib"] * BYTES_PER_KIB,
             )
+            yield GaugeMetricFamily(
+                "memcoord_host_below_guard_bytes",
+                "How far host available memory is below the guard (0 when at or above it); relief works on it",
+                value=host.get("below_guard_kib", 0) * BYTES_PER_KIB,
+            )
+            yield GaugeMetricFamily(
+                "memcoord_relief_shortfall_bytes",
+                "Part of the host's deficit the guests' reclaimable memory could not cover this tick (0: none)",
+                value=host.get("relief_shortfall_kib", 0) * BYTES_PER_KIB,
+            )
         yield GaugeMetricFamily(
             "memcoord_hypervisor_up", "1 when the last tick reached the hypervisor", value=int(view["hypervisor_ok"])
         )

@@ -196,6 +196,8 @@ class Observer:
                 "total_kib": snap.host.total_kib,
                 "guard_kib": mib_to_kib(cfg.host.min_available_mib),
                 "headroom_kib": plan.host_headroom_kib,
+                "below_guard_kib": plan.host_deficit_kib,
+                "relief_shortfall_kib": plan.relief_shortfall_kib,
             }
         return {
             "version": state.SCHEMA_VERSION,

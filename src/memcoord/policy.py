@@ -76,6 +76,9 @@ class Sample:
     used_by_total: bool  # used_kib is the guest's own total (MemTotal) less free, not balloon.current less free
     ramp_kib_per_s: float = 0.0  # how fast the guest's used memory grows (0 when it does not)
     figure: str = "usable"  # which balloon stat free_kib is
+    # The most the guest's programs used lately, and when: a guest that burst once is expected to again.
+    peak_used_kib: int = 0
+    peak_at_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +141,14 @@ def _used_kib(dom: DomainStats, free_kib: int) -> int:
     return total_kib - free_kib
 
 
-def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
+def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float) -> Sample | None:
     """Fold a new stats sample into the domain's history; a sample with the same timestamp is not new.
 
     A guest is steady when its free memory did not change, or when it changed exactly as much as the balloon
     moved (its used memory did not change): that is memcoord's own doing, not the guest being busy. Its ramp
     is its used memory's growth per second between samples, over the time between them: a guest whose stats
-    come late because it is busy shows its ramp all the same.
+    come late because it is busy shows its ramp all the same. Its peak is the most its programs used within
+    the last peak_hold_s.
     """
     free_kib, figure = free_figure(dom)
     if free_kib is None or not dom.last_update_s:
@@ -154,7 +158,18 @@ def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
     used_kib = _used_kib(dom, free_kib)
     by_total = dom.available_kib is not None
     if prev is None or prev.figure != figure or prev.used_by_total != by_total:
-        return Sample(dom.last_update_s, free_kib, dom.current_kib, False, used_kib, by_total, figure=figure)
+        return Sample(
+            dom.last_update_s,
+            free_kib,
+            dom.current_kib,
+            False,
+            used_kib,
+            by_total,
+            0.0,
+            figure,
+            used_kib,
+            dom.last_update_s,
+        )
     used_grew_kib = used_kib - prev.used_kib
     steady = min(abs(free_kib - prev.free_kib), abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
     # Without the guest's own total, a balloon move between two reports reads as use: no new ramp from it.
@@ -164,7 +179,21 @@ def _observe(prev: Sample | None, dom: DomainStats) -> Sample | None:
     ramp_kib_per_s = max(rate_kib_per_s, prev.ramp_kib_per_s * RAMP_DECAY, 0.0)
     if ramp_kib_per_s * interval_s < STEADY_TOLERANCE_KIB:
         ramp_kib_per_s = 0.0
-    return Sample(dom.last_update_s, free_kib, dom.current_kib, steady, used_kib, by_total, ramp_kib_per_s, figure)
+    peak_used_kib, peak_at_s = prev.peak_used_kib, prev.peak_at_s
+    if used_kib >= peak_used_kib or dom.last_update_s - peak_at_s > peak_hold_s:
+        peak_used_kib, peak_at_s = used_kib, dom.last_update_s
+    return Sample(
+        dom.last_update_s,
+        free_kib,
+        dom.current_kib,
+        steady,
+        used_kib,
+        by_total,
+        ramp_kib_per_s,
+        figure,
+        peak_used_kib,
+        peak_at_s,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,12 +272,13 @@ def _still_pending(pending: Pending | None, dom: DomainStats, config: Config, no
 
 def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float) -> _Guest:
     prev = state.samples.get(dom.name)
-    sample = _observe(prev, dom)
+    sample = _observe(prev, dom, config.guest.peak_hold_s)
     pending = _still_pending(state.pending.get(dom.name), dom, config, now_s)
     base_kib = pending.target_kib if pending else dom.current_kib
     ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib)
-    # Sized on the guest as it is now (Hyper-V sizes its buffer on committed memory the same way).
-    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, base_kib)
+    # Sized on the guest's configured size, not where the balloon has it now: a guest shrunk to what it uses
+    # keeps a buffer in proportion to what it may need again.
+    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
     guest = _Guest(
         dom=dom,
         sample=sample,
@@ -473,8 +503,21 @@ def _reclaim_allowed(guests: list[_Guest], host_available_kib: int, config: Conf
     return any(g.guest_class is GuestClass.STARVING for g in guests)
 
 
+def peak_floor_kib(g: _Guest, config: Config) -> int:
+    """Idle reclaim stops where the guest's recent peak would just reach its starving line again: a guest
+    that burst once in the last peak_hold_s keeps room for the next burst instead of being regrown into it."""
+    if not g.sample or not config.guest.peak_hold_s:
+        return 0
+    # Used memory is counted against the guest's own total; the balloon's size also holds what the kernel
+    # keeps for itself (balloon.current - MemTotal).
+    kernel_kib = g.dom.current_kib - g.dom.available_kib if g.dom.available_kib is not None else 0
+    return g.sample.peak_used_kib + kernel_kib + g.starving_kib
+
+
 def _reclaim_wasteful(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> int:
-    """One reclaim step from each wasteful idle guest seen on a new sample; returns the pool."""
+    """One reclaim step from each wasteful idle guest seen on a new sample, never past its wasteful line (the
+    buffer a burst has until memcoord can react) nor below its recent peak (`peak_floor_kib`); returns the
+    pool."""
     pool_kib = 0
     step_kib = mib_to_kib(config.guest.reclaim_step_mib)
     for g in guests:
@@ -482,7 +525,9 @@ def _reclaim_wasteful(guests: list[_Guest], ledger: _Ledger, config: Config, ski
         if g.guest_class is GuestClass.WASTEFUL and g.new_sample and _settled(g) and g.name not in skip:
             pool_kib += ledger.take(
                 g.name,
-                step_kib,
+                min(
+                    step_kib, (g.free_kib or 0) - g.wasteful_kib, ledger.target_kib[g.name] - peak_floor_kib(g, config)
+                ),
                 Action.RECLAIM,
                 f"idle with {kib_to_mib(g.free_kib or 0):.0f} MiB {g.figure} >= wasteful "
                 f"{kib_to_mib(g.wasteful_kib):.0f} MiB",
@@ -507,11 +552,12 @@ def _contends(g: _Guest, ledger: _Ledger) -> bool:
     )
 
 
-def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> dict[str, int]:
+def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> tuple[dict[str, int], int]:
     """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
     soon what they want (the starving, and busy guests about to starve), it is shared evenly, smallest needs
     first so that what they leave goes to the others; the busy guests' shares stay in the headroom for the
-    tick in which they starve. Returns what each grown guest got."""
+    tick in which they starve. Returns what each grown guest got, and what the starving wanted but did not
+    get."""
     starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
     want_kib = {g.name: min(grow_want_kib(g, config), ledger.room_kib(g.name)) for g in starving}
     contenders = [g for g in guests if _contends(g, ledger)]
@@ -519,14 +565,52 @@ def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: 
     scarce = sum(want_kib.values()) + contender_want_kib > ledger.headroom_kib
     starving.sort(key=lambda g: (want_kib[g.name], g.free_kib or 0, g.name))
     grown: dict[str, int] = {}
+    unmet_kib = 0
     for i, g in enumerate(starving):
         if want_kib[g.name] <= 0:
             continue
         share_kib = max(0, ledger.headroom_kib) // (len(starving) - i + len(contenders)) if scarce else None
         got_kib = ledger.give(g.name, want_kib[g.name], Action.GROW, g.why, share_kib=share_kib)
+        unmet_kib += want_kib[g.name] - got_kib
         if got_kib:
             grown[g.name] = got_kib
-    return grown
+    return grown, unmet_kib
+
+
+def _take_for_the_starving(
+    guests: list[_Guest], ledger: _Ledger, config: Config, unmet_kib: int, skip: set[str]
+) -> None:
+    """What the headroom could not give the starving, guests holding more than their buffer give back: the
+    busy too (a guest ramping slowly with 800 MiB free needs a fraction of it), most spare first, at most
+    relief_step_mib each. The memory reaches the starving through the host on the next ticks."""
+    if unmet_kib <= 0:
+        return
+
+    def spare_kib(g: _Guest) -> int:
+        keep_kib = max(g.wasteful_kib, g.buffer_kib(CONTENDER_HORIZON_S))
+        return min((g.free_kib or 0) - keep_kib, ledger.target_kib[g.name] - peak_floor_kib(g, config))
+
+    donors = [
+        g
+        for g in guests
+        if g.guest_class in (GuestClass.BUSY, GuestClass.IDLE, GuestClass.WASTEFUL)
+        and _settled(g)
+        and g.name not in skip
+        and not ledger.lowered(g.name)
+        and spare_kib(g) > 0
+    ]
+    donors.sort(key=lambda g: (-spare_kib(g), g.name))
+    step_kib = mib_to_kib(config.host.relief_step_mib)
+    for g in donors:
+        if unmet_kib <= 0:
+            break
+        unmet_kib -= ledger.take(
+            g.name,
+            min(step_kib, spare_kib(g), unmet_kib),
+            Action.RECLAIM,
+            f"for starving guests the host cannot feed: {kib_to_mib(g.free_kib or 0):.0f} MiB {g.figure}, "
+            f"{kib_to_mib((g.free_kib or 0) - spare_kib(g)):.0f} MiB kept",
+        )
 
 
 def _share_pool_with_busy(guests: list[_Guest], ledger: _Ledger, pool_kib: int, just_lowered: set[str]) -> None:
@@ -579,7 +663,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     if ledger.deficit_kib:
         ledger.notes.append(f"host guard: host {kib_to_mib(ledger.deficit_kib):.0f} MiB below it, nobody grows")
     else:
-        grown = _grow_starving(guests, ledger, config, skip=clamped)
+        grown, unmet_kib = _grow_starving(guests, ledger, config, skip=clamped)
+        _take_for_the_starving(guests, ledger, config, unmet_kib, skip=clamped | just_raised)
         # The pool goes to the starving first: what they got came out of it, the rest is the busy guests'.
         pool_kib = max(0, pool_kib - sum(grown.values()))
         _share_pool_with_busy(guests, ledger, pool_kib, just_lowered | lowered)

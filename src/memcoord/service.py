@@ -28,6 +28,7 @@ log = logging.getLogger("memcoord")
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
+RELIEF_WARN_TICKS = 5
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ def status_line(plan: Plan, snapshot: Snapshot, config: Config, last_action: str
     managed = len(plan.classes)
     line = f"{managed} domains" + (f" ({counts})" if counts else "")
     line += f"; host available {_gib(snapshot.host.available_kib)}, guard {config.host.min_available_mib} MiB"
+    if plan.host_deficit_kib:
+        line += f"; BELOW GUARD by {kib_to_mib(plan.host_deficit_kib):.0f} MiB, relieving"
+        if plan.relief_shortfall_kib:
+            line += f" (guests can give back {kib_to_mib(plan.relief_shortfall_kib):.0f} MiB too little)"
     if config.loop.dry_run:
         line += "; DRY RUN"
     return f"{line}; last action: {last_action}"
@@ -92,6 +97,8 @@ class Service:
         self._wake = threading.Event()
         self._untrusted_since: dict[str, float] = {}
         self._untrusted_reported: set[str] = set()
+        self._relief_short = False
+        self._short_ticks = 0
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -167,6 +174,7 @@ class Service:
 
         plan, self.state = decide(snapshot, self.state, self.config)
         self._report_untrusted(plan, snapshot)
+        self._report_relief(plan)
         for note in plan.notes:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
@@ -192,6 +200,24 @@ class Service:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
             self._should_exit = True
         return True
+
+    def _report_relief(self, plan: Plan) -> None:
+        """One warning when relief cannot bring the host back above its guard, one line when it is back.
+
+        Only once the shortfall has lasted RELIEF_WARN_TICKS ticks: right after a start the guests have no
+        stats yet, and one tick's shortfall may be covered by balloons still on their way."""
+        self._short_ticks = self._short_ticks + 1 if plan.relief_shortfall_kib else 0
+        if self._short_ticks >= RELIEF_WARN_TICKS and not self._relief_short:
+            self._relief_short = True
+            log.warning(
+                "host %.0f MiB below its guard and the guests hold only part of that above their buffers "
+                "(%.0f MiB short): something outside memcoord's guests is using host memory",
+                kib_to_mib(plan.host_deficit_kib),
+                kib_to_mib(plan.relief_shortfall_kib),
+            )
+        elif self._relief_short and not plan.host_deficit_kib:
+            self._relief_short = False
+            log.info("host back above its guard")
 
     def _report_untrusted(self, plan: Plan, snapshot: Snapshot) -> None:
         """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to

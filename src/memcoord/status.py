@@ -84,6 +84,11 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
             f"host available {_size(host['available_kib'])} of {_size(host['total_kib'])}, "
             f"guard {_size(host['guard_kib'])}, room to grow {_size(host['headroom_kib'])}"
         )
+        if host.get("below_guard_kib"):
+            line = f"HOST BELOW ITS GUARD by {_size(host['below_guard_kib'])}: relieving"
+            if host.get("relief_shortfall_kib"):
+                line += f", {_size(host['relief_shortfall_kib'])} more than the guests can give back"
+            lines.append(line)
     if not view["hypervisor_ok"]:
         lines.append(f"HYPERVISOR UNREACHABLE: {view['hypervisor_error']} (guests below as last seen)")
     errors = view["errors"]

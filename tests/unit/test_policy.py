@@ -129,7 +129,7 @@ def test_reclaimed_memory_goes_to_the_starving_first_then_to_the_busy():
         dom("b", 1024, 750, last_s=NOW_S + 1),  # busy, far from starving at its pace
         now_s=NOW_S + 1,
     )
-    config = parse("[host]\nmin_available_mib = 0\n[guest]\ngrow_step_mib = 60\nidle_tax_mib = 0\n")
+    config = parse("[host]\nmin_available_mib = 0\n[guest]\ngrow_step_mib = 60\ngrow_step_pct = 0\nidle_tax_mib = 0\n")
     plan = two_ticks(first, second, config)
     changes = by_name(plan)
     assert plan.classes == {"w": GuestClass.WASTEFUL, "s": GuestClass.STARVING, "b": GuestClass.BUSY}
@@ -184,7 +184,7 @@ def test_guest_at_its_maximum_is_not_grown():
 
 
 def test_reclaim_stops_at_the_floor():
-    config = parse("[guest]\nwasteful_mib = 200\nreclaim_step_mib = 40\n")
+    config = parse("[guest]\nwasteful_mib = 200\nwasteful_pct = 0\nreclaim_step_mib = 40\n")
     changes = by_name(steady(dom("a", 280, 270), config=config))
     assert changes["a"].to_kib == mib_to_kib(256)
     assert steady(dom("a", 256, 250), config=config).changes == ()
@@ -261,12 +261,16 @@ def test_the_reason_names_the_figure_used():
 def test_thresholds_scale_with_a_large_guest():
     """8 GiB guest: starving below 5 % (410 MiB), wasteful from 15 % (1229 MiB), grow step 5 % (409.6 MiB,
     whole MiB: 409)."""
-    plan, _ = decide(snap(dom("db", 8192, 400, max_mib=16384)), PolicyState(), Config())
+    plan, _ = decide(snap(dom("db", 4096, 400, max_mib=8192)), PolicyState(), Config())
     assert by_name(plan)["db"].delta_kib == mib_to_kib(409)
-    plan = steady(dom("db", 8192, 1000, max_mib=16384))
+    plan = steady(dom("db", 4096, 1000, max_mib=8192))
     assert plan.classes["db"] is GuestClass.IDLE
-    plan = steady(dom("db", 8192, 1300, max_mib=16384))
+    plan = steady(dom("db", 4096, 1300, max_mib=8192))
     assert plan.classes["db"] is GuestClass.WASTEFUL
+    # Sized on the guest's size, not where its balloon is: trimmed to 4 GiB, it keeps an 8 GiB guest's buffer
+    # (15 % of 8 GiB), and reclaim stops at that line rather than a step past it.
+    used_kib = mib_to_kib(4096 - 1300)
+    assert by_name(plan)["db"].to_kib - used_kib >= mib_to_kib(8192) * 15 // 100
 
 
 def test_small_guests_keep_the_mib_thresholds():
@@ -346,10 +350,8 @@ def test_a_guest_whose_balloon_is_still_moving_is_not_grown_again():
 def test_a_reclaim_on_its_way_does_not_stop_a_burst_from_growing():
     """Seen on real guests: a burst into a guest memcoord had just trimmed waited 4.5 s for its balloon."""
     config = Config()
-    plan = steady(dom("t", 512, 395))
-    state = PolicyState()
-    _p, state = decide(snap(dom("t", 512, 395)), state, config)
-    plan, state = decide(snap(dom("t", 512, 395, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    _p, state = decide(snap(dom("t", 512, 495)), PolicyState(), config)
+    plan, state = decide(snap(dom("t", 512, 495, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert by_name(plan)["t"].to_kib == mib_to_kib(412)
     state = applied(state, plan.changes, NOW_S + 1)
     # The balloon has not moved yet and a burst takes 250 MiB in one second.
@@ -595,3 +597,59 @@ def test_production_profile_reclaims_when_a_guest_starves():
     plan = steady(dom("w", 8192, 6000, max_mib=8192), dom("s", 512, 100), available_mib=20000, config=PROD)
     assert by_name(plan)["w"].action is Action.RECLAIM
     assert by_name(plan)["s"].action is Action.GROW
+
+
+# -- memory for the starving from guests that hold more than they need -------------------------------------
+def test_a_busy_guest_far_above_its_needs_gives_to_a_starving_one_the_host_cannot_feed():
+    """Sawtooth: one guest ramps slowly with 800 MiB free while its neighbour starves at the guard."""
+    first = snap(dom("rich", 1536, 810), dom("s", 512, 100), available_mib=1024)
+    second = snap(
+        dom("rich", 1536, 800, last_s=NOW_S + 1),
+        dom("s", 512, 100, last_s=NOW_S + 1),
+        available_mib=1024,
+        now_s=NOW_S + 1,
+    )
+    changes = by_name(two_ticks(first, second))
+    assert changes["rich"].action is Action.RECLAIM
+    assert "for starving guests" in changes["rich"].reason
+    # It keeps what its 10 MiB/s ramp needs for the next 10 s, twice over, above its starving line.
+    assert changes["rich"].delta_kib == -mib_to_kib(256)
+    assert changes["rich"].to_kib >= mib_to_kib(1536 - 800 + 150 + 2 * 10 * 10)
+    assert "s" not in changes  # what it gives reaches s through the host, next tick
+
+
+def test_nobody_is_trimmed_for_the_starving_when_the_host_can_feed_them():
+    first = snap(dom("rich", 1536, 810), dom("s", 512, 100))
+    second = snap(dom("rich", 1536, 800, last_s=NOW_S + 1), dom("s", 512, 100, last_s=NOW_S + 1), now_s=NOW_S + 1)
+    changes = by_name(two_ticks(first, second))
+    assert "rich" not in changes and changes["s"].action is Action.GROW
+
+
+# -- peak hold (production profile) -------------------------------------------------------------------------
+def test_a_guest_that_burst_lately_keeps_room_for_its_peak():
+    config = parse("[guest]\npeak_hold_s = 600\n")
+    state = PolicyState()
+    # Used 1500 MiB a minute ago, 200 MiB now, 1600 MiB free in a 2 GiB guest: wasteful, but it just burst.
+    _p, state = decide(snap(dom("b", 1800, 300, last_s=NOW_S - 60), now_s=NOW_S - 60), state, config)
+    _p, state = decide(snap(dom("b", 1800, 1600, last_s=NOW_S - 1), now_s=NOW_S - 1), state, config)
+    plan, _ = decide(snap(dom("b", 1800, 1600)), state, config)
+    floor_kib = mib_to_kib(1500 + 150)
+    assert all(c.to_kib >= floor_kib for c in plan.changes)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1700)  # one step, still above the peak's floor
+    # Without the hold (the default), the same guest goes down step by step to its wasteful line.
+    _p, state = decide(snap(dom("b", 1800, 300, last_s=NOW_S - 60), now_s=NOW_S - 60), PolicyState(), Config())
+    _p, state = decide(snap(dom("b", 1800, 1600, last_s=NOW_S - 1), now_s=NOW_S - 1), state, Config())
+    plan, _ = decide(snap(dom("b", 1800, 1600)), state, Config())
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1700)
+
+
+def test_the_peak_floor_stops_reclaim_at_the_peak():
+    config = parse("[guest]\npeak_hold_s = 600\n")
+    _p, state = decide(snap(dom("b", 1800, 300, last_s=NOW_S - 60), now_s=NOW_S - 60), PolicyState(), config)
+    _p, state = decide(snap(dom("b", 1700, 1500, last_s=NOW_S - 1), now_s=NOW_S - 1), state, config)
+    plan, _ = decide(snap(dom("b", 1700, 1500)), state, config)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1500 + 150)
+    later = NOW_S + 700  # the peak is older than the hold: reclaim goes on
+    _p, state = decide(snap(dom("b", 1650, 1450, last_s=later - 1), now_s=later - 1), state, config)
+    plan, _ = decide(snap(dom("b", 1650, 1450, last_s=later), now_s=later), state, config)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1550)

@@ -265,9 +265,9 @@ def test_a_sample_already_seen_is_not_reclaimed_again(current_mib: int, extra_mi
     before its stats are old enough to count as stale.
     """
     config = Config()
-    _starving_kib, wasteful_kib, _step_kib = thresholds_kib(config, current_mib * MIB)
+    _starving_kib, wasteful_kib, _step_kib = thresholds_kib(config, 16384 * MIB)
     unused_kib = min(current_mib * MIB, wasteful_kib + extra_mib * MIB)
-    assume(unused_kib >= wasteful_kib)
+    assume(unused_kib >= wasteful_kib + MIB)
     dom = DomainStats("vm1", current_mib * MIB, 16384 * MIB, unused_kib, unused_kib, None, current_mib * MIB, 999_990)
     host = HostStats(available_kib=4096 * MIB, total_kib=16384 * MIB)
     earlier = replace(dom, last_update_s=dom.last_update_s - gap_s)
