@@ -378,10 +378,11 @@ class Lab:
         """Read the guest's readonly disk in the background, filling its page cache; returns the
         reader's pid in the guest (for `stop_reading`).
 
-        Without `loop`: read `mib` MiB from the start (all of it if None) once, print
-        "mclab: read done <pid>" (see `wait_read_done`), then keep the disk open so the cache stays:
-        the guest kernel drops a block device's cache when its last opener closes it. With `loop`:
-        read all of it over and over, the cache recycled by each pass, like a busy file reader.
+        The reader keeps the disk open all along: the guest kernel drops a block device's whole cache
+        when its last opener closes it, which a file's cache never does. Without `loop`: read `mib` MiB
+        from the start (all of it if None) once, print "mclab: read done <pid>" (see
+        `wait_read_done`), then hold the cache. With `loop`: read all of it over and over, the cache
+        recycled page by page, like a busy file reader.
         The reader leaves the control shell's OOM immunity behind (an OOM kill of it is one the
         timeline must see). `stop_reading` ends it and so lets the guest drop the cache.
         """
@@ -391,7 +392,7 @@ class Lab:
         count = "" if mib is None else f" count={mib}"
         read = f"dd if=/dev/vda of=/dev/null bs=1M{count} 2>/dev/null"
         if loop:
-            body = f"while true; do {read}; done"
+            body = f"exec 3</dev/vda; while true; do {read}; done"
         else:
             body = f"exec 3</dev/vda; {read}; echo mclab: read done $$; exec sleep 2147483647"
         # A separate `sh -c`, so $$ inside is the pid `$!` names and kill stops the reader.
