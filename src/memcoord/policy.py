@@ -26,10 +26,11 @@ Free memory is `balloon.usable` (MemAvailable: free + reclaimable page cache) wh
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .config import Config
+from .config import Config, GuestConfig
 from .model import (
     KIB_PER_MIB,
     LOWERING_ACTIONS,
@@ -196,9 +197,11 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float) -> Sampl
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Guest:
-    """One managed guest as this tick sees it; sizes at `base_kib`, the target its balloon is heading to."""
+    """One managed guest as this tick sees it; sizes at `base_kib`, the target its balloon is heading to.
+
+    Built and filled in by `_look_at` only (mutable for speed: it is made for every guest on every tick)."""
 
     dom: DomainStats
     sample: Sample | None
@@ -248,7 +251,11 @@ def thresholds_kib(config: Config, size_kib: int) -> tuple[int, int, int]:
     The wasteful line stays at least wasteful_mib - starving_mib above the starving line, whatever the
     percentages, so that one reclaim step (config checks it is smaller) never makes a guest starve.
     """
-    g = config.guest
+    return _thresholds_kib(config.guest, size_kib)
+
+
+@functools.lru_cache(maxsize=4096)  # a host has a few guest sizes, asked for by every guest on every tick
+def _thresholds_kib(g: GuestConfig, size_kib: int) -> tuple[int, int, int]:
     starving_kib = max(mib_to_kib(g.starving_mib), int(size_kib * g.starving_pct / 100))
     wasteful_kib = max(
         mib_to_kib(g.wasteful_mib),
@@ -296,17 +303,10 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float)
     if sample is None:
         return guest
     # The sample saw the balloon at sample.current_kib; memory the balloon moved since is free (or gone) too.
-    free_kib = sample.free_kib + (base_kib - sample.current_kib)
-    age_s = max(0.0, now_s - (dom.last_update_s or sample.last_update_s))
-    guest = _replace(guest, free_kib=free_kib, age_s=age_s)
-    guest_class, why = _classify(guest, config)
-    return _replace(guest, guest_class=guest_class, why=why)
-
-
-def _replace(guest: _Guest, **changes: object) -> _Guest:
-    fields = {f: getattr(guest, f) for f in _Guest.__slots__ if not f.startswith("__")}
-    fields.update(changes)
-    return _Guest(**fields)  # type: ignore[arg-type]
+    guest.free_kib = sample.free_kib + (base_kib - sample.current_kib)
+    guest.age_s = max(0.0, now_s - (dom.last_update_s or sample.last_update_s))
+    guest.guest_class, guest.why = _classify(guest, config)
+    return guest
 
 
 def _classify(g: _Guest, config: Config) -> tuple[GuestClass, str]:
