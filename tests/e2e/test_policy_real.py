@@ -38,6 +38,9 @@ GROWER_PAGE_US = 160  # 4 KiB per 160 us = 25 MiB/s, the grower of issue 10
 # Host memory the guard may miss by between memcoord's reading and the recorder's, a second apart: other
 # processes on this shared host and QEMU's own allocations under software emulation move it by tens of MiB.
 HOST_DRIFT_MIB = 50
+# What the guests' QEMUs may take beyond the headroom: their own allocations beyond guest memory (device
+# models, page tables under software emulation) move their resident size by tens of MiB.
+QEMU_DRIFT_MIB = 50
 # What "about H" may fall short by, in host memory the grower takes: memcoord's guard counts the grower's QEMU
 # overhead (host.guest_overhead_mib, 128 MiB shipped) as memory it will take, plus the host's drift over the
 # ~40 s the grower needs.
@@ -126,6 +129,18 @@ def _assert_served(served: Served, headroom_mib: int) -> None:
 
 def _moves(actions: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     return [(a["guest"], a["from_mib"], a["to_mib"]) for a in actions]
+
+
+def _guests_took_mib(tl: Timeline, t_from_s: float, t_to_s: float) -> list[tuple[float, float]]:
+    """(t_s, MiB) host memory all the lab's guests took since t_from_s: the growth of their QEMUs' resident
+    memory. Unlike host available, this does not move with other users of the host."""
+    by_t: dict[float, float] = {}
+    for r in tl.rows:
+        if r["t_s"] <= t_to_s and r["rss_mib"] is not None:
+            by_t[r["t_s"]] = by_t.get(r["t_s"], 0.0) + r["rss_mib"]
+    before = [t for t in by_t if t <= t_from_s]
+    base_mib = by_t[max(before)] if before else by_t[min(by_t)]  # the last sample before t_from_s
+    return [(t, round(v - base_mib, 1)) for t, v in sorted(by_t.items()) if t >= t_from_s]
 
 
 def _host_lowest(tl: Timeline, t_from_s: float, t_to_s: float) -> tuple[float, float]:
@@ -350,6 +365,10 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
         served = _served(tl, grower, t_hog_s, t_end_s)
         kill = tl.events_of("hog_killed", grower)
         lowest = _host_lowest(tl, t_hog_s, t_end_s)
+        took = _guests_took_mib(tl, t_hog_s, t_end_s)
+        most_took = max(took, key=lambda p: p[1])
+        took_at_lowest = dict(took).get(lowest[0], float("nan"))
+        others_mib = analysis.value_at(tl, grower, "host_available_mib", t_hog_s) - lowest[1] - took_at_lowest
         print(
             f"\nc: guard {guard_mib} MiB (headroom ~{HEADROOM_MIB} MiB); grower: {served}; hog "
             + (
@@ -358,12 +377,19 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
                 if kill
                 else "not killed"
             )
-            + f"; host lowest {lowest[1]:.0f} MiB ({lowest[1] - guard_mib:+.0f} vs the guard) at t={lowest[0]} s"
+            + f"; host lowest {lowest[1]:.0f} MiB ({lowest[1] - guard_mib:+.0f} vs the guard) at t={lowest[0]} s, "
+            f"when the guests had taken {took_at_lowest:.0f} MiB and other processes {others_mib:.0f} MiB; the guests "
+            f"took at most {most_took[1]:.0f} MiB (t={most_took[0]} s)"
         )
 
         _assert_watched(tl, t_hog_s, t_end_s)
         _assert_served(served, HEADROOM_MIB)
-        assert lowest[1] >= guard_mib - HOST_DRIFT_MIB, f"host {lowest[1]} MiB < guard {guard_mib} at t={lowest[0]}"
+        # The guard, as memcoord answers for it: its guests took no more than the headroom there was. The host's
+        # own lowest (printed) also moves with the other users of this shared host: 60-130 MiB either way over a
+        # run was seen, and relief cannot take that back from a starving grower and idle guests at their buffers.
+        assert most_took[1] <= HEADROOM_MIB + QEMU_DRIFT_MIB, (
+            f"the guests took {most_took[1]:.0f} MiB of the host (t={most_took[0]} s), ~{HEADROOM_MIB} MiB was there"
+        )
         _assert_always(tl, oom_ok={grower: 0.0})  # where the headroom ends: _assert_served says how far it got
 
     _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
