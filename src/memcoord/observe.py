@@ -126,7 +126,7 @@ class Observer:
         for known in (self.targets_kib, self.last_actions):
             for name in set(known) - running:
                 del known[name]
-        self._count_starving(plan, now_s)
+        self._count_starving(plan, snapshot.taken_at_s)
         self.snapshot, self.plan, self.hypervisor_error = snapshot, plan, None
         self.ticks += 1
         self.last_tick_duration_s = duration_s
@@ -160,8 +160,9 @@ class Observer:
 
     # -- internals ---------------------------------------------------------------------------------------
     def _count_starving(self, plan: Plan, now_s: float) -> None:
-        """Starving time per domain: the time since the previous tick, for the domains starving now. Capped at
-        two intervals, so that an outage (no ticks) is not counted as starving."""
+        """Starving time per domain: the time since the previous tick, for the domains starving now. The
+        snapshots' clock, not the wall's (the simulator's runs faster). Capped at two intervals, so that an
+        outage (no ticks) is not counted as starving."""
         managed = set(plan.classes)
         self.metrics.domains_seen(managed, self._managed - managed)
         self._managed = managed
