@@ -152,11 +152,14 @@ class StatusConfig(_Section):
         return group
 
 
+DEFAULT_LISTEN = "127.0.0.1:9749"
+
+
 class MetricsConfig(_Section):
     enabled: bool = False
-    # Where the endpoint listens: "ADDRESS:PORT", "[IPV6]:PORT" or "HOST:PORT". Empty: address and port below,
-    # the split form older config files use (both forms stay valid; a file may not mix them).
-    listen: str = ""
+    # Where the endpoint listens: "ADDRESS:PORT", "[IPV6]:PORT" or "HOST:PORT". address and port are the split
+    # form older config files use: they apply while listen is left at its default (a file may not change both).
+    listen: str = DEFAULT_LISTEN
     address: str = "127.0.0.1"
     port: int = Field(9749, ge=1, le=65535)
     # TLS (prometheus_client's own): the server certificate (PEM, may hold the key too) and its key. With
@@ -176,8 +179,7 @@ class MetricsConfig(_Section):
     @field_validator("listen")
     @classmethod
     def _valid_listen(cls, listen: str) -> str:
-        if listen:
-            _split_listen(listen)
+        _split_listen(listen)
         return listen
 
     @field_validator("certfile", "keyfile", "client_cafile")
@@ -197,9 +199,9 @@ class MetricsConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> MetricsConfig:
-        if self.listen:
+        if self.listen != DEFAULT_LISTEN:
             for key in ("address", "port"):
-                if key in self.model_fields_set:
+                if getattr(self, key) != type(self).model_fields[key].default:
                     raise PydanticCustomError(
                         "key_conflict",
                         "set metrics.listen or metrics.address/port, not both (listen replaces them)",
@@ -245,7 +247,7 @@ class MetricsConfig(_Section):
     @property
     def bind(self) -> tuple[str, int]:
         """(address, port) to listen on, from listen or from address and port."""
-        return _split_listen(self.listen) if self.listen else (self.address, self.port)
+        return _split_listen(self.listen) if self.listen != DEFAULT_LISTEN else (self.address, self.port)
 
     @property
     def tls(self) -> bool:
