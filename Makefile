@@ -7,7 +7,8 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 DEBS = python3 python3-venv python3-pip python3-libvirt python3-systemd \
        qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients \
-       busybox-static linux-image-amd64 cpio gcc libc6-dev systemd-container debootstrap tmux
+       busybox-static linux-image-amd64 cpio gcc libc6-dev systemd-container debootstrap tmux \
+       prometheus
 
 .PHONY: deps venv test lint demo
 
@@ -55,6 +56,10 @@ install:
 	sed 's|/opt/memcoord|$(PREFIX)|g; s|/etc/memcoord.toml|$(CONFIG)|g' packaging/memcoord.service > $(UNITDIR)/memcoord.service.tmp
 	chmod 0644 $(UNITDIR)/memcoord.service.tmp
 	mv $(UNITDIR)/memcoord.service.tmp $(UNITDIR)/memcoord.service
+	install -d $(PREFIX)/share/memcoord/prometheus $(PREFIX)/share/memcoord/systemd
+	install -m 0644 packaging/prometheus/memcoord.rules.yml packaging/prometheus/grafana-dashboard.json \
+	  packaging/prometheus/scrape-config.yml $(PREFIX)/share/memcoord/prometheus/
+	install -m 0644 packaging/memcoord.service.d/metrics.conf $(PREFIX)/share/memcoord/systemd/
 	@if [ -e $(CONFIG) ]; then echo "keeping existing $(CONFIG)"; \
 	 else install -m 0644 etc/memcoord.toml $(CONFIG) && echo "installed $(CONFIG)"; fi
 	@if [ -d /run/systemd/system ]; then \

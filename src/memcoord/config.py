@@ -9,8 +9,10 @@ from __future__ import annotations
 import fnmatch
 import functools
 import grp
+import ipaddress
 import json
 import re
+import ssl
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -150,10 +152,142 @@ class StatusConfig(_Section):
         return group
 
 
+DEFAULT_LISTEN = "127.0.0.1:9749"
+
+
 class MetricsConfig(_Section):
     enabled: bool = False
+    # Where the endpoint listens: "ADDRESS:PORT", "[IPV6]:PORT" or "HOST:PORT". address and port are the split
+    # form older config files use: they apply while listen is left at its default (a file may not change both).
+    listen: str = DEFAULT_LISTEN
     address: str = "127.0.0.1"
     port: int = Field(9749, ge=1, le=65535)
+    # TLS (prometheus_client's own): the server certificate (PEM, may hold the key too) and its key. With
+    # client_cafile a scraper's certificate is checked against that CA; client_auth_required refuses scrapers
+    # without one (mutual TLS), which is what makes a listener on a routable address safe to leave open.
+    certfile: str = ""
+    keyfile: str = ""
+    client_cafile: str = ""
+    client_auth_required: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _valid_host(cls, address: str) -> str:
+        _check_host(address)
+        return address
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, listen: str) -> str:
+        _split_listen(listen)
+        return listen
+
+    @field_validator("certfile", "keyfile", "client_cafile")
+    @classmethod
+    def _readable_file(cls, path: str) -> str:
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except FileNotFoundError:
+                raise ValueError("no such file") from None
+            except IsADirectoryError:
+                raise ValueError("is a directory, not a PEM file") from None
+            except OSError as exc:
+                raise ValueError(f"cannot read: {exc.strerror}") from None
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricsConfig:
+        if self.listen != DEFAULT_LISTEN:
+            for key in ("address", "port"):
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise PydanticCustomError(
+                        "key_conflict",
+                        "set metrics.listen or metrics.address/port, not both (listen replaces them)",
+                        {"key": key, "value": getattr(self, key)},
+                    )
+        needs_cert = [k for k in ("keyfile", "client_cafile") if getattr(self, k)]
+        if self.client_auth_required:
+            needs_cert.append("client_auth_required")
+        if needs_cert and not self.certfile:
+            key = needs_cert[0]
+            raise PydanticCustomError(
+                "key_conflict", "needs metrics.certfile (TLS) too", {"key": key, "value": getattr(self, key)}
+            )
+        if self.client_auth_required and not self.client_cafile:
+            raise PydanticCustomError(
+                "key_conflict",
+                "needs metrics.client_cafile, the CA that signs the scrapers' certificates",
+                {"key": "client_auth_required", "value": True},
+            )
+        if self.certfile:
+            # Load them now, so that check-config (and a reload) reject a key that does not match its
+            # certificate, instead of the endpoint failing to start later.
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.certfile, self.keyfile or None)
+            except (ssl.SSLError, OSError) as exc:
+                key = "keyfile" if self.keyfile else "certfile"
+                raise PydanticCustomError(
+                    "key_conflict",
+                    f"does not load as a PEM certificate with its key: {exc}",
+                    {"key": key, "value": getattr(self, key)},
+                ) from None
+            if self.client_cafile:
+                try:
+                    ssl.create_default_context(cafile=self.client_cafile)
+                except (ssl.SSLError, OSError) as exc:
+                    raise PydanticCustomError(
+                        "key_conflict",
+                        f"not a PEM CA certificate: {exc}",
+                        {"key": "client_cafile", "value": self.client_cafile},
+                    ) from None
+        return self
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        """(address, port) to listen on, from listen or from address and port."""
+        return _split_listen(self.listen) if self.listen != DEFAULT_LISTEN else (self.address, self.port)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
+
+
+def _check_host(host: str) -> None:
+    """An IP address (v4 or v6) or a host name; a name is resolved only when the endpoint starts."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(host):
+        raise ValueError("not an IP address or host name")
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:9749", "[::]:9749", "metrics.example:9749" -> (host, port); ValueError says what is wrong."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError('must be "ADDRESS:PORT" (e.g. "0.0.0.0:9749" or "[::]:9749")')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("not an IPv6 address between the brackets") from None
+    elif ":" in host:
+        raise ValueError('an IPv6 address needs brackets: "[ADDRESS]:PORT"')
+    else:
+        _check_host(host)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, int(port_text)
 
 
 class TimelineConfig(_Section):

@@ -20,7 +20,7 @@ from typing import Any
 from . import state, timeline
 from .config import Config
 from .metrics import Metrics
-from .model import ApplyResult, Plan, Snapshot, mib_to_kib
+from .model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
 
 log = logging.getLogger("memcoord")
 
@@ -55,6 +55,8 @@ class Observer:
         self._gid: int | None = None
         self._logged: set[str] = set()
         self._serving = False
+        self._managed: set[str] = set()
+        self._last_tick_done_s: float | None = None
 
     # -- hooks the service calls -----------------------------------------------------------------------------
     def configure(self, config_path: Path, config: Config) -> None:
@@ -64,6 +66,7 @@ class Observer:
             self.reloads_ok += 1
             self.metrics.reloads.labels("success").inc()
         self.config_path, self.config, self.loaded_at_s = config_path.absolute(), config, time.time()
+        self.metrics.configured(config, self.loaded_at_s)
         self._gid = grp.getgrnam(config.status.group).gr_gid if config.status.group else None
         if self._recorder is not None and str(self._recorder.path) != config.timeline.path:
             self._recorder.close()
@@ -78,6 +81,7 @@ class Observer:
         self.reload, self.reload_error = "failed", error
         self.reloads_failed += 1
         self.metrics.reloads.labels("failure").inc()
+        self.metrics.reload_ok.set(0)
         self._error("reload", error)
         self._refresh()
 
@@ -122,6 +126,7 @@ class Observer:
         for known in (self.targets_kib, self.last_actions):
             for name in set(known) - running:
                 del known[name]
+        self._count_starving(plan, snapshot.taken_at_s)
         self.snapshot, self.plan, self.hypervisor_error = snapshot, plan, None
         self.ticks += 1
         self.last_tick_duration_s = duration_s
@@ -134,6 +139,7 @@ class Observer:
         now_s = time.time()
         self.hypervisor_error = error
         self.last_tick_duration_s = duration_s
+        self._last_tick_done_s = None  # the outage is not starving time
         self.metrics.tick_duration.observe(duration_s)
         self._error("hypervisor", error)
         self._publish(now_s, now_s + next_in_s + duration_s, [])
@@ -141,6 +147,8 @@ class Observer:
     def stop(self) -> None:
         """The daemon exits: say so in the state file (status then reports when), close everything."""
         self._serving = False
+        self._managed: set[str] = set()
+        self._last_tick_done_s: float | None = None
         self.metrics.shutdown()
         if self.view is not None and self.publish_enabled:
             now_s = time.time()
@@ -151,10 +159,24 @@ class Observer:
             self._recorder = None
 
     # -- internals ---------------------------------------------------------------------------------------
+    def _count_starving(self, plan: Plan, now_s: float) -> None:
+        """Starving time per domain: the time since the previous tick, for the domains starving now. The
+        snapshots' clock, not the wall's (the simulator's runs faster). Capped at two intervals, so that an
+        outage (no ticks) is not counted as starving."""
+        managed = set(plan.classes)
+        self.metrics.domains_seen(managed, self._managed - managed)
+        self._managed = managed
+        if self._last_tick_done_s is not None:
+            elapsed_s = min(now_s - self._last_tick_done_s, 2 * self.config.loop.interval_s)
+            for name, guest_class in plan.classes.items():
+                if guest_class is GuestClass.STARVING and elapsed_s > 0:
+                    self.metrics.starving.labels(name).inc(elapsed_s)
+        self._last_tick_done_s = now_s
+
     def _serve(self) -> None:
         m = self.config.metrics
         if self.publish_enabled and m.enabled:
-            self.metrics.serve(m.address, m.port)
+            self.metrics.serve(m)
         else:
             self.metrics.shutdown()
 
@@ -189,6 +211,8 @@ class Observer:
                         "stats_age_s": None if not d.last_update_s else round(snap.taken_at_s - d.last_update_s, 1),
                         "stats_updated_at_s": d.last_update_s,
                         "last_action": self.last_actions.get(d.name),
+                        "floor_kib": cfg.floor_kib(d.name) if managed else None,
+                        "ceiling_kib": cfg.ceiling_kib(d.name, d.max_kib) if managed else None,
                     }
                 )
             host = {

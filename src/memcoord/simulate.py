@@ -278,7 +278,7 @@ def _reader(spec: CacheSpec | None, offset_s: float) -> FileReader | None:
     )
 
 
-def build_host(scenario: Scenario) -> SimulatedHypervisor:
+def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHypervisor:
     """The simulated host for a scenario; copies of a guest are named name-01, name-02, ..."""
     rng = random.Random(scenario.seed)
     guests = []
@@ -313,6 +313,7 @@ def build_host(scenario: Scenario) -> SimulatedHypervisor:
             )
             for p in scenario.host.pressure
         ],
+        realtime=realtime,
     )
 
 

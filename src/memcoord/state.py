@@ -16,7 +16,8 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
     errors {count, by_kind {kind: n}, last, last_at_s},
     domains [{name, managed, class, current_kib, max_kib, target_kib, unused_kib, usable_kib, stats_age_s,
               stats_updated_at_s (the guest's own timestamp of its stats),
-              last_action {action, from_kib, to_kib, reason, at_s, error, dry_run} | null}]
+              last_action {action, from_kib, to_kib, reason, at_s, error, dry_run} | null,
+              floor_kib, ceiling_kib (the policy's bounds; null when unmanaged)}]
 """
 
 from __future__ import annotations

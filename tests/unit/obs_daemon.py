@@ -43,12 +43,12 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, every_s: flo
 class Daemon:
     """`memcoord run --config` on sim:///demo with the state file (and optionally metrics, timeline) in tmp."""
 
-    def __init__(self, tmp: Path, interval_s: float = 0.2, extra: str = "") -> None:
+    def __init__(self, tmp: Path, interval_s: float = 0.2, extra: str = "", uri: str = "sim:///demo") -> None:
         self.tmp = tmp
         self.state_path = tmp / "run" / "state.json"
         self.config_path = tmp / "memcoord.toml"
         self.config_path.write_text(
-            f'[libvirt]\nuri = "sim:///demo"\n[loop]\ninterval_s = {interval_s}\n'
+            f'[libvirt]\nuri = "{uri}"\n[loop]\ninterval_s = {interval_s}\n'
             f'[status]\npath = "{self.state_path}"\n{extra}'
         )
         self.log_path = tmp / "memcoord.log"

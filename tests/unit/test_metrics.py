@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
+import ssl
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -12,11 +16,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from memcoord.config import parse
-from memcoord.hypervisor.sim import demo_host
+import memcoord
+from memcoord.config import ConfigError, parse
+from memcoord.hypervisor.sim import Hog, demo_host
+from memcoord.metrics import ERROR_KINDS, config_hash
+from memcoord.model import mib_to_kib
 from memcoord.observe import Observer
 from memcoord.service import Service
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, free_port, wait_for
+from tests.unit.tlskit import make_pki
+
+MIB = 1024 * 1024
 
 
 def samples(text: str) -> dict[str, list[Sample]]:
@@ -69,7 +79,9 @@ def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
     service.reload()
     found = samples(service.observer.metrics.exposition().decode())
     errors = {s.labels["kind"]: s.value for s in found["memcoord_errors_total"]}
-    assert errors == {"hypervisor": 1.0, "reload": 1.0}
+    # Every kind is there from the start (at 0), so rate() and increase() see the first error of each.
+    assert set(errors) == set(ERROR_KINDS)
+    assert {kind: n for kind, n in errors.items() if n} == {"hypervisor": 1.0, "reload": 1.0}
     reloads = {s.labels["result"]: s.value for s in found["memcoord_config_reloads_total"]}
     assert reloads == {"success": 1.0, "failure": 1.0}
     assert found["memcoord_hypervisor_up"][0].value == 0
@@ -136,3 +148,123 @@ def test_metrics_are_off_by_default(tmp_path: Path):
             pass
     finally:
         daemon.stop()
+
+
+def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
+    """build_info, reload state and config hash, floor and ceiling per managed domain, starving seconds; no _created."""
+    sim = demo_host()
+    cfg = tmp_path / "memcoord.toml"
+    cfg.write_text("[domains.sim-idle]\nmin_mib = 300\nmax_mib = 1500\n[domains.sim-busy]\nenabled = false\n")
+    service = Service(cfg, parse(cfg.read_text()), lambda _uri: sim, observer=Observer(publish=False))
+    for _ in range(5):
+        sim.advance(1.0)
+        service.tick()
+    text = service.observer.metrics.exposition().decode()
+    found = samples(text)
+    assert "_created" not in text
+    assert [s.labels for s in found["memcoord_build_info"]] == [{"version": memcoord.__version__}]
+    assert by_domain(found, "memcoord_domain_floor_bytes") == {"sim-idle": 300 * MIB, "sim-hog": 256 * MIB}
+    assert by_domain(found, "memcoord_domain_ceiling_bytes") == {"sim-idle": 1500 * MIB, "sim-hog": 2048 * MIB}
+    assert set(by_domain(found, "memcoord_domain_starving_seconds_total")) == {"sim-idle", "sim-hog"}
+    assert found["memcoord_config_last_reload_successful"][0].value == 1
+    loaded_at = found["memcoord_config_last_reload_success_timestamp_seconds"][0].value
+    assert abs(loaded_at - time.time()) < 60
+    first_hash = found["memcoord_config_hash"][0].value
+    assert first_hash == config_hash(service.config) and 0 < first_hash < 2**48
+    assert found["memcoord_dry_run"][0].value == 0
+    assert found["memcoord_tick_interval_seconds"][0].value == 1.0
+    assert found["memcoord_host_guard_bytes"][0].value == 1024 * MIB
+
+    # A broken file: the old config runs on, the gauge says so, the hash and timestamp stay.
+    cfg.write_text("[guest]\nwasteful_mib = 10\n")
+    service.reload()
+    found = samples(service.observer.metrics.exposition().decode())
+    assert found["memcoord_config_last_reload_successful"][0].value == 0
+    assert found["memcoord_config_hash"][0].value == first_hash
+    assert found["memcoord_config_last_reload_success_timestamp_seconds"][0].value == loaded_at
+    # A good one with other settings: back to 1, a new hash; comments and key order do not change a hash.
+    cfg.write_text("[loop]\ndry_run = true\n")
+    service.reload()
+    found = samples(service.observer.metrics.exposition().decode())
+    assert found["memcoord_config_last_reload_successful"][0].value == 1
+    assert found["memcoord_config_hash"][0].value != first_hash
+    assert found["memcoord_dry_run"][0].value == 1
+    assert (
+        config_hash(parse("# x\n[loop]\ndry_run = true\ninterval_s = 1.0\n")) == found["memcoord_config_hash"][0].value
+    )
+
+
+def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
+    """A guest held at a 512 MiB ceiling while its program wants 460 MiB stays starving; the others never do."""
+    sim = demo_host()
+    sim.guests["sim-busy"].workload = Hog(rate_kib_s=mib_to_kib(100), limit_kib=mib_to_kib(400))
+    cfg = parse("[domains.sim-busy]\nmax_mib = 512\n")
+    service = Service(tmp_path / "m.toml", cfg, lambda _uri: sim, observer=Observer(publish=False))
+    for _ in range(30):
+        sim.advance(1.0)
+        service.tick()
+    starving = by_domain(
+        samples(service.observer.metrics.exposition().decode()), "memcoord_domain_starving_seconds_total"
+    )
+    assert starving["sim-idle"] == 0
+    assert starving["sim-hog"] <= 3, "a guest memcoord grows as it needs is starving a tick or two at most"
+    # Held at its ceiling from the first ticks to the last: about one second per tick, never more than the 29 s
+    # between the first tick and the last (time is the snapshots' clock).
+    assert 20 <= starving["sim-busy"] <= 29
+
+
+def scrape_tls(port: int, ca: Path, cert: tuple[Path, Path] | None) -> str:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=5, context=context) as response:
+        return response.read().decode()
+
+
+def test_tls_endpoint_with_client_certificates(tmp_path: Path):
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    daemon = Daemon(
+        tmp_path,
+        extra=f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{pki.server_cert}"\n'
+        f'keyfile = "{pki.server_key}"\nclient_cafile = "{pki.ca}"\nclient_auth_required = true\n',
+    )
+    try:
+        daemon.wait_ticks(3)
+        text = wait_for(lambda: scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key)))
+        assert "memcoord_build_info" in text and "memcoord_domain_floor_bytes" in text
+        # No client certificate: the handshake is refused. Plain HTTP gets no metrics either.
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            scrape_tls(port, pki.ca, None)
+        with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+            scrape(port)
+        assert f"metrics on https://127.0.0.1:{port}/metrics, client certificate required" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ('listen = "0.0.0.0"', r"metrics.listen = '0.0.0.0': must be \"ADDRESS:PORT\""),
+        ('listen = "::1:9749"', r"metrics.listen = '::1:9749': an IPv6 address needs brackets"),
+        ('listen = "10.0.0.1:99999"', r"metrics.listen = '10.0.0.1:99999': the port must be a number"),
+        ('listen = "bad host:9749"', r"metrics.listen = 'bad host:9749': not an IP address or host name"),
+        ('listen = "[::]:9749"\nport = 9000', r"metrics.port = 9000: set metrics.listen or metrics.address/port"),
+        ('certfile = "/nonexistent/cert.pem"', r"metrics.certfile = '/nonexistent/cert.pem': no such file"),
+        ("client_auth_required = true", r"metrics.client_auth_required = True: needs metrics.certfile"),
+        ('certfile = "{pki.server_cert}"\nkeyfile = "{pki.client_key}"', r"metrics.keyfile = '.*client.key': does not"),
+        ('certfile = "{pki.server_cert}"\nkeyfile = "{pki.server_key}"\nclient_auth_required = true', "client_cafile"),
+    ],
+)
+def test_bad_listen_and_tls_settings_name_the_key(tmp_path: Path, metrics: str, message: str):
+    pki = make_pki(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        parse("[metrics]\n" + metrics.format(pki=pki), "memcoord.toml")
+
+
+def test_listen_forms():
+    assert parse('[metrics]\nlisten = "[::]:9100"\n').metrics.bind == ("::", 9100)
+    assert parse('[metrics]\nlisten = "host-1.example:9749"\n').metrics.bind == ("host-1.example", 9749)
+    assert parse("[metrics]\nport = 9100\n").metrics.bind == ("127.0.0.1", 9100)
+    assert parse("").metrics.bind == ("127.0.0.1", 9749)

@@ -29,8 +29,17 @@ class Hypervisor(Protocol):
 
 
 def connect(uri: str) -> Hypervisor:
-    """The adapter for a URI: `sim:` runs the built-in simulated host in real time, anything else is libvirt."""
+    """The adapter for a URI: `sim:` runs a simulated host in real time, anything else is libvirt.
+
+    `sim:///demo` (or any other sim: URI) is the built-in three-guest host; `sim:///PATH.toml` builds the host
+    of a `memcoord simulate` scenario file, e.g. a hundred guests to measure a scrape, or a guest that stays
+    starving (the Prometheus tests use both)."""
     if uri.startswith("sim:"):
+        path = uri.removeprefix("sim://")
+        if path.endswith(".toml"):
+            from ..simulate import build_host, load_scenario
+
+            return build_host(load_scenario(path), realtime=True)
         from .sim import demo_host
 
         return demo_host(realtime=True)
