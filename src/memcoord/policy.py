@@ -62,6 +62,9 @@ CONTENDER_HORIZON_S = 10.0
 # A guest whose stats stopped coming while it ramped toward starving is grown on its projection for at most
 # this many stale-stats periods; after that it is left alone like any guest without stats.
 LATE_GROWTH_LIMIT_STALE_PERIODS = 3
+# After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
+# the lowering may predate the balloon's arrival.
+SETTLE_S = 2.0
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 
@@ -215,6 +218,7 @@ class _Guest:
     wasteful_kib: int
     grow_step_kib: int
     grant_kib: int
+    lowered_at_s: float | None = None
     free_kib: int | None = None  # at base_kib, corrected for balloon moves since the sample
     age_s: float = 0.0
     guest_class: GuestClass = GuestClass.NO_STATS
@@ -300,6 +304,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float)
         wasteful_kib=wasteful_kib,
         grow_step_kib=grow_step_kib,
         grant_kib=state.granted_kib.get(dom.name, 0),
+        lowered_at_s=state.lowered_at_s.get(dom.name),
     )
     if sample is None:
         return guest
@@ -444,8 +449,12 @@ def host_headroom_kib(snapshot: Snapshot, config: Config, state: PolicyState | N
 
 # -- steps 2-6 ---------------------------------------------------------------------------------------------
 def _settled(g: _Guest) -> bool:
-    """Trusted figures and a balloon at rest: only such a guest may be lowered."""
-    return g.pending is None and g.guest_class not in (GuestClass.NO_STATS, GuestClass.STALE)
+    """Trusted figures and a balloon at rest, seen by a sample the guest reported after its last lowering had
+    landed: only such a guest may be lowered. (A balloon that arrived since the last tick may have been
+    half-way when the guest wrote its figures: lowering again on them would take a step too many.)"""
+    if g.pending is not None or g.guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
+        return False
+    return g.lowered_at_s is None or (g.sample is not None and g.sample.last_update_s >= g.lowered_at_s + SETTLE_S)
 
 
 def _clamp_to_bounds(guests: list[_Guest], ledger: _Ledger, config: Config) -> set[str]:
@@ -635,7 +644,9 @@ def _share_pool_with_busy(guests: list[_Guest], ledger: _Ledger, pool_kib: int, 
 
 
 def _collect_idle_tax(guests: list[_Guest], ledger: _Ledger, config: Config, grown: list[str], skip: set[str]) -> None:
-    """Each idle guest pays idle_tax_mib to the guests that grew, no more than they still have room for."""
+    """Each idle guest pays idle_tax_mib to the guests that grew, no more than they still have room for, and
+    not below halfway between its starving and wasteful lines: a tax, not a drain (taxed on every tick that
+    someone grows, an idle guest would otherwise lose the buffer its next burst needs)."""
     tax_kib = mib_to_kib(config.guest.idle_tax_mib)
     room_kib = sum(ledger.room_kib(n) for n in grown)
     if not grown or not tax_kib or room_kib <= 0:
@@ -645,8 +656,12 @@ def _collect_idle_tax(guests: list[_Guest], ledger: _Ledger, config: Config, gro
         if g.guest_class is GuestClass.IDLE and _settled(g) and not ledger.lowered(g.name) and g.name not in skip:
             if collected_kib >= room_kib:
                 break
+            keep_kib = (g.starving_kib + g.wasteful_kib) // 2
             collected_kib += ledger.take(
-                g.name, min(tax_kib, room_kib - collected_kib), Action.TAX, "idle tax while others grow"
+                g.name,
+                min(tax_kib, room_kib - collected_kib, (g.free_kib or 0) - keep_kib),
+                Action.TAX,
+                "idle tax while others grow",
             )
     for i, name in enumerate(grown):
         share_kib = collected_kib // (len(grown) - i)

@@ -363,6 +363,44 @@ path = "/var/lib/memcoord/timeline.jsonl"
         unit.systemctl("restart", UNIT)
 
 
+def test_9_metrics_drop_in_opens_exactly_its_port(unit: Unit) -> None:
+    """packaging/memcoord.service.d/metrics.conf, as an admin installs it: memcoord may listen on the metrics
+    port it names and on no other (SocketBindAllow/Deny), whatever the config file asks."""
+    port = 20000 + os.getpid() % 1000  # the container shares the host's loopback
+    repo = Path(__file__).resolve().parents[2]
+    drop_in = (repo / "packaging/memcoord.service.d/metrics.conf").read_text()
+    assert "SocketBindAllow=tcp:9749" in drop_in, "the shipped drop-in changed shape: update this test"
+    ct = unit.ct
+    ct.sh("mkdir -p /etc/systemd/system/memcoord.service.d")
+    ct.write(
+        "/etc/systemd/system/memcoord.service.d/metrics.conf",
+        drop_in.replace("SocketBindAllow=tcp:9749", f"SocketBindAllow=tcp:{port}"),
+    )
+    fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    try:
+        unit.systemctl("daemon-reload")
+        for listen_port, allowed in ((port, True), (port + 1, False)):
+            cur = unit.cursor()
+            unit.write_config(BASE_CONFIG + f'\n[metrics]\nenabled = true\nlisten = "127.0.0.1:{listen_port}"\n')
+            unit.systemctl("restart", UNIT)
+            if allowed:
+                unit.wait_message(cur, f"metrics on http://127.0.0.1:{listen_port}/metrics")
+                scraped = ct.run(["python3", "-c", fetch, f"http://127.0.0.1:{listen_port}/metrics"]).stdout
+                assert "memcoord_build_info" in scraped, scraped[-1000:]
+            else:
+                status = unit.systemctl("status", "--no-pager", "-n", "30", UNIT, check=False)
+                found = unit.wait_message(cur, "metrics endpoint not started", timeout_s=60)
+                assert found, status
+                assert any("Operation not permitted" in m or "Permission denied" in m for m in found), found
+                # The daemon itself runs on: a refused endpoint is not a reason to stop coordinating.
+                assert unit.show("ActiveState")["ActiveState"] == "active"
+    finally:
+        ct.sh("rm -rf /etc/systemd/system/memcoord.service.d")
+        unit.systemctl("daemon-reload")
+        unit.write_config(BASE_CONFIG)
+        unit.systemctl("restart", UNIT)
+
+
 def libvirtd_pid() -> int:
     """The PID of the host's libvirtd (from its pidfile)."""
     return int(Path("/run/libvirtd.pid").read_text().strip())

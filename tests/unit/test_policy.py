@@ -146,10 +146,17 @@ def test_busy_guests_get_nothing_from_the_host():
 
 def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_and_it_goes_to_the_starving():
     """The C original gave the tax only when more than one guest paid; one payer is enough here."""
-    changes = by_name(steady(dom("i", 1024, 250), dom("s", 512, 100)))
+    changes = by_name(steady(dom("i", 1024, 300), dom("s", 512, 100)))
     assert changes["i"].action is Action.TAX
     assert changes["i"].delta_kib == -mib_to_kib(2)
     assert changes["s"].delta_kib == mib_to_kib(302)
+
+
+def test_the_tax_leaves_an_idle_guest_half_way_between_its_lines():
+    """Taxed on every tick someone grows, an idle guest would lose the buffer its own next burst needs."""
+    changes = by_name(steady(dom("i", 1024, 251), dom("j", 1024, 250), dom("s", 512, 100)))
+    assert changes["i"].delta_kib == -mib_to_kib(1)
+    assert "j" not in changes
 
 
 def test_no_tax_when_nobody_grows():
@@ -669,3 +676,20 @@ def test_what_a_ramping_guest_will_touch_of_its_own_memory_is_kept_for_it():
     assert plan.classes["r"] is GuestClass.BUSY
     # 500 - 120 = 380 MiB, shared between s and r, which starves within 10 s at its pace.
     assert by_name(plan)["s"].delta_kib == mib_to_kib(190)
+
+
+def test_no_second_reclaim_on_figures_from_before_the_balloon_arrived():
+    """Reclaimed at T, the balloon arrived by T+1, but the guest's report stamped T+1 may have been written
+    while it moved: the next step waits for a report from T+2 on."""
+    config = Config()
+    _p, state = decide(snap(dom("w", 1024, 800)), PolicyState(), config)
+    plan, state = decide(snap(dom("w", 1024, 800, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    state = applied(state, plan.changes, NOW_S + 1)
+    plan, state = decide(snap(dom("w", 924, 750, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
+    assert plan.changes == ()
+    # The report from T+2 was written mid-move (750 MiB free): against it the next one looks busy ...
+    plan, state = decide(snap(dom("w", 924, 700, last_s=NOW_S + 3), now_s=NOW_S + 3), state, config)
+    assert plan.changes == ()
+    # ... and the one after that is steady: one more step.
+    plan, _ = decide(snap(dom("w", 924, 700, last_s=NOW_S + 4), now_s=NOW_S + 4), state, config)
+    assert by_name(plan)["w"].to_kib == mib_to_kib(824)
