@@ -380,7 +380,11 @@ class _Ledger:
         grown_kib = max(0, target_kib - g.base_kib)
         kept_kib = min(target_kib, g.base_kib)
         unbacked_kib = kept_kib if g.dom.rss_kib is None else max(0, kept_kib + self.overhead_kib - g.dom.rss_kib)
-        promised_kib = g.grant_kib + self.touching_kib(g)
+        # Both are the guest's free memory, seen two ways: a grant it has not touched is still free in it, and
+        # a ramp can only touch what is free. (QEMU's overhead is a guess; the guest's own figure bounds it.)
+        promised_kib = max(g.grant_kib, self.touching_kib(g))
+        if g.free_kib is not None:
+            promised_kib = min(promised_kib, max(0, g.free_kib))
         return grown_kib + min(promised_kib, unbacked_kib)
 
     def touching_kib(self, g: _Guest) -> int:
