@@ -363,9 +363,13 @@ path = "/var/lib/memcoord/timeline.jsonl"
         unit.systemctl("restart", UNIT)
 
 
-def test_9_metrics_drop_in_opens_exactly_its_port(unit: Unit) -> None:
-    """packaging/memcoord.service.d/metrics.conf, as an admin installs it: memcoord may listen on the metrics
-    port it names and on no other (SocketBindAllow/Deny), whatever the config file asks."""
+def test_9_metrics_drop_in_loads_and_serves_its_port(unit: Unit) -> None:
+    """packaging/memcoord.service.d/metrics.conf, as an admin installs it: systemd takes every setting (a typo
+    would be dropped with only a log line), and memcoord serves the metrics port it names.
+
+    What this cannot show here: SocketBindDeny= is enforced by a cgroup BPF program, which systemd inside
+    systemd-nspawn cannot attach on these hosts (a bind to another port succeeds in the container), so the
+    deny half is checked as a property only."""
     port = 20000 + os.getpid() % 1000  # the container shares the host's loopback
     repo = Path(__file__).resolve().parents[2]
     drop_in = (repo / "packaging/memcoord.service.d/metrics.conf").read_text()
@@ -379,21 +383,17 @@ def test_9_metrics_drop_in_opens_exactly_its_port(unit: Unit) -> None:
     fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
     try:
         unit.systemctl("daemon-reload")
-        for listen_port, allowed in ((port, True), (port + 1, False)):
-            cur = unit.cursor()
-            unit.write_config(BASE_CONFIG + f'\n[metrics]\nenabled = true\nlisten = "127.0.0.1:{listen_port}"\n')
-            unit.systemctl("restart", UNIT)
-            if allowed:
-                unit.wait_message(cur, f"metrics on http://127.0.0.1:{listen_port}/metrics")
-                scraped = ct.run(["python3", "-c", fetch, f"http://127.0.0.1:{listen_port}/metrics"]).stdout
-                assert "memcoord_build_info" in scraped, scraped[-1000:]
-            else:
-                status = unit.systemctl("status", "--no-pager", "-n", "30", UNIT, check=False)
-                found = unit.wait_message(cur, "metrics endpoint not started", timeout_s=60)
-                assert found, status
-                assert any("Operation not permitted" in m or "Permission denied" in m for m in found), found
-                # The daemon itself runs on: a refused endpoint is not a reason to stop coordinating.
-                assert unit.show("ActiveState")["ActiveState"] == "active"
+        props = unit.show("SocketBindAllow", "SocketBindDeny", "IPAddressAllow", "IPAddressDeny")
+        assert props["SocketBindAllow"].replace(":", "") == f"tcp{port}", props  # 252 prints "tcpPORT"
+        assert props["SocketBindDeny"] == "any", props
+        assert "192.0.2.10/32" in props["IPAddressAllow"] and "127.0.0.0/8" in props["IPAddressAllow"], props
+        assert "0.0.0.0/0" in props["IPAddressDeny"], props
+        cur = unit.cursor()
+        unit.write_config(BASE_CONFIG + f'\n[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\n')
+        unit.systemctl("restart", UNIT)
+        unit.wait_message(cur, f"metrics on http://127.0.0.1:{port}/metrics")
+        scraped = ct.run(["python3", "-c", fetch, f"http://127.0.0.1:{port}/metrics"]).stdout
+        assert "memcoord_build_info" in scraped, scraped[-1000:]
     finally:
         ct.sh("rm -rf /etc/systemd/system/memcoord.service.d")
         unit.systemctl("daemon-reload")
