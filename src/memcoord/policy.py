@@ -17,9 +17,9 @@ listed in. `decide` reads top to bottom as the algorithm, one named function per
 6. `_collect_idle_tax`: if a starving guest grew, each idle guest pays the idle tax, which goes to them.
 
 Every growth goes through the host guard (`_Ledger`): headroom = host available - host.min_available_mib -
-memory memcoord granted that its guest has not touched yet - the untouched free memory a ramping guest will
-touch before memcoord can look again. Idle guests' own untouched memory is not reserved: if they touch it and
-the host drops below its guard, step 3 answers.
+memory memcoord granted that its guest has not touched yet - the never-backed free memory of guests whose use
+grows. Idle guests' own untouched memory is not reserved: if they touch it and the host drops below its guard,
+step 3 answers.
 
 Free memory is `balloon.usable` (MemAvailable: free + reclaimable page cache) where the guest reports it, else
 `balloon.unused` (MemFree), so a guest full of page cache is not taken for a starving one.
@@ -348,9 +348,9 @@ class _Ledger:
     """Targets being planned, and the host headroom they leave.
 
     headroom = host available - host.min_available_mib - what the guests may still take as the guard counts
-    it (`draw_kib`): growth planned this tick, memory granted earlier that the guest has not touched, and the
-    never-backed free memory a ramping guest will touch before memcoord can look again. Idle guests' untouched
-    memory is not counted: on a host of large idle guests that would leave nothing to grow with.
+    it (`draw_kib`): growth planned this tick, memory granted earlier that the guest has not touched, and all
+    the never-backed free memory of a guest whose use grows. Idle guests' untouched memory is not counted: on a
+    host of large idle guests that would leave nothing to grow with.
     Lowering a guest gives no headroom in the same tick: what QEMU releases reaches host available once the
     balloon has inflated, and a guest grown from it meanwhile could touch it first (nothing comes back at all
     from memory QEMU never backed).
@@ -363,7 +363,6 @@ class _Ledger:
         self.notes: list[str] = []
         self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
         self.guard_kib = mib_to_kib(config.host.min_available_mib)
-        self.lookahead_s = lookahead_s(config)
         self.deficit_kib = max(0, self.guard_kib - host_available_kib)
         self.headroom_kib = host_available_kib - self.guard_kib - sum(self.draw_kib(g, g.base_kib) for g in guests)
 
@@ -380,16 +379,13 @@ class _Ledger:
         grown_kib = max(0, target_kib - g.base_kib)
         kept_kib = min(target_kib, g.base_kib)
         unbacked_kib = kept_kib if g.dom.rss_kib is None else max(0, kept_kib + self.overhead_kib - g.dom.rss_kib)
-        # Both are the guest's free memory, seen two ways: a grant it has not touched is still free in it, and
-        # a ramp can only touch what is free. (QEMU's overhead is a guess; the guest's own figure bounds it.)
-        promised_kib = max(g.grant_kib, self.touching_kib(g))
-        if g.free_kib is not None:
-            promised_kib = min(promised_kib, max(0, g.free_kib))
-        return grown_kib + min(promised_kib, unbacked_kib)
-
-    def touching_kib(self, g: _Guest) -> int:
-        """Free memory a guest whose use grows will touch before memcoord can look again, at its ramp."""
-        return min(max(0, g.free_kib or 0), int(g.ramp_kib_per_s * (g.age_s + self.lookahead_s)))
+        if g.free_kib is None:
+            return grown_kib + min(g.grant_kib, unbacked_kib)
+        # A guest whose use grows takes all its free memory before it needs more; any other keeps what it was
+        # granted and has not touched, which is still free in it. (QEMU's overhead is a guess; the guest's own
+        # free figure bounds it.)
+        promised_kib = g.free_kib if _growing(g) else min(g.grant_kib, g.free_kib)
+        return grown_kib + min(max(0, promised_kib), unbacked_kib)
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
         g = self.guests[name]
@@ -437,6 +433,11 @@ class _Ledger:
             if before_kib != after_kib:
                 out.append(Change(name, action, before_kib, after_kib, "; ".join(reasons)))
         return tuple(out)
+
+
+def _growing(g: _Guest) -> bool:
+    """A guest whose programs take more memory (or starve): it will touch its free memory first."""
+    return g.guest_class is GuestClass.STARVING or g.ramp_kib_per_s > 0
 
 
 def _whole_mib(kib: int) -> int:
