@@ -219,7 +219,10 @@ class _Guest:
     grow_step_kib: int
     grant_kib: int
     lowered_at_s: float | None = None
-    free_kib: int | None = None  # at base_kib, corrected for balloon moves since the sample
+    free_kib: int | None = None
+    # MemFree at base_kib: pages the guest never touched, or touched and freed. What the host may still lose to
+    # the guest is among these (page cache, counted free in free_kib, is already backed).
+    unused_kib: int | None = None  # at base_kib, corrected for balloon moves since the sample
     age_s: float = 0.0
     guest_class: GuestClass = GuestClass.NO_STATS
     why: str = ""
@@ -310,6 +313,8 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float)
         return guest
     # The sample saw the balloon at sample.current_kib; memory the balloon moved since is free (or gone) too.
     guest.free_kib = sample.free_kib + (base_kib - sample.current_kib)
+    moved_kib = base_kib - sample.current_kib
+    guest.unused_kib = guest.free_kib if dom.unused_kib is None else dom.unused_kib + moved_kib
     guest.age_s = max(0.0, now_s - (dom.last_update_s or sample.last_update_s))
     guest.guest_class, guest.why = _classify(guest, config)
     return guest
@@ -379,12 +384,12 @@ class _Ledger:
         grown_kib = max(0, target_kib - g.base_kib)
         kept_kib = min(target_kib, g.base_kib)
         unbacked_kib = kept_kib if g.dom.rss_kib is None else max(0, kept_kib + self.overhead_kib - g.dom.rss_kib)
-        if g.free_kib is None:
+        if g.unused_kib is None:
             return grown_kib + min(g.grant_kib, unbacked_kib)
-        # A guest whose use grows takes all its free memory before it needs more; any other keeps what it was
-        # granted and has not touched, which is still free in it. (QEMU's overhead is a guess; the guest's own
-        # free figure bounds it.)
-        promised_kib = g.free_kib if _growing(g) else min(g.grant_kib, g.free_kib)
+        # A guest whose use grows takes all its free pages before it needs more (MemFree, down to the kernel's
+        # reserves, which MemAvailable leaves out); any other keeps what it was granted and has not touched,
+        # which is still free in it. (QEMU's overhead is a guess; the guest's own figure bounds it.)
+        promised_kib = g.unused_kib if _growing(g) else min(g.grant_kib, g.unused_kib)
         return grown_kib + min(max(0, promised_kib), unbacked_kib)
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
