@@ -79,12 +79,30 @@ class GuestConfig(_Section):
         gap_mib = self.wasteful_mib - self.starving_mib
         if self.reclaim_step_mib >= gap_mib:
             # One step would take a guest from "wasteful" past "starving": it would be reclaimed and regrown
-            # on alternate ticks.
-            raise PydanticCustomError(
-                "key_conflict",
-                f"must be less than guest.wasteful_mib - guest.starving_mib ({gap_mib}), or guests flap",
-                {"key": "reclaim_step_mib", "value": self.reclaim_step_mib},
-            )
+            # on alternate ticks. Blame the key the file set.
+            step = self.reclaim_step_mib
+            if "reclaim_step_mib" in self.model_fields_set or not self.model_fields_set & {
+                "wasteful_mib",
+                "starving_mib",
+            }:
+                key, value, rule = (
+                    "reclaim_step_mib",
+                    step,
+                    f"less than guest.wasteful_mib - guest.starving_mib ({gap_mib})",
+                )
+            elif "wasteful_mib" in self.model_fields_set:
+                key, value, rule = (
+                    "wasteful_mib",
+                    self.wasteful_mib,
+                    f"more than guest.starving_mib + guest.reclaim_step_mib ({self.starving_mib + step})",
+                )
+            else:
+                key, value, rule = (
+                    "starving_mib",
+                    self.starving_mib,
+                    f"less than guest.wasteful_mib - guest.reclaim_step_mib ({self.wasteful_mib - step})",
+                )
+            raise PydanticCustomError("key_conflict", f"must be {rule}, or guests flap", {"key": key, "value": value})
         return self
 
 

@@ -583,27 +583,65 @@ def _contends(g: _Guest, ledger: _Ledger) -> bool:
 
 def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> tuple[dict[str, int], int]:
     """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
-    soon what they want (the starving, and busy guests about to starve), it is shared evenly, smallest needs
-    first so that what they leave goes to the others; the busy guests' shares stay in the headroom for the
-    tick in which they starve. Returns what each grown guest got, and what the starving wanted but did not
-    get."""
-    starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
-    want_kib = {g.name: min(grow_want_kib(g, config), ledger.room_kib(g.name)) for g in starving}
+    soon what they want (the starving, and busy guests about to starve), the starving share their part of it
+    by `_level_shares_kib`; the busy guests' shares stay in the headroom for the tick in which they starve.
+    Returns what each grown guest got, and what the starving wanted but did not get."""
+    starving = sorted((g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip), key=_name)
+    want_kib = {g.name: max(0, min(grow_want_kib(g, config), ledger.room_kib(g.name))) for g in starving}
     contenders = [g for g in guests if _contends(g, ledger)]
     contender_want_kib = sum(min(g.grow_step_kib, ledger.room_kib(g.name)) for g in contenders)
-    scarce = sum(want_kib.values()) + contender_want_kib > ledger.headroom_kib
-    starving.sort(key=lambda g: (want_kib[g.name], g.free_kib or 0, g.name))
+    share_kib: dict[str, int | None] = dict.fromkeys(want_kib)
+    if starving and sum(want_kib.values()) + contender_want_kib > ledger.headroom_kib:
+        budget_kib = max(0, ledger.headroom_kib) * len(starving) // (len(starving) + len(contenders))
+        ahead_s = lookahead_s(config)
+        share_kib.update(
+            _level_shares_kib([(g.name, g.projected_free_kib(ahead_s), want_kib[g.name]) for g in starving], budget_kib)
+        )
     grown: dict[str, int] = {}
     unmet_kib = 0
-    for i, g in enumerate(starving):
+    for g in starving:
         if want_kib[g.name] <= 0:
             continue
-        share_kib = max(0, ledger.headroom_kib) // (len(starving) - i + len(contenders)) if scarce else None
-        got_kib = ledger.give(g.name, want_kib[g.name], Action.GROW, g.why, share_kib=share_kib)
+        got_kib = ledger.give(g.name, want_kib[g.name], Action.GROW, g.why, share_kib=share_kib[g.name])
         unmet_kib += want_kib[g.name] - got_kib
         if got_kib:
             grown[g.name] = got_kib
     return grown, unmet_kib
+
+
+def _name(g: _Guest) -> str:
+    return g.name
+
+
+def _level_shares_kib(needs: list[tuple[str, int, int]], budget_kib: int) -> dict[str, int]:
+    """A scarce budget shared by levelling (water-filling): (name, projected free, want) each get up to what
+    they want, the lowest projected free raised first, so that they end as even as the budget allows. Equal
+    shares would keep whatever unevenness earlier ticks left (a guest a tick behind stays behind, its process
+    dies first, and its memory then goes to the others); levelling lets it catch up."""
+
+    def given_kib(level_kib: int) -> int:
+        return sum(min(want, max(0, level_kib - free)) for _, free, want in needs)
+
+    low_kib = min(free for _, free, _ in needs)
+    high_kib = max(free + want for _, free, want in needs)
+    while high_kib - low_kib > KIB_PER_MIB:
+        mid_kib = (low_kib + high_kib) // 2
+        if given_kib(mid_kib) <= budget_kib:
+            low_kib = mid_kib
+        else:
+            high_kib = mid_kib
+    shares_kib = {name: _whole_mib(min(want, max(0, low_kib - free))) for name, free, want in needs}
+    # What the search and whole MiB left over goes a MiB at a time to the lowest level that still wants some.
+    left_kib = budget_kib - sum(shares_kib.values())
+    while left_kib >= KIB_PER_MIB:
+        open_needs = [
+            (free + shares_kib[name], name) for name, free, want in needs if want - shares_kib[name] >= KIB_PER_MIB
+        ]
+        if not open_needs:
+            break
+        shares_kib[min(open_needs)[1]] += KIB_PER_MIB
+        left_kib -= KIB_PER_MIB
+    return shares_kib
 
 
 def _take_for_the_starving(
