@@ -52,8 +52,12 @@ def test_starving_guest_grows_and_idle_guest_is_reclaimed(tmp_path: Path):
 
             def done() -> bool:
                 history.append(current_mib(lab))
-                starving_grows = [a for a in coordinator.actions if a.domain == hungry and "starving" in a.reason]
-                return bool(starving_grows) and history[-1][hungry] >= 1400 and history[-1][idle] <= start[idle] - 300
+                grows_for_need = [
+                    a
+                    for a in coordinator.actions
+                    if a.domain == hungry and ("starving" in a.reason or "ramping" in a.reason)
+                ]
+                return bool(grows_for_need) and history[-1][hungry] >= 1400 and history[-1][idle] <= start[idle] - 300
 
             reached = wait_until(done, 180)
             log = coordinator.log_text()
