@@ -1,14 +1,19 @@
 """The imperative shell: the tick loop, signals, config reload, sd_notify and the journal.
 
 It knows nothing of the algorithm beyond calling `policy.decide`. Signal handlers only set flags; the loop
-acts on them between ticks, so a reload or a stop never lands in the middle of applying a plan.
+acts on them between ticks, so a reload or a stop never lands in the middle of applying a plan. The sleep
+between ticks waits on a pipe that the interpreter writes the signal number to (signal.set_wakeup_fd, from its C
+handler): a handler that took a lock instead (threading.Event.set) deadlocks when the signal lands while the main
+thread holds that very lock, inside the sleep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +99,9 @@ class Service:
         self._backoff_s = BACKOFF_START_S
         self._should_exit = False
         self._reload_requested = False
-        self._wake = threading.Event()
+        # The loop's alarm clock: a byte in this pipe ends the sleep between ticks (see the module docstring).
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup_fd_installed = False
         self._untrusted_since: dict[str, float] = {}
         self._untrusted_reported: set[str] = set()
         self._relief_short = False
@@ -104,18 +111,36 @@ class Service:
         self.observer.configure(config_path, self.config)
 
     # -- signals -------------------------------------------------------------------------------------------
+    # The handlers only set a flag: the interpreter has already written to the wakeup pipe (set_wakeup_fd),
+    # which ends the sleep. Nothing here may take a lock, allocate a thread or do I/O.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         self._should_exit = True
-        self._wake.set()
 
     def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
         self._reload_requested = True
-        self._wake.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; call from the main thread (as signal.signal requires)."""
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._wakeup_fd_installed = True
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+
+    def request_stop(self) -> None:
+        """Stop after the current tick, from any thread (what SIGTERM does)."""
+        self._should_exit = True
+        self._wake()
+
+    def request_reload(self) -> None:
+        """Reload before the next tick, from any thread (what SIGHUP does)."""
+        self._reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        # A full pipe already holds a wakeup; nothing is lost by dropping this one.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\0")
 
     # -- reload --------------------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -246,9 +271,13 @@ class Service:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
-        """Wait for the next tick, waking early for a signal."""
-        self._wake.wait(seconds)
-        self._wake.clear()
+        """Wait for the next tick, waking early for a signal (or request_stop/request_reload)."""
+        readable, _w, _x = select.select([self._wake_r], [], [], seconds)
+        if readable:
+            # Empty the pipe: the flags say what happened, however many signals wrote to it.
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
 
     def run(self) -> int:
         log.info(
@@ -286,8 +315,27 @@ class Service:
                     if wait_s > 0:
                         self.notifier.watchdog()
         finally:
+            self._ignore_signals()
             self.notifier.stopping()
             self.observer.stop()
             log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
+            self._close_wakeup()
         return 0
+
+    def _ignore_signals(self) -> None:
+        """Stopping: a further stop or reload means nothing now. Ignored (not reset), because the interpreter
+        resets Python handlers to the default action as it exits, and a late SIGTERM or SIGHUP would then kill
+        the process at its very end (exit "killed by signal" instead of 0)."""
+        if self._wakeup_fd_installed:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
+
+    def _close_wakeup(self) -> None:
+        # Detach the pipe from the interpreter first: a late signal must not write to a closed (or reused) fd.
+        if self._wakeup_fd_installed:
+            signal.set_wakeup_fd(-1)
+            self._wakeup_fd_installed = False
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
