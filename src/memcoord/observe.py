@@ -13,7 +13,7 @@ import grp
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class Observer:
         self.snapshot: Snapshot | None = None
         self.plan: Plan | None = None
         self.hypervisor_error: str | None = None
+        self.period_failing: dict[str, str] = {}
+        self.skipped_last_tick = 0
         self.last_tick_duration_s: float | None = None
         self.view: dict[str, Any] | None = None
         self.metrics = Metrics(lambda: self.view)
@@ -97,12 +99,21 @@ class Observer:
         results: Sequence[ApplyResult],
         duration_s: float,
         problems: Iterable[str] = (),
+        period_failing: Mapping[str, str] = {},
+        skipped: int = 0,
+        deadline_spent: bool = False,
     ) -> None:
-        """A tick reached the hypervisor: record what it saw and did, then publish."""
+        """A tick reached the hypervisor: record what it saw and did, then publish. period_failing: domains
+        whose stats period is still being retried; skipped: changes the tick's deadline left for the next;
+        deadline_spent: the tick ran out of its deadline (counted as an error of kind "deadline")."""
         now_s = time.time()
         dry_run = self.config.loop.dry_run
         for problem in problems:
             self._error("stats_period", problem)
+        self.period_failing = dict(period_failing)
+        self.skipped_last_tick = skipped
+        if deadline_spent:
+            self._error("deadline", f"tick deadline spent, {skipped} setMemory call(s) left for the next tick")
         actions = []
         for result in results:
             c = result.change
@@ -213,6 +224,7 @@ class Observer:
                         "last_action": self.last_actions.get(d.name),
                         "floor_kib": cfg.floor_kib(d.name) if managed else None,
                         "ceiling_kib": cfg.ceiling_kib(d.name, d.max_kib) if managed else None,
+                        "stats_period_error": self.period_failing.get(d.name),
                     }
                 )
             host = {
@@ -239,6 +251,8 @@ class Observer:
             "hypervisor_ok": self.hypervisor_error is None and snap is not None,
             "hypervisor_error": self.hypervisor_error,
             "snapshot_at_s": None if snap is None else snap.taken_at_s,
+            "stats_period_failing": dict(self.period_failing),
+            "skipped_last_tick": self.skipped_last_tick,
             "config": {
                 "path": None if self.config_path is None else str(self.config_path),
                 "loaded_at_s": self.loaded_at_s,

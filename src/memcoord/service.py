@@ -15,7 +15,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -23,7 +23,7 @@ from types import FrameType
 from . import config as config_mod
 from . import journal
 from .config import Config, ConfigError
-from .hypervisor import Hypervisor, HypervisorError
+from .hypervisor import SKIPPED_DEADLINE, Hypervisor, HypervisorError
 from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from .notify import Notifier
 from .observe import Observer
@@ -34,6 +34,11 @@ log = logging.getLogger("memcoord")
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 RELIEF_WARN_TICKS = 5
+# One deadline per tick for all its libvirt calls, so that a tick always fits systemd's watchdog however many
+# calls hang: 40 % of WatchdogSec (12 s of the unit's 30 s) leaves the loop time to ping before the watchdog
+# fires even when a tick is slow; 12 s without a watchdog.
+TICK_BUDGET_S = 12.0
+TICK_BUDGET_WATCHDOG_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,11 @@ def _gib(kib: int) -> str:
     return f"{kib / 1024 / 1024:.1f} GiB"
 
 
-def status_line(plan: Plan, snapshot: Snapshot, config: Config, last_action: str) -> str:
-    """One line for `systemctl status`: domains by class, host memory and guard, last action."""
+def status_line(
+    plan: Plan, snapshot: Snapshot, config: Config, last_action: str, period_failing: Mapping[str, str] = {}
+) -> str:
+    """One line for `systemctl status`: domains by class, host memory and guard, last action, and the domains
+    whose stats period is still being retried."""
     counts = ", ".join(f"{plan.count(c)} {c}" for c in GuestClass if plan.count(c))
     managed = len(plan.classes)
     line = f"{managed} domains" + (f" ({counts})" if counts else "")
@@ -68,6 +76,8 @@ def status_line(plan: Plan, snapshot: Snapshot, config: Config, last_action: str
             line += f" (guests can give back {kib_to_mib(plan.relief_shortfall_kib):.0f} MiB too little)"
     if config.loop.dry_run:
         line += "; DRY RUN"
+    if period_failing:
+        line += f"; stats period not set, retrying: {', '.join(sorted(period_failing))}"
     return f"{line}; last action: {last_action}"
 
 
@@ -106,6 +116,8 @@ class Service:
         self._untrusted_reported: set[str] = set()
         self._relief_short = False
         self._short_ticks = 0
+        self._period_failing: dict[str, str] = {}
+        self._over_deadline = False
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -170,11 +182,18 @@ class Service:
         self.notifier.status("; ".join(part for part in (self._status_line, self.reload_note, event) if part))
 
     # -- one tick ------------------------------------------------------------------------------------------
+    def tick_budget_s(self) -> float:
+        """Seconds one tick's libvirt calls may take together (see TICK_BUDGET_S)."""
+        watchdog_s = self.notifier.watchdog_interval_s()
+        return TICK_BUDGET_S if watchdog_s is None else watchdog_s * TICK_BUDGET_WATCHDOG_SHARE
+
     def tick(self) -> bool:
         """Sample, decide, apply, report. False when the hypervisor could not be reached."""
         started_s = time.monotonic()
+        budget_s = self.tick_budget_s()
+        deadline_s = started_s + budget_s
         try:
-            snapshot = self.hypervisor.sample()
+            snapshot = self.hypervisor.sample(deadline_s=deadline_s)
         except HypervisorError as exc:
             if self._lost_reason is None:
                 log.error(
@@ -193,9 +212,10 @@ class Service:
         self._backoff_s = BACKOFF_START_S
 
         managed = [d.name for d in snapshot.domains if self.config.manages(d.name)]
-        failures = self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s)
+        failures = self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s, deadline_s=deadline_s)
         for failure in failures:
             log.warning("%s", failure)
+        self._report_period(dict(self.hypervisor.stats_period_failures()), managed)
 
         plan, self.state = decide(snapshot, self.state, self.config)
         self._report_untrusted(plan, snapshot)
@@ -204,22 +224,39 @@ class Service:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
         results: list[ApplyResult] = []
+        skipped = 0
         if plan.changes:
             if dry_run:
                 results = [ApplyResult(c) for c in plan.changes]
             else:
-                results = self.hypervisor.apply(plan.changes)
+                results = self.hypervisor.apply(plan.changes, deadline_s=deadline_s)
                 self.state = applied(self.state, [r.change for r in results if r.ok], snapshot.taken_at_s)
+                # Not attempted, not failed: the policy decides them again next tick from what it then sees.
+                skipped = sum(r.error == SKIPPED_DEADLINE for r in results)
+                results = [r for r in results if r.error != SKIPPED_DEADLINE]
             for result in results:
                 journal.action(result, dry_run)
-            c = plan.changes[-1]
-            self.last_action = (
-                f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
-                f" at {time.strftime('%H:%M:%S')}"
-            )
+            if results:
+                c = results[-1].change
+                self.last_action = (
+                    f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
+                    f" at {time.strftime('%H:%M:%S')}"
+                )
         self.ticks += 1
-        self.observer.tick_done(snapshot, plan, results, time.monotonic() - started_s, failures)
-        self._status_line = status_line(plan, snapshot, self.config, self.last_action)
+        duration_s = time.monotonic() - started_s
+        deadline_spent = duration_s >= budget_s or skipped > 0
+        self._report_deadline(deadline_spent, duration_s, budget_s, skipped)
+        self.observer.tick_done(
+            snapshot,
+            plan,
+            results,
+            duration_s,
+            failures,
+            period_failing=self._period_failing,
+            skipped=skipped,
+            deadline_spent=deadline_spent,
+        )
+        self._status_line = status_line(plan, snapshot, self.config, self.last_action, self._period_failing)
         self._send_status()
         if self.exit_when_idle and not managed:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
@@ -243,6 +280,30 @@ class Service:
         elif self._relief_short and not plan.host_deficit_kib:
             self._relief_short = False
             log.info("host back above its guard")
+
+    def _report_period(self, failing: dict[str, str], managed: list[str]) -> None:
+        """One line when a domain's stats period is finally set (its first failure was logged by the adapter)."""
+        for name in set(self._period_failing) - set(failing):
+            if name in managed:
+                log.info("%s: balloon stats period set after retrying", name)
+        self._period_failing = failing
+
+    def _report_deadline(self, spent: bool, duration_s: float, budget_s: float, skipped: int) -> None:
+        """One line when ticks start running out of their deadline, one when they fit again."""
+        if spent:
+            if not self._over_deadline:
+                self._over_deadline = True
+                log.warning(
+                    "tick took %.1f s, its deadline is %.1f s: %d setMemory call(s) and any stats period left"
+                    " were skipped, to be retried next tick (a guest's QEMU or libvirtd is not answering)",
+                    duration_s,
+                    budget_s,
+                    skipped,
+                    extra=journal.lifecycle("deadline-spent"),
+                )
+        elif self._over_deadline:
+            self._over_deadline = False
+            log.info("ticks fit their %.1f s deadline again", budget_s, extra=journal.lifecycle("deadline-ok"))
 
     def _report_untrusted(self, plan: Plan, snapshot: Snapshot) -> None:
         """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to

@@ -91,6 +91,11 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
             lines.append(line)
     if not view["hypervisor_ok"]:
         lines.append(f"HYPERVISOR UNREACHABLE: {view['hypervisor_error']} (guests below as last seen)")
+    # .get: a state file written by an older daemon lacks these.
+    for name, error in sorted(view.get("stats_period_failing", {}).items()):
+        lines.append(f"STATS PERIOD NOT SET on {name} (left alone, retrying with backoff): {error}")
+    if view.get("skipped_last_tick"):
+        lines.append(f"LAST TICK RAN OUT OF TIME: {view['skipped_last_tick']} change(s) left for the next tick")
     errors = view["errors"]
     if errors["count"]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(errors["by_kind"].items()))
