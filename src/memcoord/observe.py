@@ -24,6 +24,10 @@ from .model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
 
 log = logging.getLogger("memcoord")
 
+# The first view is published before the first tick, which may wait for a connection (8 s for a hung libvirtd)
+# and a tick deadline (12 s): status must not call the daemon hung meanwhile.
+STARTUP_GRACE_S = 30.0
+
 
 class Observer:
     """Tracks what the daemon did and publishes it. With publish=False it only keeps the view in memory."""
@@ -88,9 +92,13 @@ class Observer:
         self._refresh()
 
     def start(self) -> None:
-        """The daemon's loop begins: open the metrics endpoint if configured."""
+        """The daemon's loop begins: open the metrics endpoint if configured, and publish a first view (no tick
+        yet: `memcoord status` says it waits for libvirt) so that status works from the start."""
         self._serving = True
         self._serve()
+        if self.view is None:
+            now_s = time.time()
+            self._publish(now_s, now_s + self.config.loop.interval_s + STARTUP_GRACE_S, None)
 
     def tick_done(
         self,
@@ -249,6 +257,8 @@ class Observer:
             "interval_s": cfg.loop.interval_s,
             "last_tick_duration_s": self.last_tick_duration_s,
             "hypervisor_ok": self.hypervisor_error is None and snap is not None,
+            # No tick has reached the hypervisor since the daemon started (libvirtd down or slow at boot).
+            "waiting_for_hypervisor": snap is None,
             "hypervisor_error": self.hypervisor_error,
             "snapshot_at_s": None if snap is None else snap.taken_at_s,
             "stats_period_failing": dict(self.period_failing),

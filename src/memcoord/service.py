@@ -200,7 +200,10 @@ class Service:
                     "lost the hypervisor, retrying with backoff: %s", exc, extra=journal.lifecycle("hypervisor-lost")
                 )
             self._lost_reason = str(exc)
-            self._status_line = f"hypervisor unreachable, retrying: {exc}"
+            if self.ticks == 0:
+                self._status_line = f"{self._waiting()}, retrying: {exc}"
+            else:
+                self._status_line = f"hypervisor unreachable, retrying: {exc}"
             self._send_status()
             self.observer.tick_failed(str(exc), time.monotonic() - started_s, next_in_s=self._backoff_s)
             return False
@@ -243,6 +246,8 @@ class Service:
                     f" at {time.strftime('%H:%M:%S')}"
                 )
         self.ticks += 1
+        if self.ticks == 1:
+            log.info("first tick done: %d managed domains", len(managed))
         duration_s = time.monotonic() - started_s
         deadline_spent = duration_s >= budget_s or skipped > 0
         self._report_deadline(deadline_spent, duration_s, budget_s, skipped)
@@ -280,6 +285,9 @@ class Service:
         elif self._relief_short and not plan.host_deficit_kib:
             self._relief_short = False
             log.info("host back above its guard")
+
+    def _waiting(self) -> str:
+        return f"waiting for libvirt ({self.config.libvirt.uri}): no tick yet"
 
     def _report_period(self, failing: dict[str, str], managed: list[str]) -> None:
         """One line when a domain's stats period is finally set (its first failure was logged by the adapter)."""
@@ -350,6 +358,14 @@ class Service:
             extra=journal.lifecycle("started"),
         )
         self.observer.start()
+        # Ready as soon as the config is loaded and the loop runs, not after the first tick: with libvirtd down
+        # at boot that tick never comes, and `systemctl start` would block until the start timeout and fail.
+        # Until the first tick, STATUS and the state file say what the daemon is waiting for.
+        self._status_line = self._waiting()
+        self._send_status()
+        self.ready = True
+        self.notifier.ready()
+        log.info("ready, config loaded; first tick next", extra=journal.lifecycle("ready"))
         try:
             while not self._should_exit:
                 if self._reload_requested:
@@ -357,10 +373,6 @@ class Service:
                     self.reload()
                 started_s = time.monotonic()
                 ok = self.tick()
-                if ok and not self.ready:
-                    self.ready = True
-                    self.notifier.ready()
-                    log.info("first tick done, ready", extra=journal.lifecycle("ready"))
                 self.notifier.watchdog()
                 if self._should_exit:
                     break
