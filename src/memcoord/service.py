@@ -170,6 +170,14 @@ class Service:
             if new.libvirt.uri != self.config.libvirt.uri:
                 self.hypervisor.close()
                 self.hypervisor = self.connect(new.libvirt.uri)
+                # Another host: what the policy remembers (samples, pending targets, recent reclaims) and what
+                # the service reported is about the old host's guests, which may share names with the new ones.
+                self.state = PolicyState()
+                self._untrusted_since.clear()
+                self._untrusted_reported.clear()
+                self._period_failing = {}
+                self._lost_reason = None
+                self._backoff_s = BACKOFF_START_S
             self.config = new
             self.observer.configure(self.config_path, new)
             self.reload_note = ""

@@ -106,6 +106,29 @@ class _PeriodRetry:
     error: str
 
 
+# Errors that mean the connection itself is gone or unusable (libvirtd died, restarted, the socket broke).
+CONNECTION_ERROR_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+    }
+)
+
+
+def connection_lost(conn: libvirt.virConnect, exc: libvirt.libvirtError) -> bool:
+    """Whether a call's error means the connection is gone (reconnect) rather than that one call failed."""
+    if exc.get_error_code() in CONNECTION_ERROR_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+        return True
+    try:
+        return not conn.isAlive()  # local state of the client, no round trip to libvirtd
+    except libvirt.libvirtError:
+        return True
+
+
 def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
 
@@ -211,7 +234,10 @@ class LibvirtHypervisor:
             )
             host = self._host(conn, deadline_s)
         except libvirt.libvirtError as exc:
-            self._drop()
+            # Only a lost connection is worth a new one: dropping a good connection for an error of one call
+            # (a domain in an odd state, an unsupported stats group) would cost every stats period set on it.
+            if connection_lost(conn, exc):
+                self._drop()
             raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
