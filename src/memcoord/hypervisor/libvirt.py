@@ -167,13 +167,16 @@ class LibvirtHypervisor:
         _quiet_libvirt_errors()
         _start_event_loop()
 
-    def _connection(self) -> libvirt.virConnect:
+    def _connection(self, deadline_s: float | None = None) -> libvirt.virConnect:
         if self._conn is not None:
             return self._conn
         if self._opening is None:
             self._opening = _Call("open", lambda: libvirt.open(self.uri))
+        timeout_s = CONNECT_TIMEOUT_S
+        if deadline_s is not None:
+            timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
         try:
-            conn = self._opening.wait(CONNECT_TIMEOUT_S)
+            conn = self._opening.wait(timeout_s)
         except TimeoutError as exc:
             raise HypervisorError(f"cannot connect to {self.uri}: {exc}") from None  # still opening: next tick
         except libvirt.libvirtError as exc:
@@ -226,7 +229,7 @@ class LibvirtHypervisor:
         return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
 
     def sample(self, deadline_s: float | None = None) -> Snapshot:
-        conn = self._connection()
+        conn = self._connection(deadline_s)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
         try:
             records = self._bounded(
