@@ -87,6 +87,10 @@ class _Call(Generic[T]):
         finally:
             self.done.set()
 
+    def succeeded(self) -> bool:
+        """Answered, without an error (a call given up on may still answer later)."""
+        return self.done.is_set() and not self._error
+
     def wait(self, timeout_s: float) -> T:
         """The call's result or its exception; TimeoutError when it has not answered in timeout_s."""
         if not self.done.wait(timeout_s):
@@ -104,6 +108,9 @@ class _PeriodRetry:
     next_at_s: float
     backoff_s: float
     error: str
+    # The last attempt when it got no answer: while it is still unanswered (the guest's monitor is hung and
+    # holds the domain's job), another attempt would only queue behind it and cost the tick its deadline.
+    unanswered: _Call[object] | None = None
 
 
 # Errors that mean the connection itself is gone or unusable (libvirtd died, restarted, the socket broke).
@@ -267,7 +274,16 @@ class LibvirtHypervisor:
             key = (dom.UUIDString(), dom.ID(), period_s)
             wanted.add(key)
             retry = self._period_retry.get(key)
-            if key in self._period_set or (retry is not None and now_s < retry.next_at_s):
+            if key in self._period_set:
+                continue
+            if retry is not None and retry.unanswered is not None:
+                if retry.unanswered.succeeded():  # it got there in the end
+                    self._period_set.add(key)
+                    del self._period_retry[key]
+                    continue
+                if not retry.unanswered.done.is_set():
+                    continue
+            if retry is not None and now_s < retry.next_at_s:
                 continue
             hung = False
             try:
@@ -289,7 +305,8 @@ class LibvirtHypervisor:
                 self._period_retry.pop(key, None)
                 continue
             backoff_s = PERIOD_RETRY_START_S if retry is None else min(retry.backoff_s * 2, PERIOD_RETRY_MAX_S)
-            self._period_retry[key] = _PeriodRetry(name, time.monotonic() + backoff_s, backoff_s, error)
+            unanswered = self._abandoned[-1] if hung and self._abandoned else None
+            self._period_retry[key] = _PeriodRetry(name, time.monotonic() + backoff_s, backoff_s, error, unanswered)
             if retry is None:
                 failures.append(
                     f"{name}: cannot set the balloon stats period, retrying every {PERIOD_RETRY_START_S:.0f} s"
