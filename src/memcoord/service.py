@@ -110,7 +110,9 @@ class Service:
         self._should_exit = False
         self._reload_requested = False
         # The loop's alarm clock: a byte in this pipe ends the sleep between ticks (see the module docstring).
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Opened by run() or install_signal_handlers(), closed when run() ends: a Service only ticked by a test
+        # holds no file descriptors.
+        self._wake_fds: tuple[int, int] | None = None
         self._wakeup_fd_installed = False
         self._untrusted_since: dict[str, float] = {}
         self._untrusted_reported: set[str] = set()
@@ -133,7 +135,7 @@ class Service:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads; call from the main thread (as signal.signal requires)."""
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self._wake_pipe()[1], warn_on_full_buffer=False)
         self._wakeup_fd_installed = True
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -149,10 +151,17 @@ class Service:
         self._reload_requested = True
         self._wake()
 
+    def _wake_pipe(self) -> tuple[int, int]:
+        if self._wake_fds is None:
+            self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        return self._wake_fds
+
     def _wake(self) -> None:
+        if self._wake_fds is None:
+            return  # no loop is sleeping: the flag alone is seen before the next tick
         # A full pipe already holds a wakeup; nothing is lost by dropping this one.
         with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"\0")
+            os.write(self._wake_fds[1], b"\0")
 
     # -- reload --------------------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -349,11 +358,12 @@ class Service:
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
         """Wait for the next tick, waking early for a signal (or request_stop/request_reload)."""
-        readable, _w, _x = select.select([self._wake_r], [], [], seconds)
+        wake_r = self._wake_pipe()[0]
+        readable, _w, _x = select.select([wake_r], [], [], seconds)
         if readable:
             # Empty the pipe: the flags say what happened, however many signals wrote to it.
             with contextlib.suppress(BlockingIOError):
-                while os.read(self._wake_r, 4096):
+                while os.read(wake_r, 4096):
                     pass
 
     def run(self) -> int:
@@ -365,6 +375,7 @@ class Service:
             " (dry run)" if self.config.loop.dry_run else "",
             extra=journal.lifecycle("started"),
         )
+        self._wake_pipe()
         self.observer.start()
         # Ready as soon as the config is loaded and the loop runs, not after the first tick: with libvirtd down
         # at boot that tick never comes, and `systemctl start` would block until the start timeout and fail.
@@ -417,6 +428,7 @@ class Service:
         if self._wakeup_fd_installed:
             signal.set_wakeup_fd(-1)
             self._wakeup_fd_installed = False
-        for fd in (self._wake_r, self._wake_w):
+        fds, self._wake_fds = self._wake_fds, None
+        for fd in fds or ():
             with contextlib.suppress(OSError):
                 os.close(fd)
