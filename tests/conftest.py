@@ -20,8 +20,11 @@ class NotifySocket:
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
 
-    def _drain(self) -> None:
-        while True:
+    def drain(self) -> None:
+        """Take what arrives within the socket timeout. Bounded in time, not "until quiet": a service ticking
+        faster than the timeout is never quiet."""
+        deadline = time.monotonic() + self.sock.gettimeout()
+        while time.monotonic() < deadline:
             try:
                 self.messages.append(self.sock.recv(65536).decode())
             except (TimeoutError, BlockingIOError):
@@ -38,7 +41,7 @@ class NotifySocket:
             seen = len(self.messages)
             if time.monotonic() > deadline:
                 raise AssertionError(f"no matching sd_notify message in {timeout_s} s; got {self.messages[-10:]}")
-            self._drain()
+            self.drain()
 
     def close(self) -> None:
         self.sock.close()

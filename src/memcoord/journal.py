@@ -31,6 +31,8 @@ LIFECYCLE_IDS = {
     "hypervisor-back": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c14",
     "reload-ok": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c15",
     "reload-failed": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c16",
+    "deadline-spent": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c17",
+    "deadline-ok": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c18",
 }
 
 

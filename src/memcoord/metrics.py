@@ -74,6 +74,14 @@ class _ViewCollector(Collector):
                 if dom.get(key) is not None:
                     family.add_metric([dom["name"]], dom[key] * BYTES_PER_KIB)
             yield family
+        failing = GaugeMetricFamily(
+            "memcoord_domain_stats_period_failing",
+            "1 while the domain's balloon stats period could not be set and is being retried (no fresh stats)",
+            labels=["domain"],
+        )
+        for name in view.get("stats_period_failing", {}):
+            failing.add_metric([name], 1)
+        yield failing
         classes = GaugeMetricFamily(
             "memcoord_domain_class", "1 for the class the policy gave the domain this tick", labels=["domain", "class"]
         )

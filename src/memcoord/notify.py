@@ -5,17 +5,45 @@ Outside systemd (no NOTIFY_SOCKET) every call is a no-op, so the same code runs 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from systemd import daemon
 
+log = logging.getLogger("memcoord")
+
+# sd_notify is C code, so Python does not retry it after a signal (PEP 475 covers only Python's own calls): a
+# SIGHUP landing in its sendmsg() raises InterruptedError. A few retries cover a storm of signals.
+EINTR_RETRIES = 10
+
 
 class Notifier:
+    def __init__(self) -> None:
+        self._failed: set[str] = set()
+
     def _send(self, *lines: str) -> None:
         # An empty NOTIFY_SOCKET means "not under systemd", but sd_notify would fail on it with EINVAL.
-        if os.environ.get("NOTIFY_SOCKET"):
-            daemon.notify("\n".join(lines))
+        if not os.environ.get("NOTIFY_SOCKET"):
+            return
+        message = "\n".join(lines)
+        for _ in range(EINTR_RETRIES):
+            try:
+                daemon.notify(message)
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                # Telling systemd is not worth the coordination of the guests: report once per kind of failure.
+                # A watchdog ping that never arrives still gets the process restarted, as it should.
+                self._report(f"{exc.strerror or exc}")
+                return
+        self._report(f"interrupted by signals {EINTR_RETRIES} times in a row")
+
+    def _report(self, why: str) -> None:
+        if why not in self._failed:
+            self._failed.add(why)
+            log.error("cannot notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), why)
 
     def ready(self) -> None:
         self._send("READY=1")

@@ -13,7 +13,7 @@ import grp
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ from .metrics import Metrics
 from .model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
 
 log = logging.getLogger("memcoord")
+
+# The first view is published before the first tick, which may wait for a connection (8 s for a hung libvirtd)
+# and a tick deadline (12 s): status must not call the daemon hung meanwhile.
+STARTUP_GRACE_S = 30.0
 
 
 class Observer:
@@ -48,6 +52,8 @@ class Observer:
         self.snapshot: Snapshot | None = None
         self.plan: Plan | None = None
         self.hypervisor_error: str | None = None
+        self.period_failing: dict[str, str] = {}
+        self.skipped_last_tick = 0
         self.last_tick_duration_s: float | None = None
         self.view: dict[str, Any] | None = None
         self.metrics = Metrics(lambda: self.view)
@@ -86,9 +92,13 @@ class Observer:
         self._refresh()
 
     def start(self) -> None:
-        """The daemon's loop begins: open the metrics endpoint if configured."""
+        """The daemon's loop begins: open the metrics endpoint if configured, and publish a first view (no tick
+        yet: `memcoord status` says it waits for libvirt) so that status works from the start."""
         self._serving = True
         self._serve()
+        if self.view is None:
+            now_s = time.time()
+            self._publish(now_s, now_s + self.config.loop.interval_s + STARTUP_GRACE_S, None)
 
     def tick_done(
         self,
@@ -97,12 +107,21 @@ class Observer:
         results: Sequence[ApplyResult],
         duration_s: float,
         problems: Iterable[str] = (),
+        period_failing: Mapping[str, str] = {},
+        skipped: int = 0,
+        deadline_spent: bool = False,
     ) -> None:
-        """A tick reached the hypervisor: record what it saw and did, then publish."""
+        """A tick reached the hypervisor: record what it saw and did, then publish. period_failing: domains
+        whose stats period is still being retried; skipped: changes the tick's deadline left for the next;
+        deadline_spent: the tick ran out of its deadline (counted as an error of kind "deadline")."""
         now_s = time.time()
         dry_run = self.config.loop.dry_run
         for problem in problems:
             self._error("stats_period", problem)
+        self.period_failing = dict(period_failing)
+        self.skipped_last_tick = skipped
+        if deadline_spent:
+            self._error("deadline", f"tick deadline spent, {skipped} setMemory call(s) left for the next tick")
         actions = []
         for result in results:
             c = result.change
@@ -213,6 +232,7 @@ class Observer:
                         "last_action": self.last_actions.get(d.name),
                         "floor_kib": cfg.floor_kib(d.name) if managed else None,
                         "ceiling_kib": cfg.ceiling_kib(d.name, d.max_kib) if managed else None,
+                        "stats_period_error": self.period_failing.get(d.name),
                     }
                 )
             host = {
@@ -237,8 +257,12 @@ class Observer:
             "interval_s": cfg.loop.interval_s,
             "last_tick_duration_s": self.last_tick_duration_s,
             "hypervisor_ok": self.hypervisor_error is None and snap is not None,
+            # No tick has reached the hypervisor since the daemon started (libvirtd down or slow at boot).
+            "waiting_for_hypervisor": snap is None,
             "hypervisor_error": self.hypervisor_error,
             "snapshot_at_s": None if snap is None else snap.taken_at_s,
+            "stats_period_failing": dict(self.period_failing),
+            "skipped_last_tick": self.skipped_last_tick,
             "config": {
                 "path": None if self.config_path is None else str(self.config_path),
                 "loaded_at_s": self.loaded_at_s,

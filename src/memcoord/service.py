@@ -1,16 +1,21 @@
 """The imperative shell: the tick loop, signals, config reload, sd_notify and the journal.
 
 It knows nothing of the algorithm beyond calling `policy.decide`. Signal handlers only set flags; the loop
-acts on them between ticks, so a reload or a stop never lands in the middle of applying a plan.
+acts on them between ticks, so a reload or a stop never lands in the middle of applying a plan. The sleep
+between ticks waits on a pipe that the interpreter writes the signal number to (signal.set_wakeup_fd, from its C
+handler): a handler that took a lock instead (threading.Event.set) deadlocks when the signal lands while the main
+thread holds that very lock, inside the sleep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import signal
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -18,7 +23,7 @@ from types import FrameType
 from . import config as config_mod
 from . import journal
 from .config import Config, ConfigError
-from .hypervisor import Hypervisor, HypervisorError
+from .hypervisor import SKIPPED_DEADLINE, Hypervisor, HypervisorError
 from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from .notify import Notifier
 from .observe import Observer
@@ -29,6 +34,11 @@ log = logging.getLogger("memcoord")
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 RELIEF_WARN_TICKS = 5
+# One deadline per tick for all its libvirt calls, so that a tick always fits systemd's watchdog however many
+# calls hang: 40 % of WatchdogSec (12 s of the unit's 30 s) leaves the loop time to ping before the watchdog
+# fires even when a tick is slow; 12 s without a watchdog.
+TICK_BUDGET_S = 12.0
+TICK_BUDGET_WATCHDOG_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,11 @@ def _gib(kib: int) -> str:
     return f"{kib / 1024 / 1024:.1f} GiB"
 
 
-def status_line(plan: Plan, snapshot: Snapshot, config: Config, last_action: str) -> str:
-    """One line for `systemctl status`: domains by class, host memory and guard, last action."""
+def status_line(
+    plan: Plan, snapshot: Snapshot, config: Config, last_action: str, period_failing: Mapping[str, str] = {}
+) -> str:
+    """One line for `systemctl status`: domains by class, host memory and guard, last action, and the domains
+    whose stats period is still being retried."""
     counts = ", ".join(f"{plan.count(c)} {c}" for c in GuestClass if plan.count(c))
     managed = len(plan.classes)
     line = f"{managed} domains" + (f" ({counts})" if counts else "")
@@ -63,6 +76,8 @@ def status_line(plan: Plan, snapshot: Snapshot, config: Config, last_action: str
             line += f" (guests can give back {kib_to_mib(plan.relief_shortfall_kib):.0f} MiB too little)"
     if config.loop.dry_run:
         line += "; DRY RUN"
+    if period_failing:
+        line += f"; stats period not set, retrying: {', '.join(sorted(period_failing))}"
     return f"{line}; last action: {last_action}"
 
 
@@ -94,28 +109,59 @@ class Service:
         self._backoff_s = BACKOFF_START_S
         self._should_exit = False
         self._reload_requested = False
-        self._wake = threading.Event()
+        # The loop's alarm clock: a byte in this pipe ends the sleep between ticks (see the module docstring).
+        # Opened by run() or install_signal_handlers(), closed when run() ends: a Service only ticked by a test
+        # holds no file descriptors.
+        self._wake_fds: tuple[int, int] | None = None
+        self._wakeup_fd_installed = False
         self._untrusted_since: dict[str, float] = {}
         self._untrusted_reported: set[str] = set()
         self._relief_short = False
         self._short_ticks = 0
+        self._period_failing: dict[str, str] = {}
+        self._over_deadline = False
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
 
     # -- signals -------------------------------------------------------------------------------------------
+    # The handlers only set a flag: the interpreter has already written to the wakeup pipe (set_wakeup_fd),
+    # which ends the sleep. Nothing here may take a lock, allocate a thread or do I/O.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         self._should_exit = True
-        self._wake.set()
 
     def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
         self._reload_requested = True
-        self._wake.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; call from the main thread (as signal.signal requires)."""
+        signal.set_wakeup_fd(self._wake_pipe()[1], warn_on_full_buffer=False)
+        self._wakeup_fd_installed = True
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+
+    def request_stop(self) -> None:
+        """Stop after the current tick, from any thread (what SIGTERM does)."""
+        self._should_exit = True
+        self._wake()
+
+    def request_reload(self) -> None:
+        """Reload before the next tick, from any thread (what SIGHUP does)."""
+        self._reload_requested = True
+        self._wake()
+
+    def _wake_pipe(self) -> tuple[int, int]:
+        if self._wake_fds is None:
+            self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        return self._wake_fds
+
+    def _wake(self) -> None:
+        if self._wake_fds is None:
+            return  # no loop is sleeping: the flag alone is seen before the next tick
+        # A full pipe already holds a wakeup; nothing is lost by dropping this one.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_fds[1], b"\0")
 
     # -- reload --------------------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -133,6 +179,14 @@ class Service:
             if new.libvirt.uri != self.config.libvirt.uri:
                 self.hypervisor.close()
                 self.hypervisor = self.connect(new.libvirt.uri)
+                # Another host: what the policy remembers (samples, pending targets, recent reclaims) and what
+                # the service reported is about the old host's guests, which may share names with the new ones.
+                self.state = PolicyState()
+                self._untrusted_since.clear()
+                self._untrusted_reported.clear()
+                self._period_failing = {}
+                self._lost_reason = None
+                self._backoff_s = BACKOFF_START_S
             self.config = new
             self.observer.configure(self.config_path, new)
             self.reload_note = ""
@@ -145,18 +199,28 @@ class Service:
         self.notifier.status("; ".join(part for part in (self._status_line, self.reload_note, event) if part))
 
     # -- one tick ------------------------------------------------------------------------------------------
+    def tick_budget_s(self) -> float:
+        """Seconds one tick's libvirt calls may take together (see TICK_BUDGET_S)."""
+        watchdog_s = self.notifier.watchdog_interval_s()
+        return TICK_BUDGET_S if watchdog_s is None else watchdog_s * TICK_BUDGET_WATCHDOG_SHARE
+
     def tick(self) -> bool:
         """Sample, decide, apply, report. False when the hypervisor could not be reached."""
         started_s = time.monotonic()
+        budget_s = self.tick_budget_s()
+        deadline_s = started_s + budget_s
         try:
-            snapshot = self.hypervisor.sample()
+            snapshot = self.hypervisor.sample(deadline_s=deadline_s)
         except HypervisorError as exc:
             if self._lost_reason is None:
                 log.error(
                     "lost the hypervisor, retrying with backoff: %s", exc, extra=journal.lifecycle("hypervisor-lost")
                 )
             self._lost_reason = str(exc)
-            self._status_line = f"hypervisor unreachable, retrying: {exc}"
+            if self.ticks == 0:
+                self._status_line = f"{self._waiting()}, retrying: {exc}"
+            else:
+                self._status_line = f"hypervisor unreachable, retrying: {exc}"
             self._send_status()
             self.observer.tick_failed(str(exc), time.monotonic() - started_s, next_in_s=self._backoff_s)
             return False
@@ -168,9 +232,10 @@ class Service:
         self._backoff_s = BACKOFF_START_S
 
         managed = [d.name for d in snapshot.domains if self.config.manages(d.name)]
-        failures = self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s)
+        failures = self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s, deadline_s=deadline_s)
         for failure in failures:
             log.warning("%s", failure)
+        self._report_period(dict(self.hypervisor.stats_period_failures()), managed)
 
         plan, self.state = decide(snapshot, self.state, self.config)
         self._report_untrusted(plan, snapshot)
@@ -179,22 +244,41 @@ class Service:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
         results: list[ApplyResult] = []
+        skipped = 0
         if plan.changes:
             if dry_run:
                 results = [ApplyResult(c) for c in plan.changes]
             else:
-                results = self.hypervisor.apply(plan.changes)
+                results = self.hypervisor.apply(plan.changes, deadline_s=deadline_s)
                 self.state = applied(self.state, [r.change for r in results if r.ok], snapshot.taken_at_s)
+                # Not attempted, not failed: the policy decides them again next tick from what it then sees.
+                skipped = sum(r.error == SKIPPED_DEADLINE for r in results)
+                results = [r for r in results if r.error != SKIPPED_DEADLINE]
             for result in results:
                 journal.action(result, dry_run)
-            c = plan.changes[-1]
-            self.last_action = (
-                f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
-                f" at {time.strftime('%H:%M:%S')}"
-            )
+            if results:
+                c = results[-1].change
+                self.last_action = (
+                    f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
+                    f" at {time.strftime('%H:%M:%S')}"
+                )
         self.ticks += 1
-        self.observer.tick_done(snapshot, plan, results, time.monotonic() - started_s, failures)
-        self._status_line = status_line(plan, snapshot, self.config, self.last_action)
+        if self.ticks == 1:
+            log.info("first tick done: %d managed domains", len(managed))
+        duration_s = time.monotonic() - started_s
+        deadline_spent = duration_s >= budget_s or skipped > 0
+        self._report_deadline(deadline_spent, duration_s, budget_s, skipped)
+        self.observer.tick_done(
+            snapshot,
+            plan,
+            results,
+            duration_s,
+            failures,
+            period_failing=self._period_failing,
+            skipped=skipped,
+            deadline_spent=deadline_spent,
+        )
+        self._status_line = status_line(plan, snapshot, self.config, self.last_action, self._period_failing)
         self._send_status()
         if self.exit_when_idle and not managed:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
@@ -218,6 +302,33 @@ class Service:
         elif self._relief_short and not plan.host_deficit_kib:
             self._relief_short = False
             log.info("host back above its guard")
+
+    def _waiting(self) -> str:
+        return f"waiting for libvirt ({self.config.libvirt.uri}): no tick yet"
+
+    def _report_period(self, failing: dict[str, str], managed: list[str]) -> None:
+        """One line when a domain's stats period is finally set (its first failure was logged by the adapter)."""
+        for name in set(self._period_failing) - set(failing):
+            if name in managed:
+                log.info("%s: balloon stats period set after retrying", name)
+        self._period_failing = failing
+
+    def _report_deadline(self, spent: bool, duration_s: float, budget_s: float, skipped: int) -> None:
+        """One line when ticks start running out of their deadline, one when they fit again."""
+        if spent:
+            if not self._over_deadline:
+                self._over_deadline = True
+                log.warning(
+                    "tick took %.1f s, its deadline is %.1f s: %d setMemory call(s) and any stats period left"
+                    " were skipped, to be retried next tick (a guest's QEMU or libvirtd is not answering)",
+                    duration_s,
+                    budget_s,
+                    skipped,
+                    extra=journal.lifecycle("deadline-spent"),
+                )
+        elif self._over_deadline:
+            self._over_deadline = False
+            log.info("ticks fit their %.1f s deadline again", budget_s, extra=journal.lifecycle("deadline-ok"))
 
     def _report_untrusted(self, plan: Plan, snapshot: Snapshot) -> None:
         """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to
@@ -246,9 +357,14 @@ class Service:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
-        """Wait for the next tick, waking early for a signal."""
-        self._wake.wait(seconds)
-        self._wake.clear()
+        """Wait for the next tick, waking early for a signal (or request_stop/request_reload)."""
+        wake_r = self._wake_pipe()[0]
+        readable, _w, _x = select.select([wake_r], [], [], seconds)
+        if readable:
+            # Empty the pipe: the flags say what happened, however many signals wrote to it.
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 4096):
+                    pass
 
     def run(self) -> int:
         log.info(
@@ -259,7 +375,16 @@ class Service:
             " (dry run)" if self.config.loop.dry_run else "",
             extra=journal.lifecycle("started"),
         )
+        self._wake_pipe()
         self.observer.start()
+        # Ready as soon as the config is loaded and the loop runs, not after the first tick: with libvirtd down
+        # at boot that tick never comes, and `systemctl start` would block until the start timeout and fail.
+        # Until the first tick, STATUS and the state file say what the daemon is waiting for.
+        self._status_line = self._waiting()
+        self._send_status()
+        self.ready = True
+        self.notifier.ready()
+        log.info("ready, config loaded; first tick next", extra=journal.lifecycle("ready"))
         try:
             while not self._should_exit:
                 if self._reload_requested:
@@ -267,10 +392,6 @@ class Service:
                     self.reload()
                 started_s = time.monotonic()
                 ok = self.tick()
-                if ok and not self.ready:
-                    self.ready = True
-                    self.notifier.ready()
-                    log.info("first tick done, ready", extra=journal.lifecycle("ready"))
                 self.notifier.watchdog()
                 if self._should_exit:
                     break
@@ -286,8 +407,28 @@ class Service:
                     if wait_s > 0:
                         self.notifier.watchdog()
         finally:
+            self._ignore_signals()
             self.notifier.stopping()
             self.observer.stop()
             log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
+            self._close_wakeup()
         return 0
+
+    def _ignore_signals(self) -> None:
+        """Stopping: a further stop or reload means nothing now. Ignored (not reset), because the interpreter
+        resets Python handlers to the default action as it exits, and a late SIGTERM or SIGHUP would then kill
+        the process at its very end (exit "killed by signal" instead of 0)."""
+        if self._wakeup_fd_installed:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
+
+    def _close_wakeup(self) -> None:
+        # Detach the pipe from the interpreter first: a late signal must not write to a closed (or reused) fd.
+        if self._wakeup_fd_installed:
+            signal.set_wakeup_fd(-1)
+            self._wakeup_fd_installed = False
+        fds, self._wake_fds = self._wake_fds, None
+        for fd in fds or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)

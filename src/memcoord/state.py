@@ -10,12 +10,15 @@ only when empty).
 
 Schema (version 1), sizes in KiB, times in epoch seconds:
     version, pid, running, stopped_at_s, started_at_s, updated_at_s, next_update_by_s, ticks, uri, dry_run,
-    interval_s, last_tick_duration_s, hypervisor_ok, hypervisor_error, snapshot_at_s,
+    interval_s, last_tick_duration_s, hypervisor_ok, hypervisor_error, snapshot_at_s, waiting_for_hypervisor (no
+    tick has reached the hypervisor since the start: published before the first tick),
+    stats_period_failing {domain: error} (stats period not set yet, being retried), skipped_last_tick (changes
+    the tick's deadline left for the next tick),
     config {path, loaded_at_s, reload ("never" | "ok" | "failed"), reload_error, reloads_ok, reloads_failed},
     host {available_kib, total_kib, guard_kib, headroom_kib},
     errors {count, by_kind {kind: n}, last, last_at_s},
     domains [{name, managed, class, current_kib, max_kib, target_kib, unused_kib, usable_kib, stats_age_s,
-              stats_updated_at_s (the guest's own timestamp of its stats),
+              stats_updated_at_s (the guest's own timestamp of its stats), stats_period_error,
               last_action {action, from_kib, to_kib, reason, at_s, error, dry_run} | null,
               floor_kib, ceiling_kib (the policy's bounds; null when unmanaged)}]
 """

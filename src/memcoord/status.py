@@ -89,8 +89,16 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
             if host.get("relief_shortfall_kib"):
                 line += f", {_size(host['relief_shortfall_kib'])} more than the guests can give back"
             lines.append(line)
-    if not view["hypervisor_ok"]:
+    if view.get("waiting_for_hypervisor"):
+        why = f": {view['hypervisor_error']}" if view["hypervisor_error"] else ""
+        lines.append(f"waiting for libvirt ({view['uri']}): no tick has reached it yet{why}")
+    elif not view["hypervisor_ok"]:
         lines.append(f"HYPERVISOR UNREACHABLE: {view['hypervisor_error']} (guests below as last seen)")
+    # .get: a state file written by an older daemon lacks these.
+    for name, error in sorted(view.get("stats_period_failing", {}).items()):
+        lines.append(f"STATS PERIOD NOT SET on {name} (left alone, retrying with backoff): {error}")
+    if view.get("skipped_last_tick"):
+        lines.append(f"LAST TICK RAN OUT OF TIME: {view['skipped_last_tick']} change(s) left for the next tick")
     errors = view["errors"]
     if errors["count"]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(errors["by_kind"].items()))

@@ -47,8 +47,10 @@ def test_ready_status_watchdog_then_stopping(service):
     status = ns.wait_for(lambda m: m.startswith("STATUS=3 domains"))
     assert "host available" in status and "guard 1024 MiB" in status
     ns.wait_for(lambda m: m == "WATCHDOG=1")
-    # READY comes after the first tick, whose STATUS line precedes it.
-    assert any(m.startswith("STATUS=3 domains") for m in ns.messages[:ready_at])
+    # READY comes as soon as the loop runs, after a STATUS saying it waits for its first tick (issue 14: with
+    # libvirtd down at boot, waiting for that tick made `systemctl start` time out).
+    assert ns.messages[ready_at - 1].startswith("STATUS=waiting for libvirt (sim:///demo)"), ns.messages[:ready_at]
+    assert not any(m.startswith("STATUS=3 domains") for m in ns.messages[:ready_at])
     code, err = stop(proc)
     assert code == 0
     ns.wait_for(lambda m: m == "STOPPING=1")
@@ -112,3 +114,39 @@ def test_sigint_also_stops_cleanly(service):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
     ns.wait_for(lambda m: m == "STOPPING=1")
+
+
+def test_ready_at_once_while_libvirt_is_down_and_status_says_it_waits(tmp_path: Path, notify_socket: NotifySocket):
+    """libvirtd down at start (its socket absent): READY=1 anyway, and STATUS and `memcoord status` say what the
+    daemon waits for. Before, READY waited for a first tick that never came and `systemctl start` timed out."""
+    config = tmp_path / "memcoord.toml"
+    state = tmp_path / "state.json"
+    config.write_text(
+        f'[libvirt]\nuri = "qemu:///system?socket={tmp_path}/no-libvirtd.sock"\n[status]\npath = "{state}"\n'
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "30000000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memcoord.cli", "run", "--config", str(config)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        notify_socket.wait_for(lambda m: m == "READY=1", timeout_s=10)
+        notify_socket.wait_for(lambda m: m.startswith("STATUS=waiting for libvirt") and "retrying" in m)
+        status = subprocess.run(
+            [sys.executable, "-m", "memcoord.cli", "status", "--state", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "waiting for libvirt (qemu:///system?socket=" in status.stdout, status.stdout
+        assert "no tick has reached it yet" in status.stdout, status.stdout
+        code, err = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, err
+    assert "ready, config loaded" in err and "first tick done" not in err, err

@@ -143,7 +143,7 @@ def test_good_config_checks_ok_and_runs(good: Path) -> None:
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0, err
-    assert "first tick done, ready" in err and "Traceback" not in err
+    assert "ready, config loaded" in err and "first tick done" in err and "Traceback" not in err
 
 
 def test_fifo_without_writer_blocks_like_cat(tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ itself (a keepalive on the connection closes it, which needs libvirt's event loo
 one guest's QEMU monitor (libvirtd is fine but waits on that guest forever). For the second, every call runs in
 a thread of its own and is given up after CALL_TIMEOUT_S, and the bulk stats call asks for NOWAIT, so later
 ticks skip a guest whose monitor is still busy instead of queueing behind it: that guest shows no guest stats,
-and memcoord leaves guests without stats alone.
+and memcoord leaves guests without stats alone. On top of that, every call of a tick shares the tick's deadline
+(see the port): a call is given up when it comes, and none is started after it.
+
+Setting a domain's stats period is retried with backoff until it works: until then the guest reports no fresh
+stats and memcoord leaves it alone, so a single lost attempt must not leave it uncoordinated for good.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,7 +28,7 @@ import libvirt
 import psutil
 
 from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot
-from . import HypervisorError
+from . import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
 
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
@@ -33,6 +38,9 @@ CONNECT_TIMEOUT_S = KEEPALIVE_INTERVAL_S * (KEEPALIVE_COUNT + 1)
 CALL_TIMEOUT_S = 10.0
 # Calls given up on still hold a thread each until libvirt answers; past this many, start a new connection.
 MAX_ABANDONED_CALLS = 4
+# A stats period that could not be set is tried again after 2 s, then 4, 8 ... up to every 60 s.
+PERIOD_RETRY_START_S = 2.0
+PERIOD_RETRY_MAX_S = 60.0
 
 T = TypeVar("T")
 
@@ -79,6 +87,10 @@ class _Call(Generic[T]):
         finally:
             self.done.set()
 
+    def succeeded(self) -> bool:
+        """Answered, without an error (a call given up on may still answer later)."""
+        return self.done.is_set() and not self._error
+
     def wait(self, timeout_s: float) -> T:
         """The call's result or its exception; TimeoutError when it has not answered in timeout_s."""
         if not self.done.wait(timeout_s):
@@ -86,6 +98,42 @@ class _Call(Generic[T]):
         if self._error:
             raise self._error[0]
         return self._result[0]
+
+
+@dataclass(frozen=True)
+class _PeriodRetry:
+    """A domain whose stats period is not set yet: when to try again, how long the last wait was, why."""
+
+    name: str
+    next_at_s: float
+    backoff_s: float
+    error: str
+    # The last attempt when it got no answer: while it is still unanswered (the guest's monitor is hung and
+    # holds the domain's job), another attempt would only queue behind it and cost the tick its deadline.
+    unanswered: _Call[object] | None = None
+
+
+# Errors that mean the connection itself is gone or unusable (libvirtd died, restarted, the socket broke).
+CONNECTION_ERROR_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+    }
+)
+
+
+def connection_lost(conn: libvirt.virConnect, exc: libvirt.libvirtError) -> bool:
+    """Whether a call's error means the connection is gone (reconnect) rather than that one call failed."""
+    if exc.get_error_code() in CONNECTION_ERROR_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+        return True
+    try:
+        return not conn.isAlive()  # local state of the client, no round trip to libvirtd
+    except libvirt.libvirtError:
+        return True
 
 
 def is_local(uri: str) -> bool:
@@ -121,17 +169,21 @@ class LibvirtHypervisor:
         self._domains: dict[str, libvirt.virDomain] = {}
         # (uuid, domain id, period): a restarted domain gets a new id and needs its period set again.
         self._period_set: set[tuple[str, int, int]] = set()
+        self._period_retry: dict[tuple[str, int, int], _PeriodRetry] = {}
         self._abandoned: list[_Call[object]] = []
         _quiet_libvirt_errors()
         _start_event_loop()
 
-    def _connection(self) -> libvirt.virConnect:
+    def _connection(self, deadline_s: float | None = None) -> libvirt.virConnect:
         if self._conn is not None:
             return self._conn
         if self._opening is None:
             self._opening = _Call("open", lambda: libvirt.open(self.uri))
+        timeout_s = CONNECT_TIMEOUT_S
+        if deadline_s is not None:
+            timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
         try:
-            conn = self._opening.wait(CONNECT_TIMEOUT_S)
+            conn = self._opening.wait(timeout_s)
         except TimeoutError as exc:
             raise HypervisorError(f"cannot connect to {self.uri}: {exc}") from None  # still opening: next tick
         except libvirt.libvirtError as exc:
@@ -143,6 +195,7 @@ class LibvirtHypervisor:
             conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
         self._conn = conn
         self._period_set.clear()
+        self._period_retry.clear()
         return conn
 
     def _drop(self) -> None:
@@ -152,8 +205,14 @@ class LibvirtHypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
-    def _bounded(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one libvirt call, giving up after CALL_TIMEOUT_S (the call goes on in its thread, unheeded)."""
+    def _bounded(self, what: str, fn: Callable[[], T], deadline_s: float | None = None) -> T:
+        """Run one libvirt call, giving up after CALL_TIMEOUT_S or at the deadline, whichever comes first (the
+        call goes on in its thread, unheeded); DeadlineSpent without calling when the deadline has passed."""
+        timeout_s = CALL_TIMEOUT_S
+        if deadline_s is not None:
+            timeout_s = min(timeout_s, deadline_s - time.monotonic())
+            if timeout_s <= 0:
+                raise DeadlineSpent(f"{what}: not called, the tick's deadline was spent")
         self._abandoned = [call for call in self._abandoned if not call.done.is_set()]
         if len(self._abandoned) >= MAX_ABANDONED_CALLS:
             self._abandoned = []
@@ -161,29 +220,34 @@ class LibvirtHypervisor:
             raise HypervisorError(f"{self.uri}: {MAX_ABANDONED_CALLS} calls unanswered, reconnecting")
         call = _Call(what, fn)
         try:
-            return call.wait(CALL_TIMEOUT_S)
+            return call.wait(timeout_s)
         except TimeoutError:
             self._abandoned.append(call)
-            raise TimeoutError(f"{what}: no answer from {self.uri} in {CALL_TIMEOUT_S:.0f} s") from None
+            raise TimeoutError(f"{what}: no answer from {self.uri} in {timeout_s:.1f} s") from None
 
-    def _host(self, conn: libvirt.virConnect) -> HostStats:
+    def _host(self, conn: libvirt.virConnect, deadline_s: float | None) -> HostStats:
         if is_local(self.uri):
             vm = psutil.virtual_memory()
             return HostStats(available_kib=vm.available // 1024, total_kib=vm.total // 1024)
-        node = self._bounded("getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS))
+        node = self._bounded(
+            "getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS), deadline_s
+        )
         available_kib = node.get("free", 0) + node.get("buffers", 0) + node.get("cached", 0)
         return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
 
-    def sample(self) -> Snapshot:
-        conn = self._connection()
+    def sample(self, deadline_s: float | None = None) -> Snapshot:
+        conn = self._connection(deadline_s)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
         try:
             records = self._bounded(
-                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags)
+                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
             )
-            host = self._host(conn)
+            host = self._host(conn, deadline_s)
         except libvirt.libvirtError as exc:
-            self._drop()
+            # Only a lost connection is worth a new one: dropping a good connection for an error of one call
+            # (a domain in an odd state, an unsupported stats group) would cost every stats period set on it.
+            if connection_lost(conn, exc):
+                self._drop()
             raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
@@ -192,36 +256,73 @@ class LibvirtHypervisor:
         domains = tuple(d for dom, stats in records if (d := domain_stats(dom.name(), stats)) is not None)
         return Snapshot(host=host, domains=domains, taken_at_s=taken_at_s)
 
-    def ensure_stats_period(self, names: Iterable[str], period_s: int) -> list[str]:
-        """Set the period once per running domain (a restart gives it a new id); a failure is reported once.
+    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
+        """Set the period once per running domain (a restart gives it a new id). A failure or a call with no
+        answer is tried again after a backoff, reported once (returned) and listed by stats_period_failures()
+        until it works.
 
         After one call that got no answer, the rest wait for the next tick: a few hung guests must not add
-        CALL_TIMEOUT_S each to one tick and trip the watchdog.
+        CALL_TIMEOUT_S each to one tick. A call the deadline leaves no time for waits for the next tick too.
         """
         failures = []
+        now_s = time.monotonic()
+        wanted: set[tuple[str, int, int]] = set()
         for name in names:
             dom = self._domains.get(name)
             if dom is None:
                 continue
             key = (dom.UUIDString(), dom.ID(), period_s)
+            wanted.add(key)
+            retry = self._period_retry.get(key)
             if key in self._period_set:
                 continue
-            self._period_set.add(key)
+            if retry is not None and retry.unanswered is not None:
+                if retry.unanswered.succeeded():  # it got there in the end
+                    self._period_set.add(key)
+                    del self._period_retry[key]
+                    continue
+                if not retry.unanswered.done.is_set():
+                    continue
+            if retry is not None and now_s < retry.next_at_s:
+                continue
+            hung = False
             try:
                 self._bounded(
                     "setMemoryStatsPeriod",
                     lambda dom=dom: dom.setMemoryStatsPeriod(period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    deadline_s,
                 )
+            except DeadlineSpent:
+                break
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # destroyed since this tick's sample: skipped, like any domain that went away
-                failures.append(f"{name}: cannot set the balloon stats period: {exc.get_error_message()}")
+                error = exc.get_error_message()
             except (TimeoutError, HypervisorError) as exc:
-                failures.append(f"{name}: cannot set the balloon stats period: {exc}")
+                error, hung = str(exc), True
+            else:
+                self._period_set.add(key)
+                self._period_retry.pop(key, None)
+                continue
+            backoff_s = PERIOD_RETRY_START_S if retry is None else min(retry.backoff_s * 2, PERIOD_RETRY_MAX_S)
+            unanswered = self._abandoned[-1] if hung and self._abandoned else None
+            self._period_retry[key] = _PeriodRetry(name, time.monotonic() + backoff_s, backoff_s, error, unanswered)
+            if retry is None:
+                failures.append(
+                    f"{name}: cannot set the balloon stats period, retrying every {PERIOD_RETRY_START_S:.0f} s"
+                    f" doubling to {PERIOD_RETRY_MAX_S:.0f} s: {error}"
+                )
+            if hung:
                 break
+        # Domains gone, restarted (a new id) or no longer managed: their retries end with them.
+        for key in set(self._period_retry) - wanted:
+            del self._period_retry[key]
         return failures
 
-    def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
+    def stats_period_failures(self) -> Mapping[str, str]:
+        return {retry.name: retry.error for retry in self._period_retry.values()}
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         results = []
         for change in changes:
             dom = self._domains.get(change.domain)
@@ -230,8 +331,12 @@ class LibvirtHypervisor:
                 continue
             try:
                 self._bounded(
-                    "setMemory", lambda dom=dom, c=change: dom.setMemoryFlags(c.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                    "setMemory",
+                    lambda dom=dom, c=change: dom.setMemoryFlags(c.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    deadline_s,
                 )
+            except DeadlineSpent:
+                results.append(ApplyResult(change, SKIPPED_DEADLINE))
             except libvirt.libvirtError as exc:
                 results.append(ApplyResult(change, exc.get_error_message()))
             except (TimeoutError, HypervisorError) as exc:

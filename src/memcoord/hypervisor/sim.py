@@ -26,7 +26,7 @@ import csv
 import random
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -365,7 +365,7 @@ class SimulatedHypervisor:
                 g.reported_usable_kib = g.usable_kib
                 g.reported_current_kib = g.actual_kib
 
-    def sample(self) -> Snapshot:
+    def sample(self, deadline_s: float | None = None) -> Snapshot:
         if not self.reachable:
             raise HypervisorError("simulated hypervisor unreachable")
         self.sample_calls += 1
@@ -389,13 +389,16 @@ class SimulatedHypervisor:
         )
         return Snapshot(host=self._host(), domains=domains, taken_at_s=self.now_s)
 
-    def ensure_stats_period(self, names: Iterable[str], period_s: int) -> list[str]:
+    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
         for name in names:
             if name in self.guests:
                 self.stats_period_s[name] = period_s
         return []
 
-    def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
+    def stats_period_failures(self) -> Mapping[str, str]:
+        return {}
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         results = []
         for change in changes:
             guest = self.guests.get(change.domain)
