@@ -136,6 +136,15 @@ def connection_lost(conn: libvirt.virConnect, exc: libvirt.libvirtError) -> bool
         return True
 
 
+def _gone(exc: libvirt.libvirtError) -> bool:
+    """The domain went away between the sample and this call: undefined (no domain), or destroyed while the
+    handle lived on (a transient domain answers "operation not valid: domain is not running")."""
+    code = exc.get_error_code()
+    return code == libvirt.VIR_ERR_NO_DOMAIN or (
+        code == libvirt.VIR_ERR_OPERATION_INVALID and "not running" in (exc.get_error_message() or "")
+    )
+
+
 def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
 
@@ -295,7 +304,7 @@ class LibvirtHypervisor:
             except DeadlineSpent:
                 break
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                if _gone(exc):
                     continue  # destroyed since this tick's sample: skipped, like any domain that went away
                 error = exc.get_error_message()
             except (TimeoutError, HypervisorError) as exc:
