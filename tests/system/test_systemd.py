@@ -184,7 +184,8 @@ def test_2_journal_grow_record_matches_libvirt(unit: Unit, lab: Lab) -> None:
     grows = actions(unit, cur, name, "grow")
     first, last = grows[0], grows[-1]
     assert int(first["MEMCOORD_FROM_KIB"]) == before_kib
-    assert int(first["MEMCOORD_TO_KIB"]) == before_kib + GROW_STEP_MIB * 1024
+    # At least a grow step; more when the guest's ramp needs it before memcoord can look again.
+    assert int(first["MEMCOORD_TO_KIB"]) >= before_kib + GROW_STEP_MIB * 1024, first
     assert first["MESSAGE_ID"] and first["MEMCOORD_REASON"], first
     assert first["SYSLOG_IDENTIFIER"] == "memcoord" and first["_SYSTEMD_UNIT"] == UNIT
     for a, b in itertools.pairwise(grows):
