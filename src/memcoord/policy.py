@@ -593,10 +593,9 @@ def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: 
     share_kib: dict[str, int | None] = dict.fromkeys(want_kib)
     if starving and sum(want_kib.values()) + contender_want_kib > ledger.headroom_kib:
         budget_kib = max(0, ledger.headroom_kib) * len(starving) // (len(starving) + len(contenders))
-        ahead_s = lookahead_s(config)
-        share_kib.update(
-            _level_shares_kib([(g.name, g.projected_free_kib(ahead_s), want_kib[g.name]) for g in starving], budget_kib)
-        )
+        # Levelled on free memory as the guests report it: a ramp measured over one second is too noisy to
+        # rank guests by (it put one of four equal hogs 60 MiB ahead of the others, and it outlived them).
+        share_kib.update(_level_shares_kib([(g.name, g.free_kib or 0, want_kib[g.name]) for g in starving], budget_kib))
     grown: dict[str, int] = {}
     unmet_kib = 0
     for g in starving:
@@ -614,8 +613,8 @@ def _name(g: _Guest) -> str:
 
 
 def _level_shares_kib(needs: list[tuple[str, int, int]], budget_kib: int) -> dict[str, int]:
-    """A scarce budget shared by levelling (water-filling): (name, projected free, want) each get up to what
-    they want, the lowest projected free raised first, so that they end as even as the budget allows. Equal
+    """A scarce budget shared by levelling (water-filling): (name, free, want) each get up to what they want,
+    the lowest free raised first, so that they end as even as the budget allows. Equal
     shares would keep whatever unevenness earlier ticks left (a guest a tick behind stays behind, its process
     dies first, and its memory then goes to the others); levelling lets it catch up."""
 
