@@ -239,10 +239,10 @@ def test_set_memory_failures_are_logged_with_domain_and_value(lab, caplog) -> No
 
     # Through the service: two guests below the floor get a clamp each; one is destroyed before apply.
     class DestroyBeforeApply(LibvirtHypervisor):
-        def apply(self, changes):  # type: ignore[no-untyped-def]
+        def apply(self, changes, deadline_s=None):  # type: ignore[no-untyped-def]
             with contextlib.suppress(libvirt.libvirtError):
                 libvirt.open(URI).lookupByName("mcfault-va").destroy()
-            return super().apply(changes)
+            return super().apply(changes, deadline_s)
 
     config = config_mod.parse('[libvirt]\ndomains = ["mcfault-v*"]\n[guest]\nmin_mib = 600\n')
     with extra_guest(lab, "mcfault-va", 1024, 512) as va, extra_guest(lab, "mcfault-vb", 1024, 512) as vb:
