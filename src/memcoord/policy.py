@@ -9,12 +9,16 @@ listed in. `decide` reads top to bottom as the algorithm, one named function per
 2. `_clamp_to_bounds`: a guest below its floor is raised, one above its ceiling comes down a step at a time;
 3. `_relieve_host`: when the host is below its guard, take memory back from the guests holding the most
    reclaimable memory above their buffer (never a starving guest, never below a floor, bounded per tick);
-4. `_reclaim_wasteful`: each wasteful idle guest gives back one reclaim step into the pool (in the production
-   profile, only while the host is below its comfort target or a guest starves);
+4. `_reclaim_wasteful`: each wasteful idle guest gives back up to a reclaim step into the pool, down to its
+   wasteful line (in the production profile, only while the host is below its comfort target or a guest
+   starves);
 5. `_grow_starving`: each starving guest grows by what its ramp will use until memcoord can look again (at
-   least a grow step), a scarce headroom shared evenly; `_share_pool_with_busy`: busy guests share what is
-   left of the pool;
+   least a grow step), a scarce headroom levelled; `_take_for_the_starving`: what the headroom could not give,
+   guests holding far more than they need give back; `_share_pool_with_busy`: busy guests share what is left of
+   the pool;
 6. `_collect_idle_tax`: if a starving guest grew, each idle guest pays the idle tax, which goes to them.
+
+Nobody grows while the host is below its guard (but to a floor).
 
 Every growth goes through the host guard (`_Ledger`): headroom = host available - host.min_available_mib -
 memory memcoord granted that its guest has not touched yet - the never-backed free memory of guests whose use
