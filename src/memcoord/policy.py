@@ -590,7 +590,8 @@ def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: 
     soon what they want (the starving, and busy guests about to starve), the starving share their part of it
     by `_level_shares_kib`; the busy guests' shares stay in the headroom for the tick in which they starve.
     Returns what each grown guest got, and what the starving wanted but did not get."""
-    starving = sorted((g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip), key=_name)
+    # (In name order, as `decide` lists the guests: the plan does not depend on libvirt's order.)
+    starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
     want_kib = {g.name: max(0, min(grow_want_kib(g, config), ledger.room_kib(g.name))) for g in starving}
     contenders = [g for g in guests if _contends(g, ledger)]
     contender_want_kib = sum(min(g.grow_step_kib, ledger.room_kib(g.name)) for g in contenders)
@@ -610,10 +611,6 @@ def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: 
         if got_kib:
             grown[g.name] = got_kib
     return grown, unmet_kib
-
-
-def _name(g: _Guest) -> str:
-    return g.name
 
 
 def _level_shares_kib(needs: list[tuple[str, int, int]], budget_kib: int) -> dict[str, int]:
@@ -656,30 +653,28 @@ def _take_for_the_starving(
     if unmet_kib <= 0:
         return
 
-    def spare_kib(g: _Guest) -> int:
-        keep_kib = max(g.wasteful_kib, g.buffer_kib(CONTENDER_HORIZON_S))
-        return min((g.free_kib or 0) - keep_kib, ledger.target_kib[g.name] - peak_floor_kib(g, config))
-
-    donors = [
-        g
+    spare_kib = {
+        g.name: min(
+            (g.free_kib or 0) - max(g.wasteful_kib, g.buffer_kib(CONTENDER_HORIZON_S)),
+            ledger.target_kib[g.name] - peak_floor_kib(g, config),
+        )
         for g in guests
         if g.guest_class in (GuestClass.BUSY, GuestClass.IDLE, GuestClass.WASTEFUL)
         and _settled(g)
         and g.name not in skip
         and not ledger.lowered(g.name)
-        and spare_kib(g) > 0
-    ]
-    donors.sort(key=lambda g: (-spare_kib(g), g.name))
+    }
+    donors = sorted((g for g in guests if spare_kib.get(g.name, 0) > 0), key=lambda g: (-spare_kib[g.name], g.name))
     step_kib = mib_to_kib(config.host.relief_step_mib)
     for g in donors:
         if unmet_kib <= 0:
             break
         unmet_kib -= ledger.take(
             g.name,
-            min(step_kib, spare_kib(g), unmet_kib),
+            min(step_kib, spare_kib[g.name], unmet_kib),
             Action.RECLAIM,
             f"for starving guests the host cannot feed: {kib_to_mib(g.free_kib or 0):.0f} MiB {g.figure}, "
-            f"{kib_to_mib((g.free_kib or 0) - spare_kib(g)):.0f} MiB kept",
+            f"{kib_to_mib((g.free_kib or 0) - spare_kib[g.name]):.0f} MiB kept",
         )
 
 
