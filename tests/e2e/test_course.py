@@ -64,6 +64,9 @@ def _disturbances(attempt_dir: Path, guard_sensitive: bool) -> list[dict[str, An
         foreign_mib = analysis.foreign_use_mib(tl, t_from_s, t_to_s)
         if foreign_mib > FOREIGN_USE_LIMIT_MIB:
             found.append({"kind": "foreign_host_memory_use", "mib": foreign_mib})
+    stalls = sum(analysis.largest_drop(tl, g).gaps_skipped for g in tl.guests)
+    if stalls:
+        found.append({"kind": "recorder_stalled", "gaps": stalls})  # a busy host, not memcoord
     return found
 
 
@@ -145,6 +148,11 @@ def test_one_grower_three_idle(guest_image: GuestImage, lab_prefix: str, run_dir
         limit_mib = cfg["reclaim_step_mib"] + cfg["idle_tax_mib"]
         for guest in idle:
             drop = drops[guest]
+            # A pair of samples further apart than the recorder's period is not judged (it could hide two
+            # steps in one); with any such gap the check would pass on what it did not see.
+            assert drop.gaps_skipped == 0, f"{guest}: {drop.gaps_skipped} recorder gaps not judged: it stalled"
+            n_samples = len(tl.series(guest, "actual_mib"))
+            assert n_samples >= (tl.rows[-1]["t_s"] - t_hog_s) / 1.5, f"{guest}: {n_samples} samples, too few"
             assert drop.drop_mib <= limit_mib + 1, f"{guest} dropped {drop.drop_mib} MiB at once (t={drop.t_s} s)"
             assert end_mib[guest] < START_MIB, f"idle {guest} never gave memory back (ends at {end_mib[guest]} MiB)"
         assert t_under_s is not None and t_under_s - t_kill_s <= RECLAIM_DEADLINE_S, (

@@ -30,6 +30,7 @@ def _service(tmp_path: Path, extra: str = "") -> tuple[Service, object]:
 
 def test_state_file_agrees_with_the_hypervisor_every_tick(tmp_path: Path):
     service, sim = _service(tmp_path)
+    targets_checked = 0
     for _ in range(30):
         sim.advance(1.0)
         assert service.tick()
@@ -45,9 +46,11 @@ def test_state_file_agrees_with_the_hypervisor_every_tick(tmp_path: Path):
             # The target is what memcoord last set, i.e. the sim's balloon target.
             if by_name[d.name]["target_kib"] is not None:
                 assert by_name[d.name]["target_kib"] == sim.guests[d.name].target_kib
+                targets_checked += 1
         assert published["host"]["available_kib"] == seen.host.available_kib
         assert published["host"]["guard_kib"] == 1024 * 1024
     assert published["ticks"] == 30
+    assert targets_checked > 0, "no guest ever had a target: the target check above never ran"
     # The demo's idle guest is reclaimed in this time: its last action and reason are published.
     idle = by_name["sim-idle"]
     # (Reclaimed while wasteful, then taxed once idle while the hog's guest grows: either way, with its reason.)
