@@ -15,6 +15,7 @@ starves when that falls to `guest.starving_mib`: a guest full of page cache is n
 
 from __future__ import annotations
 
+import os
 import random
 import tomllib
 from collections.abc import Sequence
@@ -671,10 +672,6 @@ def plot(report: RunReport, out: Path) -> None:
     plt.close(fig)
 
 
-EX_DATAERR = 65
-EX_UNAVAILABLE = 69
-
-
 def main(
     scenario_path: Path, config: Config, policy_name: str, duration_s: float | None, plot_path: Path | None
 ) -> int:
@@ -685,13 +682,13 @@ def main(
         scenario = load_scenario(scenario_path)
     except ScenarioError as exc:
         print(f"memcoord: invalid scenario:\n{exc}", file=sys.stderr)
-        return EX_DATAERR
+        return os.EX_DATAERR
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             print("memcoord: --plot needs matplotlib: pip install 'memcoord[plot]'", file=sys.stderr)
-            return EX_UNAVAILABLE
+            return os.EX_UNAVAILABLE
     if config.loop.dry_run:
         print("note: loop.dry_run is ignored here; the simulation applies every plan", file=sys.stderr)
     report = run(scenario, config, policy_name, duration_s, record=plot_path is not None)
@@ -699,4 +696,4 @@ def main(
     if plot_path is not None:
         plot(report, plot_path)
         print(f"timeline written to {plot_path}")
-    return 0
+    return os.EX_OK

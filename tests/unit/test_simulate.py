@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def test_memcoord_simulate_rejects_a_bad_scenario_with_exit_65(tmp_path: Path) -
     proc = subprocess.run(
         [sys.executable, "-m", "memcoord.cli", "simulate", str(path)], capture_output=True, text=True, cwd=ROOT
     )
-    assert proc.returncode == 65
+    assert proc.returncode == os.EX_DATAERR
     assert f"{path}: guests.0.colour = 1: unknown key" in proc.stderr
 
 

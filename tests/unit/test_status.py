@@ -141,7 +141,7 @@ def test_status_against_a_running_daemon(tmp_path: Path):
     finally:
         assert daemon.stop() == 0
     stopped = memcoord("status", "--state", str(daemon.state_path))
-    assert stopped.returncode == 69
+    assert stopped.returncode == os.EX_UNAVAILABLE
     assert "memcoord is not running" in stopped.stderr and "stopped at" in stopped.stderr
     assert stopped.stdout == ""
 
@@ -151,10 +151,10 @@ def test_status_of_a_killed_daemon_and_of_none(tmp_path: Path):
     daemon.wait_ticks(2)
     daemon.stop(signal.SIGKILL)
     result = memcoord("status", "--state", str(daemon.state_path))
-    assert result.returncode == 69
+    assert result.returncode == os.EX_UNAVAILABLE
     assert f"pid {daemon.proc.pid} is gone" in result.stderr
     none = memcoord("status", "--json", "--state", str(tmp_path / "nowhere.json"))
-    assert none.returncode == 69 and "no state file" in none.stderr
+    assert none.returncode == os.EX_UNAVAILABLE and "no state file" in none.stderr
 
 
 def test_status_finds_the_state_file_through_the_config(tmp_path: Path):
