@@ -64,7 +64,7 @@ class GrowSpec(_Model):
     """Steady growth (no limit), grow-then-hold (limit_mib) or grow-then-hold-then-free (limit_mib, free_s)."""
 
     kind: Literal["grow"]
-    rate_mib_s: float = Field(gt=0)
+    rate_mib_per_s: float = Field(gt=0)
     start_s: float = Field(0, ge=0)
     limit_mib: float | None = Field(None, gt=0)
     free_s: float | None = Field(None, ge=0)
@@ -179,7 +179,7 @@ class Scenario(_Model):
     duration_s: float = Field(gt=0)
     seed: int = 0
     step_s: float = Field(0.1, gt=0, le=10)
-    balloon_rate_mib_s: float = Field(500, gt=0)
+    balloon_rate_mib_per_s: float = Field(500, gt=0)
     host: HostSpec
     guests: tuple[GuestSpec, ...] = Field(min_length=1)
     path: Path = Path("<string>")
@@ -242,7 +242,7 @@ def _workload(scenario: Scenario, spec: WorkloadSpec, offset_s: float, seed: int
             return Idle(mib_to_kib(spec.used_mib))
         case GrowSpec():
             return Hog(
-                rate_kib_s=mib_to_kib(spec.rate_mib_s),
+                rate_kib_per_s=mib_to_kib(spec.rate_mib_per_s),
                 start_s=t0_s + spec.start_s,
                 limit_kib=None if spec.limit_mib is None else mib_to_kib(spec.limit_mib),
                 free_s=None if spec.free_s is None else t0_s + spec.free_s,
@@ -302,7 +302,7 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
     return SimulatedHypervisor(
         guests,
         host_total_kib=mib_to_kib(scenario.host.total_mib),
-        balloon_rate_kib_s=mib_to_kib(scenario.balloon_rate_mib_s),
+        balloon_rate_kib_per_s=mib_to_kib(scenario.balloon_rate_mib_per_s),
         start_s=SIM_EPOCH_S,
         host_other_used_kib=mib_to_kib(scenario.host.other_used_mib),
         host_pressure=[
@@ -372,8 +372,9 @@ class GuestReport:
     final_size_mib: float = 0.0
     oom_kills: int = 0
     starving_s: float = 0.0
-    idle_mib_s: float = 0.0
-    cache_mib_s: float = 0.0
+    # Integrals over the run in MiB x seconds (divided by the duration: the mean MiB), not rates.
+    idle_mib_seconds: float = 0.0
+    cache_mib_seconds: float = 0.0
     balloon_changes: int = 0
     relief_s: list[float] = field(default_factory=list)
     unrelieved: int = 0
@@ -381,10 +382,10 @@ class GuestReport:
 
     def mean_idle_mib(self, duration_s: float) -> float:
         """Memory the guest held that its programs did not use (free + page cache), averaged over the run."""
-        return self.idle_mib_s / duration_s if duration_s else 0.0
+        return self.idle_mib_seconds / duration_s if duration_s else 0.0
 
     def mean_cache_mib(self, duration_s: float) -> float:
-        return self.cache_mib_s / duration_s if duration_s else 0.0
+        return self.cache_mib_seconds / duration_s if duration_s else 0.0
 
 
 @dataclass
@@ -505,8 +506,8 @@ def run(
         for g in hv.guests.values():
             rep = reports[g.name]
             usable_kib = g.usable_kib
-            rep.idle_mib_s += usable_kib / KIB_PER_MIB * step_s
-            rep.cache_mib_s += g.cache_kib / KIB_PER_MIB * step_s
+            rep.idle_mib_seconds += usable_kib / KIB_PER_MIB * step_s
+            rep.cache_mib_seconds += g.cache_kib / KIB_PER_MIB * step_s
             if g.used_kib > rep.peak_used_mib * KIB_PER_MIB:
                 rep.peak_used_mib = g.used_kib / KIB_PER_MIB
             if g.actual_kib > rep.peak_size_mib * KIB_PER_MIB:

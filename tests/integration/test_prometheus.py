@@ -39,7 +39,7 @@ total_mib = 65536
 name = "starver"
 max_mib = 2048
 start_mib = 512
-workload = { kind = "grow", rate_mib_s = 100, limit_mib = 400 }
+workload = { kind = "grow", rate_mib_per_s = 100, limit_mib = 400 }
 [[guests]]
 name = "idle"
 count = 99

@@ -308,11 +308,11 @@ def sim_hosts(draw: st.DrawFn) -> tuple[SimulatedHypervisor, Config, set[str]]:
             workload = Idle(used_kib=max(0, used_kib))
         elif kind == "hog":
             workload = Hog(
-                rate_kib_s=mib_to_kib(draw(st.integers(1, 60))), start_s=1_000_000.0 + draw(st.integers(0, 60))
+                rate_kib_per_s=mib_to_kib(draw(st.integers(1, 60))), start_s=1_000_000.0 + draw(st.integers(0, 60))
             )
         else:
             workload = Hog(
-                rate_kib_s=mib_to_kib(draw(st.integers(1, 30))),
+                rate_kib_per_s=mib_to_kib(draw(st.integers(1, 30))),
                 limit_kib=mib_to_kib(draw(st.integers(10, 400))),
                 free_s=1_000_000.0 + draw(st.integers(30, 200)),
             )

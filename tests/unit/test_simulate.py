@@ -43,7 +43,7 @@ def test_every_shipped_scenario_loads() -> None:
         (MINIMAL + "colour = 'red'\n", "s.toml: guests.0.colour = 'red': unknown key"),
         (MINIMAL.replace('name = "t"\n', ""), "s.toml: name: required key is missing"),
         (MINIMAL.replace("start_mib = 512", "start_mib = 4096"), "start_mib (4096) is above max_mib (2048)"),
-        (MINIMAL + "workload = { kind = 'grow' }\n", "s.toml: guests.0.workload.grow.rate_mib_s: required key"),
+        (MINIMAL + "workload = { kind = 'grow' }\n", "s.toml: guests.0.workload.grow.rate_mib_per_s: required key"),
         (MINIMAL + "workload = { kind = 'jump' }\n", "s.toml: guests.0.workload = "),
         (MINIMAL.replace("total_mib = 4096", "total_mib = -1"), "s.toml: host.total_mib = -1: "),
         (MINIMAL + '[[guests]]\nname = "a"\nmax_mib = 1\nstart_mib = 1\n', "repeated: a"),
@@ -278,7 +278,7 @@ def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: str) 
 
 def test_check_demand_says_whether_a_perfect_policy_could_avoid_every_kill() -> None:
     # Room = 4096 - 1024 guard = 3072 MiB; host itself 1024; the guest's kernel + program peak at 60 + 1500.
-    grow = "workload = { kind = 'grow', rate_mib_s = 100, limit_mib = 1500 }\n"
+    grow = "workload = { kind = 'grow', rate_mib_per_s = 100, limit_mib = 1500 }\n"
     fits = check_demand(parse_scenario(ONE_GUEST + grow), 1024)
     assert fits.fits
     assert fits.peak_need_mib == pytest.approx(1024 + 1560, abs=1)
