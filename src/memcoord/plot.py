@@ -1,7 +1,7 @@
 """`memcoord plot TIMELINE -o out.png`: actual and unused memory per guest over time, actions marked.
 
-These are the two lines the course graded runs by, one panel per guest, and the host's available memory
-against its guard at the bottom. matplotlib is an optional extra (`pip install memcoord[plot]`): a host that
+These two lines show whether memory went where it was needed, one panel per guest, and the host's available
+memory against its guard at the bottom. matplotlib is an optional extra (`pip install memcoord[plot]`): a host that
 only runs the daemon does not need it.
 """
 

@@ -1,6 +1,6 @@
-"""The course's acceptance scenarios, on 4 real QEMU guests with the real `memcoord run`.
+"""The acceptance scenarios, on 4 real QEMU guests with the real `memcoord run`.
 
-Setup as in the course: 4 guests of 512 MiB (max 2048 MiB), memcoord with the shipped defaults
+Setup: 4 guests of 512 MiB (max 2048 MiB), memcoord with the shipped defaults
 (interval 1 s). Every assertion is on the recorded timeline (libvirt's balloon sizes, the guests'
 own free memory, the hogs' progress and OOM kills read from the serial consoles, the host's
 available memory), never on memcoord's account of itself. Scenario 4 ("always") is checked at
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.real
 MAX_MIB = 2048
 START_MIB = 512
 NEAR_MAX_MIB = 150  # "within ~150 MiB of its max"
-HOG_PAGE_US = 100  # 40 MiB/s, the fast end of the course's 100-500 us: keeps scenarios short
+HOG_PAGE_US = 100  # 40 MiB/s, the fast end of the scenarios' 100-500 us: keeps them short
 BASELINE_S = 4  # memcoord's first ticks (the idle guests' first reclaim) before any hog starts
 RECLAIM_DEADLINE_S = 90
 HANDOUT_MIB = 1536  # scenario 2/3 host guard: what may be handed out beyond the start

@@ -177,7 +177,7 @@ def test_no_cycle_counting_function_level_imports_but_the_known_ones():
 @pytest.mark.xfail(
     strict=True,
     reason="cycle memcoord.cli -> memcoord.watch (module level) -> memcoord.cli (_positive_float, function level); "
-    "being removed on the 'vocab' branch: remove this mark when it merges",
+    "remove this mark when the cycle is gone (strict: this test then fails)",
 )
 def test_cli_and_watch_are_in_no_cycle():
     assert CLI_WATCH not in cycles(_runtime_graph())

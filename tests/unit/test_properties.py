@@ -1,6 +1,6 @@
 """Property tests: the pure policy and the simulator, hammered by hypothesis.
 
-Each test states one promise memcoord makes to the guests it manages (issue 6): no target below the floor or
+Each test states one promise memcoord makes to the guests it manages: no target below the floor or
 above the max, no growth past the host guard, no memory handed out that was not reclaimed or free on the host,
 no reclaim on missing or stale stats, disabled and unmatched guests never touched, no dependence on the order
 libvirt lists domains in; and over many simulated ticks no idle guest OOM-killed, no guest below its floor.

@@ -68,7 +68,7 @@ class Hog:
     """Grows at rate_kib_per_s from start_s up to limit_kib (None: until killed), holds, then frees at free_s.
 
     Covers steady growth (no limit), grow-then-hold (limit) and grow-then-hold-then-free (limit and free_s).
-    Like the course's hog, once killed it stays dead.
+    Like the lab's hog program, once killed it stays dead: a killed process does not come back by itself.
     """
 
     rate_kib_per_s: int
