@@ -23,6 +23,7 @@ TOOLS = {
     "virsh": "libvirt-clients",
     "debootstrap": "debootstrap",
     "nsenter": "util-linux",
+    "setpriv": "util-linux",
     "tmux": "tmux",
     "promtool": "prometheus",
     "gcc": "gcc",
