@@ -132,6 +132,7 @@ def test_status_against_a_running_daemon(tmp_path: Path):
         assert as_json.returncode == 0
         view = json.loads(as_json.stdout)
         assert view["pid"] == daemon.proc.pid and view["ticks"] >= 10 and view["uri"] == "sim:///demo"
+        assert {d["name"] for d in view["domains"]} == SIM_GUESTS
         assert all(d["max_kib"] == 2048 * 1024 for d in view["domains"])
         # Each action the daemon logged is the last action status shows, when it was the guest's last one.
         for d in view["domains"]:
