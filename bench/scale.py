@@ -20,7 +20,7 @@ import tracemalloc
 
 from memcoord.config import Config
 from memcoord.hypervisor.sim import Hog, Idle, Sawtooth, SimGuest, SimulatedHypervisor
-from memcoord.model import mib_to_kib
+from memcoord.model import KIB_PER_MIB, mib_to_kib
 from memcoord.policies import POLICIES, make
 from memcoord.simulate import format_table
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {n} {name} done", file=sys.stderr)
     headers = ["domains", "policy", "ms/tick median", "ms/tick max", "max x memcoord", "policy peak MiB", "target"]
     print(format_table(headers, rows))
-    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
     print(f"process peak RSS (ru_maxrss, whole run incl. simulator): {maxrss_mib:.0f} MiB")
     return 0
 

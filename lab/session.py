@@ -16,7 +16,8 @@ from typing import Any
 from lab.coordinator import CoordinatorAction, Memcoord, lab_config
 from lab.image import GuestImage
 from lab.lab import Lab
-from lab.timeline import Recorder, Timeline
+from lab.timeline import ACTION_EVENT, Recorder, Timeline
+from memcoord.model import kib_to_mib, mib_to_kib
 
 MEMCOORD_STALL_S = 4.0  # no tick for this long (interval 1 s) means memcoord's loop was held up
 
@@ -95,12 +96,12 @@ class LabRun:
 
         vm = psutil.virtual_memory()
         doms = [d for name, s in self.lab.balloon_stats().items() if (d := domain_stats(name, s)) is not None]
-        overhead_kib = overhead_mib * 1024
+        overhead_kib = mib_to_kib(overhead_mib)
         unbacked_kib = 0
         for d in doms:
             not_backed_kib = max(0, d.current_kib + overhead_kib - (d.rss_kib or 0))
             unbacked_kib += not_backed_kib if d.unused_kib is None else min(d.unused_kib, not_backed_kib)
-        return int((vm.available // 1024 - unbacked_kib) / 1024 - growth_mib)
+        return int(kib_to_mib(vm.available // 1024 - unbacked_kib) - growth_mib)
 
     def start_memcoord(self, overrides: dict[str, Any] | None = None, extra_args: list[str] | None = None) -> Memcoord:
         """Start `memcoord run` with the shipped config restricted to this lab (plus overrides)."""
@@ -108,7 +109,7 @@ class LabRun:
 
         def on_action(a: CoordinatorAction) -> None:
             self.mark(
-                "action",
+                ACTION_EVENT,
                 a.domain,
                 t_mono_s=a.t_mono_s,
                 action=a.action,

@@ -44,7 +44,7 @@ def _host(other_used_mib: int) -> SimulatedHypervisor:
     ]
     sim = SimulatedHypervisor(guests, host_total_kib=mib_to_kib(8192), host_other_used_kib=mib_to_kib(other_used_mib))
     for g in sim.guests.values():
-        g.rss_kib = g.actual_kib  # they touched all of it once
+        g.rss_kib = g.current_kib  # they touched all of it once
     return sim
 
 

@@ -271,7 +271,7 @@ class SimGuest:
     workload: Workload = field(default_factory=Idle)
     reader: FileReader | None = None
     has_balloon_stats: bool = True
-    actual_kib: int = 0
+    current_kib: int = 0
     used_kib: int = KERNEL_USED_KIB
     cache_kib: int = 0
     rss_kib: int = 0
@@ -284,15 +284,15 @@ class SimGuest:
     @property
     def unused_kib(self) -> int:
         """MemFree: neither the programs nor the page cache hold it."""
-        return self.actual_kib - self.used_kib - self.cache_kib
+        return self.current_kib - self.used_kib - self.cache_kib
 
     @property
     def usable_kib(self) -> int:
         """MemAvailable: what programs could still get, the page cache included (it is dropped for them)."""
-        return self.actual_kib - self.used_kib
+        return self.current_kib - self.used_kib
 
     def __post_init__(self) -> None:
-        self.actual_kib = self.actual_kib or self.target_kib
+        self.current_kib = self.current_kib or self.target_kib
         self.rss_kib = self.rss_kib or self.used_kib
 
 
@@ -339,31 +339,31 @@ class SimulatedHypervisor:
         step_kib = int(self.balloon_rate_kib_s * dt_s)
         now_s = self.now_s
         for g in self.guests.values():
-            gap_kib = g.target_kib - g.actual_kib
+            gap_kib = g.target_kib - g.current_kib
             if gap_kib:
-                g.actual_kib += max(-step_kib, min(step_kib, gap_kib))
+                g.current_kib += max(-step_kib, min(step_kib, gap_kib))
             want_kib = KERNEL_USED_KIB + g.workload.demand_kib(now_s)
-            if want_kib > g.actual_kib:  # even with the whole page cache dropped it does not fit
+            if want_kib > g.current_kib:  # even with the whole page cache dropped it does not fit
                 g.oom_kills += 1
                 g.workload.killed(now_s)
                 want_kib = KERNEL_USED_KIB + g.workload.demand_kib(now_s)
-            g.used_kib = min(want_kib, g.actual_kib)
+            g.used_kib = min(want_kib, g.current_kib)
             # Programs and the inflating balloon take page cache before anything else, and the kernel keeps
             # MemFree at its watermark by dropping cache.
-            room_kib = max(0, g.actual_kib - g.used_kib - CACHE_FREE_FLOOR_KIB)
+            room_kib = max(0, g.current_kib - g.used_kib - CACHE_FREE_FLOOR_KIB)
             g.cache_kib = min(g.cache_kib, room_kib)
             reader = g.reader
             if reader is not None and reader.reading(now_s):
                 cap_kib = max(g.cache_kib, min(reader.file_kib, room_kib))
                 g.cache_kib = min(cap_kib, g.cache_kib + int(reader.read_kib_per_s * dt_s))
             # QEMU keeps pages the guest touched (programs' and cached); only the balloon gives them back.
-            g.rss_kib = min(max(g.rss_kib, g.used_kib + g.cache_kib), g.actual_kib)
+            g.rss_kib = min(max(g.rss_kib, g.used_kib + g.cache_kib), g.current_kib)
             period_s = self.stats_period_s.get(g.name, 0)
             if g.has_balloon_stats and period_s and now_s - g.last_update_s >= period_s:
                 g.last_update_s = int(now_s)
                 g.reported_unused_kib = g.unused_kib
                 g.reported_usable_kib = g.usable_kib
-                g.reported_current_kib = g.actual_kib
+                g.reported_current_kib = g.current_kib
 
     def sample(self, deadline_s: float | None = None) -> Snapshot:
         if not self.reachable:
@@ -376,7 +376,7 @@ class SimulatedHypervisor:
         domains = tuple(
             DomainStats(
                 name=g.name,
-                current_kib=g.actual_kib,
+                current_kib=g.current_kib,
                 max_kib=g.max_kib,
                 unused_kib=g.reported_unused_kib if g.last_update_s else None,
                 usable_kib=g.reported_usable_kib if g.last_update_s else None,
