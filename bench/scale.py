@@ -17,12 +17,16 @@ import statistics
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 from memcoord.config import Config
 from memcoord.hypervisor.sim import Hog, Idle, Sawtooth, SimGuest, SimulatedHypervisor
 from memcoord.model import KIB_PER_MIB, mib_to_kib
-from memcoord.policies import POLICIES, make
 from memcoord.simulate import format_table
+
+if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.policies import POLICIES, make
 
 
 def host(n: int) -> SimulatedHypervisor:

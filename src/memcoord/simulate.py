@@ -42,6 +42,7 @@ from .hypervisor.sim import (
     load_trace,
 )
 from .model import KIB_PER_MIB, mib_to_kib
+from .policies import PolicyFactory
 from .policies import make as make_policy
 
 SIM_EPOCH_S = 1_000_000.0
@@ -453,7 +454,7 @@ class RunReport:
 def run(
     scenario: Scenario,
     config: Config,
-    policy_name: str = "memcoord",
+    policy_name: str | PolicyFactory = "memcoord",
     duration_s: float | None = None,
     record: bool = False,
 ) -> RunReport:
@@ -538,7 +539,7 @@ def run(
             rep.relief_s.append(n_steps * step_s - rep._starving_since_s)
     return RunReport(
         scenario=scenario.name,
-        policy=policy_name,
+        policy=policy.name,
         duration_s=n_steps * step_s,
         starving_mib=config.guest.starving_mib,
         host_total_mib=hv.host_total_kib / KIB_PER_MIB,

@@ -133,3 +133,26 @@ def test_a_truncated_last_line_is_skipped(daemon_timeline: Path, tmp_path: Path)
     whole = timeline.read(daemon_timeline)
     partial = timeline.read(cut)
     assert len(partial.guests["sim-hog"].t_s) == len(whole.guests["sim-hog"].t_s) - 1
+
+
+def test_simulate_draws_with_the_same_plot(tmp_path: Path):
+    from memcoord.config import Config
+    from memcoord.plot import from_simulation
+    from memcoord.simulate import load_scenario, run
+
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "course-1-one-hog.toml"
+    out = tmp_path / "sim.png"
+    result = memcoord("simulate", str(scenario), "--duration", "30", "--plot", str(out))
+    assert result.returncode == 0, result.stderr
+    assert png_size(out)[0] >= 600
+
+    report = run(load_scenario(scenario), Config(), duration_s=30, record=True)
+    series = from_simulation(report)
+    panels = lines_by_panel(figure(series))
+    assert set(panels) == {g.name for g in report.guests} | {"host"}
+    for g in report.guests:
+        assert panels[g.name][:3] == ["current", "unused", "used"]
+        current = series.guests[g.name].current_mib
+        assert len(current) == len(series.host_t_s) and max(current) <= g.peak_size_mib <= g.max_mib
+    assert any(len(set(s.current_mib)) > 1 for s in series.guests.values()), "no balloon moved"
+    assert panels["host"] == ["host available", "host guard"]

@@ -49,9 +49,9 @@ def test_the_journal_records_every_kind(kind: Action, caplog: pytest.LogCaptureF
     with caplog.at_level(logging.INFO, logger="memcoord"):
         journal.action(ApplyResult(_change(kind)), dry_run=False)
         journal.action(ApplyResult(_change(kind), error="refused"), dry_run=False)
-    ok, failed = caplog.records
-    assert ok.MESSAGE_ID == kind.message_id and ok.MEMCOORD_ACTION == kind.value
-    assert failed.MESSAGE_ID == journal.MESSAGE_ID_SET_MEMORY_FAILED and failed.MEMCOORD_ACTION == kind.value
+    ok, failed = (vars(r) for r in caplog.records)
+    assert (ok["MESSAGE_ID"], ok["MEMCOORD_ACTION"]) == (kind.message_id, kind.value)
+    assert (failed["MESSAGE_ID"], failed["MEMCOORD_ACTION"]) == (journal.MESSAGE_ID_SET_MEMORY_FAILED, kind.value)
 
 
 def test_the_plot_marks_every_kind_as_its_definition_says():
