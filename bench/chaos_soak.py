@@ -35,7 +35,8 @@ import psutil
 
 from memcoord import config as config_mod
 from memcoord.hypervisor import HypervisorError
-from memcoord.hypervisor.sim import Burst, Hog, Idle, Sawtooth, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Burst, Hog, Idle, Sawtooth
 from memcoord.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
 from memcoord.service import Service
 
@@ -167,7 +168,7 @@ def describe(hv: SimulatedHypervisor, service: Service, config: config_mod.Confi
     snap, plan = service.observer.snapshot, service.observer.plan
     changed = [(c.domain, str(c.action), c.from_kib // KIB_PER_MIB, c.to_kib // KIB_PER_MIB) for c in hv.accepted]  # type: ignore[attr-defined]
     guests = ", ".join(
-        f"{g.name}{'' if config.manages(g.name) else '(unmanaged)'} actual {g.current_kib // KIB_PER_MIB}"
+        f"{g.name}{'' if config.manages(g.name) else '(unmanaged)'} current {g.current_kib // KIB_PER_MIB}"
         f" target {g.target_kib // KIB_PER_MIB} rss {g.rss_kib // KIB_PER_MIB}"
         for g in hv.guests.values()
     )

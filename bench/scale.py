@@ -20,7 +20,8 @@ import tracemalloc
 from pathlib import Path
 
 from memcoord.config import Config
-from memcoord.hypervisor.sim import Hog, Idle, Sawtooth, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Hog, Idle, Sawtooth
 from memcoord.model import KIB_PER_MIB, mib_to_kib
 from memcoord.simulate import format_table
 

@@ -49,12 +49,14 @@ class CoordinatorAction:
     reason: str
 
 
+def _mono_s(t_wall_s: float) -> float:
+    """A timeline time (wall clock) on the lab's monotonic clock; read a fraction of a second after the tick."""
+    return time.monotonic() - max(0.0, time.time() - t_wall_s)
+
+
 def _action(act: mc_timeline.TimelineAction) -> CoordinatorAction:
-    # The timeline's clock is the wall clock; the lab's is monotonic. The offset is taken when the line is read,
-    # a fraction of a second after the tick wrote it.
-    t_mono_s = time.monotonic() - max(0.0, time.time() - act.t_s)
     return CoordinatorAction(
-        t_mono_s,
+        _mono_s(act.t_s),
         str(act.action),
         act.domain,
         round(act.from_kib / KIB_PER_MIB),
@@ -146,7 +148,10 @@ class Memcoord:
         on_action: Callable[[CoordinatorAction], None] | None = None,
         on_line: Callable[[str], None] | None = None,
         on_status: Callable[[float, str], None] | None = None,
+        on_tick: Callable[[float, dict[str, Any]], None] | None = None,
     ) -> None:
+        """on_action: each applied action; on_tick: each timeline line (t_mono_s, line), e.g. to see the
+        hypervisor lost (its "error" field); on_line: each log line; on_status: each sd_notify STATUS=."""
         self.timeline_path = work_dir / TIMELINE_NAME
         self.config = with_timeline(config, self.timeline_path)
         self.config_path = work_dir / "memcoord.toml"
@@ -155,6 +160,7 @@ class Memcoord:
         self.on_action = on_action
         self.on_line = on_line
         self.on_status = on_status
+        self.on_tick = on_tick
         self.status = ""  # memcoord's latest sd_notify STATUS= line (one per tick)
         self.status_times_mono_s: list[float] = []
         self._notify_dir = Path(tempfile.mkdtemp(prefix="mclab-notify-"))
@@ -208,6 +214,8 @@ class Memcoord:
             while True:
                 stopping = self._stop_following.is_set()
                 for line in follower.poll():
+                    if self.on_tick is not None:
+                        self.on_tick(_mono_s(float(line["t_s"])), line)
                     for act in mc_timeline.actions(line, str(self.timeline_path)):
                         if act.applied:
                             self._took(_action(act))

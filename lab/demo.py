@@ -62,7 +62,7 @@ class LiveView:
             f"host available {host_mib:7.0f} MiB   memcoord actions so far: {len(actions)}",
             f"memcoord status: {status}",
             "",
-            f"{'guest':<16} {'actual':>7} {'unused':>7} {'hog':>6} {'hog state':<9} {'OOM':>3}  balloon (of max)",
+            f"{'guest':<16} {'current':>7} {'unused':>7} {'hog':>6} {'hog state':<9} {'OOM':>3}  balloon (of max)",
         ]
         for guest, r in sorted(latest.items()):
             unused = "-" if r["unused_mib"] is None else f"{r['unused_mib']:.0f}"

@@ -118,9 +118,13 @@ class LabRun:
                 reason=a.reason,
             )
 
-        def on_line(line: str) -> None:
-            if "lost the hypervisor" in line:
-                self.mark("memcoord_lost_hypervisor", line=line.strip())
+        hypervisor_error: list[str | None] = [None]  # the previous tick's (None: reachable)
+
+        def on_tick(t_mono_s: float, line: dict[str, Any]) -> None:
+            error = line.get("error")
+            if error is not None and hypervisor_error[0] is None:  # one mark per loss, not per retry
+                self.mark("memcoord_lost_hypervisor", t_mono_s=t_mono_s, error=error)
+            hypervisor_error[0] = error
 
         last_status_mono_s: list[float] = []  # the previous tick's report (none before the first)
 
@@ -136,7 +140,7 @@ class LabRun:
             last_status_mono_s[0] = t_mono_s
 
         self.memcoord = Memcoord(
-            config, self.out_dir, extra_args=extra_args, on_action=on_action, on_line=on_line, on_status=on_status
+            config, self.out_dir, extra_args=extra_args, on_action=on_action, on_tick=on_tick, on_status=on_status
         )
         meta = self.timeline.meta
         meta["config"] = config

@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from . import __version__, journal, watch
 from . import config as config_mod
+from .cliargs import positive_float as _positive_float
 from .config import ConfigError, ConfigFileError
 
 EX_OK = 0
@@ -35,16 +36,6 @@ def _load_or_exit(path: Path) -> config_mod.Config:
     except ConfigError as exc:
         print(f"memcoord: invalid config:\n{exc}", file=sys.stderr)
         sys.exit(EX_CONFIG)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

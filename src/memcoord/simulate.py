@@ -26,16 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import plot
 from .config import Config, describe_error
-from .hypervisor.sim import (
-    KERNEL_USED_KIB,
+from .hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
+from .hypervisor.workloads import (
     Burst,
     FileReader,
     Hog,
     HostPressure,
     Idle,
     Sawtooth,
-    SimGuest,
-    SimulatedHypervisor,
     Trace,
     TraceError,
     Workload,

@@ -18,7 +18,8 @@ from prometheus_client.samples import Sample
 
 import memcoord
 from memcoord.config import ConfigError, parse
-from memcoord.hypervisor.sim import Hog, demo_host
+from memcoord.hypervisor.sim import demo_host
+from memcoord.hypervisor.workloads import Hog
 from memcoord.metrics import ERROR_KINDS, config_hash
 from memcoord.model import mib_to_kib
 from memcoord.observe import Observer

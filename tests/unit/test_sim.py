@@ -7,20 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.hypervisor.sim import (
-    CACHE_FREE_FLOOR_KIB,
-    KERNEL_USED_KIB,
+from memcoord.hypervisor.sim import CACHE_FREE_FLOOR_KIB, KERNEL_USED_KIB, SimGuest, SimulatedHypervisor, demo_host
+from memcoord.hypervisor.workloads import (
     Burst,
     FileReader,
     Hog,
     HostPressure,
     Idle,
     Sawtooth,
-    SimGuest,
-    SimulatedHypervisor,
     Trace,
     TraceError,
-    demo_host,
     load_trace,
 )
 from memcoord.model import Action, Change, mib_to_kib
