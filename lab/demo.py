@@ -21,7 +21,7 @@ from typing import Any
 from lab import analysis
 from lab.image import build_image
 from lab.session import LabRun
-from lab.timeline import Timeline
+from lab.timeline import ACTION_EVENT, Timeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BAR_WIDTH = 30
@@ -48,7 +48,7 @@ class LiveView:
             return
         host_mib = next(iter(latest.values()))["host_available_mib"]
         mc = self.run.memcoord
-        actions = self.run.timeline.events_of("action")
+        actions = self.run.timeline.events_of(ACTION_EVENT)
         t_s = self.run.t_s()
         if not self.tty:
             if time.monotonic() - self.last_plain_s >= 5:
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f", back to {args.current_mib + 100} MiB {t_back_s - t_exit_s:.0f} s after its hog exited", end=""
                 )
-        print(f"; memcoord made {len(tl.events_of('action'))} changes")
+        print(f"; memcoord made {len(tl.events_of(ACTION_EVENT))} changes")
     for path in run.saved:
         print(f"wrote {path}")
     print(f"memcoord log: {args.out / 'memcoord.log'}")

@@ -21,7 +21,7 @@ import pytest
 from lab import analysis
 from lab.image import GuestImage
 from lab.session import LabRun
-from lab.timeline import Timeline
+from lab.timeline import ACTION_EVENT, Timeline
 
 pytestmark = pytest.mark.real
 
@@ -99,7 +99,7 @@ def _settle_then_guard(run: LabRun, handout_mib: int) -> int:
     time.sleep(BASELINE_S)
 
     def quiet() -> bool:
-        actions = run.timeline.events_of("action")
+        actions = run.timeline.events_of(ACTION_EVENT)
         return not actions or run.t_s() - actions[-1]["t_s"] >= 3
 
     run.wait_until(quiet, 30, "memcoord quiet after its first reclaims")

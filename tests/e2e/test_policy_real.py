@@ -27,7 +27,8 @@ from lab import analysis
 from lab.hosthog import HostHog
 from lab.image import GuestImage
 from lab.session import LabRun
-from lab.timeline import Timeline
+from lab.timeline import ACTION_EVENT, Timeline
+from memcoord.model import Action
 from tests.e2e.test_course import BASELINE_S, _assert_always, _guest_cfg, _hog_state, _retry_once_on_outage
 
 pytestmark = pytest.mark.real
@@ -56,7 +57,7 @@ def _settle_then_guard(run: LabRun, headroom_mib: int) -> int:
     time.sleep(BASELINE_S)
 
     def quiet() -> bool:
-        actions = run.timeline.events_of("action")
+        actions = run.timeline.events_of(ACTION_EVENT)
         return not actions or run.t_s() - actions[-1]["t_s"] >= 3
 
     run.wait_until(quiet, 30, "memcoord quiet after its first reclaims")
@@ -192,7 +193,7 @@ def test_page_cache_is_not_hunger(guest_image: GuestImage, lab_prefix: str, run_
         reader_growth_mib = analysis.peak(tl, reader, "current_mib", t_mc_s) - reader_start_mib
         reader_unused_mib = _median(tl, reader, "unused_mib", t_hog_s, t_kill_s)
         reader_usable_mib = _median(tl, reader, "usable_mib", t_hog_s, t_kill_s)
-        reader_grows = [a for a in tl.events_of("action", reader) if a["action"] == "grow"]
+        reader_grows = [a for a in tl.events_of(ACTION_EVENT, reader) if a["action"] == Action.GROW]
         served = _served(tl, grower, t_hog_s, t_kill_s)
         kill_at_mib = analysis.value_at(tl, grower, "current_mib", t_kill_s)
         hog_at_kill_mib = next(e["hog_mib"] for e in tl.events_of("hog_killed", grower))
@@ -289,8 +290,8 @@ def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run
         lowest = _host_lowest(tl, t_hog_s, t_end_s)
         t_back_s = next((t for t, v in host if t > t_dip_s and v >= guard_mib), None)
         after = [v for t, v in host if t_back_s is not None and t_back_s <= t <= t_end_s]
-        relieved = [a for a in tl.events_of("action") if a["action"] == "relieve" and a["t_s"] >= t_hog_s]
-        regrown = [a for a in tl.events_of("action") if a["action"] == "grow" and a["t_s"] >= t_hog_s]
+        relieved = [a for a in tl.events_of(ACTION_EVENT) if a["action"] == Action.RELIEVE and a["t_s"] >= t_hog_s]
+        regrown = [a for a in tl.events_of(ACTION_EVENT) if a["action"] == Action.GROW and a["t_s"] >= t_hog_s]
         # Without memcoord the host would have ended this far below its guard: relief races the hog, so the
         # recorder's lowest sample shows less.
         pressure_mib = guard_mib - (analysis.value_at(tl, names[0], "host_available_mib", t_hog_s) - hog_mib)

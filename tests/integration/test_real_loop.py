@@ -19,7 +19,7 @@ from lab.coordinator import Memcoord, lab_config
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S
-from memcoord.model import mib_to_kib
+from memcoord.model import Action, mib_to_kib
 
 pytestmark = pytest.mark.real
 
@@ -67,7 +67,7 @@ def test_starving_guest_grows_and_idle_guest_is_reclaimed(tmp_path: Path):
 
         # Read back through libvirt: the hungry guest's balloon gets to what memcoord logged last.
         grown = [a for a in coordinator.actions if a.domain == hungry]
-        assert all(a.action == "grow" for a in grown), grown
+        assert all(a.action == Action.GROW for a in grown), grown
         assert wait_until(lambda: abs(current_mib(lab)[hungry] - grown[-1].to_mib) <= 4, 15), (
             current_mib(lab),
             grown[-1],
