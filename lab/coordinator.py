@@ -84,12 +84,17 @@ class TimelineFollower:
             inode = self.path.stat().st_ino
         except FileNotFoundError:
             return []
-        if self._file is None or inode != self._inode:
-            if self._file is not None:
-                self._file.close()
-            self._file, self._inode, self._partial = self.path.open(encoding="utf-8"), inode, ""
+        text = self._partial
+        if self._file is not None and inode != self._inode:  # rotated: finish the old file first
+            text += self._file.read()
+            self._file.close()
+            self._file = None
+        if self._file is None:
+            self._file, self._inode = self.path.open(encoding="utf-8"), inode
+        text += self._file.read()
+        self._partial = ""
         out = []
-        for raw in (self._partial + self._file.read()).splitlines(keepends=True):
+        for raw in text.splitlines(keepends=True):
             if not raw.endswith("\n"):
                 self._partial = raw
                 break

@@ -116,4 +116,11 @@ def test_the_lab_reads_every_kind_from_a_growing_timeline(tmp_path: Path):
     assert {(a.domain, a.from_mib, a.to_mib) for a in got} == {("g", 512, 812)}
     dry = timeline.actions({**line, "dry_run": True})
     assert not any(a.applied for a in dry)
+
+    # Rotation (the daemon moves PATH to PATH.1 and starts a new PATH): the old file's last line is not lost.
+    with path.open("a") as f:
+        f.write(json.dumps({"t_s": 101.0, "actions": []}) + "\n")
+    path.replace(path.with_name("t.jsonl.1"))
+    path.write_text(json.dumps({"t_s": 102.0, "actions": []}) + "\n")
+    assert [line["t_s"] for line in follower.poll()] == [101.0, 102.0]
     follower.close()
