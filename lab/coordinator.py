@@ -78,29 +78,34 @@ class TimelineFollower:
         self._inode: int | None = None
         self._partial = ""
         self.lines_read = 0
+        self.errors: list[str] = []  # lines that are not timeline lines: skipped, kept here for the test to fail on
 
     def poll(self) -> list[dict[str, Any]]:
         try:
             inode = self.path.stat().st_ino
         except FileNotFoundError:
             return []
-        text = self._partial
+        out = []
         if self._file is not None and inode != self._inode:  # rotated: finish the old file first
-            text += self._file.read()
+            out = self._lines(self._file.read())
             self._file.close()
             self._file = None
         if self._file is None:
-            self._file, self._inode = self.path.open(encoding="utf-8"), inode
-        text += self._file.read()
-        self._partial = ""
+            self._file, self._inode, self.lines_read = self.path.open(encoding="utf-8"), inode, 0
+        return out + self._lines(self._file.read())
+
+    def _lines(self, text: str) -> list[dict[str, Any]]:
         out = []
-        for raw in text.splitlines(keepends=True):
+        for raw in (self._partial + text).splitlines(keepends=True):
             if not raw.endswith("\n"):
                 self._partial = raw
                 break
             self._partial = ""
             self.lines_read += 1
-            out.append(mc_timeline.parse_line(raw, f"{self.path}:{self.lines_read}"))
+            try:
+                out.append(mc_timeline.parse_line(raw, f"{self.path}:{self.lines_read}"))
+            except mc_timeline.TimelineError as exc:
+                self.errors.append(str(exc))
         return out
 
     def close(self) -> None:
@@ -175,6 +180,8 @@ class Memcoord:
         self._reader: threading.Thread | None = None
         self._follower: threading.Thread | None = None
         self._stop_following = threading.Event()
+        # Timeline lines that could not be read (skipped, never silently): LabRun fails its waits on them.
+        self.timeline_errors: list[str] = []
 
     def __enter__(self) -> Memcoord:
         self.start()
@@ -215,13 +222,19 @@ class Memcoord:
 
     def _follow(self) -> None:
         follower = TimelineFollower(self.timeline_path)
+        follower.errors = self.timeline_errors
         try:
             while True:
                 stopping = self._stop_following.is_set()
                 for line in follower.poll():
                     if self.on_tick is not None:
                         self.on_tick(_mono_s(float(line["t_s"])), line)
-                    for act in mc_timeline.actions(line, str(self.timeline_path)):
+                    try:
+                        actions = mc_timeline.actions(line, str(self.timeline_path))
+                    except mc_timeline.TimelineError as exc:  # e.g. a kind this checkout does not know
+                        self.timeline_errors.append(str(exc))
+                        continue
+                    for act in actions:
                         if act.applied:
                             self._took(_action(act))
                 if stopping:  # one last read after the process ended: its final tick's actions

@@ -163,6 +163,8 @@ class LabRun:
         """Poll until predicate() holds; returns the seconds waited, raises TimeoutError naming `what`."""
         t0 = time.monotonic()
         while not predicate():
+            if self.memcoord is not None and self.memcoord.timeline_errors:
+                raise RuntimeError(f"memcoord's timeline could not be read: {self.memcoord.timeline_errors[:3]}")
             if self.memcoord is not None and not self.memcoord.alive():
                 raise RuntimeError(
                     f"memcoord exited ({self.memcoord.proc and self.memcoord.proc.returncode}) while waiting for {what}"
@@ -183,6 +185,7 @@ class LabRun:
         if self.memcoord is not None:
             rc = self.memcoord.stop()
             self.timeline.meta["memcoord_exit_code"] = rc
+            self.timeline.meta["memcoord_timeline_errors"] = self.memcoord.timeline_errors
         for g in self.lab.guests:
             with contextlib.suppress(OSError):
                 shutil.copyfile(g.console.log_path, self.out_dir / g.console.log_path.name)

@@ -123,4 +123,9 @@ def test_the_lab_reads_every_kind_from_a_growing_timeline(tmp_path: Path):
     path.replace(path.with_name("t.jsonl.1"))
     path.write_text(json.dumps({"t_s": 102.0, "actions": []}) + "\n")
     assert [line["t_s"] for line in follower.poll()] == [101.0, 102.0]
+    # A line that is not a timeline line is skipped and kept as an error, and the lines after it still come.
+    with path.open("a") as f:
+        f.write("garbage\n" + json.dumps({"t_s": 103.0}) + "\n")
+    assert [line["t_s"] for line in follower.poll()] == [103.0]
+    assert len(follower.errors) == 1 and "t.jsonl:2: not a timeline line" in follower.errors[0], follower.errors
     follower.close()
