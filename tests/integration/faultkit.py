@@ -142,12 +142,12 @@ class MemcoordRun:
         return timeline.read_lines(self.timeline_path) if self.timeline_path.exists() else []
 
     def actions(self, domain: str | None = None) -> list[timeline.TimelineAction]:
-        """The setMemory calls that worked, in order, from the timeline."""
+        """The setMemory calls that worked (not failed, not a dry run), in order, from the timeline."""
         return [
             a
             for line in self.timeline()
             for a in timeline.actions(line)
-            if a.error is None and (domain is None or a.domain == domain)
+            if a.applied and (domain is None or a.domain == domain)
         ]
 
     def count(self, needle: str) -> int:
