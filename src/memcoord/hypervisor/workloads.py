@@ -45,7 +45,7 @@ class Hog:
     """Grows at rate_kib_s from start_s up to limit_kib (None: until killed), holds, then frees at free_s.
 
     Covers steady growth (no limit), grow-then-hold (limit) and grow-then-hold-then-free (limit and free_s).
-    Like the course's hog, once killed it stays dead.
+    Like the lab's hog (lab/guest), once killed it stays dead: an OOM kill ends the program, nothing restarts it.
     """
 
     rate_kib_s: int
