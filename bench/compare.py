@@ -18,8 +18,11 @@ from typing import Any
 
 from memcoord import config as config_mod
 from memcoord.config import Config
-from memcoord.policies import POLICIES
 from memcoord.simulate import DemandCheck, RunReport, check_demand, format_table, load_scenario, run
+
+if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.policies import POLICIES, factory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         scenario = load_scenario(path)
         reports = {}
         for label, policy, cfg in runs:
-            report = dataclasses.replace(run(scenario, cfg, policy), policy=label)
+            report = dataclasses.replace(run(scenario, cfg, factory(policy)), policy=label)
             reports[label] = report
             rows.append(row(report))
             print(f"  ran {scenario.name} / {label}", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from . import __version__, journal, watch
 from . import config as config_mod
+from .cliargs import positive_float as _positive_float
 from .config import ConfigError, ConfigFileError
 
 
@@ -31,16 +32,6 @@ def _load_or_exit(path: Path) -> config_mod.Config:
     except ConfigError as exc:
         print(f"memcoord: invalid config:\n{exc}", file=sys.stderr)
         sys.exit(os.EX_CONFIG)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -91,7 +82,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from . import simulate
 
     config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
-    return simulate.main(args.scenario, config, args.policy, args.duration, args.plot)
+    return simulate.main(args.scenario, config, "memcoord", args.duration, args.plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,11 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--state", type=Path, metavar="PATH", help="with --running: state file (default: [status] path)")
     show.set_defaults(func=_cmd_print_config)
 
-    from .policies import POLICIES
-
+    # memcoord's own policy only: the peers it is compared with are bench material (bench/compare.py --policies).
     sim = sub.add_parser("simulate", help="run a scenario on the simulated hypervisor and print what happened")
     sim.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. scenarios/course-1-one-hog.toml")
-    sim.add_argument("--policy", choices=sorted(POLICIES), default="memcoord", help="policy (%(default)s)")
     sim.add_argument("--config", type=Path, default=None, help="config file (default: the built-in defaults)")
     sim.add_argument("--duration", type=_positive_float, metavar="S", help="simulated seconds (default: scenario's)")
     sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")

@@ -25,23 +25,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import plot
 from .config import Config, describe_error
-from .hypervisor.sim import (
-    KERNEL_USED_KIB,
+from .hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
+from .hypervisor.workloads import (
     Burst,
     FileReader,
     Hog,
     HostPressure,
     Idle,
     Sawtooth,
-    SimGuest,
-    SimulatedHypervisor,
     Trace,
     TraceError,
     Workload,
     load_trace,
 )
 from .model import KIB_PER_MIB, mib_to_kib
+from .policies import PolicyFactory
 from .policies import make as make_policy
 
 SIM_EPOCH_S = 1_000_000.0
@@ -390,10 +390,10 @@ class GuestReport:
 
 @dataclass
 class Timeline:
-    """Per tick, for --plot: time, and per guest size and used (MiB); host available (MiB)."""
+    """Per tick, for --plot: time, and per guest current size, used and cache (MiB); host available (MiB)."""
 
     t_s: list[float] = field(default_factory=list)
-    size_mib: dict[str, list[float]] = field(default_factory=dict)
+    current_mib: dict[str, list[float]] = field(default_factory=dict)
     used_mib: dict[str, list[float]] = field(default_factory=dict)
     cache_mib: dict[str, list[float]] = field(default_factory=dict)
     host_available_mib: list[float] = field(default_factory=list)
@@ -454,7 +454,7 @@ class RunReport:
 def run(
     scenario: Scenario,
     config: Config,
-    policy_name: str = "memcoord",
+    policy_name: str | PolicyFactory = "memcoord",
     duration_s: float | None = None,
     record: bool = False,
 ) -> RunReport:
@@ -498,7 +498,7 @@ def run(
                 timeline.t_s.append(t_s)
                 timeline.host_available_mib.append(hv.host_available_kib() / KIB_PER_MIB)
                 for g in hv.guests.values():
-                    timeline.size_mib.setdefault(g.name, []).append(g.actual_kib / KIB_PER_MIB)
+                    timeline.current_mib.setdefault(g.name, []).append(g.current_kib / KIB_PER_MIB)
                     timeline.used_mib.setdefault(g.name, []).append(g.used_kib / KIB_PER_MIB)
                     timeline.cache_mib.setdefault(g.name, []).append(g.cache_kib / KIB_PER_MIB)
         hv.advance(step_s)
@@ -510,9 +510,9 @@ def run(
             rep.cache_mib_seconds += g.cache_kib / KIB_PER_MIB * step_s
             if g.used_kib > rep.peak_used_mib * KIB_PER_MIB:
                 rep.peak_used_mib = g.used_kib / KIB_PER_MIB
-            if g.actual_kib > rep.peak_size_mib * KIB_PER_MIB:
-                rep.peak_size_mib = g.actual_kib / KIB_PER_MIB
-            if usable_kib <= starving_kib and g.actual_kib < g.max_kib:
+            if g.current_kib > rep.peak_size_mib * KIB_PER_MIB:
+                rep.peak_size_mib = g.current_kib / KIB_PER_MIB
+            if usable_kib <= starving_kib and g.current_kib < g.max_kib:
                 rep.starving_s += step_s
                 if rep._starving_since_s is None:
                     rep._starving_since_s = now_s - step_s
@@ -533,13 +533,13 @@ def run(
     for g in hv.guests.values():
         rep = reports[g.name]
         rep.oom_kills = g.oom_kills
-        rep.final_size_mib = g.actual_kib / KIB_PER_MIB
+        rep.final_size_mib = g.current_kib / KIB_PER_MIB
         if rep._starving_since_s is not None:
             rep.unrelieved += 1
             rep.relief_s.append(n_steps * step_s - rep._starving_since_s)
     return RunReport(
         scenario=scenario.name,
-        policy=policy_name,
+        policy=policy.name,
         duration_s=n_steps * step_s,
         starving_mib=config.guest.starving_mib,
         host_total_mib=hv.host_total_kib / KIB_PER_MIB,
@@ -644,33 +644,6 @@ def summary(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def plot(report: RunReport, out: Path) -> None:
-    """Draw the timeline (needs matplotlib: pip install 'memcoord[plot]')."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tl = report.timeline
-    if tl is None:
-        raise ValueError("run(record=True) is needed for a plot")
-    fig, (ax_guests, ax_host) = plt.subplots(2, 1, sharex=True, figsize=(10, 7), height_ratios=[3, 1])
-    shown = list(tl.size_mib)[:12]
-    for name in shown:
-        (line,) = ax_guests.plot(tl.t_s, tl.size_mib[name], label=f"{name} size")
-        ax_guests.plot(tl.t_s, tl.used_mib[name], linestyle="--", color=line.get_color(), label=f"{name} used")
-        if any(tl.cache_mib[name]):
-            used_and_cache = [u + c for u, c in zip(tl.used_mib[name], tl.cache_mib[name], strict=True)]
-            ax_guests.plot(tl.t_s, used_and_cache, linestyle=":", color=line.get_color(), label=f"{name} used+cache")
-    ax_guests.set_ylabel("MiB")
-    ax_guests.set_title(f"{report.scenario} - policy {report.policy}")
-    ax_guests.legend(fontsize="small", ncol=2)
-    ax_host.plot(tl.t_s, tl.host_available_mib, color="black")
-    ax_host.set_ylabel("host available MiB")
-    ax_host.set_xlabel("seconds")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
 
 
 def main(
@@ -684,17 +657,14 @@ def main(
     except ScenarioError as exc:
         print(f"memcoord: invalid scenario:\n{exc}", file=sys.stderr)
         return os.EX_DATAERR
-    if plot_path is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("memcoord: --plot needs matplotlib: pip install 'memcoord[plot]'", file=sys.stderr)
-            return os.EX_UNAVAILABLE
+    if plot_path is not None and not plot.have_matplotlib():
+        print("memcoord: --plot needs matplotlib: pip install 'memcoord[plot]'", file=sys.stderr)
+        return os.EX_UNAVAILABLE
     if config.loop.dry_run:
         print("note: loop.dry_run is ignored here; the simulation applies every plan", file=sys.stderr)
     report = run(scenario, config, policy_name, duration_s, record=plot_path is not None)
     print(summary(report))
     if plot_path is not None:
-        plot(report, plot_path)
+        plot.write(plot.from_simulation(report), plot_path, f"{report.scenario} - policy {report.policy}")
         print(f"timeline written to {plot_path}")
     return os.EX_OK

@@ -72,7 +72,7 @@ def test_status_and_metrics_agree_with_libvirt(tmp_path: Path):
                 s.labels["domain"]: s.value
                 for f in text_string_to_metric_families(text)
                 for s in f.samples
-                if s.name == "memcoord_domain_actual_bytes"
+                if s.name == "memcoord_domain_current_bytes"
             }
             now = lab.balloon_stats()  # dry run and settled guests: the balloon does not move
             assert {n: actual[n] for n in lab.names} == {n: now[n]["balloon.current"] * 1024 for n in lab.names}

@@ -184,7 +184,7 @@ def test_prometheus_scrapes_alerts_and_resolves(stack):
     target = wait_for(target_up, timeout_s=30)
     assert target["scrapeUrl"] == f"https://127.0.0.1:{port}/metrics"
     assert target["labels"]["instance"] == "127.0.0.1" and target["labels"]["job"] == "memcoord"
-    assert len(prometheus.query("memcoord_domain_actual_bytes")) == DOMAINS
+    assert len(prometheus.query("memcoord_domain_current_bytes")) == DOMAINS
 
     # The starving guest's alert fires, for it alone.
     def firing() -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from lab.coordinator import Memcoord, lab_config
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S
-from memcoord.model import mib_to_kib
+from memcoord.model import Action, mib_to_kib
 
 pytestmark = pytest.mark.real
 
@@ -65,16 +65,21 @@ def test_starving_guest_grows_and_idle_guest_is_reclaimed(tmp_path: Path):
         assert coordinator.proc is not None and coordinator.proc.returncode == 0, log
         assert reached, f"start {start}, end {history[-1]}\n{log}"
 
-        # Read back through libvirt: the hungry guest's balloon gets to what memcoord logged last.
+        # Read back through libvirt: the hungry guest's balloon gets to what memcoord recorded last.
         grown = [a for a in coordinator.actions if a.domain == hungry]
-        assert all(a.action == "grow" for a in grown), grown
+        assert all(a.action == Action.GROW for a in grown), grown
         assert wait_until(lambda: abs(current_mib(lab)[hungry] - grown[-1].to_mib) <= 4, 15), (
             current_mib(lab),
             grown[-1],
         )
-        assert f"reclaim {idle} 1280 -> 1180 MiB (idle with" in log
         # Gradual: one reclaim step (plus the tax) per tick at most, never below the floor.
         taken = [a for a in coordinator.actions if a.domain == idle]
+        first = taken[0] if taken else None
+        assert first is not None and (first.action, first.from_mib, first.to_mib) == (Action.RECLAIM, 1280, 1180), (
+            taken[:3]
+        )
+        assert first.reason.startswith("idle with"), first
+        assert not coordinator.timeline_errors, coordinator.timeline_errors
         assert taken and all(a.from_mib - a.to_mib <= 100 + 2 for a in taken), taken
         gaps_s = [b.t_mono_s - a.t_mono_s for a, b in itertools.pairwise(taken)]
         assert all(gap_s > 0.5 for gap_s in gaps_s), gaps_s

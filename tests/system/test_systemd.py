@@ -382,7 +382,7 @@ path = "/var/lib/memcoord/timeline.jsonl"
             f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
         )
         metrics = ct.run(["python3", "-c", fetch]).stdout
-        assert re.search(r'^memcoord_domain_actual_bytes\{domain="mcsys-1"\} \d', metrics, re.M), metrics[-2000:]
+        assert re.search(r'^memcoord_domain_current_bytes\{domain="mcsys-1"\} \d', metrics, re.M), metrics[-2000:]
         warnings = [
             e["MESSAGE"]
             for e in unit.journal(cur)

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "memcoord"
 
@@ -165,28 +163,7 @@ def _runtime_graph() -> dict[str, set[str]]:
 
 
 PACKAGES = {_module_name(p) for p in (SRC / PACKAGE).rglob("__init__.py")}
-CLI_WATCH = ["memcoord.cli", "memcoord.watch"]
-HYPERVISOR_SIMULATE = ["memcoord.hypervisor", "memcoord.hypervisor.sim", "memcoord.simulate"]
 
 
-def test_no_cycle_counting_function_level_imports_but_the_known_ones():
-    """Fails on a new cycle; the known ones have their own strict xfail below, removed when they are gone."""
-    assert [c for c in cycles(_runtime_graph()) if c not in (CLI_WATCH, HYPERVISOR_SIMULATE)] == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="cycle memcoord.cli -> memcoord.watch (module level) -> memcoord.cli (_positive_float, function level); "
-    "remove this mark when the cycle is gone (strict: this test then fails)",
-)
-def test_cli_and_watch_are_in_no_cycle():
-    assert CLI_WATCH not in cycles(_runtime_graph())
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="cycle memcoord.hypervisor (connect, function level) -> memcoord.simulate (build_host, load_scenario) -> "
-    "memcoord.hypervisor.sim -> memcoord.hypervisor: the product's port imports the simulator's scenario loader",
-)
-def test_the_hypervisor_port_is_in_no_cycle():
-    assert not [c for c in cycles(_runtime_graph()) if "memcoord.hypervisor" in c]
+def test_no_cycle_counting_function_level_imports():
+    assert cycles(_runtime_graph()) == []

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from memcoord.config import Config
-from memcoord.hypervisor.sim import KERNEL_USED_KIB, Hog, Idle, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Hog, Idle
 from memcoord.model import LOWERING_ACTIONS, Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
 from memcoord.policy import Pending, PolicyState, decide, host_headroom_kib, thresholds_kib
 

@@ -7,20 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.hypervisor.sim import (
-    CACHE_FREE_FLOOR_KIB,
-    KERNEL_USED_KIB,
+from memcoord.hypervisor.sim import CACHE_FREE_FLOOR_KIB, KERNEL_USED_KIB, SimGuest, SimulatedHypervisor, demo_host
+from memcoord.hypervisor.workloads import (
     Burst,
     FileReader,
     Hog,
     HostPressure,
     Idle,
     Sawtooth,
-    SimGuest,
-    SimulatedHypervisor,
     Trace,
     TraceError,
-    demo_host,
     load_trace,
 )
 from memcoord.model import Action, Change, mib_to_kib
@@ -52,11 +48,11 @@ def test_balloon_converges_at_its_rate_without_overshoot() -> None:
     hv = one_guest(Idle(), size_mib=2048, balloon_rate_kib_per_s=mib_to_kib(500))
     set_target(hv, 1048)
     hv.advance(1.0)
-    assert hv.guests["g"].actual_kib == mib_to_kib(1548)
+    assert hv.guests["g"].current_kib == mib_to_kib(1548)
     hv.advance(1.0)
-    assert hv.guests["g"].actual_kib == mib_to_kib(1048)
+    assert hv.guests["g"].current_kib == mib_to_kib(1048)
     hv.advance(5.0)
-    assert hv.guests["g"].actual_kib == mib_to_kib(1048)
+    assert hv.guests["g"].current_kib == mib_to_kib(1048)
 
 
 def test_oom_kill_is_counted_once_and_the_hog_stays_dead() -> None:

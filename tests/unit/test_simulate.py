@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.policies import factory
 from memcoord.config import Config
 from memcoord.hypervisor.sim import SimulatedHypervisor
 from memcoord.model import KIB_PER_MIB, Change, Snapshot, mib_to_kib
-from memcoord.policies import POLICIES
+from memcoord.policies import PolicyFactory
 from memcoord.simulate import SIM_EPOCH_S, ScenarioError, build_host, check_demand, load_scenario, parse_scenario, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +114,8 @@ def test_host_is_never_overcommitted_and_changes_are_counted(policy: str, monkey
         return clamped(self)
 
     monkeypatch.setattr(SimulatedHypervisor, "host_available_kib", recording)
-    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), policy)
+    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), factory(policy))
+    assert report.policy == policy
     assert len(unclamped_kib) >= report.duration_s, "the run did not sample the host every step"
     assert min(unclamped_kib) >= 0, f"{policy} overcommitted the host by {-min(unclamped_kib)} KiB"
     assert report.host_min_available_mib == min(unclamped_kib) / KIB_PER_MIB  # the clamp never hid a value
@@ -166,7 +168,7 @@ def test_memcoord_simulate_rejects_a_bad_scenario_with_exit_65(tmp_path: Path) -
     assert f"{path}: guests.0.colour = 1: unknown key" in proc.stderr
 
 
-def test_memcoord_simulate_policy_and_duration_flags() -> None:
+def test_memcoord_simulate_duration_flag_runs_memcoords_own_policy() -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -174,8 +176,6 @@ def test_memcoord_simulate_policy_and_duration_flags() -> None:
             "memcoord.cli",
             "simulate",
             str(ROOT / "scenarios" / "course-3-grow-free.toml"),
-            "--policy",
-            "proxmox",
             "--duration",
             "20",
         ],
@@ -184,7 +184,18 @@ def test_memcoord_simulate_policy_and_duration_flags() -> None:
         check=True,
         cwd=ROOT,
     )
-    assert "policy proxmox, 20 s simulated" in proc.stdout
+    assert "policy memcoord, 20 s simulated" in proc.stdout
+
+
+def test_the_product_imports_no_bench_material() -> None:
+    """`memcoord run` and `memcoord simulate` load none of the peers' ports (bench/policies)."""
+    code = (
+        "import sys, memcoord.cli, memcoord.service, memcoord.simulate, memcoord.observe;"
+        "memcoord.cli.build_parser();"
+        "print(sorted(m for m in sys.modules if m.startswith('bench') or m.endswith(('.mom', '.proxmox'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert proc.stdout.strip() == "[]", proc.stdout
 
 
 # -- page cache, host pressure and the run's metrics on small hand-checkable runs ---------------------------
@@ -215,9 +226,9 @@ class Still:
 
 
 @pytest.fixture
-def still(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(POLICIES, "still", Still)
-    return "still"
+def still() -> PolicyFactory:
+    """Handed to run() as a factory, the way bench/compare.py hands in the peers."""
+    return Still
 
 
 def test_host_pressure_from_a_scenario_changes_host_available_over_time() -> None:
@@ -230,7 +241,7 @@ def test_host_pressure_from_a_scenario_changes_host_available_over_time() -> Non
     assert [free_kib[0] - f for f in free_kib] == [0, mib_to_kib(500), mib_to_kib(1000), 0]
 
 
-def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: str) -> None:
+def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: PolicyFactory) -> None:
     # Host available is 4096 - 1024 - 60 (the guest's kernel) = 3012 MiB; each pressure of 2500 MiB takes it to
     # 512 MiB, below the 1024 MiB guard: 10 s, then 3 s.
     scenario = parse_scenario(
@@ -245,13 +256,13 @@ def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: str) ->
     assert report.host_guard_mib == 1024
 
 
-def test_a_host_that_stays_above_its_guard_has_no_time_below_it(still: str) -> None:
+def test_a_host_that_stays_above_its_guard_has_no_time_below_it(still: PolicyFactory) -> None:
     report = run(parse_scenario(ONE_GUEST), Config(), still)
     assert report.host_below_guard_s == 0.0
     assert report.host_longest_below_guard_s == 0.0
 
 
-def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: str) -> None:
+def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: PolicyFactory) -> None:
     workload = "workload = { kind = 'idle', used_mib = 100 }\n"
     plain = run(parse_scenario(ONE_GUEST + workload), Config(), still)
     cached = run(
@@ -267,7 +278,7 @@ def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: str) -> N
     assert cached.starving_guest_s == 0  # ...and it never counted as starving
 
 
-def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: str) -> None:
+def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: PolicyFactory) -> None:
     # 1024 MiB guest, programs + kernel 900 MiB from t=0: 124 MiB usable <= 150 MiB starving line, all run long.
     scenario = parse_scenario(ONE_GUEST + "workload = { kind = 'idle', used_mib = 840 }\n")
     report = run(scenario, Config(), still)
