@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,8 +40,11 @@ from .hypervisor.sim import (
     Workload,
     load_trace,
 )
-from .model import KIB_PER_MIB, mib_to_kib
+from .model import KIB_PER_MIB, Change, Plan, Snapshot, mib_to_kib
+from .policies import BalloonPolicy
 from .policies import make as make_policy
+from .policy import PolicyState
+from .step import MEMCOORD, LoopPolicy, step
 
 SIM_EPOCH_S = 1_000_000.0
 
@@ -360,6 +363,25 @@ def check_demand(scenario: Scenario, min_available_mib: float, duration_s: float
 # -- the run and its measurements ----------------------------------------------------------------------------
 
 
+class _ChangesOnly:
+    """A peer policy (an object whose decide(snapshot) returns changes and keeps its own state) as a loop
+    policy: its state is the object itself, and what was applied is nothing it records."""
+
+    def decide(self, snapshot: Snapshot, state: BalloonPolicy, config: Config) -> tuple[Plan, BalloonPolicy]:
+        return Plan(changes=state.decide(snapshot), classes={}, host_headroom_kib=0), state
+
+    def applied(self, state: BalloonPolicy, changes: Iterable[Change], now_s: float) -> BalloonPolicy:
+        return state
+
+
+def _loop_policy(policy_name: str, config: Config) -> tuple[LoopPolicy, Any]:
+    """The loop policy and its first state: memcoord's own runs as in the daemon, a peer through _ChangesOnly."""
+    if policy_name == "memcoord":
+        return MEMCOORD, PolicyState()
+    return _ChangesOnly(), make_policy(policy_name, config)
+
+
+
 @dataclass
 class GuestReport:
     """What happened to one guest; sizes in MiB, times in seconds."""
@@ -466,7 +488,7 @@ def run(
     """
     duration_s = scenario.duration_s if duration_s is None else duration_s
     hv = build_host(scenario)
-    policy = make_policy(policy_name, config)
+    loop_policy, state = _loop_policy(policy_name, config)
     step_s = scenario.step_s
     n_steps = max(1, round(duration_s / step_s))
     tick_every = max(1, round(config.loop.interval_s / step_s))
@@ -477,19 +499,13 @@ def run(
     guard_kib = mib_to_kib(config.host.min_available_mib)
     below_guard_s = longest_below_s = 0.0
     below_since_s: float | None = None
-    stats_set: set[str] = set()
 
     for i in range(n_steps):
         t_s = i * step_s
         if i % tick_every == 0:
-            snapshot = hv.sample()
-            managed = [d.name for d in snapshot.domains if config.manages(d.name)]
-            new = [n for n in managed if n not in stats_set]
-            if new:
-                hv.ensure_stats_period(new, config.loop.stats_period_s)
-                stats_set.update(new)
-            changes = policy.decide(snapshot)
-            for result in hv.apply(changes):
+            done = step(hv, config, state, loop_policy)
+            state = done.state
+            for result in done.results:
                 if result.ok:
                     reports[result.change.domain].balloon_changes += 1
             if timeline is not None:
