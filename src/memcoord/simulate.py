@@ -381,7 +381,6 @@ def _loop_policy(policy_name: str, config: Config) -> tuple[LoopPolicy, Any]:
     return _ChangesOnly(), make_policy(policy_name, config)
 
 
-
 @dataclass
 class GuestReport:
     """What happened to one guest; sizes in MiB, times in seconds."""
