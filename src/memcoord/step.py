@@ -1,7 +1,7 @@
 """One tick of the loop, the same for the daemon and the simulator: sample -> managed filter -> stats period ->
 decide -> apply -> record what was applied.
 
-`Service.tick` wraps it with its reporting (journal, STATUS, metrics, deadline); `simulate.run` wraps it with
+`Service.tick` wraps it with its reporting (journal, STATUS, metrics, deadline); `sim_run.run` wraps it with
 its measurements. Neither calls `decide` itself, so neither can forget to tell the policy what was applied:
 that is what makes the next ticks wait for a balloon on its way instead of growing a guest twice.
 
