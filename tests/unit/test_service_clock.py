@@ -14,7 +14,7 @@ from memcoord.hypervisor import SKIPPED_DEADLINE
 from memcoord.hypervisor.sim import Hog, Idle, SimGuest, SimulatedHypervisor
 from memcoord.model import ApplyResult, Change, mib_to_kib
 from memcoord.observe import Observer
-from memcoord.service import TICK_BUDGET_S, Service
+from memcoord.service import RELIEF_WARN_TICKS, TICK_BUDGET_S, Service
 
 SIM_START_S = 1_000_000.0  # SimulatedHypervisor's default start
 
@@ -194,3 +194,34 @@ def test_deadline_spent_is_reported_once_skipped_changes_are_not_recorded_and_th
         _tick(service, sim, clock)
     assert len(_messages(caplog, "fit their")) == 1
     assert len(_messages(caplog, "its deadline is", logging.WARNING)) == 1
+
+
+# -- relief ----------------------------------------------------------------------------------------------------
+
+
+def test_relief_shortfall_is_warned_after_its_ticks_once_and_the_recovery_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counted in ticks, whatever the clock does: the warning comes on the RELIEF_WARN_TICKS-th short tick."""
+    guests = [
+        SimGuest(f"g{i}", max_kib=mib_to_kib(2048), target_kib=mib_to_kib(2048), workload=Idle(mib_to_kib(300)))
+        for i in range(2)
+    ]
+    sim = SimulatedHypervisor(guests, host_total_kib=mib_to_kib(8192), host_other_used_kib=mib_to_kib(5000))
+    for g in sim.guests.values():
+        g.rss_kib = g.actual_kib
+    clock = FakeClock()
+    service = _service(tmp_path, sim, clock, "[host]\nmin_available_mib = 4000\n")
+    caplog.set_level(logging.INFO, logger="memcoord")
+    short_ticks = 0
+    for _ in range(12):
+        _tick(service, sim, clock, dt_s=1.0)
+        clock.now_s += 100.0  # a clock far ahead of the ticks changes nothing here
+        short_ticks = short_ticks + 1 if service._short_ticks else 0
+        warned = _messages(caplog, "guests hold only part", logging.WARNING)
+        assert len(warned) == (1 if short_ticks >= RELIEF_WARN_TICKS else 0), (short_ticks, warned)
+    sim.host_other_used_kib = 0
+    for _ in range(3):
+        _tick(service, sim, clock)
+    assert _messages(caplog, "host back above its guard") == ["host back above its guard"]
+    assert len(_messages(caplog, "guests hold only part")) == 1
