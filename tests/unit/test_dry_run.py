@@ -128,3 +128,21 @@ def test_overlay_moves_the_guests_free_figures_with_its_balloon() -> None:
     assert overlay(dom, 1000).unused_kib == 0  # never below nothing
     assert released_kib(dom, 2500) == 500  # only what QEMU holds above the target comes back to the host
     assert released_kib(dom, 5000) == 0
+
+
+def test_leaving_dry_run_on_reload_starts_from_the_real_sizes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The targets dry run kept were never set: out of dry run, the first real step is from the real balloon."""
+    sim, fat = _wasteful_host()
+    clock = FakeClock()
+    service = _service(tmp_path, sim, clock)
+    _run(service, sim, clock, 10)
+    assert service._dry_run_view is not None and service._dry_run_view.would_be["fat"].target_kib < mib_to_kib(3800)
+    cfg = tmp_path / "memcoord.toml"
+    cfg.write_text(cfg.read_text().replace("dry_run = true", "dry_run = false"))
+    service.reload()
+    assert not service.config.loop.dry_run and service._dry_run_view is None
+    caplog.set_level(logging.INFO, logger="memcoord")
+    _run(service, sim, clock, 5)
+    assert sim.set_memory_calls >= 1
+    first = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(("reclaim fat", "dry run")))
+    assert first.startswith("reclaim fat 4096 -> 3996 MiB"), first
