@@ -1,14 +1,16 @@
 """The imperative shell: the tick loop, signals, config reload, sd_notify and the journal.
 
-It knows nothing of the algorithm: `step.step` runs it. Signal handlers only set flags; the loop
+It knows nothing of the algorithm: each tick is `step.step` (the loop the simulator runs too), and this
+module reports around it. Signal handlers only set flags; the loop
 acts on them between ticks, so a reload or a stop never lands in the middle of applying a plan. The sleep
 between ticks waits on a pipe that the interpreter writes the signal number to (signal.set_wakeup_fd, from its C
 handler): a handler that took a lock instead (threading.Event.set) deadlocks when the signal lands while the main
 thread holds that very lock, inside the sleep.
 
-The tick itself is `step.step`, the loop the simulator runs too; this module reports around it. Its timing
-(the tick's deadline, how long a guest's stats have been missing) reads one injected monotonic clock, so a
-test drives the service with a fake clock and a simulated hypervisor, and a wall-clock jump changes nothing.
+The service's own timing (the tick's deadline, how long a guest's stats have been missing) reads one injected
+monotonic clock, so a test drives it with a fake clock and a simulated hypervisor, and a wall-clock jump
+changes nothing. In dry run the step acts on a `DryRunHypervisor` over the real one: it keeps the targets dry
+run would have set, so successive ticks show the path each guest would take.
 """
 
 from __future__ import annotations
