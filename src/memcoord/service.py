@@ -267,7 +267,11 @@ class Service:
 
     def _report_step(self, done: StepResult, started_s: float, budget_s: float) -> None:
         """Journal, STATUS and the observer for one tick that reached the hypervisor."""
-        snapshot, plan, managed = done.snapshot, done.plan, list(done.managed)
+        plan, managed = done.plan, list(done.managed)
+        # In dry run the step saw its own view; the journal's lines say where guests would go, while STATUS, the
+        # state file and the metrics show where they are.
+        view = self._dry_run_view if self.config.loop.dry_run else None
+        snapshot = view.last_real if view is not None and view.last_real is not None else done.snapshot
         for failure in done.period_failures:
             log.warning("%s", failure)
         self._report_period(dict(self.hypervisor.stats_period_failures()), managed)

@@ -132,7 +132,7 @@ def test_overlay_moves_the_guests_free_figures_with_its_balloon() -> None:
 
 def test_leaving_dry_run_on_reload_starts_from_the_real_sizes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The targets dry run kept were never set: out of dry run, the first real step is from the real balloon."""
-    sim, fat = _wasteful_host()
+    sim, _fat = _wasteful_host()
     clock = FakeClock()
     service = _service(tmp_path, sim, clock)
     _run(service, sim, clock, 10)
@@ -146,3 +146,13 @@ def test_leaving_dry_run_on_reload_starts_from_the_real_sizes(tmp_path: Path, ca
     assert sim.set_memory_calls >= 1
     first = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(("reclaim fat", "dry run")))
     assert first.startswith("reclaim fat 4096 -> 3996 MiB"), first
+
+
+def test_status_and_metrics_show_the_real_sizes_in_dry_run(tmp_path: Path) -> None:
+    sim, _fat = _wasteful_host()
+    clock = FakeClock()
+    service = _service(tmp_path, sim, clock)
+    _run(service, sim, clock, 10)
+    assert service._dry_run_view is not None and service._dry_run_view.would_be["fat"].target_kib < mib_to_kib(3800)
+    (shown,) = [d for d in service.observer.view["domains"] if d["name"] == "fat"]
+    assert shown["current_kib"] == mib_to_kib(4096), shown

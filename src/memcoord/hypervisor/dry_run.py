@@ -60,9 +60,11 @@ class DryRunHypervisor:
         self.real = real
         self.would_be: dict[str, WouldBe] = {}
         self._real_kib: dict[str, int] = {}  # each guest's real balloon size at the last sample
+        # What the real hypervisor said at the last sample: metrics and status show the real sizes.
+        self.last_real: Snapshot | None = None
 
     def sample(self, deadline_s: float | None = None) -> Snapshot:
-        snapshot = self.real.sample(deadline_s=deadline_s)
+        snapshot = self.last_real = self.real.sample(deadline_s=deadline_s)
         real = {d.name: d for d in snapshot.domains}
         self._real_kib = {d.name: d.current_kib for d in snapshot.domains}
         self.would_be = {
