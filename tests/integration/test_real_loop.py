@@ -99,7 +99,7 @@ def test_dry_run_shows_the_path_a_guest_would_take_and_changes_nothing(tmp_path:
         sizes: list[float] = []
 
         def steps() -> list[tuple[int, int]]:
-            return [(int(m[3]), int(m[4])) for m in DRY_RUN_RE.findall(coordinator.log_text()) if m[1] == idle]
+            return [(int(m[2]), int(m[3])) for m in DRY_RUN_RE.findall(coordinator.log_text()) if m[1] == idle]
 
         with Memcoord(lab_config(lab.domain_glob, {"loop": {"dry_run": True}}), tmp_path) as coordinator:
             reached = wait_until(lambda: sizes.append(current_mib(lab)[idle]) or len(steps()) >= 4, 120)
