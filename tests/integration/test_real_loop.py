@@ -108,7 +108,7 @@ def test_dry_run_shows_the_path_a_guest_would_take_and_changes_nothing(tmp_path:
         assert reached, log
         path = steps()
         print("dry-run path of", idle, "MiB:", path)
-        assert path[0][0] == 1280, path
+        assert abs(path[0][0] - start_mib) <= 4, (start_mib, path)
         # A path, not the first step again: each step starts where the previous one would have left the guest.
         assert all(b[0] == a[1] and b[1] < a[1] for a, b in itertools.pairwise(path)), path
         assert len(set(path)) == len(path), path
