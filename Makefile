@@ -10,7 +10,7 @@ DEBS = python3 python3-venv python3-pip python3-libvirt python3-systemd \
        busybox-static linux-image-amd64 cpio gcc libc6-dev systemd-container debootstrap tmux \
        prometheus
 
-.PHONY: deps venv test lint demo
+.PHONY: deps venv preflight test lint demo
 
 deps:  ## Debian packages for the tests, the lab and the venv (as root)
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -27,13 +27,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: deps venv  ## every test, real libvirtd and guests included
-	$(VENV)/bin/ruff check src tests
+preflight: deps  ## root, libvirtd (started if absent), QEMU, nspawn and the tools the tests run: one line each
+	$(PYTHON) scripts/preflight.py
+
+test: deps preflight venv lint  ## every test, real libvirtd and guests included
 	$(VENV)/bin/pytest -v
 
-lint: venv
-	$(VENV)/bin/ruff check src tests bench lab
-	$(VENV)/bin/ruff format --check src tests
+lint: venv  ## everything that ships or tests
+	$(VENV)/bin/ruff check src tests lab bench scripts
+	$(VENV)/bin/ruff format --check src tests lab bench scripts
 
 PREFIX ?= /opt/memcoord
 BINDIR ?= /usr/local/bin

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROD_TARGET_ABOVE_GUARD_MIB = 2048
 PROD_NAME = "memcoord-prod"
 
-# The host may be below its guard at most this long at a time (issue 10: relief within ~10 s).
+# The host may be below its guard at most this long at a time (the goal: relief within ~10 s).
 RELIEF_LIMIT_S = 10.0
 
 HEADERS = [
@@ -142,7 +142,7 @@ def print_goals(all_goals: Sequence[Goal], demands: dict[str, DemandCheck], mark
         for (scenario, policy), by_goal in cells.items()
     ]
     print()
-    print(f"Goals (issue 10) for each memcoord profile; relief limit {RELIEF_LIMIT_S:.0f} s:")
+    print(f"Goals for each memcoord profile; relief limit {RELIEF_LIMIT_S:.0f} s:")
     print()
     if markdown:
         print("| " + " | ".join(headers) + " |")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--sizes 10,100,1000,10000] [--ticks 20] [--policies memcoord,mom,proxmox]
 
-Targets (issue 5): memcoord's policy <= 10 ms per tick at 1,000 domains, <= 100 ms at 10,000. Only the policy call is
+Targets: memcoord's policy <= 10 ms per tick at 1,000 domains, <= 100 ms at 10,000. Only the policy call is
 timed (the simulator's own work between ticks is not). Peak memory is tracemalloc's peak during the policy calls
 (Python allocations made by the policy: the snapshot it reads is built outside); ru_maxrss is the whole
 process at the end. Times are also given as ratios against memcoord, since these machines are noisy.

@@ -6,6 +6,7 @@ Exit codes follow sysexits.h, as admins' scripts expect: 64 usage, 66 cannot rea
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -14,16 +15,11 @@ from . import __version__, journal, watch
 from . import config as config_mod
 from .config import ConfigError, ConfigFileError
 
-EX_OK = 0
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_CONFIG = 78
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _load_or_exit(path: Path) -> config_mod.Config:
@@ -31,10 +27,10 @@ def _load_or_exit(path: Path) -> config_mod.Config:
         return config_mod.load(path)
     except ConfigFileError as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
-        sys.exit(EX_NOINPUT)
+        sys.exit(os.EX_NOINPUT)
     except ConfigError as exc:
         print(f"memcoord: invalid config:\n{exc}", file=sys.stderr)
-        sys.exit(EX_CONFIG)
+        sys.exit(os.EX_CONFIG)
 
 
 def _positive_float(text: str) -> float:
@@ -63,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     _load_or_exit(args.path)
     print(f"{args.path}: OK")
-    return EX_OK
+    return os.EX_OK
 
 
 def _cmd_print_config(args: argparse.Namespace) -> int:
@@ -74,7 +70,7 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
         path = config_mod.DEFAULT_PATH
     config = _load_or_exit(path) if path is not None else config_mod.Config()
     sys.stdout.write(config_mod.dump(config))
-    return EX_OK
+    return os.EX_OK
 
 
 def _print_running_config(args: argparse.Namespace) -> int:
@@ -86,9 +82,9 @@ def _print_running_config(args: argparse.Namespace) -> int:
         reading = state.read(state_path)
     except state.StateUnavailable as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
-        return status.EX_UNAVAILABLE
+        return os.EX_UNAVAILABLE
     sys.stdout.write(config_mod.dump(config_mod.Config.model_validate(reading.view["config"]["effective"])))
-    return EX_OK
+    return os.EX_OK
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -145,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        return EX_OK
+        return os.EX_OK
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """`memcoord plot TIMELINE -o out.png`: actual and unused memory per guest over time, actions marked.
 
-These are the two lines the course graded runs by, one panel per guest, and the host's available memory
-against its guard at the bottom. matplotlib is an optional extra (`pip install memcoord[plot]`): a host that
+These two lines show whether memory went where it was needed, one panel per guest, and the host's available
+memory against its guard at the bottom. matplotlib is an optional extra (`pip install memcoord[plot]`): a host that
 only runs the daemon does not need it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,11 +16,6 @@ from .timeline import Series, TimelineError, read
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-EX_OK = 0
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
 
 # How each kind of event is drawn: marker and colour. Unknown kinds (from the lab) get a vertical line.
 MARKERS = {
@@ -80,15 +76,15 @@ def main(timeline_path: Path, out_path: Path, title: str | None = None) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         print("memcoord plot needs matplotlib: pip install 'memcoord[plot]'", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return os.EX_UNAVAILABLE
     try:
         series = read(timeline_path)
     except TimelineError as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
-        return EX_NOINPUT if not timeline_path.is_file() else EX_DATAERR
+        return os.EX_NOINPUT if not timeline_path.is_file() else os.EX_DATAERR
     if not series.guests:
         print(f"memcoord: {timeline_path}: no guest in the timeline, nothing to plot", file=sys.stderr)
-        return EX_DATAERR
+        return os.EX_DATAERR
     figure(series, title or f"memcoord: {timeline_path.name} ({series.source} timeline)").savefig(out_path, dpi=90)
     print(f"{out_path}: {len(series.guests)} guests, {len(series.events)} events")
-    return EX_OK
+    return os.EX_OK

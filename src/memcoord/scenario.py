@@ -52,7 +52,7 @@ class GrowSpec(_Model):
     """Steady growth (no limit), grow-then-hold (limit_mib) or grow-then-hold-then-free (limit_mib, free_s)."""
 
     kind: Literal["grow"]
-    rate_mib_s: float = Field(gt=0)
+    rate_mib_per_s: float = Field(gt=0)
     start_s: float = Field(0, ge=0)
     limit_mib: float | None = Field(None, gt=0)
     free_s: float | None = Field(None, ge=0)
@@ -167,7 +167,7 @@ class Scenario(_Model):
     duration_s: float = Field(gt=0)
     seed: int = 0
     step_s: float = Field(0.1, gt=0, le=10)
-    balloon_rate_mib_s: float = Field(500, gt=0)
+    balloon_rate_mib_per_s: float = Field(500, gt=0)
     host: HostSpec
     guests: tuple[GuestSpec, ...] = Field(min_length=1)
     path: Path = Path("<string>")
@@ -230,7 +230,7 @@ def _workload(scenario: Scenario, spec: WorkloadSpec, offset_s: float, seed: int
             return Idle(mib_to_kib(spec.used_mib))
         case GrowSpec():
             return Hog(
-                rate_kib_s=mib_to_kib(spec.rate_mib_s),
+                rate_kib_per_s=mib_to_kib(spec.rate_mib_per_s),
                 start_s=t0_s + spec.start_s,
                 limit_kib=None if spec.limit_mib is None else mib_to_kib(spec.limit_mib),
                 free_s=None if spec.free_s is None else t0_s + spec.free_s,
@@ -290,7 +290,7 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
     return SimulatedHypervisor(
         guests,
         host_total_kib=mib_to_kib(scenario.host.total_mib),
-        balloon_rate_kib_s=mib_to_kib(scenario.balloon_rate_mib_s),
+        balloon_rate_kib_per_s=mib_to_kib(scenario.balloon_rate_mib_per_s),
         start_s=SIM_EPOCH_S,
         host_other_used_kib=mib_to_kib(scenario.host.other_used_mib),
         host_pressure=[

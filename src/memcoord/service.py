@@ -446,7 +446,7 @@ class Service:
             log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
             self._close_wakeup()
-        return 0
+        return os.EX_OK
 
     def _ignore_signals(self) -> None:
         """Stopping: a further stop or reload means nothing now. Ignored (not reset), because the interpreter

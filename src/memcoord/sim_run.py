@@ -94,8 +94,9 @@ class GuestReport:
     final_size_mib: float = 0.0
     oom_kills: int = 0
     starving_s: float = 0.0
-    idle_mib_s: float = 0.0
-    cache_mib_s: float = 0.0
+    # Integrals over the run in MiB x seconds (divided by the duration: the mean MiB), not rates.
+    idle_mib_seconds: float = 0.0
+    cache_mib_seconds: float = 0.0
     balloon_changes: int = 0
     relief_s: list[float] = field(default_factory=list)
     unrelieved: int = 0
@@ -103,10 +104,10 @@ class GuestReport:
 
     def mean_idle_mib(self, duration_s: float) -> float:
         """Memory the guest held that its programs did not use (free + page cache), averaged over the run."""
-        return self.idle_mib_s / duration_s if duration_s else 0.0
+        return self.idle_mib_seconds / duration_s if duration_s else 0.0
 
     def mean_cache_mib(self, duration_s: float) -> float:
-        return self.cache_mib_s / duration_s if duration_s else 0.0
+        return self.cache_mib_seconds / duration_s if duration_s else 0.0
 
 
 @dataclass
@@ -221,8 +222,8 @@ def run(
         for g in hv.guests.values():
             rep = reports[g.name]
             usable_kib = g.usable_kib
-            rep.idle_mib_s += usable_kib / KIB_PER_MIB * step_s
-            rep.cache_mib_s += g.cache_kib / KIB_PER_MIB * step_s
+            rep.idle_mib_seconds += usable_kib / KIB_PER_MIB * step_s
+            rep.cache_mib_seconds += g.cache_kib / KIB_PER_MIB * step_s
             if g.used_kib > rep.peak_used_mib * KIB_PER_MIB:
                 rep.peak_used_mib = g.used_kib / KIB_PER_MIB
             if g.actual_kib > rep.peak_size_mib * KIB_PER_MIB:

@@ -10,6 +10,7 @@ daemon's loop and measuring), `sim_report` (the table). Their names are importab
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .config import Config
@@ -66,10 +67,6 @@ def plot(report: RunReport, out: Path) -> None:
     plt.close(fig)
 
 
-EX_DATAERR = 65
-EX_UNAVAILABLE = 69
-
-
 def main(
     scenario_path: Path, config: Config, policy_name: str, duration_s: float | None, plot_path: Path | None
 ) -> int:
@@ -80,13 +77,13 @@ def main(
         scenario = load_scenario(scenario_path)
     except ScenarioError as exc:
         print(f"memcoord: invalid scenario:\n{exc}", file=sys.stderr)
-        return EX_DATAERR
+        return os.EX_DATAERR
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             print("memcoord: --plot needs matplotlib: pip install 'memcoord[plot]'", file=sys.stderr)
-            return EX_UNAVAILABLE
+            return os.EX_UNAVAILABLE
     if config.loop.dry_run:
         print("note: loop.dry_run is ignored here; the simulation applies every plan", file=sys.stderr)
     report = run(scenario, config, policy_name, duration_s, record=plot_path is not None)
@@ -94,4 +91,4 @@ def main(
     if plot_path is not None:
         plot(report, plot_path)
         print(f"timeline written to {plot_path}")
-    return 0
+    return os.EX_OK

@@ -1,6 +1,6 @@
 """The watching subcommands (`status`, `monitor`, `plot`), registered on the CLI by one call from cli.py.
 
-They live here, not in cli.py, so the CLI stays a thin list of commands and this feature merges as a block.
+They live here, not in cli.py, so the CLI stays a thin list of commands.
 Heavy imports (curses, matplotlib) happen only when the command runs.
 """
 

@@ -1,7 +1,7 @@
 """Faults on real guests: tiny QEMU guests from the lab (virtio balloon, serial console), the real libvirtd and
 `memcoord run` as a subprocess. Every guest is named mcfault-*, every memcoord manages only mcfault-*.
 
-What must hold (issue 6): memcoord never crashes, logs one line per loss and per recovery, resumes within a few
+What must hold: memcoord never crashes, logs one line per loss and per recovery, resumes within a few
 ticks; guests that come and go are skipped and picked up; guests without usable stats are never reclaimed and
 reported once; a failing setMemory is logged with its domain and value and the tick goes on; no guest is lost.
 """

@@ -7,6 +7,7 @@ stats when both sides saw the same guest sample (same balloon.last-update).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,4 +79,4 @@ def test_status_and_metrics_agree_with_libvirt(tmp_path: Path):
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, (tmp_path / "memcoord.log").read_text()
-    assert memcoord("status", "--state", str(state_path)).returncode == 69
+    assert memcoord("status", "--state", str(state_path)).returncode == os.EX_UNAVAILABLE

@@ -1,4 +1,4 @@
-"""Issue 10's policy behaviours on real QEMU guests with the real `memcoord run`.
+"""The policy's harder behaviours on real QEMU guests with the real `memcoord run`.
 
 a. page cache is not hunger: a guest full of page cache (it reads its disk) is not grown while another
    guest's real need is served from a limited headroom;
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.real
 
 MAX_MIB = 2048
 START_MIB = 512
-GROWER_PAGE_US = 160  # 4 KiB per 160 us = 25 MiB/s, the grower of issue 10
+GROWER_PAGE_US = 160  # 4 KiB per 160 us = 25 MiB/s: a steady grower a 1 s loop must keep ahead of
 # Host memory the guard may miss by between memcoord's reading and the recorder's, a second apart: other
 # processes on this shared host and QEMU's own allocations under software emulation move it by tens of MiB.
 HOST_DRIFT_MIB = 50
@@ -332,7 +332,7 @@ def _after_dip(tl: Timeline, t_from_s: float, guard_mib: float) -> list[tuple[fl
 
 
 # -- c. the headroom that exists ------------------------------------------------------------------------------
-HEADROOM_MIB = 800  # issue 10, case 1: the host 800 MiB above its guard
+HEADROOM_MIB = 800  # the host 800 MiB above its guard: the grower should get most of it
 
 
 def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:

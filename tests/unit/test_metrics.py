@@ -197,7 +197,7 @@ def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
 def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
     """A guest held at a 512 MiB ceiling while its program wants 460 MiB stays starving; the others never do."""
     sim = demo_host()
-    sim.guests["sim-busy"].workload = Hog(rate_kib_s=mib_to_kib(100), limit_kib=mib_to_kib(400))
+    sim.guests["sim-busy"].workload = Hog(rate_kib_per_s=mib_to_kib(100), limit_kib=mib_to_kib(400))
     cfg = parse("[domains.sim-busy]\nmax_mib = 512\n")
     service = Service(tmp_path / "m.toml", cfg, lambda _uri: sim, observer=Observer(publish=False))
     for _ in range(30):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -122,11 +123,11 @@ def test_plot_of_the_labs_json_and_csv(tmp_path: Path):
 
 def test_plot_says_what_is_wrong_with_its_input(tmp_path: Path):
     missing = memcoord("plot", str(tmp_path / "nope.jsonl"))
-    assert missing.returncode == 66 and "cannot read" in missing.stderr
+    assert missing.returncode == os.EX_NOINPUT and "cannot read" in missing.stderr
     junk = tmp_path / "junk.txt"
     junk.write_text("hello\n")
     bad = memcoord("plot", str(junk))
-    assert bad.returncode == 65 and "not a timeline" in bad.stderr
+    assert bad.returncode == os.EX_DATAERR and "not a timeline" in bad.stderr
 
 
 def test_a_truncated_last_line_is_skipped(daemon_timeline: Path, tmp_path: Path):

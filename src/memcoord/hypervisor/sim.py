@@ -65,13 +65,13 @@ class Idle:
 
 @dataclass
 class Hog:
-    """Grows at rate_kib_s from start_s up to limit_kib (None: until killed), holds, then frees at free_s.
+    """Grows at rate_kib_per_s from start_s up to limit_kib (None: until killed), holds, then frees at free_s.
 
     Covers steady growth (no limit), grow-then-hold (limit) and grow-then-hold-then-free (limit and free_s).
-    Like the course's hog, once killed it stays dead.
+    Like the lab's hog program, once killed it stays dead: a killed process does not come back by itself.
     """
 
-    rate_kib_s: int
+    rate_kib_per_s: int
     start_s: float = 0.0
     limit_kib: int | None = None
     free_s: float | None = None
@@ -80,7 +80,7 @@ class Hog:
     def demand_kib(self, t_s: float) -> int:
         if t_s < self.start_s or (self.free_s is not None and t_s >= self.free_s):
             return 0
-        grown_kib = int((t_s - max(self.start_s, self._restart_s)) * self.rate_kib_s)
+        grown_kib = int((t_s - max(self.start_s, self._restart_s)) * self.rate_kib_per_s)
         return grown_kib if self.limit_kib is None else min(grown_kib, self.limit_kib)
 
     def killed(self, t_s: float) -> None:
@@ -301,7 +301,7 @@ class SimulatedHypervisor:
         self,
         guests: Iterable[SimGuest],
         host_total_kib: int,
-        balloon_rate_kib_s: int = mib_to_kib(500),
+        balloon_rate_kib_per_s: int = mib_to_kib(500),
         start_s: float = 1_000_000.0,
         realtime: bool = False,
         host_other_used_kib: int = 0,
@@ -311,7 +311,7 @@ class SimulatedHypervisor:
         self.host_total_kib = host_total_kib
         self.host_other_used_kib = host_other_used_kib
         self.host_pressure = tuple(host_pressure)
-        self.balloon_rate_kib_s = balloon_rate_kib_s
+        self.balloon_rate_kib_per_s = balloon_rate_kib_per_s
         self.now_s = start_s
         self.stats_period_s: dict[str, int] = {}
         self.set_memory_calls = 0
@@ -336,7 +336,7 @@ class SimulatedHypervisor:
         """Move time forward: balloons converge, workloads grow (or die), caches fill or are evicted, guests
         refresh their stats."""
         self.now_s += dt_s
-        step_kib = int(self.balloon_rate_kib_s * dt_s)
+        step_kib = int(self.balloon_rate_kib_per_s * dt_s)
         now_s = self.now_s
         for g in self.guests.values():
             gap_kib = g.target_kib - g.actual_kib
@@ -424,14 +424,14 @@ def demo_host(realtime: bool = False) -> SimulatedHypervisor:
                 "sim-hog",
                 max_kib=mib_to_kib(2048),
                 target_kib=mib_to_kib(512),
-                workload=Hog(rate_kib_s=mib_to_kib(20), start_s=1_000_005.0),
+                workload=Hog(rate_kib_per_s=mib_to_kib(20), start_s=1_000_005.0),
             ),
             SimGuest("sim-idle", max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024)),
             SimGuest(
                 "sim-busy",
                 max_kib=mib_to_kib(2048),
                 target_kib=mib_to_kib(512),
-                workload=Hog(rate_kib_s=mib_to_kib(5), limit_kib=mib_to_kib(200)),
+                workload=Hog(rate_kib_per_s=mib_to_kib(5), limit_kib=mib_to_kib(200)),
             ),
         ],
         host_total_kib=mib_to_kib(8192),
