@@ -151,7 +151,7 @@ def test_one_grower_three_idle(guest_image: GuestImage, lab_prefix: str, run_dir
             # A pair of samples further apart than the recorder's period is not judged (it could hide two
             # steps in one); with any such gap the check would pass on what it did not see.
             assert drop.gaps_skipped == 0, f"{guest}: {drop.gaps_skipped} recorder gaps not judged: it stalled"
-            n_samples = len(tl.series(guest, "actual_mib"))
+            n_samples = len(tl.series(guest, "current_mib"))
             assert n_samples >= (tl.rows[-1]["t_s"] - t_hog_s) / 1.5, f"{guest}: {n_samples} samples, too few"
             assert drop.drop_mib <= limit_mib + 1, f"{guest} dropped {drop.drop_mib} MiB at once (t={drop.t_s} s)"
             assert end_mib[guest] < START_MIB, f"idle {guest} never gave memory back (ends at {end_mib[guest]} MiB)"

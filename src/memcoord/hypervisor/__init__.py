@@ -20,7 +20,7 @@ def connect(uri: str) -> Hypervisor:
     if uri.startswith("sim:"):
         path = uri.removeprefix("sim://")
         if path.endswith(".toml"):
-            from ..simulate import build_host, load_scenario
+            from ..scenario import build_host, load_scenario
 
             return build_host(load_scenario(path), realtime=True)
         from .sim import demo_host
