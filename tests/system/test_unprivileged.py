@@ -29,6 +29,16 @@ URI = "qemu:///system"
 # A user outside the group libvirt: the control that shows polkit is what lets memcoord in.
 OUTSIDER = "mcoutsider"
 PROBE_NET = "<network><name>mcpriv-probe</name><bridge name='mcprobe0'/></network>"
+# README's drop-in for a host without [metrics] and [status] group.
+OFFLINE = """\
+[Service]
+PrivateNetwork=yes
+RestrictAddressFamilies=AF_UNIX
+CapabilityBoundingSet=
+AmbientCapabilities=
+PrivateUsers=yes
+SystemCallFilter=~@chown
+"""
 CONFIG = """\
 [libvirt]
 uri = "qemu:///system"
@@ -137,10 +147,7 @@ def test_unit_runs_as_memcoord_and_ticks(host: Container) -> None:
 
 def test_unit_as_a_user_outside_group_libvirt_never_connects(host: Container) -> None:
     """The control: the same unit as a user outside the group never gets a tick; polkit refuses it."""
-    drop_in = f"/etc/systemd/system/{UNIT}.d/outsider.conf"
-    host.run(["mkdir", "-p", f"/etc/systemd/system/{UNIT}.d"])
-    host.write(drop_in, f"[Service]\nUser={OUTSIDER}\nGroup={OUTSIDER}\n")
-    host.run(["systemctl", "daemon-reload"])
+    path = with_drop_in(host, "outsider", f"[Service]\nUser={OUTSIDER}\nGroup={OUTSIDER}\n")
     try:
         host.run(["systemctl", "restart", UNIT])
         time.sleep(5)
@@ -149,24 +156,71 @@ def test_unit_as_a_user_outside_group_libvirt_never_connects(host: Container) ->
         journal = host.run(["journalctl", "-u", UNIT, "-o", "cat", "--no-pager", "-n", "20"]).stdout
         assert "org.libvirt.unix.manage" in journal, journal
     finally:
-        host.run(["systemctl", "stop", UNIT], check=False)
-        host.run(["rm", "-f", drop_in])
-        host.run(["systemctl", "daemon-reload"])
+        without_drop_in(host, path)
+
+
+def with_drop_in(ct: Container, name: str, text: str) -> str:
+    """Install a drop-in for the unit and reload systemd; returns its path."""
+    path = f"/etc/systemd/system/{UNIT}.d/{name}.conf"
+    ct.run(["mkdir", "-p", f"/etc/systemd/system/{UNIT}.d"])
+    ct.write(path, text)
+    ct.run(["systemctl", "daemon-reload"])
+    return path
+
+
+def without_drop_in(ct: Container, path: str) -> None:
+    ct.run(["systemctl", "stop", UNIT], check=False)
+    ct.run(["rm", "-f", path])
+    ct.run(["systemctl", "daemon-reload"])
+
+
+def test_dynamic_user_with_supplementary_group_libvirt_is_refused(host: Container) -> None:
+    """Why the unit needs a real user in /etc/group's libvirt: DynamicUser= with SupplementaryGroups=libvirt puts
+    the process in the group, but polkit looks the user's groups up in the user database, where a dynamic user is
+    in none, so the rule does not match and read-write access is refused."""
+    path = with_drop_in(
+        host, "dynamic", "[Service]\nUser=memcoord-dynamic\nGroup=\nDynamicUser=yes\nSupplementaryGroups=libvirt\n"
+    )
+    try:
+        host.run(["systemctl", "restart", UNIT])
+        pid = int(host.show(UNIT, "MainPID")["MainPID"])
+        supgrp = host.run(["ps", "-o", "supgrp=", "-p", str(pid)]).stdout
+        assert "libvirt" in supgrp.split(","), supgrp  # the process is in the group...
+        time.sleep(5)
+        st = state(host)
+        assert st["ticks"] == 0 and st["hypervisor_ok"] is not True, st  # ...and still refused
+        journal = host.run(["journalctl", "-u", UNIT, "-o", "cat", "--no-pager", "-n", "20"]).stdout
+        assert "org.libvirt.unix.manage" in journal, journal
+    finally:
+        without_drop_in(host, path)
 
 
 def test_exposure_as_memcoord_below_as_root(host: Container) -> None:
     """`systemd-analyze security`: the shipped unit (as memcoord) against the same unit run as root."""
     shipped = exposure(host.run(["systemd-analyze", "security", UNIT, "--no-pager"]).stdout)
-    drop_in = f"/etc/systemd/system/{UNIT}.d/as-root.conf"
-    host.run(["mkdir", "-p", f"/etc/systemd/system/{UNIT}.d"])
-    host.write(drop_in, AS_ROOT)
-    host.run(["systemctl", "daemon-reload"])
+    path = with_drop_in(host, "as-root", AS_ROOT)
     try:
         as_root = exposure(host.run(["systemd-analyze", "security", UNIT, "--no-pager"]).stdout)
     finally:
-        host.run(["rm", "-f", drop_in])
-        host.run(["systemctl", "daemon-reload"])
+        without_drop_in(host, path)
     record("exposure", shipped)
     record("exposure_same_unit_as_root", as_root)
     assert shipped < as_root, (shipped, as_root)
     assert shipped <= 1.5, shipped
+
+
+def test_offline_drop_in_still_ticks(host: Container) -> None:
+    """README's tightening for a host without metrics and status group: the unit still reaches libvirtd as memcoord
+    and ticks; its exposure is recorded."""
+    path = with_drop_in(host, "offline", OFFLINE)
+    host.write("/etc/memcoord.toml", CONFIG.replace('group = "adm"', 'group = ""'))
+    try:
+        level = exposure(host.run(["systemd-analyze", "security", UNIT, "--no-pager"]).stdout)
+        record("exposure_offline_drop_in", level)
+        host.run(["systemctl", "restart", UNIT])
+        assert wait_until(lambda: state(host).get("ticks", 0) >= 3, 15), state(host)
+        assert state(host)["hypervisor_ok"] is True
+        assert level < 1.5, level
+    finally:
+        without_drop_in(host, path)
+        host.write("/etc/memcoord.toml", CONFIG)
