@@ -73,6 +73,14 @@ def status_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size (KiB): shared pages counted as a share of the processes mapping them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Pss for pid {pid}")
+
+
 def rss_by_mapping_kib(pid: int) -> collections.Counter[str]:
     """Resident KiB per mapped file (anonymous memory as "[anon]"), from /proc/PID/smaps."""
     out: collections.Counter[str] = collections.Counter()
@@ -279,6 +287,8 @@ def report(soak: Soak, minutes: float) -> int:
         f"RSS split: anonymous {first.anon_kib / 1024:.1f} -> {last.anon_kib / 1024:.1f} MiB (the process's own), "
         f"file-backed {first.file_kib / 1024:.1f} -> {last.file_kib / 1024:.1f} MiB (library code, shared)"
     )
+    if not crashed:
+        print(f"PSS at the end: {pss_kib(soak.pid) / 1024:.1f} MiB (shared pages divided among their processes)")
     print(
         "largest resident mappings at the end (MiB): "
         + ", ".join(f"{name} {kib / 1024:.1f}" for name, kib in by_mapping.most_common(10))
