@@ -428,7 +428,7 @@ def test_9_metrics_drop_in_loads_and_serves_its_port(unit: Unit) -> None:
         scraped = ct.run(["python3", "-c", fetch, f"http://127.0.0.1:{port}/metrics"]).stdout
         assert "memcoord_build_info" in scraped, scraped[-1000:]
     finally:
-        ct.sh("rm -rf /etc/systemd/system/memcoord.service.d")
+        ct.sh("rm -f /etc/systemd/system/memcoord.service.d/metrics.conf")  # the as-root drop-in stays
         unit.systemctl("daemon-reload")
         unit.write_config(BASE_CONFIG)
         unit.systemctl("restart", UNIT)
