@@ -16,7 +16,7 @@ and every `--restart-every-s` (first at half of it) libvirtd is restarted: SIGTE
 
 Measured on the daemon's own process (one PID all along: a restart or crash is a failure):
   RSS (/proc/PID/status VmRSS, every 5 s): after the first minute, at the end, and its max; anonymous vs
-  file-backed (RssAnon, RssFile) and the largest mappings (/proc/PID/smaps) say where it goes;
+  file-backed (RssAnon, RssFile), the largest mappings (/proc/PID/smaps) and PSS (smaps_rollup) say where it goes;
   CPU (/proc/PID/stat utime + stime) per hour and as a share of one core, from the first minute to the end;
   log lines per hour (its stderr, what the journal gets under systemd), and the commonest kinds;
   libvirtd restarts survived (memcoord logged the loss and the recovery, same PID), and when it acted again;
