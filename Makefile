@@ -55,6 +55,10 @@ install:
 	$(PREFIX)/bin/pip install --no-cache-dir --disable-pip-version-check .
 	$(PREFIX)/bin/memcoord --help >/dev/null
 	ln -sfn $(PREFIX)/bin/memcoord $(BINDIR)/memcoord
+# The unit runs as the system user memcoord; the group libvirt gives it libvirtd's read-write socket (polkit).
+	getent passwd memcoord >/dev/null || adduser --quiet --system --group --no-create-home --home /nonexistent memcoord
+	@if getent group libvirt >/dev/null; then adduser --quiet memcoord libvirt; \
+	 else echo "no group libvirt (libvirt-daemon-system not installed): add memcoord to it once it exists" >&2; fi
 	sed 's|/opt/memcoord|$(PREFIX)|g; s|/etc/memcoord.toml|$(CONFIG)|g' packaging/memcoord.service > $(UNITDIR)/memcoord.service.tmp
 	chmod 0644 $(UNITDIR)/memcoord.service.tmp
 	mv $(UNITDIR)/memcoord.service.tmp $(UNITDIR)/memcoord.service
