@@ -82,7 +82,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from . import simulate
 
     config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
-    return simulate.main(args.scenario, config, "memcoord", args.duration, args.plot)
+    return simulate.main(args.scenario, config, args.duration, args.plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
