@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from . import __version__, journal, watch
 from . import config as config_mod
-from .cliargs import positive_float as _positive_float
+from .cliargs import positive_float
 from .config import ConfigError, ConfigFileError
 
 
@@ -82,7 +82,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from . import simulate
 
     config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
-    return simulate.main(args.scenario, config, "memcoord", args.duration, args.plot)
+    return simulate.main(args.scenario, config, args.duration, args.plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the coordinator in the foreground (what the systemd unit starts)")
     run.add_argument("--config", type=Path, default=config_mod.DEFAULT_PATH, help="config file (%(default)s)")
-    run.add_argument("--interval", type=_positive_float, metavar="S", help="seconds between ticks")
+    run.add_argument("--interval", type=positive_float, metavar="S", help="seconds between ticks")
     run.add_argument("--dry-run", action="store_true", help="decide and log, never call setMemory")
     run.add_argument("--exit-when-idle", action="store_true", help="exit when no managed domain is running")
     run.add_argument("-v", "--verbose", action="store_true", help="also log host-guard notes (debug)")
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run a scenario on the simulated hypervisor and print what happened")
     sim.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. scenarios/course-1-one-hog.toml")
     sim.add_argument("--config", type=Path, default=None, help="config file (default: the built-in defaults)")
-    sim.add_argument("--duration", type=_positive_float, metavar="S", help="simulated seconds (default: scenario's)")
+    sim.add_argument("--duration", type=positive_float, metavar="S", help="simulated seconds (default: scenario's)")
     sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)
 

@@ -103,7 +103,7 @@ class Service:
     ) -> None:
         self.config_path = config_path
         # Monotonic seconds: the tick's deadline and how long a guest's stats have been missing. The real
-        # adapters compare the deadline with time.monotonic(), the default; a fake clock is for the simulator.
+        # adapters compare the deadline with time.monotonic(), the default; a fake clock is for tests on the simulator.
         self.clock = clock
         self.overrides = overrides
         self.config = overrides.apply(config)

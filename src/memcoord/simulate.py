@@ -1,4 +1,4 @@
-"""`memcoord simulate`: run a scenario file on the simulated hypervisor with a policy and the admin's config.
+"""`memcoord simulate`: run a scenario file on the simulated hypervisor with memcoord's policy and the admin's config.
 
 This is how an admin tunes thresholds before touching production: the same config file, the same loop and
 policy code as the daemon, guests and workloads from a small TOML file, and a table of what would have
@@ -38,9 +38,7 @@ __all__ = [
 ]
 
 
-def main(
-    scenario_path: Path, config: Config, policy_name: str, duration_s: float | None, plot_path: Path | None
-) -> int:
+def main(scenario_path: Path, config: Config, duration_s: float | None, plot_path: Path | None) -> int:
     """What `memcoord simulate` does once its arguments are parsed; returns the exit code."""
     import sys
 
@@ -54,7 +52,7 @@ def main(
         return os.EX_UNAVAILABLE
     if config.loop.dry_run:
         print("note: loop.dry_run is ignored here; the simulation applies every plan", file=sys.stderr)
-    report = run(scenario, config, policy_name, duration_s, record=plot_path is not None)
+    report = run(scenario, config, "memcoord", duration_s, record=plot_path is not None)
     print(summary(report))
     if plot_path is not None:
         plot.write(plot.from_simulation(report), plot_path, f"{report.scenario} - policy {report.policy}")

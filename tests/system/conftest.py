@@ -17,6 +17,7 @@ import pytest
 
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
+from memcoord.journal import LIFECYCLE_IDS
 
 from .container import CACHE, Container
 
@@ -128,6 +129,19 @@ class Unit:
     def write_config(self, text: str) -> None:
         """Replace /etc/memcoord.toml."""
         self.ct.write("/etc/memcoord.toml", text)
+
+    def reload_config(self, text: str, timeout_s: float = 30) -> None:
+        """Replace /etc/memcoord.toml and reload the running daemon; return once it logged that the new config
+        runs. `systemctl reload` can return before that: the daemon acts on SIGHUP between ticks."""
+        self.write_config(text)
+        mark = self.cursor()
+        self.systemctl("reload", UNIT)
+
+        def reloaded() -> bool:
+            entries = self.journal(mark, f"MESSAGE_ID={LIFECYCLE_IDS['reload-ok']}")
+            return any(int(e["__REALTIME_TIMESTAMP"]) > int(mark) for e in entries)
+
+        assert wait_until(reloaded, timeout_s), self.messages(mark)[-20:]
 
     def main_pid(self) -> int:
         """The unit's MainPID (0 when not running)."""
@@ -242,14 +256,19 @@ def reset_guests(lab: Lab) -> None:
 
 @pytest.fixture
 def unit(container: Container, lab: Lab) -> Unit:
-    """memcoord running under systemd with BASE_CONFIG, guests reset to their start size and idle."""
+    """memcoord running under systemd with BASE_CONFIG, guests reset to their start size and idle.
+
+    A running daemon gets BASE_CONFIG before the guests are reset: under the previous test's config (test 3
+    raises the starving threshold above what an idle guest at its start size has free) it would grow them back
+    while they settle."""
     u = Unit(container)
-    reset_guests(lab)
-    u.write_config(BASE_CONFIG)
-    state = u.show("ActiveState")["ActiveState"]
-    if state == "active":
-        u.systemctl("reload", UNIT)
+    running = u.show("ActiveState")["ActiveState"] == "active"
+    if running:
+        u.reload_config(BASE_CONFIG)
     else:
+        u.write_config(BASE_CONFIG)
+    reset_guests(lab)
+    if not running:
         u.systemctl("reset-failed", UNIT, check=False)
         u.systemctl("start", UNIT)
     return u

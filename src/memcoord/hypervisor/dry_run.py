@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot
-from . import Hypervisor
+from .port import Hypervisor
 
 
 @dataclass(frozen=True, slots=True)

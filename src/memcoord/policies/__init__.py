@@ -1,9 +1,11 @@
-"""The balloon-policy interface the simulator runs: memcoord's own policy behind it, and room for others.
+"""The balloon-policy interface of the benchmarks: memcoord's own policy behind it, and room for the peers.
 
 `policy.decide` is pure and takes its state in and out; other policies (the peers in bench/policies) keep
 moving averages and their own cadence. One small interface holds both shapes: an object with
-`decide(snapshot) -> changes` that keeps whatever state it needs. The simulator only ever sees this interface.
-The peers are benchmark material and live in bench/, so nothing here imports them.
+`decide(snapshot) -> changes` that keeps whatever state it needs; bench/scale.py times each policy through it.
+The simulator runs memcoord's policy through the daemon's loop (`step.MEMCOORD`), as the daemon does, and a peer
+through this interface (`sim_run._ChangesOnly`). The peers are benchmark material and live in bench/, so
+nothing here imports them.
 """
 
 from __future__ import annotations

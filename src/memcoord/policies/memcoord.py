@@ -1,4 +1,8 @@
-"""memcoord's own policy (`policy.decide`) behind the common interface: it carries the state along."""
+"""memcoord's own policy (`policy.decide`) behind the benchmarks' interface: it carries the state along.
+
+The simulator does not run this wrapper: it runs `policy.decide` through `step.step`, which records only the
+changes the hypervisor accepted. bench/scale.py times `decide` through it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,6 @@ class MemcoordPolicy:
 
     def decide(self, snapshot: Snapshot) -> tuple[Change, ...]:
         plan, state = decide(snapshot, self.state, self.config)
-        # The simulator applies every change the policy makes (they are within [floor, max] by construction).
+        # Its callers apply every change (the simulated hypervisor accepts them: they are within [floor, max]).
         self.state = applied(state, plan.changes, snapshot.taken_at_s)
         return plan.changes
