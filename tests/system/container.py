@@ -115,11 +115,12 @@ class Container:
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc/ssl/certs/ca-certificates.crt")
         (self.root / "etc/hostname").write_text(self.name + "\n")
 
-    def boot(self, timeout: float = 90, private_network: bool = False) -> None:
+    def boot(self, timeout: float = 90, private_network: bool = False, bind_libvirt: bool = True) -> None:
         """Boot systemd in the container and wait until `systemctl is-system-running` settles.
 
         private_network: the container gets only its own loopback (no route anywhere), as on an air-gapped host;
-        the host's libvirt socket is still bound in."""
+        the host's libvirt socket is still bound in. bind_libvirt=False: no libvirt socket either (then the
+        container needs no QEMU lock)."""
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -132,7 +133,7 @@ class Container:
                     "--boot",
                     "--register=no",
                     "--keep-unit",
-                    "--bind=/run/libvirt",
+                    *(["--bind=/run/libvirt"] if bind_libvirt else []),
                     "--console=passive",
                     # As PID 1 on a host has it: lets systemd bring up lo in a PrivateNetwork= namespace. Without
                     # it every start of a unit with PrivateNetwork= logs "Failed to configure loopback network".
