@@ -121,7 +121,7 @@ def _argument_term(parser: argparse.ArgumentParser, action: argparse.Action) -> 
 
 def _argument_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     text = sentence(parser._get_formatter()._expand_help(action)) if action.help else ""
-    if action.choices is not None:
+    if action.choices is not None and action.metavar is not None:  # else the term shows them: {a,b,c}
         text += f" One of: {', '.join(str(c) for c in action.choices)}."
     return text.strip()
 
@@ -131,7 +131,8 @@ def sentence(text: str) -> str:
     text = text.strip()
     if not text:
         return text
-    text = text[0].upper() + text[1:]
+    if not text.startswith("memcoord"):  # the command's name stays lower case
+        text = text[0].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else text + "."
 
 

@@ -60,5 +60,5 @@ def add_commands(sub: Any) -> None:
     plot = sub.add_parser("plot", help="draw a timeline (daemon, lab or simulate) to PNG: actual and unused per guest")
     plot.add_argument("timeline", type=Path, help="memcoord JSON lines ([timeline] path), or the lab's JSON/CSV")
     plot.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: TIMELINE.png)")
-    plot.add_argument("--title", default=None)
+    plot.add_argument("--title", default=None, help="title above the plot (default: the file name)")
     plot.set_defaults(func=_cmd_plot)
