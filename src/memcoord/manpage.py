@@ -141,12 +141,17 @@ def _usage(parser: argparse.ArgumentParser) -> str:
 
 
 def exit_codes() -> dict[int, str]:
-    """Every exit code the package defines (EX_* constants of its modules), with its meaning."""
+    """Every exit code the package uses, with its meaning: its modules' EX_* constants, and the os.EX_* names its
+    sources use directly."""
     codes: set[int] = set()
     for module in _modules():
         for name, value in vars(module).items():
             if name.startswith("EX_") and isinstance(value, int) and not isinstance(value, bool):
                 codes.add(value)
+    for path in _sources():
+        for name in re.findall(r"\bos\.(EX_[A-Z]+)\b", path.read_text(encoding="utf-8")):
+            if isinstance(getattr(os, name, None), int):
+                codes.add(getattr(os, name))
     sysexits = {getattr(os, n): n for n in dir(os) if n.startswith("EX_")}
     return {code: EXIT_MEANINGS.get(code, f"{sysexits.get(code, 'exit code')} (sysexits.h).") for code in sorted(codes)}
 
@@ -154,10 +159,14 @@ def exit_codes() -> dict[int, str]:
 def environment_variables() -> list[str]:
     """The environment variables the package's sources read."""
     pattern = re.compile(r"""environ(?:\.get\(|\[)\s*["']([A-Z_][A-Z0-9_]*)["']""")
-    root = Path(__file__).resolve().parent
-    sources = [p for p in root.rglob("*.py") if p.name != Path(__file__).name]  # this file's are build-time only
-    names = {m for path in sources for m in pattern.findall(path.read_text(encoding="utf-8"))}
+    names = {m for path in _sources() for m in pattern.findall(path.read_text(encoding="utf-8"))}
     return sorted(names)
+
+
+def _sources() -> list[Path]:
+    """The package's Python sources but this file (whose environment and codes are build-time only)."""
+    root = Path(__file__).resolve().parent
+    return [p for p in sorted(root.rglob("*.py")) if p.resolve() != Path(__file__).resolve()]
 
 
 def _modules() -> Iterator[types.ModuleType]:
