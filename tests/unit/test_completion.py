@@ -63,7 +63,15 @@ def test_every_option_of_every_subcommand(completion_file: Path, command: str) -
 
 
 def test_choices_and_paths(completion_file: Path, tmp_path: Path) -> None:
-    assert complete(completion_file, "memcoord", "simulate", "--policy", "") == ["memcoord", "mom", "proxmox"]
+    # Choices: on a subcommand this test adds (the real parser may have none today).
+    parser = cli.build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    extra = action.add_parser("choosy-test", help="test")
+    extra.add_argument("--mode", choices=["fast", "slow"])
+    extended = tmp_path / "extended"
+    extended.write_text(script(parser))
+    assert complete(extended, "memcoord", "choosy-test", "--mode", "") == ["fast", "slow"]
+    assert complete(extended, "memcoord", "choosy-test", "--mode", "s") == ["slow"]
     (tmp_path / "hosts.toml").write_text("")
     (tmp_path / "other").write_text("")
     assert complete(completion_file, "memcoord", "check-config", "ho", cwd=tmp_path) == ["hosts.toml"]
