@@ -260,7 +260,7 @@ class DomainOverride(_Section):
         return max_mib
 
 
-# -- observability (issue 7): what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ----
+# -- observability: what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ------------
 class StatusConfig(_Section):
     """The daemon's view, rewritten after every tick, read by memcoord status and memcoord monitor."""
 

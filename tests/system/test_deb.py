@@ -23,7 +23,7 @@ import pytest
 
 from lab.libvirtd import ensure_libvirtd
 
-from .conftest import REPO, UNIT, _system_prereqs, record, wait_for_libvirtd, wait_until
+from .conftest import AS_ROOT, AS_ROOT_DROP_IN, REPO, UNIT, _system_prereqs, record, wait_for_libvirtd, wait_until
 from .container import CACHE, Container
 
 pytestmark = pytest.mark.system
@@ -125,8 +125,12 @@ def test_2_previous_installs_offline_unit_not_enabled(ct: Container, debs: dict[
     assert r.returncode == 0, r.stdout + r.stderr
     record("deb_install_s", round(time.monotonic() - started, 1))
     assert installed_version(ct) == f"install ok installed {PREVIOUS_VERSION}"
-    props = ct.show(UNIT, "LoadState", "UnitFileState", "ActiveState", "FragmentPath", "Documentation")
+    props = ct.show(UNIT, "LoadState", "UnitFileState", "ActiveState", "FragmentPath", "Documentation", "User")
     assert props["LoadState"] == "loaded" and props["FragmentPath"] == "/lib/systemd/system/memcoord.service", props
+    # The unit's user, made by the postinst; this root has no libvirt group (no libvirt-daemon-system): it says so.
+    assert props["User"] == "memcoord", props
+    assert ct.run(["getent", "passwd", "memcoord"]).stdout.startswith("memcoord:"), "no user memcoord"
+    assert "no group libvirt" in r.stdout + r.stderr, r.stdout + r.stderr
     assert props["UnitFileState"] == "disabled" and props["ActiveState"] == "inactive", props
     assert props["Documentation"] == '"man:memcoord(8)" "man:memcoord.toml(5)"', props
     # Debian's bindings through the system site packages; pydantic 2 from the venv.
@@ -143,6 +147,10 @@ def test_2_previous_installs_offline_unit_not_enabled(ct: Container, debs: dict[
 def test_3_start_with_the_admins_config(ct: Container) -> None:
     """The admin limits the domains and turns dry run on, then starts it: active, ticking, on the real libvirtd."""
     ct.write("/etc/memcoord.toml", LOCAL_CONFIG)
+    # The host's shared libvirtd runs without polkit and lets only root write (test_systemd.py does the same).
+    ct.run(["mkdir", "-p", str(Path(AS_ROOT_DROP_IN).parent)])
+    ct.write(AS_ROOT_DROP_IN, AS_ROOT)
+    ct.run(["systemctl", "daemon-reload"])
     ct.run(["systemctl", "start", UNIT])
     assert ct.show(UNIT, "ActiveState")["ActiveState"] == "active"
 
@@ -207,6 +215,7 @@ def test_6_man_pages_and_completion(ct: Container) -> None:
 
 
 def test_7_remove_keeps_the_config(ct: Container) -> None:
+    ct.run(["rm", "-r", str(Path(AS_ROOT_DROP_IN).parent)])  # this test's own drop-in, not the package's
     r = ct.run(["apt-get", "remove", "-y", "memcoord"], check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ct.run(["dpkg-query", "-W", "-f=${Status}", "memcoord"]).stdout == "deinstall ok config-files"
