@@ -215,7 +215,7 @@ def test_6_man_pages_and_completion(ct: Container) -> None:
 
 
 def test_7_remove_keeps_the_config(ct: Container) -> None:
-    ct.run(["rm", "-r", str(Path(AS_ROOT_DROP_IN).parent)])  # this test's own drop-in, not the package's
+    ct.run(["rm", "-rf", str(Path(AS_ROOT_DROP_IN).parent)])  # test_3's drop-in, not the package's
     r = ct.run(["apt-get", "remove", "-y", "memcoord"], check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ct.run(["dpkg-query", "-W", "-f=${Status}", "memcoord"]).stdout == "deinstall ok config-files"
