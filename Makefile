@@ -84,3 +84,24 @@ uninstall:
 
 demo: deps venv  ## README command 1: 4 real guests, the real memcoord, a live table, a PNG in artifacts/demo/
 	$(VENV)/bin/python -m lab.demo
+
+# The Debian package (README: "Install"): dh-virtualenv, built from a copy of the tree; needs PyPI now, not at install.
+# DEB_VERSION=... builds another package version (for upgrade tests). Output: dist/memcoord_<version>_amd64.deb
+DEB_BUILD_DEPS = dh-virtualenv debhelper build-essential python3-venv python3-libvirt python3-systemd
+DEB_OUT ?= dist
+
+.PHONY: deb deb-deps man
+
+deb-deps:  ## what `make deb` needs (as root)
+	@missing=$$(for p in $(DEB_BUILD_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+deb: deb-deps
+	MEMCOORD_DEB_VERSION=$(DEB_VERSION) packaging/build-deb $(DEB_OUT)
+
+# memcoord(8), memcoord.toml(5) and the bash completion, generated from the code, into build/ (`man -l build/man/memcoord.8`)
+man: venv
+	$(VENV)/bin/python -m memcoord.manpage build/man
+	$(VENV)/bin/python -m memcoord.completion > build/memcoord.bash-completion

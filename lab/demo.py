@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from lab import analysis
-from lab.image import build_image
+from lab.image import ImageError, build_image, check_qemu_can_read
 from lab.session import LabRun
 from lab.timeline import ACTION_EVENT, Timeline
 
@@ -136,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _raise_interrupt)
 
     print("building the guest image (cached after the first run) ...", flush=True)
-    image = build_image()
+    try:
+        image = build_image()
+        check_qemu_can_read(image.kernel, image.initrd)
+    except ImageError as e:
+        print(f"make demo: {e}", file=sys.stderr)
+        return 1
     print(f"booting {args.guests} guests ({args.current_mib} MiB, max {args.max_mib} MiB) ...", flush=True)
     t0 = time.monotonic()
     run = LabRun(

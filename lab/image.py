@@ -3,6 +3,9 @@
 The image is cached under a key derived from every input, so a test session or a demo
 builds it once and later runs reuse it (a build takes about a second). Beside it lies the
 sparse raw file page-cache guests read as their readonly virtio disk.
+
+The cache is outside the clone (/var/cache/memcoord-lab, or MEMCOORD_LAB_CACHE): QEMU runs as libvirt-qemu and
+opens these files itself, and a clone in root's home (/root is 0700 on Debian) is closed to that user.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import gzip
 import hashlib
 import io
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +24,8 @@ from pathlib import Path
 
 GUEST_SRC_DIR = Path(__file__).resolve().parent / "guest"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "lab"
+DEFAULT_CACHE_DIR = Path(os.environ.get("MEMCOORD_LAB_CACHE", "/var/cache/memcoord-lab"))
+QEMU_USER = "libvirt-qemu"
 BUSYBOX = Path("/bin/busybox")
 # insmod order that resolves the symbols (LAB-NOTES); any other order fails with "unknown symbol".
 # virtio_blk (a readonly disk whose reads fill the guest's page cache) needs virtio_pci before it.
@@ -171,6 +176,37 @@ def build_image(cache_dir: Path = DEFAULT_CACHE_DIR) -> GuestImage:
         shutil.rmtree(tmp, ignore_errors=True)
     _let_qemu_in(cache_dir)
     return image
+
+
+def qemu_cannot_read(path: Path, user: str = QEMU_USER) -> str | None:
+    """Why QEMU's user cannot read `path` (None if it can, or if there is no such user to ask about).
+
+    Asked of the system as that user (runuser test -r: modes, ACLs and all), then explained by the first
+    directory on the way that user may not enter."""
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return None
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        return None
+    if subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)], check=False).returncode == 0:
+        return None
+    for directory in reversed(path.resolve().parents):
+        if subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(directory)], check=False).returncode:
+            mode = directory.stat().st_mode & 0o7777
+            return f"{directory} is mode {mode:04o}, closed to {user}"
+    return f"{path} is not readable by {user}"
+
+
+def check_qemu_can_read(*paths: Path) -> None:
+    """Raise ImageError in one line, with the fix, when QEMU will not be able to open a file it is given."""
+    for path in paths:
+        why = qemu_cannot_read(path)
+        if why:
+            raise ImageError(
+                f"QEMU (user {QEMU_USER}) cannot read {path}: {why}. Fix: keep the lab cache where it can, "
+                f"MEMCOORD_LAB_CACHE=/var/cache/memcoord-lab (the default), or chmod o+x the directory"
+            )
 
 
 def _let_qemu_in(cache_dir: Path) -> None:

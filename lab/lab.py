@@ -24,7 +24,7 @@ from xml.sax.saxutils import escape
 import libvirt
 
 from lab.console import Console, ConsoleError
-from lab.image import GuestImage, build_image, shared_disk
+from lab.image import GuestImage, build_image, check_qemu_can_read, shared_disk
 from lab.libvirtd import ensure_libvirtd
 from memcoord.model import mib_to_kib
 from memcoord.state import pid_alive
@@ -217,6 +217,7 @@ class Lab:
             self.image = build_image()
         if self.disk_guests and self.disk is None:
             self.disk = shared_disk()
+        check_qemu_can_read(self.image.kernel, self.image.initrd, *([self.disk] if self.disk else []))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o777)  # QEMU (libvirt-qemu) creates the console sockets here
         atexit.register(self.down)

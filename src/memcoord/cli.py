@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file: OK, or every error; exit 78")
-    check.add_argument("path", type=Path, nargs="?", default=config_mod.DEFAULT_PATH)
+    check.add_argument("path", type=Path, nargs="?", default=config_mod.DEFAULT_PATH, help="config file (%(default)s)")
     check.set_defaults(func=_cmd_check_config)
 
     show = sub.add_parser("print-config", help="print the effective config (defaults filled in) as TOML")

@@ -40,8 +40,20 @@ class _Section(BaseModel):
 
 
 class LibvirtConfig(_Section):
-    uri: str = "qemu:///system"
-    domains: tuple[str, ...] = ("*",)
+    """The libvirt connection and the domains memcoord manages."""
+
+    uri: str = Field(
+        "qemu:///system",
+        description="The libvirt connection URI. For a remote URI the host guard uses libvirt's node memory stats "
+        "instead of this host's /proc/meminfo.",
+        examples=["qemu+ssh://root@kvm1/system"],
+    )
+    domains: tuple[str, ...] = Field(
+        ("*",),
+        description="Glob patterns of the running domains memcoord manages; any other domain is never touched. "
+        "List the guests you mean when you first try memcoord on a host.",
+        examples=[["web-*", "db1"]],
+    )
 
     @field_validator("domains", mode="before")
     @classmethod
@@ -50,27 +62,95 @@ class LibvirtConfig(_Section):
 
 
 class LoopConfig(_Section):
-    interval_s: float = Field(1.0, gt=0, le=3600)
-    stats_period_s: int = Field(1, ge=1, le=3600)
-    dry_run: bool = False
+    """The tick: how often memcoord samples and acts."""
+
+    interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="Time between ticks. Each tick makes one bulk stats call and at most one setMemory per guest.",
+        examples=[2.0],
+    )
+    stats_period_s: int = Field(
+        1,
+        ge=1,
+        le=3600,
+        description="The balloon stats period memcoord sets on every managed running domain: the guests refresh "
+        "their memory statistics this often.",
+        examples=[2],
+    )
+    dry_run: bool = Field(
+        False,
+        description="Decide and log every action to the journal, never call setMemory: the safe way to try "
+        "memcoord on a host.",
+        examples=[True],
+    )
 
 
 class GuestConfig(_Section):
+    """How guests are classified and how much memory moves per tick. "Free" is the guest's MemAvailable (free memory
+    plus page cache it can drop), or MemFree where the guest does not report it; each line is the larger of a MiB
+    figure and a share of the guest's size."""
+
     # Thresholds and the grow step are max(MiB, % of the guest's size): the MiB figures suit small guests, the
     # percentages large ones (5 % of a 64 GiB database is 3.2 GiB, where 150 MiB would be nothing). The
     # wasteful line always stays wasteful_mib - starving_mib above the starving line, whatever the percentages.
-    starving_mib: int = Field(150, ge=0)
-    starving_pct: float = Field(5.0, ge=0, le=50)
-    wasteful_mib: int = Field(350, gt=0)
-    wasteful_pct: float = Field(15.0, ge=0, le=90)
-    grow_step_mib: int = Field(300, gt=0)
-    grow_step_pct: float = Field(5.0, ge=0, le=100)
-    reclaim_step_mib: int = Field(100, gt=0)
-    min_mib: int = Field(256, gt=0)
-    idle_tax_mib: int = Field(2, ge=0)
+    starving_mib: int = Field(
+        150,
+        ge=0,
+        description="A guest whose free memory (MemAvailable, or MemFree where the guest does not report it) is at "
+        "or below max(starving_mib, starving_pct of its size) is starving and grows; also when its ramp will take "
+        "it there before memcoord can act again. Must be less than wasteful_mib.",
+        examples=[200],
+    )
+    starving_pct: float = Field(
+        5.0, ge=0, le=50, description="The starving line as a share of the guest's size (see starving_mib)."
+    )
+    wasteful_mib: int = Field(
+        350,
+        gt=0,
+        description="A guest with at least max(wasteful_mib, wasteful_pct of its size) free while idle (its used "
+        "memory steady) is wasteful: it gives memory back, down to this line.",
+        examples=[512],
+    )
+    wasteful_pct: float = Field(
+        15.0, ge=0, le=90, description="The wasteful line as a share of the guest's size (see wasteful_mib)."
+    )
+    grow_step_mib: int = Field(
+        300,
+        gt=0,
+        description="The least a starving guest grows by (or grow_step_pct of its size if more); a guest whose used "
+        "memory ramps gets what the ramp needs.",
+    )
+    grow_step_pct: float = Field(
+        5.0, ge=0, le=100, description="The grow step as a share of the guest's size (see grow_step_mib)."
+    )
+    reclaim_step_mib: int = Field(
+        100,
+        gt=0,
+        description="The most a wasteful idle guest gives back per tick. Must be less than wasteful_mib - "
+        "starving_mib, or a guest would be reclaimed and regrown on alternate ticks.",
+    )
+    min_mib: int = Field(
+        256,
+        gt=0,
+        description='memcoord never sets a guest below this (a [domains."NAME"] min_mib overrides it for one guest).',
+    )
+    idle_tax_mib: int = Field(
+        2,
+        ge=0,
+        description="Taken from each idle guest in a tick where a starving guest grows, and given to the starving.",
+    )
     # Idle reclaim never takes a guest below the most its programs used in this many seconds (plus its
-    # starving line): a guest that bursts keeps room for the next burst. 0: reclaim down to the wasteful line.
-    peak_hold_s: float = Field(0.0, ge=0)
+    # starving line): a guest that bursts keeps room for the next burst.
+    peak_hold_s: float = Field(
+        0.0,
+        ge=0,
+        description="Idle reclaim keeps room for the most the guest used in this many seconds, so a guest that "
+        "bursts keeps room for the next burst. 0: off (reclaim down to the wasteful line). Part of the production "
+        "profile (see host.target_available_mib).",
+        examples=[600],
+    )
 
     @model_validator(mode="after")
     def _starving_below_wasteful(self) -> GuestConfig:
@@ -119,15 +199,32 @@ def _blame_pair(section: _Section, low: str, high: str, ok: bool) -> None:
 
 
 class HostConfig(_Section):
-    min_available_mib: int = Field(1024, ge=0)
-    # What QEMU needs per guest beyond the guest's own memory (device models, page tables; more under software
-    # emulation): a guest that fills its target takes this too, so the host guard counts it.
-    guest_overhead_mib: int = Field(128, ge=0)
-    # Production profile: when > 0, idle guests give memory back only while host available is below this (or a
-    # guest is starving); 0 keeps every wasteful idle guest shrinking toward what it uses.
-    target_available_mib: int = Field(0, ge=0)
-    # Host-pressure relief takes at most this much from one guest per tick.
-    relief_step_mib: int = Field(256, gt=0)
+    """The host guard: the memory the host keeps for itself, whatever the guests want."""
+
+    min_available_mib: int = Field(
+        1024,
+        ge=0,
+        description="No grow may take the host's available memory below this, counting memory already granted to "
+        "guests but not yet used by them. When the host falls below it for any reason, memcoord takes memory back "
+        "from the guests with the most to spare (relief) until it is above again.",
+        examples=[2048],
+    )
+    # A guest that fills its target takes this too, so the host guard counts it.
+    guest_overhead_mib: int = Field(
+        128,
+        ge=0,
+        description="What QEMU needs per guest beyond the guest's own memory (device models, page tables): about "
+        "30-60 MiB under KVM, more under software emulation.",
+    )
+    target_available_mib: int = Field(
+        0,
+        ge=0,
+        description="Production profile: when > 0, idle guests give memory back only while the host's available "
+        "memory is below this (or a guest is starving). 0: they always do (density). Must be 0 or more than "
+        "min_available_mib; with guest.peak_hold_s = 600, e.g. the guard plus room for a burst.",
+        examples=[3072],
+    )
+    relief_step_mib: int = Field(256, gt=0, description="The most relief takes from one guest per tick.")
 
     @model_validator(mode="after")
     def _target_above_guard(self) -> HostConfig:
@@ -141,9 +238,18 @@ class HostConfig(_Section):
 
 
 class DomainOverride(_Section):
-    min_mib: int | None = Field(None, gt=0)
-    max_mib: int | None = Field(None, gt=0)
-    enabled: bool = True
+    """Settings for one domain, by its libvirt name; they override the [guest] defaults for that guest."""
+
+    min_mib: int | None = Field(
+        None, gt=0, description="The floor for this guest (instead of guest.min_mib).", examples=[1024]
+    )
+    max_mib: int | None = Field(
+        None,
+        gt=0,
+        description="The ceiling for this guest, below its libvirt maximum. At least min_mib.",
+        examples=[4096],
+    )
+    enabled: bool = Field(True, description="false: memcoord never touches this guest.", examples=[False])
 
     @field_validator("max_mib")
     @classmethod
@@ -156,8 +262,14 @@ class DomainOverride(_Section):
 
 # -- observability: what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ------------
 class StatusConfig(_Section):
-    path: str = "/run/memcoord/state.json"
-    group: str = ""
+    """The daemon's view, rewritten after every tick, read by memcoord status and memcoord monitor."""
+
+    path: str = Field("/run/memcoord/state.json", description="Where the daemon writes its view (JSON).")
+    group: str = Field(
+        "",
+        description="A group that may read the view (the file gets mode 0640 and this group). Empty: root only.",
+        examples=["adm"],
+    )
 
     @field_validator("group")
     @classmethod
@@ -174,19 +286,40 @@ DEFAULT_LISTEN = "127.0.0.1:9749"
 
 
 class MetricsConfig(_Section):
-    enabled: bool = False
-    # Where the endpoint listens: "ADDRESS:PORT", "[IPV6]:PORT" or "HOST:PORT". address and port are the split
-    # form older config files use: they apply while listen is left at its default (a file may not change both).
-    listen: str = DEFAULT_LISTEN
-    address: str = "127.0.0.1"
-    port: int = Field(9749, ge=1, le=65535)
-    # TLS (prometheus_client's own): the server certificate (PEM, may hold the key too) and its key. With
-    # client_cafile a scraper's certificate is checked against that CA; client_auth_required refuses scrapers
-    # without one (mutual TLS), which is what makes a listener on a routable address safe to leave open.
-    certfile: str = ""
-    keyfile: str = ""
-    client_cafile: str = ""
-    client_auth_required: bool = False
+    """The Prometheus endpoint (http(s)://listen/metrics). On loopback only a Prometheus on this host can scrape
+    it; for a central Prometheus listen on the host's address, turn TLS on, and install the unit drop-in that
+    allows the scraper (/usr/share/memcoord/systemd/metrics.conf)."""
+
+    enabled: bool = Field(False, description="Serve the metrics endpoint.", examples=[True])
+    # address and port are the split form older config files use: they apply while listen is left at its default
+    # (a file may not change both).
+    listen: str = Field(
+        DEFAULT_LISTEN,
+        description='Where the endpoint listens: "ADDRESS:PORT", "[IPV6]:PORT" or "HOST:PORT".',
+        examples=["0.0.0.0:9749"],
+    )
+    address: str = Field(
+        "127.0.0.1", description="Older split form of listen (the address); only while listen is left as it is."
+    )
+    port: int = Field(
+        9749, ge=1, le=65535, description="Older split form of listen (the port); only while listen is left as it is."
+    )
+    # TLS is prometheus_client's own. client_auth_required (mutual TLS) is what makes a listener on a routable
+    # address safe to leave open.
+    certfile: str = Field(
+        "",
+        description="TLS: the server certificate (PEM; it may hold the key too). Empty: plain HTTP.",
+        examples=["/etc/memcoord/tls/server.pem"],
+    )
+    keyfile: str = Field("", description="TLS: the server certificate's key (PEM), unless certfile holds it.")
+    client_cafile: str = Field(
+        "",
+        description="TLS: the CA that signs the scrapers' client certificates; a scraper's certificate is checked "
+        "against it.",
+    )
+    client_auth_required: bool = Field(
+        False, description="TLS: refuse scrapers without a client certificate (needs client_cafile)."
+    )
 
     @field_validator("address")
     @classmethod
@@ -309,8 +442,20 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 
 class TimelineConfig(_Section):
-    path: str = ""
-    max_mib: int = Field(64, gt=0)
+    """A record of every tick (every guest's sizes and the actions taken), for memcoord plot."""
+
+    path: str = Field(
+        "",
+        description="The file that gets one JSON line per tick. Empty: off. The unit lets the daemon write only "
+        "under /var/lib/memcoord.",
+        examples=["/var/lib/memcoord/timeline.jsonl"],
+    )
+    max_mib: int = Field(
+        64,
+        gt=0,
+        description="When the file passes this size it is moved to PATH.1 (replacing the previous one) and a new "
+        "one is started.",
+    )
 
 
 class Config(_Section):

@@ -138,7 +138,27 @@ def default_state_path(config_path: Path | None) -> Path:
         config_path = config_mod.DEFAULT_PATH
     if config_path is None:
         return Path(config_mod.StatusConfig().path)
-    return Path(config_mod.load(config_path).status.path)
+    try:
+        return Path(config_mod.load(config_path).status.path)
+    except config_mod.ConfigError as exc:
+        # A broken file is when an admin asks what the daemon runs (it keeps its last good config): find the
+        # state file anyway, from the file's own status.path if it has a readable one.
+        path = _status_path_of_broken_file(config_path)
+        first_error = str(exc).splitlines()[0]
+        print(f"memcoord: config not usable ({first_error}); reading {path}", file=sys.stderr)
+        return path
+
+
+def _status_path_of_broken_file(config_path: Path) -> Path:
+    import tomllib
+
+    from . import config as config_mod
+
+    try:
+        path = tomllib.loads(config_path.read_text(encoding="utf-8")).get("status", {}).get("path")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        path = None
+    return Path(path) if isinstance(path, str) and path else Path(config_mod.StatusConfig().path)
 
 
 def main(state_path: Path, as_json: bool) -> int:

@@ -61,5 +61,5 @@ def add_commands(sub: Any) -> None:
     plot = sub.add_parser("plot", help="draw the daemon's timeline to PNG: current and unused per guest, actions")
     plot.add_argument("timeline", type=Path, help="the daemon's timeline: JSON lines ([timeline] path)")
     plot.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: TIMELINE.png)")
-    plot.add_argument("--title", default=None)
+    plot.add_argument("--title", default=None, help="title above the plot (default: the file name)")
     plot.set_defaults(func=_cmd_plot)

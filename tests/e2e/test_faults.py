@@ -47,7 +47,7 @@ RESTARTS = 10
 @pytest.fixture(scope="module")
 def lab() -> Iterator[object]:
     require_libvirtd()
-    image = image_mod.build_image(cache_dir=REPO / ".cache" / "lab")
+    image = image_mod.build_image()
     with lab_mod.Lab(prefix="mcfault-", n=2, max_mib=1024, current_mib=1024, image=image) as the_lab:
         yield the_lab
         _reconnect(the_lab)  # a test may have restarted libvirtd: down() needs a live connection

@@ -21,7 +21,8 @@ from pathlib import Path
 CACHE = Path(os.environ.get("MEMCOORD_TEST_CACHE", "/var/cache/memcoord-test"))
 MIRROR = os.environ.get("MEMCOORD_TEST_MIRROR", "http://deb.debian.org/debian")
 # systemd as init; procps for /bin/kill (ExecReload); make + python3-* so README's `make install` finds its
-# apt packages already there (it still runs apt-get, which then needs no network).
+# apt packages already there (it still runs apt-get, which then needs no network), and so the .deb's dependencies
+# are there as on a KVM host; man-db for `man memcoord`.
 PACKAGES = [
     "systemd",
     "systemd-sysv",
@@ -33,6 +34,7 @@ PACKAGES = [
     "python3-venv",
     "python3-libvirt",
     "python3-systemd",
+    "man-db",
 ]
 # A stock Debian 12 libvirt host on top: its own libvirtd (socket-activated by systemd, polkit for the read-write
 # socket, the `libvirt` group and the polkit rule that grants it access), for running the unit as a user.
@@ -132,8 +134,11 @@ class Container:
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc/ssl/certs/ca-certificates.crt")
         (self.root / "etc/hostname").write_text(self.name + "\n")
 
-    def boot(self, timeout: float = 90) -> None:
-        """Boot systemd in the container and wait until `systemctl is-system-running` settles."""
+    def boot(self, timeout: float = 90, private_network: bool = False) -> None:
+        """Boot systemd in the container and wait until `systemctl is-system-running` settles.
+
+        private_network: the container gets only its own loopback (no route anywhere), as on an air-gapped host;
+        the host's libvirt socket is still bound in unless bind_host_libvirt is False."""
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -151,6 +156,7 @@ class Container:
                     # As PID 1 on a host has it: lets systemd bring up lo in a PrivateNetwork= namespace. Without
                     # it every start of a unit with PrivateNetwork= logs "Failed to configure loopback network".
                     "--capability=CAP_NET_ADMIN",
+                    *(["--private-network"] if private_network else []),
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -238,24 +238,36 @@ def test_3_reload_applies_new_threshold(unit: Unit, lab: Lab) -> None:
 
 
 def test_4_invalid_config(unit: Unit, lab: Lab) -> None:
-    """Bad file on reload: refused, old config kept, key named, STATUS says so. Bad file at restart: exit 78,
-    no restart loop. Fixed file: starts again."""
+    """Bad file on reload: `systemctl reload` fails (ExecReload checks the file first), the daemon keeps running
+    its config, the key is named in the journal. A SIGHUP sent by hand: the daemon refuses the file itself, STATUS
+    says so. Bad file at restart: exit 78, no restart loop. Fixed file: starts again."""
     pid = unit.main_pid()
     bad = BASE_CONFIG.replace(f"starving_mib = {STARVING_MIB}", 'starving_mib = "lots"')
     bad = bad.replace("min_available_mib = 1024", "min_available_mib = 900")
     unit.write_config(bad)
     cur = unit.cursor()
-    unit.systemctl("reload", UNIT)
-    msgs = unit.wait_message(cur, "guest.starving_mib")
-    assert any("reload failed" in m for m in msgs), msgs
+    r = container_run(unit, ["systemctl", "reload", UNIT])
+    assert r.returncode != 0 and "memcoord.service" in r.stderr, (r.returncode, r.stderr)
+    msgs = unit.wait_message(cur, "/etc/memcoord.toml: guest.starving_mib = 'lots'")
+    assert any(m.startswith("Reload failed for") for m in msgs), msgs
     props = unit.show("ActiveState", "MainPID")
     assert props == {"ActiveState": "active", "MainPID": str(pid)}
 
-    # The next tick's line keeps the note; and the old config is the one running: the guard is still 1024 (the
-    # bad file said 900).
     def status() -> str:
         return unit.show("StatusText")["StatusText"]
 
+    # The daemon never got the signal: no reload note, and the guard is still 1024 (the bad file said 900).
+    time.sleep(2)
+    assert "reload failed" not in status() and "guard 1024 MiB" in status(), status()
+    assert not any("reload failed" in m for m in unit.messages(cur)), unit.messages(cur)
+
+    # A SIGHUP that bypasses ExecReload (kill -HUP by hand): the daemon checks the file itself and refuses it.
+    cur = unit.cursor()
+    unit.systemctl("kill", "--kill-who=main", "--signal=SIGHUP", UNIT)
+    msgs = unit.wait_message(cur, "guest.starving_mib")
+    assert any("reload failed" in m for m in msgs), msgs
+    assert unit.show("ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": str(pid)}
+    # The next tick's line keeps the note; the old config is the one running.
     assert wait_until(lambda: "reload failed" in status() and "domains" in status(), 10), status()
     assert "guard 1024 MiB" in status(), status()
 
