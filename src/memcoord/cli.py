@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, journal, watch
+from . import __version__, journal, tryout, watch
 from . import config as config_mod
 from .config import ConfigError, ConfigFileError
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     watch.add_commands(sub)  # status, monitor, plot (watch.py)
+    tryout.add_commands(sub)  # plan, restore (tryout.py)
     return parser
 
 

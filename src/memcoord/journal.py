@@ -20,6 +20,7 @@ MESSAGE_IDS = {
     Action.TAX: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c03",
     Action.CLAMP: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c04",
     Action.RELIEVE: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c06",
+    Action.RESTORE: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c07",
 }
 MESSAGE_ID_SET_MEMORY_FAILED = "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c05"
 # The daemon's own life, so that `journalctl MESSAGE_ID=...` finds every start, loss or failed reload.

@@ -65,6 +65,8 @@ class Action(StrEnum):
     CLAMP = "clamp"
     # Taken back because the host's available memory is below its guard (host-pressure relief).
     RELIEVE = "relieve"
+    # Set by `memcoord restore`, not by the policy: a guest handed back to its maximum (or a size the admin gave).
+    RESTORE = "restore"
 
 
 # Actions that lower a guest's target: its next samples may look busy from the balloon's own move.
