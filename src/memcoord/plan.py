@@ -146,10 +146,12 @@ def decide_now(snapshot: Snapshot, config: Config) -> tuple[Plan, PolicyState]:
 
 @dataclass(frozen=True)
 class Settlement:
-    """Where the policy left each simulated guest: its target, and the simulated seconds of its last change."""
+    """Where the policy left each simulated guest: its target; the simulated seconds of its last change, and
+    of its balloon's arrival at that target (absent: no change, or still on its way at the end)."""
 
     target_kib: dict[str, int]
     last_change_s: dict[str, float]
+    at_rest_s: dict[str, float]
     simulated_s: float
     settled: bool  # no change for quiet_s before horizon_s
     oom_kills: dict[str, int]
@@ -171,11 +173,13 @@ def settle(
     hv.ensure_stats_period([g.name for g in hv.guests.values() if g.has_balloon_stats], config.loop.stats_period_s)
     reserve_kib = kernel_reserve_kib(snapshot)
     last_change_s: dict[str, float] = {}
+    at_rest_s: dict[str, float] = {}
 
     def apply(changes: Sequence[Change], state: PolicyState, t_s: float) -> PolicyState:
         done = [r.change for r in hv.apply(changes) if r.ok]
         for change in done:
             last_change_s[change.domain] = t_s
+            at_rest_s.pop(change.domain, None)
         return applied(state, done, hv.now_s)
 
     state = apply(plan_now.changes, state, 0.0)
@@ -187,6 +191,9 @@ def settle(
         for _ in range(steps):
             hv.advance(interval_s / steps)
         t_s += interval_s
+        for g in hv.guests.values():
+            if g.name in last_change_s and g.name not in at_rest_s and g.actual_kib == g.target_kib:
+                at_rest_s[g.name] = t_s
         plan, state = decide(with_guest_totals(hv.sample(), reserve_kib), state, config)
         state = apply(plan.changes, state, t_s)
         if plan.changes:
@@ -197,6 +204,7 @@ def settle(
     return Settlement(
         target_kib={g.name: g.target_kib for g in hv.guests.values()},
         last_change_s=last_change_s,
+        at_rest_s=at_rest_s,
         simulated_s=t_s,
         settled=settled,
         oom_kills={g.name: g.oom_kills for g in hv.guests.values() if g.oom_kills},
@@ -219,7 +227,9 @@ class DomainPlan:
     to_kib: int | None
     why: str
     settled_kib: int | None
-    settles_in_s: float | None  # 0: it stays; None: still moving at the horizon, or not simulated
+    # Simulated seconds until its balloon rests at settled_kib: 0, it stays as it is; None, still moving at the
+    # horizon, or not simulated.
+    settles_in_s: float | None
 
 
 @dataclass(frozen=True)
@@ -339,9 +349,9 @@ def build_report(
         if last_s is None:
             settles_in_s: float | None = 0.0
         elif not settlement.settled and settlement.simulated_s - last_s < quiet_s:
-            settles_in_s = None
+            settles_in_s = None  # it may well change again
         else:
-            settles_in_s = last_s
+            settles_in_s = settlement.at_rest_s.get(dom.name)
         rows.append(
             DomainPlan(
                 **common,
@@ -517,6 +527,12 @@ def to_json(report: PlanReport) -> dict[str, Any]:
 
 
 # -- the command --------------------------------------------------------------------------------------------
+def unreachable(uri: str, exc: Exception) -> str:
+    """One line naming the URI (the adapters' messages name it already, most of the time)."""
+    text = " ".join(str(exc).split())
+    return f"memcoord: libvirt unreachable: {text}" + ("" if uri in text else f" ({uri})")
+
+
 def sample_once(hv: Hypervisor) -> tuple[Snapshot, dict[str, int | None]]:
     """One sample and each running domain's stats period (empty where the adapter cannot tell). Reads only."""
     from .hypervisor.libvirt import LibvirtHypervisor
@@ -538,7 +554,7 @@ def main(config: Config, config_path: str, as_json: bool, connect: Any = None) -
         finally:
             hv.close()
     except HypervisorError as exc:
-        print(f"memcoord: cannot reach libvirt at {uri}: {exc}".replace("\n", " "), file=sys.stderr)
+        print(unreachable(uri, exc), file=sys.stderr)
         return EX_UNAVAILABLE
     report = build_report(snapshot, config, uri, config_path, periods_s)
     if as_json:

@@ -28,6 +28,7 @@ from . import journal
 from .config import Config
 from .hypervisor import HypervisorError
 from .model import Action, ApplyResult, Change, DomainStats, Snapshot, kib_to_mib, mib_to_kib
+from .plan import unreachable
 from .policy import host_headroom_kib
 
 EX_OK = 0
@@ -76,8 +77,8 @@ class Step:
     def change(self) -> Change | None:
         if self.to_kib == self.from_kib:
             return None
-        what = "its maximum" if self.target_kib == self.max_kib else f"{kib_to_mib(self.target_kib):.0f} MiB asked"
-        short = f", {kib_to_mib(self.short_kib):.0f} MiB short: host guard" if self.short_kib else ""
+        what = "its maximum" if self.target_kib == self.max_kib else f"{_mib(self.target_kib)} (--to)"
+        short = f", {_mib(self.short_kib)} short: host guard" if self.short_kib else ""
         return Change(self.name, Action.RESTORE, self.from_kib, self.to_kib, f"memcoord restore to {what}{short}")
 
 
@@ -139,15 +140,19 @@ def through_guard(wants: Sequence[Wanted], budget_kib: int) -> list[Step]:
 
 # -- a running service would undo it ------------------------------------------------------------------------
 def daemon_managed(view: Mapping[str, Any] | None, names: Sequence[str], config: Config) -> list[str]:
-    """Of names, those a running memcoord would move: by its published view when there is one, else (the
-    service seen running by systemd only) by this config."""
-    if view is not None:
-        if view.get("dry_run"):
-            return []  # it decides and logs, and never calls setMemory
-        managed = {d["name"] for d in view.get("domains", []) if d.get("managed")}
-        # A guest the daemon has not seen yet is judged by its config's patterns: it will manage it once seen.
-        return [n for n in names if n in managed or n not in {d["name"] for d in view.get("domains", [])}]
-    return [n for n in names if config.manages(n)]
+    """Of names, those a running memcoord would move: by its published view when there is one (a daemon on
+    another URI, or in dry run, moves none of them; one that has not seen a guest yet goes by its config's
+    patterns), else (the service seen running by systemd only) by this config."""
+    if view is None:
+        return [n for n in names if config.manages(n)]
+    if view.get("dry_run") or view.get("uri") != config.libvirt.uri:
+        return []
+    seen = {d["name"]: bool(d.get("managed")) for d in view.get("domains", [])}
+    try:
+        daemon_config = Config.model_validate(view["config"]["effective"])
+    except (KeyError, TypeError, ValueError):
+        daemon_config = config
+    return [n for n in names if seen.get(n, daemon_config.manages(n))]
 
 
 def running_daemon(config: Config) -> tuple[bool, Mapping[str, Any] | None, str]:
@@ -221,7 +226,7 @@ def main(
     try:
         hv = connect(uri)
     except HypervisorError as exc:
-        print(f"memcoord: cannot reach libvirt at {uri}: {exc}", file=sys.stderr)
+        print(unreachable(uri, exc), file=sys.stderr)
         return EX_UNAVAILABLE
     try:
         return _restore(hv, config, names, to_mib, dry_run, force)
@@ -237,7 +242,7 @@ def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, 
     try:
         snapshot = hv.sample()
     except HypervisorError as exc:
-        raise RestoreError(f"cannot reach libvirt at {uri}: {exc}", EX_UNAVAILABLE) from None
+        raise RestoreError(unreachable(uri, exc).removeprefix("memcoord: "), EX_UNAVAILABLE) from None
     doms = choose(snapshot, config, names)
     running, view, how = running_daemon(config)
     if running:
