@@ -27,8 +27,8 @@ PLAN_EPILOG = """\
   host {available_kib, total_kib, guard_kib, headroom_kib (what the guard lets memcoord hand out now)},
   domains [{name, managed, class (starving|wasteful|idle|busy|no-stats|stale|no-balloon; null when not
             managed), current_kib, max_kib, floor_kib, ceiling_kib, action (grow|reclaim|tax|clamp|relieve;
-            null: none this tick), to_kib, why, settled_kib, settles_in_s (0: stays as it is; null: still
-            moving at the horizon)}]
+            null: none this tick), to_kib, why, settled_kib, settles_in_s (simulated seconds until its
+            balloon rests there; 0: stays as it is; null: still moving at the horizon)}]
 
 exit status: 0 the plan was printed; 64 bad arguments; 66 the config file cannot be read; 78 the config is
 invalid; 69 libvirt cannot be reached (one line naming the URI)."""

@@ -15,9 +15,11 @@ from memcoord.config import Config, parse
 from memcoord.model import DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
 from memcoord.plan import (
     DOMAIN_KEYS,
+    HORIZON_S,
     HOST_KEYS,
     JSON_KEYS,
     NO_PERIOD,
+    QUIET_S,
     build_report,
     decide_now,
     format_text,
@@ -181,6 +183,9 @@ def test_json_keys_are_the_documented_ones() -> None:
     assert [tuple(d) for d in data["domains"]] == [DOMAIN_KEYS] * 3
     for key in (*JSON_KEYS, *HOST_KEYS, *DOMAIN_KEYS):
         assert key in tryout.PLAN_EPILOG, f"{key} missing from `memcoord plan --help`"
+    assert f"nothing changes for {QUIET_S:.0f} s, at most\n{HORIZON_S / 60:.0f} simulated minutes" in (
+        tryout.PLAN_DESCRIPTION
+    )
     web1 = next(d for d in data["domains"] if d["name"] == "web1")
     assert web1["action"] == "reclaim" and web1["settled_kib"] < web1["current_kib"] and web1["settles_in_s"] > 0
 
@@ -196,3 +201,10 @@ def test_text_has_a_row_per_domain_with_now_and_settled() -> None:
     assert "reclaim -> 1436" in web1 and "after " in web1
     new = next(line for line in lines if line.startswith("new "))
     assert "stays" in new and NO_PERIOD in new
+
+
+def test_an_idle_guest_stays_and_says_between_which_lines() -> None:
+    report = build_report(snapshot(guest("quiet", 1024, usable_mib=300)), CONFIG, "test:///", "cfg", {"quiet": 1})
+    (row,) = report.domains
+    assert (row.guest_class, row.action, row.settled_kib, row.settles_in_s) == ("idle", None, row.current_kib, 0.0)
+    assert row.why == "idle: 300 MiB usable, between its starving (150 MiB) and wasteful (350 MiB) lines"
