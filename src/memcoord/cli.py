@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     watch.add_commands(sub)  # status, monitor, plot (watch.py)
-    tryout.add_commands(sub)  # plan, restore (tryout.py)
+    tryout.add_commands(sub, _load_or_exit)  # plan, restore (tryout.py)
     return parser
 
 

@@ -17,6 +17,7 @@ no period is set yet is reported so; memcoord sets the period when it runs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -28,9 +29,6 @@ from .hypervisor import Hypervisor, HypervisorError
 from .hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
 from .model import KIB_PER_MIB, Change, DomainStats, GuestClass, HostStats, Plan, Snapshot, kib_to_mib
 from .policy import PolicyState, applied, decide, free_figure, thresholds_kib
-
-EX_OK = 0
-EX_UNAVAILABLE = 69
 
 # How long the policy is run forward at most, and how long without any change counts as settled.
 HORIZON_S = 600.0
@@ -555,11 +553,11 @@ def main(config: Config, config_path: str, as_json: bool, connect: Any = None) -
             hv.close()
     except HypervisorError as exc:
         print(unreachable(uri, exc), file=sys.stderr)
-        return EX_UNAVAILABLE
+        return os.EX_UNAVAILABLE
     report = build_report(snapshot, config, uri, config_path, periods_s)
     if as_json:
         json.dump(to_json(report), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_text(report) + "\n")
-    return EX_OK
+    return os.EX_OK

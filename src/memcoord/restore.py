@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -30,12 +31,6 @@ from .hypervisor import HypervisorError
 from .model import Action, ApplyResult, Change, DomainStats, Snapshot, kib_to_mib, mib_to_kib
 from .plan import unreachable
 from .policy import host_headroom_kib
-
-EX_OK = 0
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 SYSTEMD_UNIT = "memcoord.service"
@@ -98,7 +93,7 @@ def choose(snapshot: Snapshot, config: Config, names: Sequence[str]) -> list[Dom
         raise RestoreError(
             "; ".join(f"no running domain with a balloon named {n!r}" for n in missing)
             + f" (running with a balloon: {running})",
-            EX_NOINPUT,
+            os.EX_NOINPUT,
         )
     return [by_name[n] for n in dict.fromkeys(names)]
 
@@ -227,7 +222,7 @@ def main(
         hv = connect(uri)
     except HypervisorError as exc:
         print(unreachable(uri, exc), file=sys.stderr)
-        return EX_UNAVAILABLE
+        return os.EX_UNAVAILABLE
     try:
         return _restore(hv, config, names, to_mib, dry_run, force)
     except RestoreError as exc:
@@ -242,7 +237,7 @@ def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, 
     try:
         snapshot = hv.sample()
     except HypervisorError as exc:
-        raise RestoreError(unreachable(uri, exc).removeprefix("memcoord: "), EX_UNAVAILABLE) from None
+        raise RestoreError(unreachable(uri, exc).removeprefix("memcoord: "), os.EX_UNAVAILABLE) from None
     doms = choose(snapshot, config, names)
     running, view, how = running_daemon(config)
     if running:
@@ -253,7 +248,7 @@ def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, 
                 'or exclude these guests ([domains."NAME"] enabled = false, then systemctl reload memcoord)'
             )
             if not force:
-                raise RestoreError(message + "; --force restores them anyway", EX_NOPERM)
+                raise RestoreError(message + "; --force restores them anyway", os.EX_NOPERM)
             print(f"memcoord: warning: {message}", file=sys.stderr)
     guard_mib = config.host.min_available_mib
     budget_kib = host_headroom_kib(snapshot, config)
@@ -274,7 +269,7 @@ def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, 
     short = [s for s in steps if s.short_kib]
     failed = [r for r in results if r.error is not None]
     if not short and not failed:
-        return EX_OK
+        return os.EX_OK
     problems = [f"{s.name} {_mib(s.short_kib)} short" for s in short]
     problems += [f"{r.change.domain} setMemory failed" for r in failed]
     print(
@@ -287,4 +282,4 @@ def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, 
         ),
         file=sys.stderr,
     )
-    return EX_TEMPFAIL
+    return os.EX_TEMPFAIL

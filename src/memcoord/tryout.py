@@ -7,6 +7,8 @@ and restore.py, imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,29 +55,31 @@ guest could not be fully restored (host guard) or its setMemory failed: run agai
 77 memcoord is running and manages a named guest (without --force), nothing changed; 78 invalid config."""
 
 
-def _config_or_defaults(path: Path | None) -> tuple[Any, str]:
+LoadConfig = Callable[[Path], Any]
+
+
+def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
     """The config: --config, else /etc/memcoord.toml if present, else the built-in defaults (and its label)."""
     from . import config as config_mod
-    from .cli import _load_or_exit
 
     if path is None and config_mod.DEFAULT_PATH.exists():
         path = config_mod.DEFAULT_PATH
     if path is None:
         return config_mod.Config(), "built-in defaults"
-    return _load_or_exit(path), str(path)
+    return load(path), str(path)
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
+def _cmd_plan(load: LoadConfig, args: argparse.Namespace) -> int:
     from . import plan
 
-    config, label = _config_or_defaults(args.config)
+    config, label = _config_or_defaults(load, args.config)
     return plan.main(config, label, args.json)
 
 
-def _cmd_restore(args: argparse.Namespace) -> int:
+def _cmd_restore(load: LoadConfig, args: argparse.Namespace) -> int:
     from . import restore
 
-    config, _label = _config_or_defaults(args.config)
+    config, _label = _config_or_defaults(load, args.config)
     return restore.main(config, args.domains, args.to, args.dry_run, args.force)
 
 
@@ -99,8 +103,9 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_commands(sub: Any) -> None:
-    """Register plan and restore on the `memcoord` subparsers."""
+def add_commands(sub: Any, load: LoadConfig) -> None:
+    """Register plan and restore on the `memcoord` subparsers; load(path) reads a config file or exits with the
+    CLI's message and code (cli.py hands in its own, so that this module does not import cli.py)."""
     raw = argparse.RawDescriptionHelpFormatter
     plan = sub.add_parser(
         "plan",
@@ -111,7 +116,7 @@ def add_commands(sub: Any) -> None:
     )
     _config_arg(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (keys below), for scripts")
-    plan.set_defaults(func=_cmd_plan)
+    plan.set_defaults(func=functools.partial(_cmd_plan, load))
 
     restore = sub.add_parser(
         "restore",
@@ -134,4 +139,4 @@ def add_commands(sub: Any) -> None:
     restore.add_argument(
         "--force", action="store_true", help="restore even guests a running memcoord manages (it may move them again)"
     )
-    restore.set_defaults(func=_cmd_restore)
+    restore.set_defaults(func=functools.partial(_cmd_restore, load))

@@ -3,11 +3,13 @@ whether a running memcoord would undo it."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from memcoord.config import Config, parse
 from memcoord.model import DomainStats, HostStats, Snapshot, mib_to_kib
-from memcoord.restore import EX_NOINPUT, RestoreError, Wanted, choose, daemon_managed, through_guard, wanted
+from memcoord.restore import RestoreError, Wanted, choose, daemon_managed, through_guard, wanted
 
 MIB = 1024
 
@@ -35,7 +37,7 @@ def test_named_domains_in_the_order_named_managed_or_not() -> None:
 def test_unknown_domains_are_all_named_and_nothing_is_chosen() -> None:
     with pytest.raises(RestoreError) as info:
         choose(SNAP, CONFIG, ["a", "typo1", "typo2"])
-    assert info.value.exit_code == EX_NOINPUT
+    assert info.value.exit_code == os.EX_NOINPUT
     message = str(info.value)
     assert "'typo1'" in message and "'typo2'" in message and "running with a balloon: a, b, other" in message
 
