@@ -154,7 +154,7 @@ class DomainOverride(_Section):
         return max_mib
 
 
-# -- observability (issue 7): what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ----
+# -- observability: what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ------------
 class StatusConfig(_Section):
     path: str = "/run/memcoord/state.json"
     group: str = ""

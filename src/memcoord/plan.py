@@ -20,15 +20,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import Config
 from .hypervisor import Hypervisor, HypervisorError
 from .hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
-from .model import KIB_PER_MIB, Change, DomainStats, GuestClass, HostStats, Plan, Snapshot, kib_to_mib
-from .policy import PolicyState, applied, decide, free_figure, thresholds_kib
+from .model import KIB_PER_MIB, ApplyResult, Change, DomainStats, GuestClass, HostStats, Plan, Snapshot, kib_to_mib
+from .policy import PolicyState, decide, free_figure, thresholds_kib
+from .step import MEMCOORD, step
 
 # How long the policy is run forward at most, and how long without any change counts as settled.
 HORIZON_S = 600.0
@@ -85,7 +86,7 @@ def seed_simulator(
                 target_kib=dom.current_kib,
                 workload=HeldUse(used_kib),
                 has_balloon_stats=has_stats,
-                actual_kib=dom.current_kib,
+                current_kib=dom.current_kib,
                 used_kib=used_kib,
                 cache_kib=cache_kib,
                 rss_kib=dom.rss_kib if dom.rss_kib is not None else dom.current_kib,
@@ -155,6 +156,30 @@ class Settlement:
     oom_kills: dict[str, int]
 
 
+class AsSampled:
+    """The seeded simulated host behind the hypervisor port, each of its samples showing the guests' own totals as
+    the real guests report them (`with_guest_totals`): what `step` runs on."""
+
+    def __init__(self, sim: SimulatedHypervisor, reserve_kib: Mapping[str, int]) -> None:
+        self.sim = sim
+        self.reserve_kib = reserve_kib
+
+    def sample(self, deadline_s: float | None = None) -> Snapshot:
+        return with_guest_totals(self.sim.sample(deadline_s), self.reserve_kib)
+
+    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
+        return self.sim.ensure_stats_period(names, period_s, deadline_s)
+
+    def stats_period_failures(self) -> Mapping[str, str]:
+        return self.sim.stats_period_failures()
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
+        return self.sim.apply(changes, deadline_s)
+
+    def close(self) -> None:
+        self.sim.close()
+
+
 def settle(
     snapshot: Snapshot,
     config: Config,
@@ -163,24 +188,24 @@ def settle(
     horizon_s: float = HORIZON_S,
     quiet_s: float = QUIET_S,
 ) -> Settlement:
-    """Run the policy forward on the simulated hypervisor seeded from the snapshot, starting with plan_now
-    (decided on the snapshot itself), one tick every loop.interval_s, until quiet_s without a change or
+    """Run the daemon's tick (`step`) forward on the simulated hypervisor seeded from the snapshot, starting with
+    plan_now (decided on the snapshot itself), one tick every loop.interval_s, until quiet_s without a change or
     horizon_s simulated seconds."""
     managed = sorted(plan_now.classes)
     hv = seed_simulator(snapshot, managed, {n: trusted(c) for n, c in plan_now.classes.items()})
-    hv.ensure_stats_period([g.name for g in hv.guests.values() if g.has_balloon_stats], config.loop.stats_period_s)
-    reserve_kib = kernel_reserve_kib(snapshot)
+    seen = AsSampled(hv, kernel_reserve_kib(snapshot))
     last_change_s: dict[str, float] = {}
     at_rest_s: dict[str, float] = {}
 
-    def apply(changes: Sequence[Change], state: PolicyState, t_s: float) -> PolicyState:
-        done = [r.change for r in hv.apply(changes) if r.ok]
+    def record(results: Iterable[ApplyResult], t_s: float) -> list[Change]:
+        done = [r.change for r in results if r.ok]
         for change in done:
             last_change_s[change.domain] = t_s
             at_rest_s.pop(change.domain, None)
-        return applied(state, done, hv.now_s)
+        return done
 
-    state = apply(plan_now.changes, state, 0.0)
+    hv.ensure_stats_period(managed, config.loop.stats_period_s)
+    state = MEMCOORD.applied(state, record(hv.apply(plan_now.changes), 0.0), snapshot.taken_at_s)
     interval_s = config.loop.interval_s
     steps = max(1, round(interval_s / SIM_STEP_S))
     t_s, quiet_since_s = 0.0, 0.0
@@ -190,11 +215,11 @@ def settle(
             hv.advance(interval_s / steps)
         t_s += interval_s
         for g in hv.guests.values():
-            if g.name in last_change_s and g.name not in at_rest_s and g.actual_kib == g.target_kib:
+            if g.name in last_change_s and g.name not in at_rest_s and g.current_kib == g.target_kib:
                 at_rest_s[g.name] = t_s
-        plan, state = decide(with_guest_totals(hv.sample(), reserve_kib), state, config)
-        state = apply(plan.changes, state, t_s)
-        if plan.changes:
+        tick = step(seen, config, state)
+        state = tick.state
+        if record(tick.results, t_s):
             quiet_since_s = t_s
         elif t_s - quiet_since_s >= quiet_s:
             settled = True

@@ -29,7 +29,7 @@ import libvirt
 import psutil
 
 from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot
-from . import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
+from .port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
 
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
