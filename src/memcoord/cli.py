@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, journal, watch
+from . import __version__, journal, tryout, watch
 from . import config as config_mod
 from .cliargs import positive_float
 from .config import ConfigError, ConfigFileError
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     watch.add_commands(sub)  # status, monitor, plot (watch.py)
+    tryout.add_commands(sub, _load_or_exit)  # plan, restore (tryout.py)
     return parser
 
 

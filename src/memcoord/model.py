@@ -85,6 +85,8 @@ class Action(StrEnum):
     CLAMP = "clamp", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c04", "s", "tab:orange"
     # Taken back because the host's available memory is below its guard (host-pressure relief).
     RELIEVE = "relieve", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c06", "v", "tab:red"
+    # Set by `memcoord restore`, not by the policy: a guest handed back to its maximum (or a size the admin gave).
+    RESTORE = "restore", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c07", "D", "tab:brown"
 
 
 # Actions that lower a guest's target: its next samples may look busy from the balloon's own move.

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import libvirt
 import psutil
@@ -168,6 +169,16 @@ def domain_stats(name: str, stats: dict[str, int]) -> DomainStats | None:
         rss_kib=opt("balloon.rss"),
         last_update_s=opt("balloon.last-update"),
     )
+
+
+def balloon_period_s(domain_xml: str) -> int | None:
+    """The stats period in a domain's live XML: 0 without one (libvirt writes no <stats> for 0), None without
+    a balloon device."""
+    balloon = ElementTree.fromstring(domain_xml).find("./devices/memballoon")
+    if balloon is None or balloon.get("model") == "none":
+        return None
+    stats = balloon.find("stats")
+    return int(stats.get("period", "0")) if stats is not None else 0
 
 
 class LibvirtHypervisor:
@@ -330,6 +341,20 @@ class LibvirtHypervisor:
 
     def stats_period_failures(self) -> Mapping[str, str]:
         return {retry.name: retry.error for retry in self._period_retry.values()}
+
+    def stats_periods_s(self, deadline_s: float | None = None) -> dict[str, int | None]:
+        """Every running domain of the last sample (those without a balloon too), with the balloon stats period
+        its live definition holds: 0 when none is set, None when libvirt did not say. Reads only: `memcoord
+        plan` uses it to tell a guest without a period from one whose stats stopped."""
+        periods: dict[str, int | None] = {}
+        for name, dom in self._domains.items():
+            try:
+                xml = self._bounded("XMLDesc", lambda dom=dom: dom.XMLDesc(0), deadline_s)
+            except (libvirt.libvirtError, TimeoutError, HypervisorError):
+                periods[name] = None
+                continue
+            periods[name] = balloon_period_s(xml)
+        return periods
 
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         results = []

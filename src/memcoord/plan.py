@@ -1,0 +1,588 @@
+"""`memcoord plan`: what memcoord would do to each guest now, and where each guest would settle, changing nothing.
+
+One sample from the hypervisor, then the real policy twice over it:
+1. now: `decide` on the sample. One sample shows no trend, and the policy calls a guest it has seen once busy
+   (it cannot know whether its figures move), so the sample is first shown to the policy as if the guest had
+   reported the same figures one stats period earlier (`decide_now`): the classes and actions are those of
+   guests whose use holds steady.
+2. where it settles: the simulated hypervisor seeded from the sample (`seed_simulator`: each guest's size,
+   maximum, used memory, page cache and QEMU resident memory; the host's available memory), the guests' use held
+   constant as idle workloads, and the policy run forward tick by tick from the plan of step 1 until no change
+   for `quiet_s` or `horizon_s` simulated seconds (`settle`).
+
+Nothing is written to the hypervisor: no setMemory, no stats period. A guest whose stats do not flow because
+no period is set yet is reported so; memcoord sets the period when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .config import Config
+from .hypervisor import Hypervisor, HypervisorError
+from .hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
+from .model import KIB_PER_MIB, ApplyResult, Change, DomainStats, GuestClass, HostStats, Plan, Snapshot, kib_to_mib
+from .policy import PolicyState, decide, free_figure, thresholds_kib
+from .step import MEMCOORD, step
+
+# How long the policy is run forward at most, and how long without any change counts as settled.
+HORIZON_S = 600.0
+QUIET_S = 60.0
+# The simulated hypervisor moves in steps this long between ticks (as `memcoord simulate` does).
+SIM_STEP_S = 0.1
+
+NO_PERIOD = "no stats: the stats period is set when memcoord runs"
+# A class for domains the policy never sees: running, but libvirt gives no balloon size for them.
+NO_BALLOON = "no-balloon"
+
+
+# -- seeding the simulated hypervisor -----------------------------------------------------------------------
+@dataclass
+class HeldUse:
+    """A workload holding what the guest's programs and kernel use now, for ever (the simulator adds its own
+    kernel share, KERNEL_USED_KIB, to any workload's demand; this one already holds the guest's whole use)."""
+
+    used_kib: int
+
+    def demand_kib(self, t_s: float) -> int:
+        return self.used_kib - KERNEL_USED_KIB
+
+    def killed(self, t_s: float) -> None:
+        """An OOM kill in a guest whose use is held constant: the policy took it below that use. It keeps
+        holding it (the guest restarts what died), so the plan shows the policy's error instead of hiding it."""
+
+
+def trusted(guest_class: GuestClass | None) -> bool:
+    return guest_class not in (None, GuestClass.NO_STATS, GuestClass.STALE)
+
+
+def seed_simulator(
+    snapshot: Snapshot, managed: Sequence[str], trusted_stats: Mapping[str, bool]
+) -> SimulatedHypervisor:
+    """The simulated hypervisor holding the sample's managed guests as they are: size, maximum, use, page cache
+    and QEMU resident memory, with the host's available memory as sampled. Guests whose stats are not trusted
+    report none in the simulation either (the policy leaves them alone)."""
+    guests = []
+    for dom in snapshot.domains:
+        if dom.name not in managed:
+            continue
+        free_kib, _figure = free_figure(dom)
+        has_stats = trusted_stats.get(dom.name, False) and free_kib is not None
+        # Used as the simulator counts it (its size less what programs could still get), page cache as what
+        # MemAvailable counts beyond MemFree.
+        free_kib = free_kib if free_kib is not None else 0
+        used_kib = max(0, dom.current_kib - free_kib)
+        cache_kib = max(0, free_kib - dom.unused_kib) if dom.usable_kib is not None and dom.unused_kib else 0
+        guests.append(
+            SimGuest(
+                dom.name,
+                max_kib=dom.max_kib,
+                target_kib=dom.current_kib,
+                workload=HeldUse(used_kib),
+                has_balloon_stats=has_stats,
+                current_kib=dom.current_kib,
+                used_kib=used_kib,
+                cache_kib=cache_kib,
+                rss_kib=dom.rss_kib if dom.rss_kib is not None else dom.current_kib,
+                last_update_s=(dom.last_update_s or 0) if has_stats else 0,
+                reported_unused_kib=dom.current_kib - used_kib - cache_kib,
+                reported_usable_kib=dom.current_kib - used_kib,
+                reported_current_kib=dom.current_kib,
+            )
+        )
+    held_kib = sum(g.rss_kib for g in guests)
+    other_kib = max(0, snapshot.host.total_kib - snapshot.host.available_kib - held_kib)
+    return SimulatedHypervisor(
+        guests,
+        host_total_kib=snapshot.host.available_kib + held_kib + other_kib,
+        start_s=snapshot.taken_at_s,
+        host_other_used_kib=other_kib,
+    )
+
+
+def kernel_reserve_kib(snapshot: Snapshot) -> dict[str, int]:
+    """What each guest's kernel keeps of its balloon size out of its own total (balloon.current - MemTotal)."""
+    return {
+        d.name: d.current_kib - d.available_kib
+        for d in snapshot.domains
+        if d.available_kib is not None and d.available_kib <= d.current_kib
+    }
+
+
+def with_guest_totals(snapshot: Snapshot, reserve_kib: Mapping[str, int]) -> Snapshot:
+    """The simulated hypervisor's sample with each guest's own total (MemTotal) as the real guest reports it:
+    the simulator reports its whole size there, and the policy would read the difference as use that grew."""
+    domains = tuple(
+        replace(d, available_kib=d.available_kib - reserve_kib[d.name])
+        if d.available_kib is not None and d.name in reserve_kib
+        else d
+        for d in snapshot.domains
+    )
+    return replace(snapshot, domains=domains)
+
+
+# -- the policy on one sample, then forward -----------------------------------------------------------------
+def earlier(snapshot: Snapshot, config: Config) -> Snapshot:
+    """The same figures one stats period and one tick earlier: what a guest whose use holds steady reported."""
+    period_s = config.loop.stats_period_s
+    domains = tuple(
+        replace(d, last_update_s=d.last_update_s - period_s) if d.last_update_s else d for d in snapshot.domains
+    )
+    return replace(snapshot, domains=domains, taken_at_s=snapshot.taken_at_s - max(period_s, config.loop.interval_s))
+
+
+def decide_now(snapshot: Snapshot, config: Config) -> tuple[Plan, PolicyState]:
+    """The policy's plan for this sample, as if the guests had looked the same one stats period before."""
+    _plan, state = decide(earlier(snapshot, config), PolicyState(), config)
+    return decide(snapshot, state, config)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Where the policy left each simulated guest: its target; the simulated seconds of its last change, and
+    of its balloon's arrival at that target (absent: no change, or still on its way at the end)."""
+
+    target_kib: dict[str, int]
+    last_change_s: dict[str, float]
+    at_rest_s: dict[str, float]
+    simulated_s: float
+    settled: bool  # no change for quiet_s before horizon_s
+    oom_kills: dict[str, int]
+
+
+class AsSampled:
+    """The seeded simulated host behind the hypervisor port, each of its samples showing the guests' own totals as
+    the real guests report them (`with_guest_totals`): what `step` runs on."""
+
+    def __init__(self, sim: SimulatedHypervisor, reserve_kib: Mapping[str, int]) -> None:
+        self.sim = sim
+        self.reserve_kib = reserve_kib
+
+    def sample(self, deadline_s: float | None = None) -> Snapshot:
+        return with_guest_totals(self.sim.sample(deadline_s), self.reserve_kib)
+
+    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
+        return self.sim.ensure_stats_period(names, period_s, deadline_s)
+
+    def stats_period_failures(self) -> Mapping[str, str]:
+        return self.sim.stats_period_failures()
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
+        return self.sim.apply(changes, deadline_s)
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+def settle(
+    snapshot: Snapshot,
+    config: Config,
+    plan_now: Plan,
+    state: PolicyState,
+    horizon_s: float = HORIZON_S,
+    quiet_s: float = QUIET_S,
+) -> Settlement:
+    """Run the daemon's tick (`step`) forward on the simulated hypervisor seeded from the snapshot, starting with
+    plan_now (decided on the snapshot itself), one tick every loop.interval_s, until quiet_s without a change or
+    horizon_s simulated seconds."""
+    managed = sorted(plan_now.classes)
+    hv = seed_simulator(snapshot, managed, {n: trusted(c) for n, c in plan_now.classes.items()})
+    seen = AsSampled(hv, kernel_reserve_kib(snapshot))
+    last_change_s: dict[str, float] = {}
+    at_rest_s: dict[str, float] = {}
+
+    def record(results: Iterable[ApplyResult], t_s: float) -> list[Change]:
+        done = [r.change for r in results if r.ok]
+        for change in done:
+            last_change_s[change.domain] = t_s
+            at_rest_s.pop(change.domain, None)
+        return done
+
+    hv.ensure_stats_period(managed, config.loop.stats_period_s)
+    state = MEMCOORD.applied(state, record(hv.apply(plan_now.changes), 0.0), snapshot.taken_at_s)
+    interval_s = config.loop.interval_s
+    steps = max(1, round(interval_s / SIM_STEP_S))
+    t_s, quiet_since_s = 0.0, 0.0
+    settled = False
+    while t_s < horizon_s:
+        for _ in range(steps):
+            hv.advance(interval_s / steps)
+        t_s += interval_s
+        for g in hv.guests.values():
+            if g.name in last_change_s and g.name not in at_rest_s and g.current_kib == g.target_kib:
+                at_rest_s[g.name] = t_s
+        tick = step(seen, config, state)
+        state = tick.state
+        if record(tick.results, t_s):
+            quiet_since_s = t_s
+        elif t_s - quiet_since_s >= quiet_s:
+            settled = True
+            break
+    return Settlement(
+        target_kib={g.name: g.target_kib for g in hv.guests.values()},
+        last_change_s=last_change_s,
+        at_rest_s=at_rest_s,
+        simulated_s=t_s,
+        settled=settled,
+        oom_kills={g.name: g.oom_kills for g in hv.guests.values() if g.oom_kills},
+    )
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DomainPlan:
+    """One domain's line of the plan. Sizes KiB; None where it does not apply (see the JSON keys in the help)."""
+
+    name: str
+    managed: bool
+    guest_class: str | None
+    current_kib: int | None
+    max_kib: int | None
+    floor_kib: int | None
+    ceiling_kib: int | None
+    action: str | None
+    to_kib: int | None
+    why: str
+    settled_kib: int | None
+    # Simulated seconds until its balloon rests at settled_kib: 0, it stays as it is; None, still moving at the
+    # horizon, or not simulated.
+    settles_in_s: float | None
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    uri: str
+    config_path: str
+    taken_at_s: float
+    host: HostStats
+    guard_kib: int
+    headroom_kib: int
+    horizon_s: float
+    simulated_s: float
+    settled: bool
+    domains: tuple[DomainPlan, ...]
+
+
+def _mib(kib: int) -> str:
+    return f"{kib_to_mib(kib):.0f} MiB"
+
+
+def unmanaged_why(name: str, config: Config) -> str:
+    override = config.domains.get(name)
+    if override is not None and not override.enabled:
+        return f'not managed: [domains."{name}"] enabled = false'
+    return f"not managed: libvirt.domains ({', '.join(config.libvirt.domains)}) does not match it"
+
+
+def untrusted_why(dom: DomainStats, guest_class: GuestClass, period_s: int | None, taken_at_s: float) -> str:
+    """Why a guest has no stats the policy can use: no period set yet (memcoord sets it), or they stopped."""
+    if period_s == 0:
+        return NO_PERIOD
+    if guest_class is GuestClass.STALE and dom.last_update_s:
+        return (
+            f"stale stats: last update {taken_at_s - dom.last_update_s:.0f} s ago (guest hung, or its balloon "
+            "driver stopped reporting): left alone until they flow"
+        )
+    return "no stats: the guest reports no balloon figures (no balloon driver loaded?): left alone"
+
+
+def steady_why(dom: DomainStats, guest_class: GuestClass, config: Config, notes: Sequence[str]) -> str:
+    """Why the policy leaves a guest with trusted stats as it is this tick."""
+    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib)
+    starving_kib, wasteful_kib, _step = thresholds_kib(config, ceiling_kib)
+    free_kib, figure = free_figure(dom)
+    free = f"{_mib(free_kib or 0)} {figure}"
+    mine = [n for n in notes if f" {dom.name} " in f" {n} "]
+    if guest_class is GuestClass.STARVING:
+        if dom.current_kib >= ceiling_kib:
+            text = f"starving ({free} <= {_mib(starving_kib)}) but at its ceiling {_mib(ceiling_kib)}"
+        else:
+            text = f"starving ({free} <= {_mib(starving_kib)}), no room to grow it now"
+    elif guest_class is GuestClass.WASTEFUL:
+        floor_kib = config.floor_kib(dom.name)
+        if dom.current_kib <= floor_kib:
+            where = f"at its floor {_mib(floor_kib)}"
+        elif (free_kib or 0) - wasteful_kib < KIB_PER_MIB:
+            where = "less than a MiB above that line"
+        else:
+            where = "not lowered this tick"
+        text = f"wasteful ({free} >= {_mib(wasteful_kib)}) but {where}"
+    elif guest_class is GuestClass.IDLE:
+        text = f"idle: {free}, between its starving ({_mib(starving_kib)}) and wasteful ({_mib(wasteful_kib)}) lines"
+    else:
+        text = f"{guest_class}: {free}"
+    return "; ".join([text, *mine])
+
+
+def build_report(
+    snapshot: Snapshot,
+    config: Config,
+    uri: str,
+    config_path: str,
+    periods_s: Mapping[str, int | None],
+    horizon_s: float = HORIZON_S,
+    quiet_s: float = QUIET_S,
+) -> PlanReport:
+    """The whole plan from one sample: now and settled, for every running domain (periods_s: each domain's
+    stats period, 0 when none is set; domains listed there without balloon stats are shown as such)."""
+    plan_now, state = decide_now(snapshot, config)
+    settlement = settle(snapshot, config, plan_now, state, horizon_s, quiet_s)
+    changes = {c.domain: c for c in plan_now.changes}
+    rows = []
+    for dom in sorted(snapshot.domains, key=lambda d: d.name):
+        floor_kib = min(config.floor_kib(dom.name), config.ceiling_kib(dom.name, dom.max_kib))
+        common = {
+            "name": dom.name,
+            "current_kib": dom.current_kib,
+            "max_kib": dom.max_kib,
+        }
+        guest_class = plan_now.classes.get(dom.name)
+        if guest_class is None:
+            rows.append(
+                DomainPlan(
+                    **common,
+                    managed=False,
+                    guest_class=None,
+                    floor_kib=None,
+                    ceiling_kib=None,
+                    action=None,
+                    to_kib=None,
+                    why=unmanaged_why(dom.name, config),
+                    settled_kib=None,
+                    settles_in_s=None,
+                )
+            )
+            continue
+        change = changes.get(dom.name)
+        if change is not None:
+            why = change.reason
+        elif trusted(guest_class):
+            why = steady_why(dom, guest_class, config, plan_now.notes)
+        else:
+            why = untrusted_why(dom, guest_class, periods_s.get(dom.name), snapshot.taken_at_s)
+        if dom.name in settlement.oom_kills:
+            why += f"; simulated OOM kills: {settlement.oom_kills[dom.name]}"
+        last_s = settlement.last_change_s.get(dom.name)
+        if last_s is None:
+            settles_in_s: float | None = 0.0
+        elif not settlement.settled and settlement.simulated_s - last_s < quiet_s:
+            settles_in_s = None  # it may well change again
+        else:
+            settles_in_s = settlement.at_rest_s.get(dom.name)
+        rows.append(
+            DomainPlan(
+                **common,
+                managed=True,
+                guest_class=str(guest_class),
+                floor_kib=floor_kib,
+                ceiling_kib=config.ceiling_kib(dom.name, dom.max_kib),
+                action=str(change.action) if change else None,
+                to_kib=change.to_kib if change else None,
+                why=why,
+                settled_kib=settlement.target_kib[dom.name],
+                settles_in_s=settles_in_s,
+            )
+        )
+    sampled = {d.name for d in snapshot.domains}
+    for name in sorted(set(periods_s) - sampled):
+        rows.append(
+            DomainPlan(
+                name=name,
+                managed=config.manages(name),
+                guest_class=NO_BALLOON,
+                current_kib=None,
+                max_kib=None,
+                floor_kib=None,
+                ceiling_kib=None,
+                action=None,
+                to_kib=None,
+                why="no balloon: libvirt reports no balloon size for it (no virtio balloon device): left alone",
+                settled_kib=None,
+                settles_in_s=None,
+            )
+        )
+    return PlanReport(
+        uri=uri,
+        config_path=config_path,
+        taken_at_s=snapshot.taken_at_s,
+        host=snapshot.host,
+        guard_kib=config.host.min_available_mib * 1024,
+        headroom_kib=plan_now.host_headroom_kib,
+        horizon_s=horizon_s,
+        simulated_s=settlement.simulated_s,
+        settled=settlement.settled,
+        domains=tuple(sorted(rows, key=lambda r: r.name)),
+    )
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s"
+
+
+def _settles_text(row: DomainPlan, report: PlanReport) -> str:
+    if row.settled_kib is None:
+        return "-"
+    if row.settles_in_s is None:
+        return f"moving at {_duration(report.simulated_s)}"
+    if row.settles_in_s == 0:
+        return "stays"
+    return f"after {_duration(row.settles_in_s)}"
+
+
+COLUMNS = ("DOMAIN", "MANAGED", "CLASS", "SIZE", "MAX", "NOW", "SETTLES AT", "WHEN", "WHY")
+
+
+def format_text(report: PlanReport) -> str:
+    """The plan as a table, sizes in MiB, with a header line on the host and a footer on the simulation."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.taken_at_s))
+    lines = [
+        f"{report.uri} at {when}: host available {_mib(report.host.available_kib)} of "
+        f"{_mib(report.host.total_kib)}, guard {_mib(report.guard_kib)}; config {report.config_path}",
+    ]
+    rows: list[tuple[str, ...]] = [COLUMNS]
+
+    def mib(kib: int | None) -> str:
+        return "-" if kib is None else f"{kib_to_mib(kib):.0f}"
+
+    for r in report.domains:
+        now = f"{r.action} -> {mib(r.to_kib)}" if r.action else "-"
+        rows.append(
+            (
+                r.name,
+                "yes" if r.managed else "no",
+                r.guest_class or "-",
+                mib(r.current_kib),
+                mib(r.max_kib),
+                now,
+                mib(r.settled_kib),
+                _settles_text(r, report),
+                r.why,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    numeric = {3, 4, 6}
+    for row in rows:
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    if not report.domains:
+        lines.append("(no running domain)")
+    ending = (
+        f"all at rest after {_duration(report.simulated_s)} simulated"
+        if report.settled
+        else f"still moving after {_duration(report.simulated_s)} simulated (the bound)"
+    )
+    lines.append(
+        f"sizes in MiB. NOW: this tick's action. SETTLES AT: where the policy takes each guest if its use stays as "
+        f"sampled ({ending})."
+    )
+    return "\n".join(lines)
+
+
+JSON_KEYS = (
+    "uri",
+    "config_path",
+    "taken_at_s",
+    "host",
+    "horizon_s",
+    "simulated_s",
+    "settled",
+    "domains",
+)
+HOST_KEYS = ("available_kib", "total_kib", "guard_kib", "headroom_kib")
+DOMAIN_KEYS = (
+    "name",
+    "managed",
+    "class",
+    "current_kib",
+    "max_kib",
+    "floor_kib",
+    "ceiling_kib",
+    "action",
+    "to_kib",
+    "why",
+    "settled_kib",
+    "settles_in_s",
+)
+
+
+def to_json(report: PlanReport) -> dict[str, Any]:
+    """The report with the keys documented in `memcoord plan --help` (tryout.PLAN_JSON_HELP), in that order."""
+    host = {
+        "available_kib": report.host.available_kib,
+        "total_kib": report.host.total_kib,
+        "guard_kib": report.guard_kib,
+        "headroom_kib": report.headroom_kib,
+    }
+    domains = [
+        {
+            "name": r.name,
+            "managed": r.managed,
+            "class": r.guest_class,
+            "current_kib": r.current_kib,
+            "max_kib": r.max_kib,
+            "floor_kib": r.floor_kib,
+            "ceiling_kib": r.ceiling_kib,
+            "action": r.action,
+            "to_kib": r.to_kib,
+            "why": r.why,
+            "settled_kib": r.settled_kib,
+            "settles_in_s": r.settles_in_s,
+        }
+        for r in report.domains
+    ]
+    return {
+        "uri": report.uri,
+        "config_path": report.config_path,
+        "taken_at_s": report.taken_at_s,
+        "host": host,
+        "horizon_s": report.horizon_s,
+        "simulated_s": report.simulated_s,
+        "settled": report.settled,
+        "domains": domains,
+    }
+
+
+# -- the command --------------------------------------------------------------------------------------------
+def unreachable(uri: str, exc: Exception) -> str:
+    """One line naming the URI (the adapters' messages name it already, most of the time)."""
+    text = " ".join(str(exc).split())
+    return f"memcoord: libvirt unreachable: {text}" + ("" if uri in text else f" ({uri})")
+
+
+def sample_once(hv: Hypervisor) -> tuple[Snapshot, dict[str, int | None]]:
+    """One sample and each running domain's stats period (empty where the adapter cannot tell). Reads only."""
+    from .hypervisor.libvirt import LibvirtHypervisor
+
+    snapshot = hv.sample()
+    periods_s = hv.stats_periods_s() if isinstance(hv, LibvirtHypervisor) else {}
+    return snapshot, periods_s
+
+
+def main(config: Config, config_path: str, as_json: bool, connect: Any = None) -> int:
+    """What `memcoord plan` does once its arguments are parsed; returns the exit code."""
+    if connect is None:
+        from .hypervisor import connect
+    uri = config.libvirt.uri
+    try:
+        hv = connect(uri)
+        try:
+            snapshot, periods_s = sample_once(hv)
+        finally:
+            hv.close()
+    except HypervisorError as exc:
+        print(unreachable(uri, exc), file=sys.stderr)
+        return os.EX_UNAVAILABLE
+    report = build_report(snapshot, config, uri, config_path, periods_s)
+    if as_json:
+        json.dump(to_json(report), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_text(report) + "\n")
+    return os.EX_OK

@@ -1,0 +1,111 @@
+"""`memcoord restore`'s pure parts: which guests, to what size, in what order through the host guard, and
+whether a running memcoord would undo it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from memcoord.config import Config, parse
+from memcoord.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.restore import RestoreError, Wanted, choose, daemon_managed, through_guard, wanted
+
+MIB = 1024
+
+
+def dom(name: str, current_mib: int, max_mib: int = 2048) -> DomainStats:
+    return DomainStats(name, mib_to_kib(current_mib), mib_to_kib(max_mib))
+
+
+SNAP = Snapshot(
+    HostStats(mib_to_kib(8000), mib_to_kib(16000)),
+    (dom("b", 512), dom("a", 1024), dom("other", 700)),
+    0.0,
+)
+CONFIG = parse('[libvirt]\ndomains = ["a", "b"]\n')
+
+
+def test_no_names_means_every_managed_domain_by_name() -> None:
+    assert [d.name for d in choose(SNAP, CONFIG, [])] == ["a", "b"]
+
+
+def test_named_domains_in_the_order_named_managed_or_not() -> None:
+    assert [d.name for d in choose(SNAP, CONFIG, ["other", "b", "other"])] == ["other", "b"]
+
+
+def test_unknown_domains_are_all_named_and_nothing_is_chosen() -> None:
+    with pytest.raises(RestoreError) as info:
+        choose(SNAP, CONFIG, ["a", "typo1", "typo2"])
+    assert info.value.exit_code == os.EX_NOINPUT
+    message = str(info.value)
+    assert "'typo1'" in message and "'typo2'" in message and "running with a balloon: a, b, other" in message
+
+
+@pytest.mark.parametrize(
+    ("to_mib", "target_mib", "note"),
+    [
+        (None, 2048, None),
+        (1500, 1500, None),
+        (4096, 2048, "--to 4096 MiB is above its maximum 2048 MiB: restoring to 2048 MiB"),
+        (100, 256, "--to 100 MiB is below its floor 256 MiB: restoring to 256 MiB"),
+    ],
+)
+def test_targets_are_the_maximum_or_to_clamped(to_mib: int | None, target_mib: int, note: str | None) -> None:
+    (w,) = wanted([dom("a", 512)], CONFIG, to_mib)
+    assert w.target_kib == mib_to_kib(target_mib)
+    assert w.notes == ((note,) if note else ())
+
+
+def test_growth_is_served_in_order_until_the_guard_then_short() -> None:
+    wants = [
+        Wanted(dom("first", 512), 2048 * MIB),
+        Wanted(dom("second", 512), 2048 * MIB),
+        Wanted(dom("third", 512), 1024 * MIB),
+    ]
+    steps = through_guard(wants, budget_kib=2000 * MIB + 300)
+    assert [(s.name, s.to_kib // MIB, s.short_kib // MIB) for s in steps] == [
+        ("first", 2048, 0),
+        ("second", 976, 1072),  # the 464 MiB left, in whole MiB
+        ("third", 512, 512),
+    ]
+    assert steps[0].change is not None and steps[0].change.reason == "memcoord restore to its maximum"
+    assert steps[1].change is not None and "1072 MiB short: host guard" in steps[1].change.reason
+    assert steps[2].change is None  # nothing to set
+
+
+def test_lowering_needs_no_budget_and_an_exact_fit_is_exact() -> None:
+    steps = through_guard([Wanted(dom("big", 2000), 1000 * MIB), Wanted(dom("x", 512), 512 * MIB + 100)], 100)
+    assert [(s.to_kib, s.short_kib) for s in steps] == [(1000 * MIB, 0), (512 * MIB + 100, 0)]
+    assert through_guard([Wanted(dom("x", 512), 1024 * MIB)], -5000)[0].to_kib == 512 * MIB
+
+
+def view(
+    uri: str = "qemu:///system",
+    dry_run: bool = False,
+    domains: tuple[tuple[str, bool], ...] = (),
+    patterns: tuple[str, ...] = ("*",),
+) -> dict:
+    """The parts of a daemon's state file (state.py) that restore reads."""
+    effective = {**Config().model_dump(mode="json"), "libvirt": {"uri": uri, "domains": list(patterns)}}
+    return {
+        "uri": uri,
+        "dry_run": dry_run,
+        "domains": [{"name": n, "managed": m} for n, m in domains],
+        "config": {"effective": effective},
+    }
+
+
+@pytest.mark.parametrize(
+    ("the_view", "expected"),
+    [
+        (view(domains=(("a", True), ("b", False))), ["a"]),  # b is excluded in the daemon's config
+        (view(domains=(("a", True),), patterns=("a",)), ["a"]),  # b not seen yet, and its patterns skip it
+        (view(domains=(("a", True),), patterns=("*",)), ["a", "b"]),  # b not seen yet, will be managed
+        (view(dry_run=True, domains=(("a", True), ("b", True))), []),  # a dry run sets nothing
+        (view(uri="qemu+ssh://elsewhere/system", domains=(("a", True),)), []),  # another host
+        (None, ["a", "b"]),  # systemd says it runs, no state file: this config decides
+    ],
+)
+def test_which_guests_a_running_daemon_would_move(the_view: dict | None, expected: list[str]) -> None:
+    assert daemon_managed(the_view, ["a", "b"], CONFIG) == expected
