@@ -23,6 +23,7 @@ from types import FrameType
 from . import config as config_mod
 from . import journal
 from .config import Config, ConfigError
+from .domain_settings import warn_unmatched_overrides
 from .hypervisor import SKIPPED_DEADLINE, Hypervisor, HypervisorError
 from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from .notify import Notifier
@@ -120,6 +121,7 @@ class Service:
         self._short_ticks = 0
         self._period_failing: dict[str, str] = {}
         self._over_deadline = False
+        self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -188,6 +190,7 @@ class Service:
                 self._lost_reason = None
                 self._backoff_s = BACKOFF_START_S
             self.config = new
+            self._overrides_checked = False
             self.observer.configure(self.config_path, new)
             self.reload_note = ""
             log.info("config reloaded from %s", self.config_path, extra=journal.lifecycle("reload-ok"))
@@ -230,8 +233,10 @@ class Service:
             )
             self._lost_reason = None
         self._backoff_s = BACKOFF_START_S
+        if not self._overrides_checked:
+            self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, deadline_s)
 
-        managed = [d.name for d in snapshot.domains if self.config.manages(d.name)]
+        managed = [d.name for d in snapshot.domains if self.config.manages(d.name, d.settings)]
         failures = self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s, deadline_s=deadline_s)
         for failure in failures:
             log.warning("%s", failure)

@@ -483,7 +483,7 @@ def run(
         t_s = i * step_s
         if i % tick_every == 0:
             snapshot = hv.sample()
-            managed = [d.name for d in snapshot.domains if config.manages(d.name)]
+            managed = [d.name for d in snapshot.domains if config.manages(d.name, d.settings)]
             new = [n for n in managed if n not in stats_set]
             if new:
                 hv.ensure_stats_period(new, config.loop.stats_period_s)

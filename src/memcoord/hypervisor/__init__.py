@@ -39,6 +39,10 @@ class Hypervisor(Protocol):
         """Domains whose stats period could not be set yet (being retried), with the last error."""
         ...
 
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        """Every domain the hypervisor knows, running or only defined (to check the config's domain names)."""
+        ...
+
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         """Set each domain's balloon target; a failure is reported per change, never raised. Changes left when
         the deadline is spent get SKIPPED_DEADLINE."""
@@ -65,3 +69,13 @@ def connect(uri: str) -> Hypervisor:
     from .libvirt import LibvirtHypervisor
 
     return LibvirtHypervisor(uri)
+
+
+def known_domain_names(uri: str, timeout_s: float) -> set[str]:
+    """Every domain at uri, running or defined, for `check-config`: a read-only connection that gives up after
+    timeout_s. HypervisorError says why when the names cannot be had."""
+    if uri.startswith("sim:"):
+        return connect(uri).domain_names()
+    from .libvirt import defined_domain_names
+
+    return defined_domain_names(uri, timeout_s)
