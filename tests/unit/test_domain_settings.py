@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from types import MappingProxyType
 
@@ -434,3 +435,79 @@ def test_check_config_without_libvirt_validates_the_file_and_says_names_were_not
     bad = tmp_path / "bad.toml"
     bad.write_text('[domains."web1"]\nmin_mib = "lots"\n')
     assert memcoord("check-config", str(bad)).returncode == 78
+
+
+# -- the adapter reads each domain's XML once, within its share of a tick -----------------------------------
+class _Dom:
+    """A running domain as the adapter sees it: name, UUID, and its XML (each read counted)."""
+
+    def __init__(self, i: int, metadata: str = "", read_s: float = 0.0) -> None:
+        self.i, self.metadata, self.read_s, self.reads = i, metadata, read_s, 0
+
+    def name(self) -> str:
+        return f"vm{self.i}"
+
+    def UUIDString(self) -> str:
+        return f"00000000-0000-4000-8000-{self.i:012d}"
+
+    def XMLDesc(self, _flags: int = 0) -> str:
+        self.reads += 1
+        time.sleep(self.read_s)
+        return domain_xml(self.metadata).replace("web1", self.name())
+
+
+class _Conn:
+    def __init__(self, doms: list[_Dom]) -> None:
+        self.doms = doms
+
+    def getAllDomainStats(self, *_args: object) -> list[tuple[_Dom, dict[str, int]]]:
+        return [(d, {"balloon.current": 1048576, "balloon.maximum": 2097152}) for d in self.doms]
+
+    def isAlive(self) -> int:
+        return 1
+
+    def close(self) -> int:
+        return 0
+
+
+def _adapter(doms: list[_Dom]):
+    from memcoord.hypervisor.libvirt import LibvirtHypervisor
+
+    hv = LibvirtHypervisor("qemu:///system")
+    hv._conn = _Conn(doms)  # type: ignore[assignment]
+    return hv
+
+
+def test_the_adapter_reads_a_domain_once_then_only_when_libvirt_says_it_changed(caplog):
+    caplog.set_level(logging.WARNING, "memcoord")
+    doms = [_Dom(1, settings_xml("<min_mib>900</min_mib>")), _Dom(2, settings_xml("<min_mib>x</min_mib>"))]
+    hv = _adapter(doms)
+    first = {d.name: d.settings for d in hv.sample().domains}
+    assert dict(first["vm1"].metadata) == {"min_mib": 900} and dict(first["vm2"].metadata) == {}
+    for _ in range(5):
+        hv.sample()
+    assert [d.reads for d in doms] == [1, 1]  # not once per tick
+    doms[0].metadata = settings_xml("<min_mib>700</min_mib>")
+    hv._settings.mark_changed(doms[0].UUIDString())  # what libvirt's metadata-change event does
+    later = {d.name: d.settings for d in hv.sample().domains}
+    assert dict(later["vm1"].metadata) == {"min_mib": 700}
+    assert [d.reads for d in doms] == [2, 1]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "vm2" in warnings[0] and "'x'" in warnings[0]
+
+
+def test_domains_past_the_read_budget_are_left_alone_until_read(monkeypatch: pytest.MonkeyPatch):
+    from memcoord.hypervisor import libvirt as adapter
+
+    monkeypatch.setattr(adapter, "SETTINGS_READ_BUDGET_S", 0.05)
+    doms = [_Dom(i, read_s=0.02) for i in range(1, 11)]
+    hv = _adapter(doms)
+    first = hv.sample()
+    unread = [d.name for d in first.domains if d.settings is None]
+    assert 0 < len(unread) < 10, unread  # a few read, the rest wait
+    plan, _ = decide(first, PolicyState(), Config())
+    assert not set(unread) & set(plan.classes)  # an unread guest is not managed
+    for _ in range(10):
+        snapshot = hv.sample()
+    assert all(d.settings is not None for d in snapshot.domains)
+    assert all(d.reads == 1 for d in doms), [d.reads for d in doms]
