@@ -11,6 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memcoord import status
 from memcoord.config import Config, Source, parse
@@ -511,3 +513,41 @@ def test_domains_past_the_read_budget_are_left_alone_until_read(monkeypatch: pyt
         snapshot = hv.sample()
     assert all(d.settings is not None for d in snapshot.domains)
     assert all(d.reads == 1 for d in doms), [d.reads for d in doms]
+
+
+# -- precedence as a property ------------------------------------------------------------------------------
+_sizes_mib = st.one_of(st.none(), st.integers(1, 8192))
+
+
+@given(
+    config_min=_sizes_mib,
+    config_max=_sizes_mib,
+    meta_min=_sizes_mib,
+    meta_max=_sizes_mib,
+    min_guarantee_mib=st.one_of(st.none(), st.integers(1, 8192)),
+    max_mib=st.integers(256, 8192),
+)
+def test_each_bound_comes_from_the_first_source_that_sets_it(
+    config_min, config_max, meta_min, meta_max, min_guarantee_mib, max_mib
+):
+    table = {k: v for k, v in (("min_mib", config_min), ("max_mib", config_max)) if v is not None}
+    if table.get("min_mib", 0) > table.get("max_mib", 1 << 30):
+        table["max_mib"] = table["min_mib"]
+    config = Config.model_validate({"domains": {"g": table}} if table else {})
+    metadata = {k: v for k, v in (("min_mib", meta_min), ("max_mib", meta_max)) if v is not None}
+    settings = DomainSettings(
+        MappingProxyType(metadata), None if min_guarantee_mib is None else mib_to_kib(min_guarantee_mib)
+    )
+    floors = [
+        (table.get("min_mib"), Source.CONFIG),
+        (metadata.get("min_mib"), Source.METADATA),
+        (min_guarantee_mib, Source.MIN_GUARANTEE),
+        (256, Source.DEFAULT),
+    ]
+    mib, source = next((m, s) for m, s in floors if m is not None)
+    assert config.floor("g", settings) == (mib_to_kib(mib), source)
+    ceilings = [(table.get("max_mib"), Source.CONFIG), (metadata.get("max_mib"), Source.METADATA)]
+    mib, source = next(((m, s) for m, s in ceilings if m is not None), (max_mib, Source.LIBVIRT_MAX))
+    if mib >= max_mib:
+        mib, source = max_mib, Source.LIBVIRT_MAX
+    assert config.ceiling("g", mib_to_kib(max_mib), settings) == (mib_to_kib(mib), source)
