@@ -104,7 +104,8 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
     except ValidationError as exc:
         dropped: set[str] = set()
         for err in exc.errors():
-            key = str(err["loc"][0]) if err["loc"] else "?"
+            # A rule between keys names the key it blames in ctx (as config's own rules do).
+            key = err["ctx"]["key"] if err["type"] == "key_conflict" else str(err["loc"][0]) if err["loc"] else ""
             if key == "max_mib" and err["type"] == "value_error" and "min_mib" in data:
                 # min above max: either may be the typo, so neither is believed.
                 dropped |= {"min_mib", "max_mib"}
@@ -119,7 +120,11 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
                 " applies"
             )
         data = {k: v for k, v in data.items() if k not in dropped}
-        override = DomainOverride.model_validate(data, strict=False)
+        try:
+            override = DomainOverride.model_validate(data, strict=False)
+        except ValidationError:  # what is left still breaks a rule between keys: believe none of it
+            problems.append(f"{name}: metadata <{PREFIX}:{ELEMENT}>: its keys contradict each other; all ignored")
+            return {}, problems
     return {k: getattr(override, k) for k in override.model_fields_set}, problems
 
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memcoord import status
-from memcoord.config import Config, Source, parse
+from memcoord.config import Config, DomainOverride, Source, parse
 from memcoord.domain_settings import (
     NAMESPACE,
     Parsed,
@@ -551,3 +551,21 @@ def test_each_bound_comes_from_the_first_source_that_sets_it(
     if mib >= max_mib:
         mib, source = max_mib, Source.LIBVIRT_MAX
     assert config.ceiling("g", mib_to_kib(max_mib), settings) == (mib_to_kib(mib), source)
+
+
+_keys = st.sampled_from(["min_mib", "max_mib", "enabled", "min_mbi", "MIN_MIB", "x"])
+_texts = st.one_of(st.integers(-10, 10_000).map(str), st.sampled_from(["true", "false", "", "1.5", "2G", "yes"]))
+
+
+@given(st.lists(st.tuples(_keys, _texts), max_size=6))
+def test_any_metadata_parses_to_valid_settings_or_named_problems(pairs: list[tuple[str, str]]):
+    from xml.sax.saxutils import escape
+
+    body = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in pairs)
+    parsed = parse_domain_xml("web1", domain_xml(settings_xml(body)))
+    kept = dict(parsed.settings.metadata)
+    # Whatever survived is a valid [domains."NAME"] table, and every key dropped was named in a problem.
+    DomainOverride.model_validate(kept)
+    for key in {k for k, _ in pairs} - set(kept):
+        assert any(f"<{key}>" in p for p in parsed.problems), (key, parsed.problems)
+    assert all(p.startswith("web1: ") for p in parsed.problems)
