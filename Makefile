@@ -10,7 +10,7 @@ DEBS = python3 python3-venv python3-pip python3-libvirt python3-systemd \
        busybox-static linux-image-amd64 cpio gcc libc6-dev systemd-container debootstrap tmux \
        prometheus
 
-.PHONY: deps venv test lint demo
+.PHONY: deps venv preflight test lint demo
 
 deps:  ## Debian packages for the tests, the lab and the venv (as root)
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -27,13 +27,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: deps venv  ## every test, real libvirtd and guests included
-	$(VENV)/bin/ruff check src tests
+preflight: deps  ## root, libvirtd (started if absent), QEMU, nspawn and the tools the tests run: one line each
+	$(PYTHON) scripts/preflight.py
+
+test: deps preflight venv lint  ## every test, real libvirtd and guests included
 	$(VENV)/bin/pytest -v
 
-lint: venv
-	$(VENV)/bin/ruff check src tests bench lab
-	$(VENV)/bin/ruff format --check src tests
+lint: venv  ## everything that ships or tests
+	$(VENV)/bin/ruff check src tests lab bench scripts
+	$(VENV)/bin/ruff format --check src tests lab bench scripts
 
 PREFIX ?= /opt/memcoord
 BINDIR ?= /usr/local/bin
@@ -53,6 +55,10 @@ install:
 	$(PREFIX)/bin/pip install --no-cache-dir --disable-pip-version-check .
 	$(PREFIX)/bin/memcoord --help >/dev/null
 	ln -sfn $(PREFIX)/bin/memcoord $(BINDIR)/memcoord
+# The unit runs as the system user memcoord; the group libvirt gives it libvirtd's read-write socket (polkit).
+	getent passwd memcoord >/dev/null || adduser --quiet --system --group --no-create-home --home /nonexistent memcoord
+	@if getent group libvirt >/dev/null; then adduser --quiet memcoord libvirt; \
+	 else echo "no group libvirt (libvirt-daemon-system not installed): add memcoord to it once it exists" >&2; fi
 	sed 's|/opt/memcoord|$(PREFIX)|g; s|/etc/memcoord.toml|$(CONFIG)|g' packaging/memcoord.service > $(UNITDIR)/memcoord.service.tmp
 	chmod 0644 $(UNITDIR)/memcoord.service.tmp
 	mv $(UNITDIR)/memcoord.service.tmp $(UNITDIR)/memcoord.service

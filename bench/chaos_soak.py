@@ -35,8 +35,9 @@ import psutil
 
 from memcoord import config as config_mod
 from memcoord.hypervisor import HypervisorError
-from memcoord.hypervisor.sim import Burst, Hog, Idle, Sawtooth, SimGuest, SimulatedHypervisor
-from memcoord.model import Action, ApplyResult, Change, Snapshot, mib_to_kib
+from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Burst, Hog, Idle, Sawtooth
+from memcoord.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
 from memcoord.service import Service
 
 INTERVAL_S = 1.0
@@ -165,14 +166,14 @@ BAD_CONFIGS = (
 def describe(hv: SimulatedHypervisor, service: Service, config: config_mod.Config) -> str:
     """What the policy saw and what every guest holds, for a violation's message."""
     snap, plan = service.observer.snapshot, service.observer.plan
-    changed = [(c.domain, str(c.action), c.from_kib // 1024, c.to_kib // 1024) for c in hv.accepted]  # type: ignore[attr-defined]
+    changed = [(c.domain, str(c.action), c.from_kib // KIB_PER_MIB, c.to_kib // KIB_PER_MIB) for c in hv.accepted]  # type: ignore[attr-defined]
     guests = ", ".join(
-        f"{g.name}{'' if config.manages(g.name) else '(unmanaged)'} actual {g.actual_kib // 1024}"
-        f" target {g.target_kib // 1024} rss {g.rss_kib // 1024}"
+        f"{g.name}{'' if config.manages(g.name) else '(unmanaged)'} current {g.current_kib // KIB_PER_MIB}"
+        f" target {g.target_kib // KIB_PER_MIB} rss {g.rss_kib // KIB_PER_MIB}"
         for g in hv.guests.values()
     )
-    seen = f"policy saw available {snap.host.available_kib // 1024} MiB" if snap else "no snapshot"
-    headroom = f", headroom {plan.host_headroom_kib // 1024} MiB" if plan else ""
+    seen = f"policy saw available {snap.host.available_kib // KIB_PER_MIB} MiB" if snap else "no snapshot"
+    headroom = f", headroom {plan.host_headroom_kib // KIB_PER_MIB} MiB" if plan else ""
     return f"{seen}{headroom}; changes {changed}; {guests}"
 
 
@@ -230,7 +231,7 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
         # -- the world moves ------------------------------------------------------------------------------------
         hv.advance(INTERVAL_S)
         hv.host_other_used_kib = max(
-            0, min(HOST_TOTAL_KIB // 2, hv.host_other_used_kib + rng.randint(-256, 256) * 1024)
+            0, min(HOST_TOTAL_KIB // 2, hv.host_other_used_kib + mib_to_kib(rng.randint(-256, 256)))
         )
         if rng.random() < P_GUEST_LEAVES and hv.guests:
             del hv.guests[rng.choice(list(hv.guests))]
@@ -300,16 +301,18 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
             room_kib = available_kib - guard_kib - outstanding_kib
             if grown_kib > max(0, room_kib):
                 result.violations.append(
-                    f"tick {tick}: grew {grown_kib // 1024} MiB with {room_kib // 1024} MiB above the guard"
-                    f" ({outstanding_kib // 1024} MiB granted before, untouched); " + describe(hv, service, config)
+                    f"tick {tick}: grew {grown_kib // KIB_PER_MIB} MiB with {room_kib // KIB_PER_MIB} MiB above"
+                    f" the guard ({outstanding_kib // KIB_PER_MIB} MiB granted before, untouched); "
+                    + describe(hv, service, config)
                 )
             # Stricter, reported: every managed guest filling its whole target.
             after_kib = worst_case_available_kib(hv, config)
             if after_kib < min(guard_kib, before_kib):
                 frozen = sorted(n for n in stale if config.manages(n))
                 (result.worst_case_frozen if frozen else result.worst_case).add(
-                    f"tick {tick}: growth left {after_kib // 1024} MiB worst case, guard {guard_kib // 1024} MiB,"
-                    f" {before_kib // 1024} MiB before; frozen stats {frozen}; " + describe(hv, service, config)
+                    f"tick {tick}: growth left {after_kib // KIB_PER_MIB} MiB worst case,"
+                    f" guard {guard_kib // KIB_PER_MIB} MiB,"
+                    f" {before_kib // KIB_PER_MIB} MiB before; frozen stats {frozen}; " + describe(hv, service, config)
                 )
         for c in hv.accepted:
             if c.delta_kib > 0:
@@ -317,7 +320,8 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
             if c.action is Action.GROW and c.domain in hv.guests:
                 sample_s = hv.guests[c.domain].last_update_s
                 if grown_on.get(c.domain) == sample_s:
-                    result.regrown_same_sample.add(f"tick {tick}: {c.domain} {c.from_kib // 1024}->{c.to_kib // 1024}")
+                    moved = f"{c.from_kib // KIB_PER_MIB}->{c.to_kib // KIB_PER_MIB}"
+                    result.regrown_same_sample.add(f"tick {tick}: {c.domain} {moved}")
                 grown_on[c.domain] = sample_s
         if len(result.violations) > 20:
             break

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--sizes 10,100,1000,10000] [--ticks 20] [--policies memcoord,mom,proxmox]
 
-Targets (issue 5): memcoord's policy <= 10 ms per tick at 1,000 domains, <= 100 ms at 10,000. Only the policy call is
+Targets: memcoord's policy <= 10 ms per tick at 1,000 domains, <= 100 ms at 10,000. Only the policy call is
 timed (the simulator's own work between ticks is not). Peak memory is tracemalloc's peak during the policy calls
 (Python allocations made by the policy: the snapshot it reads is built outside); ru_maxrss is the whole
 process at the end. Times are also given as ratios against memcoord, since these machines are noisy.
@@ -17,12 +17,17 @@ import statistics
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 from memcoord.config import Config
-from memcoord.hypervisor.sim import Hog, Idle, Sawtooth, SimGuest, SimulatedHypervisor
-from memcoord.model import mib_to_kib
-from memcoord.policies import POLICIES, make
+from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Hog, Idle, Sawtooth
+from memcoord.model import KIB_PER_MIB, mib_to_kib
 from memcoord.simulate import format_table
+
+if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.policies import POLICIES, make
 
 
 def host(n: int) -> SimulatedHypervisor:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {n} {name} done", file=sys.stderr)
     headers = ["domains", "policy", "ms/tick median", "ms/tick max", "max x memcoord", "policy peak MiB", "target"]
     print(format_table(headers, rows))
-    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
     print(f"process peak RSS (ru_maxrss, whole run incl. simulator): {maxrss_mib:.0f} MiB")
     return 0
 

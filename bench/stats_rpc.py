@@ -1,9 +1,9 @@
-"""Cost of one bulk stats call against the seed's per-domain calls, on a real libvirtd.
+"""Cost of one bulk stats call against one call per domain, on a real libvirtd.
 
     .venv/bin/python bench/stats_rpc.py [--uri qemu:///system] [--guests 1,4,8,16] [--repeat 30]
 
 memcoord samples every guest with one getAllDomainStats-style RPC per tick (here domainListGetStats on our own
-domains, which is the same RPC with a domain list); the C seed called virDomainMemoryStats once per domain.
+domains, which is the same RPC with a domain list); the alternative is virDomainMemoryStats once per domain.
 The script starts tiny transient guests named mcbench-NN (<domain type='qemu'>, 64 MiB, no disk, a virtio
 balloon; they sit in the BIOS) and destroys them at the end. It never touches a domain without that prefix.
 With --uri test:///default it runs against libvirt's in-process test driver instead (no RPC, no guests started:

@@ -51,7 +51,7 @@ class Drop:
 
 def largest_drop(timeline: Timeline, guest: str, max_gap_s: float = 1.5, t_from_s: float = 0.0) -> Drop:
     """Consecutive samples only: a recorder stalled by a busy host must not merge two steps into one."""
-    pts = [(t, v) for t, v in timeline.series(guest, "actual_mib") if t >= t_from_s]
+    pts = [(t, v) for t, v in timeline.series(guest, "current_mib") if t >= t_from_s]
     worst, worst_t, skipped = 0.0, 0.0, 0
     for (t0, v0), (t1, v1) in itertools.pairwise(pts):
         if t1 - t0 > max_gap_s:
@@ -78,22 +78,22 @@ def invariant_violations(
         if dead:
             out.append(f"{guest}: not running from t={dead[0]} s (guest kernel died or domain stopped)")
         low = [
-            (r["t_s"], r["actual_mib"])
+            (r["t_s"], r["current_mib"])
             for r in rows
-            if r["actual_mib"] is not None and r["actual_mib"] < floor_mib - tolerance_mib
+            if r["current_mib"] is not None and r["current_mib"] < floor_mib - tolerance_mib
         ]
         if low:
             out.append(f"{guest}: below the floor {floor_mib} MiB: {low[:3]}")
     for e in timeline.events_of("oom_kill"):
         guest = e["guest"]
-        actual_mib = value_at(timeline, guest, "actual_mib", e["t_s"])
+        current_mib = value_at(timeline, guest, "current_mib", e["t_s"])
         if e["comm"] != "hog":
             out.append(f"{guest}: OOM killed {e['comm']} (pid {e['pid']}) at t={e['t_s']} s, not a hog")
         elif guest not in oom_ok:
-            out.append(f"{guest}: unexpected OOM kill of the hog at t={e['t_s']} s with {actual_mib} MiB")
-        elif actual_mib is not None and actual_mib < oom_ok[guest]:
+            out.append(f"{guest}: unexpected OOM kill of the hog at t={e['t_s']} s with {current_mib} MiB")
+        elif current_mib is not None and current_mib < oom_ok[guest]:
             out.append(
-                f"{guest}: hog OOM killed at t={e['t_s']} s with only {actual_mib} MiB "
+                f"{guest}: hog OOM killed at t={e['t_s']} s with only {current_mib} MiB "
                 f"(expected only at >= {oom_ok[guest]} MiB)"
             )
     started = [r for r in timeline.rows if r["coordinator_alive"] is not None]

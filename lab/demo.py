@@ -21,14 +21,14 @@ from typing import Any
 from lab import analysis
 from lab.image import build_image
 from lab.session import LabRun
-from lab.timeline import Timeline
+from lab.timeline import ACTION_EVENT, Timeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BAR_WIDTH = 30
 
 
-def _bar(actual_mib: float, max_mib: int) -> str:
-    filled = round(BAR_WIDTH * min(1.0, actual_mib / max_mib))
+def _bar(current_mib: float, max_mib: int) -> str:
+    filled = round(BAR_WIDTH * min(1.0, current_mib / max_mib))
     return "#" * filled + "." * (BAR_WIDTH - filled)
 
 
@@ -48,12 +48,12 @@ class LiveView:
             return
         host_mib = next(iter(latest.values()))["host_available_mib"]
         mc = self.run.memcoord
-        actions = self.run.timeline.events_of("action")
+        actions = self.run.timeline.events_of(ACTION_EVENT)
         t_s = self.run.t_s()
         if not self.tty:
             if time.monotonic() - self.last_plain_s >= 5:
                 self.last_plain_s = time.monotonic()
-                cells = " ".join(f"{g}={r['actual_mib']:.0f}" for g, r in sorted(latest.items()))
+                cells = " ".join(f"{g}={r['current_mib']:.0f}" for g, r in sorted(latest.items()))
                 print(f"[{t_s:5.0f} s] {phase}: {cells} MiB; memcoord actions {len(actions)}", file=self.stream)
             return
         status = mc.status if mc and mc.alive() else "not running"
@@ -62,13 +62,13 @@ class LiveView:
             f"host available {host_mib:7.0f} MiB   memcoord actions so far: {len(actions)}",
             f"memcoord status: {status}",
             "",
-            f"{'guest':<16} {'actual':>7} {'unused':>7} {'hog':>6} {'hog state':<9} {'OOM':>3}  balloon (of max)",
+            f"{'guest':<16} {'current':>7} {'unused':>7} {'hog':>6} {'hog state':<9} {'OOM':>3}  balloon (of max)",
         ]
         for guest, r in sorted(latest.items()):
             unused = "-" if r["unused_mib"] is None else f"{r['unused_mib']:.0f}"
             lines.append(
-                f"{guest:<16} {r['actual_mib']:7.0f} {unused:>7} {r['hog_mib']:6d} {r['hog_state']:<9} "
-                f"{r['oom_kills']:3d}  {_bar(r['actual_mib'], self.run.lab.max_mib)}"
+                f"{guest:<16} {r['current_mib']:7.0f} {unused:>7} {r['hog_mib']:6d} {r['hog_state']:<9} "
+                f"{r['oom_kills']:3d}  {_bar(r['current_mib'], self.run.lab.max_mib)}"
             )
         lines.append("")
         for a in actions[-4:]:
@@ -98,7 +98,7 @@ def _oom_kills(run: LabRun) -> list[str]:
     """Every OOM kill the guests' kernels reported so far (live, from the consoles): the demo means none."""
     return [
         f"{g.name}: OOM killed {k.comm} (pid {k.pid}) with the guest at "
-        f"{run.latest().get(g.name, {}).get('actual_mib', float('nan')):.0f} MiB"
+        f"{run.latest().get(g.name, {}).get('current_mib', float('nan')):.0f} MiB"
         for g in run.lab.guests
         for k in g.console.state.oom_kills
     ]
@@ -108,7 +108,7 @@ def failures(tl: Timeline, grower: str, grow_mib: int) -> list[str]:
     """What the demo promised and did not show: no OOM kill anywhere, the grower's hog holding grow_mib."""
     out = [
         f"{e['guest']}: OOM killed {e['comm']} (pid {e['pid']}) at t={e['t_s']:.0f} s with the guest at "
-        f"{analysis.value_at(tl, e['guest'], 'actual_mib', e['t_s']):.0f} MiB"
+        f"{analysis.value_at(tl, e['guest'], 'current_mib', e['t_s']):.0f} MiB"
         for e in tl.events_of("oom_kill")
     ]
     held = [e for e in tl.events_of("hog_holding", grower) if e["hog_mib"] >= grow_mib]
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             back_mib = args.current_mib + 100
             phase(
                 f"{grower}'s hog exited: memcoord takes the memory back",
-                lambda: run.latest()[grower]["actual_mib"] <= back_mib,
+                lambda: run.latest()[grower]["current_mib"] <= back_mib,
                 120,
             )
             phase("settled", lambda: False, 5)
@@ -195,14 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         if stopped_by and not tl.events_of("oom_kill"):
             failed.insert(0, stopped_by)  # the kill came after the recorder's last sample
         t_exit_s = analysis.first_event_t_s(tl, "hog_exit", grower)
-        print(f"{grower}: peak {analysis.peak(tl, grower, 'actual_mib'):.0f} MiB", end="")
+        print(f"{grower}: peak {analysis.peak(tl, grower, 'current_mib'):.0f} MiB", end="")
         if t_exit_s is not None:
-            t_back_s = analysis.first_t_s(tl, grower, "actual_mib", lambda v: v <= args.current_mib + 100, t_exit_s)
+            t_back_s = analysis.first_t_s(tl, grower, "current_mib", lambda v: v <= args.current_mib + 100, t_exit_s)
             if t_back_s is not None:
                 print(
                     f", back to {args.current_mib + 100} MiB {t_back_s - t_exit_s:.0f} s after its hog exited", end=""
                 )
-        print(f"; memcoord made {len(tl.events_of('action'))} changes")
+        print(f"; memcoord made {len(tl.events_of(ACTION_EVENT))} changes")
     for path in run.saved:
         print(f"wrote {path}")
     print(f"memcoord log: {args.out / 'memcoord.log'}")

@@ -26,6 +26,7 @@ import libvirt
 from lab.console import Console, ConsoleError
 from lab.image import GuestImage, build_image, shared_disk
 from lab.libvirtd import ensure_libvirtd
+from memcoord.model import mib_to_kib
 from memcoord.state import pid_alive
 
 DEFAULT_URI = "qemu:///system"
@@ -270,7 +271,7 @@ class Lab:
                 if "balloon.unused" not in s or current_kib is None or update is None:
                     continue
                 first_update.setdefault(name, update)
-                settled = current_kib <= self.current_mib * 1024 + 1024
+                settled = current_kib <= mib_to_kib(self.current_mib + 1)
                 if settled and update > first_update[name]:
                     pending.discard(name)
             if not pending:

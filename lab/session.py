@@ -16,7 +16,8 @@ from typing import Any
 from lab.coordinator import CoordinatorAction, Memcoord, lab_config
 from lab.image import GuestImage
 from lab.lab import Lab
-from lab.timeline import Recorder, Timeline
+from lab.timeline import ACTION_EVENT, Recorder, Timeline
+from memcoord.model import kib_to_mib, mib_to_kib
 
 MEMCOORD_STALL_S = 4.0  # no tick for this long (interval 1 s) means memcoord's loop was held up
 
@@ -95,12 +96,12 @@ class LabRun:
 
         vm = psutil.virtual_memory()
         doms = [d for name, s in self.lab.balloon_stats().items() if (d := domain_stats(name, s)) is not None]
-        overhead_kib = overhead_mib * 1024
+        overhead_kib = mib_to_kib(overhead_mib)
         unbacked_kib = 0
         for d in doms:
             not_backed_kib = max(0, d.current_kib + overhead_kib - (d.rss_kib or 0))
             unbacked_kib += not_backed_kib if d.unused_kib is None else min(d.unused_kib, not_backed_kib)
-        return int((vm.available // 1024 - unbacked_kib) / 1024 - growth_mib)
+        return int(kib_to_mib(vm.available // 1024 - unbacked_kib) - growth_mib)
 
     def start_memcoord(self, overrides: dict[str, Any] | None = None, extra_args: list[str] | None = None) -> Memcoord:
         """Start `memcoord run` with the shipped config restricted to this lab (plus overrides)."""
@@ -108,7 +109,7 @@ class LabRun:
 
         def on_action(a: CoordinatorAction) -> None:
             self.mark(
-                "action",
+                ACTION_EVENT,
                 a.domain,
                 t_mono_s=a.t_mono_s,
                 action=a.action,
@@ -117,9 +118,13 @@ class LabRun:
                 reason=a.reason,
             )
 
-        def on_line(line: str) -> None:
-            if "lost the hypervisor" in line:
-                self.mark("memcoord_lost_hypervisor", line=line.strip())
+        hypervisor_error: list[str | None] = [None]  # the previous tick's (None: reachable)
+
+        def on_tick(t_mono_s: float, line: dict[str, Any]) -> None:
+            error = line.get("error")
+            if error is not None and hypervisor_error[0] is None:  # one mark per loss, not per retry
+                self.mark("memcoord_lost_hypervisor", t_mono_s=t_mono_s, error=error)
+            hypervisor_error[0] = error
 
         last_status_mono_s: list[float] = []  # the previous tick's report (none before the first)
 
@@ -135,7 +140,7 @@ class LabRun:
             last_status_mono_s[0] = t_mono_s
 
         self.memcoord = Memcoord(
-            config, self.out_dir, extra_args=extra_args, on_action=on_action, on_line=on_line, on_status=on_status
+            config, self.out_dir, extra_args=extra_args, on_action=on_action, on_tick=on_tick, on_status=on_status
         )
         meta = self.timeline.meta
         meta["config"] = config
@@ -158,6 +163,8 @@ class LabRun:
         """Poll until predicate() holds; returns the seconds waited, raises TimeoutError naming `what`."""
         t0 = time.monotonic()
         while not predicate():
+            if self.memcoord is not None and self.memcoord.timeline_errors:
+                raise RuntimeError(f"memcoord's timeline could not be read: {self.memcoord.timeline_errors[:3]}")
             if self.memcoord is not None and not self.memcoord.alive():
                 raise RuntimeError(
                     f"memcoord exited ({self.memcoord.proc and self.memcoord.proc.returncode}) while waiting for {what}"
@@ -178,6 +185,7 @@ class LabRun:
         if self.memcoord is not None:
             rc = self.memcoord.stop()
             self.timeline.meta["memcoord_exit_code"] = rc
+            self.timeline.meta["memcoord_timeline_errors"] = self.memcoord.timeline_errors
         for g in self.lab.guests:
             with contextlib.suppress(OSError):
                 shutil.copyfile(g.console.log_path, self.out_dir / g.console.log_path.name)

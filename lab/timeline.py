@@ -3,7 +3,8 @@
 Acceptance tests assert on this record, not on memcoord's own account of itself: the balloon
 size libvirt reports, the guest's free memory, the hog's progress from the console, the guest
 kernel's OOM kills, the host's available memory. It is saved as CSV (one row per guest per
-sample) and JSON (rows + events + meta), and drawn as a PNG per guest.
+sample) and JSON (rows + events + meta), and drawn as a PNG by memcoord.plot (`to_series`).
+memcoord's own actions come from the timeline the daemon writes, read by lab/coordinator.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import libvirt
 import psutil
 
 from lab.lab import Lab
+from memcoord import plot
+from memcoord.model import KIB_PER_MIB
+from memcoord.timeline import Event, Series
 
-KIB_PER_MIB = 1024
+# memcoord's applied actions, as the lab marks them (from the daemon's timeline, lab/coordinator.py).
+ACTION_EVENT = "action"
 STALL_S = 3.0  # a libvirt stats call slower than this means libvirtd was stopped or swamped
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
 OUTAGE_KINDS = ("libvirt_error", "libvirt_stall", "libvirtd_restart", "memcoord_lost_hypervisor", "memcoord_stall")
@@ -30,7 +35,7 @@ ROW_FIELDS = (
     "t_s",
     "guest",
     "alive",
-    "actual_mib",
+    "current_mib",
     "unused_mib",
     "usable_mib",
     "rss_mib",
@@ -103,65 +108,39 @@ class Timeline:
         self.write_csv(paths[0])
         self.write_json(paths[1])
         png = directory / f"{stem}.png"
-        if plot(self, png):
+        if self.rows and plot.have_matplotlib():  # without the `lab` extra a run still keeps CSV and JSON
+            plot.write(to_series(self), png, self.meta.get("title", "memcoord lab"))
             paths.append(png)
         return paths
 
 
-def plot(timeline: Timeline, path: Path, title: str | None = None) -> bool:
-    """Per guest: actual (balloon size) and unused over time, the hog's size, OOM kills; host below.
-
-    Returns False when matplotlib is missing (the `lab` extra), so a run still keeps CSV/JSON.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    guests = timeline.guests
-    if not guests:
-        return False
-    fig, axes = plt.subplots(len(guests) + 1, 1, figsize=(10, 2.2 * (len(guests) + 1)), sharex=True)
-    max_mib = timeline.meta.get("max_mib")
-    floor_mib = timeline.meta.get("floor_mib")
-    for ax, guest in zip(axes, guests, strict=False):
-        for key, label, style in (
-            ("actual_mib", "actual", "-"),
-            ("unused_mib", "unused", "--"),
-            ("hog_mib", "hog", ":"),
-        ):
-            pts = timeline.series(guest, key)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
-        if max_mib:
-            ax.axhline(max_mib, color="grey", lw=0.6)
-        if floor_mib:
-            ax.axhline(floor_mib, color="grey", lw=0.6, ls="--")
-        for e in timeline.events_of("oom_kill", guest):
-            ax.axvline(e["t_s"], color="red", lw=0.8)
-        dead = [r["t_s"] for r in timeline.for_guest(guest) if not r["alive"]]
-        if dead:
-            ax.axvspan(dead[0], dead[-1], color="black", alpha=0.2)
-        ax.set_ylabel(f"{guest}\nMiB")
-        ax.legend(loc="upper left", fontsize=7, ncol=3)
-        ax.grid(alpha=0.3)
-    host = timeline.host_available_mib()
-    ax = axes[-1]
-    ax.plot([p[0] for p in host], [p[1] for p in host], label="host available")
-    guard = timeline.meta.get("host_min_available_mib")
-    if guard:
-        ax.axhline(guard, color="red", lw=0.8, label="host guard")
-    ax.set_ylabel("host\nMiB")
-    ax.set_xlabel("seconds")
-    ax.legend(loc="upper left", fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.suptitle(title or timeline.meta.get("title", "memcoord lab"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
+def to_series(timeline: Timeline) -> Series:
+    """The lab's record in the plot's terms (memcoord.plot draws it): current and unused per guest, the hog's
+    size as an extra line, memcoord's actions, OOM kills and hog events, the host against its guard."""
+    series = Series(
+        source="lab",
+        host_guard_mib=timeline.meta.get("host_min_available_mib") or None,
+        max_mib=timeline.meta.get("max_mib"),
+        floor_mib=timeline.meta.get("floor_mib"),
+    )
+    for r in timeline.rows:
+        g = series.guest(r["guest"])
+        g.t_s.append(r["t_s"])
+        g.current_mib.append(r.get("current_mib"))
+        g.unused_mib.append(r.get("unused_mib"))
+        g.extra.setdefault("hog", []).append(r.get("hog_mib"))
+    for t_s, mib in timeline.host_available_mib():
+        series.host_t_s.append(t_s)
+        series.host_available_mib.append(mib)
+    for e in timeline.events:
+        if not e.get("guest"):
+            continue  # host-wide marks (memcoord_start, outages)
+        if e["kind"] == ACTION_EVENT:
+            label = f"{e['action']} {e['from_mib']}->{e['to_mib']} MiB"
+            series.events.append(Event(e["t_s"], e["guest"], e["action"], e["to_mib"], label))
+        else:
+            series.events.append(Event(e["t_s"], e["guest"], e["kind"], None, e["kind"]))
+    return series
 
 
 class Recorder:
@@ -270,7 +249,7 @@ class Recorder:
                 "t_s": t_s,
                 "guest": g.name,
                 "alive": s.get("state.state") == libvirt.VIR_DOMAIN_RUNNING and not cs.panicked,
-                "actual_mib": _mib(s, "balloon.current"),
+                "current_mib": _mib(s, "balloon.current"),
                 "unused_mib": _mib(s, "balloon.unused"),
                 "usable_mib": _mib(s, "balloon.usable"),
                 "rss_mib": _mib(s, "balloon.rss"),

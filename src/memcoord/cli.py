@@ -6,24 +6,21 @@ Exit codes follow sysexits.h, as admins' scripts expect: 64 usage, 66 cannot rea
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, journal, watch
 from . import config as config_mod
+from .cliargs import positive_float as _positive_float
 from .config import ConfigError, ConfigFileError
-
-EX_OK = 0
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_CONFIG = 78
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _load_or_exit(path: Path) -> config_mod.Config:
@@ -31,20 +28,10 @@ def _load_or_exit(path: Path) -> config_mod.Config:
         return config_mod.load(path)
     except ConfigFileError as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
-        sys.exit(EX_NOINPUT)
+        sys.exit(os.EX_NOINPUT)
     except ConfigError as exc:
         print(f"memcoord: invalid config:\n{exc}", file=sys.stderr)
-        sys.exit(EX_CONFIG)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
+        sys.exit(os.EX_CONFIG)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -69,7 +56,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.path}: OK")
     if config.domains and not args.offline:
         _check_domain_names(args.path, config)
-    return EX_OK
+    return os.EX_OK
 
 
 def _check_domain_names(path: Path, config: config_mod.Config) -> None:
@@ -96,7 +83,7 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
         path = config_mod.DEFAULT_PATH
     config = _load_or_exit(path) if path is not None else config_mod.Config()
     sys.stdout.write(config_mod.dump(config))
-    return EX_OK
+    return os.EX_OK
 
 
 def _print_running_config(args: argparse.Namespace) -> int:
@@ -108,16 +95,16 @@ def _print_running_config(args: argparse.Namespace) -> int:
         reading = state.read(state_path)
     except state.StateUnavailable as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
-        return status.EX_UNAVAILABLE
+        return os.EX_UNAVAILABLE
     sys.stdout.write(config_mod.dump(config_mod.Config.model_validate(reading.view["config"]["effective"])))
-    return EX_OK
+    return os.EX_OK
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from . import simulate
 
     config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
-    return simulate.main(args.scenario, config, args.policy, args.duration, args.plot)
+    return simulate.main(args.scenario, config, "memcoord", args.duration, args.plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,11 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--state", type=Path, metavar="PATH", help="with --running: state file (default: [status] path)")
     show.set_defaults(func=_cmd_print_config)
 
-    from .policies import POLICIES
-
+    # memcoord's own policy only: the peers it is compared with are bench material (bench/compare.py --policies).
     sim = sub.add_parser("simulate", help="run a scenario on the simulated hypervisor and print what happened")
     sim.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. scenarios/course-1-one-hog.toml")
-    sim.add_argument("--policy", choices=sorted(POLICIES), default="memcoord", help="policy (%(default)s)")
     sim.add_argument("--config", type=Path, default=None, help="config file (default: the built-in defaults)")
     sim.add_argument("--duration", type=_positive_float, metavar="S", help="simulated seconds (default: scenario's)")
     sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")
@@ -170,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        return EX_OK
+        return os.EX_OK
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ class Source(StrEnum):
     DEFAULT = "default"
 
 
-# -- observability (issue 7): what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ----
+# -- observability: what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ------------
 class StatusConfig(_Section):
     path: str = "/run/memcoord/state.json"
     group: str = ""

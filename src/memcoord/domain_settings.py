@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .config import Config, DomainOverride
-from .hypervisor import Hypervisor, HypervisorError
+from .hypervisor.port import Hypervisor, HypervisorError
 from .model import DomainSettings
 
 log = logging.getLogger("memcoord")

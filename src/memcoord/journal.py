@@ -10,17 +10,11 @@ import logging
 import os
 import sys
 
-from .model import Action, ApplyResult, kib_to_mib
+from .model import ApplyResult, kib_to_mib
 
 log = logging.getLogger("memcoord")
 
-MESSAGE_IDS = {
-    Action.GROW: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c01",
-    Action.RECLAIM: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c02",
-    Action.TAX: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c03",
-    Action.CLAMP: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c04",
-    Action.RELIEVE: "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c06",
-}
+# Each action kind's MESSAGE_ID is defined with the kind (model.Action.message_id).
 MESSAGE_ID_SET_MEMORY_FAILED = "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c05"
 # The daemon's own life, so that `journalctl MESSAGE_ID=...` finds every start, loss or failed reload.
 LIFECYCLE_IDS = {
@@ -76,7 +70,7 @@ def action(result: ApplyResult, dry_run: bool) -> None:
         "MEMCOORD_TO_KIB": c.to_kib,
         "MEMCOORD_REASON": c.reason,
         "MEMCOORD_DRY_RUN": int(dry_run),
-        "MESSAGE_ID": MESSAGE_IDS[c.action],
+        "MESSAGE_ID": c.action.message_id,
     }
     what = f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f} -> {kib_to_mib(c.to_kib):.0f} MiB ({c.reason})"
     if result.error is not None:

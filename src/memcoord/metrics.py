@@ -42,7 +42,7 @@ TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 DOMAIN_GAUGES = (
     ("target", "target_kib", "Balloon target memcoord last set (absent until it sets one)"),
-    ("actual", "current_kib", "Current balloon size, as libvirt reports it"),
+    ("current", "current_kib", "Current balloon size, as libvirt reports it"),
     ("max", "max_kib", "Maximum memory of the domain"),
     ("unused", "unused_kib", "Memory the guest reports unused"),
     ("usable", "usable_kib", "Memory the guest reports usable without swapping"),

@@ -82,12 +82,32 @@ class GuestClass(StrEnum):
 
 
 class Action(StrEnum):
-    GROW = "grow"
-    RECLAIM = "reclaim"
-    TAX = "tax"
-    CLAMP = "clamp"
+    """What a setMemory is for. Each kind is defined here once, with everything that shows it elsewhere.
+
+    message_id: the journal's MESSAGE_ID for the kind (`journalctl MESSAGE_ID=...`); stable across releases.
+    marker, colour: how `memcoord plot` marks it (a matplotlib marker and colour).
+    The metrics label and the timeline's "action" field are the value itself. A new kind is one line here,
+    with a new MESSAGE_ID (tests/unit/test_vocabulary.py checks every kind is complete and distinct).
+    """
+
+    message_id: str
+    marker: str
+    colour: str
+
+    def __new__(cls, value: str, message_id: str, marker: str, colour: str) -> Action:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.message_id = message_id
+        member.marker = marker
+        member.colour = colour
+        return member
+
+    GROW = "grow", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c01", "^", "tab:green"
+    RECLAIM = "reclaim", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c02", "v", "tab:blue"
+    TAX = "tax", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c03", "x", "tab:purple"
+    CLAMP = "clamp", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c04", "s", "tab:orange"
     # Taken back because the host's available memory is below its guard (host-pressure relief).
-    RELIEVE = "relieve"
+    RELIEVE = "relieve", "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c06", "v", "tab:red"
 
 
 # Actions that lower a guest's target: its next samples may look busy from the balloon's own move.

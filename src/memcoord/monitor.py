@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import curses
+import os
 import time
 from pathlib import Path
 
@@ -53,4 +54,4 @@ def _loop(win: curses.window, state_path: Path, interval_s: float) -> None:
 def main(state_path: Path, interval_s: float) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         curses.wrapper(_loop, state_path, interval_s)
-    return 0
+    return os.EX_OK

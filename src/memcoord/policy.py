@@ -49,7 +49,8 @@ from .model import (
     mib_to_kib,
 )
 
-# Stats that move less than this between two guest samples count as unchanged (the seed compared MiB).
+# Stats that move less than this between two guest samples count as unchanged: smaller moves are noise, not a
+# guest starting to work.
 STEADY_TOLERANCE_KIB = KIB_PER_MIB
 # A balloon within this of the target memcoord set has arrived (QEMU stops a few pages short at times).
 SETTLED_TOLERANCE_KIB = 4 * KIB_PER_MIB

@@ -1,10 +1,16 @@
 """The imperative shell: the tick loop, signals, config reload, sd_notify and the journal.
 
-It knows nothing of the algorithm beyond calling `policy.decide`. Signal handlers only set flags; the loop
+It knows nothing of the algorithm: each tick is `step.step` (the loop the simulator runs too), and this
+module reports around it. Signal handlers only set flags; the loop
 acts on them between ticks, so a reload or a stop never lands in the middle of applying a plan. The sleep
 between ticks waits on a pipe that the interpreter writes the signal number to (signal.set_wakeup_fd, from its C
 handler): a handler that took a lock instead (threading.Event.set) deadlocks when the signal lands while the main
 thread holds that very lock, inside the sleep.
+
+The service's own timing (the tick's deadline, how long a guest's stats have been missing) reads one injected
+monotonic clock, so a test drives it with a fake clock and a simulated hypervisor, and a wall-clock jump
+changes nothing. In dry run the step acts on a `DryRunHypervisor` over the real one: it keeps the targets dry
+run would have set, so successive ticks show the path each guest would take.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from . import config as config_mod
 from . import journal
 from .config import Config, ConfigError
 from .domain_settings import warn_unmatched_overrides
-from .hypervisor import SKIPPED_DEADLINE, Hypervisor, HypervisorError
+from .hypervisor import Hypervisor, HypervisorError
+from .hypervisor.dry_run import DryRunHypervisor
 from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from .notify import Notifier
 from .observe import Observer
-from .policy import PolicyState, applied, decide
+from .policy import PolicyState
+from .step import StepResult, step
 
 log = logging.getLogger("memcoord")
 
@@ -92,14 +100,19 @@ class Service:
         exit_when_idle: bool = False,
         notifier: Notifier | None = None,
         observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config_path = config_path
+        # Monotonic seconds: the tick's deadline and how long a guest's stats have been missing. The real
+        # adapters compare the deadline with time.monotonic(), the default; a fake clock is for the simulator.
+        self.clock = clock
         self.overrides = overrides
         self.config = overrides.apply(config)
         self.connect = connect
         self.exit_when_idle = exit_when_idle
         self.notifier = notifier or Notifier()
         self.hypervisor = connect(self.config.libvirt.uri)
+        self._dry_run_view: DryRunHypervisor | None = None
         self.state = PolicyState()
         self.ready = False
         self.ticks = 0
@@ -122,6 +135,8 @@ class Service:
         self._period_failing: dict[str, str] = {}
         self._over_deadline = False
         self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
+        # In dry run, the last decision logged for each guest: the same one is not logged again.
+        self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -181,6 +196,7 @@ class Service:
             if new.libvirt.uri != self.config.libvirt.uri:
                 self.hypervisor.close()
                 self.hypervisor = self.connect(new.libvirt.uri)
+                self._dry_run_view = None
                 # Another host: what the policy remembers (samples, pending targets, recent reclaims) and what
                 # the service reported is about the old host's guests, which may share names with the new ones.
                 self.state = PolicyState()
@@ -189,6 +205,11 @@ class Service:
                 self._period_failing = {}
                 self._lost_reason = None
                 self._backoff_s = BACKOFF_START_S
+            if new.loop.dry_run != self.config.loop.dry_run:
+                # Into or out of dry run: the policy's pending targets and grants were (or were not) really set.
+                self.state = PolicyState()
+                self._dry_run_view = None
+                self._dry_run_logged.clear()
             self.config = new
             self._overrides_checked = False
             self.observer.configure(self.config_path, new)
@@ -207,13 +228,20 @@ class Service:
         watchdog_s = self.notifier.watchdog_interval_s()
         return TICK_BUDGET_S if watchdog_s is None else watchdog_s * TICK_BUDGET_WATCHDOG_SHARE
 
+    def _acting_hypervisor(self) -> Hypervisor:
+        """The hypervisor the step acts on: the real one, or in dry run the view that keeps its own targets."""
+        if not self.config.loop.dry_run:
+            return self.hypervisor
+        if self._dry_run_view is None or self._dry_run_view.real is not self.hypervisor:
+            self._dry_run_view = DryRunHypervisor(self.hypervisor)
+        return self._dry_run_view
+
     def tick(self) -> bool:
         """Sample, decide, apply, report. False when the hypervisor could not be reached."""
-        started_s = time.monotonic()
+        started_s = self.clock()
         budget_s = self.tick_budget_s()
-        deadline_s = started_s + budget_s
         try:
-            snapshot = self.hypervisor.sample(deadline_s=deadline_s)
+            done = step(self._acting_hypervisor(), self.config, self.state, deadline_s=started_s + budget_s)
         except HypervisorError as exc:
             if self._lost_reason is None:
                 log.error(
@@ -225,7 +253,7 @@ class Service:
             else:
                 self._status_line = f"hypervisor unreachable, retrying: {exc}"
             self._send_status()
-            self.observer.tick_failed(str(exc), time.monotonic() - started_s, next_in_s=self._backoff_s)
+            self.observer.tick_failed(str(exc), self.clock() - started_s, next_in_s=self._backoff_s)
             return False
         if self._lost_reason is not None:
             log.info(
@@ -234,60 +262,65 @@ class Service:
             self._lost_reason = None
         self._backoff_s = BACKOFF_START_S
         if not self._overrides_checked:
-            self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, deadline_s)
+            self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, started_s + budget_s)
+        self.state = done.state
+        self._report_step(done, started_s, budget_s)
+        if self.exit_when_idle and not done.managed:
+            log.info("no running domain to coordinate, exiting (--exit-when-idle)")
+            self._should_exit = True
+        return True
 
-        managed = [d.name for d in snapshot.domains if self.config.manages(d.name, d.settings)]
-        failures = self.hypervisor.ensure_stats_period(managed, self.config.loop.stats_period_s, deadline_s=deadline_s)
-        for failure in failures:
+    def _report_step(self, done: StepResult, started_s: float, budget_s: float) -> None:
+        """Journal, STATUS and the observer for one tick that reached the hypervisor."""
+        plan, managed = done.plan, list(done.managed)
+        # In dry run the step saw its own view; the journal's lines say where guests would go, while STATUS, the
+        # state file and the metrics show where they are.
+        view = self._dry_run_view if self.config.loop.dry_run else None
+        snapshot = view.last_real if view is not None and view.last_real is not None else done.snapshot
+        for failure in done.period_failures:
             log.warning("%s", failure)
         self._report_period(dict(self.hypervisor.stats_period_failures()), managed)
-
-        plan, self.state = decide(snapshot, self.state, self.config)
-        self._report_untrusted(plan, snapshot)
+        self._report_untrusted(plan, snapshot, self.clock())
         self._report_relief(plan)
         for note in plan.notes:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
-        results: list[ApplyResult] = []
-        skipped = 0
-        if plan.changes:
-            if dry_run:
-                results = [ApplyResult(c) for c in plan.changes]
-            else:
-                results = self.hypervisor.apply(plan.changes, deadline_s=deadline_s)
-                self.state = applied(self.state, [r.change for r in results if r.ok], snapshot.taken_at_s)
-                # Not attempted, not failed: the policy decides them again next tick from what it then sees.
-                skipped = sum(r.error == SKIPPED_DEADLINE for r in results)
-                results = [r for r in results if r.error != SKIPPED_DEADLINE]
-            for result in results:
-                journal.action(result, dry_run)
-            if results:
-                c = results[-1].change
-                self.last_action = (
-                    f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
-                    f" at {time.strftime('%H:%M:%S')}"
-                )
+        for result in done.results:
+            if dry_run and not self._first_dry_run_log(result):
+                continue
+            journal.action(result, dry_run)
+        if done.results:
+            c = done.results[-1].change
+            self.last_action = (
+                f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
+                f" at {time.strftime('%H:%M:%S')}"
+            )
         self.ticks += 1
         if self.ticks == 1:
             log.info("first tick done: %d managed domains", len(managed))
-        duration_s = time.monotonic() - started_s
-        deadline_spent = duration_s >= budget_s or skipped > 0
-        self._report_deadline(deadline_spent, duration_s, budget_s, skipped)
+        duration_s = self.clock() - started_s
+        deadline_spent = duration_s >= budget_s or done.skipped > 0
+        self._report_deadline(deadline_spent, duration_s, budget_s, done.skipped)
         self.observer.tick_done(
             snapshot,
             plan,
-            results,
+            list(done.results),
             duration_s,
-            failures,
+            list(done.period_failures),
             period_failing=self._period_failing,
-            skipped=skipped,
+            skipped=done.skipped,
             deadline_spent=deadline_spent,
         )
         self._status_line = status_line(plan, snapshot, self.config, self.last_action, self._period_failing)
         self._send_status()
-        if self.exit_when_idle and not managed:
-            log.info("no running domain to coordinate, exiting (--exit-when-idle)")
-            self._should_exit = True
+
+    def _first_dry_run_log(self, result: ApplyResult) -> bool:
+        """True the first time dry run decides this move for this guest; a repeat of the last one is not logged."""
+        c = result.change
+        key = (str(c.action), c.from_kib, c.to_kib)
+        if self._dry_run_logged.get(c.domain) == key:
+            return False
+        self._dry_run_logged[c.domain] = key
         return True
 
     def _report_relief(self, plan: Plan) -> None:
@@ -335,10 +368,10 @@ class Service:
             self._over_deadline = False
             log.info("ticks fit their %.1f s deadline again", budget_s, extra=journal.lifecycle("deadline-ok"))
 
-    def _report_untrusted(self, plan: Plan, snapshot: Snapshot) -> None:
+    def _report_untrusted(self, plan: Plan, snapshot: Snapshot, now_s: float) -> None:
         """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to
-        start reporting (it is left alone meanwhile), one line when they flow again."""
-        now_s = time.monotonic()
+        start reporting (it is left alone meanwhile), one line when they flow again. now_s: the service's
+        monotonic clock; how long the stats have been missing is measured on it, not on wall time."""
         for name, guest_class in plan.classes.items():
             if guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
                 since_s = self._untrusted_since.setdefault(name, now_s)
@@ -395,13 +428,13 @@ class Service:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
-                started_s = time.monotonic()
+                started_s = self.clock()
                 ok = self.tick()
                 self.notifier.watchdog()
                 if self._should_exit:
                     break
                 if ok:
-                    wait_s = self.config.loop.interval_s - (time.monotonic() - started_s)
+                    wait_s = self.config.loop.interval_s - (self.clock() - started_s)
                 else:
                     wait_s, self._backoff_s = self._backoff_s, min(self._backoff_s * 2, BACKOFF_MAX_S)
                 watchdog_s = self.notifier.watchdog_interval_s()
@@ -418,7 +451,7 @@ class Service:
             log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
             self._close_wakeup()
-        return 0
+        return os.EX_OK
 
     def _ignore_signals(self) -> None:
         """Stopping: a further stop or reload means nothing now. Ignored (not reset), because the interpreter

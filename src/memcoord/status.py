@@ -15,8 +15,6 @@ from typing import Any
 
 from . import state
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
 KIB_PER_MIB = 1024
 
 
@@ -177,7 +175,7 @@ def main(state_path: Path, as_json: bool) -> int:
         reading = state.read(state_path)
     except state.StateUnavailable as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return os.EX_UNAVAILABLE
     try:
         if as_json:
             json.dump({**reading.view, "age_s": round(reading.age_s, 3)}, sys.stdout, indent=1)
@@ -187,4 +185,4 @@ def main(state_path: Path, as_json: bool) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # `memcoord status | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EX_OK
+    return os.EX_OK

@@ -1,17 +1,18 @@
-"""Timelines: the daemon's optional per-tick record, and one reader for every timeline `memcoord plot` draws.
+"""The timeline: the daemon's optional per-tick record, its writer and its one reader.
 
 Why JSON lines: one self-contained line per tick, appended and flushed, so a crash loses at most a line, the
 file can be tailed or grepped, and a reader can stop at any line. Sizes are KiB, as everywhere in memcoord.
-A line is {"t_s", "host": {...} | null, "domains": [{name, class, current_kib, max_kib, target_kib,
-unused_kib, usable_kib}], "actions": [{domain, action, from_kib, to_kib, reason, error}], "error"}.
+A line is {"t_s", "dry_run", "host": {...} | null, "domains": [{name, class, current_kib, max_kib, target_kib,
+unused_kib, usable_kib}], "actions": [{domain, action, from_kib, to_kib, reason, error}], "error"}; t_s is the
+tick's wall-clock time (epoch).
 
-The reader also takes the lab's timeline (tests/e2e and `make demo`): its JSON ({"meta", "rows", "events"},
-sizes in MiB, t_s from the start of the run) or its CSV (rows only). Everything becomes a `Series`.
+This is the only timeline format memcoord reads. Tools that watch the daemon (the lab, the fault tests) read
+its actions from here (`parse_line`, `actions`), not from its log lines; what they record themselves they
+turn into a `Series` for the plot on their side.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -19,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-log = logging.getLogger("memcoord")
+from .model import KIB_PER_MIB, Action
 
-KIB_PER_MIB = 1024
+log = logging.getLogger("memcoord")
 
 
 class Recorder:
@@ -58,6 +59,7 @@ def line_from_view(view: dict[str, Any], actions: list[dict[str, Any]]) -> dict[
     """The timeline line for one tick: the published view's sizes plus this tick's actions only."""
     return {
         "t_s": view["updated_at_s"],
+        "dry_run": view["dry_run"],
         "host": view["host"],
         "domains": [
             {k: d[k] for k in ("name", "class", "current_kib", "max_kib", "target_kib", "unused_kib", "usable_kib")}
@@ -73,19 +75,101 @@ def line_from_view(view: dict[str, Any], actions: list[dict[str, Any]]) -> dict[
 # -- reading ---------------------------------------------------------------------------------------------
 
 
+class TimelineError(Exception):
+    """The file is not a timeline memcoord can read; the message says which line or key."""
+
+
+@dataclass(frozen=True)
+class TimelineAction:
+    """One setMemory of one tick, as the timeline records it; t_s is the tick's wall-clock time (epoch)."""
+
+    t_s: float
+    domain: str
+    action: Action
+    from_kib: int
+    to_kib: int
+    reason: str
+    error: str | None
+    dry_run: bool
+
+    @property
+    def applied(self) -> bool:
+        """setMemory was called and worked (not a dry run, not failed)."""
+        return self.error is None and not self.dry_run
+
+
+def parse_line(raw: str, where: str = "<timeline>") -> dict[str, Any]:
+    """One timeline line as a dict; raises TimelineError naming where (file:line) and what is wrong."""
+    try:
+        line = json.loads(raw)
+        float(line["t_s"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TimelineError(f"{where}: not a timeline line (memcoord's JSON lines): {exc}") from None
+    if not isinstance(line, dict):
+        raise TimelineError(f"{where}: not a timeline line (memcoord's JSON lines): {raw[:80]!r}")
+    return line
+
+
+def actions(line: dict[str, Any], where: str = "<timeline>") -> list[TimelineAction]:
+    """The actions of one parsed line; an action kind this memcoord does not know is an error, not a skip."""
+    out = []
+    for act in line.get("actions", []):
+        try:
+            kind = Action(act["action"])
+        except ValueError:
+            raise TimelineError(f"{where}: actions: unknown action {act['action']!r}") from None
+        out.append(
+            TimelineAction(
+                t_s=float(line["t_s"]),
+                domain=act["domain"],
+                action=kind,
+                from_kib=int(act["from_kib"]),
+                to_kib=int(act["to_kib"]),
+                reason=act.get("reason", ""),
+                error=act.get("error"),
+                dry_run=bool(line.get("dry_run", False)),
+            )
+        )
+    return out
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a timeline file; a truncated last line (the daemon was writing it) is dropped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TimelineError(f"{path}: cannot read: {exc.strerror}") from None
+    raws = text.splitlines()
+    lines = []
+    for number, raw in enumerate(raws, 1):
+        if not raw.strip():
+            continue
+        try:
+            lines.append(parse_line(raw, f"{path}:{number}"))
+        except TimelineError:
+            if number == len(raws) and lines and raw.startswith("{"):
+                log.warning("%s:%d: ignoring a truncated last line", path, number)
+                break
+            raise
+    return lines
+
+
 @dataclass
 class GuestSeries:
+    """One guest over time, in MiB; `extra` holds lines a tool adds (the lab's hog, the simulator's used)."""
+
     t_s: list[float] = field(default_factory=list)
-    actual_mib: list[float | None] = field(default_factory=list)
+    current_mib: list[float | None] = field(default_factory=list)
     unused_mib: list[float | None] = field(default_factory=list)
+    extra: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Event:
     t_s: float
     guest: str
-    kind: str  # grow / reclaim / tax / clamp / oom_kill / ...
-    mib: float | None = None  # where to draw it on the actual line (the new size), when known
+    kind: str  # an Action's value, or a tool's own event (oom_kill, hog_start, ...)
+    mib: float | None = None  # where to draw it on the current line (the new size), when known
     label: str = ""
 
 
@@ -99,110 +183,41 @@ class Series:
     host_t_s: list[float] = field(default_factory=list)
     host_available_mib: list[float] = field(default_factory=list)
     host_guard_mib: float | None = None
+    # Horizontal lines on every guest panel, when the source knows them (the lab's max and floor).
+    max_mib: float | None = None
+    floor_mib: float | None = None
 
     def guest(self, name: str) -> GuestSeries:
         return self.guests.setdefault(name, GuestSeries())
-
-
-class TimelineError(Exception):
-    """The file is not a timeline memcoord can read; the message says which line or key."""
 
 
 def _mib(kib: float | None) -> float | None:
     return None if kib is None else kib / KIB_PER_MIB
 
 
-def _read_memcoord_jsonl(path: Path, text: str) -> Series:
-    series = Series(source="memcoord")
-    t0_s: float | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-            t_abs_s = float(line["t_s"])
-        except (ValueError, KeyError, TypeError) as exc:
-            if number == len(text.splitlines()):
-                log.warning("%s:%d: ignoring a truncated last line", path, number)
-                break
-            raise TimelineError(f"{path}:{number}: not a memcoord timeline line: {exc}") from None
-        t0_s = t_abs_s if t0_s is None else t0_s
-        t_s = t_abs_s - t0_s
+def series(lines: list[dict[str, Any]], where: str = "<timeline>") -> Series:
+    """The daemon's timeline lines in plotting terms: t_s from the first line; applied actions as events."""
+    out = Series(source="memcoord")
+    t0_s = float(lines[0]["t_s"]) if lines else 0.0
+    for line in lines:
+        t_s = float(line["t_s"]) - t0_s
         for dom in line.get("domains", []):
-            g = series.guest(dom["name"])
+            g = out.guest(dom["name"])
             g.t_s.append(t_s)
-            g.actual_mib.append(_mib(dom.get("current_kib")))
+            g.current_mib.append(_mib(dom.get("current_kib")))
             g.unused_mib.append(_mib(dom.get("unused_kib")))
-        for act in line.get("actions", []):
-            if act.get("error") is None:
-                label = f"{act['action']} {act['from_kib'] // KIB_PER_MIB}->{act['to_kib'] // KIB_PER_MIB} MiB"
-                series.events.append(Event(t_s, act["domain"], act["action"], _mib(act["to_kib"]), label))
+        for act in actions(line, where):
+            if act.error is None:
+                label = f"{act.action} {act.from_kib // KIB_PER_MIB}->{act.to_kib // KIB_PER_MIB} MiB"
+                out.events.append(Event(t_s, act.domain, str(act.action), _mib(act.to_kib), label))
         host = line.get("host")
         if host:
-            series.host_t_s.append(t_s)
-            series.host_available_mib.append(host["available_kib"] / KIB_PER_MIB)
-            series.host_guard_mib = host["guard_kib"] / KIB_PER_MIB
-    return series
-
-
-def _lab_rows(series: Series, rows: list[dict[str, Any]]) -> None:
-    seen_host: set[float] = set()
-
-    def num(value: Any) -> float | None:
-        return None if value in (None, "") else float(value)
-
-    for row in rows:
-        t_s = float(row["t_s"])
-        g = series.guest(str(row["guest"]))
-        g.t_s.append(t_s)
-        g.actual_mib.append(num(row.get("actual_mib")))
-        g.unused_mib.append(num(row.get("unused_mib")))
-        host_mib = num(row.get("host_available_mib"))
-        if host_mib is not None and t_s not in seen_host:
-            seen_host.add(t_s)
-            series.host_t_s.append(t_s)
-            series.host_available_mib.append(host_mib)
-
-
-def _read_lab_json(data: dict[str, Any]) -> Series:
-    series = Series(source="lab")
-    _lab_rows(series, data["rows"])
-    for e in data.get("events", []):
-        if not e.get("guest"):
-            continue  # host-wide marks (memcoord_start, ...)
-        if e["kind"] == "action":  # memcoord's actions, read by the lab from its log
-            label = f"{e['action']} {e.get('from_mib')}->{e.get('to_mib')} MiB"
-            series.events.append(Event(float(e["t_s"]), e["guest"], e["action"], e.get("to_mib"), label))
-        else:  # oom_kill, hog_start, hog_killed, ...
-            series.events.append(Event(float(e["t_s"]), e["guest"], e["kind"], None, e["kind"]))
-    guard = data.get("meta", {}).get("host_min_available_mib")
-    series.host_guard_mib = float(guard) if guard else None
-    return series
+            out.host_t_s.append(t_s)
+            out.host_available_mib.append(host["available_kib"] / KIB_PER_MIB)
+            out.host_guard_mib = host["guard_kib"] / KIB_PER_MIB
+    return out
 
 
 def read(path: Path) -> Series:
-    """Any timeline memcoord knows: the daemon's JSON lines, or the lab's JSON or CSV."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TimelineError(f"{path}: cannot read: {exc.strerror}") from None
-    stripped = text.lstrip()
-    if stripped.startswith("t_s,") or stripped.startswith('"t_s",'):
-        series = Series(source="lab")
-        _lab_rows(series, list(csv.DictReader(text.splitlines())))
-        return series
-    if stripped.startswith("{"):
-        first = stripped.split("\n", 1)[0]
-        try:
-            head = json.loads(first)
-        except ValueError:
-            head = None
-        if isinstance(head, dict) and "t_s" in head:
-            return _read_memcoord_jsonl(path, text)
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise TimelineError(f"{path}: not JSON lines nor JSON: {exc}") from None
-        if isinstance(data, dict) and "rows" in data:
-            return _read_lab_json(data)
-    raise TimelineError(f"{path}: not a timeline (memcoord JSON lines, or the lab's JSON or CSV)")
+    """The daemon's timeline file (JSON lines) as a Series."""
+    return series(read_lines(path), str(path))

@@ -1,7 +1,8 @@
 """The watching subcommands (`status`, `monitor`, `plot`), registered on the CLI by one call from cli.py.
 
-They live here, not in cli.py, so the CLI stays a thin list of commands and this feature merges as a block.
-Heavy imports (curses, matplotlib) happen only when the command runs.
+They live here, not in cli.py, so the CLI stays a thin list of commands; cli.py imports this module, never the
+other way round (shared argument types are in cliargs.py). Heavy imports (curses, matplotlib) happen only when
+the command runs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+
+from .cliargs import positive_float
 
 
 def _state_path(args: argparse.Namespace) -> Path:
@@ -45,20 +48,18 @@ def _state_args(parser: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     """Register status, monitor and plot on the `memcoord` subparsers."""
-    from .cli import _positive_float
-
     status = sub.add_parser("status", help="the running daemon's view: guests, host, config, errors; exit 69 if down")
     status.add_argument("--json", action="store_true", help="the whole view as JSON, for scripts")
     _state_args(status)
     status.set_defaults(func=_cmd_status)
 
     monitor = sub.add_parser("monitor", help="the status table, refreshed in place (q or Ctrl-C to quit)")
-    monitor.add_argument("--interval", type=_positive_float, default=2.0, metavar="S", help="seconds (%(default)s)")
+    monitor.add_argument("--interval", type=positive_float, default=2.0, metavar="S", help="seconds (%(default)s)")
     _state_args(monitor)
     monitor.set_defaults(func=_cmd_monitor)
 
-    plot = sub.add_parser("plot", help="draw a timeline (daemon, lab or simulate) to PNG: actual and unused per guest")
-    plot.add_argument("timeline", type=Path, help="memcoord JSON lines ([timeline] path), or the lab's JSON/CSV")
+    plot = sub.add_parser("plot", help="draw the daemon's timeline to PNG: current and unused per guest, actions")
+    plot.add_argument("timeline", type=Path, help="the daemon's timeline: JSON lines ([timeline] path)")
     plot.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: TIMELINE.png)")
     plot.add_argument("--title", default=None)
     plot.set_defaults(func=_cmd_plot)

@@ -1,7 +1,7 @@
 """Faults on real guests: tiny QEMU guests from the lab (virtio balloon, serial console), the real libvirtd and
 `memcoord run` as a subprocess. Every guest is named mcfault-*, every memcoord manages only mcfault-*.
 
-What must hold (issue 6): memcoord never crashes, logs one line per loss and per recovery, resumes within a few
+What must hold: memcoord never crashes, logs one line per loss and per recovery, resumes within a few
 ticks; guests that come and go are skipped and picked up; guests without usable stats are never reclaimed and
 reported once; a failing setMemory is logged with its domain and value and the tick goes on; no guest is lost.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -23,15 +22,15 @@ import pytest
 import lab.image as image_mod
 import lab.lab as lab_mod
 from memcoord import config as config_mod
+from memcoord import journal, timeline
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
-from memcoord.model import Action, Change
+from memcoord.model import Action, Change, GuestClass
 from memcoord.service import Service
 from tests.integration.faultkit import (
     LOST,
     RECOVERED,
     URI,
     MemcoordRun,
-    actions,
     kill_libvirtd,
     libvirtd_restored,
     require_libvirtd,
@@ -106,7 +105,7 @@ def test_libvirtd_killed_and_restarted_10_times(lab, tmp_path: Path) -> None:  #
     run = MemcoordRun(config).start()
     recovery_s: list[float] = []
     try:
-        run.wait_for(lambda ls: len(actions(ls)) >= 2, 60, "first reclaims")
+        run.wait_for(lambda _ls: len(run.actions()) >= 2, 60, "first reclaims")
         with libvirtd_restored():
             for i in range(1, RESTARTS + 1):
                 kill_libvirtd(signal.SIGKILL)
@@ -116,8 +115,8 @@ def test_libvirtd_killed_and_restarted_10_times(lab, tmp_path: Path) -> None:  #
                 t_up = time.monotonic()
                 t_rec = run.wait_count(RECOVERED, i, 60)
                 recovery_s.append(t_rec - t_up)
-                n_actions = len(actions(run.text()))
-                run.wait_for(lambda ls, n=n_actions: len(actions(ls)) > n, 15, f"an action after restart {i}")
+                n_actions = len(run.actions())
+                run.wait_for(lambda _ls, n=n_actions: len(run.actions()) > n, 15, f"an action after restart {i}")
         assert run.proc is not None and run.proc.poll() is None, "memcoord died"
     finally:
         code = run.stop()
@@ -131,9 +130,10 @@ def test_libvirtd_killed_and_restarted_10_times(lab, tmp_path: Path) -> None:  #
     assert "setMemory failed" not in log, log
     # No stale target: every setMemory starts from where the previous one left the guest (balloon converged).
     for g in lab.guests:
-        steps = actions(lines, g.name)
-        for (_a, _n, _f, prev_to), (_a2, _n2, from_, _t) in itertools.pairwise(steps):
-            assert abs(from_ - prev_to) <= 4, (g.name, prev_to, from_)
+        steps = run.actions(g.name)
+        assert steps, f"{g.name}: no action in the timeline"
+        for prev, step in itertools.pairwise(steps):
+            assert abs(step.from_kib - prev.to_kib) <= 4 * MIB, (g.name, prev, step)
     assert sorted(_alive(lab)) == sorted(g.name for g in lab.guests), "a guest was lost"
 
 
@@ -209,13 +209,21 @@ def test_guests_without_usable_stats_are_never_reclaimed_and_reported_once(lab, 
     for name in (nodrv, frozen):
         reported = [x for x in lines if name in x and "left alone" in x]
         assert len(reported) == 1, (name, reported)
+    ticks = run.timeline()
+    assert ticks, "memcoord wrote no timeline"
     for name in (nodrv, frozen):
-        reclaims = [a for a in actions(lines, name) if a[3] < a[2]]
-        # The resumed guest may be reclaimed once its stats flow again; before that line, never.
-        resumed_at = next((i for i, x in enumerate(lines) if f"{name}: balloon stats flowing again" in x), len(lines))
-        early = [a for a in actions(lines[:resumed_at], name) if a[3] < a[2]]
+        # The resumed guest may be reclaimed once its stats flow again; in a tick that classed it without usable
+        # stats, never. The class and the actions are the same tick's, both from the daemon's timeline.
+        early = []
+        for tick in ticks:
+            cls = next((d["class"] for d in tick["domains"] if d["name"] == name), None)
+            lowered = [a for a in timeline.actions(tick) if a.domain == name and a.to_kib < a.from_kib]
+            if lowered and cls in (GuestClass.NO_STATS, GuestClass.STALE):
+                early.append((cls, lowered))
         assert not early, (name, early)
+        assert any(d["name"] == name for tick in ticks for d in tick["domains"]), f"{name} never in the timeline"
         if name == nodrv:
+            reclaims = [a for a in run.actions(nodrv) if a.to_kib < a.from_kib]
             assert not reclaims, reclaims
 
 
@@ -265,10 +273,18 @@ def test_set_memory_failures_are_logged_with_domain_and_value(lab, caplog) -> No
     failed = [r for r in caplog.records if "setMemory failed" in r.getMessage()]
     assert len(failed) == 1, [r.getMessage() for r in caplog.records]
     message = failed[0].getMessage()
-    assert re.search(r"clamp mcfault-va 5[01]\d -> 600 MiB", message), message
+    # The journal's fields, not the message's wording: which guest, which kind, from where to where.
+    assert failed[0].MEMCOORD_ACTION == Action.CLAMP and failed[0].MESSAGE_ID == journal.MESSAGE_ID_SET_MEMORY_FAILED
     assert failed[0].MEMCOORD_DOMAIN == "mcfault-va" and failed[0].MEMCOORD_TO_KIB == 600 * MIB
+    assert 500 * MIB <= failed[0].MEMCOORD_FROM_KIB < 520 * MIB, failed[0].MEMCOORD_FROM_KIB
+    clamp_id = Action.CLAMP.message_id
     applied = [
-        r.getMessage() for r in caplog.records if re.search(r"clamp mcfault-vb 5[01]\d -> 600 MiB", r.getMessage())
+        r.getMessage()
+        for r in caplog.records
+        if getattr(r, "MEMCOORD_DOMAIN", None) == "mcfault-vb"
+        and r.MEMCOORD_ACTION == Action.CLAMP
+        and getattr(r, "MESSAGE_ID", None) == clamp_id
+        and r.MEMCOORD_TO_KIB == 600 * MIB
     ]
     assert applied, ("the tick did not go on to the next guest", [r.getMessage() for r in caplog.records])
     print(f"setMemory on a destroyed domain: {message}")

@@ -7,6 +7,7 @@ stats when both sides saw the same guest sample (same balloon.last-update).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -71,11 +72,11 @@ def test_status_and_metrics_agree_with_libvirt(tmp_path: Path):
                 s.labels["domain"]: s.value
                 for f in text_string_to_metric_families(text)
                 for s in f.samples
-                if s.name == "memcoord_domain_actual_bytes"
+                if s.name == "memcoord_domain_current_bytes"
             }
             now = lab.balloon_stats()  # dry run and settled guests: the balloon does not move
             assert {n: actual[n] for n in lab.names} == {n: now[n]["balloon.current"] * 1024 for n in lab.names}
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, (tmp_path / "memcoord.log").read_text()
-    assert memcoord("status", "--state", str(state_path)).returncode == 69
+    assert memcoord("status", "--state", str(state_path)).returncode == os.EX_UNAVAILABLE

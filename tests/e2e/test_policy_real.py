@@ -1,4 +1,4 @@
-"""Issue 10's policy behaviours on real QEMU guests with the real `memcoord run`.
+"""The policy's harder behaviours on real QEMU guests with the real `memcoord run`.
 
 a. page cache is not hunger: a guest full of page cache (it reads its disk) is not grown while another
    guest's real need is served from a limited headroom;
@@ -27,14 +27,15 @@ from lab import analysis
 from lab.hosthog import HostHog
 from lab.image import GuestImage
 from lab.session import LabRun
-from lab.timeline import Timeline
+from lab.timeline import ACTION_EVENT, Timeline
+from memcoord.model import Action
 from tests.e2e.test_course import BASELINE_S, _assert_always, _guest_cfg, _hog_state, _retry_once_on_outage
 
 pytestmark = pytest.mark.real
 
 MAX_MIB = 2048
 START_MIB = 512
-GROWER_PAGE_US = 160  # 4 KiB per 160 us = 25 MiB/s, the grower of issue 10
+GROWER_PAGE_US = 160  # 4 KiB per 160 us = 25 MiB/s: a steady grower a 1 s loop must keep ahead of
 # Host memory the guard may miss by between memcoord's reading and the recorder's, a second apart: other
 # processes on this shared host and QEMU's own allocations under software emulation move it by tens of MiB.
 HOST_DRIFT_MIB = 50
@@ -56,7 +57,7 @@ def _settle_then_guard(run: LabRun, headroom_mib: int) -> int:
     time.sleep(BASELINE_S)
 
     def quiet() -> bool:
-        actions = run.timeline.events_of("action")
+        actions = run.timeline.events_of(ACTION_EVENT)
         return not actions or run.t_s() - actions[-1]["t_s"] >= 3
 
     run.wait_until(quiet, 30, "memcoord quiet after its first reclaims")
@@ -110,8 +111,8 @@ class Served:
 
 def _served(tl: Timeline, guest: str, t_from_s: float, t_to_s: float) -> Served:
     return Served(
-        start_mib=analysis.value_at(tl, guest, "actual_mib", t_from_s),
-        peak_mib=analysis.peak(tl, guest, "actual_mib", t_from_s, t_to_s),
+        start_mib=analysis.value_at(tl, guest, "current_mib", t_from_s),
+        peak_mib=analysis.peak(tl, guest, "current_mib", t_from_s, t_to_s),
         rss_start_mib=analysis.value_at(tl, guest, "rss_mib", t_from_s),
         rss_end_mib=analysis.peak(tl, guest, "rss_mib", t_from_s, t_to_s),
         killed=analysis.first_event_t_s(tl, "hog_killed", guest) is not None,
@@ -188,13 +189,13 @@ def test_page_cache_is_not_hunger(guest_image: GuestImage, lab_prefix: str, run_
         cfg = _guest_cfg(tl)
         t_kill_s = analysis.first_event_t_s(tl, "hog_killed", grower)
         assert t_kill_s is not None
-        reader_start_mib = analysis.value_at(tl, reader, "actual_mib", t_mc_s)
-        reader_growth_mib = analysis.peak(tl, reader, "actual_mib", t_mc_s) - reader_start_mib
+        reader_start_mib = analysis.value_at(tl, reader, "current_mib", t_mc_s)
+        reader_growth_mib = analysis.peak(tl, reader, "current_mib", t_mc_s) - reader_start_mib
         reader_unused_mib = _median(tl, reader, "unused_mib", t_hog_s, t_kill_s)
         reader_usable_mib = _median(tl, reader, "usable_mib", t_hog_s, t_kill_s)
-        reader_grows = [a for a in tl.events_of("action", reader) if a["action"] == "grow"]
+        reader_grows = [a for a in tl.events_of(ACTION_EVENT, reader) if a["action"] == Action.GROW]
         served = _served(tl, grower, t_hog_s, t_kill_s)
-        kill_at_mib = analysis.value_at(tl, grower, "actual_mib", t_kill_s)
+        kill_at_mib = analysis.value_at(tl, grower, "current_mib", t_kill_s)
         hog_at_kill_mib = next(e["hog_mib"] for e in tl.events_of("hog_killed", grower))
         lowest = _host_lowest(tl, t_hog_s, t_kill_s)
         print(
@@ -267,7 +268,7 @@ def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run
             avail_mib = psutil.virtual_memory().available // 2**20
             guard_mib = int(avail_mib - GUARD_BELOW_MIB)
             run.reload_memcoord({"host": {"min_available_mib": guard_mib, "target_available_mib": guard_mib + 100}})
-            before = {g: r["actual_mib"] for g, r in run.latest().items()}
+            before = {g: r["current_mib"] for g, r in run.latest().items()}
             usable_before = {g: r["usable_mib"] for g, r in run.latest().items()}
             t_hog_s = run.t_s()
             hog_mib = GUARD_BELOW_MIB + DEFICIT_MIB
@@ -289,12 +290,12 @@ def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run
         lowest = _host_lowest(tl, t_hog_s, t_end_s)
         t_back_s = next((t for t, v in host if t > t_dip_s and v >= guard_mib), None)
         after = [v for t, v in host if t_back_s is not None and t_back_s <= t <= t_end_s]
-        relieved = [a for a in tl.events_of("action") if a["action"] == "relieve" and a["t_s"] >= t_hog_s]
-        regrown = [a for a in tl.events_of("action") if a["action"] == "grow" and a["t_s"] >= t_hog_s]
+        relieved = [a for a in tl.events_of(ACTION_EVENT) if a["action"] == Action.RELIEVE and a["t_s"] >= t_hog_s]
+        regrown = [a for a in tl.events_of(ACTION_EVENT) if a["action"] == Action.GROW and a["t_s"] >= t_hog_s]
         # Without memcoord the host would have ended this far below its guard: relief races the hog, so the
         # recorder's lowest sample shows less.
         pressure_mib = guard_mib - (analysis.value_at(tl, names[0], "host_available_mib", t_hog_s) - hog_mib)
-        given_mib = {g: before[g] - analysis.minimum(tl, g, "actual_mib", t_hog_s, t_end_s) for g in names}
+        given_mib = {g: before[g] - analysis.minimum(tl, g, "current_mib", t_hog_s, t_end_s) for g in names}
         print(
             f"\nb: guard {guard_mib} MiB; readers at {sorted(before.values())} MiB, usable "
             f"{sorted(usable_before.values())} MiB; host hog holding at t={t_held_s} s; host first below the guard "
@@ -332,7 +333,7 @@ def _after_dip(tl: Timeline, t_from_s: float, guard_mib: float) -> list[tuple[fl
 
 
 # -- c. the headroom that exists ------------------------------------------------------------------------------
-HEADROOM_MIB = 800  # issue 10, case 1: the host 800 MiB above its guard
+HEADROOM_MIB = 800  # the host 800 MiB above its guard: the grower should get most of it
 
 
 def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
@@ -348,12 +349,12 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
             run.start_memcoord()
             guard_mib = _settle_then_guard(run, HEADROOM_MIB)
             t_hog_s = run.t_s()
-            start_mib = run.latest()[grower]["actual_mib"]
+            start_mib = run.latest()[grower]["current_mib"]
             run.lab.start_hog(1, "grow", page_us=GROWER_PAGE_US)
             # Killed where the guard stops it; or, if the guard does not hold, past it (the assertions say so).
             run.wait_until(
                 lambda: (
-                    _hog_state(run, 1) == "killed" or run.latest()[grower]["actual_mib"] > start_mib + 2 * HEADROOM_MIB
+                    _hog_state(run, 1) == "killed" or run.latest()[grower]["current_mib"] > start_mib + 2 * HEADROOM_MIB
                 ),
                 150,
                 "the grower's hog OOM killed",
@@ -373,7 +374,7 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
             f"\nc: guard {guard_mib} MiB (headroom ~{HEADROOM_MIB} MiB); grower: {served}; hog "
             + (
                 f"OOM killed at {kill[0]['hog_mib']} MiB with the guest at "
-                f"{analysis.value_at(tl, grower, 'actual_mib', t_kill_s):.0f} MiB, {t_kill_s - t_hog_s:.0f} s in"
+                f"{analysis.value_at(tl, grower, 'current_mib', t_kill_s):.0f} MiB, {t_kill_s - t_hog_s:.0f} s in"
                 if kill
                 else "not killed"
             )

@@ -1,4 +1,4 @@
-"""Fault injection on the real libvirtd, and `memcoord run` as a subprocess whose log a test reads.
+"""Fault injection on the real libvirtd, and `memcoord run` as a subprocess whose log and timeline a test reads.
 
 libvirtd is shared (other engineers, CI): every fault here is undone in a `finally` — a stopped daemon gets
 SIGCONT, a killed one is started again and answered before the test goes on.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from memcoord import timeline
+
 URI = "qemu:///system"
 PIDFILE = Path("/run/libvirtd.pid")
 SOCK = Path("/run/libvirt/libvirt-sock")
@@ -29,7 +30,7 @@ MEMCOORD = Path(sys.executable).parent / "memcoord"
 
 LOST = "lost the hypervisor"
 RECOVERED = "hypervisor reachable again"
-ACTION = re.compile(r"\b(grow|reclaim|tax|clamp|relieve) (\S+) (\d+) -> (\d+) MiB")
+TIMELINE_NAME = "timeline.jsonl"
 
 
 def require_libvirtd() -> None:
@@ -101,7 +102,10 @@ def libvirtd_restored() -> Iterator[None]:
 
 @dataclass
 class MemcoordRun:
-    """`memcoord run` as a subprocess; stderr (its log) collected line by line with arrival times."""
+    """`memcoord run` as a subprocess; stderr (its log) collected line by line with arrival times.
+
+    Its actions come from the timeline it writes (write_config puts it next to the config), not from the log.
+    """
 
     config: Path
     proc: subprocess.Popen[str] | None = None
@@ -128,6 +132,23 @@ class MemcoordRun:
     def text(self) -> list[str]:
         with self._cond:
             return [line for _t, line in self.lines]
+
+    @property
+    def timeline_path(self) -> Path:
+        return self.config.with_name(TIMELINE_NAME)
+
+    def timeline(self) -> list[dict[str, object]]:
+        """Every tick the daemon recorded so far (a line still being written is left for the next call)."""
+        return timeline.read_lines(self.timeline_path) if self.timeline_path.exists() else []
+
+    def actions(self, domain: str | None = None) -> list[timeline.TimelineAction]:
+        """The setMemory calls that worked (not failed, not a dry run), in order, from the timeline."""
+        return [
+            a
+            for line in self.timeline()
+            for a in timeline.actions(line)
+            if a.applied and (domain is None or a.domain == domain)
+        ]
 
     def count(self, needle: str) -> int:
         return sum(needle in line for line in self.text())
@@ -162,22 +183,16 @@ class MemcoordRun:
 
 
 def write_config(path: Path, **sections: dict[str, object]) -> Path:
+    """A config for mcfault-* guests, with the timeline beside it (MemcoordRun.actions reads it)."""
     import tomli_w
 
+    path.with_name(TIMELINE_NAME).unlink(missing_ok=True)
     base: dict[str, dict[str, object]] = {
         "libvirt": {"uri": URI, "domains": ["mcfault-*"]},
         "loop": {"interval_s": 1.0, "stats_period_s": 1},
+        "timeline": {"path": str(path.with_name(TIMELINE_NAME))},
     }
     for name, body in sections.items():
         base.setdefault(name, {}).update(body)
     path.write_text(tomli_w.dumps(base))
     return path
-
-
-def actions(lines: list[str], domain: str | None = None) -> list[tuple[str, str, int, int]]:
-    out = []
-    for line in lines:
-        m = ACTION.search(line)
-        if m and "setMemory failed" not in line and (domain is None or m.group(2) == domain):
-            out.append((m.group(1), m.group(2), int(m.group(3)), int(m.group(4))))
-    return out

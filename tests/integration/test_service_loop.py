@@ -47,8 +47,8 @@ def test_ready_status_watchdog_then_stopping(service):
     status = ns.wait_for(lambda m: m.startswith("STATUS=3 domains"))
     assert "host available" in status and "guard 1024 MiB" in status
     ns.wait_for(lambda m: m == "WATCHDOG=1")
-    # READY comes as soon as the loop runs, after a STATUS saying it waits for its first tick (issue 14: with
-    # libvirtd down at boot, waiting for that tick made `systemctl start` time out).
+    # READY comes as soon as the loop runs, after a STATUS saying it waits for its first tick: with libvirtd
+    # down at boot, waiting for that tick would make `systemctl start` time out.
     assert ns.messages[ready_at - 1].startswith("STATUS=waiting for libvirt (sim:///demo)"), ns.messages[:ready_at]
     assert not any(m.startswith("STATUS=3 domains") for m in ns.messages[:ready_at])
     code, err = stop(proc)

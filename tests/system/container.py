@@ -34,6 +34,20 @@ PACKAGES = [
     "python3-libvirt",
     "python3-systemd",
 ]
+# A stock Debian 12 libvirt host on top: its own libvirtd (socket-activated by systemd, polkit for the read-write
+# socket, the `libvirt` group and the polkit rule that grants it access), for running the unit as a user.
+# iptables, libvirt-daemon-system-systemd and libpam-systemd (polkitd's logind) are the alternatives apt would pick:
+# debootstrap does not choose among alternatives.
+LIBVIRT_HOST_PACKAGES = [
+    *PACKAGES,
+    "libvirt-daemon-system",
+    "libvirt-daemon-system-systemd",
+    "libvirt-daemon-driver-qemu",
+    "libvirt-clients",
+    "polkitd",
+    "libpam-systemd",
+    "iptables",
+]
 # The environment of an admin's root shell, not the test runner's (no PIP_*, no VIRTUAL_ENV, no pager).
 ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -45,9 +59,9 @@ ENV = {
 }
 
 
-def base_tarball() -> Path:
+def base_tarball(packages: list[str] = PACKAGES) -> Path:
     """Return the cached Debian 12 root tarball, building it with debootstrap (about a minute) if absent."""
-    key = hashlib.sha256(f"bookworm {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"bookworm {MIRROR} {' '.join(packages)}".encode()).hexdigest()[:12]
     tarball = CACHE / f"bookworm-systemd-{key}.tar"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
@@ -60,7 +74,7 @@ def base_tarball() -> Path:
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--include={','.join(PACKAGES)}",
+                f"--include={','.join(packages)}",
                 "bookworm",
                 str(work),
                 MIRROR,
@@ -89,9 +103,14 @@ def repo_files(repo: Path) -> list[str]:
 class Container:
     """One booted container; `run` executes a command inside it (all namespaces of its PID 1)."""
 
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(
+        self, name: str, workdir: Path, packages: list[str] = PACKAGES, bind_host_libvirt: bool = True
+    ) -> None:
+        """bind_host_libvirt: see the host's libvirtd through /run/libvirt; False for a root with its own."""
         self.name = name
         self.workdir = workdir
+        self.packages = packages
+        self.bind_host_libvirt = bind_host_libvirt
         self.root = workdir / "root"
         self.log_path = workdir / "nspawn.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -101,7 +120,7 @@ class Container:
         """Unpack a fresh root and copy the repository into it (as an admin's clone would be)."""
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.root.mkdir(parents=True)
-        subprocess.run(["tar", "-C", str(self.root), "-xf", str(base_tarball())], check=True)
+        subprocess.run(["tar", "-C", str(self.root), "-xf", str(base_tarball(self.packages))], check=True)
         target = self.root / dest.lstrip("/")
         with tarfile.open(self.workdir / "repo.tar", "w") as tar:
             for f in repo_files(repo):
@@ -127,7 +146,7 @@ class Container:
                     "--boot",
                     "--register=no",
                     "--keep-unit",
-                    "--bind=/run/libvirt",
+                    *(["--bind=/run/libvirt"] if self.bind_host_libvirt else []),
                     "--console=passive",
                     # As PID 1 on a host has it: lets systemd bring up lo in a PrivateNetwork= namespace. Without
                     # it every start of a unit with PrivateNetwork= logs "Failed to configure loopback network".

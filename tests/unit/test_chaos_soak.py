@@ -33,10 +33,10 @@ def test_invariants_hold_every_tick_under_random_faults(tmp_path: Path, seed: in
 
 
 def _soak_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broken) -> list[str]:  # type: ignore[no-untyped-def]
-    import memcoord.service as service_mod
+    import memcoord.step as step_mod
 
-    decide = service_mod.decide
-    monkeypatch.setattr(service_mod, "decide", lambda snapshot, state, config: broken(decide, snapshot, state, config))
+    decide = step_mod.decide
+    monkeypatch.setattr(step_mod, "decide", lambda snapshot, state, config: broken(decide, snapshot, state, config))
     logging.getLogger("memcoord").setLevel(logging.CRITICAL)
     try:
         result, _hv = soak(5_000, 2, tmp_path)  # seed 2: the host is tight within the first 200 ticks

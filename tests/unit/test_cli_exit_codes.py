@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 MEMCOORD = Path(sys.executable).parent / "memcoord"
-EX_USAGE, EX_NOINPUT, EX_CONFIG = 64, 66, 78
+EX_USAGE, EX_NOINPUT, EX_CONFIG = os.EX_USAGE, os.EX_NOINPUT, os.EX_CONFIG  # 64, 66, 78 (sysexits.h)
 
 
 def memcoord(*args: str, prefix: tuple[str, ...] = (), timeout_s: float = 30) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -121,12 +122,12 @@ def test_check_config_bad_exits_78_with_every_error(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[guest]\nmin_mib = 0\nreclaim_step_mib = 0\n")
     result = run_cli("check-config", str(bad))
-    assert result.returncode == 78
+    assert result.returncode == os.EX_CONFIG
     assert f"{bad}: guest.reclaim_step_mib = 0" in result.stderr
     assert f"{bad}: guest.min_mib = 0" in result.stderr
     bad.write_text("[guest]\nstarving_mib = 500\n")
     result = run_cli("check-config", str(bad))
-    assert result.returncode == 78
+    assert result.returncode == os.EX_CONFIG
     assert f"{bad}: guest.starving_mib = 500: must be less than guest.wasteful_mib (350)" in result.stderr
 
 
@@ -134,5 +135,5 @@ def test_run_with_invalid_config_exits_78(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[loop]\ninterval = 1\n")
     result = run_cli("run", "--config", str(bad))
-    assert result.returncode == 78
+    assert result.returncode == os.EX_CONFIG
     assert f"{bad}: loop.interval = 1: unknown key" in result.stderr

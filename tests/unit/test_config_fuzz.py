@@ -13,11 +13,14 @@ import math
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from memcoord import config as config_mod
 from memcoord.config import Config, ConfigError, ConfigFileError, load, parse
@@ -26,13 +29,69 @@ from memcoord.service import Service
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-SCHEMA: dict[str, list[str]] = {
-    "libvirt": ["uri", "domains"],
-    "loop": ["interval_s", "stats_period_s", "dry_run"],
-    "guest": ["starving_mib", "wasteful_mib", "grow_step_mib", "reclaim_step_mib", "min_mib", "idle_tax_mib"],
-    "host": ["min_available_mib"],
-}
-OVERRIDE_KEYS = ["min_mib", "max_mib", "enabled"]
+
+def _sections(model: type[BaseModel]) -> tuple[dict[str, dict[str, FieldInfo]], dict[str, FieldInfo]]:
+    """The config's schema from the pydantic model: {section: {key: field}} for the table sections, and the
+    fields of a `[domains.NAME]` table (the one dict-of-tables section)."""
+    tables: dict[str, dict[str, FieldInfo]] = {}
+    per_name: dict[str, FieldInfo] = {}
+    for name, f in model.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            tables[name] = dict(f.annotation.model_fields)
+        elif get_origin(f.annotation) is dict:
+            key_type, value_type = get_args(f.annotation)
+            assert key_type is str and issubclass(value_type, BaseModel), f"{name}: {f.annotation}"
+            assert not per_name, "a second dict-of-tables section: give the fuzzer its name"
+            per_name = dict(value_type.model_fields)
+            tables_name = name
+        else:
+            raise AssertionError(f"top-level config key {name} is not a section: {f.annotation}")
+    assert per_name and tables_name == "domains", "the fuzzer writes overrides under [domains.NAME]"
+    return tables, per_name
+
+
+SCHEMA, OVERRIDE_FIELDS = _sections(Config)
+OVERRIDE_KEYS = list(OVERRIDE_FIELDS)
+
+
+def _bounds(f: FieldInfo) -> tuple[float | None, float | None]:
+    """The field's numeric range from its constraints (gt/ge, lt/le), as closed bounds for integers and floats."""
+    low = high = None
+    for m in f.metadata:
+        low = getattr(m, "ge", low)
+        high = getattr(m, "le", high)
+        if getattr(m, "gt", None) is not None:
+            low = m.gt
+        if getattr(m, "lt", None) is not None:
+            high = m.lt
+    return low, high
+
+
+def typed(f: FieldInfo) -> st.SearchStrategy[Any]:
+    """Values of the field's type, around and inside its constraints (so valid configs load often, and each bound
+    is tried from both sides). A field of a type this does not know fails the test: extend it, do not skip it."""
+    annotation = f.annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation = args[0]  # `int | None`: TOML has no null; absent is how a file says None
+    low, high = _bounds(f)
+    if annotation is bool:
+        return st.booleans()
+    if annotation is int:
+        lo = int(low) if low is not None else -(2**40)
+        hi = int(high) if high is not None else 2**40
+        edges = [v for b in (low, high) if b is not None for v in (int(b) - 1, int(b), int(b) + 1)]
+        return st.integers(lo, hi) | st.integers(max(lo, 0), min(hi, 100_000)) | st.sampled_from(edges or [0])
+    if annotation is float:
+        edges = [v for b in (low, high) if b is not None for v in (b - 1e-9, b, b + 1e-9)]
+        inside = st.floats(low, high, allow_nan=False, allow_infinity=False)
+        return inside | st.sampled_from(edges or [0.0])
+    if annotation is str:
+        return st.text(max_size=30) | st.sampled_from(["", "127.0.0.1", "[::1]:9749", "/run/x", "*"])
+    if get_origin(annotation) is tuple and get_args(annotation)[1:] == (Ellipsis,):
+        return st.lists(st.text(max_size=12), max_size=4)
+    raise AssertionError(f"no value strategy for a config field of type {f.annotation!r}")
+
 
 # One config error line: "<path>: <key>[ = <value>]: <message>" (see config._describe), or a TOML syntax error.
 SEGMENT = r'(?:[^\s."=:]+|"(?:[^"\\]|\\.)*")'
@@ -72,28 +131,36 @@ values = st.recursive(
 
 @st.composite
 def documents(draw: st.DrawFn) -> dict[str, Any]:
-    """Config-shaped dicts: mostly real keys with values of any type, sometimes unknown keys and odd shapes."""
+    """Config-shaped dicts: mostly real keys with values of any type, sometimes unknown keys and odd shapes.
+    Half of them are well-typed (every value of its key's type, near its bounds), so that valid configs load
+    often enough for the "what was given is in effect" check to run."""
+    well_typed = draw(st.booleans())
+
+    def value(f: FieldInfo) -> Any:
+        return draw(typed(f) if well_typed else typed(f) | values)
+
     doc: dict[str, Any] = {}
     for section, keys in SCHEMA.items():
         if draw(st.booleans()):
             continue
-        if draw(st.integers(0, 9)) == 0:
+        if not well_typed and draw(st.integers(0, 9)) == 0:
             doc[section] = draw(values)  # a section that is not a table
             continue
-        body = {k: draw(values) for k in draw(st.lists(st.sampled_from(keys), unique=True, max_size=len(keys)))}
-        if draw(st.integers(0, 4)) == 0:
+        chosen = draw(st.lists(st.sampled_from(list(keys)), unique=True, max_size=3 if well_typed else len(keys)))
+        body = {k: value(keys[k]) for k in chosen}
+        if not well_typed and draw(st.integers(0, 4)) == 0:
             body[draw(st.text(min_size=1, max_size=10))] = draw(values)
         doc[section] = body
     if draw(st.booleans()):
         domains: dict[str, Any] = {}
         for name in draw(st.lists(st.text(min_size=1, max_size=12), max_size=3, unique=True)):
-            if draw(st.integers(0, 9)) == 0:
+            if not well_typed and draw(st.integers(0, 9)) == 0:
                 domains[name] = draw(values)
             else:
                 keys = draw(st.lists(st.sampled_from(OVERRIDE_KEYS), unique=True))
-                domains[name] = {k: draw(values) for k in keys}
+                domains[name] = {k: value(OVERRIDE_FIELDS[k]) for k in keys}
         doc["domains"] = domains
-    if draw(st.integers(0, 9)) == 0:
+    if not well_typed and draw(st.integers(0, 9)) == 0:
         doc[draw(st.text(min_size=1, max_size=10))] = draw(values)
     return doc
 
@@ -129,8 +196,12 @@ def test_structured_documents_load_or_name_the_key(doc: dict[str, Any]) -> None:
         for section, keys in SCHEMA.items():
             body = doc.get(section, {})
             for k in keys:
-                if k in body and not isinstance(body[k], list | float):
-                    assert getattr(getattr(config, section), k) == body[k]
+                if k in body:
+                    given_value = tuple(body[k]) if isinstance(body[k], list) else body[k]
+                    assert getattr(getattr(config, section), k) == given_value, (section, k)
+        for name, body in doc.get("domains", {}).items():
+            for k, v in body.items():
+                assert getattr(config.domains[name], k) == v, (name, k)
 
 
 @SETTINGS
@@ -229,3 +300,18 @@ def test_a_bad_reload_keeps_the_running_config_whole(doc: dict[str, Any]) -> Non
             assert service.reload_note == ""
         finally:
             service.hypervisor.close()
+
+
+def test_the_fuzzed_schema_is_the_models() -> None:
+    """Every key of the model is fuzzed, with a value strategy of its type: a new key needs no edit here."""
+    fuzzed = {(section, k) for section, keys in SCHEMA.items() for k in keys}
+    assert ("metrics", "port") in fuzzed and ("guest", "starving_pct") in fuzzed and ("timeline", "max_mib") in fuzzed
+    for section, keys in SCHEMA.items():
+        model = type(getattr(Config(), section))
+        assert set(keys) == set(model.model_fields), section
+        for f in keys.values():
+            typed(f)
+    assert set(SCHEMA) | {"domains"} == set(Config.model_fields)
+    assert _bounds(SCHEMA["loop"]["interval_s"]) == (0, 3600) and _bounds(SCHEMA["metrics"]["port"]) == (1, 65535)
+    for f in OVERRIDE_FIELDS.values():
+        typed(f)

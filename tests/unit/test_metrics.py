@@ -18,7 +18,8 @@ from prometheus_client.samples import Sample
 
 import memcoord
 from memcoord.config import ConfigError, parse
-from memcoord.hypervisor.sim import Hog, demo_host
+from memcoord.hypervisor.sim import demo_host
+from memcoord.hypervisor.workloads import Hog
 from memcoord.metrics import ERROR_KINDS, config_hash
 from memcoord.model import mib_to_kib
 from memcoord.observe import Observer
@@ -57,7 +58,7 @@ def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
         service.tick()
     found = samples(service.observer.metrics.exposition().decode())
     seen = sim.sample()
-    assert by_domain(found, "memcoord_domain_actual_bytes") == {d.name: d.current_kib * 1024 for d in seen.domains}
+    assert by_domain(found, "memcoord_domain_current_bytes") == {d.name: d.current_kib * 1024 for d in seen.domains}
     assert by_domain(found, "memcoord_domain_unused_bytes") == {d.name: d.unused_kib * 1024 for d in seen.domains}
     assert by_domain(found, "memcoord_domain_max_bytes") == {d.name: d.max_kib * 1024 for d in seen.domains}
     targets = by_domain(found, "memcoord_domain_target_bytes")
@@ -96,7 +97,7 @@ def test_a_stopped_domain_leaves_the_scrape(tmp_path: Path):
     sim.advance(1.0)
     service.tick()
     found = samples(service.observer.metrics.exposition().decode())
-    assert set(by_domain(found, "memcoord_domain_actual_bytes")) == {"sim-hog", "sim-idle"}
+    assert set(by_domain(found, "memcoord_domain_current_bytes")) == {"sim-hog", "sim-idle"}
 
 
 def test_endpoint_of_a_running_daemon(tmp_path: Path):
@@ -109,7 +110,7 @@ def test_endpoint_of_a_running_daemon(tmp_path: Path):
         found = samples(text)
         for name in (
             "memcoord_domain_target_bytes",
-            "memcoord_domain_actual_bytes",
+            "memcoord_domain_current_bytes",
             "memcoord_domain_unused_bytes",
             "memcoord_domain_usable_bytes",
             "memcoord_actions_total",
@@ -118,7 +119,7 @@ def test_endpoint_of_a_running_daemon(tmp_path: Path):
             "memcoord_config_reloads_total",
         ):
             assert name in found, name
-        assert set(by_domain(found, "memcoord_domain_actual_bytes")) == SIM_GUESTS
+        assert set(by_domain(found, "memcoord_domain_current_bytes")) == SIM_GUESTS
         # Scrape and state file come from the same view; they agree on the guests' maxima exactly.
         assert by_domain(found, "memcoord_domain_max_bytes") == {
             d["name"]: d["max_kib"] * 1024 for d in view["domains"]
@@ -197,7 +198,7 @@ def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
 def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
     """A guest held at a 512 MiB ceiling while its program wants 460 MiB stays starving; the others never do."""
     sim = demo_host()
-    sim.guests["sim-busy"].workload = Hog(rate_kib_s=mib_to_kib(100), limit_kib=mib_to_kib(400))
+    sim.guests["sim-busy"].workload = Hog(rate_kib_per_s=mib_to_kib(100), limit_kib=mib_to_kib(400))
     cfg = parse("[domains.sim-busy]\nmax_mib = 512\n")
     service = Service(tmp_path / "m.toml", cfg, lambda _uri: sim, observer=Observer(publish=False))
     for _ in range(30):

@@ -1,8 +1,9 @@
-"""`memcoord plot`: the daemon's timeline (and the lab's) drawn to a valid PNG with the expected series."""
+"""`memcoord plot`: the daemon's timeline drawn to a valid PNG with the expected series; the lab draws the same way."""
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -67,16 +68,16 @@ def test_plot_of_a_daemon_timeline(daemon_timeline: Path, tmp_path: Path):
     panels = lines_by_panel(figure(series))
     assert set(panels) == {*SIM_GUESTS, "host"}
     for guest in SIM_GUESTS:
-        assert panels[guest][:2] == ["actual", "unused"]
+        assert panels[guest][:2] == ["current", "unused"]
     assert "reclaim" in panels["sim-idle"]
     assert panels["host"][:2] == ["host available", "host guard"]
     # The lines carry the recorded values: the idle guest's actual memory went down.
     idle = series.guests["sim-idle"]
-    assert idle.actual_mib[0] == 1024 and idle.actual_mib[-1] < 1024
+    assert idle.current_mib[0] == 1024 and idle.current_mib[-1] < 1024
 
 
 LAB_ROWS = [
-    {"t_s": t, "guest": g, "alive": True, "actual_mib": a, "unused_mib": u, "host_available_mib": 20000.0}
+    {"t_s": t, "guest": g, "alive": True, "current_mib": a, "unused_mib": u, "host_available_mib": 20000.0}
     for t, g, a, u in [
         (0.0, "lab1", 512.0, 300.0),
         (0.0, "lab2", 1280.0, 1100.0),
@@ -88,9 +89,9 @@ LAB_ROWS = [
 ]
 
 
-def test_plot_of_the_labs_json_and_csv(tmp_path: Path):
-    """Written by the lab's own Timeline class, so a change of its format breaks this test, not a demo."""
-    from lab.timeline import Timeline
+def test_the_lab_draws_with_the_same_plot(tmp_path: Path):
+    """The lab's own record (its Timeline class) goes through lab.timeline.to_series into memcoord.plot."""
+    from lab.timeline import Timeline, to_series
 
     events = [
         {"t_s": 0.2, "kind": "memcoord_start", "guest": None},
@@ -99,34 +100,31 @@ def test_plot_of_the_labs_json_and_csv(tmp_path: Path):
         {"t_s": 1.9, "kind": "hog_killed", "guest": "lab2", "hog_mib": 300},
     ]
     lab = Timeline(rows=LAB_ROWS, events=events, meta={"host_min_available_mib": 1024})
-    lab_json = tmp_path / "timeline.json"
-    lab.write_json(lab_json)
-    series = timeline.read(lab_json)
+    series = to_series(lab)
     assert series.source == "lab" and set(series.guests) == {"lab1", "lab2"}
-    assert series.guests["lab1"].actual_mib == [512.0, 512.0, 812.0]
+    assert series.guests["lab1"].current_mib == [512.0, 512.0, 812.0]
+    assert series.guests["lab2"].unused_mib == [1100.0, 1000.0, 900.0]
+    assert series.host_guard_mib == 1024
     panels = lines_by_panel(figure(series))
-    assert panels["lab1"] == ["actual", "unused", "grow"]
-    assert panels["lab2"] == ["actual", "unused", "hog_killed", "oom_kill"]
+    assert panels["lab1"] == ["current", "unused", "hog", "grow"]
+    assert panels["lab2"] == ["current", "unused", "hog", "hog_killed", "oom_kill"]
     assert series.events[0].label == "grow 512->812 MiB"
-    out = tmp_path / "lab.png"
-    assert memcoord("plot", str(lab_json), "-o", str(out)).returncode == 0
-    assert png_size(out)[0] > 0
+    saved = lab.save(tmp_path)
+    assert [p.name for p in saved] == ["timeline.csv", "timeline.json", "timeline.png"]
+    assert png_size(saved[2])[0] > 0
 
-    lab_csv = tmp_path / "timeline.csv"
-    lab.write_csv(lab_csv)
-    from_csv = timeline.read(lab_csv)
-    assert from_csv.guests["lab2"].unused_mib == [1100.0, 1000.0, 900.0]
-    result = memcoord("plot", str(lab_csv))
-    assert result.returncode == 0 and png_size(lab_csv.with_suffix(".png"))[1] > 0
+    # The product reads only its own format: the lab's file gets a clear refusal, not a guess.
+    refused = memcoord("plot", str(saved[1]))
+    assert refused.returncode == 65 and "not a timeline line" in refused.stderr, refused.stderr
 
 
 def test_plot_says_what_is_wrong_with_its_input(tmp_path: Path):
     missing = memcoord("plot", str(tmp_path / "nope.jsonl"))
-    assert missing.returncode == 66 and "cannot read" in missing.stderr
+    assert missing.returncode == os.EX_NOINPUT and "cannot read" in missing.stderr
     junk = tmp_path / "junk.txt"
     junk.write_text("hello\n")
     bad = memcoord("plot", str(junk))
-    assert bad.returncode == 65 and "not a timeline" in bad.stderr
+    assert bad.returncode == os.EX_DATAERR and "not a timeline" in bad.stderr
 
 
 def test_a_truncated_last_line_is_skipped(daemon_timeline: Path, tmp_path: Path):
@@ -136,3 +134,26 @@ def test_a_truncated_last_line_is_skipped(daemon_timeline: Path, tmp_path: Path)
     whole = timeline.read(daemon_timeline)
     partial = timeline.read(cut)
     assert len(partial.guests["sim-hog"].t_s) == len(whole.guests["sim-hog"].t_s) - 1
+
+
+def test_simulate_draws_with_the_same_plot(tmp_path: Path):
+    from memcoord.config import Config
+    from memcoord.plot import from_simulation
+    from memcoord.simulate import load_scenario, run
+
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "course-1-one-hog.toml"
+    out = tmp_path / "sim.png"
+    result = memcoord("simulate", str(scenario), "--duration", "30", "--plot", str(out))
+    assert result.returncode == 0, result.stderr
+    assert png_size(out)[0] >= 600
+
+    report = run(load_scenario(scenario), Config(), duration_s=30, record=True)
+    series = from_simulation(report)
+    panels = lines_by_panel(figure(series))
+    assert set(panels) == {g.name for g in report.guests} | {"host"}
+    for g in report.guests:
+        assert panels[g.name][:3] == ["current", "unused", "used"]
+        current = series.guests[g.name].current_mib
+        assert len(current) == len(series.host_t_s) and max(current) <= g.peak_size_mib <= g.max_mib
+    assert any(len(set(s.current_mib)) > 1 for s in series.guests.values()), "no balloon moved"
+    assert panels["host"] == ["host available", "host guard"]

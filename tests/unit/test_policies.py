@@ -1,14 +1,15 @@
-"""The comparison policies behave as their sources say (oVirt MOM balloon.rules, Proxmox AutoBalloon.pm)."""
+"""The comparison policies (bench/policies) behave as their sources say (oVirt MOM balloon.rules, Proxmox
+AutoBalloon.pm); the product's simulator runs them only when bench hands them in."""
 
 from __future__ import annotations
 
 import pytest
 
+from bench.policies import POLICIES, make
+from bench.policies.proxmox import MAX_CHANGE_KIB, compute_alg1
+from bench.policies.proxmox import _Vm as Vm
 from memcoord.config import Config
 from memcoord.model import DomainStats, HostStats, Snapshot, mib_to_kib
-from memcoord.policies import POLICIES, make
-from memcoord.policies.proxmox import MAX_CHANGE_KIB, compute_alg1
-from memcoord.policies.proxmox import _Vm as Vm
 from memcoord.policy import PolicyState, applied, decide
 
 T0_S = 1_000_000.0

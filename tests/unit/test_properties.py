@@ -1,6 +1,6 @@
 """Property tests: the pure policy and the simulator, hammered by hypothesis.
 
-Each test states one promise memcoord makes to the guests it manages (issue 6): no target below the floor or
+Each test states one promise memcoord makes to the guests it manages: no target below the floor or
 above the max, no growth past the host guard, no memory handed out that was not reclaimed or free on the host,
 no reclaim on missing or stale stats, disabled and unmatched guests never touched, no dependence on the order
 libvirt lists domains in; and over many simulated ticks no idle guest OOM-killed, no guest below its floor.
@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from memcoord.config import Config
-from memcoord.hypervisor.sim import KERNEL_USED_KIB, Hog, Idle, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Hog, Idle
 from memcoord.model import LOWERING_ACTIONS, Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
 from memcoord.policy import Pending, PolicyState, decide, host_headroom_kib, thresholds_kib
 
@@ -308,11 +309,11 @@ def sim_hosts(draw: st.DrawFn) -> tuple[SimulatedHypervisor, Config, set[str]]:
             workload = Idle(used_kib=max(0, used_kib))
         elif kind == "hog":
             workload = Hog(
-                rate_kib_s=mib_to_kib(draw(st.integers(1, 60))), start_s=1_000_000.0 + draw(st.integers(0, 60))
+                rate_kib_per_s=mib_to_kib(draw(st.integers(1, 60))), start_s=1_000_000.0 + draw(st.integers(0, 60))
             )
         else:
             workload = Hog(
-                rate_kib_s=mib_to_kib(draw(st.integers(1, 30))),
+                rate_kib_per_s=mib_to_kib(draw(st.integers(1, 30))),
                 limit_kib=mib_to_kib(draw(st.integers(10, 400))),
                 free_s=1_000_000.0 + draw(st.integers(30, 200)),
             )

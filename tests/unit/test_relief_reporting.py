@@ -9,7 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from memcoord.config import parse
-from memcoord.hypervisor.sim import Idle, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Idle
 from memcoord.model import mib_to_kib
 from memcoord.observe import Observer
 from memcoord.service import Service
@@ -44,7 +45,7 @@ def _host(other_used_mib: int) -> SimulatedHypervisor:
     ]
     sim = SimulatedHypervisor(guests, host_total_kib=mib_to_kib(8192), host_other_used_kib=mib_to_kib(other_used_mib))
     for g in sim.guests.values():
-        g.rss_kib = g.actual_kib  # they touched all of it once
+        g.rss_kib = g.current_kib  # they touched all of it once
     return sim
 
 

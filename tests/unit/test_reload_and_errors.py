@@ -10,7 +10,8 @@ import pytest
 from memcoord import config as config_mod
 from memcoord.hypervisor import HypervisorError
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
-from memcoord.hypervisor.sim import Hog, SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import Hog
 from memcoord.model import mib_to_kib
 from memcoord.policy import PolicyState
 from memcoord.service import Service

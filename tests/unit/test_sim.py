@@ -7,20 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.hypervisor.sim import (
-    CACHE_FREE_FLOOR_KIB,
-    KERNEL_USED_KIB,
+from memcoord.hypervisor.sim import CACHE_FREE_FLOOR_KIB, KERNEL_USED_KIB, SimGuest, SimulatedHypervisor, demo_host
+from memcoord.hypervisor.workloads import (
     Burst,
     FileReader,
     Hog,
     HostPressure,
     Idle,
     Sawtooth,
-    SimGuest,
-    SimulatedHypervisor,
     Trace,
     TraceError,
-    demo_host,
     load_trace,
 )
 from memcoord.model import Action, Change, mib_to_kib
@@ -49,18 +45,18 @@ def set_target(hv: SimulatedHypervisor, mib: int) -> None:
 
 
 def test_balloon_converges_at_its_rate_without_overshoot() -> None:
-    hv = one_guest(Idle(), size_mib=2048, balloon_rate_kib_s=mib_to_kib(500))
+    hv = one_guest(Idle(), size_mib=2048, balloon_rate_kib_per_s=mib_to_kib(500))
     set_target(hv, 1048)
     hv.advance(1.0)
-    assert hv.guests["g"].actual_kib == mib_to_kib(1548)
+    assert hv.guests["g"].current_kib == mib_to_kib(1548)
     hv.advance(1.0)
-    assert hv.guests["g"].actual_kib == mib_to_kib(1048)
+    assert hv.guests["g"].current_kib == mib_to_kib(1048)
     hv.advance(5.0)
-    assert hv.guests["g"].actual_kib == mib_to_kib(1048)
+    assert hv.guests["g"].current_kib == mib_to_kib(1048)
 
 
 def test_oom_kill_is_counted_once_and_the_hog_stays_dead() -> None:
-    hv = one_guest(Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S), size_mib=512)
+    hv = one_guest(Hog(rate_kib_per_s=mib_to_kib(100), start_s=T0_S), size_mib=512)
     for _ in range(100):
         hv.advance(0.1)
     g = hv.guests["g"]
@@ -77,7 +73,7 @@ def test_shrinking_the_balloon_under_a_workload_kills_it() -> None:
 
 
 def test_stats_refresh_on_the_period_and_are_stale_in_between() -> None:
-    hv = one_guest(Hog(rate_kib_s=mib_to_kib(10), start_s=T0_S, limit_kib=mib_to_kib(300)), size_mib=1024)
+    hv = one_guest(Hog(rate_kib_per_s=mib_to_kib(10), start_s=T0_S, limit_kib=mib_to_kib(300)), size_mib=1024)
     assert hv.sample().domains[0].unused_kib is None  # no stats period set yet
     hv.ensure_stats_period(["g"], 5)
     hv.advance(5.0)
@@ -93,7 +89,7 @@ def test_stats_refresh_on_the_period_and_are_stale_in_between() -> None:
 
 
 def test_freed_memory_stays_with_qemu_until_the_balloon_takes_it() -> None:
-    hog = Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S, limit_kib=mib_to_kib(600), free_s=T0_S + 10)
+    hog = Hog(rate_kib_per_s=mib_to_kib(100), start_s=T0_S, limit_kib=mib_to_kib(600), free_s=T0_S + 10)
     hv = one_guest(hog, size_mib=1024)
     for _ in range(80):
         hv.advance(0.1)
@@ -214,7 +210,7 @@ def test_stats_report_memfree_as_unused_and_memavailable_as_usable() -> None:
 
 def test_programs_evict_cache_before_anyone_is_oom_killed() -> None:
     # The cache fills the guest by t=5 s; then the hog takes 700 MiB of the 864 MiB left beside the kernel.
-    hog = Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S + 5, limit_kib=mib_to_kib(700))
+    hog = Hog(rate_kib_per_s=mib_to_kib(100), start_s=T0_S + 5, limit_kib=mib_to_kib(700))
     hv = one_guest(hog, size_mib=1024, reader=reader(400, 4096, start_s=T0_S))
     run_for(hv, 4.0)
     g = hv.guests["g"]
@@ -226,7 +222,7 @@ def test_programs_evict_cache_before_anyone_is_oom_killed() -> None:
 
 
 def test_demand_beyond_the_guest_kills_even_with_cache_to_drop() -> None:
-    hog = Hog(rate_kib_s=mib_to_kib(100), start_s=T0_S + 5)
+    hog = Hog(rate_kib_per_s=mib_to_kib(100), start_s=T0_S + 5)
     hv = one_guest(hog, size_mib=1024, reader=reader(400, 4096))
     run_for(hv, 20.0)
     assert hv.guests["g"].oom_kills == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.policies import factory
 from memcoord.config import Config
-from memcoord.model import Change, Snapshot, mib_to_kib
-from memcoord.policies import POLICIES
+from memcoord.hypervisor.sim import SimulatedHypervisor
+from memcoord.model import KIB_PER_MIB, Change, Snapshot, mib_to_kib
+from memcoord.policies import PolicyFactory
 from memcoord.simulate import SIM_EPOCH_S, ScenarioError, build_host, check_demand, load_scenario, parse_scenario, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +44,7 @@ def test_every_shipped_scenario_loads() -> None:
         (MINIMAL + "colour = 'red'\n", "s.toml: guests.0.colour = 'red': unknown key"),
         (MINIMAL.replace('name = "t"\n', ""), "s.toml: name: required key is missing"),
         (MINIMAL.replace("start_mib = 512", "start_mib = 4096"), "start_mib (4096) is above max_mib (2048)"),
-        (MINIMAL + "workload = { kind = 'grow' }\n", "s.toml: guests.0.workload.grow.rate_mib_s: required key"),
+        (MINIMAL + "workload = { kind = 'grow' }\n", "s.toml: guests.0.workload.grow.rate_mib_per_s: required key"),
         (MINIMAL + "workload = { kind = 'jump' }\n", "s.toml: guests.0.workload = "),
         (MINIMAL.replace("total_mib = 4096", "total_mib = -1"), "s.toml: host.total_mib = -1: "),
         (MINIMAL + '[[guests]]\nname = "a"\nmax_mib = 1\nstart_mib = 1\n', "repeated: a"),
@@ -99,15 +102,34 @@ def test_a_run_is_deterministic_for_a_seed() -> None:
 
 
 @pytest.mark.parametrize("policy", ["memcoord", "mom", "proxmox"])
-def test_host_never_goes_negative_and_changes_are_counted(policy: str) -> None:
-    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), policy)
-    assert report.host_min_available_mib >= 0
+def test_host_is_never_overcommitted_and_changes_are_counted(policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator clamps the host's available memory at 0, so the report's minimum cannot go negative: the
+    property is checked on the unclamped value (total - what QEMU and the host hold), at every step."""
+    unclamped_kib: list[int] = []
+    clamped = SimulatedHypervisor.host_available_kib
+
+    def recording(self: SimulatedHypervisor) -> int:
+        held_kib = self.host_used_kib() + sum(g.rss_kib for g in self.guests.values())
+        unclamped_kib.append(self.host_total_kib - held_kib)
+        return clamped(self)
+
+    monkeypatch.setattr(SimulatedHypervisor, "host_available_kib", recording)
+    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), factory(policy))
+    assert report.policy == policy
+    assert len(unclamped_kib) >= report.duration_s, "the run did not sample the host every step"
+    assert min(unclamped_kib) >= 0, f"{policy} overcommitted the host by {-min(unclamped_kib)} KiB"
+    assert report.host_min_available_mib == min(unclamped_kib) / KIB_PER_MIB  # the clamp never hid a value
     assert report.balloon_changes > 0
 
 
 def test_memcoord_keeps_the_host_floor_with_four_hogs() -> None:
-    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), "memcoord")
-    assert report.host_min_available_mib >= Config().host.min_available_mib
+    scenario = load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml")
+    guard_mib = Config().host.min_available_mib
+    report = run(scenario, Config(), "memcoord")
+    assert report.host_min_available_mib >= guard_mib
+    # The scenario does push the host there: without the guard the hogs take it below.
+    unguarded = run(scenario, Config.model_validate({"host": {"min_available_mib": 0}}), "memcoord")
+    assert unguarded.host_min_available_mib < guard_mib, unguarded.host_min_available_mib
 
 
 def _row(output: str, guest: str) -> list[str]:
@@ -142,11 +164,11 @@ def test_memcoord_simulate_rejects_a_bad_scenario_with_exit_65(tmp_path: Path) -
     proc = subprocess.run(
         [sys.executable, "-m", "memcoord.cli", "simulate", str(path)], capture_output=True, text=True, cwd=ROOT
     )
-    assert proc.returncode == 65
+    assert proc.returncode == os.EX_DATAERR
     assert f"{path}: guests.0.colour = 1: unknown key" in proc.stderr
 
 
-def test_memcoord_simulate_policy_and_duration_flags() -> None:
+def test_memcoord_simulate_duration_flag_runs_memcoords_own_policy() -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -154,8 +176,6 @@ def test_memcoord_simulate_policy_and_duration_flags() -> None:
             "memcoord.cli",
             "simulate",
             str(ROOT / "scenarios" / "course-3-grow-free.toml"),
-            "--policy",
-            "proxmox",
             "--duration",
             "20",
         ],
@@ -164,7 +184,18 @@ def test_memcoord_simulate_policy_and_duration_flags() -> None:
         check=True,
         cwd=ROOT,
     )
-    assert "policy proxmox, 20 s simulated" in proc.stdout
+    assert "policy memcoord, 20 s simulated" in proc.stdout
+
+
+def test_the_product_imports_no_bench_material() -> None:
+    """`memcoord run` and `memcoord simulate` load none of the peers' ports (bench/policies)."""
+    code = (
+        "import sys, memcoord.cli, memcoord.service, memcoord.simulate, memcoord.observe;"
+        "memcoord.cli.build_parser();"
+        "print(sorted(m for m in sys.modules if m.startswith('bench') or m.endswith(('.mom', '.proxmox'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert proc.stdout.strip() == "[]", proc.stdout
 
 
 # -- page cache, host pressure and the run's metrics on small hand-checkable runs ---------------------------
@@ -195,9 +226,9 @@ class Still:
 
 
 @pytest.fixture
-def still(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(POLICIES, "still", Still)
-    return "still"
+def still() -> PolicyFactory:
+    """Handed to run() as a factory, the way bench/compare.py hands in the peers."""
+    return Still
 
 
 def test_host_pressure_from_a_scenario_changes_host_available_over_time() -> None:
@@ -210,7 +241,7 @@ def test_host_pressure_from_a_scenario_changes_host_available_over_time() -> Non
     assert [free_kib[0] - f for f in free_kib] == [0, mib_to_kib(500), mib_to_kib(1000), 0]
 
 
-def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: str) -> None:
+def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: PolicyFactory) -> None:
     # Host available is 4096 - 1024 - 60 (the guest's kernel) = 3012 MiB; each pressure of 2500 MiB takes it to
     # 512 MiB, below the 1024 MiB guard: 10 s, then 3 s.
     scenario = parse_scenario(
@@ -225,13 +256,13 @@ def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: str) ->
     assert report.host_guard_mib == 1024
 
 
-def test_a_host_that_stays_above_its_guard_has_no_time_below_it(still: str) -> None:
+def test_a_host_that_stays_above_its_guard_has_no_time_below_it(still: PolicyFactory) -> None:
     report = run(parse_scenario(ONE_GUEST), Config(), still)
     assert report.host_below_guard_s == 0.0
     assert report.host_longest_below_guard_s == 0.0
 
 
-def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: str) -> None:
+def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: PolicyFactory) -> None:
     workload = "workload = { kind = 'idle', used_mib = 100 }\n"
     plain = run(parse_scenario(ONE_GUEST + workload), Config(), still)
     cached = run(
@@ -247,7 +278,7 @@ def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: str) -> N
     assert cached.starving_guest_s == 0  # ...and it never counted as starving
 
 
-def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: str) -> None:
+def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: PolicyFactory) -> None:
     # 1024 MiB guest, programs + kernel 900 MiB from t=0: 124 MiB usable <= 150 MiB starving line, all run long.
     scenario = parse_scenario(ONE_GUEST + "workload = { kind = 'idle', used_mib = 840 }\n")
     report = run(scenario, Config(), still)
@@ -258,7 +289,7 @@ def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: str) 
 
 def test_check_demand_says_whether_a_perfect_policy_could_avoid_every_kill() -> None:
     # Room = 4096 - 1024 guard = 3072 MiB; host itself 1024; the guest's kernel + program peak at 60 + 1500.
-    grow = "workload = { kind = 'grow', rate_mib_s = 100, limit_mib = 1500 }\n"
+    grow = "workload = { kind = 'grow', rate_mib_per_s = 100, limit_mib = 1500 }\n"
     fits = check_demand(parse_scenario(ONE_GUEST + grow), 1024)
     assert fits.fits
     assert fits.peak_need_mib == pytest.approx(1024 + 1560, abs=1)

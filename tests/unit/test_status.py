@@ -30,6 +30,7 @@ def _service(tmp_path: Path, extra: str = "") -> tuple[Service, object]:
 
 def test_state_file_agrees_with_the_hypervisor_every_tick(tmp_path: Path):
     service, sim = _service(tmp_path)
+    targets_checked = 0
     for _ in range(30):
         sim.advance(1.0)
         assert service.tick()
@@ -45,9 +46,11 @@ def test_state_file_agrees_with_the_hypervisor_every_tick(tmp_path: Path):
             # The target is what memcoord last set, i.e. the sim's balloon target.
             if by_name[d.name]["target_kib"] is not None:
                 assert by_name[d.name]["target_kib"] == sim.guests[d.name].target_kib
+                targets_checked += 1
         assert published["host"]["available_kib"] == seen.host.available_kib
         assert published["host"]["guard_kib"] == 1024 * 1024
     assert published["ticks"] == 30
+    assert targets_checked > 0, "no guest ever had a target: the target check above never ran"
     # The demo's idle guest is reclaimed in this time: its last action and reason are published.
     idle = by_name["sim-idle"]
     # (Reclaimed while wasteful, then taxed once idle while the hog's guest grows: either way, with its reason.)
@@ -129,6 +132,7 @@ def test_status_against_a_running_daemon(tmp_path: Path):
         assert as_json.returncode == 0
         view = json.loads(as_json.stdout)
         assert view["pid"] == daemon.proc.pid and view["ticks"] >= 10 and view["uri"] == "sim:///demo"
+        assert {d["name"] for d in view["domains"]} == SIM_GUESTS
         assert all(d["max_kib"] == 2048 * 1024 for d in view["domains"])
         # Each action the daemon logged is the last action status shows, when it was the guest's last one.
         for d in view["domains"]:
@@ -138,7 +142,7 @@ def test_status_against_a_running_daemon(tmp_path: Path):
     finally:
         assert daemon.stop() == 0
     stopped = memcoord("status", "--state", str(daemon.state_path))
-    assert stopped.returncode == 69
+    assert stopped.returncode == os.EX_UNAVAILABLE
     assert "memcoord is not running" in stopped.stderr and "stopped at" in stopped.stderr
     assert stopped.stdout == ""
 
@@ -148,10 +152,10 @@ def test_status_of_a_killed_daemon_and_of_none(tmp_path: Path):
     daemon.wait_ticks(2)
     daemon.stop(signal.SIGKILL)
     result = memcoord("status", "--state", str(daemon.state_path))
-    assert result.returncode == 69
+    assert result.returncode == os.EX_UNAVAILABLE
     assert f"pid {daemon.proc.pid} is gone" in result.stderr
     none = memcoord("status", "--json", "--state", str(tmp_path / "nowhere.json"))
-    assert none.returncode == 69 and "no state file" in none.stderr
+    assert none.returncode == os.EX_UNAVAILABLE and "no state file" in none.stderr
 
 
 def test_status_finds_the_state_file_through_the_config(tmp_path: Path):

@@ -1,54 +1,14 @@
-"""The hypervisor port: what the service needs from a hypervisor, with two adapters (libvirt and simulator).
+"""The hypervisor port (port.py) and its two adapters (libvirt.py, sim.py), chosen by `connect`.
 
-Every call takes an optional `deadline_s` (time.monotonic() seconds): the tick's one deadline. An adapter gives
-up on a call when it is reached and makes no new call after it, so that one tick always fits the watchdog
-however many calls hang; what it skipped is decided and tried again next tick.
+The adapters import the port from port.py, not from this package, so that the package can import them
+without a cycle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from .port import SKIPPED_DEADLINE, DeadlineSpent, Hypervisor, HypervisorError
 
-from ..model import ApplyResult, Change, Snapshot
-
-# ApplyResult.error of a change not attempted because the tick's deadline was spent: not a failure of the
-# change (the service does not warn about it); the policy decides it again next tick.
-SKIPPED_DEADLINE = "not attempted: the tick's deadline was spent"
-
-
-class HypervisorError(Exception):
-    """The hypervisor cannot be reached or failed as a whole; the service logs once and retries."""
-
-
-class DeadlineSpent(HypervisorError):
-    """The tick's deadline passed before this call could be made."""
-
-
-class Hypervisor(Protocol):
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        """All running domains' balloon stats and the host's memory, in one call where the backend allows."""
-        ...
-
-    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
-        """Make the named domains report guest stats every period_s, retrying failures with backoff; returns
-        one message per domain whose first attempt failed."""
-        ...
-
-    def stats_period_failures(self) -> Mapping[str, str]:
-        """Domains whose stats period could not be set yet (being retried), with the last error."""
-        ...
-
-    def domain_names(self, deadline_s: float | None = None) -> set[str]:
-        """Every domain the hypervisor knows, running or only defined (to check the config's domain names)."""
-        ...
-
-    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
-        """Set each domain's balloon target; a failure is reported per change, never raised. Changes left when
-        the deadline is spent get SKIPPED_DEADLINE."""
-        ...
-
-    def close(self) -> None: ...
+__all__ = ["SKIPPED_DEADLINE", "DeadlineSpent", "Hypervisor", "HypervisorError", "connect", "known_domain_names"]
 
 
 def connect(uri: str) -> Hypervisor:
@@ -60,7 +20,7 @@ def connect(uri: str) -> Hypervisor:
     if uri.startswith("sim:"):
         path = uri.removeprefix("sim://")
         if path.endswith(".toml"):
-            from ..simulate import build_host, load_scenario
+            from ..scenario import build_host, load_scenario
 
             return build_host(load_scenario(path), realtime=True)
         from .sim import demo_host

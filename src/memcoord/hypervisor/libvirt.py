@@ -34,7 +34,7 @@ import psutil
 
 from ..domain_settings import SettingsCache, parse_domain_xml
 from ..model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
-from . import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
+from .port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
 
 log = logging.getLogger("memcoord")
 

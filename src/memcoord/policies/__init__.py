@@ -1,8 +1,9 @@
-"""Balloon policies side by side: memcoord's own policy and the production peers it is measured against.
+"""The balloon-policy interface the simulator runs: memcoord's own policy behind it, and room for others.
 
-`policy.decide` is pure and takes its state in and out; MOM and Proxmox keep moving averages and their own
-10 s cadence. One small interface holds both shapes: an object with `decide(snapshot) -> changes` that keeps
-whatever state it needs. The simulator and the benchmarks only ever see this interface.
+`policy.decide` is pure and takes its state in and out; other policies (the peers in bench/policies) keep
+moving averages and their own cadence. One small interface holds both shapes: an object with
+`decide(snapshot) -> changes` that keeps whatever state it needs. The simulator only ever sees this interface.
+The peers are benchmark material and live in bench/, so nothing here imports them.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Protocol
 from ..config import Config
 from ..model import Change, Snapshot
 from .memcoord import MemcoordPolicy
-from .mom import MomPolicy
-from .proxmox import ProxmoxPolicy
 
 
 class BalloonPolicy(Protocol):
@@ -25,20 +24,21 @@ class BalloonPolicy(Protocol):
         ...
 
 
-POLICIES: dict[str, Callable[[Config], BalloonPolicy]] = {
-    "memcoord": MemcoordPolicy,
-    "mom": MomPolicy,
-    "proxmox": ProxmoxPolicy,
-}
+PolicyFactory = Callable[[Config], BalloonPolicy]
+
+POLICIES: dict[str, PolicyFactory] = {"memcoord": MemcoordPolicy}
 
 
-def make(name: str, config: Config) -> BalloonPolicy:
-    """A fresh policy by name; raises KeyError naming the known ones."""
+def make(policy: str | PolicyFactory, config: Config) -> BalloonPolicy:
+    """A fresh policy: memcoord's by name, or any other from its factory (bench/policies); KeyError names
+    the known names."""
+    if not isinstance(policy, str):
+        return policy(config)
     try:
-        factory = POLICIES[name]
+        factory = POLICIES[policy]
     except KeyError:
-        raise KeyError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
+        raise KeyError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}") from None
     return factory(config)
 
 
-__all__ = ["POLICIES", "BalloonPolicy", "MemcoordPolicy", "MomPolicy", "ProxmoxPolicy", "make"]
+__all__ = ["POLICIES", "BalloonPolicy", "MemcoordPolicy", "PolicyFactory", "make"]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config
-from ..model import Action, Change, Snapshot, mib_to_kib
+from memcoord.config import Config
+from memcoord.model import KIB_PER_MIB, Action, Change, Snapshot, mib_to_kib
 
 TARGET_PERCENT = 80
 MAX_CHANGE_KIB = mib_to_kib(100)
@@ -136,6 +136,6 @@ class ProxmoxPolicy:
             before_kib, after_kib = vms[vmid].balloon_kib, res[vmid]
             if after_kib != before_kib:
                 action = Action.GROW if after_kib > before_kib else Action.RECLAIM
-                reason = f"host goal {goal_kib // 1024:+d} MiB toward {TARGET_PERCENT}% used"
+                reason = f"host goal {goal_kib // KIB_PER_MIB:+d} MiB toward {TARGET_PERCENT}% used"
                 changes.append(Change(vmid, action, before_kib, after_kib, reason))
         return tuple(changes)

@@ -1,0 +1,98 @@
+"""One tick of the loop, the same for the daemon and the simulator: sample -> managed filter -> stats period ->
+decide -> apply -> record what was applied.
+
+`Service.tick` wraps it with its reporting (journal, STATUS, metrics, deadline); `sim_run.run` wraps it with
+its measurements. Neither calls `decide` itself, so neither can forget to tell the policy what was applied:
+that is what makes the next ticks wait for a balloon on its way instead of growing a guest twice.
+
+A policy is a pair of pure functions over an explicit state (`LoopPolicy`): memcoord's own is `MEMCOORD`
+(`policy.decide` and `policy.applied` over a `PolicyState`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from .config import Config
+from .hypervisor import SKIPPED_DEADLINE, Hypervisor
+from .model import ApplyResult, Change, Plan, Snapshot
+from .policy import PolicyState, applied, decide
+
+
+class LoopPolicy(Protocol):
+    """What the loop needs of a policy: a plan from a snapshot of the managed guests, and a new state once the
+    loop knows which of the plan's changes were really set."""
+
+    def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]: ...
+
+    def applied(self, state: Any, changes: Iterable[Change], now_s: float) -> Any: ...
+
+
+class _Memcoord:
+    """memcoord's policy: `policy.decide` and `policy.applied`."""
+
+    def decide(self, snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, Any]:
+        return decide(snapshot, state, config)
+
+    def applied(self, state: PolicyState, changes: Iterable[Change], now_s: float) -> PolicyState:
+        return applied(state, changes, now_s)
+
+
+MEMCOORD: LoopPolicy = _Memcoord()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one tick saw and did, for the caller to report or measure.
+
+    results: the changes tried, each with its outcome; changes skipped because the deadline was spent are not
+    among them (they were not attempted and are decided again next tick), only counted in `skipped`.
+    """
+
+    snapshot: Snapshot  # every running domain, managed or not
+    managed: tuple[str, ...]
+    period_failures: tuple[str, ...]  # first failures to set a domain's stats period, one message each
+    plan: Plan
+    results: tuple[ApplyResult, ...]
+    skipped: int
+    state: Any  # the policy state for the next tick
+
+
+def managed_snapshot(snapshot: Snapshot, config: Config) -> Snapshot:
+    """The snapshot without the domains the config does not manage: the policy never sees them."""
+    return replace(snapshot, domains=tuple(d for d in snapshot.domains if config.manages(d.name, d.settings)))
+
+
+def step(
+    hypervisor: Hypervisor,
+    config: Config,
+    state: Any,
+    loop_policy: LoopPolicy = MEMCOORD,
+    deadline_s: float | None = None,
+) -> StepResult:
+    """One tick. Raises HypervisorError when the hypervisor cannot be sampled (nothing else is then done).
+
+    Only the changes the hypervisor accepted are recorded as applied, at the snapshot's time (the clock the
+    policy's timing is on: the guests' own stats timestamps are compared with it).
+    """
+    snapshot = hypervisor.sample(deadline_s=deadline_s)
+    seen = managed_snapshot(snapshot, config)
+    managed = tuple(d.name for d in seen.domains)
+    failures = hypervisor.ensure_stats_period(managed, config.loop.stats_period_s, deadline_s=deadline_s)
+    plan, state = loop_policy.decide(seen, state, config)
+    results: list[ApplyResult] = []
+    if plan.changes:
+        results = hypervisor.apply(plan.changes, deadline_s=deadline_s)
+        state = loop_policy.applied(state, [r.change for r in results if r.ok], snapshot.taken_at_s)
+    attempted = tuple(r for r in results if r.error != SKIPPED_DEADLINE)
+    return StepResult(
+        snapshot=snapshot,
+        managed=managed,
+        period_failures=tuple(failures),
+        plan=plan,
+        results=attempted,
+        skipped=len(results) - len(attempted),
+        state=state,
+    )
