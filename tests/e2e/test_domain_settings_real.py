@@ -77,14 +77,14 @@ def _bounds(domain: dict[str, Any]) -> tuple[float, str, float, str]:
     )
 
 
-def _actual_mib(run: LabRun, guest: str) -> float:
-    return run.latest().get(guest, {}).get("actual_mib") or 0.0
+def _current_mib(run: LabRun, guest: str) -> float:
+    return run.latest().get(guest, {}).get("current_mib") or 0.0
 
 
 def _settled(run: LabRun, guest: str, target_mib: float, hold_s: float = 6.0) -> bool:
     """At target (within the slack) for the last hold_s seconds of the recorder's samples."""
     now_s = run.t_s()
-    recent = [v for t, v in run.timeline.series(guest, "actual_mib") if t >= now_s - hold_s]
+    recent = [v for t, v in run.timeline.series(guest, "current_mib") if t >= now_s - hold_s]
     return len(recent) >= hold_s - 2 and all(abs(v - target_mib) <= BALLOON_SLACK_MIB for v in recent)
 
 
@@ -135,10 +135,10 @@ def test_metadata_floor_ceiling_live_change_and_config_override(
             t_end_s = run.t_s()
             log_text = memcoord.log_text()
         tl = run.timeline
-        idle_low1 = analysis.minimum(tl, idle, "actual_mib", t1_s, t2_s)
-        hog_peak = analysis.peak(tl, hog, "actual_mib", t1_s, t2_s)
-        idle_low2 = analysis.minimum(tl, idle, "actual_mib", t2_s, t3_s)
-        idle_end = analysis.value_at(tl, idle, "actual_mib", t_end_s)
+        idle_low1 = analysis.minimum(tl, idle, "current_mib", t1_s, t2_s)
+        hog_peak = analysis.peak(tl, hog, "current_mib", t1_s, t2_s)
+        idle_low2 = analysis.minimum(tl, idle, "current_mib", t2_s, t3_s)
+        idle_end = analysis.value_at(tl, idle, "current_mib", t_end_s)
         bad_key_warnings = [line for line in log_text.splitlines() if "'abc'" in line]
         typo_warnings = [line for line in log_text.splitlines() if f'[domains."{idle}x"]' in line]
         print(
