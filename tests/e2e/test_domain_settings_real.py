@@ -77,10 +77,6 @@ def _bounds(domain: dict[str, Any]) -> tuple[float, str, float, str]:
     )
 
 
-def _current_mib(run: LabRun, guest: str) -> float:
-    return run.latest().get(guest, {}).get("current_mib") or 0.0
-
-
 def _settled(run: LabRun, guest: str, target_mib: float, hold_s: float = 6.0) -> bool:
     """At target (within the slack) for the last hold_s seconds of the recorder's samples."""
     now_s = run.t_s()
