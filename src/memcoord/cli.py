@@ -47,10 +47,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return service.run()
 
 
+# check-config asks libvirt for its domains' names at most this long: ExecReload runs it before every reload.
+CHECK_DOMAINS_TIMEOUT_S = 5.0
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    _load_or_exit(args.path)
+    config = _load_or_exit(args.path)
     print(f"{args.path}: OK")
+    if config.domains and not args.offline:
+        _check_domain_names(args.path, config)
     return os.EX_OK
+
+
+def _check_domain_names(path: Path, config: config_mod.Config) -> None:
+    """Warn (stderr) about `[domains."NAME"]` tables naming no domain libvirt knows; a valid file stays valid
+    (exit 0) whatever libvirt says, or when it cannot be asked."""
+    from .domain_settings import unmatched_overrides
+    from .hypervisor import HypervisorError, known_domain_names
+
+    uri = config.libvirt.uri
+    try:
+        names = known_domain_names(uri, CHECK_DOMAINS_TIMEOUT_S)
+    except HypervisorError as exc:
+        print(f'{path}: [domains."NAME"] names not checked against libvirt ({exc})', file=sys.stderr)
+        return
+    for warning in unmatched_overrides(config, names):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
 
 
 def _cmd_print_config(args: argparse.Namespace) -> int:
@@ -100,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file: OK, or every error; exit 78")
     check.add_argument("path", type=Path, nargs="?", default=config_mod.DEFAULT_PATH, help="config file (%(default)s)")
+    check.add_argument(
+        "--offline", action="store_true", help='do not ask libvirt whether each [domains."NAME"] names a domain'
+    )
     check.set_defaults(func=_cmd_check_config)
 
     show = sub.add_parser("print-config", help="print the effective config (defaults filled in) as TOML")

@@ -15,6 +15,7 @@ import re
 import ssl
 import tomllib
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .model import mib_to_kib
+from .model import NO_SETTINGS, DomainSettings, mib_to_kib
 
 DEFAULT_PATH = Path("/etc/memcoord.toml")
 
@@ -238,10 +239,34 @@ class HostConfig(_Section):
 
 
 class DomainOverride(_Section):
-    """Settings for one domain, by its libvirt name; they override the [guest] defaults for that guest."""
+    """Settings for one domain, by its exact libvirt name: `[domains."web1"]` (not a glob).
+
+    The same keys may travel with the VM in its libvirt definition, as memcoord metadata, so that a live
+    migration takes them along:
+
+        <metadata>
+          <memcoord:settings xmlns:memcoord="https://memcoord.example/xmlns/1">
+            <memcoord:min_mib>1024</memcoord:min_mib>
+            <memcoord:max_mib>4096</memcoord:max_mib>
+            <memcoord:enabled>true</memcoord:enabled>
+          </memcoord:settings>
+        </metadata>
+
+    set on a running guest with `virsh metadata DOMAIN https://memcoord.example/xmlns/1 --key memcoord
+    --set '<settings><min_mib>1024</min_mib></settings>' --live --config`; memcoord sees a change within a
+    tick (libvirt's metadata-change event). Each key is taken, per key, from the first of: this table, the
+    metadata, libvirt's `<memtune><min_guarantee>` (the floor only; the QEMU driver refuses to define it, other
+    drivers and older definitions may have it), the global default (guest.min_mib; the libvirt maximum for the
+    ceiling). An invalid metadata key (not a number, min_mib above max_mib, an unknown key) is logged once,
+    naming the domain, the element and the value, and the next source applies.
+    `memcoord status` shows where each guest's floor and ceiling came from.
+    """
 
     min_mib: int | None = Field(
-        None, gt=0, description="The floor for this guest (instead of guest.min_mib).", examples=[1024]
+        None,
+        gt=0,
+        description="The floor for this guest (instead of guest.min_mib and any metadata or min_guarantee).",
+        examples=[1024],
     )
     max_mib: int | None = Field(
         None,
@@ -258,6 +283,16 @@ class DomainOverride(_Section):
         if max_mib is not None and min_mib is not None and max_mib < min_mib:
             raise ValueError(f"must be at least min_mib ({min_mib})")
         return max_mib
+
+
+class Source(StrEnum):
+    """Where a guest's floor or ceiling came from, highest precedence first."""
+
+    CONFIG = "config"
+    METADATA = "metadata"
+    MIN_GUARANTEE = "min_guarantee"
+    LIBVIRT_MAX = "libvirt_max"
+    DEFAULT = "default"
 
 
 # -- observability: what the daemon publishes for `memcoord status/monitor/plot` and Prometheus ------------
@@ -468,24 +503,54 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     timeline: TimelineConfig = TimelineConfig()
 
-    def manages(self, name: str) -> bool:
-        """True for a domain memcoord may touch: matched by libvirt.domains and not disabled."""
+    def domain_setting(self, name: str, key: str, settings: DomainSettings | None) -> tuple[Any, Source] | None:
+        """A per-domain key from the config file's `[domains."NAME"]` (what the file sets there), else from the
+        domain's metadata; None when neither sets it."""
+        override = self.domains.get(name)
+        if override is not None and key in override.model_fields_set and getattr(override, key) is not None:
+            return getattr(override, key), Source.CONFIG
+        if settings is not None and key in settings.metadata:
+            return settings.metadata[key], Source.METADATA
+        return None
+
+    def manages(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> bool:
+        """True for a domain memcoord may touch: matched by libvirt.domains, not disabled (config or metadata),
+        and its settings read (settings None: not yet, and its metadata may exclude it)."""
+        return self.exclusion(name, settings) is None
+
+    def exclusion(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> str | None:
+        """Why memcoord leaves a domain alone: "libvirt.domains", "config" or "metadata" (enabled = false),
+        "unread" (its settings not read yet); None for a managed domain."""
         if not _matcher(self.libvirt.domains)(name):
-            return False
-        override = self.domains.get(name)
-        return override is None or override.enabled
+            return "libvirt.domains"
+        if settings is None:
+            return "unread"
+        enabled = self.domain_setting(name, "enabled", settings)
+        return None if enabled is None or enabled[0] else str(enabled[1])
 
-    def floor_kib(self, name: str) -> int:
-        override = self.domains.get(name)
-        min_mib = override.min_mib if override and override.min_mib is not None else self.guest.min_mib
-        return mib_to_kib(min_mib)
+    def floor(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
+        """The lowest target for a domain (KiB) and where it came from: min_mib, else min_guarantee, else
+        guest.min_mib."""
+        found = self.domain_setting(name, "min_mib", settings)
+        if found is not None:
+            return mib_to_kib(found[0]), found[1]
+        if settings is not None and settings.min_guarantee_kib:
+            return settings.min_guarantee_kib, Source.MIN_GUARANTEE
+        return mib_to_kib(self.guest.min_mib), Source.DEFAULT
 
-    def ceiling_kib(self, name: str, max_kib: int) -> int:
-        """The highest target for a domain: its libvirt maximum, lowered by a max_mib override."""
-        override = self.domains.get(name)
-        if override and override.max_mib is not None:
-            return min(max_kib, mib_to_kib(override.max_mib))
-        return max_kib
+    def floor_kib(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> int:
+        return self.floor(name, settings)[0]
+
+    def ceiling(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
+        """The highest target for a domain (KiB): its libvirt maximum, lowered by a max_mib, and where it came
+        from (a max_mib at or above the maximum does not bind: the maximum does)."""
+        found = self.domain_setting(name, "max_mib", settings)
+        if found is not None and mib_to_kib(found[0]) < max_kib:
+            return mib_to_kib(found[0]), found[1]
+        return max_kib, Source.LIBVIRT_MAX
+
+    def ceiling_kib(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> int:
+        return self.ceiling(name, max_kib, settings)[0]
 
     @property
     def stale_after_s(self) -> float:

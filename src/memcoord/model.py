@@ -6,8 +6,10 @@ wants done. Sizes are KiB throughout, as libvirt's balloon stats and setMemory a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 KIB_PER_MIB = 1024
 
@@ -21,8 +23,28 @@ def kib_to_mib(kib: int) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainSettings:
+    """What a domain's own libvirt definition says about memcoord, so that it travels with the VM.
+
+    metadata: the per-domain keys (those of a `[domains."NAME"]` table: min_mib, max_mib, enabled ...) that the
+    domain's `<memcoord:settings>` metadata element sets validly; min_guarantee_kib: libvirt's
+    `<memtune><min_guarantee>`, None when the domain has none. The config file's own `[domains."NAME"]` keys
+    win over both (Config.bounds)."""
+
+    metadata: Mapping[str, int | float | bool] = field(default_factory=lambda: MappingProxyType({}))
+    min_guarantee_kib: int | None = None
+
+
+# A domain whose definition sets nothing for memcoord (and what a simulated guest has unless it says otherwise).
+NO_SETTINGS = DomainSettings()
+
+
+@dataclass(frozen=True, slots=True)
 class DomainStats:
-    """One running guest as its balloon reports it. Guest-side figures are None when the guest gave none."""
+    """One running guest as its balloon reports it. Guest-side figures are None when the guest gave none.
+
+    settings: what the domain's definition says (metadata, min_guarantee); None while the adapter has not read
+    it yet, and such a guest is left alone (its metadata may exclude it)."""
 
     name: str
     current_kib: int
@@ -32,6 +54,7 @@ class DomainStats:
     available_kib: int | None = None
     rss_kib: int | None = None
     last_update_s: int | None = None
+    settings: DomainSettings | None = NO_SETTINGS
 
 
 @dataclass(frozen=True, slots=True)

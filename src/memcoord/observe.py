@@ -217,6 +217,8 @@ class Observer:
         if snap is not None and plan is not None:
             for d in sorted(snap.domains, key=lambda d: d.name):
                 managed = d.name in plan.classes
+                floor_kib, floor_source = cfg.floor(d.name, d.settings)
+                ceiling_kib, ceiling_source = cfg.ceiling(d.name, d.max_kib, d.settings)
                 domains.append(
                     {
                         "name": d.name,
@@ -230,8 +232,13 @@ class Observer:
                         "stats_age_s": None if not d.last_update_s else round(snap.taken_at_s - d.last_update_s, 1),
                         "stats_updated_at_s": d.last_update_s,
                         "last_action": self.last_actions.get(d.name),
-                        "floor_kib": cfg.floor_kib(d.name) if managed else None,
-                        "ceiling_kib": cfg.ceiling_kib(d.name, d.max_kib) if managed else None,
+                        "floor_kib": floor_kib if managed else None,
+                        "ceiling_kib": ceiling_kib if managed else None,
+                        "floor_source": str(floor_source) if managed else None,
+                        "ceiling_source": str(ceiling_source) if managed else None,
+                        "excluded_by": None if managed else cfg.exclusion(d.name, d.settings),
+                        "metadata": None if d.settings is None else dict(d.settings.metadata),
+                        "min_guarantee_kib": None if d.settings is None else d.settings.min_guarantee_kib,
                         "stats_period_error": self.period_failing.get(d.name),
                     }
                 )

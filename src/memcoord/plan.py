@@ -27,7 +27,18 @@ from typing import Any
 from .config import Config
 from .hypervisor import Hypervisor, HypervisorError
 from .hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
-from .model import KIB_PER_MIB, ApplyResult, Change, DomainStats, GuestClass, HostStats, Plan, Snapshot, kib_to_mib
+from .model import (
+    KIB_PER_MIB,
+    ApplyResult,
+    Change,
+    DomainSettings,
+    DomainStats,
+    GuestClass,
+    HostStats,
+    Plan,
+    Snapshot,
+    kib_to_mib,
+)
 from .policy import PolicyState, decide, free_figure, thresholds_kib
 from .step import MEMCOORD, step
 
@@ -94,6 +105,7 @@ def seed_simulator(
                 reported_unused_kib=dom.current_kib - used_kib - cache_kib,
                 reported_usable_kib=dom.current_kib - used_kib,
                 reported_current_kib=dom.current_kib,
+                settings=dom.settings,
             )
         )
     held_kib = sum(g.rss_kib for g in guests)
@@ -273,11 +285,14 @@ def _mib(kib: int) -> str:
     return f"{kib_to_mib(kib):.0f} MiB"
 
 
-def unmanaged_why(name: str, config: Config) -> str:
-    override = config.domains.get(name)
-    if override is not None and not override.enabled:
-        return f'not managed: [domains."{name}"] enabled = false'
-    return f"not managed: libvirt.domains ({', '.join(config.libvirt.domains)}) does not match it"
+def unmanaged_why(name: str, config: Config, settings: DomainSettings | None) -> str:
+    """Why memcoord leaves a domain alone, from the same rule the daemon applies (Config.exclusion)."""
+    reason = config.exclusion(name, settings)
+    if reason == "libvirt.domains":
+        return f"not managed: libvirt.domains ({', '.join(config.libvirt.domains)}) does not match it"
+    if reason == "unread":
+        return "not managed yet: its libvirt metadata has not been read (it is read within a tick or two)"
+    return f"not managed: enabled = false in its {reason} settings"
 
 
 def untrusted_why(dom: DomainStats, guest_class: GuestClass, period_s: int | None, taken_at_s: float) -> str:
@@ -294,7 +309,7 @@ def untrusted_why(dom: DomainStats, guest_class: GuestClass, period_s: int | Non
 
 def steady_why(dom: DomainStats, guest_class: GuestClass, config: Config, notes: Sequence[str]) -> str:
     """Why the policy leaves a guest with trusted stats as it is this tick."""
-    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib)
+    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
     starving_kib, wasteful_kib, _step = thresholds_kib(config, ceiling_kib)
     free_kib, figure = free_figure(dom)
     free = f"{_mib(free_kib or 0)} {figure}"
@@ -305,7 +320,7 @@ def steady_why(dom: DomainStats, guest_class: GuestClass, config: Config, notes:
         else:
             text = f"starving ({free} <= {_mib(starving_kib)}), no room to grow it now"
     elif guest_class is GuestClass.WASTEFUL:
-        floor_kib = config.floor_kib(dom.name)
+        floor_kib = config.floor_kib(dom.name, dom.settings)
         if dom.current_kib <= floor_kib:
             where = f"at its floor {_mib(floor_kib)}"
         elif (free_kib or 0) - wasteful_kib < KIB_PER_MIB:
@@ -336,7 +351,9 @@ def build_report(
     changes = {c.domain: c for c in plan_now.changes}
     rows = []
     for dom in sorted(snapshot.domains, key=lambda d: d.name):
-        floor_kib = min(config.floor_kib(dom.name), config.ceiling_kib(dom.name, dom.max_kib))
+        floor_kib = min(
+            config.floor_kib(dom.name, dom.settings), config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
+        )
         common = {
             "name": dom.name,
             "current_kib": dom.current_kib,
@@ -353,7 +370,7 @@ def build_report(
                     ceiling_kib=None,
                     action=None,
                     to_kib=None,
-                    why=unmanaged_why(dom.name, config),
+                    why=unmanaged_why(dom.name, config, dom.settings),
                     settled_kib=None,
                     settles_in_s=None,
                 )
@@ -381,7 +398,7 @@ def build_report(
                 managed=True,
                 guest_class=str(guest_class),
                 floor_kib=floor_kib,
-                ceiling_kib=config.ceiling_kib(dom.name, dom.max_kib),
+                ceiling_kib=config.ceiling_kib(dom.name, dom.max_kib, dom.settings),
                 action=str(change.action) if change else None,
                 to_kib=change.to_kib if change else None,
                 why=why,

@@ -295,7 +295,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float)
     sample = _observe(prev, dom, config.guest.peak_hold_s)
     pending = _still_pending(state.pending.get(dom.name), dom, config, now_s)
     base_kib = pending.target_kib if pending else dom.current_kib
-    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib)
+    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
     # Sized on the guest's configured size, not where the balloon has it now: a guest shrunk to what it uses
     # keeps a buffer in proportion to what it may need again.
     starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
@@ -306,7 +306,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float)
         pending=pending,
         base_kib=base_kib,
         # A floor above the ceiling yields to it.
-        floor_kib=min(config.floor_kib(dom.name), ceiling_kib),
+        floor_kib=min(config.floor_kib(dom.name, dom.settings), ceiling_kib),
         ceiling_kib=ceiling_kib,
         starving_kib=starving_kib,
         wasteful_kib=wasteful_kib,
@@ -458,7 +458,9 @@ def host_headroom_kib(snapshot: Snapshot, config: Config, state: PolicyState | N
     """What the host guard lets memcoord hand out now (before any plan): host available -
     host.min_available_mib - memory granted and not yet touched. Negative when the host is below its guard."""
     state = state or PolicyState()
-    guests = [_look_at(d, state, config, snapshot.taken_at_s) for d in snapshot.domains if config.manages(d.name)]
+    guests = [
+        _look_at(d, state, config, snapshot.taken_at_s) for d in snapshot.domains if config.manages(d.name, d.settings)
+    ]
     return _Ledger(snapshot.host.available_kib, guests, config).headroom_kib
 
 
@@ -718,7 +720,7 @@ def _collect_idle_tax(guests: list[_Guest], ledger: _Ledger, config: Config, gro
 # -- the whole tick ------------------------------------------------------------------------------------------
 def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
     now_s = snapshot.taken_at_s
-    managed = sorted((d for d in snapshot.domains if config.manages(d.name)), key=lambda d: d.name)
+    managed = sorted((d for d in snapshot.domains if config.manages(d.name, d.settings)), key=lambda d: d.name)
     guests = [_look_at(d, state, config, now_s) for d in managed]
     ledger = _Ledger(snapshot.host.available_kib, guests, config)
 

@@ -86,7 +86,7 @@ def choose(snapshot: Snapshot, config: Config, names: Sequence[str]) -> list[Dom
     domain by name. RestoreError (exit 66) names every domain that is not running or has no balloon."""
     by_name = {d.name: d for d in snapshot.domains}
     if not names:
-        return sorted((d for d in snapshot.domains if config.manages(d.name)), key=lambda d: d.name)
+        return sorted((d for d in snapshot.domains if config.manages(d.name, d.settings)), key=lambda d: d.name)
     missing = [n for n in dict.fromkeys(names) if n not in by_name]
     if missing:
         running = ", ".join(sorted(by_name)) or "none"
@@ -107,7 +107,7 @@ def wanted(doms: Sequence[DomainStats], config: Config, to_mib: int | None) -> l
             continue
         target_kib = mib_to_kib(to_mib)
         notes: tuple[str, ...] = ()
-        floor_kib = min(config.floor_kib(dom.name), dom.max_kib)
+        floor_kib = min(config.floor_kib(dom.name, dom.settings), dom.max_kib)
         if target_kib > dom.max_kib:
             notes = (f"--to {to_mib} MiB is above its maximum {_mib(dom.max_kib)}: restoring to {_mib(dom.max_kib)}",)
             target_kib = dom.max_kib

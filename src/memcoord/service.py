@@ -29,6 +29,7 @@ from types import FrameType
 from . import config as config_mod
 from . import journal
 from .config import Config, ConfigError
+from .domain_settings import warn_unmatched_overrides
 from .hypervisor import Hypervisor, HypervisorError
 from .hypervisor.dry_run import DryRunHypervisor
 from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
@@ -133,6 +134,7 @@ class Service:
         self._short_ticks = 0
         self._period_failing: dict[str, str] = {}
         self._over_deadline = False
+        self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # In dry run, the last decision logged for each guest: the same one is not logged again.
         self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
@@ -209,6 +211,7 @@ class Service:
                 self._dry_run_view = None
                 self._dry_run_logged.clear()
             self.config = new
+            self._overrides_checked = False
             self.observer.configure(self.config_path, new)
             self.reload_note = ""
             log.info("config reloaded from %s", self.config_path, extra=journal.lifecycle("reload-ok"))
@@ -258,6 +261,8 @@ class Service:
             )
             self._lost_reason = None
         self._backoff_s = BACKOFF_START_S
+        if not self._overrides_checked:
+            self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, started_s + budget_s)
         self.state = done.state
         self._report_step(done, started_s, budget_s)
         if self.exit_when_idle and not done.managed:

@@ -20,7 +20,13 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
     domains [{name, managed, class, current_kib, max_kib, target_kib, unused_kib, usable_kib, stats_age_s,
               stats_updated_at_s (the guest's own timestamp of its stats), stats_period_error,
               last_action {action, from_kib, to_kib, reason, at_s, error, dry_run} | null,
-              floor_kib, ceiling_kib (the policy's bounds; null when unmanaged)}]
+              floor_kib, ceiling_kib (the policy's bounds; null when unmanaged),
+              floor_source, ceiling_source (where each came from: "config", "metadata", "min_guarantee",
+              "libvirt_max", "default"; null when unmanaged),
+              excluded_by (why an unmanaged domain is left alone: "libvirt.domains", "config" or "metadata"
+              for enabled = false, "unread" while its settings are not read yet; null when managed),
+              metadata {key: value} (the valid keys of its memcoord metadata; null while unread),
+              min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null)}]
 """
 
 from __future__ import annotations

@@ -56,7 +56,33 @@ def _last_action(action: dict[str, Any] | None) -> str:
     return text
 
 
-COLUMNS = ("DOMAIN", "CLASS", "CURRENT", "MAX", "TARGET", "UNUSED", "USABLE", "STATS AGE", "LAST ACTION (MiB)")
+def _bound(d: dict[str, Any], which: str) -> str:
+    """A floor or ceiling with where it came from: "1024 metadata"; "-" when unmanaged."""
+    kib = d.get(f"{which}_kib")
+    if kib is None:
+        return "-"
+    source = d.get(f"{which}_source")
+    return f"{_mib(kib)} {source.replace('_', ' ')}" if source else _mib(kib)
+
+
+def _class(d: dict[str, Any]) -> str:
+    excluded_by = d.get("excluded_by")
+    return f"{d['class']} ({excluded_by})" if excluded_by and d["class"] == "unmanaged" else d["class"]
+
+
+COLUMNS = (
+    "DOMAIN",
+    "CLASS",
+    "CURRENT",
+    "MAX",
+    "TARGET",
+    "UNUSED",
+    "USABLE",
+    "STATS AGE",
+    "FLOOR FROM",
+    "CEILING FROM",
+    "LAST ACTION (MiB)",
+)
 
 
 def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
@@ -110,13 +136,15 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
         rows.append(
             (
                 d["name"],
-                d["class"],
+                _class(d),
                 _mib(d["current_kib"]),
                 _mib(d["max_kib"]),
                 _mib(d["target_kib"]),
                 _mib(d["unused_kib"]),
                 _mib(d["usable_kib"]),
                 "-" if d["stats_age_s"] is None else f"{d['stats_age_s']:g}s",
+                _bound(d, "floor"),
+                _bound(d, "ceiling"),
                 _last_action(d["last_action"]),
             )
         )

@@ -62,7 +62,7 @@ class StepResult:
 
 def managed_snapshot(snapshot: Snapshot, config: Config) -> Snapshot:
     """The snapshot without the domains the config does not manage: the policy never sees them."""
-    return replace(snapshot, domains=tuple(d for d in snapshot.domains if config.manages(d.name)))
+    return replace(snapshot, domains=tuple(d for d in snapshot.domains if config.manages(d.name, d.settings)))
 
 
 def step(

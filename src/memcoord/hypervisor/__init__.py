@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .port import SKIPPED_DEADLINE, DeadlineSpent, Hypervisor, HypervisorError
 
-__all__ = ["SKIPPED_DEADLINE", "DeadlineSpent", "Hypervisor", "HypervisorError", "connect"]
+__all__ = ["SKIPPED_DEADLINE", "DeadlineSpent", "Hypervisor", "HypervisorError", "connect", "known_domain_names"]
 
 
 def connect(uri: str) -> Hypervisor:
@@ -29,3 +29,13 @@ def connect(uri: str) -> Hypervisor:
     from .libvirt import LibvirtHypervisor
 
     return LibvirtHypervisor(uri)
+
+
+def known_domain_names(uri: str, timeout_s: float) -> set[str]:
+    """Every domain at uri, running or defined, for `check-config`: a read-only connection that gives up after
+    timeout_s. HypervisorError says why when the names cannot be had."""
+    if uri.startswith("sim:"):
+        return connect(uri).domain_names()
+    from .libvirt import defined_domain_names
+
+    return defined_domain_names(uri, timeout_s)

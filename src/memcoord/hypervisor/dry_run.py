@@ -86,6 +86,9 @@ class DryRunHypervisor:
     def stats_period_failures(self) -> Mapping[str, str]:
         return self.real.stats_period_failures()
 
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        return self.real.domain_names(deadline_s=deadline_s)
+
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         results = []
         for change in changes:

@@ -12,11 +12,16 @@ and memcoord leaves guests without stats alone. On top of that, every call of a 
 
 Setting a domain's stats period is retried with backoff until it works: until then the guest reports no fresh
 stats and memcoord leaves it alone, so a single lost attempt must not leave it uncoordinated for good.
+
+Each domain's own settings (memcoord metadata, min_guarantee; see domain_settings.py) come from its XML, which
+the bulk stats call does not return: it is read once per domain and again on libvirt's metadata-change and
+lifecycle events, after a reconnect and on a slow timer, in at most SETTINGS_READ_BUDGET_S of a tick.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,8 +33,11 @@ from xml.etree import ElementTree
 import libvirt
 import psutil
 
-from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot
+from ..domain_settings import SettingsCache, parse_domain_xml
+from ..model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
 from .port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
+
+log = logging.getLogger("memcoord")
 
 KEEPALIVE_INTERVAL_S = 2
 KEEPALIVE_COUNT = 3
@@ -42,6 +50,9 @@ MAX_ABANDONED_CALLS = 4
 # A stats period that could not be set is tried again after 2 s, then 4, 8 ... up to every 60 s.
 PERIOD_RETRY_START_S = 2.0
 PERIOD_RETRY_MAX_S = 60.0
+# What one tick may spend reading domains' XML for their settings; the rest waits for the next tick (a host
+# with thousands of guests, all new at start, is read over a few ticks).
+SETTINGS_READ_BUDGET_S = 1.0
 
 T = TypeVar("T")
 
@@ -150,7 +161,7 @@ def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
 
 
-def domain_stats(name: str, stats: dict[str, int]) -> DomainStats | None:
+def domain_stats(name: str, stats: dict[str, int], settings: DomainSettings | None = NO_SETTINGS) -> DomainStats | None:
     """The record as DomainStats; None without current and maximum, which nothing safe can be decided on."""
 
     def opt(key: str) -> int | None:
@@ -168,6 +179,7 @@ def domain_stats(name: str, stats: dict[str, int]) -> DomainStats | None:
         available_kib=opt("balloon.available"),
         rss_kib=opt("balloon.rss"),
         last_update_s=opt("balloon.last-update"),
+        settings=settings,
     )
 
 
@@ -181,6 +193,25 @@ def balloon_period_s(domain_xml: str) -> int | None:
     return int(stats.get("period", "0")) if stats is not None else 0
 
 
+def defined_domain_names(uri: str, timeout_s: float) -> set[str]:
+    """Every domain at uri, running or defined, over a read-only connection given up after timeout_s."""
+    _quiet_libvirt_errors()
+
+    def names() -> set[str]:
+        conn = libvirt.openReadOnly(uri)
+        try:
+            return {dom.name() for dom in conn.listAllDomains(0)}
+        finally:
+            conn.close()
+
+    try:
+        return _Call("listAllDomains", names).wait(timeout_s)
+    except TimeoutError:
+        raise HypervisorError(f"{uri}: no answer in {timeout_s:.0f} s") from None
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"{uri}: {exc.get_error_message()}") from None
+
+
 class LibvirtHypervisor:
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -191,6 +222,9 @@ class LibvirtHypervisor:
         self._period_set: set[tuple[str, int, int]] = set()
         self._period_retry: dict[tuple[str, int, int], _PeriodRetry] = {}
         self._abandoned: list[_Call[object]] = []
+        self._settings = SettingsCache()
+        self._settings_unreadable: dict[str, str] = {}
+        self._event_ids: list[int] = []
         _quiet_libvirt_errors()
         _start_event_loop()
 
@@ -216,12 +250,32 @@ class LibvirtHypervisor:
         self._conn = conn
         self._period_set.clear()
         self._period_retry.clear()
+        self._watch_definitions(conn)
         return conn
+
+    def _watch_definitions(self, conn: libvirt.virConnect) -> None:
+        """Re-read a domain's settings when libvirt says its metadata or definition changed; what changed while
+        there was no connection is read again too."""
+        self._settings.mark_all_changed()
+
+        def changed(_conn: libvirt.virConnect, dom: libvirt.virDomain, *_args: object) -> None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._settings.mark_changed(dom.UUIDString())
+
+        self._event_ids = []
+        for event in (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE):
+            # A driver without events is read on the slow timer only.
+            with contextlib.suppress(libvirt.libvirtError):
+                self._event_ids.append(conn.domainEventRegisterAny(None, event, changed, None))
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         self._domains = {}
         if conn is not None:
+            for event_id in self._event_ids:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.domainEventDeregisterAny(event_id)
+            self._event_ids = []
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
@@ -273,8 +327,63 @@ class LibvirtHypervisor:
             raise HypervisorError(str(exc)) from None
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
-        domains = tuple(d for dom, stats in records if (d := domain_stats(dom.name(), stats)) is not None)
+        uuids = {dom.UUIDString(): dom for dom, _stats in records}  # the handle's own, no round trip
+        self._read_settings(uuids, deadline_s)
+        domains = tuple(
+            d
+            for dom, stats in records
+            if (d := domain_stats(dom.name(), stats, self._settings.get(dom.UUIDString()))) is not None
+        )
         return Snapshot(host=host, domains=domains, taken_at_s=taken_at_s)
+
+    def _read_settings(self, doms: Mapping[str, libvirt.virDomain], deadline_s: float | None) -> None:
+        """Read the XML of the domains due (new, changed, or not read for a while) within the tick's share for
+        it; report each problem in their settings once."""
+        self._settings.keep_only(doms)
+        for uuid in set(self._settings_unreadable) - set(doms):
+            del self._settings_unreadable[uuid]
+        started_s = time.monotonic()
+        due = self._settings.due(doms, started_s)
+        for i, uuid in enumerate(due):
+            dom = doms[uuid]
+            try:
+                # The budget decides whether a read starts; a read once started has the tick's deadline (cut
+                # short, it would be abandoned, and abandoned calls cost the connection).
+                if time.monotonic() - started_s >= SETTINGS_READ_BUDGET_S:
+                    raise DeadlineSpent("settings read budget spent")
+                xml_text = self._bounded("XMLDesc", dom.XMLDesc, deadline_s)
+            except (DeadlineSpent, TimeoutError, HypervisorError):
+                self._settings.retry(due[i:])
+                return
+            except libvirt.libvirtError as exc:
+                if not _gone(exc):
+                    self._settings.retry([uuid])
+                    error = exc.get_error_message()
+                    if self._settings_unreadable.get(uuid) != error:
+                        self._settings_unreadable[uuid] = error
+                        log.warning(
+                            "%s: cannot read its libvirt XML for its settings (kept as last read, or left alone"
+                            " until read): %s",
+                            dom.name(),
+                            error,
+                            extra={"MEMCOORD_DOMAIN": dom.name()},
+                        )
+                continue
+            self._settings_unreadable.pop(uuid, None)
+            for problem in self._settings.store(uuid, parse_domain_xml(dom.name(), xml_text), time.monotonic()):
+                log.warning("%s", problem, extra={"MEMCOORD_DOMAIN": dom.name(), "MEMCOORD_EVENT": "bad-settings"})
+
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        conn = self._connection(deadline_s)
+        try:
+            doms = self._bounded("listAllDomains", lambda: conn.listAllDomains(0), deadline_s)
+            return {dom.name() for dom in doms}
+        except libvirt.libvirtError as exc:
+            if connection_lost(conn, exc):
+                self._drop()
+            raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
+        except TimeoutError as exc:
+            raise HypervisorError(str(exc)) from None
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
         """Set the period once per running domain (a restart gives it a new id). A failure or a call with no

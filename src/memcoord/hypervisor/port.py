@@ -39,6 +39,10 @@ class Hypervisor(Protocol):
         """Domains whose stats period could not be set yet (being retried), with the last error."""
         ...
 
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        """Every domain the hypervisor knows, running or only defined (to check the config's domain names)."""
+        ...
+
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         """Set each domain's balloon target; a failure is reported per change, never raised. Changes left when
         the deadline is spent get SKIPPED_DEADLINE."""

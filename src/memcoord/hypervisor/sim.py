@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot, mib_to_kib
+from ..model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot, mib_to_kib
 from .port import HypervisorError
 from .workloads import FileReader, Hog, HostPressure, Idle, Workload
 
@@ -47,6 +47,8 @@ class SimGuest:
     workload: Workload = field(default_factory=Idle)
     reader: FileReader | None = None
     has_balloon_stats: bool = True
+    # What the guest's libvirt definition would say (metadata, min_guarantee): it travels with the guest.
+    settings: DomainSettings = NO_SETTINGS
     current_kib: int = 0
     used_kib: int = KERNEL_USED_KIB
     cache_kib: int = 0
@@ -160,6 +162,7 @@ class SimulatedHypervisor:
                 available_kib=g.reported_current_kib if g.last_update_s else None,
                 rss_kib=g.rss_kib,
                 last_update_s=g.last_update_s or None,
+                settings=g.settings,
             )
             for g in self.guests.values()
         )
@@ -173,6 +176,11 @@ class SimulatedHypervisor:
 
     def stats_period_failures(self) -> Mapping[str, str]:
         return {}
+
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        if not self.reachable:
+            raise HypervisorError("simulated hypervisor unreachable")
+        return set(self.guests)
 
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         results = []
