@@ -47,7 +47,7 @@ class LibvirtConfig(_Section):
         "qemu:///system",
         description="The libvirt connection URI. For a remote URI the host guard uses libvirt's node memory stats "
         "instead of this host's /proc/meminfo.",
-        examples=["qemu+ssh://root@kvm1/system"],
+        examples=["qemu+tls://kvm1.example.org/system"],
     )
     domains: tuple[str, ...] = Field(
         ("*",),
@@ -82,8 +82,9 @@ class LoopConfig(_Section):
     )
     dry_run: bool = Field(
         False,
-        description="Decide and log every action to the journal, never call setMemory: the safe way to try "
-        "memcoord on a host.",
+        description="Decide and log every action to the journal, never call setMemory (the balloon stats period is "
+        "still set, so the guests report): the safe way to try memcoord on a host. Each tick starts from the "
+        "targets dry run would have set, so the journal shows the path each guest would take, each step once.",
         examples=[True],
     )
 
@@ -214,8 +215,8 @@ class HostConfig(_Section):
     guest_overhead_mib: int = Field(
         128,
         ge=0,
-        description="What QEMU needs per guest beyond the guest's own memory (device models, page tables): about "
-        "30-60 MiB under KVM, more under software emulation.",
+        description="What QEMU needs per guest beyond the guest's own memory (device models, page tables); more "
+        "under software emulation than under KVM.",
     )
     target_available_mib: int = Field(
         0,
@@ -302,7 +303,8 @@ class StatusConfig(_Section):
     path: str = Field("/run/memcoord/state.json", description="Where the daemon writes its view (JSON).")
     group: str = Field(
         "",
-        description="A group that may read the view (the file gets mode 0640 and this group). Empty: root only.",
+        description="A group that may read the view (the file gets mode 0640 and this group). Empty: root and "
+        "the user memcoord runs as.",
         examples=["adm"],
     )
 
@@ -520,23 +522,34 @@ class Config(_Section):
 
     def exclusion(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> str | None:
         """Why memcoord leaves a domain alone: "libvirt.domains", "config" or "metadata" (enabled = false),
-        "unread" (its settings not read yet); None for a managed domain."""
+        "unread" (its settings not read yet), "bad-metadata" (its metadata has a key that cannot be believed, and
+        the config file does not say `enabled` for it); None for a managed domain."""
         if not _matcher(self.libvirt.domains)(name):
             return "libvirt.domains"
         if settings is None:
             return "unread"
         enabled = self.domain_setting(name, "enabled", settings)
+        if settings.metadata_invalid and (enabled is None or enabled[1] is not Source.CONFIG):
+            return "bad-metadata"
         return None if enabled is None or enabled[0] else str(enabled[1])
 
     def floor(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
         """The lowest target for a domain (KiB) and where it came from: min_mib, else min_guarantee, else
         guest.min_mib."""
+        default_kib = mib_to_kib(self.guest.min_mib)
         found = self.domain_setting(name, "min_mib", settings)
-        if found is not None:
+        if found is not None and found[1] is Source.CONFIG:
             return mib_to_kib(found[0]), found[1]
+        # Only the config file may set a floor below guest.min_mib: a VM's own definition (metadata, min_guarantee)
+        # travels between hosts and templates, and must not let memcoord squeeze it below the host's own floor.
+        # A source below it is passed over for the next one.
+        candidates = [] if found is None else [(mib_to_kib(found[0]), found[1])]
         if settings is not None and settings.min_guarantee_kib:
-            return settings.min_guarantee_kib, Source.MIN_GUARANTEE
-        return mib_to_kib(self.guest.min_mib), Source.DEFAULT
+            candidates.append((settings.min_guarantee_kib, Source.MIN_GUARANTEE))
+        for floor_kib, source in candidates:
+            if floor_kib >= default_kib:
+                return floor_kib, source
+        return default_kib, Source.DEFAULT
 
     def floor_kib(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> int:
         return self.floor(name, settings)[0]
@@ -545,9 +558,12 @@ class Config(_Section):
         """The highest target for a domain (KiB): its libvirt maximum, lowered by a max_mib, and where it came
         from (a max_mib at or above the maximum does not bind: the maximum does)."""
         found = self.domain_setting(name, "max_mib", settings)
-        if found is not None and mib_to_kib(found[0]) < max_kib:
-            return mib_to_kib(found[0]), found[1]
-        return max_kib, Source.LIBVIRT_MAX
+        if found is None:
+            return max_kib, Source.LIBVIRT_MAX
+        ceiling_kib = mib_to_kib(found[0])
+        if found[1] is not Source.CONFIG:  # as for the floor: the VM's definition never goes below guest.min_mib
+            ceiling_kib = max(ceiling_kib, mib_to_kib(self.guest.min_mib))
+        return (ceiling_kib, found[1]) if ceiling_kib < max_kib else (max_kib, Source.LIBVIRT_MAX)
 
     def ceiling_kib(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> int:
         return self.ceiling(name, max_kib, settings)[0]

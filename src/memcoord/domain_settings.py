@@ -111,13 +111,13 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
                 dropped |= {"min_mib", "max_mib"}
                 problems.append(
                     f"{name}: metadata {_element('min_mib')} = {data['min_mib']!r} is above {_element('max_mib')}"
-                    f" = {data['max_mib']!r}: both ignored, the next source applies"
+                    f" = {data['max_mib']!r}: both ignored; memcoord leaves the guest alone until the metadata is fixed"
                 )
                 continue
             dropped.add(key)
             problems.append(
-                f"{name}: metadata {_element(key)} = {data.get(key, '')!r}: {_why(err)}; ignored, the next source"
-                " applies"
+                f"{name}: metadata {_element(key)} = {data.get(key, '')!r}: {_why(err)};"
+                " memcoord leaves the guest alone until the metadata is fixed"
             )
         data = {k: v for k, v in data.items() if k not in dropped}
         try:
@@ -134,21 +134,26 @@ def _min_guarantee_kib(name: str, root: ET.Element) -> tuple[int | None, list[st
         return None, []
     text, unit = (element.text or "").strip(), element.get("unit", "KiB")
     factor = _UNIT_KIB.get(unit.lower())
-    if factor is None or not text.isdigit():
+    if factor is None or not (text.isascii() and text.isdigit()):
         return None, [f"{name}: <memtune><min_guarantee unit={unit!r}> = {text!r}: not a size; ignored"]
     return int(int(text) * factor) or None, []
 
 
 def parse_domain_xml(name: str, xml_text: str) -> Parsed:
     """A domain's settings from its libvirt XML (virDomainGetXMLDesc). Never raises: what cannot be read is a
-    problem, and the key falls back to the next source."""
+    problem; a problem in memcoord's metadata makes the settings `metadata_invalid` (the guest is left alone)."""
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
-        return Parsed(DomainSettings(), (f"{name}: its libvirt XML does not parse ({exc}); its settings ignored",))
+        return Parsed(
+            DomainSettings(metadata_invalid=True),
+            (f"{name}: its libvirt XML does not parse ({exc}); memcoord leaves the guest alone",),
+        )
     metadata, problems = _metadata(name, root)
     min_guarantee_kib, mg_problems = _min_guarantee_kib(name, root)
-    settings = DomainSettings(metadata=MappingProxyType(metadata), min_guarantee_kib=min_guarantee_kib)
+    settings = DomainSettings(
+        metadata=MappingProxyType(metadata), min_guarantee_kib=min_guarantee_kib, metadata_invalid=bool(problems)
+    )
     return Parsed(settings, tuple(problems + mg_problems))
 
 

@@ -29,10 +29,13 @@ class DomainSettings:
     metadata: the per-domain keys (those of a `[domains."NAME"]` table: min_mib, max_mib, enabled ...) that the
     domain's `<memcoord:settings>` metadata element sets validly; min_guarantee_kib: libvirt's
     `<memtune><min_guarantee>`, None when the domain has none. The config file's own `[domains."NAME"]` keys
-    win over both (Config.bounds)."""
+    win over both (Config.floor, Config.ceiling). metadata_invalid: the metadata element had a key that could
+    not be believed (a bad value, an unknown or misspelt key, a contradiction); memcoord then leaves the guest
+    alone until it is fixed, because a misspelt `enabled = false` must not leave the guest managed."""
 
     metadata: Mapping[str, int | float | bool] = field(default_factory=lambda: MappingProxyType({}))
     min_guarantee_kib: int | None = None
+    metadata_invalid: bool = False
 
 
 # A domain whose definition sets nothing for memcoord (and what a simulated guest has unless it says otherwise).

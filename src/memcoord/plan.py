@@ -290,6 +290,8 @@ def unmanaged_why(name: str, config: Config, settings: DomainSettings | None) ->
     reason = config.exclusion(name, settings)
     if reason == "libvirt.domains":
         return f"not managed: libvirt.domains ({', '.join(config.libvirt.domains)}) does not match it"
+    if reason == "bad-metadata":
+        return "not managed: its memcoord metadata has a key that cannot be believed (see the journal)"
     if reason == "unread":
         return "not managed yet: its libvirt metadata has not been read (it is read within a tick or two)"
     return f"not managed: enabled = false in its {reason} settings"

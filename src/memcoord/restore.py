@@ -99,37 +99,43 @@ def choose(snapshot: Snapshot, config: Config, names: Sequence[str]) -> list[Dom
 
 
 def wanted(doms: Sequence[DomainStats], config: Config, to_mib: int | None) -> list[Wanted]:
-    """Each guest's target: its libvirt maximum, or to_mib clamped to [its floor, its maximum] (saying so)."""
+    """Each guest's target: its libvirt maximum, or to_mib clamped to its maximum (saying so). Restore only ever
+    grows a guest: a --to below a guest's current size (a typo such as 40 for 4096, or a size meant for another
+    guest) leaves that guest as it is, saying so, instead of inflating its balloon over memory it uses."""
+    del config  # the bounds that matter here are the guest's own: its maximum and its current size
     out = []
     for dom in doms:
         if to_mib is None:
-            out.append(Wanted(dom, dom.max_kib))
+            out.append(Wanted(dom, max(dom.max_kib, dom.current_kib)))
             continue
         target_kib = mib_to_kib(to_mib)
         notes: tuple[str, ...] = ()
-        floor_kib = min(config.floor_kib(dom.name, dom.settings), dom.max_kib)
         if target_kib > dom.max_kib:
             notes = (f"--to {to_mib} MiB is above its maximum {_mib(dom.max_kib)}: restoring to {_mib(dom.max_kib)}",)
             target_kib = dom.max_kib
-        elif target_kib < floor_kib:
-            notes = (f"--to {to_mib} MiB is below its floor {_mib(floor_kib)}: restoring to {_mib(floor_kib)}",)
-            target_kib = floor_kib
+        if target_kib < dom.current_kib:
+            notes = (
+                f"--to {to_mib} MiB is below its current size {_mib(dom.current_kib)}: restore never lowers a guest,"
+                " left as it is",
+            )
+            target_kib = dom.current_kib
         out.append(Wanted(dom, target_kib, notes))
     return out
 
 
 def through_guard(wants: Sequence[Wanted], budget_kib: int) -> list[Step]:
-    """Growth served in order from budget_kib (what the host has above its guard), whole MiB; lowering needs no
-    budget and gives none (the host sees that memory only once the balloon has inflated)."""
+    """Growth served in order from budget_kib (what the host has above its guard), whole MiB. Nothing is
+    lowered."""
     steps = []
     left_kib = max(0, budget_kib)
     for w in wants:
         from_kib = w.dom.current_kib
-        grow_kib = max(0, w.target_kib - from_kib)
+        target_kib = max(w.target_kib, from_kib)
+        grow_kib = target_kib - from_kib
         got_kib = grow_kib if grow_kib <= left_kib else left_kib - left_kib % 1024
         left_kib -= got_kib
-        to_kib = from_kib + got_kib if grow_kib else w.target_kib
-        steps.append(Step(w.dom.name, from_kib, to_kib, w.target_kib, w.dom.max_kib, w.notes))
+        to_kib = from_kib + got_kib  # never lower: a target below the current size is left alone
+        steps.append(Step(w.dom.name, from_kib, to_kib, target_kib, w.dom.max_kib, w.notes))
     return steps
 
 

@@ -40,9 +40,10 @@ Set running guests back to their libvirt maximum (or to --to MIB), to uninstall 
 back to manual control. With no DOMAIN: every domain this config manages. Growth goes through the host guard:
 guests grow only by what the host has above host.min_available_mib (less what memcoord keeps for guests using
 theirs), served in the order the domains are named (by name when none is named); a guest that cannot be fully
-restored gets what there is and is reported with how much is missing. --to is clamped to each guest's maximum
-and floor, saying so. Each setMemory is logged like memcoord's own actions (MEMCOORD_ACTION=restore), to the
-journal when there is one, else to stderr.
+restored gets what there is and is reported with how much is missing. --to is clamped to each guest's maximum,
+saying so; restore never lowers a guest (a --to below a guest's current size leaves it as it is). Each
+setMemory is logged like memcoord's own actions (MEMCOORD_ACTION=restore), to the journal when there is one,
+else to stderr.
 
 A running memcoord would move the guests again: restore refuses while memcoord's service runs (its state file
 or systemd says so) and manages any of them. Stop memcoord first, or exclude the guests

@@ -101,7 +101,7 @@ def test_metadata_floor_ceiling_live_change_and_config_override(
             state_path = attempt_dir / "state.json"
             status_cfg = {"status": {"path": str(state_path)}}
             _set_metadata(idle, f"<min_mib>{IDLE_FLOOR_MIB}</min_mib>")
-            _set_metadata(hog, f"<max_mib>{HOG_CEILING_MIB}</max_mib><min_mib>abc</min_mib>")
+            _set_metadata(hog, f"<max_mib>{HOG_CEILING_MIB}</max_mib>")
             memcoord = run.start_memcoord(status_cfg)
 
             # 1. metadata floor and ceiling
@@ -112,8 +112,10 @@ def test_metadata_floor_ceiling_live_change_and_config_override(
             status1 = _status(state_path)
             t2_s = run.t_s()
 
-            # 2. the metadata changes while memcoord runs
+            # 2. the metadata changes while memcoord runs; a key that cannot be believed puts the guest out of
+            # memcoord's hands (a misspelt enabled = false must not leave it managed)
             _set_metadata(idle, f"<min_mib>{IDLE_FLOOR_CHANGED_MIB}</min_mib>")
+            _set_metadata(hog, f"<max_mib>{HOG_CEILING_MIB}</max_mib><min_mib>abc</min_mib>")
             run.mark("metadata", idle, min_mib=IDLE_FLOOR_CHANGED_MIB)
             followed_s = run.wait_until(
                 lambda: _settled(run, idle, IDLE_FLOOR_CHANGED_MIB, hold_s=3), 60, f"{idle} at its new floor"
@@ -151,9 +153,10 @@ def test_metadata_floor_ceiling_live_change_and_config_override(
         assert idle_low1 >= IDLE_FLOOR_MIB - BALLOON_SLACK_MIB
         assert HOG_CEILING_MIB - 50 <= hog_peak <= HOG_CEILING_MIB + BALLOON_SLACK_MIB
         assert _bounds(status1[idle]) == (IDLE_FLOOR_MIB, "metadata", MAX_MIB, "libvirt_max")
-        # The broken min_mib fell back to the default floor; the valid max_mib stayed.
         assert _bounds(status1[hog]) == (256, "default", HOG_CEILING_MIB, "metadata")
-        assert status1[hog]["metadata"] == {"max_mib": HOG_CEILING_MIB}
+        # The broken min_mib: the guest is left alone, the valid max_mib still shown.
+        assert status2[hog]["managed"] is False and status2[hog]["excluded_by"] == "bad-metadata", status2[hog]
+        assert status2[hog]["metadata"] == {"max_mib": HOG_CEILING_MIB}
         assert len(bad_key_warnings) == 1 and hog in bad_key_warnings[0] and "<min_mib>" in bad_key_warnings[0]
         assert idle_low2 >= IDLE_FLOOR_CHANGED_MIB - BALLOON_SLACK_MIB
         assert followed_s < 30  # an event, not the five-minute refresh

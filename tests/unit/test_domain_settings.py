@@ -98,7 +98,7 @@ def test_min_guarantee(memtune: str, kib: int | None):
         (
             "<min_mib>2G</min_mib><max_mib>4096</max_mib>",
             {"max_mib": 4096},
-            ("web1", "<memcoord:settings><min_mib>", "'2G'", "not a whole number", "next source"),
+            ("web1", "<memcoord:settings><min_mib>", "'2G'", "not a whole number", "leaves the guest alone"),
         ),
         ("<min_mib>1.5</min_mib>", {}, ("<min_mib>", "'1.5'", "not a whole number")),
         ("<min_mib>-5</min_mib><enabled>true</enabled>", {"enabled": True}, ("'-5'", "greater than 0")),
@@ -125,6 +125,41 @@ def test_bad_metadata_is_named_and_only_the_bad_keys_fall_back(body: str, kept: 
         assert needle in parsed.problems[0], (needle, parsed.problems)
 
 
+@pytest.mark.parametrize(
+    "body",
+    ["<enable>false</enable>", "<enabled>maybe</enabled>", "<min_mib>2G</min_mib>", "<min_mib>9</min_mib><min_mib>9"],
+)
+def test_metadata_that_cannot_be_believed_leaves_the_guest_alone(body: str):
+    """Fail closed: a misspelt `enable = false` or a floor that does not parse must not leave the guest managed
+    with a lower floor than its owner asked for. Only the config file's own `enabled` overrides that."""
+    parsed = parse_domain_xml("web1", domain_xml(settings_xml(body)))
+    assert parsed.settings.metadata_invalid and parsed.problems
+    assert Config().exclusion("web1", parsed.settings) == "bad-metadata"
+    assert not Config().manages("web1", parsed.settings)
+    told = Config.model_validate({"domains": {"web1": {"enabled": True}}})
+    assert told.manages("web1", parsed.settings)
+
+
+def test_the_vms_own_definition_cannot_take_a_bound_below_the_hosts_floor():
+    """Metadata travels with the VM between hosts and templates: a floor or ceiling below guest.min_mib from it
+    is not believed; the config file's own may go lower."""
+    config = Config()
+    tiny = DomainSettings(MappingProxyType({"min_mib": 1, "max_mib": 64}), min_guarantee_kib=64)
+    assert config.floor("g", tiny) == (mib_to_kib(256), Source.DEFAULT)
+    assert config.ceiling("g", mib_to_kib(4096), tiny) == (mib_to_kib(256), Source.METADATA)
+    guaranteed = DomainSettings(MappingProxyType({"min_mib": 1}), min_guarantee_kib=mib_to_kib(1024))
+    assert config.floor("g", guaranteed) == (mib_to_kib(1024), Source.MIN_GUARANTEE)
+    by_file = Config.model_validate({"domains": {"g": {"min_mib": 64, "max_mib": 128}}})
+    assert by_file.floor("g", tiny) == (mib_to_kib(64), Source.CONFIG)
+    assert by_file.ceiling("g", mib_to_kib(4096), tiny) == (mib_to_kib(128), Source.CONFIG)
+
+
+def test_a_min_guarantee_that_is_not_ascii_digits_is_a_problem_not_a_crash():
+    memtune = "<memtune><min_guarantee unit='KiB'>\u00b2</min_guarantee></memtune>"
+    parsed = parse_domain_xml("web1", domain_xml(memtune=memtune))
+    assert parsed.settings.min_guarantee_kib is None and parsed.problems
+
+
 def test_a_key_in_a_foreign_namespace_and_attributes_are_reported():
     body = '<x:min_mib xmlns:x="https://x.example/">512</x:min_mib><max_mib>900</max_mib>'
     parsed = parse_domain_xml(
@@ -137,7 +172,7 @@ def test_a_key_in_a_foreign_namespace_and_attributes_are_reported():
 
 def test_unparseable_xml_is_a_problem_not_a_crash():
     parsed = parse_domain_xml("web1", "<domain><metadata>")
-    assert parsed.settings == DomainSettings()
+    assert parsed.settings == DomainSettings(metadata_invalid=True)  # its metadata unknown: left alone
     assert len(parsed.problems) == 1 and "web1" in parsed.problems[0]
 
 
@@ -538,16 +573,23 @@ def test_each_bound_comes_from_the_first_source_that_sets_it(
     settings = DomainSettings(
         MappingProxyType(metadata), None if min_guarantee_mib is None else mib_to_kib(min_guarantee_mib)
     )
+    # The VM's own definition (metadata, min_guarantee) never takes a bound below guest.min_mib (256): such a
+    # floor is passed over for the next source, such a ceiling is raised to 256. The config file may.
+    default_mib = 256
     floors = [
         (table.get("min_mib"), Source.CONFIG),
-        (metadata.get("min_mib"), Source.METADATA),
+        (None if "min_mib" in table else metadata.get("min_mib"), Source.METADATA),
         (min_guarantee_mib, Source.MIN_GUARANTEE),
-        (256, Source.DEFAULT),
     ]
-    mib, source = next((m, s) for m, s in floors if m is not None)
+    mib, source = next(
+        ((m, s) for m, s in floors if m is not None and (s is Source.CONFIG or m >= default_mib)),
+        (default_mib, Source.DEFAULT),
+    )
     assert config.floor("g", settings) == (mib_to_kib(mib), source)
     ceilings = [(table.get("max_mib"), Source.CONFIG), (metadata.get("max_mib"), Source.METADATA)]
     mib, source = next(((m, s) for m, s in ceilings if m is not None), (max_mib, Source.LIBVIRT_MAX))
+    if source is Source.METADATA:
+        mib = max(mib, default_mib)
     if mib >= max_mib:
         mib, source = max_mib, Source.LIBVIRT_MAX
     assert config.ceiling("g", mib_to_kib(max_mib), settings) == (mib_to_kib(mib), source)

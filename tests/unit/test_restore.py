@@ -48,7 +48,8 @@ def test_unknown_domains_are_all_named_and_nothing_is_chosen() -> None:
         (None, 2048, None),
         (1500, 1500, None),
         (4096, 2048, "--to 4096 MiB is above its maximum 2048 MiB: restoring to 2048 MiB"),
-        (100, 256, "--to 100 MiB is below its floor 256 MiB: restoring to 256 MiB"),
+        (100, 512, "--to 100 MiB is below its current size 512 MiB: restore never lowers a guest, left as it is"),
+        (40, 512, "--to 40 MiB is below its current size 512 MiB: restore never lowers a guest, left as it is"),
     ],
 )
 def test_targets_are_the_maximum_or_to_clamped(to_mib: int | None, target_mib: int, note: str | None) -> None:
@@ -74,9 +75,10 @@ def test_growth_is_served_in_order_until_the_guard_then_short() -> None:
     assert steps[2].change is None  # nothing to set
 
 
-def test_lowering_needs_no_budget_and_an_exact_fit_is_exact() -> None:
+def test_restore_never_lowers_and_an_exact_fit_is_exact() -> None:
     steps = through_guard([Wanted(dom("big", 2000), 1000 * MIB), Wanted(dom("x", 512), 512 * MIB + 100)], 100)
-    assert [(s.to_kib, s.short_kib) for s in steps] == [(1000 * MIB, 0), (512 * MIB + 100, 0)]
+    assert [(s.to_kib, s.short_kib) for s in steps] == [(2000 * MIB, 0), (512 * MIB + 100, 0)]
+    assert steps[0].change is None  # a target below the current size sets nothing
     assert through_guard([Wanted(dom("x", 512), 1024 * MIB)], -5000)[0].to_kib == 512 * MIB
 
 
