@@ -33,7 +33,7 @@ from xml.etree import ElementTree
 import libvirt
 import psutil
 
-from ..domain_settings import SettingsCache, parse_domain_xml
+from ..domain_settings import Parsed, SettingsCache, parse_domain_xml
 from ..model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
 from .port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
 
@@ -370,7 +370,14 @@ class LibvirtHypervisor:
                         )
                 continue
             self._settings_unreadable.pop(uuid, None)
-            for problem in self._settings.store(uuid, parse_domain_xml(dom.name(), xml_text), time.monotonic()):
+            try:
+                parsed = parse_domain_xml(dom.name(), xml_text)
+            except Exception as exc:  # it promises not to raise; if it ever does, the loop goes on without the guest
+                parsed = Parsed(
+                    DomainSettings(metadata_invalid=True),
+                    (f"{dom.name()}: its settings could not be read ({exc!r}): left alone",),
+                )
+            for problem in self._settings.store(uuid, parsed, time.monotonic()):
                 log.warning("%s", problem, extra={"MEMCOORD_DOMAIN": dom.name(), "MEMCOORD_EVENT": "bad-settings"})
 
     def domain_names(self, deadline_s: float | None = None) -> set[str]:
