@@ -575,11 +575,28 @@ def unreachable(uri: str, exc: Exception) -> str:
     return f"memcoord: libvirt unreachable: {text}" + ("" if uri in text else f" ({uri})")
 
 
+# How long a one-shot command keeps sampling for the guests whose libvirt metadata the adapter has not read yet
+# (it reads about a second's worth per sample, so a host with thousands of guests needs a few).
+SETTINGS_WAIT_S = 30.0
+
+
+def sample_with_settings(hv: Hypervisor, wait_s: float = SETTINGS_WAIT_S) -> Snapshot:
+    """A sample in which every running domain's settings have been read, or the last one after wait_s (the
+    domains still unread are then left alone and say so, as the daemon does)."""
+    give_up_s = time.monotonic() + wait_s
+    snapshot = hv.sample()
+    while any(d.settings is None for d in snapshot.domains) and time.monotonic() < give_up_s:
+        time.sleep(0.2)
+        snapshot = hv.sample()
+    return snapshot
+
+
 def sample_once(hv: Hypervisor) -> tuple[Snapshot, dict[str, int | None]]:
-    """One sample and each running domain's stats period (empty where the adapter cannot tell). Reads only."""
+    """One sample (with every domain's settings read) and each running domain's stats period (empty where the
+    adapter cannot tell). Reads only."""
     from .hypervisor.libvirt import LibvirtHypervisor
 
-    snapshot = hv.sample()
+    snapshot = sample_with_settings(hv)
     periods_s = hv.stats_periods_s() if isinstance(hv, LibvirtHypervisor) else {}
     return snapshot, periods_s
 

@@ -6,13 +6,14 @@ MemTotal, a little below balloon.current).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from memcoord import tryout
 from memcoord.config import Config, parse
-from memcoord.model import DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
+from memcoord.model import NO_SETTINGS, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
 from memcoord.plan import (
     DOMAIN_KEYS,
     HORIZON_S,
@@ -24,6 +25,7 @@ from memcoord.plan import (
     decide_now,
     format_text,
     kernel_reserve_kib,
+    sample_with_settings,
     seed_simulator,
     settle,
     to_json,
@@ -208,3 +210,29 @@ def test_an_idle_guest_stays_and_says_between_which_lines() -> None:
     (row,) = report.domains
     assert (row.guest_class, row.action, row.settled_kib, row.settles_in_s) == ("idle", None, row.current_kib, 0.0)
     assert row.why == "idle: 300 MiB usable, between its starving (150 MiB) and wasteful (350 MiB) lines"
+
+
+class _SettingsArriveLate:
+    """A hypervisor whose adapter has read a domain's libvirt metadata only from its third sample on."""
+
+    def __init__(self, read_from_sample: int) -> None:
+        self.samples = 0
+        self.read_from_sample = read_from_sample
+
+    def sample(self, deadline_s: float | None = None) -> Snapshot:
+        self.samples += 1
+        settings = NO_SETTINGS if self.samples >= self.read_from_sample else None
+        return snapshot(dataclasses.replace(guest("web", 1024, usable_mib=700), settings=settings))
+
+
+def test_one_shot_commands_sample_until_every_domains_settings_are_read() -> None:
+    hv = _SettingsArriveLate(read_from_sample=3)
+    snap = sample_with_settings(hv, wait_s=10)
+    assert hv.samples == 3 and snap.domains[0].settings is NO_SETTINGS
+
+
+def test_one_shot_commands_give_up_waiting_for_settings_and_leave_the_guest_alone() -> None:
+    hv = _SettingsArriveLate(read_from_sample=1_000)
+    snap = sample_with_settings(hv, wait_s=0.5)
+    assert snap.domains[0].settings is None and 2 <= hv.samples < 1_000
+    assert not CONFIG.manages("web", snap.domains[0].settings)
