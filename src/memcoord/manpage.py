@@ -39,10 +39,15 @@ EXIT_MEANINGS = {
     0: "Success. For \\fBcheck-config\\fR: the file is valid.",
     64: "EX_USAGE: wrong arguments (an unknown subcommand or option, a value that is not a number).",
     65: "EX_DATAERR: an input file other than the config (a scenario, a timeline) is malformed.",
-    66: "EX_NOINPUT: a file cannot be read (missing, a directory, no permission).",
+    66: "EX_NOINPUT: a file cannot be read (missing, a directory, no permission); for \\fBrestore\\fR, a named "
+    "domain is not running or has no balloon (nothing is changed).",
     69: "EX_UNAVAILABLE: what the command needs is not there: the daemon is not running or left no state file "
     "(\\fBstatus\\fR, \\fBmonitor\\fR, \\fBprint-config --running\\fR), libvirt cannot be reached, or an "
     "optional Python package is missing (matplotlib for \\fBplot\\fR).",
+    75: "EX_TEMPFAIL: \\fBrestore\\fR left a guest short of its target (the host guard, a failed setMemory, or "
+    "its settings not yet read); run it again once the host has memory.",
+    77: "EX_NOPERM: \\fBrestore\\fR refused: a running memcoord manages these guests and would move them again "
+    "(stop it or exclude them, or use \\fB--force\\fR).",
     78: "EX_CONFIG: the config file is invalid; every error is printed as FILE: KEY = VALUE: what is wrong. The "
     "systemd unit does not restart the daemon on this code (RestartPreventExitStatus=78).",
 }
