@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
@@ -309,22 +309,29 @@ class LibvirtHypervisor:
         available_kib = node.get("free", 0) + node.get("buffers", 0) + node.get("cached", 0)
         return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        conn = self._connection(deadline_s)
-        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+    @contextlib.contextmanager
+    def _errors_as_hypervisor_error(self, conn: libvirt.virConnect) -> Iterator[None]:
+        """A libvirt error or a call with no answer as HypervisorError naming the URI.
+
+        Only a lost connection is worth a new one: dropping a good connection for an error of one call (a domain
+        in an odd state, an unsupported stats group) would cost every stats period set on it."""
         try:
-            records = self._bounded(
-                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
-            )
-            host = self._host(conn, deadline_s)
+            yield
         except libvirt.libvirtError as exc:
-            # Only a lost connection is worth a new one: dropping a good connection for an error of one call
-            # (a domain in an odd state, an unsupported stats group) would cost every stats period set on it.
             if connection_lost(conn, exc):
                 self._drop()
             raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
+
+    def sample(self, deadline_s: float | None = None) -> Snapshot:
+        conn = self._connection(deadline_s)
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        with self._errors_as_hypervisor_error(conn):
+            records = self._bounded(
+                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
+            )
+            host = self._host(conn, deadline_s)
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
         uuids = {dom.UUIDString(): dom for dom, _stats in records}  # the handle's own, no round trip
@@ -382,15 +389,9 @@ class LibvirtHypervisor:
 
     def domain_names(self, deadline_s: float | None = None) -> set[str]:
         conn = self._connection(deadline_s)
-        try:
+        with self._errors_as_hypervisor_error(conn):
             doms = self._bounded("listAllDomains", lambda: conn.listAllDomains(0), deadline_s)
             return {dom.name() for dom in doms}
-        except libvirt.libvirtError as exc:
-            if connection_lost(conn, exc):
-                self._drop()
-            raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
-        except TimeoutError as exc:
-            raise HypervisorError(str(exc)) from None
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
         """Set the period once per running domain (a restart gives it a new id). A failure or a call with no
