@@ -12,14 +12,12 @@ import grp
 import ipaddress
 import json
 import re
-import ssl
 import tomllib
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -411,7 +409,10 @@ class MetricsConfig(_Section):
             )
         if self.certfile:
             # Load them now, so that check-config (and a reload) reject a key that does not match its
-            # certificate, instead of the endpoint failing to start later.
+            # certificate, instead of the endpoint failing to start later. Imported here: a daemon without TLS
+            # does not need the ssl module.
+            import ssl
+
             try:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.certfile, self.keyfile or None)
             except (ssl.SSLError, OSError) as exc:
@@ -638,4 +639,6 @@ def load(path: Path | str = DEFAULT_PATH) -> Config:
 
 def dump(config: Config) -> str:
     """The effective config as TOML; keys left unset (None) are omitted, as TOML has no null."""
+    import tomli_w  # print-config's, not the daemon's
+
     return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

@@ -12,7 +12,6 @@ Which key wins (config file, metadata, min_guarantee, default) is Config's busin
 
 from __future__ import annotations
 
-import difflib
 import logging
 import threading
 import xml.etree.ElementTree as ET
@@ -234,6 +233,8 @@ def unmatched_overrides(config: Config, domain_names: Collection[str]) -> list[s
         text = f'[domains."{name}"] matches no running or defined domain on {config.libvirt.uri}: it has no effect'
         if any(c in name for c in "*?["):
             text += " (domain names there are exact, not globs)"
+        import difflib  # only when there is a name to match: the daemon rarely needs it
+
         close = difflib.get_close_matches(name, list(domain_names), n=1)
         if close:
             text += f"; did you mean {close[0]!r}?"

@@ -1,54 +1,40 @@
-"""Prometheus metrics, with the standard client library: one memcoord per host, Prometheus aggregates the fleet.
+"""Prometheus metrics: one memcoord per host, Prometheus aggregates the fleet.
 
-Per-domain sizes are gauges collected from the latest published view at scrape time (a custom collector),
-so a domain that stops or is undefined disappears from the scrape instead of freezing at its last value.
-Events (actions, errors, reloads, tick durations) are ordinary counters and a histogram, updated by the
-observer. The registry is private to each Metrics object so tests can run several services in one process.
+What the observer counts (actions, errors, reloads, ticks, tick durations, starving time) is kept here as plain
+numbers. They become metric families only when scraped (exposition.py), together with the per-domain sizes, host
+memory and guest classes of the latest published view: a domain that stops or is undefined disappears from the
+scrape instead of freezing at its last value. The client library and its HTTP server are a few MiB that a daemon
+with the endpoint off (the default) does not need, so exposition.py, which imports them, is imported only when the
+endpoint is enabled or the text is asked for. Each Metrics object has its own counts and registry, so tests can
+run several services in one process.
 """
 
 from __future__ import annotations
 
-import contextlib
+import bisect
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import generate_latest, start_http_server
-from prometheus_client.registry import Collector
-
-from . import __version__
-
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from .config import Config, MetricsConfig
 
 log = logging.getLogger("memcoord")
 
-# Counters would each get a *_created twin holding the process start time: a duplicate series per counter (and
-# per domain) that memcoord_start_time_seconds already says once. Process-wide, as the client library has it.
-disable_created_metrics()
-
 # Every kind of error, created at 0 so that increase() and rate() see the first one (a series that starts at 1
 # has no earlier sample to rise from).
 ERROR_KINDS = ("hypervisor", "set_memory", "stats_period", "reload", "state_file", "timeline", "metrics")
+RELOAD_RESULTS = ("success", "failure")
 
-BYTES_PER_KIB = 1024
 # Ticks are one bulk stats call and a few setMemory calls: milliseconds normally, seconds when libvirt is slow.
 TICK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-DOMAIN_GAUGES = (
-    ("target", "target_kib", "Balloon target memcoord last set (absent until it sets one)"),
-    ("current", "current_kib", "Current balloon size, as libvirt reports it"),
-    ("max", "max_kib", "Maximum memory of the domain"),
-    ("unused", "unused_kib", "Memory the guest reports unused"),
-    ("usable", "usable_kib", "Memory the guest reports usable without swapping"),
-    ("floor", "floor_kib", "Lowest target memcoord may set (guest.min_mib or the domain's min_mib); managed only"),
-    ("ceiling", "ceiling_kib", "Highest target memcoord may set (the maximum, or the domain's max_mib); managed only"),
-)
 
 
 def config_hash(config: Config) -> int:
@@ -58,131 +44,128 @@ def config_hash(config: Config) -> int:
     return int(hashlib.sha256(canonical.encode()).hexdigest()[:12], 16)
 
 
-class _ViewCollector(Collector):
-    """Gauges from the latest view: per-domain sizes, host memory and guard, guest classes."""
+@dataclass
+class DurationHistogram:
+    """Observations counted in buckets, as a Prometheus histogram has them: a value goes to the first bucket whose
+    upper bound is at or above it, or to the last one (+Inf) when none is."""
 
-    def __init__(self, get_view: Callable[[], dict[str, Any] | None]) -> None:
-        self._get_view = get_view
+    bounds_s: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    sum_s: float = 0.0
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        view = self._get_view()
-        if view is None:
-            return
-        for name, key, doc in DOMAIN_GAUGES:
-            family = GaugeMetricFamily(f"memcoord_domain_{name}_bytes", doc, labels=["domain"])
-            for dom in view["domains"]:
-                if dom.get(key) is not None:
-                    family.add_metric([dom["name"]], dom[key] * BYTES_PER_KIB)
-            yield family
-        failing = GaugeMetricFamily(
-            "memcoord_domain_stats_period_failing",
-            "1 while the domain's balloon stats period could not be set and is being retried (no fresh stats)",
-            labels=["domain"],
-        )
-        for name in view.get("stats_period_failing", {}):
-            failing.add_metric([name], 1)
-        yield failing
-        classes = GaugeMetricFamily(
-            "memcoord_domain_class", "1 for the class the policy gave the domain this tick", labels=["domain", "class"]
-        )
-        for dom in view["domains"]:
-            classes.add_metric([dom["name"], dom["class"]], 1)
-        yield classes
-        host = view["host"]
-        if host is not None:
-            yield GaugeMetricFamily(
-                "memcoord_host_available_bytes", "Host memory available", value=host["available_kib"] * BYTES_PER_KIB
-            )
-            yield GaugeMetricFamily(
-                "memcoord_host_guard_bytes",
-                "Host available memory growth may not go below ([host] min_available_mib)",
-                value=host["guard_kib"] * BYTES_PER_KIB,
-            )
-            yield GaugeMetricFamily(
-                "memcoord_host_below_guard_bytes",
-                "How far host available memory is below the guard (0 when at or above it); relief works on it",
-                value=host.get("below_guard_kib", 0) * BYTES_PER_KIB,
-            )
-            yield GaugeMetricFamily(
-                "memcoord_relief_shortfall_bytes",
-                "Part of the host's deficit the guests' reclaimable memory could not cover this tick (0: none)",
-                value=host.get("relief_shortfall_kib", 0) * BYTES_PER_KIB,
-            )
-        yield GaugeMetricFamily(
-            "memcoord_hypervisor_up", "1 when the last tick reached the hypervisor", value=int(view["hypervisor_ok"])
-        )
-        yield GaugeMetricFamily("memcoord_dry_run", "1 when actions are only logged", value=int(view["dry_run"]))
-        yield GaugeMetricFamily(
-            "memcoord_tick_interval_seconds",
-            "Configured time between ticks ([loop] interval_s)",
-            value=view["interval_s"],
-        )
-        yield GaugeMetricFamily(
-            "memcoord_last_tick_timestamp_seconds", "When the last tick finished", value=view["updated_at_s"]
-        )
-        yield GaugeMetricFamily(
-            "memcoord_start_time_seconds", "When the daemon started (epoch)", value=view["started_at_s"]
-        )
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds_s) + 1)
+
+    def observe(self, value_s: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds_s, value_s)] += 1
+        self.sum_s += value_s
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A consistent copy of the counts, for one scrape."""
+
+    actions: dict[tuple[str, str], float]
+    errors: dict[str, float]
+    reloads: dict[str, float]
+    ticks: float
+    tick_bounds_s: tuple[float, ...]
+    tick_bucket_counts: list[int]
+    tick_sum_s: float
+    starving_s: dict[str, float]
+    reload_ok: int
+    reload_ok_at_s: float
+    config_hash: int
 
 
 class Metrics:
-    """The counters and histogram the observer updates, the view collector, and the HTTP endpoint."""
+    """The counts the observer updates, and the HTTP endpoint that shows them with the view."""
 
     def __init__(self, get_view: Callable[[], dict[str, Any] | None]) -> None:
-        self.registry = CollectorRegistry()
-        self.actions = Counter(
-            "memcoord_actions",
-            "Balloon changes decided (applied, or logged in dry run), by action and domain",
-            ["domain", "action"],
-            registry=self.registry,
-        )
-        self.errors = Counter(
-            "memcoord_errors",
-            "Errors: hypervisor unreachable, setMemory or stats period failed, config reload failed, state file",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.reloads = Counter(
-            "memcoord_config_reloads", "Config reloads by result", ["result"], registry=self.registry
-        )
-        self.ticks = Counter("memcoord_ticks", "Ticks that reached the hypervisor", registry=self.registry)
-        self.tick_duration = Histogram(
-            "memcoord_tick_duration_seconds",
-            "Time to sample, decide and apply one tick",
-            buckets=TICK_BUCKETS_S,
-            registry=self.registry,
-        )
-        for result in ("success", "failure"):
-            self.reloads.labels(result)
-        for kind in ERROR_KINDS:
-            self.errors.labels(kind)
-        self.starving = Counter(
-            "memcoord_domain_starving_seconds",
-            "Time the domain spent classed starving (created at 0 for every managed domain)",
-            ["domain"],
-            registry=self.registry,
-        )
-        Gauge("memcoord_build_info", "memcoord's version; always 1", ["version"], registry=self.registry).labels(
-            __version__
-        ).set(1)
-        self.reload_ok = Gauge(
-            "memcoord_config_last_reload_successful",
-            "1 when the last config load (start or reload) worked; 0 while the daemon runs an older config",
-            registry=self.registry,
-        )
-        self.reload_ok_at = Gauge(
-            "memcoord_config_last_reload_success_timestamp_seconds",
-            "When the running config was loaded (epoch)",
-            registry=self.registry,
-        )
-        self.config_hash = Gauge(
-            "memcoord_config_hash",
-            "First 48 bits of the running effective config's SHA-256: equal on hosts with equal settings",
-            registry=self.registry,
-        )
-        self.registry.register(_ViewCollector(get_view))
+        self.get_view = get_view
+        # The endpoint's thread reads the counts while the loop updates them.
+        self._lock = threading.Lock()
+        self._actions: dict[tuple[str, str], float] = {}
+        self._errors: dict[str, float] = dict.fromkeys(ERROR_KINDS, 0.0)
+        self._reloads: dict[str, float] = dict.fromkeys(RELOAD_RESULTS, 0.0)
+        self._ticks = 0.0
+        self._tick_duration = DurationHistogram(TICK_BUCKETS_S)
+        self._starving_s: dict[str, float] = {}
+        self._reload_ok = 0
+        self._reload_ok_at_s = 0.0
+        self._config_hash = 0
+        self._registry: CollectorRegistry | None = None
         self._server: Any = None
         self._bound: tuple[Any, ...] | None = None
+
+    # -- what the observer counts ----------------------------------------------------------------------------
+    def count_action(self, domain: str, action: str) -> None:
+        with self._lock:
+            self._actions[domain, action] = self._actions.get((domain, action), 0.0) + 1
+
+    def count_error(self, kind: str) -> None:
+        with self._lock:
+            self._errors[kind] = self._errors.get(kind, 0.0) + 1
+
+    def count_reload(self, result: str) -> None:
+        """result: one of RELOAD_RESULTS. A failed reload also says the running config is not the file's."""
+        with self._lock:
+            self._reloads[result] += 1
+            if result == "failure":
+                self._reload_ok = 0
+
+    def count_tick(self) -> None:
+        with self._lock:
+            self._ticks += 1
+
+    def observe_tick_duration(self, duration_s: float) -> None:
+        with self._lock:
+            self._tick_duration.observe(duration_s)
+
+    def add_starving(self, domain: str, seconds: float) -> None:
+        with self._lock:
+            self._starving_s[domain] = self._starving_s.get(domain, 0.0) + seconds
+
+    def configured(self, config: Config, at_s: float) -> None:
+        """A config was loaded and is now running."""
+        with self._lock:
+            self._reload_ok = 1
+            self._reload_ok_at_s = at_s
+            self._config_hash = config_hash(config)
+
+    def domains_seen(self, managed: Iterable[str], gone: Iterable[str]) -> None:
+        """Per-domain counters: created at 0 for managed domains, removed for domains that left."""
+        with self._lock:
+            for name in managed:
+                self._starving_s.setdefault(name, 0.0)
+            for name in gone:
+                self._starving_s.pop(name, None)
+
+    def counts(self) -> Counts:
+        with self._lock:
+            return Counts(
+                actions=dict(self._actions),
+                errors=dict(self._errors),
+                reloads=dict(self._reloads),
+                ticks=self._ticks,
+                tick_bounds_s=self._tick_duration.bounds_s,
+                tick_bucket_counts=list(self._tick_duration.counts),
+                tick_sum_s=self._tick_duration.sum_s,
+                starving_s=dict(self._starving_s),
+                reload_ok=self._reload_ok,
+                reload_ok_at_s=self._reload_ok_at_s,
+                config_hash=self._config_hash,
+            )
+
+    # -- the Prometheus side ----------------------------------------------------------------------------------
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry a scrape reads (built, and the client library imported, on first use)."""
+        if self._registry is None:
+            from . import exposition
+
+            self._registry = exposition.registry(self)
+        return self._registry
 
     def serve(self, m: MetricsConfig) -> None:
         """Start (or move) the HTTP(S) endpoint; a port already taken is logged, not fatal: balloons matter more.
@@ -204,29 +187,17 @@ class Metrics:
             }
         scheme = "https" if m.tls else "http"
         shown = f"[{address}]" if ":" in address else address
+        from . import exposition
+
         try:
-            self._server, _thread = start_http_server(port, addr=address, registry=self.registry, **tls)
+            self._server = exposition.start_server(port, address, self.registry, tls)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a name that does not resolve too
             log.error("metrics endpoint not started on %s://%s:%d: %s", scheme, shown, port, exc)
-            self.errors.labels("metrics").inc()
+            self.count_error("metrics")
             return
         self._bound = bound
         auth = ", client certificate required" if m.client_auth_required else ""
         log.info("metrics on %s://%s:%d/metrics%s", scheme, shown, port, auth)
-
-    def configured(self, config: Config, at_s: float) -> None:
-        """A config was loaded and is now running."""
-        self.reload_ok.set(1)
-        self.reload_ok_at.set(at_s)
-        self.config_hash.set(config_hash(config))
-
-    def domains_seen(self, managed: set[str], gone: set[str]) -> None:
-        """Per-domain counters: created at 0 for managed domains, removed for domains that left."""
-        for name in managed:
-            self.starving.labels(name)
-        for name in gone:
-            with contextlib.suppress(KeyError):  # never managed, so never created
-                self.starving.remove(name)
 
     def shutdown(self) -> None:
         if self._server is not None:
@@ -237,7 +208,9 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """What a scrape returns, without HTTP (for tests and debugging)."""
-        return generate_latest(self.registry)
+        from . import exposition
+
+        return exposition.text(self.registry)
 
 
 def _mtime(path: str) -> float | None:

@@ -70,7 +70,7 @@ class Observer:
         if self.loaded_at_s is not None:
             self.reload, self.reload_error = "ok", None
             self.reloads_ok += 1
-            self.metrics.reloads.labels("success").inc()
+            self.metrics.count_reload("success")
         self.config_path, self.config, self.loaded_at_s = config_path.absolute(), config, time.time()
         self.metrics.configured(config, self.loaded_at_s)
         self._gid = grp.getgrnam(config.status.group).gr_gid if config.status.group else None
@@ -86,8 +86,7 @@ class Observer:
     def reload_failed(self, error: str) -> None:
         self.reload, self.reload_error = "failed", error
         self.reloads_failed += 1
-        self.metrics.reloads.labels("failure").inc()
-        self.metrics.reload_ok.set(0)
+        self.metrics.count_reload("failure")
         self._error("reload", error)
         self._refresh()
 
@@ -136,7 +135,7 @@ class Observer:
             actions.append(action)
             self.last_actions[c.domain] = {**action, "at_s": now_s, "dry_run": dry_run}
             if result.ok:
-                self.metrics.actions.labels(c.domain, str(c.action)).inc()
+                self.metrics.count_action(c.domain, str(c.action))
                 if not dry_run:
                     self.targets_kib[c.domain] = c.to_kib
             else:
@@ -149,8 +148,8 @@ class Observer:
         self.snapshot, self.plan, self.hypervisor_error = snapshot, plan, None
         self.ticks += 1
         self.last_tick_duration_s = duration_s
-        self.metrics.ticks.inc()
-        self.metrics.tick_duration.observe(duration_s)
+        self.metrics.count_tick()
+        self.metrics.observe_tick_duration(duration_s)
         self._publish(now_s, now_s + self.config.loop.interval_s + duration_s, actions)
 
     def tick_failed(self, error: str, duration_s: float, next_in_s: float) -> None:
@@ -159,7 +158,7 @@ class Observer:
         self.hypervisor_error = error
         self.last_tick_duration_s = duration_s
         self._last_tick_done_s = None  # the outage is not starving time
-        self.metrics.tick_duration.observe(duration_s)
+        self.metrics.observe_tick_duration(duration_s)
         self._error("hypervisor", error)
         self._publish(now_s, now_s + next_in_s + duration_s, [])
 
@@ -189,7 +188,7 @@ class Observer:
             elapsed_s = min(now_s - self._last_tick_done_s, 2 * self.config.loop.interval_s)
             for name, guest_class in plan.classes.items():
                 if guest_class is GuestClass.STARVING and elapsed_s > 0:
-                    self.metrics.starving.labels(name).inc(elapsed_s)
+                    self.metrics.add_starving(name, elapsed_s)
         self._last_tick_done_s = now_s
 
     def _serve(self) -> None:
@@ -202,7 +201,7 @@ class Observer:
     def _error(self, kind: str, message: str) -> None:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.last_error, self.last_error_at_s = f"{kind}: {message}", time.time()
-        self.metrics.errors.labels(kind).inc()
+        self.metrics.count_error(kind)
 
     def _log_once(self, key: str, message: str) -> None:
         if key not in self._logged:

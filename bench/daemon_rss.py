@@ -1,0 +1,166 @@
+"""The daemon's memory: the real `memcoord run` process, its RSS and PSS after some ticks and some reloads.
+
+    .venv/bin/python -m bench.daemon_rss [--uri test:///default] [--ticks 20] [--reloads 5] [--modules]
+
+Starts `memcoord run` (the venv's console script, as the unit starts it) with the shipped config, its state file
+in a temporary directory and `--interval 0.2`, against libvirt's in-process test driver by default: the same
+libvirt module and shared libraries as on a real host, no guests and no lock needed (`--uri qemu:///system`
+measures it on the host's libvirtd; the shipped config's `domains = ["*"]` is then restricted to `--domains`).
+Waits for `--ticks` ticks (read from the state file), reads /proc/PID/status (VmRSS, RssAnon, RssFile) and
+/proc/PID/smaps_rollup (Pss), then sends `--reloads` SIGHUPs (each with a good file, the same settings) and
+reads them again after a few more ticks. With `--modules`, also prints the number of modules the daemon
+imported and the ones from a list of heavy standard-library and third-party packages (from `python -X importtime`
+of the same command, which adds its own overhead: RSS is measured without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from lab.coordinator import SHIPPED_CONFIG, memcoord_command
+
+TICK_WAIT_S = 60.0
+# What the daemon should not need with metrics off: listed when --modules finds them loaded.
+HEAVY = (
+    "prometheus_client",
+    "http.server",
+    "wsgiref",
+    "email",
+    "difflib",
+    "timeit",
+    "gzip",
+    "xml.etree",
+    "importlib.metadata",
+    "decimal",
+    "csv",
+    "ssl",
+    "ipaddress",
+    "urllib.request",
+    "zoneinfo",
+)
+
+
+def status_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Pss for pid {pid}")
+
+
+def ticks(state_path: Path) -> int:
+    try:
+        return int(json.loads(state_path.read_text())["ticks"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_ticks(proc: subprocess.Popen[bytes], state_path: Path, n: int) -> None:
+    deadline = time.monotonic() + TICK_WAIT_S
+    while ticks(state_path) < n:
+        if proc.poll() is not None:
+            raise SystemExit(f"memcoord exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no {n} ticks within {TICK_WAIT_S:g} s (state file {state_path})")
+        time.sleep(0.05)
+
+
+def write_config(work: Path, uri: str, domains: list[str]) -> Path:
+    with SHIPPED_CONFIG.open("rb") as f:
+        cfg = tomllib.load(f)
+    cfg["libvirt"]["uri"] = uri
+    cfg["libvirt"]["domains"] = domains
+    cfg["status"]["path"] = str(work / "state.json")
+    path = work / "memcoord.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+def memory_line(label: str, pid: int) -> str:
+    st = status_kib(pid)
+    return (
+        f"{label}: RSS {st['VmRSS'] / 1024:.1f} MiB (anon {st['RssAnon'] / 1024:.1f}, "
+        f"file {st['RssFile'] / 1024:.1f}), PSS {pss_kib(pid) / 1024:.1f} MiB"
+    )
+
+
+def loaded_modules(cmd: list[str], env: dict[str, str], state_path: Path) -> list[str]:
+    """The modules the daemon imports up to its first tick, from -X importtime's report on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", *cmd],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        wait_ticks(proc, state_path, 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    found = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", err.decode(), re.MULTILINE)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--uri", default="test:///default")
+    p.add_argument("--domains", default="*", help="comma-separated globs of the domains managed (default: all)")
+    p.add_argument("--ticks", type=int, default=20)
+    p.add_argument("--reloads", type=int, default=5)
+    p.add_argument("--modules", action="store_true", help="also list the heavy modules the daemon imports")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="mcrss-"))
+    config_path = write_config(work, args.uri, args.domains.split(","))
+    state_path = work / "state.json"
+    script = memcoord_command()
+    cmd = [*script, "run", "--config", str(config_path), "--interval", "0.2"]
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_ticks(proc, state_path, args.ticks)
+        print(f"memcoord run, {args.uri}, pid {proc.pid}")
+        print(memory_line(f"after {ticks(state_path)} ticks", proc.pid))
+        for _ in range(args.reloads):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.3)
+        if args.reloads:
+            wait_ticks(proc, state_path, ticks(state_path) + 5)
+            print(memory_line(f"after {args.reloads} reloads, {ticks(state_path)} ticks", proc.pid))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    if proc.returncode != 0:
+        print(err.decode(), file=sys.stderr)
+        print(f"memcoord exited with {proc.returncode}", file=sys.stderr)
+        return 1
+    if args.modules:
+        state_path.unlink(missing_ok=True)
+        modules = loaded_modules(["-m", "memcoord.cli", *cmd[len(script) :]], env, state_path)
+        heavy = [h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)]
+        print(f"modules imported by the first ticks: {len(modules)}; heavy ones: {', '.join(heavy) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""What `memcoord run` imports: what it runs, and not what other commands or optional features need.
+
+The daemon's resident memory is mostly the modules it has imported (libvirt, pydantic and the config models are
+most of it; bench/daemon_rss.py measures it). Modules needed only by an optional feature or by another command
+are imported where they are used. These tests run the real daemon (libvirt's in-process test driver, one tick,
+--exit-when-idle) under `python -X importtime` and fail when one of them is imported at start again, for example
+by a module-level import added to a module the daemon loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tomli_w
+
+from tests.unit.obs_daemon import free_port
+
+ENDPOINT = "the Prometheus endpoint's, only with [metrics] enabled (exposition.py)"
+# Module -> who needs it instead of the daemon with the shipped settings.
+NOT_IMPORTED_BY_RUN = {
+    "prometheus_client": ENDPOINT,
+    "memcoord.exposition": ENDPOINT,
+    "http.server": ENDPOINT,
+    "wsgiref": ENDPOINT,
+    "urllib.request": ENDPOINT,
+    "gzip": ENDPOINT,
+    "ssl": "only with [metrics] certfile set, to load the certificate (config.py)",
+    "difflib": 'only to suggest a name for a [domains."NAME"] that matches no domain (domain_settings.py)',
+    "tomli_w": "print-config's",
+    "psutil": "the lab's and the tests': memcoord reads /proc/meminfo",
+    "curses": "memcoord monitor's",
+    "matplotlib": "memcoord plot's",
+    "memcoord.manpage": "the build's",
+    "memcoord.status": "memcoord status's",
+    "memcoord.plan": "memcoord plan's",
+    "memcoord.restore": "memcoord restore's",
+    "memcoord.simulate": "memcoord simulate's",
+    "memcoord.scenario": "memcoord simulate's",
+    "memcoord.hypervisor.sim": "the simulated host's",
+}
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", re.MULTILINE)
+
+
+def imported_by_run(tmp_path: Path, extra: dict[str, object] | None = None) -> set[str]:
+    """Every module `memcoord run` imports from its start to its exit after one tick that found nothing to do."""
+    config = {
+        "libvirt": {"uri": "test:///default", "domains": ["none-such-*"]},
+        "status": {"path": str(tmp_path / "state.json")},
+        **(extra or {}),
+    }
+    path = tmp_path / "memcoord.toml"
+    path.write_text(tomli_w.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "memcoord.cli", "run", "--config", str(path), "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no running domain to coordinate, exiting" in done.stderr, done.stderr[-3000:]
+    return set(IMPORT_LINE.findall(done.stderr))
+
+
+def loaded(modules: set[str], name: str) -> bool:
+    return any(m == name or m.startswith(name + ".") for m in modules)
+
+
+def test_run_imports_only_what_it_runs(tmp_path: Path):
+    modules = imported_by_run(tmp_path)
+    # What it does run: the list is read (else the check below checks nothing).
+    assert {"libvirt", "pydantic", "memcoord.service", "memcoord.hypervisor.libvirt", "memcoord.metrics"} <= modules
+    unneeded = {name: why for name, why in NOT_IMPORTED_BY_RUN.items() if loaded(modules, name)}
+    assert unneeded == {}, "memcoord run imports modules it does not need (import them where they are used)"
+
+
+def test_run_with_the_endpoint_imports_the_client_library(tmp_path: Path):
+    """The same run with [metrics] enabled: the endpoint's modules come in, so the check above is not vacuous."""
+    modules = imported_by_run(tmp_path, {"metrics": {"enabled": True, "listen": f"127.0.0.1:{free_port()}"}})
+    assert {"prometheus_client", "memcoord.exposition", "http.server"} <= modules
