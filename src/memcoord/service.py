@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import config as config_mod
-from . import journal
+from . import journal, memory
 from .config import Config, ConfigError
 from .domain_settings import warn_unmatched_overrides
 from .hypervisor import Hypervisor, HypervisorError
@@ -425,11 +425,15 @@ class Service:
         log.info("ready, config loaded; first tick next", extra=journal.lifecycle("ready"))
         try:
             while not self._should_exit:
-                if self._reload_requested:
+                reloaded = self._reload_requested
+                if reloaded:
                     self._reload_requested = False
                     self.reload()
                 started_s = self.clock()
                 ok = self.tick()
+                if (ok and self.ticks == 1) or reloaded:
+                    # The start (or the reload) is over: what it needed and no longer does goes back.
+                    memory.release()
                 self.notifier.watchdog()
                 if self._should_exit:
                     break
