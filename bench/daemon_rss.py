@@ -10,7 +10,8 @@ Waits for `--ticks` ticks (read from the state file), reads /proc/PID/status (Vm
 /proc/PID/smaps_rollup (Pss), then sends `--reloads` SIGHUPs (each with a good file, the same settings) and
 reads them again after a few more ticks. With `--modules`, also prints the number of modules the daemon
 imported and the ones from a list of heavy standard-library and third-party packages (from `python -X importtime`
-of the same command, which adds its own overhead: RSS is measured without it).
+of the same command, which adds its own overhead: RSS is measured without it). With `--breakdown`, also what each
+part of the daemon's imports adds to the RSS of a fresh interpreter, in the order the daemon needs them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,46 @@ HEAVY = (
     "urllib.request",
     "zoneinfo",
 )
+
+
+# What the daemon imports, in groups, each measured after the ones before it (--breakdown).
+BREAKDOWN = (
+    ("the interpreter", ()),
+    (
+        "the standard library the daemon uses",
+        ("argparse", "logging", "dataclasses", "json", "pathlib", "threading", "select", "xml.etree.ElementTree"),
+    ),
+    ("the libvirt binding and its C libraries", ("libvirt",)),
+    ("sd_notify (systemd.daemon)", ("systemd.daemon",)),
+    # pydantic's plugin loader brings importlib.metadata (email, zipfile, csv ...) when it builds its first model.
+    ("pydantic and pydantic-core", ("pydantic", "pydantic.main", "pydantic.plugin._loader")),
+    ("the config models (validators and serializers built)", ("memcoord.config",)),
+    ("the rest of memcoord run", ("memcoord.cli", "memcoord.service", "memcoord.hypervisor.libvirt")),
+)
+BREAKDOWN_CHILD = """
+import gc, importlib, json, sys
+def kib():
+    gc.collect()
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+rows = []
+for label, modules in json.loads(sys.argv[1]):
+    for name in modules:
+        importlib.import_module(name)
+    rows.append((label, kib()))
+print(json.dumps(rows))
+"""
+
+
+def breakdown() -> list[tuple[str, dict[str, int]]]:
+    done = subprocess.run(
+        [sys.executable, "-c", BREAKDOWN_CHILD, json.dumps(BREAKDOWN)], capture_output=True, text=True, check=True
+    )
+    return [(label, kib) for label, kib in json.loads(done.stdout)]
 
 
 def status_kib(pid: int) -> dict[str, int]:
@@ -129,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ticks", type=int, default=20)
     p.add_argument("--reloads", type=int, default=5)
     p.add_argument("--modules", action="store_true", help="also list the heavy modules the daemon imports")
+    p.add_argument("--breakdown", action="store_true", help="also what each part of its imports adds to the RSS")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="mcrss-"))
     config_path = write_config(work, args.uri, args.domains.split(","))
@@ -159,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         modules = loaded_modules(["-m", "memcoord.cli", *cmd[len(script) :]], env, state_path)
         heavy = [h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)]
         print(f"modules imported by the first ticks: {len(modules)}; heavy ones: {', '.join(heavy) or 'none'}")
+    if args.breakdown:
+        print("RSS of a fresh interpreter importing what the daemon imports, part by part (MiB):")
+        before: dict[str, int] = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        for label, kib in breakdown():
+            print(
+                f"  {kib['VmRSS'] / 1024:5.1f}  +{(kib['VmRSS'] - before['VmRSS']) / 1024:4.1f} "
+                f"(anon +{(kib['RssAnon'] - before['RssAnon']) / 1024:4.1f}, "
+                f"file +{(kib['RssFile'] - before['RssFile']) / 1024:4.1f})  {label}"
+            )
+            before = kib
     return 0
 
 
