@@ -4,8 +4,9 @@
 
 Starts `memcoord run` (the venv's console script, as the unit starts it) with the shipped config, its state file
 in a temporary directory and `--interval 0.2`, against libvirt's in-process test driver by default: the same
-libvirt module and shared libraries as on a real host, no guests and no lock needed (`--uri qemu:///system`
-measures it on the host's libvirtd; the shipped config's `domains = ["*"]` is then restricted to `--domains`).
+libvirt module and shared libraries as on a real host, no guests and no lock needed. `--uri qemu:///system
+--domains 'none-*'` measures it on the host's libvirtd, managing no guest: on a shared libvirtd, `--domains` is
+required, so that the shipped config's `domains = ["*"]` never balloons someone else's guests.
 Waits for `--ticks` ticks (read from the state file), reads /proc/PID/status (VmRSS, RssAnon, RssFile) and
 /proc/PID/smaps_rollup (Pss), then sends `--reloads` SIGHUPs (each with a good file, the same settings) and
 reads them again after a few more ticks. With `--modules`, also prints the number of modules the daemon
@@ -166,12 +167,16 @@ def loaded_modules(cmd: list[str], env: dict[str, str], state_path: Path) -> lis
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--uri", default="test:///default")
-    p.add_argument("--domains", default="*", help="comma-separated globs of the domains managed (default: all)")
+    p.add_argument("--domains", help="comma-separated globs of the domains managed (test: URIs: default all)")
     p.add_argument("--ticks", type=int, default=20)
     p.add_argument("--reloads", type=int, default=5)
     p.add_argument("--modules", action="store_true", help="also list the heavy modules the daemon imports")
     p.add_argument("--breakdown", action="store_true", help="also what each part of its imports adds to the RSS")
     args = p.parse_args(argv)
+    if args.domains is None:
+        if not args.uri.startswith("test:"):
+            p.error("--domains is required with a real libvirt (e.g. --domains 'none-*' to manage no guest)")
+        args.domains = "*"
     work = Path(tempfile.mkdtemp(prefix="mcrss-"))
     config_path = write_config(work, args.uri, args.domains.split(","))
     state_path = work / "state.json"
