@@ -21,9 +21,9 @@ listed in. `decide` reads top to bottom as the algorithm, one named function per
 Nobody grows while the host is below its guard (but to a floor).
 
 Every growth goes through the host guard (`_Ledger`): headroom = host available - host.min_available_mib -
-memory memcoord granted that its guest has not touched yet - the never-backed free memory of guests whose use
-grows. Idle guests' own untouched memory is not reserved: if they touch it and the host drops below its guard,
-step 3 answers.
+memory memcoord granted that its guest has not touched yet - the never-backed free memory a starving guest, or a
+ramping one before memcoord can look again, will touch. Idle guests' own untouched memory is not reserved: if
+they touch it and the host drops below its guard, step 3 answers.
 
 Free memory is `balloon.usable` (MemAvailable: free + reclaimable page cache) where the guest reports it, else
 `balloon.unused` (MemFree), so a guest full of page cache is not taken for a starving one.
@@ -358,9 +358,10 @@ class _Ledger:
     """Targets being planned, and the host headroom they leave.
 
     headroom = host available - host.min_available_mib - what the guests may still take as the guard counts
-    it (`draw_kib`): growth planned this tick, memory granted earlier that the guest has not touched, and all
-    the never-backed free memory of a guest whose use grows. Idle guests' untouched memory is not counted: on a
-    host of large idle guests that would leave nothing to grow with.
+    it (`draw_kib`): growth planned this tick, memory granted earlier that the guest has not touched, and the
+    never-backed free memory a starving or ramping guest will touch before memcoord can look again. Idle
+    guests' untouched memory is not counted: on a host of large idle guests that would leave nothing to grow
+    with.
     Lowering a guest gives no headroom in the same tick: what QEMU releases reaches host available once the
     balloon has inflated, and a guest grown from it meanwhile could touch it first (nothing comes back at all
     from memory QEMU never backed).
@@ -372,6 +373,7 @@ class _Ledger:
         self.actions: dict[str, tuple[Action, list[str]]] = {}
         self.notes: list[str] = []
         self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
+        self.lookahead_s = lookahead_s(config)
         self.guard_kib = mib_to_kib(config.host.min_available_mib)
         self.deficit_kib = max(0, self.guard_kib - host_available_kib)
         self.headroom_kib = host_available_kib - self.guard_kib - sum(self.draw_kib(g, g.base_kib) for g in guests)
@@ -385,16 +387,29 @@ class _Ledger:
     def draw_kib(self, g: _Guest, target_kib: int) -> int:
         """Host memory the guest may still take at target_kib, as the guard counts it: growth beyond the
         target its balloon is heading to, and, of what QEMU does not back yet, earlier grants and what a
-        ramping guest will touch of its free memory before memcoord can look again."""
+        ramping guest will touch of its free memory before memcoord can look again, twice over.
+
+        A ramping guest's whole free memory is not held back: a host of slowly ramping guests with large
+        balloons would then have no headroom left for one that starves now. What a ramp touches beyond the
+        horizon, memcoord sees on the next ticks and counts then (and relief answers if the host dips below its
+        guard)."""
         grown_kib = max(0, target_kib - g.base_kib)
         kept_kib = min(target_kib, g.base_kib)
         unbacked_kib = kept_kib if g.dom.rss_kib is None else max(0, kept_kib + self.overhead_kib - g.dom.rss_kib)
+        # Lowering takes the untouched grant first (as `applied` counts it): the balloon takes free pages.
+        grant_kib = max(0, g.grant_kib - (g.base_kib - kept_kib))
         if g.unused_kib is None:
-            return grown_kib + min(g.grant_kib, unbacked_kib)
-        # A guest whose use grows takes all its free pages before it needs more (MemFree, down to the kernel's
-        # reserves, which MemAvailable leaves out); any other keeps what it was granted and has not touched,
-        # which is still free in it. (QEMU's overhead is a guess; the guest's own figure bounds it.)
-        promised_kib = g.unused_kib if _growing(g) else min(g.grant_kib, g.unused_kib)
+            return grown_kib + min(grant_kib, unbacked_kib)
+        # Memory memcoord granted and the guest has not touched is kept for it, wherever it is in its free
+        # memory. Of the rest, a starving guest takes all its free pages (MemFree, down to the kernel's reserves,
+        # which MemAvailable leaves out), a ramping one what its ramp touches before memcoord can act again.
+        # (QEMU's overhead is a guess; the guest's own figure bounds it.)
+        promised_kib = min(grant_kib, g.unused_kib)
+        if g.guest_class is GuestClass.STARVING:
+            promised_kib = g.unused_kib
+        elif g.ramp_kib_per_s > 0:
+            touched_kib = int(RAMP_SAFETY * g.ramp_kib_per_s * (g.age_s + self.lookahead_s))
+            promised_kib = min(g.unused_kib, max(grant_kib, touched_kib))
         return grown_kib + min(max(0, promised_kib), unbacked_kib)
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
@@ -443,11 +458,6 @@ class _Ledger:
             if before_kib != after_kib:
                 out.append(Change(name, action, before_kib, after_kib, "; ".join(reasons)))
         return tuple(out)
-
-
-def _growing(g: _Guest) -> bool:
-    """A guest whose programs take more memory (or starve): it will touch its free memory first."""
-    return g.guest_class is GuestClass.STARVING or g.ramp_kib_per_s > 0
 
 
 def _whole_mib(kib: int) -> int:
@@ -588,29 +598,39 @@ def _contends(g: _Guest, ledger: _Ledger) -> bool:
     )
 
 
+def contender_need(g: _Guest, ledger: _Ledger) -> int:
+    """What a contender will lack within CONTENDER_HORIZON_S at its ramp (to stay at its starving line)."""
+    return min(ledger.room_kib(g.name), max(0, g.starving_kib - g.projected_free_kib(CONTENDER_HORIZON_S)))
+
+
 def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> tuple[dict[str, int], int]:
     """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
-    soon what they want (the starving, and busy guests about to starve), the starving share their part of it
-    by `_level_shares_kib`; the busy guests' shares stay in the headroom for the tick in which they starve.
+    soon what they want (the starving, and busy guests about to starve), it is split between the two in
+    proportion to what each needs (`contender_need`); the starving share their part by `_level_shares_kib`, the
+    busy guests' part stays in the headroom for the tick in which they starve.
     Returns what each grown guest got, and what the starving wanted but did not get."""
     # (In name order, as `decide` lists the guests: the plan does not depend on libvirt's order.)
     starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
     want_kib = {g.name: max(0, min(grow_want_kib(g, config), ledger.room_kib(g.name))) for g in starving}
-    contenders = [g for g in guests if _contends(g, ledger)]
-    contender_want_kib = sum(min(g.grow_step_kib, ledger.room_kib(g.name)) for g in contenders)
+    contender_need_kib = sum(contender_need(g, ledger) for g in guests if _contends(g, ledger))
     share_kib: dict[str, int | None] = dict.fromkeys(want_kib)
-    if starving and sum(want_kib.values()) + contender_want_kib > ledger.headroom_kib:
-        budget_kib = max(0, ledger.headroom_kib) * len(starving) // (len(starving) + len(contenders))
+    starving_want_kib = sum(want_kib.values())
+    if starving and starving_want_kib + contender_need_kib > ledger.headroom_kib:
+        # Split by what each side needs, not per head: fifty slow ramps a few MiB short in ten seconds must not
+        # leave a guest starving now a fiftieth of the headroom.
+        wanted_kib = starving_want_kib + contender_need_kib
+        budget_kib = max(0, ledger.headroom_kib) * starving_want_kib // wanted_kib if wanted_kib else 0
         # Levelled on free memory as the guests report it: a ramp measured over one second is too noisy to
         # rank guests by (it put one of four equal hogs 60 MiB ahead of the others, and it outlived them).
         share_kib.update(_level_shares_kib([(g.name, g.free_kib or 0, want_kib[g.name]) for g in starving], budget_kib))
     grown: dict[str, int] = {}
-    unmet_kib = 0
+    unmet_kib: dict[str, int] = {}
     for g in starving:
         if want_kib[g.name] <= 0:
             continue
         got_kib = ledger.give(g.name, want_kib[g.name], Action.GROW, g.why, share_kib=share_kib[g.name])
-        unmet_kib += want_kib[g.name] - got_kib
+        if got_kib < want_kib[g.name]:
+            unmet_kib[g.name] = want_kib[g.name] - got_kib
         if got_kib:
             grown[g.name] = got_kib
     return grown, unmet_kib
@@ -681,14 +701,26 @@ def _take_for_the_starving(
         )
 
 
+def busy_need_kib(g: _Guest) -> int:
+    """What a busy guest can use of the pool: up to its wasteful line plus what its ramp takes in
+    CONTENDER_HORIZON_S. More would sit free in it, held back from the host (a grant is kept by the guard), until
+    it is idle and reclaimed again."""
+    return max(0, g.wasteful_kib + int(g.ramp_kib_per_s * CONTENDER_HORIZON_S) - (g.free_kib or 0))
+
+
 def _share_pool_with_busy(guests: list[_Guest], ledger: _Ledger, pool_kib: int, just_lowered: set[str]) -> None:
-    """Busy guests share what is left of the pool; not one memcoord just lowered (its stats lag the balloon,
-    and giving back what was just taken makes the two ping-pong), nor one whose balloon is still moving."""
-    busy = [g for g in guests if g.guest_class is GuestClass.BUSY and g.pending is None and g.name not in just_lowered]
+    """Busy guests share what is left of the pool, each up to `busy_need_kib` (the rest stays with the host);
+    not one memcoord just lowered (its stats lag the balloon, and giving back what was just taken makes the two
+    ping-pong), nor one whose balloon is still moving."""
+    busy = [
+        g
+        for g in guests
+        if g.guest_class is GuestClass.BUSY and g.pending is None and g.name not in just_lowered and busy_need_kib(g)
+    ]
     for i, g in enumerate(busy):
         if pool_kib <= 0:
             break
-        share_kib = pool_kib // (len(busy) - i)
+        share_kib = min(pool_kib // (len(busy) - i), busy_need_kib(g))
         pool_kib -= ledger.give(g.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
 
 
@@ -738,7 +770,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         ledger.notes.append(f"host guard: host {kib_to_mib(ledger.deficit_kib):.0f} MiB below it, nobody grows")
     else:
         grown, unmet_kib = _grow_starving(guests, ledger, config, skip=clamped)
-        _take_for_the_starving(guests, ledger, config, unmet_kib, skip=clamped | just_raised)
+        _take_for_the_starving(guests, ledger, config, sum(unmet_kib.values()), skip=clamped | just_raised)
         # The pool goes to the starving first: what they got came out of it, the rest is the busy guests'.
         pool_kib = max(0, pool_kib - sum(grown.values()))
         _share_pool_with_busy(guests, ledger, pool_kib, just_lowered | lowered)
