@@ -485,16 +485,26 @@ def _settled(g: _Guest) -> bool:
 
 
 def _clamp_to_bounds(guests: list[_Guest], ledger: _Ledger, config: Config) -> set[str]:
-    """Below the floor is raised (safe without stats); above the ceiling comes down one step at a time."""
+    """Below the floor is raised (safe without stats); above the ceiling comes down one step at a time, but
+    never past its buffer (as relief leaves it): a ceiling lowered under what the guest's programs use waits
+    until they free it, rather than have them OOM-killed."""
     clamped: set[str] = set()
     step_kib = mib_to_kib(config.guest.reclaim_step_mib)
+    ahead_s = lookahead_s(config)
     for g in guests:
         if g.pending is None and g.base_kib < g.floor_kib:
             ledger.give(g.name, g.floor_kib - g.base_kib, Action.CLAMP, "below its floor")
             clamped.add(g.name)
         elif _settled(g) and g.base_kib > g.ceiling_kib:
-            ledger.take(g.name, min(g.base_kib - g.ceiling_kib, step_kib), Action.CLAMP, "above its max_mib")
-            clamped.add(g.name)
+            spare_kib = max(0, (g.free_kib or 0) - g.buffer_kib(ahead_s))
+            over_kib = g.base_kib - g.ceiling_kib
+            if spare_kib < over_kib:
+                ledger.notes.append(
+                    f"{g.name}: {kib_to_mib(over_kib):.0f} MiB above its max_mib, {kib_to_mib(spare_kib):.0f} MiB "
+                    "of it free to take now: the rest waits until its programs free it"
+                )
+            if ledger.take(g.name, min(over_kib, step_kib, spare_kib), Action.CLAMP, "above its max_mib"):
+                clamped.add(g.name)
     return clamped
 
 

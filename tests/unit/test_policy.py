@@ -216,6 +216,20 @@ def test_per_domain_floor_and_ceiling():
     assert (changes["b"].action, changes["b"].to_kib) == (Action.CLAMP, mib_to_kib(1400))  # one step toward 1000
 
 
+def test_a_lowered_ceiling_never_takes_a_guest_below_its_buffer():
+    """max_mib lowered to 1000 under a 1500 MiB guest whose programs use 1250 MiB: it comes down only while it
+    keeps twice its starving line free, and not at all once it is starving."""
+    config = parse('[domains."b"]\nmax_mib = 1000\n')
+    plan = steady(dom("b", 1500, 400), config=config)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1400)  # 400 MiB free: a whole step
+    plan = steady(dom("b", 1400, 350), config=config)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1350)  # 350 free: 50 MiB to its 300 MiB buffer
+    assert any("above its max_mib" in note for note in plan.notes)
+    plan = steady(dom("b", 1350, 120), config=config)  # starving: stays, and is not grown either
+    assert plan.classes["b"] is GuestClass.STARVING
+    assert plan.changes == ()
+
+
 def test_a_guest_below_its_floor_is_raised_to_it():
     plan, _ = decide(snap(dom("a", 200, None)), PolicyState(), Config())
     (change,) = plan.changes
