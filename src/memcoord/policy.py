@@ -70,6 +70,9 @@ LATE_GROWTH_LIMIT_STALE_PERIODS = 3
 # After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
 # the lowering may predate the balloon's arrival.
 SETTLE_S = 2.0
+# The reason a growth names when it was lent memory the guard held back for others (`_grow_to_survive`): such a
+# growth is bounded by host available - min_available_mib alone, not also by others' untouched grants.
+LENT_REASON = "would run out before memcoord can act again: lent memory held back for others"
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 
@@ -377,6 +380,10 @@ class _Ledger:
         self.guard_kib = mib_to_kib(config.host.min_available_mib)
         self.deficit_kib = max(0, self.guard_kib - host_available_kib)
         self.headroom_kib = host_available_kib - self.guard_kib - sum(self.draw_kib(g, g.base_kib) for g in guests)
+        # Held back for guests that will not starve soon (their grants and ramps): what may still be lent to a
+        # guest that would otherwise run out of memory before memcoord can act again (`_grow_to_survive`).
+        self.lenders = {g.name for g in guests if not _needs_memory_soon(g)}
+        self.lendable_kib = sum(self.draw_kib(g, g.base_kib) for g in guests if g.name in self.lenders)
 
     def backed_above_kib(self, g: _Guest, target_kib: int) -> int:
         """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
@@ -414,7 +421,10 @@ class _Ledger:
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
         g = self.guests[name]
-        self.headroom_kib -= self.draw_kib(g, new_kib) - self.draw_kib(g, self.target_kib[name])
+        drawn_kib = self.draw_kib(g, new_kib) - self.draw_kib(g, self.target_kib[name])
+        self.headroom_kib -= drawn_kib
+        if name in self.lenders:  # what a lender no longer holds back is in the headroom now, not lendable
+            self.lendable_kib = max(0, self.lendable_kib + drawn_kib)
         self.target_kib[name] = new_kib
         if name in self.actions:
             self.actions[name][1].append(reason)
@@ -432,11 +442,21 @@ class _Ledger:
         self._move(name, self.target_kib[name] - got_kib, action, reason)
         return got_kib
 
-    def give(self, name: str, want_kib: int, action: Action, reason: str, share_kib: int | None = None) -> int:
+    def give(
+        self,
+        name: str,
+        want_kib: int,
+        action: Action,
+        reason: str,
+        share_kib: int | None = None,
+        lend: bool = False,
+    ) -> int:
         """Raise a target by up to want_kib, never above the ceiling nor past the host guard (nor past its
-        share_kib of a headroom too small for everyone)."""
+        share_kib of a headroom too small for everyone). With lend, also from what is held back for guests
+        that are not starving (never from the guard itself)."""
         want_kib = min(want_kib, self.room_kib(name))
-        allowed_kib = max(0, self.headroom_kib) if share_kib is None else min(max(0, self.headroom_kib), share_kib)
+        headroom_kib = self.headroom_kib + (self.lendable_kib if lend else 0)
+        allowed_kib = max(0, headroom_kib) if share_kib is None else min(max(0, headroom_kib), share_kib)
         got_kib = _whole_mib(min(want_kib, allowed_kib))
         if got_kib < want_kib:
             self.notes.append(
@@ -444,6 +464,8 @@ class _Ledger:
             )
         if got_kib <= 0:
             return 0
+        if lend:
+            self.lendable_kib -= max(0, got_kib - max(0, self.headroom_kib))
         self._move(name, self.target_kib[name] + got_kib, action, reason)
         return got_kib
 
@@ -458,6 +480,13 @@ class _Ledger:
             if before_kib != after_kib:
                 out.append(Change(name, action, before_kib, after_kib, "; ".join(reasons)))
         return tuple(out)
+
+
+def _needs_memory_soon(g: _Guest) -> bool:
+    """Starving, or busy and starving within CONTENDER_HORIZON_S at its ramp."""
+    return g.guest_class is GuestClass.STARVING or (
+        g.guest_class is GuestClass.BUSY and g.projected_free_kib(CONTENDER_HORIZON_S) <= g.starving_kib
+    )
 
 
 def _whole_mib(kib: int) -> int:
@@ -682,7 +711,8 @@ def _take_for_the_starving(
 ) -> None:
     """What the headroom could not give the starving, guests holding more than their buffer give back: the
     busy too (a guest ramping slowly with 800 MiB free needs a fraction of it), most spare first, at most
-    relief_step_mib each. The memory reaches the starving through the host on the next ticks."""
+    relief_step_mib each. Memory the donors had touched reaches the starving through the host on the next
+    ticks; grants they never touched at once (`_grow_from_returned_grants`)."""
     if unmet_kib <= 0:
         return
 
@@ -716,6 +746,49 @@ def busy_need_kib(g: _Guest) -> int:
     CONTENDER_HORIZON_S. More would sit free in it, held back from the host (a grant is kept by the guard), until
     it is idle and reclaimed again."""
     return max(0, g.wasteful_kib + int(g.ramp_kib_per_s * CONTENDER_HORIZON_S) - (g.free_kib or 0))
+
+
+def _steady_again(g: _Guest) -> bool:
+    """Idle or wasteful on a sample new this tick: its use stopped moving."""
+    return g.new_sample and g.guest_class in (GuestClass.IDLE, GuestClass.WASTEFUL)
+
+
+def _grow_from_returned_grants(
+    guests: list[_Guest], ledger: _Ledger, unmet_kib: dict[str, int], grown: dict[str, int], returned_kib: int
+) -> None:
+    """Grants the donors never touched were only held back by the guard, not backed by QEMU: taking them back
+    is headroom now (returned_kib), and it goes to the starving in this tick, the least free first. (The rest
+    of the headroom stays where `_grow_starving` left it: kept for busy guests about to starve.)"""
+    for g in sorted((g for g in guests if g.name in unmet_kib), key=lambda g: (g.free_kib or 0, g.name)):
+        if returned_kib < KIB_PER_MIB:
+            break
+        got_kib = ledger.give(g.name, min(unmet_kib[g.name], returned_kib), Action.GROW, "grants others did not use")
+        returned_kib -= got_kib
+        if got_kib:
+            grown[g.name] = grown.get(g.name, 0) + got_kib
+
+
+def survival_need_kib(g: _Guest, ledger: _Ledger, config: Config) -> int:
+    """What a ramping guest lacks, at the target planned so far, not to run out of memory altogether before
+    memcoord can act again."""
+    free_kib = (g.free_kib or 0) + ledger.target_kib[g.name] - g.base_kib
+    return max(0, int(g.ramp_kib_per_s * (g.age_s + lookahead_s(config))) - free_kib)
+
+
+def _grow_to_survive(guests: list[_Guest], ledger: _Ledger, config: Config, grown: dict[str, int]) -> None:
+    """A starving guest that will run out of memory before memcoord can act again, at its ramp, is lent what it
+    lacks from memory the guard holds back for guests that are not starving: their grants and ramps may come
+    to the host's memory later, or never; its OOM kill comes now. Never from the guard itself: lent memory is
+    still inside host available - min_available_mib. If the lenders do touch theirs, relief answers."""
+    for g in sorted(
+        (g for g in guests if g.guest_class is GuestClass.STARVING), key=lambda g: (g.free_kib or 0, g.name)
+    ):
+        need_kib = survival_need_kib(g, ledger, config)
+        if need_kib <= 0 or ledger.lendable_kib <= 0:
+            continue
+        got_kib = ledger.give(g.name, need_kib, Action.GROW, LENT_REASON, lend=True)
+        if got_kib:
+            grown[g.name] = grown.get(g.name, 0) + got_kib
 
 
 def _share_pool_with_busy(guests: list[_Guest], ledger: _Ledger, pool_kib: int, just_lowered: set[str]) -> None:
@@ -780,7 +853,14 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         ledger.notes.append(f"host guard: host {kib_to_mib(ledger.deficit_kib):.0f} MiB below it, nobody grows")
     else:
         grown, unmet_kib = _grow_starving(guests, ledger, config, skip=clamped)
-        _take_for_the_starving(guests, ledger, config, sum(unmet_kib.values()), skip=clamped | just_raised)
+        # A guest memcoord just grew keeps its grant while it may still grow into it; one steady again on a new
+        # sample (its burst has peaked) gives back what it did not use, to a guest starving now.
+        still_growing = {g.name for g in guests if g.name in just_raised and not _steady_again(g)}
+        headroom_before_kib = ledger.headroom_kib
+        _take_for_the_starving(guests, ledger, config, sum(unmet_kib.values()), skip=clamped | still_growing)
+        returned_kib = ledger.headroom_kib - headroom_before_kib
+        _grow_from_returned_grants(guests, ledger, unmet_kib, grown, returned_kib)
+        _grow_to_survive(guests, ledger, config, grown)
         # The pool goes to the starving first: what they got came out of it, the rest is the busy guests'.
         pool_kib = max(0, pool_kib - sum(grown.values()))
         _share_pool_with_busy(guests, ledger, pool_kib, just_lowered | lowered)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from memcoord.config import Config, parse
 from memcoord.model import Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.policy import PolicyState, applied, decide, host_headroom_kib
+from memcoord.policy import LENT_REASON, PolicyState, applied, decide, host_headroom_kib
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000
@@ -784,3 +786,58 @@ def test_no_second_reclaim_on_figures_from_before_the_balloon_arrived():
     # ... and the one after that is steady: one more step.
     plan, _ = decide(snap(dom("w", 924, 700, last_s=NOW_S + 4), now_s=NOW_S + 4), state, config)
     assert by_name(plan)["w"].to_kib == mib_to_kib(824)
+
+
+# -- a guest that would run out before memcoord can act again ------------------------------------------------
+def _lender_and_burst(available_above_guard_mib: int):
+    """a: granted 800 MiB it has not touched, ramping 10 MiB/s with 1100 MiB free (far from starving);
+    s: 512 MiB, free 200 -> 80 MiB in a second (120 MiB/s): out of memory in under a second."""
+    guard_mib = Config().host.min_available_mib
+    available_mib = guard_mib + available_above_guard_mib
+    first = snap(dom("a", 2048, 1110, rss_mib=948 + 128), dom("s", 512, 200), available_mib=available_mib)
+    second = snap(
+        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 80, last_s=NOW_S + 1),
+        available_mib=available_mib,
+        now_s=NOW_S + 1,
+    )
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
+    plan, _state = decide(second, state, config)
+    return plan
+
+
+def test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others():
+    """300 MiB above the guard, 800 MiB of it and more held back for a's grant: s would get nothing and be
+    OOM-killed within the second. It is lent what it lacks until memcoord can act again (120 MiB/s x 3 s - 80
+    MiB free = 280 MiB), and a gives a relief step back."""
+    plan = _lender_and_burst(300)
+    changes = by_name(plan)
+    assert plan.classes["s"] is GuestClass.STARVING
+    assert changes["s"].delta_kib == mib_to_kib(280)
+    assert LENT_REASON in changes["s"].reason
+    assert changes["a"].delta_kib == -mib_to_kib(256)
+
+
+def test_lending_never_reaches_into_the_guard_itself():
+    plan = _lender_and_burst(100)
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(100)  # all the host has above its guard, not 280
+
+
+def test_nothing_is_lent_from_a_guest_that_will_starve_soon_itself():
+    """The same, but a ramps 100 MiB/s: it starves within 10 s and keeps what is held back for it."""
+    guard_mib = Config().host.min_available_mib
+    first = snap(dom("a", 2048, 1200, rss_mib=848 + 128), dom("s", 512, 200), available_mib=guard_mib + 300)
+    second = snap(
+        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 80, last_s=NOW_S + 1),
+        available_mib=guard_mib + 300,
+        now_s=NOW_S + 1,
+    )
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
+    plan, _state = decide(second, state, config)
+    assert plan.classes["a"] is GuestClass.BUSY
+    assert not any(LENT_REASON in c.reason for c in plan.changes)
