@@ -234,14 +234,13 @@ class _Guest:
     age_s: float = 0.0
     guest_class: GuestClass = GuestClass.NO_STATS
     why: str = ""
+    # Copied from dom and sample once: read for every guest many times a tick.
+    name: str = ""
+    ramp_kib_per_s: float = 0.0
 
-    @property
-    def name(self) -> str:
-        return self.dom.name
-
-    @property
-    def ramp_kib_per_s(self) -> float:
-        return self.sample.ramp_kib_per_s if self.sample else 0.0
+    def __post_init__(self) -> None:
+        self.name = self.dom.name
+        self.ramp_kib_per_s = self.sample.ramp_kib_per_s if self.sample else 0.0
 
     @property
     def figure(self) -> str:
@@ -379,11 +378,13 @@ class _Ledger:
         self.lookahead_s = lookahead_s(config)
         self.guard_kib = mib_to_kib(config.host.min_available_mib)
         self.deficit_kib = max(0, self.guard_kib - host_available_kib)
-        self.headroom_kib = host_available_kib - self.guard_kib - sum(self.draw_kib(g, g.base_kib) for g in guests)
+        # What each guest draws at its planned target, kept up to date by `_move`.
+        self.drawn_kib = {g.name: self.draw_kib(g, g.base_kib) for g in guests}
+        self.headroom_kib = host_available_kib - self.guard_kib - sum(self.drawn_kib.values())
         # Held back for guests that will not starve soon (their grants and ramps): what may still be lent to a
         # guest that would otherwise run out of memory before memcoord can act again (`_grow_to_survive`).
         self.lenders = {g.name for g in guests if not _needs_memory_soon(g)}
-        self.lendable_kib = sum(self.draw_kib(g, g.base_kib) for g in guests if g.name in self.lenders)
+        self.lendable_kib = sum(self.drawn_kib[n] for n in self.lenders)
 
     def backed_above_kib(self, g: _Guest, target_kib: int) -> int:
         """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
@@ -420,8 +421,9 @@ class _Ledger:
         return grown_kib + min(max(0, promised_kib), unbacked_kib)
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
-        g = self.guests[name]
-        drawn_kib = self.draw_kib(g, new_kib) - self.draw_kib(g, self.target_kib[name])
+        now_kib = self.draw_kib(self.guests[name], new_kib)
+        drawn_kib = now_kib - self.drawn_kib[name]
+        self.drawn_kib[name] = now_kib
         self.headroom_kib -= drawn_kib
         if name in self.lenders:  # what a lender no longer holds back is in the headroom now, not lendable
             self.lendable_kib = max(0, self.lendable_kib + drawn_kib)
