@@ -13,9 +13,12 @@ listed in. `decide` reads top to bottom as the algorithm, one named function per
    wasteful line (in the production profile, only while the host is below its comfort target or a guest
    starves);
 5. `_grow_starving`: each starving guest grows by what its ramp will use until memcoord can look again (at
-   least a grow step), a scarce headroom levelled; `_take_for_the_starving`: what the headroom could not give,
-   guests holding far more than they need give back; `_share_pool_with_busy`: busy guests share what is left of
-   the pool;
+   least a grow step), a scarce headroom split with busy guests about to starve by need and levelled among the
+   starving; `_take_for_the_starving`: what the headroom could not give, guests holding far more than they need
+   give back (grants never touched come back at once: `_grow_from_returned_grants`); `_grow_to_survive`: a guest
+   that would run out of memory before memcoord can act again is lent what the guard holds back for guests that
+   will not starve soon, never the guard itself; `_share_pool_with_busy`: busy guests share what is left of the
+   pool, each as far as it can use it;
 6. `_collect_idle_tax`: if a starving guest grew, each idle guest pays the idle tax, which goes to them.
 
 Nobody grows while the host is below its guard (but to a floor).
@@ -364,9 +367,10 @@ class _Ledger:
     never-backed free memory a starving or ramping guest will touch before memcoord can look again. Idle
     guests' untouched memory is not counted: on a host of large idle guests that would leave nothing to grow
     with.
-    Lowering a guest gives no headroom in the same tick: what QEMU releases reaches host available once the
+    Lowering a guest gives no host memory in the same tick: what QEMU releases reaches host available once the
     balloon has inflated, and a guest grown from it meanwhile could touch it first (nothing comes back at all
-    from memory QEMU never backed).
+    from memory QEMU never backed). What it does at once is end what the guard held back for that guest's
+    untouched grant or ramp: that much headroom is back in this tick.
     """
 
     def __init__(self, host_available_kib: int, guests: list[_Guest], config: Config) -> None:
@@ -644,12 +648,14 @@ def contender_need(g: _Guest, ledger: _Ledger) -> int:
     return min(ledger.room_kib(g.name), max(0, g.starving_kib - g.projected_free_kib(CONTENDER_HORIZON_S)))
 
 
-def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> tuple[dict[str, int], int]:
+def _grow_starving(
+    guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]
+) -> tuple[dict[str, int], dict[str, int]]:
     """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
     soon what they want (the starving, and busy guests about to starve), it is split between the two in
     proportion to what each needs (`contender_need`); the starving share their part by `_level_shares_kib`, the
     busy guests' part stays in the headroom for the tick in which they starve.
-    Returns what each grown guest got, and what the starving wanted but did not get."""
+    Returns what each grown guest got, and what each starving guest wanted but did not get."""
     # (In name order, as `decide` lists the guests: the plan does not depend on libvirt's order.)
     starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
     want_kib = {g.name: max(0, min(grow_want_kib(g, config), ledger.room_kib(g.name))) for g in starving}
