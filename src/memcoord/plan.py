@@ -90,6 +90,8 @@ def seed_simulator(
         free_kib = free_kib if free_kib is not None else 0
         used_kib = max(0, dom.current_kib - free_kib)
         cache_kib = max(0, free_kib - dom.unused_kib) if dom.usable_kib is not None and dom.unused_kib else 0
+        # QEMU's RSS beyond the guest's size is its own overhead: the simulator keeps it apart from guest pages.
+        rss_kib = dom.rss_kib if dom.rss_kib is not None else dom.current_kib
         guests.append(
             SimGuest(
                 dom.name,
@@ -100,7 +102,8 @@ def seed_simulator(
                 current_kib=dom.current_kib,
                 used_kib=used_kib,
                 cache_kib=cache_kib,
-                rss_kib=dom.rss_kib if dom.rss_kib is not None else dom.current_kib,
+                rss_kib=min(rss_kib, dom.current_kib),
+                overhead_kib=max(0, rss_kib - dom.current_kib),
                 last_update_s=(dom.last_update_s or 0) if has_stats else 0,
                 reported_unused_kib=dom.current_kib - used_kib - cache_kib,
                 reported_usable_kib=dom.current_kib - used_kib,
@@ -108,7 +111,7 @@ def seed_simulator(
                 settings=dom.settings,
             )
         )
-    held_kib = sum(g.rss_kib for g in guests)
+    held_kib = sum(g.rss_kib + g.overhead_kib for g in guests)
     other_kib = max(0, snapshot.host.total_kib - snapshot.host.available_kib - held_kib)
     return SimulatedHypervisor(
         guests,

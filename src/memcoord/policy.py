@@ -13,17 +13,20 @@ listed in. `decide` reads top to bottom as the algorithm, one named function per
    wasteful line (in the production profile, only while the host is below its comfort target or a guest
    starves);
 5. `_grow_starving`: each starving guest grows by what its ramp will use until memcoord can look again (at
-   least a grow step), a scarce headroom levelled; `_take_for_the_starving`: what the headroom could not give,
-   guests holding far more than they need give back; `_share_pool_with_busy`: busy guests share what is left of
-   the pool;
+   least a grow step), a scarce headroom split with busy guests about to starve by need and levelled among the
+   starving; `_take_for_the_starving`: what the headroom could not give, guests holding far more than they need
+   give back (grants never touched come back at once: `_grow_from_returned_grants`); `_grow_to_survive`: a guest
+   that would run out of memory before memcoord can act again is lent what the guard holds back for guests that
+   will not starve soon, never the guard itself; `_share_pool_with_busy`: busy guests share what is left of the
+   pool, each as far as it can use it;
 6. `_collect_idle_tax`: if a starving guest grew, each idle guest pays the idle tax, which goes to them.
 
 Nobody grows while the host is below its guard (but to a floor).
 
 Every growth goes through the host guard (`_Ledger`): headroom = host available - host.min_available_mib -
-memory memcoord granted that its guest has not touched yet - the never-backed free memory of guests whose use
-grows. Idle guests' own untouched memory is not reserved: if they touch it and the host drops below its guard,
-step 3 answers.
+memory memcoord granted that its guest has not touched yet - the never-backed free memory a starving guest, or a
+ramping one before memcoord can look again, will touch. Idle guests' own untouched memory is not reserved: if
+they touch it and the host drops below its guard, step 3 answers.
 
 Free memory is `balloon.usable` (MemAvailable: free + reclaimable page cache) where the guest reports it, else
 `balloon.unused` (MemFree), so a guest full of page cache is not taken for a starving one.
@@ -70,6 +73,9 @@ LATE_GROWTH_LIMIT_STALE_PERIODS = 3
 # After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
 # the lowering may predate the balloon's arrival.
 SETTLE_S = 2.0
+# The reason a growth names when it was lent memory the guard held back for others (`_grow_to_survive`): such a
+# growth is bounded by host available - min_available_mib alone, not also by others' untouched grants.
+LENT_REASON = "would run out before memcoord can act again: lent memory held back for others"
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 
@@ -231,14 +237,13 @@ class _Guest:
     age_s: float = 0.0
     guest_class: GuestClass = GuestClass.NO_STATS
     why: str = ""
+    # Copied from dom and sample once: read for every guest many times a tick.
+    name: str = ""
+    ramp_kib_per_s: float = 0.0
 
-    @property
-    def name(self) -> str:
-        return self.dom.name
-
-    @property
-    def ramp_kib_per_s(self) -> float:
-        return self.sample.ramp_kib_per_s if self.sample else 0.0
+    def __post_init__(self) -> None:
+        self.name = self.dom.name
+        self.ramp_kib_per_s = self.sample.ramp_kib_per_s if self.sample else 0.0
 
     @property
     def figure(self) -> str:
@@ -358,12 +363,14 @@ class _Ledger:
     """Targets being planned, and the host headroom they leave.
 
     headroom = host available - host.min_available_mib - what the guests may still take as the guard counts
-    it (`draw_kib`): growth planned this tick, memory granted earlier that the guest has not touched, and all
-    the never-backed free memory of a guest whose use grows. Idle guests' untouched memory is not counted: on a
-    host of large idle guests that would leave nothing to grow with.
-    Lowering a guest gives no headroom in the same tick: what QEMU releases reaches host available once the
+    it (`draw_kib`): growth planned this tick, memory granted earlier that the guest has not touched, and the
+    never-backed free memory a starving or ramping guest will touch before memcoord can look again. Idle
+    guests' untouched memory is not counted: on a host of large idle guests that would leave nothing to grow
+    with.
+    Lowering a guest gives no host memory in the same tick: what QEMU releases reaches host available once the
     balloon has inflated, and a guest grown from it meanwhile could touch it first (nothing comes back at all
-    from memory QEMU never backed).
+    from memory QEMU never backed). What it does at once is end what the guard held back for that guest's
+    untouched grant or ramp: that much headroom is back in this tick.
     """
 
     def __init__(self, host_available_kib: int, guests: list[_Guest], config: Config) -> None:
@@ -372,9 +379,16 @@ class _Ledger:
         self.actions: dict[str, tuple[Action, list[str]]] = {}
         self.notes: list[str] = []
         self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
+        self.lookahead_s = lookahead_s(config)
         self.guard_kib = mib_to_kib(config.host.min_available_mib)
         self.deficit_kib = max(0, self.guard_kib - host_available_kib)
-        self.headroom_kib = host_available_kib - self.guard_kib - sum(self.draw_kib(g, g.base_kib) for g in guests)
+        # What each guest draws at its planned target, kept up to date by `_move`.
+        self.drawn_kib = {g.name: self.draw_kib(g, g.base_kib) for g in guests}
+        self.headroom_kib = host_available_kib - self.guard_kib - sum(self.drawn_kib.values())
+        # Held back for guests that will not starve soon (their grants and ramps): what may still be lent to a
+        # guest that would otherwise run out of memory before memcoord can act again (`_grow_to_survive`).
+        self.lenders = {g.name for g in guests if not _needs_memory_soon(g)}
+        self.lendable_kib = sum(self.drawn_kib[n] for n in self.lenders)
 
     def backed_above_kib(self, g: _Guest, target_kib: int) -> int:
         """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
@@ -385,21 +399,38 @@ class _Ledger:
     def draw_kib(self, g: _Guest, target_kib: int) -> int:
         """Host memory the guest may still take at target_kib, as the guard counts it: growth beyond the
         target its balloon is heading to, and, of what QEMU does not back yet, earlier grants and what a
-        ramping guest will touch of its free memory before memcoord can look again."""
+        ramping guest will touch of its free memory before memcoord can look again, twice over.
+
+        A ramping guest's whole free memory is not held back: a host of slowly ramping guests with large
+        balloons would then have no headroom left for one that starves now. What a ramp touches beyond the
+        horizon, memcoord sees on the next ticks and counts then (and relief answers if the host dips below its
+        guard)."""
         grown_kib = max(0, target_kib - g.base_kib)
         kept_kib = min(target_kib, g.base_kib)
         unbacked_kib = kept_kib if g.dom.rss_kib is None else max(0, kept_kib + self.overhead_kib - g.dom.rss_kib)
+        # Lowering takes the untouched grant first (as `applied` counts it): the balloon takes free pages.
+        grant_kib = max(0, g.grant_kib - (g.base_kib - kept_kib))
         if g.unused_kib is None:
-            return grown_kib + min(g.grant_kib, unbacked_kib)
-        # A guest whose use grows takes all its free pages before it needs more (MemFree, down to the kernel's
-        # reserves, which MemAvailable leaves out); any other keeps what it was granted and has not touched,
-        # which is still free in it. (QEMU's overhead is a guess; the guest's own figure bounds it.)
-        promised_kib = g.unused_kib if _growing(g) else min(g.grant_kib, g.unused_kib)
+            return grown_kib + min(grant_kib, unbacked_kib)
+        # Memory memcoord granted and the guest has not touched is kept for it, wherever it is in its free
+        # memory. Of the rest, a starving guest takes all its free pages (MemFree, down to the kernel's reserves,
+        # which MemAvailable leaves out), a ramping one what its ramp touches before memcoord can act again.
+        # (QEMU's overhead is a guess; the guest's own figure bounds it.)
+        promised_kib = min(grant_kib, g.unused_kib)
+        if g.guest_class is GuestClass.STARVING:
+            promised_kib = g.unused_kib
+        elif g.ramp_kib_per_s > 0:
+            touched_kib = int(RAMP_SAFETY * g.ramp_kib_per_s * (g.age_s + self.lookahead_s))
+            promised_kib = min(g.unused_kib, max(grant_kib, touched_kib))
         return grown_kib + min(max(0, promised_kib), unbacked_kib)
 
     def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
-        g = self.guests[name]
-        self.headroom_kib -= self.draw_kib(g, new_kib) - self.draw_kib(g, self.target_kib[name])
+        now_kib = self.draw_kib(self.guests[name], new_kib)
+        drawn_kib = now_kib - self.drawn_kib[name]
+        self.drawn_kib[name] = now_kib
+        self.headroom_kib -= drawn_kib
+        if name in self.lenders:  # what a lender no longer holds back is in the headroom now, not lendable
+            self.lendable_kib = max(0, self.lendable_kib + drawn_kib)
         self.target_kib[name] = new_kib
         if name in self.actions:
             self.actions[name][1].append(reason)
@@ -417,11 +448,21 @@ class _Ledger:
         self._move(name, self.target_kib[name] - got_kib, action, reason)
         return got_kib
 
-    def give(self, name: str, want_kib: int, action: Action, reason: str, share_kib: int | None = None) -> int:
+    def give(
+        self,
+        name: str,
+        want_kib: int,
+        action: Action,
+        reason: str,
+        share_kib: int | None = None,
+        lend: bool = False,
+    ) -> int:
         """Raise a target by up to want_kib, never above the ceiling nor past the host guard (nor past its
-        share_kib of a headroom too small for everyone)."""
+        share_kib of a headroom too small for everyone). With lend, also from what is held back for guests
+        that are not starving (never from the guard itself)."""
         want_kib = min(want_kib, self.room_kib(name))
-        allowed_kib = max(0, self.headroom_kib) if share_kib is None else min(max(0, self.headroom_kib), share_kib)
+        headroom_kib = self.headroom_kib + (self.lendable_kib if lend else 0)
+        allowed_kib = max(0, headroom_kib) if share_kib is None else min(max(0, headroom_kib), share_kib)
         got_kib = _whole_mib(min(want_kib, allowed_kib))
         if got_kib < want_kib:
             self.notes.append(
@@ -429,6 +470,8 @@ class _Ledger:
             )
         if got_kib <= 0:
             return 0
+        if lend:
+            self.lendable_kib -= max(0, got_kib - max(0, self.headroom_kib))
         self._move(name, self.target_kib[name] + got_kib, action, reason)
         return got_kib
 
@@ -445,9 +488,11 @@ class _Ledger:
         return tuple(out)
 
 
-def _growing(g: _Guest) -> bool:
-    """A guest whose programs take more memory (or starve): it will touch its free memory first."""
-    return g.guest_class is GuestClass.STARVING or g.ramp_kib_per_s > 0
+def _needs_memory_soon(g: _Guest) -> bool:
+    """Starving, or busy and starving within CONTENDER_HORIZON_S at its ramp."""
+    return g.guest_class is GuestClass.STARVING or (
+        g.guest_class is GuestClass.BUSY and g.projected_free_kib(CONTENDER_HORIZON_S) <= g.starving_kib
+    )
 
 
 def _whole_mib(kib: int) -> int:
@@ -475,16 +520,26 @@ def _settled(g: _Guest) -> bool:
 
 
 def _clamp_to_bounds(guests: list[_Guest], ledger: _Ledger, config: Config) -> set[str]:
-    """Below the floor is raised (safe without stats); above the ceiling comes down one step at a time."""
+    """Below the floor is raised (safe without stats); above the ceiling comes down one step at a time, but
+    never past its buffer (as relief leaves it): a ceiling lowered under what the guest's programs use waits
+    until they free it, rather than have them OOM-killed."""
     clamped: set[str] = set()
     step_kib = mib_to_kib(config.guest.reclaim_step_mib)
+    ahead_s = lookahead_s(config)
     for g in guests:
         if g.pending is None and g.base_kib < g.floor_kib:
             ledger.give(g.name, g.floor_kib - g.base_kib, Action.CLAMP, "below its floor")
             clamped.add(g.name)
         elif _settled(g) and g.base_kib > g.ceiling_kib:
-            ledger.take(g.name, min(g.base_kib - g.ceiling_kib, step_kib), Action.CLAMP, "above its max_mib")
-            clamped.add(g.name)
+            spare_kib = max(0, (g.free_kib or 0) - g.buffer_kib(ahead_s))
+            over_kib = g.base_kib - g.ceiling_kib
+            if spare_kib < over_kib:
+                ledger.notes.append(
+                    f"{g.name}: {kib_to_mib(over_kib):.0f} MiB above its max_mib, {kib_to_mib(spare_kib):.0f} MiB "
+                    "of it free to take now: the rest waits until its programs free it"
+                )
+            if ledger.take(g.name, min(over_kib, step_kib, spare_kib), Action.CLAMP, "above its max_mib"):
+                clamped.add(g.name)
     return clamped
 
 
@@ -588,29 +643,41 @@ def _contends(g: _Guest, ledger: _Ledger) -> bool:
     )
 
 
-def _grow_starving(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> tuple[dict[str, int], int]:
+def contender_need(g: _Guest, ledger: _Ledger) -> int:
+    """What a contender will lack within CONTENDER_HORIZON_S at its ramp (to stay at its starving line)."""
+    return min(ledger.room_kib(g.name), max(0, g.starving_kib - g.projected_free_kib(CONTENDER_HORIZON_S)))
+
+
+def _grow_starving(
+    guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]
+) -> tuple[dict[str, int], dict[str, int]]:
     """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
-    soon what they want (the starving, and busy guests about to starve), the starving share their part of it
-    by `_level_shares_kib`; the busy guests' shares stay in the headroom for the tick in which they starve.
-    Returns what each grown guest got, and what the starving wanted but did not get."""
+    soon what they want (the starving, and busy guests about to starve), it is split between the two in
+    proportion to what each needs (`contender_need`); the starving share their part by `_level_shares_kib`, the
+    busy guests' part stays in the headroom for the tick in which they starve.
+    Returns what each grown guest got, and what each starving guest wanted but did not get."""
     # (In name order, as `decide` lists the guests: the plan does not depend on libvirt's order.)
     starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
     want_kib = {g.name: max(0, min(grow_want_kib(g, config), ledger.room_kib(g.name))) for g in starving}
-    contenders = [g for g in guests if _contends(g, ledger)]
-    contender_want_kib = sum(min(g.grow_step_kib, ledger.room_kib(g.name)) for g in contenders)
+    contender_need_kib = sum(contender_need(g, ledger) for g in guests if _contends(g, ledger))
     share_kib: dict[str, int | None] = dict.fromkeys(want_kib)
-    if starving and sum(want_kib.values()) + contender_want_kib > ledger.headroom_kib:
-        budget_kib = max(0, ledger.headroom_kib) * len(starving) // (len(starving) + len(contenders))
+    starving_want_kib = sum(want_kib.values())
+    if starving and starving_want_kib + contender_need_kib > ledger.headroom_kib:
+        # Split by what each side needs, not per head: fifty slow ramps a few MiB short in ten seconds must not
+        # leave a guest starving now a fiftieth of the headroom.
+        wanted_kib = starving_want_kib + contender_need_kib
+        budget_kib = max(0, ledger.headroom_kib) * starving_want_kib // wanted_kib if wanted_kib else 0
         # Levelled on free memory as the guests report it: a ramp measured over one second is too noisy to
         # rank guests by (it put one of four equal hogs 60 MiB ahead of the others, and it outlived them).
         share_kib.update(_level_shares_kib([(g.name, g.free_kib or 0, want_kib[g.name]) for g in starving], budget_kib))
     grown: dict[str, int] = {}
-    unmet_kib = 0
+    unmet_kib: dict[str, int] = {}
     for g in starving:
         if want_kib[g.name] <= 0:
             continue
         got_kib = ledger.give(g.name, want_kib[g.name], Action.GROW, g.why, share_kib=share_kib[g.name])
-        unmet_kib += want_kib[g.name] - got_kib
+        if got_kib < want_kib[g.name]:
+            unmet_kib[g.name] = want_kib[g.name] - got_kib
         if got_kib:
             grown[g.name] = got_kib
     return grown, unmet_kib
@@ -652,7 +719,8 @@ def _take_for_the_starving(
 ) -> None:
     """What the headroom could not give the starving, guests holding more than their buffer give back: the
     busy too (a guest ramping slowly with 800 MiB free needs a fraction of it), most spare first, at most
-    relief_step_mib each. The memory reaches the starving through the host on the next ticks."""
+    relief_step_mib each. Memory the donors had touched reaches the starving through the host on the next
+    ticks; grants they never touched at once (`_grow_from_returned_grants`)."""
     if unmet_kib <= 0:
         return
 
@@ -681,14 +749,69 @@ def _take_for_the_starving(
         )
 
 
+def busy_need_kib(g: _Guest) -> int:
+    """What a busy guest can use of the pool: up to its wasteful line plus what its ramp takes in
+    CONTENDER_HORIZON_S. More would sit free in it, held back from the host (a grant is kept by the guard), until
+    it is idle and reclaimed again."""
+    return max(0, g.wasteful_kib + int(g.ramp_kib_per_s * CONTENDER_HORIZON_S) - (g.free_kib or 0))
+
+
+def _steady_again(g: _Guest) -> bool:
+    """Idle or wasteful on a sample new this tick: its use stopped moving."""
+    return g.new_sample and g.guest_class in (GuestClass.IDLE, GuestClass.WASTEFUL)
+
+
+def _grow_from_returned_grants(
+    guests: list[_Guest], ledger: _Ledger, unmet_kib: dict[str, int], grown: dict[str, int], returned_kib: int
+) -> None:
+    """Grants the donors never touched were only held back by the guard, not backed by QEMU: taking them back
+    is headroom now (returned_kib), and it goes to the starving in this tick, the least free first. (The rest
+    of the headroom stays where `_grow_starving` left it: kept for busy guests about to starve.)"""
+    for g in sorted((g for g in guests if g.name in unmet_kib), key=lambda g: (g.free_kib or 0, g.name)):
+        if returned_kib < KIB_PER_MIB:
+            break
+        got_kib = ledger.give(g.name, min(unmet_kib[g.name], returned_kib), Action.GROW, "grants others did not use")
+        returned_kib -= got_kib
+        if got_kib:
+            grown[g.name] = grown.get(g.name, 0) + got_kib
+
+
+def survival_need_kib(g: _Guest, ledger: _Ledger, config: Config) -> int:
+    """What a ramping guest lacks, at the target planned so far, not to run out of memory altogether before
+    memcoord can act again."""
+    free_kib = (g.free_kib or 0) + ledger.target_kib[g.name] - g.base_kib
+    return max(0, int(g.ramp_kib_per_s * (g.age_s + lookahead_s(config))) - free_kib)
+
+
+def _grow_to_survive(guests: list[_Guest], ledger: _Ledger, config: Config, grown: dict[str, int]) -> None:
+    """A starving guest that will run out of memory before memcoord can act again, at its ramp, is lent what it
+    lacks from memory the guard holds back for guests that are not starving: their grants and ramps may come
+    to the host's memory later, or never; its OOM kill comes now. Never from the guard itself: lent memory is
+    still inside host available - min_available_mib. If the lenders do touch theirs, relief answers."""
+    for g in sorted(
+        (g for g in guests if g.guest_class is GuestClass.STARVING), key=lambda g: (g.free_kib or 0, g.name)
+    ):
+        need_kib = survival_need_kib(g, ledger, config)
+        if need_kib <= 0 or ledger.lendable_kib <= 0:
+            continue
+        got_kib = ledger.give(g.name, need_kib, Action.GROW, LENT_REASON, lend=True)
+        if got_kib:
+            grown[g.name] = grown.get(g.name, 0) + got_kib
+
+
 def _share_pool_with_busy(guests: list[_Guest], ledger: _Ledger, pool_kib: int, just_lowered: set[str]) -> None:
-    """Busy guests share what is left of the pool; not one memcoord just lowered (its stats lag the balloon,
-    and giving back what was just taken makes the two ping-pong), nor one whose balloon is still moving."""
-    busy = [g for g in guests if g.guest_class is GuestClass.BUSY and g.pending is None and g.name not in just_lowered]
+    """Busy guests share what is left of the pool, each up to `busy_need_kib` (the rest stays with the host);
+    not one memcoord just lowered (its stats lag the balloon, and giving back what was just taken makes the two
+    ping-pong), nor one whose balloon is still moving."""
+    busy = [
+        g
+        for g in guests
+        if g.guest_class is GuestClass.BUSY and g.pending is None and g.name not in just_lowered and busy_need_kib(g)
+    ]
     for i, g in enumerate(busy):
         if pool_kib <= 0:
             break
-        share_kib = pool_kib // (len(busy) - i)
+        share_kib = min(pool_kib // (len(busy) - i), busy_need_kib(g))
         pool_kib -= ledger.give(g.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
 
 
@@ -738,7 +861,14 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         ledger.notes.append(f"host guard: host {kib_to_mib(ledger.deficit_kib):.0f} MiB below it, nobody grows")
     else:
         grown, unmet_kib = _grow_starving(guests, ledger, config, skip=clamped)
-        _take_for_the_starving(guests, ledger, config, unmet_kib, skip=clamped | just_raised)
+        # A guest memcoord just grew keeps its grant while it may still grow into it; one steady again on a new
+        # sample (its burst has peaked) gives back what it did not use, to a guest starving now.
+        still_growing = {g.name for g in guests if g.name in just_raised and not _steady_again(g)}
+        headroom_before_kib = ledger.headroom_kib
+        _take_for_the_starving(guests, ledger, config, sum(unmet_kib.values()), skip=clamped | still_growing)
+        returned_kib = ledger.headroom_kib - headroom_before_kib
+        _grow_from_returned_grants(guests, ledger, unmet_kib, grown, returned_kib)
+        _grow_to_survive(guests, ledger, config, grown)
         # The pool goes to the starving first: what they got came out of it, the rest is the busy guests'.
         pool_kib = max(0, pool_kib - sum(grown.values()))
         _share_pool_with_busy(guests, ledger, pool_kib, just_lowered | lowered)

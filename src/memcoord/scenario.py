@@ -158,6 +158,8 @@ class HostSpec(_Model):
     other_used_mib: int = Field(0, ge=0)
     # Memory host processes take and free during the run, on top of other_used_mib.
     pressure: tuple[PressureSpec, ...] = ()
+    # What each guest's QEMU process holds beyond the guest's own pages (counted in its RSS, never given back).
+    qemu_overhead_mib: int = Field(0, ge=0)
 
 
 class Scenario(_Model):
@@ -284,6 +286,7 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
                     workload=workload,
                     reader=_reader(spec.cache, offset_s),
                     has_balloon_stats=spec.balloon_stats,
+                    overhead_kib=mib_to_kib(scenario.host.qemu_overhead_mib),
                 )
             )
     return SimulatedHypervisor(

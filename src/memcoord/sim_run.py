@@ -30,7 +30,7 @@ class DemandCheck:
     """Could a perfect policy have avoided every OOM kill? Programs' demand only: page cache is reclaimable.
 
     fits: at every step, every guest's kernel + program demand fits its maximum, and all of them together plus
-    the host's own use fit the host with min_available_mib to spare.
+    their QEMUs' overhead and the host's own use fit the host with min_available_mib to spare.
     """
 
     peak_need_mib: float
@@ -51,7 +51,7 @@ def check_demand(scenario: Scenario, min_available_mib: float, duration_s: float
     over_max: set[str] = set()
     for i in range(max(1, round(duration_s / scenario.step_s)) + 1):
         hv.now_s = SIM_EPOCH_S + i * scenario.step_s
-        need_kib = hv.host_used_kib()
+        need_kib = hv.host_used_kib() + sum(g.overhead_kib for g in guests)
         for g in guests:
             want_kib = KERNEL_USED_KIB + g.workload.demand_kib(hv.now_s)
             if want_kib > g.max_kib:

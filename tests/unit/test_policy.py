@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from memcoord.config import Config, parse
 from memcoord.model import Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.policy import PolicyState, applied, decide, host_headroom_kib
+from memcoord.policy import LENT_REASON, PolicyState, applied, decide, host_headroom_kib
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000
@@ -138,6 +140,17 @@ def test_reclaimed_memory_goes_to_the_starving_first_then_to_the_busy():
     assert changes["b"].delta_kib == mib_to_kib(40)  # the remainder of the pool, not more
 
 
+def test_a_busy_guest_with_plenty_free_gets_none_of_the_pool():
+    """900 MiB free at 10 MiB/s: the pool would sit unused in it (and the guard would hold it back from the
+    host as a grant) until it is idle and reclaimed again."""
+    first = snap(dom("w", 1024, 800), dom("b", 1536, 910))
+    second = snap(dom("w", 1024, 800, last_s=NOW_S + 1), dom("b", 1536, 900, last_s=NOW_S + 1), now_s=NOW_S + 1)
+    plan = two_ticks(first, second)
+    assert plan.classes == {"w": GuestClass.WASTEFUL, "b": GuestClass.BUSY}
+    assert by_name(plan)["w"].delta_kib == -mib_to_kib(100)
+    assert "b" not in by_name(plan)
+
+
 def test_busy_guests_get_nothing_from_the_host():
     plan = two_ticks(snap(dom("b", 1024, 800)), snap(dom("b", 1024, 750, last_s=NOW_S + 1), now_s=NOW_S + 1))
     assert plan.classes["b"] is GuestClass.BUSY
@@ -203,6 +216,20 @@ def test_per_domain_floor_and_ceiling():
     changes = by_name(plan)
     assert changes["a"].to_kib == mib_to_kib(900)  # reclaim stops at the override floor
     assert (changes["b"].action, changes["b"].to_kib) == (Action.CLAMP, mib_to_kib(1400))  # one step toward 1000
+
+
+def test_a_lowered_ceiling_never_takes_a_guest_below_its_buffer():
+    """max_mib lowered to 1000 under a 1500 MiB guest whose programs use 1250 MiB: it comes down only while it
+    keeps twice its starving line free, and not at all once it is starving."""
+    config = parse('[domains."b"]\nmax_mib = 1000\n')
+    plan = steady(dom("b", 1500, 400), config=config)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1400)  # 400 MiB free: a whole step
+    plan = steady(dom("b", 1400, 350), config=config)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1350)  # 350 free: 50 MiB to its 300 MiB buffer
+    assert any("above its max_mib" in note for note in plan.notes)
+    plan = steady(dom("b", 1350, 120), config=config)  # starving: stays, and is not grown either
+    assert plan.classes["b"] is GuestClass.STARVING
+    assert plan.changes == ()
 
 
 def test_a_guest_below_its_floor_is_raised_to_it():
@@ -520,7 +547,7 @@ def test_memory_reclaimed_from_untouched_pages_is_not_handed_out_again():
 
 def test_scarce_headroom_keeps_a_share_for_busy_guests_that_may_starve_next():
     """A guest that starves a tick after the others must not find the headroom spent: a busy guest's share
-    waits in the headroom for it."""
+    waits in the headroom for it, in proportion to what each needs."""
     first = snap(dom("s", 512, 100), dom("b", 1024, 500), available_mib=1024 + 300)
     second = snap(
         dom("s", 512, 100, last_s=NOW_S + 1),
@@ -530,8 +557,27 @@ def test_scarce_headroom_keeps_a_share_for_busy_guests_that_may_starve_next():
     )
     plan = two_ticks(first, second)
     assert plan.classes == {"s": GuestClass.STARVING, "b": GuestClass.BUSY}
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(150)
-    assert plan.host_headroom_kib == mib_to_kib(150)
+    # s wants its 300 MiB grow step; b, 450 MiB free at 50 MiB/s, is 200 MiB short of its starving line in 10 s.
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(300 * 300 // 500)
+    assert plan.host_headroom_kib == mib_to_kib(300 - 180)
+
+
+def test_many_slow_contenders_do_not_starve_a_guest_that_starves_now():
+    """Twenty busy guests each 10 MiB short of their starving line in ten seconds keep 200 MiB of the headroom,
+    not twenty shares of it: the guest starving now gets the rest of what it wants."""
+    slow = [f"b{i:02d}" for i in range(20)]
+    # 448 -> 420 MiB free: 28 MiB/s, 140 MiB left in 10 s, 10 MiB short of the 150 MiB starving line.
+    first = snap(*(dom(n, 1024, 448) for n in slow), dom("s", 512, 100), available_mib=1024 + 600)
+    second = snap(
+        *(dom(n, 1024, 420, last_s=NOW_S + 1) for n in slow),
+        dom("s", 512, 100, last_s=NOW_S + 1),
+        available_mib=1024 + 600,
+        now_s=NOW_S + 1,
+    )
+    plan = two_ticks(first, second, parse("[guest]\nidle_tax_mib = 0\n"))
+    assert all(plan.classes[n] is GuestClass.BUSY for n in slow)
+    # 300 + 20 x 10 = 500 <= 600 MiB: s gets all it wants (a share per head would have been 600 / 21).
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(300)
 
 
 def test_a_busy_guest_at_its_ceiling_does_not_halve_a_starving_guests_share():
@@ -688,7 +734,8 @@ def test_the_peak_floor_stops_reclaim_at_the_peak():
 
 def test_a_growing_guests_own_untouched_memory_is_kept_for_it():
     """A guest ramping through 300 MiB of free memory QEMU never backed takes it from the host before it needs a
-    grant: the guard keeps it back from others (an idle guest's would not be)."""
+    grant: the guard keeps back from others what its ramp touches before memcoord can look again (an idle
+    guest's would not be kept at all)."""
     first = snap(dom("r", 1024, 340, rss_mib=724 + 128), dom("s", 512, 100), available_mib=1024 + 500)
     second = snap(
         dom("r", 1024, 300, last_s=NOW_S + 1, rss_mib=724 + 128),
@@ -698,8 +745,30 @@ def test_a_growing_guests_own_untouched_memory_is_kept_for_it():
     )
     plan = two_ticks(first, second)
     assert plan.classes["r"] is GuestClass.BUSY
-    # 500 - 300 = 200 MiB, shared between s and r, which starves within 10 s at its pace.
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(100)
+    # r touches 40 MiB/s x 3 s (stats period + tick + balloon), twice over: 240 of its 300 MiB are kept. The
+    # other 260 MiB are split between s (wants its 300 MiB grow step) and r, which at its pace is 250 MiB short
+    # of its starving line within 10 s: 260 x 300 / 550 = 141 MiB for s.
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(141)
+
+
+def test_a_slow_ramp_does_not_hold_back_its_whole_balloon_from_a_starving_guest():
+    """Ten guests ramping 10 MiB/s, each with 600 MiB free that QEMU never backed: over the next look they touch
+    60 MiB each, not 6 GiB. A guest that starves now gets the headroom the host has beyond that."""
+    rampers = [f"r{i}" for i in range(10)]
+    first = snap(
+        *(dom(n, 2048, 610, rss_mib=1438 + 128) for n in rampers), dom("s", 1024, 100), available_mib=1024 + 2000
+    )
+    second = snap(
+        *(dom(n, 2048, 600, last_s=NOW_S + 1, rss_mib=1438 + 128) for n in rampers),
+        dom("s", 1024, 100, last_s=NOW_S + 1),
+        available_mib=1024 + 2000,
+        now_s=NOW_S + 1,
+    )
+    plan = two_ticks(first, second, parse("[guest]\nidle_tax_mib = 0\n"))
+    assert all(plan.classes[n] is GuestClass.BUSY for n in rampers)
+    assert plan.classes["s"] is GuestClass.STARVING
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(300)  # its whole grow step: 2000 - 10 x 60 MiB is plenty
+    assert plan.host_headroom_kib == mib_to_kib(2000 - 10 * 60 - 300)
 
 
 def test_no_second_reclaim_on_figures_from_before_the_balloon_arrived():
@@ -717,3 +786,58 @@ def test_no_second_reclaim_on_figures_from_before_the_balloon_arrived():
     # ... and the one after that is steady: one more step.
     plan, _ = decide(snap(dom("w", 924, 700, last_s=NOW_S + 4), now_s=NOW_S + 4), state, config)
     assert by_name(plan)["w"].to_kib == mib_to_kib(824)
+
+
+# -- a guest that would run out before memcoord can act again ------------------------------------------------
+def _lender_and_burst(available_above_guard_mib: int):
+    """a: granted 800 MiB it has not touched, ramping 10 MiB/s with 1100 MiB free (far from starving);
+    s: 512 MiB, free 200 -> 80 MiB in a second (120 MiB/s): out of memory in under a second."""
+    guard_mib = Config().host.min_available_mib
+    available_mib = guard_mib + available_above_guard_mib
+    first = snap(dom("a", 2048, 1110, rss_mib=948 + 128), dom("s", 512, 200), available_mib=available_mib)
+    second = snap(
+        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 80, last_s=NOW_S + 1),
+        available_mib=available_mib,
+        now_s=NOW_S + 1,
+    )
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
+    plan, _state = decide(second, state, config)
+    return plan
+
+
+def test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others():
+    """300 MiB above the guard, 800 MiB of it and more held back for a's grant: s would get nothing and be
+    OOM-killed within the second. It is lent what it lacks until memcoord can act again (120 MiB/s x 3 s - 80
+    MiB free = 280 MiB), and a gives a relief step back."""
+    plan = _lender_and_burst(300)
+    changes = by_name(plan)
+    assert plan.classes["s"] is GuestClass.STARVING
+    assert changes["s"].delta_kib == mib_to_kib(280)
+    assert LENT_REASON in changes["s"].reason
+    assert changes["a"].delta_kib == -mib_to_kib(256)
+
+
+def test_lending_never_reaches_into_the_guard_itself():
+    plan = _lender_and_burst(100)
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(100)  # all the host has above its guard, not 280
+
+
+def test_nothing_is_lent_from_a_guest_that_will_starve_soon_itself():
+    """The same, but a ramps 100 MiB/s: it starves within 10 s and keeps what is held back for it."""
+    guard_mib = Config().host.min_available_mib
+    first = snap(dom("a", 2048, 1200, rss_mib=848 + 128), dom("s", 512, 200), available_mib=guard_mib + 300)
+    second = snap(
+        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 80, last_s=NOW_S + 1),
+        available_mib=guard_mib + 300,
+        now_s=NOW_S + 1,
+    )
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
+    plan, _state = decide(second, state, config)
+    assert plan.classes["a"] is GuestClass.BUSY
+    assert not any(LENT_REASON in c.reason for c in plan.changes)

@@ -18,7 +18,7 @@ from memcoord.config import Config
 from memcoord.hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
 from memcoord.hypervisor.workloads import Hog, Idle
 from memcoord.model import LOWERING_ACTIONS, Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.policy import Pending, PolicyState, decide, host_headroom_kib, thresholds_kib
+from memcoord.policy import LENT_REASON, Pending, PolicyState, decide, host_headroom_kib, thresholds_kib
 
 MIB = 1024
 NOW_S = 1_000_000.0
@@ -181,10 +181,12 @@ def test_growth_never_takes_the_host_below_its_guard(case: tuple[Snapshot, Polic
     assert grown_kib <= max(0, above_guard_kib) + taken_kib
     if above_guard_kib < 0:
         assert grown_kib == 0, plan.changes
-    # Memory granted earlier and not yet touched is kept out of the headroom; growth never makes it worse.
+    # Memory granted earlier and not yet touched is kept out of the headroom; growth never makes it worse, but
+    # for what is lent to a guest that would run out before the next tick (bounded by the host, above).
     before_kib = host_headroom_kib(snapshot, config, state)
     assert before_kib <= above_guard_kib
-    assert plan.host_headroom_kib >= min(0, before_kib)
+    if not any(LENT_REASON in c.reason for c in plan.changes):
+        assert plan.host_headroom_kib >= min(0, before_kib)
 
 
 @SETTINGS

@@ -109,8 +109,7 @@ def test_host_is_never_overcommitted_and_changes_are_counted(policy: str, monkey
     clamped = SimulatedHypervisor.host_available_kib
 
     def recording(self: SimulatedHypervisor) -> int:
-        held_kib = self.host_used_kib() + sum(g.rss_kib for g in self.guests.values())
-        unclamped_kib.append(self.host_total_kib - held_kib)
+        unclamped_kib.append(self.host_total_kib - self.host_held_kib())
         return clamped(self)
 
     monkeypatch.setattr(SimulatedHypervisor, "host_available_kib", recording)

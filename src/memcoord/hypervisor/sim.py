@@ -6,7 +6,8 @@ asking for more than the guest has is OOM-killed (counted). Time only moves when
 randomness comes from a `random.Random(seed)`, so a run is deterministic for a seed.
 
 Host memory follows what QEMU really holds: a guest's RSS grows with what it touches and only shrinks when the
-balloon takes pages back (memory a program frees inside the guest stays with QEMU). That is why reclaiming
+balloon takes pages back (memory a program frees inside the guest stays with QEMU), plus QEMU's own overhead
+(`overhead_kib`, a scenario's `host.qemu_overhead_mib`), which libvirt's RSS figure includes. That is why reclaiming
 idle memory matters to the host at all, and the simulator has to model it for the comparison to mean anything.
 
 Page cache, as a Linux guest has it: a guest that reads files (a `FileReader`) caches them in memory the programs
@@ -58,6 +59,9 @@ class SimGuest:
     reported_unused_kib: int = 0
     reported_usable_kib: int = 0
     reported_current_kib: int = 0
+    # What the QEMU process holds beyond the guest's pages (its own code, device state, TCG or KVM structures):
+    # host memory the guest never gives back. libvirt's RSS figure includes it.
+    overhead_kib: int = 0
 
     @property
     def unused_kib(self) -> int:
@@ -102,10 +106,13 @@ class SimulatedHypervisor:
         """What the host itself and its other processes hold now (not QEMU)."""
         return self.host_other_used_kib + sum(p.used_at_kib(self.now_s) for p in self.host_pressure)
 
+    def host_held_kib(self) -> int:
+        """What the QEMU processes (guest pages and their own overhead) and the rest of the host hold."""
+        return self.host_used_kib() + sum(g.rss_kib + g.overhead_kib for g in self.guests.values())
+
     def host_available_kib(self) -> int:
         """Host memory not held by QEMU processes or the rest of the host."""
-        held_kib = self.host_used_kib() + sum(g.rss_kib for g in self.guests.values())
-        return max(0, self.host_total_kib - held_kib)
+        return max(0, self.host_total_kib - self.host_held_kib())
 
     def _host(self) -> HostStats:
         return HostStats(available_kib=self.host_available_kib(), total_kib=self.host_total_kib)
@@ -160,7 +167,7 @@ class SimulatedHypervisor:
                 usable_kib=g.reported_usable_kib if g.last_update_s else None,
                 # The guest's own total (MemTotal) in the same report: a Linux guest's shrinks with the balloon.
                 available_kib=g.reported_current_kib if g.last_update_s else None,
-                rss_kib=g.rss_kib,
+                rss_kib=g.rss_kib + g.overhead_kib,
                 last_update_s=g.last_update_s or None,
                 settings=g.settings,
             )
