@@ -31,7 +31,6 @@ NOT_IMPORTED_BY_RUN = {
     "ssl": "only with [metrics] certfile set, to load the certificate (config.py)",
     "difflib": 'only to suggest a name for a [domains."NAME"] that matches no domain (domain_settings.py)',
     "tomli_w": "print-config's",
-    "psutil": "the lab's and the tests': memcoord reads /proc/meminfo",
     "curses": "memcoord monitor's",
     "matplotlib": "memcoord plot's",
     "memcoord.manpage": "the build's",

@@ -1,6 +1,6 @@
 """The real adapter: one bulk getAllDomainStats per tick, setMemory per change, reconnect on loss.
 
-Units: balloon.* stats, setMemory and /proc/meminfo are KiB.
+Units: balloon.* stats and setMemory are KiB; psutil reports bytes.
 
 Two things can hang a libvirt call, and neither may stall the coordination of every other guest: libvirtd
 itself (a keepalive on the connection closes it, which needs libvirt's event loop, run in a daemon thread), and
@@ -26,12 +26,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import libvirt
+import psutil
 
 from ..domain_settings import Parsed, SettingsCache, parse_domain_xml
 from ..model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
@@ -53,7 +53,6 @@ PERIOD_RETRY_MAX_S = 60.0
 # What one tick may spend reading domains' XML for their settings; the rest waits for the next tick (a host
 # with thousands of guests, all new at start, is read over a few ticks).
 SETTINGS_READ_BUDGET_S = 1.0
-MEMINFO = Path("/proc/meminfo")
 
 T = TypeVar("T")
 
@@ -160,18 +159,6 @@ def _gone(exc: libvirt.libvirtError) -> bool:
 
 def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
-
-
-def local_host_stats(meminfo: str) -> HostStats:
-    """This host's memory from the text of /proc/meminfo (KiB): MemAvailable, the kernel's estimate of what can be
-    had without swapping (what the guard is about), and MemTotal. Read directly, not through a library: two
-    numbers every tick do not need one in a daemon that counts its MiB."""
-    kib = {}
-    for line in meminfo.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("MemAvailable", "MemTotal"):
-            kib[key] = int(value.split()[0])
-    return HostStats(available_kib=kib["MemAvailable"], total_kib=kib["MemTotal"])
 
 
 def domain_stats(name: str, stats: dict[str, int], settings: DomainSettings | None = NO_SETTINGS) -> DomainStats | None:
@@ -314,7 +301,8 @@ class LibvirtHypervisor:
 
     def _host(self, conn: libvirt.virConnect, deadline_s: float | None) -> HostStats:
         if is_local(self.uri):
-            return local_host_stats(MEMINFO.read_text())
+            vm = psutil.virtual_memory()
+            return HostStats(available_kib=vm.available // 1024, total_kib=vm.total // 1024)
         node = self._bounded(
             "getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS), deadline_s
         )
