@@ -1,5 +1,5 @@
-"""Per-domain settings that travel with the VM: memcoord's element in the domain's libvirt `<metadata>`, and
-libvirt's own `<memtune><min_guarantee>`.
+"""Per-domain settings that travel with the VM: memcoord's element in the domain's libvirt `<metadata>`,
+libvirt's own `<memtune><min_guarantee>`, and whether its balloon deflates on the guest's OOM.
 
 The bulk stats call does not return a domain's definition, and reading it (XMLDesc) for every guest on every
 tick would cost a round trip per guest on a host with thousands. So the adapter keeps what it read per domain
@@ -151,7 +151,10 @@ def parse_domain_xml(name: str, xml_text: str) -> Parsed:
     metadata, problems = _metadata(name, root)
     min_guarantee_kib, mg_problems = _min_guarantee_kib(name, root)
     settings = DomainSettings(
-        metadata=MappingProxyType(metadata), min_guarantee_kib=min_guarantee_kib, metadata_invalid=bool(problems)
+        metadata=MappingProxyType(metadata),
+        min_guarantee_kib=min_guarantee_kib,
+        metadata_invalid=bool(problems),
+        deflate_on_oom=root.find("./devices/memballoon[@autodeflate='on']") is not None,
     )
     return Parsed(settings, tuple(problems + mg_problems))
 

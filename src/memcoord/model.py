@@ -31,11 +31,14 @@ class DomainSettings:
     `<memtune><min_guarantee>`, None when the domain has none. The config file's own `[domains."NAME"]` keys
     win over both (Config.floor, Config.ceiling). metadata_invalid: the metadata element had a key that could
     not be believed (a bad value, an unknown or misspelt key, a contradiction); memcoord then leaves the guest
-    alone until it is fixed, because a misspelt `enabled = false` must not leave the guest managed."""
+    alone until it is fixed, because a misspelt `enabled = false` must not leave the guest managed.
+    deflate_on_oom: the balloon may deflate on the guest's own OOM (`<memballoon autodeflate='on'>`): such a
+    guest counts the balloon's pages as used instead of shrinking its MemTotal (`DomainStats.own_total_kib`)."""
 
     metadata: Mapping[str, int | float | bool] = field(default_factory=lambda: MappingProxyType({}))
     min_guarantee_kib: int | None = None
     metadata_invalid: bool = False
+    deflate_on_oom: bool = False
 
 
 # A domain whose definition sets nothing for memcoord (and what a simulated guest has unless it says otherwise).
@@ -58,6 +61,20 @@ class DomainStats:
     rss_kib: int | None = None
     last_update_s: int | None = None
     settings: DomainSettings | None = NO_SETTINGS
+
+    @property
+    def own_total_kib(self) -> int | None:
+        """What the guest's programs and page cache can have at this balloon size, by the guest's own count:
+        its MemTotal (balloon.available), which a Linux guest shrinks as the balloon inflates. A guest whose
+        balloon may deflate on OOM (`DomainSettings.deflate_on_oom`) keeps MemTotal at its full size and counts
+        the balloon's pages as used: what the balloon holds (maximum - current) comes off it. (Whether MemTotal
+        is above balloon.current cannot tell the two apart: a normal guest's report from before a reclaim landed
+        is too.) None where the guest gives no MemTotal."""
+        if self.available_kib is None:
+            return None
+        if self.settings is not None and self.settings.deflate_on_oom:
+            return self.available_kib - (self.max_kib - self.current_kib)
+        return self.available_kib
 
 
 @dataclass(frozen=True, slots=True)

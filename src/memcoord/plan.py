@@ -124,9 +124,9 @@ def seed_simulator(
 def kernel_reserve_kib(snapshot: Snapshot) -> dict[str, int]:
     """What each guest's kernel keeps of its balloon size out of its own total (balloon.current - MemTotal)."""
     return {
-        d.name: d.current_kib - d.available_kib
+        d.name: d.current_kib - d.own_total_kib
         for d in snapshot.domains
-        if d.available_kib is not None and d.available_kib <= d.current_kib
+        if d.own_total_kib is not None and d.own_total_kib <= d.current_kib
     }
 
 

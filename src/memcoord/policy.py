@@ -149,12 +149,12 @@ def free_figure(dom: DomainStats) -> tuple[int | None, str]:
 
 
 def _used_kib(dom: DomainStats, free_kib: int) -> int:
-    """What the guest's programs hold: its own total (MemTotal, which the balloon shrinks) less free.
+    """What the guest's programs hold: its own total at its balloon size (`DomainStats.own_total_kib`) less free.
 
     MemTotal comes in the same guest report as the free figure; balloon.current may have moved since.
     """
-    total_kib = dom.available_kib if dom.available_kib is not None else dom.current_kib
-    return total_kib - free_kib
+    total_kib = dom.own_total_kib
+    return (total_kib if total_kib is not None else dom.current_kib) - free_kib
 
 
 def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float) -> Sample | None:
@@ -601,7 +601,8 @@ def peak_floor_kib(g: _Guest, config: Config) -> int:
         return 0
     # Used memory is counted against the guest's own total; the balloon's size also holds what the kernel
     # keeps for itself (balloon.current - MemTotal).
-    kernel_kib = g.dom.current_kib - g.dom.available_kib if g.dom.available_kib is not None else 0
+    total_kib = g.dom.own_total_kib
+    kernel_kib = g.dom.current_kib - total_kib if total_kib is not None else 0
     return g.sample.peak_used_kib + kernel_kib + g.starving_kib
 
 

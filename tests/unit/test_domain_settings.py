@@ -77,6 +77,21 @@ def test_no_metadata_and_another_programs_metadata_set_nothing():
 
 
 @pytest.mark.parametrize(
+    ("devices", "deflates"),
+    [
+        ("<devices><memballoon model='virtio' autodeflate='on'><stats period='1'/></memballoon></devices>", True),
+        ("<devices><memballoon model='virtio' autodeflate='off'/></devices>", False),
+        ("<devices><memballoon model='virtio'><stats period='1'/></memballoon></devices>", False),
+        ("", False),
+    ],
+)
+def test_a_balloon_that_deflates_on_oom_is_recognised(devices: str, deflates: bool):
+    parsed = parse_domain_xml("web1", domain_xml(memtune=devices))
+    assert parsed.problems == ()
+    assert parsed.settings.deflate_on_oom is deflates
+
+
+@pytest.mark.parametrize(
     ("memtune", "kib"),
     [
         ("<memtune><min_guarantee unit='KiB'>307200</min_guarantee></memtune>", 307200),

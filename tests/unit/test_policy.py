@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from memcoord.config import Config, parse
-from memcoord.model import Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
+from memcoord.model import Action, DomainSettings, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
 from memcoord.policy import LENT_REASON, PolicyState, applied, decide, host_headroom_kib
 
 GIB_KIB = mib_to_kib(1024)
@@ -841,3 +841,38 @@ def test_nothing_is_lent_from_a_guest_that_will_starve_soon_itself():
     plan, _state = decide(second, state, config)
     assert plan.classes["a"] is GuestClass.BUSY
     assert not any(LENT_REASON in c.reason for c in plan.changes)
+
+
+# -- deflate-on-OOM guests ---------------------------------------------------------------------------------------
+def _autodeflate(current_mib: int, usable_mib: int, last_s: int) -> DomainStats:
+    """A 2 GiB guest with <memballoon autodeflate='on'>: its MemTotal stays at 1988 MiB whatever the balloon holds,
+    and the balloon's pages count as used."""
+    return DomainStats(
+        name="d",
+        current_kib=mib_to_kib(current_mib),
+        max_kib=mib_to_kib(2048),
+        unused_kib=mib_to_kib(usable_mib),
+        usable_kib=mib_to_kib(usable_mib),
+        available_kib=mib_to_kib(1988),
+        rss_kib=mib_to_kib(current_mib + 128),
+        last_update_s=last_s,
+        settings=DomainSettings(deflate_on_oom=True),
+    )
+
+
+def test_a_deflate_on_oom_guest_is_reclaimed_step_by_step_without_reading_the_balloon_as_use():
+    """Its programs use 264 MiB throughout: a reclaim step moves the balloon, not its use. Read as MemTotal -
+    free, each step would look like 100 MiB/s of new use and the guest would be grown back (and again)."""
+    config = Config()
+    _p, state = decide(snap(_autodeflate(1024, 700, NOW_S)), PolicyState(), config)
+    plan, state = decide(snap(_autodeflate(1024, 700, NOW_S + 1), now_s=NOW_S + 1), state, config)
+    assert plan.classes["d"] is GuestClass.WASTEFUL
+    assert by_name(plan)["d"].to_kib == mib_to_kib(924)
+    state = applied(state, plan.changes, NOW_S + 1)
+    # The balloon took 100 MiB of its free memory; MemTotal did not move.
+    for t in (NOW_S + 2, NOW_S + 3):
+        plan, state = decide(snap(_autodeflate(924, 600, t), now_s=t), state, config)
+        assert plan.classes["d"] in (GuestClass.WASTEFUL, GuestClass.IDLE), plan
+        assert all(c.delta_kib <= 0 for c in plan.changes), plan.changes
+    assert state.samples["d"].ramp_kib_per_s == 0
+    assert state.samples["d"].used_kib == mib_to_kib(1988 - (2048 - 924) - 600)
