@@ -18,13 +18,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from .config import Config, DomainOverride
 from .hypervisor.port import Hypervisor, HypervisorError
 from .model import DomainSettings
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -65,6 +65,8 @@ def _element(key: str) -> str:
 
 
 def _why(err: Any) -> str:
+    from .config import DomainOverride
+
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"unknown key (known: {', '.join(DomainOverride.model_fields)})"
@@ -98,6 +100,12 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
             data.pop(key, None)
         else:
             data[key] = text
+    # The same model validates a [domains."NAME"] table and the metadata. Imported only for a domain that has
+    # memcoord metadata: the daemon does not load pydantic otherwise (config_view.py).
+    from pydantic import ValidationError
+
+    from .config import DomainOverride
+
     try:
         override = DomainOverride.model_validate(data, strict=False)
     except ValidationError as exc:

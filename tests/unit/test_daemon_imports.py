@@ -1,7 +1,8 @@
 """What `memcoord run` imports: what it runs, and not what other commands or optional features need.
 
-The daemon's resident memory is mostly the modules it has imported (libvirt, pydantic and the config models are
-most of it; bench/daemon_rss.py measures it). Modules needed only by an optional feature or by another command
+The daemon's resident memory is mostly the modules it has imported (libvirt is most of it; bench/daemon_rss.py
+measures it). pydantic and the config models are not among them: the daemon validates its file in a child
+process (config_view.py) and runs on a view of the result. Modules needed only by an optional feature or by another command
 are imported where they are used. These tests run the real daemon (libvirt's in-process test driver, one tick,
 --exit-when-idle) under `python -X importtime` and fail when one of them is imported at start again, for example
 by a module-level import added to a module the daemon loads.
@@ -21,7 +22,12 @@ from tests.unit.obs_daemon import free_port
 
 ENDPOINT = "the Prometheus endpoint's, only with [metrics] enabled (exposition.py)"
 # Module -> who needs it instead of the daemon with the shipped settings.
+VALIDATOR = "the child process that validates the config file's (config_view.py, validate.py)"
 NOT_IMPORTED_BY_RUN = {
+    "pydantic": VALIDATOR,
+    "pydantic_core": VALIDATOR,
+    "memcoord.config": VALIDATOR,
+    "memcoord.validate": VALIDATOR,
     "prometheus_client": ENDPOINT,
     "memcoord.exposition": ENDPOINT,
     "http.server": ENDPOINT,
@@ -73,7 +79,7 @@ def loaded(modules: set[str], name: str) -> bool:
 def test_run_imports_only_what_it_runs(tmp_path: Path):
     modules = imported_by_run(tmp_path)
     # What it does run: the list is read (else the check below checks nothing).
-    assert {"libvirt", "pydantic", "memcoord.service", "memcoord.hypervisor.libvirt", "memcoord.metrics"} <= modules
+    assert {"libvirt", "memcoord.config_view", "memcoord.service", "memcoord.hypervisor.libvirt"} <= modules
     unneeded = {name: why for name, why in NOT_IMPORTED_BY_RUN.items() if loaded(modules, name)}
     assert unneeded == {}, "memcoord run imports modules it does not need (import them where they are used)"
 
