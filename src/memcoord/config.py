@@ -419,7 +419,6 @@ class MetricsConfig(MetricsRules, _Section):
         return self
 
 
-
 class TimelineConfig(_Section):
     """A record of every tick (every guest's sizes and the actions taken), for memcoord plot."""
 

@@ -32,7 +32,7 @@ FIELDS_SET_KEY = "__fields_set__"
 class Section:
     """One validated section (or the whole config): its keys as read-only attributes."""
 
-    __slots__ = ("_values", "_fields_set", "_hash_key")
+    __slots__ = ("_fields_set", "_hash_key", "_values")
 
     def __init__(self, values: Mapping[str, Any], fields_set: frozenset[str]) -> None:
         object.__setattr__(self, "_values", dict(values))
@@ -99,7 +99,7 @@ _SECTION_TYPES: dict[str, type[Section]] = {"metrics": MetricsView}
 class FrozenMapping(Mapping[str, Any]):
     """A table of sections by name (`[domains."NAME"]`): read-only, hashable, equal by value."""
 
-    __slots__ = ("_items", "_hash_key")
+    __slots__ = ("_hash_key", "_items")
 
     def __init__(self, items: Mapping[str, Any]) -> None:
         self._items = dict(items)

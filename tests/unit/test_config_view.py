@@ -108,7 +108,7 @@ SETTINGS: tuple[DomainSettings | None, ...] = (
     DomainSettings(min_guarantee_kib=mib_to_kib(700)),
     DomainSettings(MappingProxyType({"min_mib": 100}), metadata_invalid=True),
 )
-NAMES = ("web1", "web2", "web3", "db1", "odd\"name", "other")
+NAMES = ("web1", "web2", "web3", "db1", 'odd"name', "other")
 MAX_KIB = (mib_to_kib(100), mib_to_kib(1024), mib_to_kib(8192))
 
 
@@ -293,7 +293,7 @@ def test_a_child_that_fails_or_hangs_is_a_config_error(tmp_path: Path, monkeypat
     with pytest.raises(ConfigError, match=r"not validated: the validating process took more than 0\.001 s"):
         config_view.load(path, timeout_s=0.001)
     monkeypatch.setattr(sys, "executable", "/bin/false")
-    with pytest.raises(ConfigError, match="not validated: .* exited with 1") as failed:
+    with pytest.raises(ConfigError, match=r"not validated: .* exited with 1") as failed:
         config_view.load(path)
     assert not isinstance(failed.value, ConfigFileError)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
