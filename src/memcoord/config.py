@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from .config_rules import (
     DEFAULT_LISTEN,
     DEFAULT_PATH,
+    FIELDS_SET_KEY,
     ConfigError,
     ConfigFileError,
     ConfigRules,
@@ -28,8 +29,6 @@ from .config_rules import (
 )
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_PATH", "ConfigError", "ConfigFileError", "Source"]
-# Marks, in the JSON a validating child hands the daemon (to_json), the keys the file set in each section.
-FIELDS_SET_KEY = "__fields_set__"
 
 
 class _Section(BaseModel):

@@ -21,6 +21,8 @@ from .model import NO_SETTINGS, DomainSettings, mib_to_kib
 
 DEFAULT_PATH = Path("/etc/memcoord.toml")
 DEFAULT_LISTEN = "127.0.0.1:9749"
+# In the JSON a validating child hands the daemon (config.to_tree), each section's list of the keys the file set.
+FIELDS_SET_KEY = "__fields_set__"
 
 
 class ConfigError(Exception):

@@ -19,14 +19,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config_rules import ConfigError, ConfigFileError, ConfigRules, MetricsRules
+from .config_rules import FIELDS_SET_KEY, ConfigError, ConfigFileError, ConfigRules, MetricsRules
 
 # The child imports pydantic and builds the models (well under a second); bounded far below systemd's watchdog
 # (30 s), which a reload inside the loop must not starve.
 VALIDATE_TIMEOUT_S = 10.0
-# The key the child puts in each section for the keys the file set (config.FIELDS_SET_KEY; that module imports
-# pydantic).
-FIELDS_SET_KEY = "__fields_set__"
 
 
 class Section:
