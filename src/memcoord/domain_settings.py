@@ -7,7 +7,8 @@ UUID (`SettingsCache`) and reads a domain again only when libvirt says its defin
 event), after a reconnect (events may have been missed), or on a slow timer. Parsing is pure: a domain's XML
 in, its settings and the problems with them out; the caller logs each problem once.
 
-Which key wins (config file, metadata, min_guarantee, default) is Config's business (Config.floor/ceiling).
+Which key wins (config file, metadata, min_guarantee, default) is the config's business (ConfigRules.floor/ceiling,
+config_rules.py).
 """
 
 from __future__ import annotations
