@@ -12,7 +12,9 @@ Waits for `--ticks` ticks (read from the state file), reads /proc/PID/status (Vm
 reads them again after a few more ticks. With `--modules`, also prints the number of modules the daemon
 imported and the ones from a list of heavy standard-library and third-party packages (from `python -X importtime`
 of the same command, which adds its own overhead: RSS is measured without it). With `--breakdown`, also what each
-part of the daemon's imports adds to the RSS of a fresh interpreter, in the order the daemon needs them.
+part of the daemon's imports adds to the RSS of a fresh interpreter, in the order the daemon needs them, and what
+pydantic and the config models would add (the child process that validates the config file loads them; the
+daemon does not).
 """
 
 from __future__ import annotations
@@ -54,19 +56,36 @@ HEAVY = (
 )
 
 
-# What the daemon imports, in groups, each measured after the ones before it (--breakdown).
+# What the daemon imports, in groups, each measured after the ones before it (--breakdown); then, for comparison,
+# what the child process that validates the config file adds on top (pydantic and the models: never in the daemon).
 BREAKDOWN = (
     ("the interpreter", ()),
     (
         "the standard library the daemon uses",
-        ("argparse", "logging", "dataclasses", "json", "pathlib", "threading", "select", "xml.etree.ElementTree"),
+        (
+            "argparse",
+            "logging",
+            "dataclasses",
+            "json",
+            "pathlib",
+            "threading",
+            "select",
+            "subprocess",
+            "xml.etree.ElementTree",
+        ),
     ),
     ("the libvirt binding and its C libraries", ("libvirt",)),
     ("sd_notify (systemd.daemon)", ("systemd.daemon",)),
+    (
+        "the rest of memcoord run",
+        ("memcoord.cli", "memcoord.config_view", "memcoord.service", "memcoord.hypervisor.libvirt"),
+    ),
     # pydantic's plugin loader brings importlib.metadata (email, zipfile, csv ...) when it builds its first model.
-    ("pydantic and pydantic-core", ("pydantic", "pydantic.main", "pydantic.plugin._loader")),
-    ("the config models (validators and serializers built)", ("memcoord.config",)),
-    ("the rest of memcoord run", ("memcoord.cli", "memcoord.service", "memcoord.hypervisor.libvirt")),
+    (
+        "not in the daemon: pydantic and pydantic-core (the validating child's)",
+        ("pydantic", "pydantic.main", "pydantic.plugin._loader"),
+    ),
+    ("not in the daemon: the config models (the validating child's)", ("memcoord.config",)),
 )
 BREAKDOWN_CHILD = """
 import gc, importlib, json, sys

@@ -1,6 +1,8 @@
 """The `memcoord` command: a thin layer that parses arguments and hands over to the service or the config.
 
 Exit codes follow sysexits.h, as admins' scripts expect: 64 usage, 66 cannot read input, 78 bad config.
+`run` never imports the pydantic config models (config.py): its config is validated in a child process
+(config_view.py); the other commands load them when they need them.
 """
 
 from __future__ import annotations
@@ -8,13 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, journal, tryout, watch
-from . import config as config_mod
 from .cliargs import positive_float
-from .config import ConfigError, ConfigFileError
+from .config_rules import DEFAULT_PATH, ConfigError, ConfigFileError
+
+if TYPE_CHECKING:
+    from . import config as config_mod
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,9 +28,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _load_or_exit(path: Path) -> config_mod.Config:
+def _load_with_models(path: Path) -> config_mod.Config:
+    from . import config as config_mod
+
+    return config_mod.load(path)
+
+
+def _load_or_exit(path: Path, load: Callable[[Path], Any] = _load_with_models) -> Any:
     try:
-        return config_mod.load(path)
+        return load(path)
     except ConfigFileError as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
         sys.exit(os.EX_NOINPUT)
@@ -35,12 +46,13 @@ def _load_or_exit(path: Path) -> config_mod.Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from . import config_view
     from .hypervisor import connect
     from .observe import Observer
     from .service import Overrides, Service
 
     journal.setup(verbose=args.verbose)
-    config = _load_or_exit(args.config)
+    config = _load_or_exit(args.config, config_view.load)
     overrides = Overrides(interval_s=args.interval, dry_run=args.dry_run)
     service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle, observer=Observer())
     service.install_signal_handlers()
@@ -78,9 +90,11 @@ def _check_domain_names(path: Path, config: config_mod.Config) -> None:
 def _cmd_print_config(args: argparse.Namespace) -> int:
     if args.running:
         return _print_running_config(args)
+    from . import config as config_mod
+
     path = args.config
-    if path is None and config_mod.DEFAULT_PATH.exists():
-        path = config_mod.DEFAULT_PATH
+    if path is None and DEFAULT_PATH.exists():
+        path = DEFAULT_PATH
     config = _load_or_exit(path) if path is not None else config_mod.Config()
     sys.stdout.write(config_mod.dump(config))
     return os.EX_OK
@@ -88,6 +102,7 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
 
 def _print_running_config(args: argparse.Namespace) -> int:
     """The config the running daemon uses, from its published state: shows whether a reload took effect."""
+    from . import config as config_mod
     from . import state, status
 
     state_path = args.state if args.state is not None else status.default_state_path(args.config)
@@ -101,6 +116,7 @@ def _print_running_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from . import config as config_mod
     from . import simulate
 
     config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
@@ -113,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the coordinator in the foreground (what the systemd unit starts)")
-    run.add_argument("--config", type=Path, default=config_mod.DEFAULT_PATH, help="config file (%(default)s)")
+    run.add_argument("--config", type=Path, default=DEFAULT_PATH, help="config file (%(default)s)")
     run.add_argument("--interval", type=positive_float, metavar="S", help="seconds between ticks")
     run.add_argument("--dry-run", action="store_true", help="decide and log, never call setMemory")
     run.add_argument("--exit-when-idle", action="store_true", help="exit when no managed domain is running")
@@ -121,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file: OK, or every error; exit 78")
-    check.add_argument("path", type=Path, nargs="?", default=config_mod.DEFAULT_PATH, help="config file (%(default)s)")
+    check.add_argument("path", type=Path, nargs="?", default=DEFAULT_PATH, help="config file (%(default)s)")
     check.add_argument(
         "--offline", action="store_true", help='do not ask libvirt whether each [domains."NAME"] names a domain'
     )

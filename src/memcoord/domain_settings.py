@@ -7,7 +7,8 @@ UUID (`SettingsCache`) and reads a domain again only when libvirt says its defin
 event), after a reconnect (events may have been missed), or on a slow timer. Parsing is pure: a domain's XML
 in, its settings and the problems with them out; the caller logs each problem once.
 
-Which key wins (config file, metadata, min_guarantee, default) is Config's business (Config.floor/ceiling).
+Which key wins (config file, metadata, min_guarantee, default) is the config's business (ConfigRules.floor/ceiling,
+config_rules.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from .config import Config, DomainOverride
 from .hypervisor.port import Hypervisor, HypervisorError
 from .model import DomainSettings
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -65,6 +66,8 @@ def _element(key: str) -> str:
 
 
 def _why(err: Any) -> str:
+    from .config import DomainOverride
+
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"unknown key (known: {', '.join(DomainOverride.model_fields)})"
@@ -98,6 +101,12 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
             data.pop(key, None)
         else:
             data[key] = text
+    # The same model validates a [domains."NAME"] table and the metadata. Imported only for a domain that has
+    # memcoord metadata: the daemon does not load pydantic otherwise (config_view.py).
+    from pydantic import ValidationError
+
+    from .config import DomainOverride
+
     try:
         override = DomainOverride.model_validate(data, strict=False)
     except ValidationError as exc:

@@ -1,6 +1,6 @@
 """Giving memory back after the daemon's start and after each reload.
 
-Loading the config (pydantic builds its validators), connecting to libvirt and the first tick leave garbage:
+Loading the config, connecting to libvirt and the first tick leave garbage:
 cycles the collector has not reached yet, and blocks freed to glibc's malloc, which keeps them in its heaps (the
 main one and those of the threads that called libvirt) rather than returning them to the kernel. `release()`
 collects the cycles and asks glibc to return the whole free pages of its heaps (malloc_trim), so that the RSS the

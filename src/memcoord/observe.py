@@ -15,12 +15,14 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import state, timeline
-from .config import Config
 from .metrics import Metrics
 from .model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -36,7 +38,7 @@ class Observer:
         self.publish_enabled = publish
         self.pid = os.getpid()
         self.started_at_s = time.time()
-        self.config: Config = Config()
+        self._config: Config | None = None
         self.config_path: Path | None = None
         self.loaded_at_s: float | None = None
         self.reload = "never"
@@ -64,6 +66,15 @@ class Observer:
         self._managed: set[str] = set()
         self._last_tick_done_s: float | None = None
 
+    @property
+    def config(self) -> Config:
+        """The config configure() was given; the defaults before that (an Observer used on its own)."""
+        if self._config is None:
+            from .config import Config  # the daemon configures first, and never loads pydantic for this
+
+            self._config = Config()
+        return self._config
+
     # -- hooks the service calls -----------------------------------------------------------------------------
     def configure(self, config_path: Path, config: Config) -> None:
         """A config was loaded (at start or by a successful reload): point the publishers at its settings."""
@@ -71,7 +82,7 @@ class Observer:
             self.reload, self.reload_error = "ok", None
             self.reloads_ok += 1
             self.metrics.count_reload("success")
-        self.config_path, self.config, self.loaded_at_s = config_path.absolute(), config, time.time()
+        self.config_path, self._config, self.loaded_at_s = config_path.absolute(), config, time.time()
         self.metrics.configured(config, self.loaded_at_s)
         self._gid = grp.getgrnam(config.status.group).gr_gid if config.status.group else None
         if self._recorder is not None and str(self._recorder.path) != config.timeline.path:

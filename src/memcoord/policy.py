@@ -37,8 +37,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .config import Config, GuestConfig
 from .model import (
     KIB_PER_MIB,
     LOWERING_ACTIONS,
@@ -51,6 +51,9 @@ from .model import (
     kib_to_mib,
     mib_to_kib,
 )
+
+if TYPE_CHECKING:
+    from .config import Config, GuestConfig
 
 # Stats that move less than this between two guest samples count as unchanged: smaller moves are noise, not a
 # guest starting to work.

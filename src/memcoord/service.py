@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from . import config as config_mod
-from . import journal, memory
-from .config import Config, ConfigError
+from . import config_view, journal, memory
+from .config_rules import ConfigError
 from .domain_settings import warn_unmatched_overrides
 from .hypervisor import Hypervisor, HypervisorError
 from .hypervisor.dry_run import DryRunHypervisor
@@ -37,6 +37,9 @@ from .notify import Notifier
 from .observe import Observer
 from .policy import PolicyState
 from .step import StepResult, step
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -101,8 +104,12 @@ class Service:
         notifier: Notifier | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        load_config: Callable[[Path], Config] = config_view.load,
     ) -> None:
         self.config_path = config_path
+        # What a reload reads the file with: by default validated in a child process, so that the daemon never
+        # holds pydantic (config_view.py); it raises ConfigError as config.load does.
+        self.load_config = load_config
         # Monotonic seconds: the tick's deadline and how long a guest's stats have been missing. The real
         # adapters compare the deadline with time.monotonic(), the default; a fake clock is for tests on the simulator.
         self.clock = clock
@@ -185,7 +192,7 @@ class Service:
         """Re-read the config file; on any error keep running with the old one and say so."""
         self.notifier.reloading()
         try:
-            new = self.overrides.apply(config_mod.load(self.config_path))
+            new = self.overrides.apply(self.load_config(self.config_path))
         except ConfigError as exc:
             self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
             log.error(

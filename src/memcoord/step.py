@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .config import Config
 from .hypervisor import SKIPPED_DEADLINE, Hypervisor
 from .model import ApplyResult, Change, Plan, Snapshot
 from .policy import PolicyState, applied, decide
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 class LoopPolicy(Protocol):

@@ -1,18 +1,22 @@
 """What `memcoord run` imports: what it runs, and not what other commands or optional features need.
 
-The daemon's resident memory is mostly the modules it has imported (libvirt, pydantic and the config models are
-most of it; bench/daemon_rss.py measures it). Modules needed only by an optional feature or by another command
-are imported where they are used. These tests run the real daemon (libvirt's in-process test driver, one tick,
---exit-when-idle) under `python -X importtime` and fail when one of them is imported at start again, for example
-by a module-level import added to a module the daemon loads.
+The daemon's resident memory is mostly the modules it has imported (libvirt is most of it; bench/daemon_rss.py
+measures it). pydantic and the config models are not among them: the daemon validates its file in a child
+process (config_view.py) and runs on a view of the result, at start and on every reload. Modules needed only by
+an optional feature or by another command are imported where they are used. These tests run the real daemon
+(libvirt's in-process test driver) under `python -X importtime` and fail when one of them is imported at start
+or on a reload again, for example by a module-level import added to a module the daemon loads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import tomli_w
@@ -21,7 +25,12 @@ from tests.unit.obs_daemon import free_port
 
 ENDPOINT = "the Prometheus endpoint's, only with [metrics] enabled (exposition.py)"
 # Module -> who needs it instead of the daemon with the shipped settings.
+VALIDATOR = "the child process that validates the config file's (config_view.py, validate.py)"
 NOT_IMPORTED_BY_RUN = {
+    "pydantic": VALIDATOR,
+    "pydantic_core": VALIDATOR,
+    "memcoord.config": VALIDATOR,
+    "memcoord.validate": VALIDATOR,
     "prometheus_client": ENDPOINT,
     "memcoord.exposition": ENDPOINT,
     "http.server": ENDPOINT,
@@ -73,7 +82,7 @@ def loaded(modules: set[str], name: str) -> bool:
 def test_run_imports_only_what_it_runs(tmp_path: Path):
     modules = imported_by_run(tmp_path)
     # What it does run: the list is read (else the check below checks nothing).
-    assert {"libvirt", "pydantic", "memcoord.service", "memcoord.hypervisor.libvirt", "memcoord.metrics"} <= modules
+    assert {"libvirt", "memcoord.config_view", "memcoord.service", "memcoord.hypervisor.libvirt"} <= modules
     unneeded = {name: why for name, why in NOT_IMPORTED_BY_RUN.items() if loaded(modules, name)}
     assert unneeded == {}, "memcoord run imports modules it does not need (import them where they are used)"
 
@@ -82,3 +91,48 @@ def test_run_with_the_endpoint_imports_the_client_library(tmp_path: Path):
     """The same run with [metrics] enabled: the endpoint's modules come in, so the check above is not vacuous."""
     modules = imported_by_run(tmp_path, {"metrics": {"enabled": True, "listen": f"127.0.0.1:{free_port()}"}})
     assert {"prometheus_client", "memcoord.exposition", "http.server"} <= modules
+
+
+def test_run_imports_no_validator_on_reloads(tmp_path: Path):
+    """A daemon that ticks, reloads a good file, then a bad one, then stops: pydantic stays out all along (the
+    child validated both), and both reloads were really done."""
+    state = tmp_path / "state.json"
+    path = tmp_path / "memcoord.toml"
+    config = {"libvirt": {"uri": "test:///default", "domains": ["none-such-*"]}, "status": {"path": str(state)}}
+    path.write_text(tomli_w.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+    cmd = [sys.executable, "-X", "importtime", "-m", "memcoord.cli", "run", "--config", str(path), "--interval", "0.1"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        _wait_for(lambda: state.exists(), proc)
+        config["guest"] = {"min_mib": 300}
+        path.write_text(tomli_w.dumps(config))
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: _reloads(state, "reloads_ok") == 1, proc)
+        path.write_text("[guest]\nmin_mib = 0\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: _reloads(state, "reloads_failed") == 1, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    stderr = err.decode()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "config reloaded from" in stderr and "guest.min_mib = 0: Input should be greater than 0" in stderr
+    modules = set(IMPORT_LINE.findall(stderr))
+    assert "memcoord.service" in modules
+    assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.config")), sorted(
+        m for m in modules if "pydantic" in m or m == "memcoord.config"
+    )
+
+
+def _reloads(state: Path, key: str) -> int:
+    """A count from the daemon's state file (written whole, by a rename)."""
+    return int(json.loads(state.read_text())["config"][key])
+
+
+def _wait_for(ready, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, f"memcoord exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

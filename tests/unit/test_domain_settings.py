@@ -626,3 +626,20 @@ def test_any_metadata_parses_to_valid_settings_or_named_problems(pairs: list[tup
     for key in {k for k, _ in pairs} - set(kept):
         assert any(f"<{key}>" in p for p in parsed.problems), (key, parsed.problems)
     assert all(p.startswith("web1: ") for p in parsed.problems)
+
+
+def test_only_memcoord_metadata_brings_pydantic_into_the_daemon() -> None:
+    """The daemon does not load pydantic (config_view.py); the one model it still needs checks a domain's memcoord
+    metadata, and is imported only for a domain that has some. Run in a fresh interpreter: this one has pydantic."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from memcoord.domain_settings import parse_domain_xml; "
+        f"parse_domain_xml('web1', {domain_xml(memtune='<memtune><min_guarantee>1024</min_guarantee></memtune>')!r}); "
+        "print('pydantic' in sys.modules); "
+        f"parse_domain_xml('web1', {domain_xml(settings_xml('<min_mib>512</min_mib>'))!r}); "
+        "print('pydantic' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
