@@ -300,7 +300,16 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
             # The promise: this tick's growth, once touched, leaves the host at or above its guard, after what
             # memcoord granted in the last GRANT_TICKS ticks that the guests have not touched yet; a guest that
             # would run out of memory before the next tick may be lent those grants, never the guard itself.
+            # A grant memcoord took back this tick (a lowered target) is no longer outstanding: it may have been
+            # given to a guest starving now.
             lent = any(LENT_REASON in c.reason for c in hv.accepted)
+            lowered = {c.domain: c.to_kib for c in hv.accepted if c.delta_kib < 0}
+            still_kib = sum(
+                min(granted_kib, max(0, lowered.get(name, hv.guests[name].target_kib) - hv.guests[name].rss_kib))
+                for name, (at_tick, granted_kib) in grants.items()
+                if name in hv.guests and tick - at_tick <= GRANT_TICKS
+            )
+            outstanding_kib = min(outstanding_kib, still_kib)
             room_kib = available_kib - guard_kib - (0 if lent else outstanding_kib)
             if grown_kib > max(0, room_kib):
                 result.violations.append(

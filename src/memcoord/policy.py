@@ -432,7 +432,9 @@ class _Ledger:
         drawn_kib = now_kib - self.drawn_kib[name]
         self.drawn_kib[name] = now_kib
         self.headroom_kib -= drawn_kib
-        if name in self.lenders:  # what a lender no longer holds back is in the headroom now, not lendable
+        if name in self.lenders and drawn_kib < 0:
+            # What a lender no longer holds back is in the headroom now, not lendable. (Growth planned for a
+            # lender is a commitment, never lendable.)
             self.lendable_kib = max(0, self.lendable_kib + drawn_kib)
         self.target_kib[name] = new_kib
         if name in self.actions:
