@@ -193,7 +193,7 @@ class ChildMetadataValidator:
             raise MetadataUnchecked(self._failed[1])
         timeout_s = self.timeout_s if deadline_s is None else min(self.timeout_s, deadline_s - now_s)
         if timeout_s <= 0:
-            raise MetadataUnchecked("not checked, the tick's deadline was spent")
+            raise MetadataUnchecked("the tick's deadline left no time for it")
         try:
             checked = self._run(data, timeout_s)
         except MetadataUnchecked as exc:
