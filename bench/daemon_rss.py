@@ -1,12 +1,17 @@
 """The daemon's memory: the real `memcoord run` process, its RSS and PSS after some ticks and some reloads.
 
     .venv/bin/python -m bench.daemon_rss [--uri test:///default] [--ticks 20] [--reloads 5] [--modules]
+                                         [--metadata N]
 
 Starts `memcoord run` (the venv's console script, as the unit starts it) with the shipped config, its state file
 in a temporary directory and `--interval 0.2`, against libvirt's in-process test driver by default: the same
 libvirt module and shared libraries as on a real host, no guests and no lock needed. `--uri qemu:///system
 --domains 'none-*'` measures it on the host's libvirtd, managing no guest: on a shared libvirtd, `--domains` is
 required, so that the shipped config's `domains = ["*"]` never balloons someone else's guests.
+`--metadata N` runs it on the test driver with N domains whose definitions carry memcoord metadata
+(`<memcoord:settings>`, two distinct contents, one of them invalid), so that the daemon checks metadata (in its
+child process) while it is measured; the test driver reports no balloon stats, so those domains are read, not
+coordinated.
 Waits for `--ticks` ticks (read from the state file), reads /proc/PID/status (VmRSS, RssAnon, RssFile) and
 /proc/PID/smaps_rollup (Pss), then sends `--reloads` SIGHUPs (each with a good file, the same settings) and
 reads them again after a few more ticks. With `--modules`, also prints the number of modules the daemon
@@ -38,6 +43,7 @@ from lab.coordinator import SHIPPED_CONFIG, memcoord_command
 TICK_WAIT_S = 60.0
 # What the daemon should not need with metrics off: listed when --modules finds them loaded.
 HEAVY = (
+    "pydantic",
     "prometheus_client",
     "http.server",
     "wsgiref",
@@ -157,6 +163,27 @@ def write_config(work: Path, uri: str, domains: list[str]) -> Path:
     return path
 
 
+METADATA_NS = "https://memcoord.example/xmlns/1"
+METADATA_BODIES = (
+    "<memcoord:min_mib>600</memcoord:min_mib><memcoord:max_mib>1800</memcoord:max_mib>",
+    "<memcoord:min_mib>2G</memcoord:min_mib>",
+)
+
+
+def write_metadata_node(work: Path, n: int) -> str:
+    """A test-driver node file with n running domains carrying memcoord metadata; its URI."""
+    domains = "".join(
+        f"""<domain type='test'><name>meta{i}</name><uuid>3c9a5c3e-0000-4000-8000-{i:012d}</uuid>
+        <metadata><memcoord:settings xmlns:memcoord="{METADATA_NS}">{METADATA_BODIES[i % 2]}</memcoord:settings>
+        </metadata><memory unit='KiB'>2097152</memory><currentMemory unit='KiB'>1048576</currentMemory>
+        <vcpu>1</vcpu><os><type>hvm</type></os></domain>"""
+        for i in range(1, n + 1)
+    )
+    path = work / "node.xml"
+    path.write_text(f"<node>{domains}</node>")
+    return f"test://{path}"
+
+
 def memory_line(label: str, pid: int) -> str:
     st = status_kib(pid)
     return (
@@ -191,12 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reloads", type=int, default=5)
     p.add_argument("--modules", action="store_true", help="also list the heavy modules the daemon imports")
     p.add_argument("--breakdown", action="store_true", help="also what each part of its imports adds to the RSS")
+    p.add_argument("--metadata", type=int, metavar="N", help="test driver with N domains carrying memcoord metadata")
     args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="mcrss-"))
+    if args.metadata:
+        args.uri = write_metadata_node(work, args.metadata)
     if args.domains is None:
         if not args.uri.startswith("test:"):
             p.error("--domains is required with a real libvirt (e.g. --domains 'none-*' to manage no guest)")
         args.domains = "*"
-    work = Path(tempfile.mkdtemp(prefix="mcrss-"))
     config_path = write_config(work, args.uri, args.domains.split(","))
     state_path = work / "state.json"
     script = memcoord_command()

@@ -47,6 +47,7 @@ def _load_or_exit(path: Path, load: Callable[[Path], Any] = _load_with_models) -
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import config_view
+    from .domain_settings import ChildMetadataValidator
     from .hypervisor import connect
     from .observe import Observer
     from .service import Overrides, Service
@@ -54,7 +55,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     journal.setup(verbose=args.verbose)
     config = _load_or_exit(args.config, config_view.load)
     overrides = Overrides(interval_s=args.interval, dry_run=args.dry_run)
-    service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle, observer=Observer())
+    # Domains' metadata is checked in a child, as the file is: the daemon never holds pydantic. One validator
+    # for every connection (a reload may change the URI): its checks are by content, not by host.
+    validate_metadata = ChildMetadataValidator()
+    service = Service(
+        args.config,
+        config,
+        lambda uri: connect(uri, validate_metadata),
+        overrides,
+        exit_when_idle=args.exit_when_idle,
+        observer=Observer(),
+    )
     service.install_signal_handlers()
     return service.run()
 

@@ -7,19 +7,28 @@ UUID (`SettingsCache`) and reads a domain again only when libvirt says its defin
 event), after a reconnect (events may have been missed), or on a slow timer. Parsing is pure: a domain's XML
 in, its settings and the problems with them out; the caller logs each problem once.
 
+The keys of memcoord's element are checked by the model that checks a `[domains."NAME"]` table (DomainOverride),
+so that both accept the same values with the same messages. That model needs pydantic, which the daemon never
+imports (config_view.py): the check is a function of the keys' texts alone (check_metadata), which commands and
+tests run in-process and `memcoord run` runs in a child process (ChildMetadataValidator), kept by content.
+
 Which key wins (config file, metadata, min_guarantee, default) is the config's business (ConfigRules.floor/ceiling,
 config_rules.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .hypervisor.port import Hypervisor, HypervisorError
 from .model import DomainSettings
@@ -34,6 +43,12 @@ PREFIX = "memcoord"
 ELEMENT = "settings"
 # A domain's settings are read again this often even without an event (a missed one, a driver without them).
 REFRESH_S = 300.0
+# A metadata checking child imports pydantic and builds the models (a tenth of a second or more on a loaded
+# host); one that takes longer than this is given up on, and none is started for a while after a failure.
+METADATA_CHECK_TIMEOUT_S = 5.0
+METADATA_RETRY_S = 10.0
+# Distinct metadata contents kept checked (a few hundred bytes each).
+METADATA_CACHE_SIZE = 1024
 
 _UNIT_KIB = {
     "b": 1 / 1024,
@@ -59,18 +74,18 @@ class Parsed:
 
     settings: DomainSettings
     problems: tuple[str, ...] = ()
+    # The metadata could not be checked (not that it is wrong): read the domain again on the next tick.
+    recheck: bool = False
 
 
 def _element(key: str) -> str:
     return f"<{PREFIX}:{ELEMENT}><{key}>"
 
 
-def _why(err: Any) -> str:
-    from .config import DomainOverride
-
+def _why(err: Any, known: Iterable[str]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"unknown key (known: {', '.join(DomainOverride.model_fields)})"
+        return f"unknown key (known: {', '.join(known)})"
     if kind == "int_parsing" or kind == "int_from_float":
         return "not a whole number (MiB)"
     if kind == "bool_parsing":
@@ -78,8 +93,154 @@ def _why(err: Any) -> str:
     return str(err["msg"]).removeprefix("Value error, ")
 
 
-def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
-    """The valid per-domain keys of memcoord's metadata element, and one problem per invalid one."""
+@dataclass(frozen=True)
+class MetadataCheck:
+    """What the models make of the keys of memcoord's metadata element: the valid values, and one problem per
+    invalid key. The problems do not name the domain (the caller puts its name in front): the same keys and
+    values check the same on every guest, so one check serves all guests that carry them."""
+
+    values: Mapping[str, Any]
+    problems: tuple[str, ...] = ()
+
+
+class MetadataUnchecked(Exception):
+    """The metadata could not be checked at all (the checking process failed or took too long); the message
+    says why. Not a verdict on the metadata: it is checked again on a later read."""
+
+
+class MetadataValidator(Protocol):
+    def __call__(self, data: Mapping[str, str], deadline_s: float | None = None) -> MetadataCheck:
+        """Check the element's keys (text values); raises MetadataUnchecked when it cannot, never more than
+        deadline_s (time.monotonic()) allows."""
+        ...
+
+
+def check_metadata(data: Mapping[str, str], deadline_s: float | None = None) -> MetadataCheck:
+    """The check itself, with the model that validates a `[domains."NAME"]` table (DomainOverride), in this
+    process. It imports pydantic: `memcoord run` does not, and checks through ChildMetadataValidator instead.
+    deadline_s is not needed here (no call that can hang)."""
+    if not data:  # nothing to check, and no reason to load the models
+        return MetadataCheck({})
+    from pydantic import ValidationError
+
+    from .config import DomainOverride
+
+    problems = []
+    try:
+        override = DomainOverride.model_validate(dict(data), strict=False)
+    except ValidationError as exc:
+        dropped: set[str] = set()
+        for err in exc.errors():
+            # A rule between keys names the key it blames in ctx (as config's own rules do).
+            key = err["ctx"]["key"] if err["type"] == "key_conflict" else str(err["loc"][0]) if err["loc"] else ""
+            if key == "max_mib" and err["type"] == "value_error" and "min_mib" in data:
+                # min above max: either may be the typo, so neither is believed.
+                dropped |= {"min_mib", "max_mib"}
+                problems.append(
+                    f"metadata {_element('min_mib')} = {data['min_mib']!r} is above {_element('max_mib')}"
+                    f" = {data['max_mib']!r}: both ignored; memcoord leaves the guest alone until the metadata is fixed"
+                )
+                continue
+            dropped.add(key)
+            problems.append(
+                f"metadata {_element(key)} = {data.get(key, '')!r}: {_why(err, DomainOverride.model_fields)};"
+                " memcoord leaves the guest alone until the metadata is fixed"
+            )
+        kept = {k: v for k, v in data.items() if k not in dropped}
+        try:
+            override = DomainOverride.model_validate(kept, strict=False)
+        except ValidationError:  # what is left still breaks a rule between keys: believe none of it
+            problems.append(f"metadata <{PREFIX}:{ELEMENT}>: its keys contradict each other; all ignored")
+            return MetadataCheck({}, tuple(problems))
+    return MetadataCheck({k: getattr(override, k) for k in override.model_fields_set}, tuple(problems))
+
+
+class ChildMetadataValidator:
+    """check_metadata in a short-lived child process (`python -m memcoord.validate --metadata`, the same
+    interpreter), for `memcoord run`, which never imports pydantic (config_view.py) and is given this one.
+
+    A child costs a tenth of a second or more, and the settings are read within a small share of a tick
+    (SETTINGS_READ_BUDGET_S in hypervisor/libvirt.py); many guests carry the same metadata, so checks are kept
+    by content. A child that fails or takes longer than timeout_s raises MetadataUnchecked; for retry_s after
+    that no new one is started (a broken interpreter must not cost every tick a process), the same reason is
+    raised at once.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = METADATA_CHECK_TIMEOUT_S,
+        retry_s: float = METADATA_RETRY_S,
+        command: Sequence[str] = (sys.executable, "-m", "memcoord.validate", "--metadata"),
+        cache_size: int = METADATA_CACHE_SIZE,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.command = tuple(command)
+        self.cache_size = cache_size
+        self.children = 0  # processes started: what the cache saves is visible to tests and benchmarks
+        self._checked: dict[tuple[tuple[str, str], ...], MetadataCheck] = {}
+        self._failed: tuple[float, str] | None = None  # (monotonic seconds when retried, why)
+
+    def __call__(self, data: Mapping[str, str], deadline_s: float | None = None) -> MetadataCheck:
+        if not data:
+            return MetadataCheck({})
+        key = tuple(sorted(data.items()))
+        checked = self._checked.get(key)
+        if checked is not None:
+            return checked
+        now_s = time.monotonic()
+        if self._failed is not None and now_s < self._failed[0]:
+            raise MetadataUnchecked(self._failed[1])
+        timeout_s = self.timeout_s if deadline_s is None else min(self.timeout_s, deadline_s - now_s)
+        if timeout_s <= 0:
+            raise MetadataUnchecked("the tick's deadline left no time for it")
+        try:
+            checked = self._run(data, timeout_s)
+        except MetadataUnchecked as exc:
+            self._failed = (time.monotonic() + self.retry_s, str(exc))
+            raise
+        self._failed = None
+        if len(self._checked) >= self.cache_size:
+            del self._checked[next(iter(self._checked))]  # the oldest
+        self._checked[key] = checked
+        return checked
+
+    def _run(self, data: Mapping[str, str], timeout_s: float) -> MetadataCheck:
+        self.children += 1
+        what = "the metadata checking process"
+        try:
+            done = subprocess.run(
+                self.command, input=json.dumps(dict(data)).encode(), capture_output=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise MetadataUnchecked(f"{what} took more than {timeout_s:.1f} s") from None
+        except OSError as exc:
+            raise MetadataUnchecked(f"cannot start {what} ({self.command[0]}): {exc.strerror or exc}") from None
+        try:
+            result = json.loads(done.stdout)
+        except ValueError:
+            result = None
+        if done.returncode == 0 and isinstance(result, dict):
+            values, problems = result.get("values"), result.get("problems")
+            if (
+                isinstance(values, dict)
+                and set(values) <= set(data)
+                and all(isinstance(v, int | float) for v in values.values())  # bool is an int
+                and isinstance(problems, list)
+                and all(isinstance(p, str) for p in problems)
+            ):
+                return MetadataCheck(values, tuple(problems))
+        stderr = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise MetadataUnchecked(
+            f"{what} exited with {done.returncode}" + (f": {stderr[-1]}" if stderr else " without a result")
+        )
+
+
+def _metadata(
+    name: str, root: ET.Element, validate: MetadataValidator, deadline_s: float | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The valid per-domain keys of memcoord's metadata element, and one problem per invalid one. Raises
+    MetadataUnchecked when validate does."""
     element = root.find(f"./metadata/{{{NAMESPACE}}}{ELEMENT}")
     if element is None:
         return {}, []
@@ -101,39 +262,9 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
             data.pop(key, None)
         else:
             data[key] = text
-    # The same model validates a [domains."NAME"] table and the metadata. Imported only for a domain that has
-    # memcoord metadata: the daemon does not load pydantic otherwise (config_view.py).
-    from pydantic import ValidationError
-
-    from .config import DomainOverride
-
-    try:
-        override = DomainOverride.model_validate(data, strict=False)
-    except ValidationError as exc:
-        dropped: set[str] = set()
-        for err in exc.errors():
-            # A rule between keys names the key it blames in ctx (as config's own rules do).
-            key = err["ctx"]["key"] if err["type"] == "key_conflict" else str(err["loc"][0]) if err["loc"] else ""
-            if key == "max_mib" and err["type"] == "value_error" and "min_mib" in data:
-                # min above max: either may be the typo, so neither is believed.
-                dropped |= {"min_mib", "max_mib"}
-                problems.append(
-                    f"{name}: metadata {_element('min_mib')} = {data['min_mib']!r} is above {_element('max_mib')}"
-                    f" = {data['max_mib']!r}: both ignored; memcoord leaves the guest alone until the metadata is fixed"
-                )
-                continue
-            dropped.add(key)
-            problems.append(
-                f"{name}: metadata {_element(key)} = {data.get(key, '')!r}: {_why(err)};"
-                " memcoord leaves the guest alone until the metadata is fixed"
-            )
-        data = {k: v for k, v in data.items() if k not in dropped}
-        try:
-            override = DomainOverride.model_validate(data, strict=False)
-        except ValidationError:  # what is left still breaks a rule between keys: believe none of it
-            problems.append(f"{name}: metadata <{PREFIX}:{ELEMENT}>: its keys contradict each other; all ignored")
-            return {}, problems
-    return {k: getattr(override, k) for k in override.model_fields_set}, problems
+    # The same model validates a [domains."NAME"] table and the metadata.
+    checked = validate(data, deadline_s=deadline_s)
+    return dict(checked.values), problems + [f"{name}: {problem}" for problem in checked.problems]
 
 
 def _min_guarantee_kib(name: str, root: ET.Element) -> tuple[int | None, list[str]]:
@@ -147,9 +278,13 @@ def _min_guarantee_kib(name: str, root: ET.Element) -> tuple[int | None, list[st
     return int(int(text) * factor) or None, []
 
 
-def parse_domain_xml(name: str, xml_text: str) -> Parsed:
+def parse_domain_xml(
+    name: str, xml_text: str, validate: MetadataValidator = check_metadata, deadline_s: float | None = None
+) -> Parsed:
     """A domain's settings from its libvirt XML (virDomainGetXMLDesc). Never raises: what cannot be read is a
-    problem; a problem in memcoord's metadata makes the settings `metadata_invalid` (the guest is left alone)."""
+    problem; a problem in memcoord's metadata makes the settings `metadata_invalid` (the guest is left alone).
+    validate checks the metadata's keys (check_metadata in this process, or a ChildMetadataValidator); when it
+    cannot, the guest is left alone and the result says `recheck`."""
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
@@ -157,7 +292,17 @@ def parse_domain_xml(name: str, xml_text: str) -> Parsed:
             DomainSettings(metadata_invalid=True),
             (f"{name}: its libvirt XML does not parse ({exc}); memcoord leaves the guest alone",),
         )
-    metadata, problems = _metadata(name, root)
+    try:
+        metadata, problems = _metadata(name, root, validate, deadline_s)
+    except MetadataUnchecked as exc:
+        return Parsed(
+            DomainSettings(metadata_invalid=True),
+            (
+                f"{name}: its memcoord metadata could not be checked ({exc}); memcoord leaves the guest alone and"
+                " reads it again next tick",
+            ),
+            recheck=True,
+        )
     min_guarantee_kib, mg_problems = _min_guarantee_kib(name, root)
     settings = DomainSettings(
         metadata=MappingProxyType(metadata),

@@ -6,17 +6,25 @@ without a cycle.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .port import SKIPPED_DEADLINE, DeadlineSpent, Hypervisor, HypervisorError
+
+if TYPE_CHECKING:
+    from ..domain_settings import MetadataValidator
 
 __all__ = ["SKIPPED_DEADLINE", "DeadlineSpent", "Hypervisor", "HypervisorError", "connect", "known_domain_names"]
 
 
-def connect(uri: str) -> Hypervisor:
+def connect(uri: str, validate_metadata: MetadataValidator | None = None) -> Hypervisor:
     """The adapter for a URI: `sim:` runs a simulated host in real time, anything else is libvirt.
 
     `sim:///demo` (or any other sim: URI) is the built-in three-guest host; `sim:///PATH.toml` builds the host
     of a `memcoord simulate` scenario file, e.g. a hundred guests to measure a scrape, or a guest that stays
-    starving (the Prometheus tests use both)."""
+    starving (the Prometheus tests use both).
+
+    validate_metadata: how the libvirt adapter checks a domain's memcoord metadata (default: in this process,
+    with pydantic; `memcoord run` passes a ChildMetadataValidator). The simulated host has no XML to check."""
     if uri.startswith("sim:"):
         path = uri.removeprefix("sim://")
         if path.endswith(".toml"):
@@ -28,7 +36,9 @@ def connect(uri: str) -> Hypervisor:
         return demo_host(realtime=True)
     from .libvirt import LibvirtHypervisor
 
-    return LibvirtHypervisor(uri)
+    if validate_metadata is None:
+        return LibvirtHypervisor(uri)
+    return LibvirtHypervisor(uri, validate_metadata)
 
 
 def known_domain_names(uri: str, timeout_s: float) -> set[str]:
