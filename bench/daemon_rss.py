@@ -38,6 +38,7 @@ from pathlib import Path
 
 import tomli_w
 
+from bench.real_soak import pss_kib, status_kib
 from lab.coordinator import SHIPPED_CONFIG, memcoord_command
 
 TICK_WAIT_S = 60.0
@@ -117,22 +118,6 @@ def breakdown() -> list[tuple[str, dict[str, int]]]:
         [sys.executable, "-c", BREAKDOWN_CHILD, json.dumps(BREAKDOWN)], capture_output=True, text=True, check=True
     )
     return [(label, kib) for label, kib in json.loads(done.stdout)]
-
-
-def status_kib(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-def pss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no Pss for pid {pid}")
 
 
 def ticks(state_path: Path) -> int:
