@@ -14,6 +14,7 @@ stats, OOM kills from the consoles, the host's available memory); each scenario 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ STILL_TOLERANCE_MIB = 4
 RECLAIM_TIMEOUT_S = 90
 # The guest's own figures wobble by a few MiB between reports; a reclaim "no lower than the line" allows that.
 LINE_TOLERANCE_MIB = 32
+# A grow this long after a hog's end still belongs to its burst (it came too late).
+LATE_GROW_S = 3.0
 
 
 def _wait_balloon_still(run: LabRun, guest: str, since_s: float, timeout_s: float = RECLAIM_TIMEOUT_S) -> float:
@@ -91,7 +94,9 @@ class Burst:
     min_usable_mib: float  # the guest's MemAvailable, lowest sample start to end
     min_unused_mib: float  # its MemFree
     first_grow_s: float | None  # from the start to memcoord's first grow of the guest
-    grows: list[tuple[float, int, str]]  # (t from start, MiB, reason) of each grow, start to end
+    # (t from start, MiB, s the balloon took to get there or None, reason) of each grow, from the start to
+    # LATE_GROW_S past the end: a grow that came after a kill shows how late it was.
+    grows: list[tuple[float, int, float | None, str]]
 
     @property
     def rate_mib_per_s(self) -> float:
@@ -102,11 +107,18 @@ class Burst:
         return (
             f"hog {'KILLED at' if self.killed else 'held'} {self.hog_mib} MiB at {self.rate_mib_per_s:.0f} MiB/s; "
             f"balloon {self.before_mib:.0f} -> peak {self.peak_mib:.0f} MiB (+{self.peak_mib - self.before_mib:.0f}); "
-            f"usable before {self.usable_before_mib:.0f} MiB, lowest {self.min_usable_mib:.0f} MiB (MemFree lowest "
-            f"{self.min_unused_mib:.0f}); first grow "
-            f"{'never' if self.first_grow_s is None else f'{self.first_grow_s:.1f} s'} after the start; grows "
-            f"{[(round(t, 1), mib) for t, mib, _ in self.grows]}"
+            f"usable before {self.usable_before_mib:.0f} MiB, lowest sampled {self.min_usable_mib:.0f} MiB (MemFree "
+            f"{self.min_unused_mib:.0f}; nan: no sample while it ran); ended {self.t_end_s - self.t_start_s:.2f} s "
+            "after the start, first grow "
+            f"{'never' if self.first_grow_s is None else f'{self.first_grow_s:.2f} s'} after it"
         )
+
+    def grow_lines(self) -> list[str]:
+        return [
+            f"    +{t_s:.2f} s grow {mib} MiB (balloon there {'never' if landed_s is None else f'{landed_s:.1f} s'} "
+            f"later): {reason}"
+            for t_s, mib, landed_s, reason in self.grows
+        ]
 
 
 def _burst(tl: Timeline, guest: str, t_from_s: float, t_to_s: float = float("inf")) -> Burst:
@@ -122,7 +134,9 @@ def _burst(tl: Timeline, guest: str, t_from_s: float, t_to_s: float = float("inf
     t_end_s = end["t_s"] if end else t_to_s
     full = [e for e in tl.events_of("hog_holding", guest) if t_start_s <= e["t_s"] <= t_end_s]
     grows = [
-        a for a in tl.events_of(ACTION_EVENT, guest) if a["action"] == Action.GROW and t_start_s <= a["t_s"] <= t_end_s
+        a
+        for a in tl.events_of(ACTION_EVENT, guest)
+        if a["action"] == Action.GROW and t_start_s <= a["t_s"] <= t_end_s + LATE_GROW_S
     ]
     window = (t_start_s, t_end_s)
     return Burst(
@@ -133,12 +147,31 @@ def _burst(tl: Timeline, guest: str, t_from_s: float, t_to_s: float = float("inf
         hog_mib=full[0]["hog_mib"] if full else (end["hog_mib"] if end else 0),
         before_mib=analysis.value_at(tl, guest, "current_mib", t_start_s),
         usable_before_mib=analysis.value_at(tl, guest, "usable_mib", t_start_s),
-        peak_mib=analysis.peak(tl, guest, "current_mib", *window),
+        # The size it had at the start, when no sample fell between the start and a quick end.
+        peak_mib=max(
+            analysis.value_at(tl, guest, "current_mib", t_start_s),
+            _or(analysis.peak(tl, guest, "current_mib", *window), 0.0),
+        ),
         min_usable_mib=analysis.minimum(tl, guest, "usable_mib", *window),
         min_unused_mib=analysis.minimum(tl, guest, "unused_mib", *window),
         first_grow_s=grows[0]["t_s"] - t_start_s if grows else None,
-        grows=[(a["t_s"] - t_start_s, a["to_mib"] - a["from_mib"], a["reason"]) for a in grows],
+        grows=[
+            (a["t_s"] - t_start_s, a["to_mib"] - a["from_mib"], _landed_s(tl, guest, a), a["reason"]) for a in grows
+        ],
     )
+
+
+def _or(value: float, default: float) -> float:
+    """value, or default where the samples had none (NaN)."""
+    return default if math.isnan(value) else value
+
+
+def _landed_s(tl: Timeline, guest: str, action: dict[str, Any]) -> float | None:
+    """How long the balloon took to reach what the action set (as the 1 s samples see it)."""
+    t_s = analysis.first_t_s(
+        tl, guest, "current_mib", lambda v: v is not None and v >= action["to_mib"] - STILL_TOLERANCE_MIB, action["t_s"]
+    )
+    return None if t_s is None else t_s - action["t_s"]
 
 
 # -- a. fast bursts after idle reclaim ------------------------------------------------------------------------
@@ -191,8 +224,7 @@ def test_fast_bursts_after_idle_reclaim(guest_image: GuestImage, lab_prefix: str
         print(f"\na: guard {guard_mib} MiB; {burster} reclaimed to {reclaimed_mib} MiB (usable {usable_reclaimed_mib})")
         for k, b in enumerate(bursts, 1):
             print(f"  burst {k}: {b.line()}")
-            for t_s, mib, reason in b.grows[:4]:
-                print(f"    +{t_s:.1f} s grow {mib} MiB: {reason}")
+            print("\n".join(b.grow_lines()[:4]))
         print(f"  host lowest {lowest[1]:.0f} MiB ({lowest[1] - guard_mib:+.0f} vs the guard) at t={lowest[0]} s")
 
         assert_watched(tl, t_mc_s, t_end_s)
@@ -275,8 +307,7 @@ def test_large_guest_ramp(guest_image: GuestImage, lab_prefix: str, run_dir: Pat
             f"{ramp.usable_before_mib:.0f}); ramp: {ramp.line()}; free down to the starving line "
             f"{t_to_starving_s:.1f} s in at that rate"
         )
-        for t_s, mib, reason in ramp.grows:
-            print(f"    +{t_s:.1f} s grow {mib} MiB: {reason}")
+        print("\n".join(ramp.grow_lines()))
         print(
             f"  peak {peak_mib:.0f} MiB; reclaimed ({len(reclaims)} steps) to {reclaimed_mib:.0f} MiB, usable "
             f"{usable_reclaimed_mib:.0f} MiB (lowest {usable_low_after_mib:.0f}) vs wasteful line {wasteful_mib:.0f}"
@@ -290,7 +321,11 @@ def test_large_guest_ramp(guest_image: GuestImage, lab_prefix: str, run_dir: Pat
             f"first grow {ramp.first_grow_s} s into the ramp; its free memory reached the starving line "
             f"{t_to_starving_s:.1f} s in"
         )
-        small = [(round(t, 1), mib) for t, mib, _ in ramp.grows if mib < grow_step_mib]
+        small = [
+            (round(t, 1), mib)
+            for t, mib, _, _ in ramp.grows
+            if t <= ramp.t_end_s - ramp.t_start_s and mib < grow_step_mib
+        ]
         assert not small, f"grow steps below the guest's own grow step {grow_step_mib:.0f} MiB: {small}"
         assert lowest[1] >= guard_mib - HOST_DRIFT_MIB, (
             f"host at {lowest[1]:.0f} MiB, below its guard {guard_mib} MiB, at t={lowest[0]} s"
