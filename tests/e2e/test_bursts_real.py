@@ -1,0 +1,338 @@
+"""Bursts and large guests on real QEMU guests with the real `memcoord run` (shipped defaults, interval 1 s).
+
+a. fast bursts after idle reclaim: a 2 GiB guest reclaimed to its wasteful line, next to two idle neighbours,
+   runs a process that takes ~700 MiB as fast as the software-emulated guest can touch pages, holds it, exits;
+   three times, memcoord reclaiming it in between. No OOM kill anywhere, the guest grows to hold each burst,
+   the host stays at its guard, and the guest is reclaimed again after the last burst;
+b. a large guest: 6 GiB maximum, using a small part of it; its process ramps by 1.8 GiB in about ten seconds.
+   The percentage thresholds apply: it grows in time, in steps sized to it, with no OOM kill, and is then
+   reclaimed no lower than its wasteful line (15 % of its size).
+
+As in test_course.py every assertion is on the recorded timeline (libvirt's balloon sizes, the guests' own
+stats, OOM kills from the consoles, the host's available memory); each scenario prints its numbers first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from lab import analysis
+from lab.image import GuestImage
+from lab.session import LabRun
+from lab.timeline import ACTION_EVENT, Timeline
+from memcoord import config as mc_config
+from memcoord.model import Action, kib_to_mib, mib_to_kib
+from memcoord.policy import thresholds_kib
+from tests.e2e.realguest import (
+    HOST_DRIFT_MIB,
+    assert_always,
+    assert_watched,
+    guest_cfg,
+    hog_state,
+    host_lowest,
+    retry_once_on_outage,
+)
+
+pytestmark = pytest.mark.real
+
+# A balloon that moved by no more than this over QUIET_S, with no memcoord action on it meanwhile, has stopped:
+# idle reclaim lowers a guest every few seconds (a step, then a fresh sample after the balloon settled).
+QUIET_S = 8.0
+STILL_TOLERANCE_MIB = 4
+RECLAIM_TIMEOUT_S = 90
+# The guest's own figures wobble by a few MiB between reports; a reclaim "no lower than the line" allows that.
+LINE_TOLERANCE_MIB = 32
+# A grow this long after a hog's end still belongs to its burst (it came too late).
+LATE_GROW_S = 3.0
+
+
+def _wait_balloon_still(run: LabRun, guest: str, since_s: float, timeout_s: float = RECLAIM_TIMEOUT_S) -> float:
+    """Wait until memcoord has left the guest alone for QUIET_S since since_s and its balloon held still;
+    returns the time (timeline clock) it was found so."""
+
+    def still() -> bool:
+        now_s = run.t_s()
+        last_s = max((a["t_s"] for a in run.timeline.events_of(ACTION_EVENT, guest)), default=since_s)
+        if now_s - max(last_s, since_s) < QUIET_S:
+            return False
+        sizes = [v for t, v in run.timeline.series(guest, "current_mib") if t >= now_s - QUIET_S and v is not None]
+        return len(sizes) >= 2 and max(sizes) - min(sizes) <= STILL_TOLERANCE_MIB
+
+    run.wait_until(still, timeout_s, f"{guest}'s balloon still (memcoord done reclaiming it)")
+    return run.t_s()
+
+
+def _config_of(tl: Timeline) -> mc_config.Config:
+    """The config memcoord ran with, validated as memcoord itself reads it."""
+    return mc_config.parse(tomli_w.dumps(tl.meta["config"]), "lab config")
+
+
+def _guard_overrides(run: LabRun, handout_mib: int) -> dict[str, Any]:
+    """A host guard that lets the balloons grow about handout_mib beyond their sizes now: a real line the
+    host must stay above, with room for the scenario's growth."""
+    return {"host": {"min_available_mib": run.guard_allowing_mib(handout_mib)}}
+
+
+@dataclass(frozen=True)
+class Burst:
+    """One run of the hog in a guest, as the timeline saw it."""
+
+    t_start_s: float  # the hog's start line on the console
+    t_full_s: float | None  # it held all it asked for (None: killed before)
+    t_end_s: float  # it exited or was killed
+    killed: bool
+    hog_mib: int  # what it held at its end (or at its kill)
+    before_mib: float  # balloon at its start
+    usable_before_mib: float
+    peak_mib: float  # balloon, start to end
+    min_usable_mib: float  # the guest's MemAvailable, lowest sample start to end
+    min_unused_mib: float  # its MemFree
+    first_grow_s: float | None  # from the start to memcoord's first grow of the guest
+    # (t from start, MiB, s the balloon took to get there or None, reason) of each grow, from the start to
+    # LATE_GROW_S past the end: a grow that came after a kill shows how late it was.
+    grows: list[tuple[float, int, float | None, str]]
+
+    @property
+    def rate_mib_per_s(self) -> float:
+        t_to_s = self.t_full_s if self.t_full_s is not None else self.t_end_s
+        return self.hog_mib / max(t_to_s - self.t_start_s, 1e-3)
+
+    def line(self) -> str:
+        return (
+            f"hog {'KILLED at' if self.killed else 'held'} {self.hog_mib} MiB at {self.rate_mib_per_s:.0f} MiB/s; "
+            f"balloon {self.before_mib:.0f} -> peak {self.peak_mib:.0f} MiB (+{self.peak_mib - self.before_mib:.0f}); "
+            f"usable before {self.usable_before_mib:.0f} MiB, lowest sampled {self.min_usable_mib:.0f} MiB (MemFree "
+            f"{self.min_unused_mib:.0f}; nan: no sample while it ran); ended {self.t_end_s - self.t_start_s:.2f} s "
+            "after the start, first grow "
+            f"{'never' if self.first_grow_s is None else f'{self.first_grow_s:.2f} s'} after it"
+        )
+
+    def grow_lines(self) -> list[str]:
+        return [
+            f"    +{t_s:.2f} s grow {mib} MiB (balloon there {'never' if landed_s is None else f'{landed_s:.1f} s'} "
+            f"later): {reason}"
+            for t_s, mib, landed_s, reason in self.grows
+        ]
+
+
+def _burst(tl: Timeline, guest: str, t_from_s: float, t_to_s: float = float("inf")) -> Burst:
+    """The first hog run in the guest that started at or after t_from_s, up to its exit or kill (or t_to_s, if
+    it still ran then)."""
+    t_start_s = min(e["t_s"] for e in tl.events_of("hog_start", guest) if e["t_s"] >= t_from_s)
+    ends = [
+        e
+        for e in tl.events
+        if e["guest"] == guest and e["kind"] in ("hog_exit", "hog_killed") and t_start_s <= e["t_s"] <= t_to_s
+    ]
+    end = min(ends, key=lambda e: e["t_s"]) if ends else None
+    t_end_s = end["t_s"] if end else t_to_s
+    full = [e for e in tl.events_of("hog_holding", guest) if t_start_s <= e["t_s"] <= t_end_s]
+    grows = [
+        a
+        for a in tl.events_of(ACTION_EVENT, guest)
+        if a["action"] == Action.GROW and t_start_s <= a["t_s"] <= t_end_s + LATE_GROW_S
+    ]
+    window = (t_start_s, t_end_s)
+    return Burst(
+        t_start_s=t_start_s,
+        t_full_s=full[0]["t_s"] if full else None,
+        t_end_s=t_end_s,
+        killed=end is not None and end["kind"] == "hog_killed",
+        hog_mib=full[0]["hog_mib"] if full else (end["hog_mib"] if end else 0),
+        before_mib=analysis.value_at(tl, guest, "current_mib", t_start_s),
+        usable_before_mib=analysis.value_at(tl, guest, "usable_mib", t_start_s),
+        # The size it had at the start, when no sample fell between the start and a quick end.
+        peak_mib=max(
+            analysis.value_at(tl, guest, "current_mib", t_start_s),
+            _or(analysis.peak(tl, guest, "current_mib", *window), 0.0),
+        ),
+        min_usable_mib=analysis.minimum(tl, guest, "usable_mib", *window),
+        min_unused_mib=analysis.minimum(tl, guest, "unused_mib", *window),
+        first_grow_s=grows[0]["t_s"] - t_start_s if grows else None,
+        grows=[
+            (a["t_s"] - t_start_s, a["to_mib"] - a["from_mib"], _landed_s(tl, guest, a), a["reason"]) for a in grows
+        ],
+    )
+
+
+def _or(value: float, default: float) -> float:
+    """value, or default where the samples had none (NaN)."""
+    return default if math.isnan(value) else value
+
+
+def _landed_s(tl: Timeline, guest: str, action: dict[str, Any]) -> float | None:
+    """How long the balloon took to reach what the action set (as the 1 s samples see it)."""
+    t_s = analysis.first_t_s(
+        tl, guest, "current_mib", lambda v: v is not None and v >= action["to_mib"] - STILL_TOLERANCE_MIB, action["t_s"]
+    )
+    return None if t_s is None else t_s - action["t_s"]
+
+
+# -- a. fast bursts after idle reclaim ------------------------------------------------------------------------
+BURST_MAX_MIB = 2048
+BURST_START_MIB = 768  # above the wasteful line, so that the guest is reclaimed before its first burst
+BURST_MIB = 700
+BURST_HOLD_S = 15
+# 1 us per 4 KiB page asks for 4 GiB/s: the hog touches pages as fast as the software-emulated guest lets it.
+BURST_PAGE_US = 1
+BURSTS = 3
+# What the guard lets the balloons grow beyond their sizes at memcoord's start: a burst's ~500 MiB of growth,
+# memcoord's safety margin on a fast ramp (twice what it uses before memcoord can look again), and its QEMU's own.
+BURST_HANDOUT_MIB = 1536
+
+
+def test_fast_bursts_after_idle_reclaim(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """A reclaimed 2 GiB guest bursts to ~700 MiB at full speed three times, reclaimed in between, next to two
+    idle neighbours: no OOM kill, it grows to hold each burst, the host stays at its guard, it is reclaimed after."""
+
+    def scenario(attempt_dir: Path) -> None:
+        title = f"a: {BURSTS} bursts of {BURST_MIB} MiB at full speed after idle reclaim, two idle neighbours"
+        with LabRun(
+            lab_prefix,
+            attempt_dir,
+            n=3,
+            max_mib=BURST_MAX_MIB,
+            current_mib=BURST_START_MIB,
+            image=guest_image,
+            title=title,
+        ) as run:
+            burster = run.lab.names[0]
+            overrides = _guard_overrides(run, BURST_HANDOUT_MIB)
+            run.start_memcoord(overrides)
+            t_mc_s = run.t_s()
+            t_reclaimed_s = [_wait_balloon_still(run, burster, t_mc_s)]
+            for _ in range(BURSTS):
+                run.lab.start_hog(1, "hold", size_mib=BURST_MIB, hold_s=BURST_HOLD_S, page_us=BURST_PAGE_US)
+                run.wait_until(
+                    lambda: hog_state(run, 1) in ("exited", "killed"), BURST_HOLD_S + 60, "the burst's hog ended"
+                )
+                t_reclaimed_s.append(_wait_balloon_still(run, burster, run.t_s()))
+            t_end_s = run.t_s()
+        tl = run.timeline
+        cfg = guest_cfg(tl)
+        guard_mib = overrides["host"]["min_available_mib"]
+        bursts = [_burst(tl, burster, t_s) for t_s in t_reclaimed_s[:-1]]
+        reclaimed_mib = [analysis.value_at(tl, burster, "current_mib", t) for t in t_reclaimed_s]
+        usable_reclaimed_mib = [analysis.value_at(tl, burster, "usable_mib", t) for t in t_reclaimed_s]
+        lowest = host_lowest(tl, t_mc_s, t_end_s)
+        print(f"\na: guard {guard_mib} MiB; {burster} reclaimed to {reclaimed_mib} MiB (usable {usable_reclaimed_mib})")
+        for k, b in enumerate(bursts, 1):
+            print(f"  burst {k}: {b.line()}")
+            print("\n".join(b.grow_lines()[:4]))
+        print(f"  host lowest {lowest[1]:.0f} MiB ({lowest[1] - guard_mib:+.0f} vs the guard) at t={lowest[0]} s")
+
+        assert_watched(tl, t_mc_s, t_end_s)
+        assert_always(tl)  # no OOM kill in any guest, nobody below the floor, memcoord alive
+        for k, b in enumerate(bursts, 1):
+            # At the least, growth of what the burst takes beyond the guest's free memory before it.
+            need_mib = BURST_MIB - b.usable_before_mib
+            assert b.peak_mib - b.before_mib >= need_mib, (
+                f"burst {k}: the guest grew by {b.peak_mib - b.before_mib:.0f} MiB, its {BURST_MIB} MiB burst needed "
+                f"{need_mib:.0f} more than its {b.usable_before_mib:.0f} MiB usable"
+            )
+        assert lowest[1] >= guard_mib - HOST_DRIFT_MIB, (
+            f"host at {lowest[1]:.0f} MiB, below its guard {guard_mib} MiB, at t={lowest[0]} s"
+        )
+        # Reclaimed again after the last burst: back to where idle reclaim had it before the first.
+        assert reclaimed_mib[-1] <= reclaimed_mib[0] + cfg["reclaim_step_mib"], (
+            f"after the last burst {burster} stays at {reclaimed_mib[-1]:.0f} MiB (it was reclaimed to "
+            f"{reclaimed_mib[0]:.0f} MiB before the first)"
+        )
+
+    retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+
+
+# -- b. a large guest -----------------------------------------------------------------------------------------
+LARGE_MAX_MIB = 6144
+LARGE_START_MIB = 1536
+LARGE_RAMP_MIB = 1800
+# 20 us per page asks for ~195 MiB/s: 1.8 GiB in ~10 s, if the software-emulated guest keeps up.
+LARGE_PAGE_US = 20
+LARGE_HANDOUT_MIB = 3072  # the ramp's growth, twice-over safety margin and QEMU's own, below the guard
+# Memcoord's reaction time to a ramp: two stats reports to see it, a tick, the balloon's move.
+REACTION_S = 4.0
+
+
+def test_large_guest_ramp(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """A 6 GiB guest using a small part of it ramps by 1.8 GiB in ~10 s: it grows in time, in steps sized to it
+    (the percentage thresholds), no OOM kill; then it is reclaimed, no lower than its wasteful line."""
+
+    def scenario(attempt_dir: Path) -> None:
+        title = f"b: a {LARGE_MAX_MIB} MiB guest ramps by {LARGE_RAMP_MIB} MiB"
+        with LabRun(
+            lab_prefix,
+            attempt_dir,
+            n=1,
+            max_mib=LARGE_MAX_MIB,
+            current_mib=LARGE_START_MIB,
+            image=guest_image,
+            title=title,
+        ) as run:
+            big = run.lab.names[0]
+            overrides = _guard_overrides(run, LARGE_HANDOUT_MIB)
+            run.start_memcoord(overrides)
+            t_mc_s = run.t_s()
+            t_idle_s = _wait_balloon_still(run, big, t_mc_s)
+            run.lab.start_hog(1, "hold", size_mib=LARGE_RAMP_MIB, hold_s=0, page_us=LARGE_PAGE_US)
+            run.wait_until(lambda: hog_state(run, 1) in ("holding", "killed"), 120, "the ramp's hog holding")
+            t_held_s = run.t_s()
+            t_reclaimed_s = _wait_balloon_still(run, big, t_held_s, timeout_s=150)
+            t_end_s = run.t_s()
+        tl = run.timeline
+        config = _config_of(tl)
+        starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, mib_to_kib(LARGE_MAX_MIB))
+        starving_mib, wasteful_mib, grow_step_mib = (kib_to_mib(k) for k in (starving_kib, wasteful_kib, grow_step_kib))
+        guard_mib = overrides["host"]["min_available_mib"]
+        ramp = _burst(tl, big, t_idle_s, t_held_s)
+        idle_mib = analysis.value_at(tl, big, "current_mib", t_idle_s)
+        peak_mib = analysis.peak(tl, big, "current_mib", t_idle_s, t_reclaimed_s)
+        reclaimed_mib = analysis.value_at(tl, big, "current_mib", t_reclaimed_s)
+        usable_reclaimed_mib = analysis.value_at(tl, big, "usable_mib", t_reclaimed_s)
+        usable_low_after_mib = analysis.minimum(tl, big, "usable_mib", t_held_s + QUIET_S, t_reclaimed_s)
+        reclaims = [
+            a for a in tl.events_of(ACTION_EVENT, big) if a["action"] == Action.RECLAIM and a["t_s"] > ramp.t_start_s
+        ]
+        lowest = host_lowest(tl, t_mc_s, t_end_s)
+        # When the ramp, at the rate it really ran, took the guest's free memory down to its starving line.
+        t_to_starving_s = (ramp.usable_before_mib - starving_mib) / max(ramp.rate_mib_per_s, 1.0)
+        print(
+            f"\nb: guard {guard_mib} MiB; lines for {LARGE_MAX_MIB} MiB: starving {starving_mib:.0f}, wasteful "
+            f"{wasteful_mib:.0f}, grow step {grow_step_mib:.0f} MiB; idle at {idle_mib:.0f} MiB (usable "
+            f"{ramp.usable_before_mib:.0f}); ramp: {ramp.line()}; free down to the starving line "
+            f"{t_to_starving_s:.1f} s in at that rate"
+        )
+        print("\n".join(ramp.grow_lines()))
+        print(
+            f"  peak {peak_mib:.0f} MiB; reclaimed ({len(reclaims)} steps) to {reclaimed_mib:.0f} MiB, usable "
+            f"{usable_reclaimed_mib:.0f} MiB (lowest {usable_low_after_mib:.0f}) vs wasteful line {wasteful_mib:.0f}"
+            f" MiB; host lowest {lowest[1]:.0f} MiB ({lowest[1] - guard_mib:+.0f} vs the guard)"
+        )
+
+        assert_watched(tl, t_mc_s, t_end_s)
+        assert_always(tl)  # no OOM kill (the hog still holds), nobody below the floor, memcoord alive
+        assert not ramp.killed and ramp.hog_mib >= LARGE_RAMP_MIB, f"the ramp's hog died at {ramp.hog_mib} MiB"
+        assert ramp.first_grow_s is not None and ramp.first_grow_s <= max(t_to_starving_s, 0.0) + REACTION_S, (
+            f"first grow {ramp.first_grow_s} s into the ramp; its free memory reached the starving line "
+            f"{t_to_starving_s:.1f} s in"
+        )
+        small = [
+            (round(t, 1), mib)
+            for t, mib, _, _ in ramp.grows
+            if t <= ramp.t_end_s - ramp.t_start_s and mib < grow_step_mib
+        ]
+        assert not small, f"grow steps below the guest's own grow step {grow_step_mib:.0f} MiB: {small}"
+        assert lowest[1] >= guard_mib - HOST_DRIFT_MIB, (
+            f"host at {lowest[1]:.0f} MiB, below its guard {guard_mib} MiB, at t={lowest[0]} s"
+        )
+        assert reclaims and reclaimed_mib < peak_mib, f"not reclaimed after the ramp (at {reclaimed_mib:.0f} MiB)"
+        assert usable_low_after_mib >= wasteful_mib - LINE_TOLERANCE_MIB, (
+            f"reclaimed to {usable_low_after_mib:.0f} MiB usable, below its wasteful line {wasteful_mib:.0f} MiB"
+        )
+
+    retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
