@@ -348,6 +348,8 @@ def test_full_speed_bursts_on_a_deflate_on_oom_guest(guest_image: GuestImage, la
             f"{_actions_line(idle_actions, t_mc_s)}"
         )
         _print_bursts(bursts)
+        after = [a for a in tl.events_of(ACTION_EVENT, burster) if bursts[0].t_start_s <= a["t_s"] <= t_end_s]
+        print(f"  {len(after)} actions from the first burst to the end: {_actions_line(after, bursts[0].t_start_s)}")
         print(f"  host lowest {lowest[1]:.0f} MiB ({lowest[1] - guard_mib:+.0f} vs the guard) at t={lowest[0]} s")
 
         assert_watched(tl, t_mc_s, t_end_s)
@@ -365,6 +367,15 @@ def test_full_speed_bursts_on_a_deflate_on_oom_guest(guest_image: GuestImage, la
             f"line: {_actions_line(idle_actions, t_mc_s)}"
         )
         _assert_held(bursts, FULL_SPEED_MIB)
+        # Idle again after each burst: memcoord reclaims it and grows it no more (a grow there is a reclaim step
+        # read as new use).
+        idle_after = [
+            a
+            for b, t_next_s in zip(bursts, t_still_s[1:], strict=True)
+            for a in tl.events_of(ACTION_EVENT, burster)
+            if a["action"] == Action.GROW and b.t_end_s + LATE_GROW_S < a["t_s"] <= t_next_s
+        ]
+        assert not idle_after, f"memcoord grew the idle {burster} after a burst: {_actions_line(idle_after, t_mc_s)}"
         _assert_host_guard(tl, guard_mib, t_mc_s, t_end_s)
 
     retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
