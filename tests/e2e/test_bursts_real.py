@@ -187,8 +187,8 @@ BURSTS = 2
 # memcoord's safety margin on a fast ramp (twice what it uses before memcoord can look again), and its QEMU's own.
 BURST_HANDOUT_MIB = 1536
 
-# a. From ~350 MiB usable, memcoord's reaction (~1.1 s to its first grow, ~0.7 s more until the guest has it)
-# covers a burst of up to ~175 MiB/s; 30 us per 4 KiB page asks for ~130 MiB/s, with margin for a slow sample.
+# a. 30 us per 4 KiB page asks for ~130 MiB/s: from ~350 MiB usable, memcoord's reaction (~1.1 s to its first grow,
+# then the balloon's move) leaves the guest about 250 MiB usable at the lowest, margin for a late sample.
 CATCHABLE_MIB = 650
 CATCHABLE_PAGE_US = 30
 # The hog must really have run near the rate the scenario claims: on a host too busy to touch pages that fast the
