@@ -59,6 +59,10 @@ def _disk_xml(disk: Path | None) -> str:
     </disk>"""
 
 
+def _autodeflate_attr(autodeflate: bool) -> str:
+    return " autodeflate='on'" if autodeflate else ""
+
+
 def domain_xml(
     name: str,
     image: GuestImage,
@@ -67,9 +71,11 @@ def domain_xml(
     current_mib: int,
     stats_period_s: int = 1,
     disk: Path | None = None,
+    autodeflate: bool = False,
 ) -> str:
     """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second,
-    and with `disk` a readonly virtio disk to fill its page cache from.
+    and with `disk` a readonly virtio disk to fill its page cache from. `autodeflate`: the balloon
+    deflates on the guest's own OOM (`<memballoon autodeflate='on'>`), before its OOM killer runs.
 
     on_reboot/on_crash destroy plus panic=-1 turn a dead guest kernel into a stopped domain the
     recorder sees, instead of a silently rebooting one.
@@ -95,7 +101,7 @@ def domain_xml(
       <target port='0'/>
     </serial>
     <controller type='usb' model='none'/>{_disk_xml(disk)}
-    <memballoon model='virtio'><stats period='{stats_period_s}'/></memballoon>
+    <memballoon model='virtio'{_autodeflate_attr(autodeflate)}><stats period='{stats_period_s}'/></memballoon>
   </devices>
 </domain>
 """
@@ -157,8 +163,10 @@ class Lab:
         image: GuestImage | None = None,
         boot_timeout_s: float = 180.0,
         disk_guests: Collection[int] = (),
+        autodeflate_guests: Collection[int] = (),
     ) -> None:
-        """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda)."""
+        """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda);
+        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate)."""
         self.prefix = prefix
         self.n = n
         self.max_mib = max_mib
@@ -169,6 +177,9 @@ class Lab:
         self.disk_guests = frozenset(disk_guests)
         if not self.disk_guests <= set(range(1, n + 1)):
             raise ValueError(f"disk_guests {sorted(self.disk_guests)} not within 1..{n}")
+        self.autodeflate_guests = frozenset(autodeflate_guests)
+        if not self.autodeflate_guests <= set(range(1, n + 1)):
+            raise ValueError(f"autodeflate_guests {sorted(self.autodeflate_guests)} not within 1..{n}")
         self.disk: Path | None = None
         self._own_run_dir = run_dir is None
         self._run_dir = run_dir
@@ -246,8 +257,10 @@ class Lab:
     def _start_guest(self, name: str) -> None:
         assert self.conn is not None and self.image is not None
         sock = self.run_dir / f"{name}.sock"
-        disk = self.disk if self.names.index(name) + 1 in self.disk_guests else None
-        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib, disk=disk)
+        index = self.names.index(name) + 1
+        disk = self.disk if index in self.disk_guests else None
+        autodeflate = index in self.autodeflate_guests
+        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib, disk=disk, autodeflate=autodeflate)
         dom = self.conn.defineXML(xml)
         console = Console(sock, self.run_dir / f"{name}.console.log")
         # Append before create() so down() cleans up even if the start fails half-way.

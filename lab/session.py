@@ -36,11 +36,19 @@ class LabRun:
         sample_interval_s: float = 1.0,
         title: str = "memcoord lab",
         disk_guests: Collection[int] = (),
+        autodeflate_guests: Collection[int] = (),
     ) -> None:
-        """disk_guests: 1-based indexes of the guests with the readonly disk (page-cache readers)."""
+        """disk_guests: 1-based indexes of the guests with the readonly disk (page-cache readers);
+        autodeflate_guests: those whose balloon deflates on their own OOM (`<memballoon autodeflate='on'>`)."""
         self.out_dir = out_dir
         self.lab = Lab(
-            prefix=prefix, n=n, max_mib=max_mib, current_mib=current_mib, image=image, disk_guests=disk_guests
+            prefix=prefix,
+            n=n,
+            max_mib=max_mib,
+            current_mib=current_mib,
+            image=image,
+            disk_guests=disk_guests,
+            autodeflate_guests=autodeflate_guests,
         )
         self.sample_interval_s = sample_interval_s
         self.title = title

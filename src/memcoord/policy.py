@@ -160,14 +160,14 @@ def _used_kib(dom: DomainStats, free_kib: int) -> int:
     return (total_kib if total_kib is not None else dom.current_kib) - free_kib
 
 
-def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float) -> Sample | None:
+def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading: bool = False) -> Sample | None:
     """Fold a new stats sample into the domain's history; a sample with the same timestamp is not new.
 
     A guest is steady when its free memory did not change, or when it changed exactly as much as the balloon
     moved (its used memory did not change): that is memcoord's own doing, not the guest being busy. Its ramp
     is its used memory's growth per second between samples, over the time between them: a guest whose stats
     come late because it is busy shows its ramp all the same. Its peak is the most its programs used within
-    the last peak_hold_s.
+    the last peak_hold_s. heading: the balloon is on its way to a target memcoord set.
     """
     free_kib, figure = free_figure(dom)
     if free_kib is None or not dom.last_update_s:
@@ -193,8 +193,12 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float) -> Sampl
     steady = min(abs(free_kib - prev.free_kib), abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
     # Without the guest's own total, a balloon move between two reports reads as use: no new ramp from it.
     moved = abs(dom.current_kib - prev.current_kib) > SETTLED_TOLERANCE_KIB
+    # A deflate-on-OOM guest's total is taken at balloon.current, which libvirt updates about a second after
+    # the guest's own report already counts the move: while its balloon moves, the move reads as use too.
+    total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or heading)
     interval_s = dom.last_update_s - prev.last_update_s
-    rate_kib_per_s = used_grew_kib / interval_s if by_total or not moved else 0.0
+    reads_use = (by_total or not moved) and not total_lags
+    rate_kib_per_s = used_grew_kib / interval_s if reads_use else 0.0
     ramp_kib_per_s = max(rate_kib_per_s, prev.ramp_kib_per_s * RAMP_DECAY, 0.0)
     if ramp_kib_per_s * interval_s < STEADY_TOLERANCE_KIB:
         ramp_kib_per_s = 0.0
@@ -300,8 +304,8 @@ def _still_pending(pending: Pending | None, dom: DomainStats, config: Config, no
 
 def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float) -> _Guest:
     prev = state.samples.get(dom.name)
-    sample = _observe(prev, dom, config.guest.peak_hold_s)
     pending = _still_pending(state.pending.get(dom.name), dom, config, now_s)
+    sample = _observe(prev, dom, config.guest.peak_hold_s, heading=pending is not None)
     base_kib = pending.target_kib if pending else dom.current_kib
     ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
     # Sized on the guest's configured size, not where the balloon has it now: a guest shrunk to what it uses

@@ -10,18 +10,15 @@ the end of each of the others.
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import libvirt
 import pytest
 
 from lab import analysis
 from lab.image import GuestImage
 from lab.session import LabRun
-from lab.timeline import ACTION_EVENT, Timeline
+from lab.timeline import ACTION_EVENT
+from tests.e2e.realguest import assert_always, guest_cfg, hog_state, retry_once_on_outage
 
 pytestmark = pytest.mark.real
 
@@ -32,68 +29,6 @@ HOG_PAGE_US = 100  # 40 MiB/s, the fast end of the scenarios' 100-500 us: keeps 
 BASELINE_S = 4  # memcoord's first ticks (the idle guests' first reclaim) before any hog starts
 RECLAIM_DEADLINE_S = 90
 HANDOUT_MIB = 1536  # scenario 2/3 host guard: what may be handed out beyond the start
-
-
-def _hog_state(run: LabRun, i: int) -> str:
-    return run.lab.guest(i).console.state.hog_state
-
-
-def _guest_cfg(tl: Timeline) -> dict[str, Any]:
-    return dict(tl.meta["config"]["guest"])
-
-
-def _assert_always(tl: Timeline, oom_ok: dict[str, float] | None = None) -> None:
-    """Scenario 4: no guest kernel dies, no OOM kill but a hog where expected, no guest below its floor,
-    memcoord alive throughout (and a clean exit on SIGTERM)."""
-    violations = analysis.invariant_violations(tl, floor_mib=_guest_cfg(tl)["min_mib"], oom_ok=oom_ok)
-    assert violations == [], "\n".join(violations)
-
-
-FOREIGN_USE_LIMIT_MIB = 300  # host memory others may take meanwhile before a guard scenario is void
-
-
-def _disturbances(attempt_dir: Path, guard_sensitive: bool) -> list[dict[str, Any]]:
-    """What in the environment, not in memcoord, may have caused a failed attempt."""
-    json_path = attempt_dir / "timeline.json"
-    if not json_path.exists():
-        return []
-    tl = Timeline.read_json(json_path)
-    t_from_s, t_to_s = analysis.workload_window_s(tl)
-    found = [e for e in tl.outages() if t_from_s - 5 <= e["t_s"] <= t_to_s]
-    if guard_sensitive:
-        foreign_mib = analysis.foreign_use_mib(tl, t_from_s, t_to_s)
-        if foreign_mib > FOREIGN_USE_LIMIT_MIB:
-            found.append({"kind": "foreign_host_memory_use", "mib": foreign_mib})
-    stalls = sum(analysis.largest_drop(tl, g).gaps_skipped for g in tl.guests)
-    if stalls:
-        found.append({"kind": "recorder_stalled", "gaps": stalls})  # a busy host, not memcoord
-    return found
-
-
-def _retry_once_on_outage(scenario: Callable[[Path], None], run_dir: Path, guard_sensitive: bool = False) -> None:
-    """Run the scenario; if it failed while the environment broke its premise, run it once more.
-
-    libvirtd is shared on developer hosts (other engineers' fault-injection tests stop and kill it),
-    and during such an outage no coordinator can act; a guard scenario is also void when other
-    processes take host memory meanwhile (the guard is about the whole host). A failure in a quiet
-    environment, or a second failure, is reported as is; each attempt keeps its own artifacts
-    (attempt1/, attempt2/).
-    """
-    for attempt in (1, 2):
-        attempt_dir = run_dir / f"attempt{attempt}"
-        try:
-            scenario(attempt_dir)
-            return
-        except (AssertionError, TimeoutError, libvirt.libvirtError) as e:
-            found = _disturbances(attempt_dir, guard_sensitive)
-            if isinstance(e, libvirt.libvirtError):
-                # The lab's own libvirt calls failed: libvirtd went away under the lab itself.
-                found.append({"kind": "lab_libvirt_error", "error": str(e)})
-            if attempt == 2 or not found:
-                if found:
-                    raise AssertionError(f"{e}\n(environment disturbances during this attempt: {found[:5]})") from e
-                raise
-            warnings.warn(f"attempt 1 failed during {found[:3]}: {e}; retrying", stacklevel=1)
 
 
 def _settle_then_guard(run: LabRun, handout_mib: int) -> int:
@@ -125,13 +60,13 @@ def test_one_grower_three_idle(guest_image: GuestImage, lab_prefix: str, run_dir
             time.sleep(BASELINE_S)
             t_hog_s = run.t_s()
             run.lab.start_hog(1, "grow", page_us=HOG_PAGE_US)
-            run.wait_until(lambda: _hog_state(run, 1) == "killed", 240, "the grower's hog OOM killed")
+            run.wait_until(lambda: hog_state(run, 1) == "killed", 240, "the grower's hog OOM killed")
             run.wait_until(
                 lambda: run.latest()[grower]["current_mib"] < 1024, RECLAIM_DEADLINE_S + 10, "grower back under 1 GiB"
             )
             time.sleep(2)
         tl = run.timeline
-        cfg = _guest_cfg(tl)
+        cfg = guest_cfg(tl)
         t_kill_s = analysis.first_event_t_s(tl, "hog_killed", grower)
         assert t_kill_s is not None, "the grower's hog was never OOM killed"
         peak_mib = analysis.peak(tl, grower, "current_mib", t_hog_s, t_kill_s)
@@ -158,9 +93,9 @@ def test_one_grower_three_idle(guest_image: GuestImage, lab_prefix: str, run_dir
         assert t_under_s is not None and t_under_s - t_kill_s <= RECLAIM_DEADLINE_S, (
             f"grower not under 1 GiB within {RECLAIM_DEADLINE_S} s of its hog's death (at {t_under_s})"
         )
-        _assert_always(tl, oom_ok={grower: MAX_MIB - NEAR_MAX_MIB})
+        assert_always(tl, oom_ok={grower: MAX_MIB - NEAR_MAX_MIB})
 
-    _retry_once_on_outage(scenario, run_dir)
+    retry_once_on_outage(scenario, run_dir)
 
 
 def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
@@ -175,7 +110,7 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
             for i in range(1, 5):
                 run.lab.start_hog(i, "grow", page_us=HOG_PAGE_US)
             run.wait_until(
-                lambda: all(_hog_state(run, i) == "killed" for i in range(1, 5)), 300, "all four hogs OOM killed"
+                lambda: all(hog_state(run, i) == "killed" for i in range(1, 5)), 300, "all four hogs OOM killed"
             )
             cfg_reclaim_mib = run.timeline.meta["config"]["guest"]["reclaim_step_mib"]
             run.wait_until(
@@ -221,9 +156,9 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
             t_back_s = analysis.first_t_s(tl, g, "current_mib", lambda v: v <= START_MIB + 100, t_kill_s)
             assert t_back_s is not None, f"{g} not reclaimed after its hog died"
         # Under the guard a hog dies wherever the host stops it, not at its max: any hog may be OOM killed.
-        _assert_always(tl, oom_ok=dict.fromkeys(names, 0.0))
+        assert_always(tl, oom_ok=dict.fromkeys(names, 0.0))
 
-    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+    retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
 
 
 def test_freed_memory_flows_to_grower(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
@@ -241,8 +176,8 @@ def test_freed_memory_flows_to_grower(guest_image: GuestImage, lab_prefix: str, 
             t_hog_s = run.t_s()
             run.lab.start_hog(1, "hold", size_mib=512, hold_s=10, page_us=HOG_PAGE_US)
             run.lab.start_hog(2, "grow", page_us=2 * HOG_PAGE_US)  # slower, so guest 1 frees before guest 2 needs it
-            run.wait_until(lambda: _hog_state(run, 1) == "exited", 120, "guest 1's hog held and exited")
-            run.wait_until(lambda: _hog_state(run, 2) == "killed", 240, "guest 2's hog OOM killed")
+            run.wait_until(lambda: hog_state(run, 1) == "exited", 120, "guest 1's hog held and exited")
+            run.wait_until(lambda: hog_state(run, 2) == "killed", 240, "guest 2's hog OOM killed")
             reclaim_mib = run.timeline.meta["config"]["guest"]["reclaim_step_mib"]
             run.wait_until(
                 lambda: all(r["current_mib"] <= START_MIB + reclaim_mib for r in run.latest().values()),
@@ -272,6 +207,6 @@ def test_freed_memory_flows_to_grower(guest_image: GuestImage, lab_prefix: str, 
             f"g1 grew {g1_growth_mib:.0f} and g2 {g2_growth_mib:.0f} MiB: no sign of g1's memory moving to g2"
         )
         assert g2_peak_mib >= MAX_MIB - NEAR_MAX_MIB, f"guest 2 peaked at {g2_peak_mib} MiB, not near its max"
-        _assert_always(tl, oom_ok={g2: MAX_MIB - NEAR_MAX_MIB})
+        assert_always(tl, oom_ok={g2: MAX_MIB - NEAR_MAX_MIB})
 
-    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+    retry_once_on_outage(scenario, run_dir, guard_sensitive=True)

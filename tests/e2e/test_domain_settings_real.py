@@ -30,7 +30,7 @@ from lab.coordinator import memcoord_command
 from lab.image import GuestImage
 from lab.session import LabRun
 from memcoord.domain_settings import NAMESPACE
-from tests.e2e.test_course import _hog_state, _retry_once_on_outage
+from tests.e2e.realguest import hog_state, retry_once_on_outage
 
 pytestmark = pytest.mark.real
 
@@ -108,7 +108,7 @@ def test_metadata_floor_ceiling_live_change_and_config_override(
             t1_s = run.t_s()
             run.lab.start_hog(2, "grow", page_us=GROWER_PAGE_US)
             run.wait_until(lambda: _settled(run, idle, IDLE_FLOOR_MIB), 90, f"{idle} at its metadata floor")
-            run.wait_until(lambda: _hog_state(run, 2) == "killed", 150, "the hog OOM killed at its ceiling")
+            run.wait_until(lambda: hog_state(run, 2) == "killed", 150, "the hog OOM killed at its ceiling")
             status1 = _status(state_path)
             t2_s = run.t_s()
 
@@ -165,4 +165,4 @@ def test_metadata_floor_ceiling_live_change_and_config_override(
         assert _bounds(status3[idle]) == (CONFIG_FLOOR_MIB, "config", MAX_MIB, "libvirt_max")
         assert len(typo_warnings) == 1 and "no running or defined domain" in typo_warnings[0]
 
-    _retry_once_on_outage(scenario, run_dir)
+    retry_once_on_outage(scenario, run_dir)

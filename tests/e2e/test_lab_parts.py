@@ -18,6 +18,7 @@ from lab.console import HOG_HOLD_RE, HOG_MIB_RE
 from lab.hosthog import HostHog
 from lab.image import VIRTIO_MODULES, GuestImage, build_image, compile_hog, shared_disk
 from lab.lab import domain_xml
+from memcoord.domain_settings import parse_domain_xml
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,16 @@ def test_only_guests_that_ask_for_it_get_the_readonly_disk(tmp_path: Path) -> No
     assert "<disk" not in plain
     assert f"<source file='{tmp_path / 'd.raw'}'/>" in with_disk
     assert "<readonly/>" in with_disk and "bus='virtio'" in with_disk
+
+
+def test_only_guests_that_ask_for_it_get_a_balloon_that_deflates_on_oom(tmp_path: Path) -> None:
+    image = GuestImage(tmp_path / "vmlinuz", tmp_path / "initramfs.gz", "test")
+    plain = domain_xml("g1", image, tmp_path / "g1.sock", 2048, 512)
+    deflating = domain_xml("g2", image, tmp_path / "g2.sock", 2048, 512, autodeflate=True)
+    # As memcoord reads a definition, so the lab's option is the one memcoord acts on.
+    assert parse_domain_xml("g1", plain).settings.deflate_on_oom is False
+    assert parse_domain_xml("g2", deflating).settings.deflate_on_oom is True
+    assert "<stats period='1'/>" in deflating
 
 
 def test_host_hog_takes_its_memory_and_gives_it_back_when_stopped(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ numbers before asserting. Each boots its own lab and takes about 1-2 minutes on 
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +28,22 @@ from lab.image import GuestImage
 from lab.session import LabRun
 from lab.timeline import ACTION_EVENT, Timeline
 from memcoord.model import Action
-from tests.e2e.test_course import BASELINE_S, _assert_always, _guest_cfg, _hog_state, _retry_once_on_outage
+from tests.e2e.realguest import (
+    HOST_DRIFT_MIB,
+    assert_always,
+    assert_watched,
+    guest_cfg,
+    hog_state,
+    host_lowest,
+    retry_once_on_outage,
+)
+from tests.e2e.test_course import BASELINE_S
 
 pytestmark = pytest.mark.real
 
 MAX_MIB = 2048
 START_MIB = 512
 GROWER_PAGE_US = 160  # 4 KiB per 160 us = 25 MiB/s: a steady grower a 1 s loop must keep ahead of
-# Host memory the guard may miss by between memcoord's reading and the recorder's, a second apart: other
-# processes on this shared host and QEMU's own allocations under software emulation move it by tens of MiB.
-HOST_DRIFT_MIB = 50
 # What the guests' QEMUs may take beyond the headroom: their own allocations beyond guest memory (device
 # models, page tables under software emulation) move their resident size by tens of MiB.
 QEMU_DRIFT_MIB = 50
@@ -46,8 +51,6 @@ QEMU_DRIFT_MIB = 50
 # overhead (host.guest_overhead_mib, 128 MiB shipped) as memory it will take, plus the host's drift over the
 # ~40 s the grower needs.
 GROWTH_MARGIN_MIB = 128 + 64
-# The recorder samples once a second; a gap longer than this means the host was too busy to watch.
-MAX_SAMPLE_GAP_S = 5.0
 
 
 def _settle_then_guard(run: LabRun, headroom_mib: int) -> int:
@@ -64,19 +67,6 @@ def _settle_then_guard(run: LabRun, headroom_mib: int) -> int:
     guard_mib = psutil.virtual_memory().available // 2**20 - headroom_mib
     run.reload_memcoord({"host": {"min_available_mib": guard_mib}})
     return guard_mib
-
-
-def _max_sample_gap_s(tl: Timeline, t_from_s: float, t_to_s: float) -> float:
-    times = [t for t, _ in tl.host_available_mib() if t_from_s <= t <= t_to_s]
-    if len(times) < 2:
-        return float("inf")
-    return max(b - a for a, b in itertools.pairwise(times))
-
-
-def _assert_watched(tl: Timeline, t_from_s: float, t_to_s: float) -> None:
-    """The numbers below come from a recorder that kept sampling through the window (else they are void)."""
-    gap_s = _max_sample_gap_s(tl, t_from_s, t_to_s)
-    assert gap_s <= MAX_SAMPLE_GAP_S, f"the recorder stalled {gap_s:.1f} s between t={t_from_s} and {t_to_s} s"
 
 
 def _median(tl: Timeline, guest: str, key: str, t_from_s: float, t_to_s: float) -> float:
@@ -144,11 +134,6 @@ def _guests_took_mib(tl: Timeline, t_from_s: float, t_to_s: float) -> list[tuple
     return [(t, round(v - base_mib, 1)) for t, v in sorted(by_t.items()) if t >= t_from_s]
 
 
-def _host_lowest(tl: Timeline, t_from_s: float, t_to_s: float) -> tuple[float, float]:
-    """(t_s, MiB) of the host's lowest available memory in the window."""
-    return min(((t, v) for t, v in tl.host_available_mib() if t_from_s <= t <= t_to_s), key=lambda p: p[1])
-
-
 # -- a. page cache is not hunger ------------------------------------------------------------------------------
 CACHE_HEADROOM_MIB = 600  # what the guard lets memcoord hand out: less than the reader alone would take to its max
 # A grow is a grow step (300 MiB shipped) or what a ramp needs; the balloon's reported size wobbles by a MiB or
@@ -183,10 +168,10 @@ def test_page_cache_is_not_hunger(guest_image: GuestImage, lab_prefix: str, run_
             guard_mib = _settle_then_guard(run, CACHE_HEADROOM_MIB)
             t_hog_s = run.t_s()
             run.lab.start_hog(2, "grow", page_us=GROWER_PAGE_US)
-            run.wait_until(lambda: _hog_state(run, 2) == "killed", 150, "the grower's hog OOM killed")
+            run.wait_until(lambda: hog_state(run, 2) == "killed", 150, "the grower's hog OOM killed")
             time.sleep(2)
         tl = run.timeline
-        cfg = _guest_cfg(tl)
+        cfg = guest_cfg(tl)
         t_kill_s = analysis.first_event_t_s(tl, "hog_killed", grower)
         assert t_kill_s is not None
         reader_start_mib = analysis.value_at(tl, reader, "current_mib", t_mc_s)
@@ -197,7 +182,7 @@ def test_page_cache_is_not_hunger(guest_image: GuestImage, lab_prefix: str, run_
         served = _served(tl, grower, t_hog_s, t_kill_s)
         kill_at_mib = analysis.value_at(tl, grower, "current_mib", t_kill_s)
         hog_at_kill_mib = next(e["hog_mib"] for e in tl.events_of("hog_killed", grower))
-        lowest = _host_lowest(tl, t_hog_s, t_kill_s)
+        lowest = host_lowest(tl, t_hog_s, t_kill_s)
         print(
             f"\na: guard {guard_mib} MiB (headroom ~{CACHE_HEADROOM_MIB} MiB); reader while the hog ran: unused "
             f"{reader_unused_mib:.0f} MiB, usable {reader_usable_mib:.0f} MiB (medians), size {reader_start_mib:.0f} "
@@ -208,7 +193,7 @@ def test_page_cache_is_not_hunger(guest_image: GuestImage, lab_prefix: str, run_
             f"({lowest[1] - guard_mib:+.0f} vs the guard) at t={lowest[0]} s"
         )
 
-        _assert_watched(tl, t_mc_s, t_kill_s)
+        assert_watched(tl, t_mc_s, t_kill_s)
         # The premise: by MemFree the reader looks starving, by MemAvailable it does not.
         assert reader_unused_mib <= cfg["starving_mib"], f"the reader's cache did not hold ({reader_unused_mib} MiB)"
         assert reader_usable_mib > cfg["starving_mib"], f"the reader is really short of memory ({reader_usable_mib})"
@@ -218,9 +203,9 @@ def test_page_cache_is_not_hunger(guest_image: GuestImage, lab_prefix: str, run_
         _assert_served(served, CACHE_HEADROOM_MIB)
         # The host guard is test c's subject; here its lowest is printed only.
         # The grower's hog dies where the headroom ends (_assert_served says it got that far); the reader's dd never.
-        _assert_always(tl, oom_ok={grower: 0.0})
+        assert_always(tl, oom_ok={grower: 0.0})
 
-    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+    retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
 
 
 # -- b. host pressure is relieved -----------------------------------------------------------------------------
@@ -287,7 +272,7 @@ def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run
         host = [(t, v) for t, v in tl.host_available_mib() if t >= t_hog_s]
         t_dip_s = next((t for t, v in host if v < guard_mib), None)
         assert t_dip_s is not None, "the host hog never took the host below its guard"
-        lowest = _host_lowest(tl, t_hog_s, t_end_s)
+        lowest = host_lowest(tl, t_hog_s, t_end_s)
         t_back_s = next((t for t, v in host if t > t_dip_s and v >= guard_mib), None)
         after = [v for t, v in host if t_back_s is not None and t_back_s <= t <= t_end_s]
         relieved = [a for a in tl.events_of(ACTION_EVENT) if a["action"] == Action.RELIEVE and a["t_s"] >= t_hog_s]
@@ -307,7 +292,7 @@ def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run
             f"below the guard; grown while the host hog held: {_moves(regrown)}"
         )
 
-        _assert_watched(tl, t_hog_s, t_end_s)
+        assert_watched(tl, t_hog_s, t_end_s)
         # The premise: the host process took the host clearly below its guard (other processes on this shared
         # host may have freed memory meanwhile; then the scenario is void and says so).
         assert pressure_mib >= DEFICIT_MIB / 2, (
@@ -318,11 +303,11 @@ def test_host_pressure_is_relieved(guest_image: GuestImage, lab_prefix: str, run
             f"host back at the guard {t_back_s and round(t_back_s - t_dip_s, 1)} s after the dip (<= {RELIEF_BOUND_S})"
         )
         assert min(after) >= guard_mib - HOST_DRIFT_MIB, f"host fell to {min(after)} MiB after its recovery"
-        _assert_always(tl)  # nobody below the floor, no OOM kill at all
+        assert_always(tl)  # nobody below the floor, no OOM kill at all
 
     # Not guard_sensitive: that check counts host memory taken by others than the guests, which here is the
     # scenario's own host hog; the pressure premise above answers for the environment instead.
-    _retry_once_on_outage(scenario, run_dir)
+    retry_once_on_outage(scenario, run_dir)
 
 
 def _after_dip(tl: Timeline, t_from_s: float, guard_mib: float) -> list[tuple[float, float]]:
@@ -354,7 +339,7 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
             # Killed where the guard stops it; or, if the guard does not hold, past it (the assertions say so).
             run.wait_until(
                 lambda: (
-                    _hog_state(run, 1) == "killed" or run.latest()[grower]["current_mib"] > start_mib + 2 * HEADROOM_MIB
+                    hog_state(run, 1) == "killed" or run.latest()[grower]["current_mib"] > start_mib + 2 * HEADROOM_MIB
                 ),
                 150,
                 "the grower's hog OOM killed",
@@ -365,7 +350,7 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
         t_end_s = t_kill_s if t_kill_s is not None else tl.rows[-1]["t_s"]
         served = _served(tl, grower, t_hog_s, t_end_s)
         kill = tl.events_of("hog_killed", grower)
-        lowest = _host_lowest(tl, t_hog_s, t_end_s)
+        lowest = host_lowest(tl, t_hog_s, t_end_s)
         took = _guests_took_mib(tl, t_hog_s, t_end_s)
         most_took = max(took, key=lambda p: p[1])
         took_at_lowest = dict(took).get(lowest[0], float("nan"))
@@ -383,7 +368,7 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
             f"took at most {most_took[1]:.0f} MiB (t={most_took[0]} s)"
         )
 
-        _assert_watched(tl, t_hog_s, t_end_s)
+        assert_watched(tl, t_hog_s, t_end_s)
         _assert_served(served, HEADROOM_MIB)
         # The guard, as memcoord answers for it: at every sample its guests had taken no more than the headroom
         # there was then: H, plus what other processes on this shared host had freed since (memcoord rightly
@@ -400,6 +385,6 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
                 f"the guests took {took_mib:.0f} MiB of the host at t={t_s} s, when ~{allowed_mib - QEMU_DRIFT_MIB:.0f}"
                 f" MiB was there ({HEADROOM_MIB} + {freed_by_others_mib:.0f} freed by other processes)"
             )
-        _assert_always(tl, oom_ok={grower: 0.0})  # where the headroom ends: _assert_served says how far it got
+        assert_always(tl, oom_ok={grower: 0.0})  # where the headroom ends: _assert_served says how far it got
 
-    _retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+    retry_once_on_outage(scenario, run_dir, guard_sensitive=True)

@@ -876,3 +876,21 @@ def test_a_deflate_on_oom_guest_is_reclaimed_step_by_step_without_reading_the_ba
         assert all(c.delta_kib <= 0 for c in plan.changes), plan.changes
     assert state.samples["d"].ramp_kib_per_s == 0
     assert state.samples["d"].used_kib == mib_to_kib(1988 - (2048 - 924) - 600)
+
+
+def test_a_deflate_on_oom_guest_whose_report_sees_a_reclaim_before_libvirt_does_is_not_grown_back():
+    """As on a real TCG guest: a second after a reclaim step the guest's report already counts the 100 MiB the
+    balloon took, while libvirt's balloon.current still has it where it was (847 of 848 MiB), and a second later
+    both agree. Its programs' use never moved; read as MemTotal - (max - current) - free, the first report looks
+    like 100 MiB/s of new use and the guest would be grown back to over 1 GiB."""
+    config = Config()
+    _p, state = decide(snap(_autodeflate(848, 668, NOW_S)), PolicyState(), config)
+    plan, state = decide(snap(_autodeflate(848, 668, NOW_S + 1), now_s=NOW_S + 1), state, config)
+    assert by_name(plan)["d"].to_kib == mib_to_kib(748)
+    state = applied(state, plan.changes, NOW_S + 1)
+    # Each report is 0.8 s old when memcoord reads it, as on the real guest.
+    for t, current_mib in ((NOW_S + 2, 847), (NOW_S + 3, 748), (NOW_S + 4, 748)):
+        plan, state = decide(snap(_autodeflate(current_mib, 568, t), now_s=t + 0.8), state, config)
+        assert all(c.action is not Action.GROW for c in plan.changes), (t, plan.changes)
+        assert plan.classes["d"] is not GuestClass.STARVING, (t, plan)
+    assert state.samples["d"].ramp_kib_per_s == 0
