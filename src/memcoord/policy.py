@@ -35,7 +35,7 @@ Free memory is `balloon.usable` (MemAvailable: free + reclaimable page cache) wh
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -380,7 +380,9 @@ class _Ledger:
     untouched grant or ramp: that much headroom is back in this tick.
     """
 
-    def __init__(self, host_available_kib: int, guests: list[_Guest], config: Config) -> None:
+    def __init__(
+        self, host_available_kib: int, guests: list[_Guest], config: Config, still_growing: Collection[str] = ()
+    ) -> None:
         self.guests = {g.name: g for g in guests}
         self.target_kib = {g.name: g.base_kib for g in guests}
         self.actions: dict[str, tuple[Action, list[str]]] = {}
@@ -392,10 +394,22 @@ class _Ledger:
         # What each guest draws at its planned target, kept up to date by `_move`.
         self.drawn_kib = {g.name: self.draw_kib(g, g.base_kib) for g in guests}
         self.headroom_kib = host_available_kib - self.guard_kib - sum(self.drawn_kib.values())
-        # Held back for guests that will not starve soon (their grants and ramps): what may still be lent to a
-        # guest that would otherwise run out of memory before memcoord can act again (`_grow_to_survive`).
-        self.lenders = {g.name for g in guests if not _needs_memory_soon(g)}
-        self.lendable_kib = sum(self.drawn_kib[n] for n in self.lenders)
+        # Held back for guests that will not starve soon, with trusted stats, not still growing into a grant
+        # memcoord just gave: what may be lent to a guest that would otherwise run out of memory before memcoord
+        # can act again (`_grow_to_survive`). Of a ramping lender, only what is held back beyond its measured
+        # ramp over that time (the safety margin) is lent: the ramp itself is sure to come.
+        self.lenders = {
+            g.name
+            for g in guests
+            if not _needs_memory_soon(g)
+            and g.guest_class not in (GuestClass.STALE, GuestClass.NO_STATS)
+            and g.name not in still_growing
+        }
+        self.lendable_kib = sum(self._lendable_share_kib(self.guests[n]) for n in self.lenders)
+
+    def _lendable_share_kib(self, g: _Guest) -> int:
+        ramp_kib = int(g.ramp_kib_per_s * (g.age_s + self.lookahead_s))
+        return max(0, self.drawn_kib[g.name] - ramp_kib)
 
     def backed_above_kib(self, g: _Guest, target_kib: int) -> int:
         """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
@@ -479,8 +493,6 @@ class _Ledger:
             )
         if got_kib <= 0:
             return 0
-        if lend:
-            self.lendable_kib -= max(0, got_kib - max(0, self.headroom_kib))
         self._move(name, self.target_kib[name] + got_kib, action, reason)
         return got_kib
 
@@ -539,7 +551,7 @@ def _clamp_to_bounds(guests: list[_Guest], ledger: _Ledger, config: Config) -> s
         if g.pending is None and g.base_kib < g.floor_kib:
             ledger.give(g.name, g.floor_kib - g.base_kib, Action.CLAMP, "below its floor")
             clamped.add(g.name)
-        elif _settled(g) and g.base_kib > g.ceiling_kib:
+        elif _settled(g) and g.base_kib > g.ceiling_kib and g.guest_class is not GuestClass.STARVING:
             spare_kib = max(0, (g.free_kib or 0) - g.buffer_kib(ahead_s))
             over_kib = g.base_kib - g.ceiling_kib
             if spare_kib < over_kib:
@@ -855,13 +867,16 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     now_s = snapshot.taken_at_s
     managed = sorted((d for d in snapshot.domains if config.manages(d.name, d.settings)), key=lambda d: d.name)
     guests = [_look_at(d, state, config, now_s) for d in managed]
-    ledger = _Ledger(snapshot.host.available_kib, guests, config)
+    just_raised = {n for n, t in state.raised_at_s.items() if now_s - t <= config.stale_after_s}
+    # A guest memcoord just grew keeps its grant while it may still grow into it; one steady again on a new
+    # sample (its burst has peaked) may give back what it did not use, to a guest starving now.
+    still_growing = {g.name for g in guests if g.name in just_raised and not _steady_again(g)}
+    ledger = _Ledger(snapshot.host.available_kib, guests, config, still_growing)
 
     clamped = _clamp_to_bounds(guests, ledger, config)
     shortfall_kib = _relieve_host(guests, ledger, config, skip=clamped)
     lowered = {g.name for g in guests if ledger.lowered(g.name)} | clamped
     just_lowered = {n for n, t in state.lowered_at_s.items() if now_s - t <= config.stale_after_s}
-    just_raised = {n for n, t in state.raised_at_s.items() if now_s - t <= config.stale_after_s}
     pool_kib = 0
     if _reclaim_allowed(guests, snapshot.host.available_kib, config):
         # Not a guest memcoord just grew: taking back a grant before it is used makes the two ping-pong.
@@ -871,9 +886,6 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         ledger.notes.append(f"host guard: host {kib_to_mib(ledger.deficit_kib):.0f} MiB below it, nobody grows")
     else:
         grown, unmet_kib = _grow_starving(guests, ledger, config, skip=clamped)
-        # A guest memcoord just grew keeps its grant while it may still grow into it; one steady again on a new
-        # sample (its burst has peaked) gives back what it did not use, to a guest starving now.
-        still_growing = {g.name for g in guests if g.name in just_raised and not _steady_again(g)}
         headroom_before_kib = ledger.headroom_kib
         _take_for_the_starving(guests, ledger, config, sum(unmet_kib.values()), skip=clamped | still_growing)
         returned_kib = ledger.headroom_kib - headroom_before_kib

@@ -194,6 +194,11 @@ class Service:
         try:
             new = self.overrides.apply(self.load_config(self.config_path))
         except ConfigError as exc:
+            if self._should_exit:
+                # A stop during the reload also ends the validating child (systemd signals the whole cgroup):
+                # that is no verdict on the file.
+                log.info("config reload abandoned: stopping", extra=journal.lifecycle("reload-failed"))
+                return
             self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
             log.error(
                 "config reload failed, keeping the running config:\n%s", exc, extra=journal.lifecycle("reload-failed")
@@ -435,7 +440,12 @@ class Service:
                 reloaded = self._reload_requested
                 if reloaded:
                     self._reload_requested = False
+                    # The validating child may take up to its timeout: the watchdog hears from us on both sides.
+                    self.notifier.watchdog()
                     self.reload()
+                    self.notifier.watchdog()
+                    if self._should_exit:
+                        break
                 started_s = self.clock()
                 ok = self.tick()
                 if (ok and self.ticks == 1) or reloaded:

@@ -810,19 +810,20 @@ def _lender_and_burst(available_above_guard_mib: int):
 
 def test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others():
     """300 MiB above the guard, 800 MiB of it and more held back for a's grant: s would get nothing and be
-    OOM-killed within the second. It is lent what it lacks until memcoord can act again (120 MiB/s x 3 s - 80
-    MiB free = 280 MiB), and a gives a relief step back."""
+    OOM-killed within the second. It lacks 120 MiB/s x 3 s - 80 MiB free = 280 MiB until memcoord can act again,
+    and is lent all the host has above its guard but what a's own ramp will touch meanwhile (10 MiB/s x 3 s):
+    270 MiB. a gives a relief step back."""
     plan = _lender_and_burst(300)
     changes = by_name(plan)
     assert plan.classes["s"] is GuestClass.STARVING
-    assert changes["s"].delta_kib == mib_to_kib(280)
+    assert changes["s"].delta_kib == mib_to_kib(300 - 30)
     assert LENT_REASON in changes["s"].reason
     assert changes["a"].delta_kib == -mib_to_kib(256)
 
 
 def test_lending_never_reaches_into_the_guard_itself():
     plan = _lender_and_burst(100)
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(100)  # all the host has above its guard, not 280
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(100 - 30)  # the host above its guard less a's ramp
 
 
 def test_nothing_is_lent_from_a_guest_that_will_starve_soon_itself():
@@ -894,3 +895,45 @@ def test_a_deflate_on_oom_guest_whose_report_sees_a_reclaim_before_libvirt_does_
         assert all(c.action is not Action.GROW for c in plan.changes), (t, plan.changes)
         assert plan.classes["d"] is not GuestClass.STARVING, (t, plan)
     assert state.samples["d"].ramp_kib_per_s == 0
+
+
+def test_two_guests_about_to_run_out_are_both_lent_what_they_lack():
+    """Lent memory is counted once: with 600 MiB above the guard, two bursting guests each lacking 280 MiB both
+    get it (560 MiB), not the first 280 and the second what a double count leaves."""
+    guard_mib = Config().host.min_available_mib
+    first = snap(
+        dom("a", 2048, 1110, rss_mib=948 + 128), dom("s1", 512, 200), dom("s2", 512, 200), available_mib=guard_mib + 600
+    )
+    second = snap(
+        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s1", 512, 80, last_s=NOW_S + 1),
+        dom("s2", 512, 80, last_s=NOW_S + 1),
+        available_mib=guard_mib + 600,
+        now_s=NOW_S + 1,
+    )
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
+    plan, _state = decide(second, state, config)
+    changes = by_name(plan)
+    assert changes["s1"].delta_kib == changes["s2"].delta_kib == mib_to_kib(280)
+    grown_kib = sum(c.delta_kib for c in plan.changes if c.delta_kib > 0)
+    assert grown_kib <= mib_to_kib(600 - 30)  # never past the guard, nor into a's own ramp
+
+
+def test_nothing_is_lent_from_a_grant_its_guest_is_still_growing_into():
+    """a was grown a second ago and still ramps: its untouched grant is its own, not lendable."""
+    guard_mib = Config().host.min_available_mib
+    first = snap(dom("a", 2048, 1140, rss_mib=908 + 128), dom("s", 512, 200), available_mib=guard_mib + 300)
+    second = snap(
+        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 80, last_s=NOW_S + 1),
+        available_mib=guard_mib + 300,
+        now_s=NOW_S + 1,
+    )
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)}, raised_at_s={"a": NOW_S})
+    plan, _state = decide(second, state, config)
+    assert plan.classes["a"] is GuestClass.BUSY
+    assert not any(LENT_REASON in c.reason for c in plan.changes)
