@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +24,9 @@ DEFAULT_PATH = Path("/etc/memcoord.toml")
 DEFAULT_LISTEN = "127.0.0.1:9749"
 # In the JSON a validating child hands the daemon (config.to_tree), each section's list of the keys the file set.
 FIELDS_SET_KEY = "__fields_set__"
+# The validating child: this interpreter (the daemon's venv), without the working directory on its path (-P), so
+# that it validates with the memcoord the daemon runs and not with whatever a `memcoord/` in the cwd holds.
+VALIDATE_COMMAND = (sys.executable, "-P", "-m", "memcoord.validate")
 
 
 class ConfigError(Exception):

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config_rules import FIELDS_SET_KEY, ConfigError, ConfigFileError, ConfigRules, MetricsRules
+from .config_rules import FIELDS_SET_KEY, VALIDATE_COMMAND, ConfigError, ConfigFileError, ConfigRules, MetricsRules
 
 # The child imports pydantic and builds the models (well under a second); bounded far below systemd's watchdog
 # (30 s), which a reload inside the loop must not starve.
@@ -138,7 +137,9 @@ def _build(value: Any, section_type: type[Section] = Section, top: bool = False)
         if FIELDS_SET_KEY in value:
             fields_set = frozenset(value[FIELDS_SET_KEY])
             values = {
-                k: _build(v, _SECTION_TYPES.get(k, Section) if top else Section)
+                k: _domains(v)
+                if top and k == "domains"
+                else _build(v, _SECTION_TYPES.get(k, Section) if top else Section)
                 for k, v in value.items()
                 if k != FIELDS_SET_KEY
             }
@@ -147,6 +148,12 @@ def _build(value: Any, section_type: type[Section] = Section, top: bool = False)
     if isinstance(value, list):
         return tuple(_build(v) for v in value)
     return value
+
+
+def _domains(value: dict[str, Any]) -> FrozenMapping:
+    """`[domains]` is a mapping by its place in the model, whatever its keys: a domain may be named like the
+    marker of a section."""
+    return FrozenMapping({name: _build(override) for name, override in value.items()})
 
 
 def from_tree(tree: Mapping[str, Any]) -> ConfigView:
@@ -164,7 +171,7 @@ def load(path: Path | str, timeout_s: float = VALIDATE_TIMEOUT_S) -> ConfigView:
     ConfigError when it is invalid, and also when the child could not validate it (did not start, timed out,
     crashed): the file is then not known to be good.
     """
-    cmd = [sys.executable, "-m", "memcoord.validate", str(path)]
+    cmd = [*VALIDATE_COMMAND, str(path)]
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:

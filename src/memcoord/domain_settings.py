@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .config_rules import VALIDATE_COMMAND
 from .hypervisor.port import Hypervisor, HypervisorError
 from .model import DomainSettings
 
@@ -170,7 +170,7 @@ class ChildMetadataValidator:
         self,
         timeout_s: float = METADATA_CHECK_TIMEOUT_S,
         retry_s: float = METADATA_RETRY_S,
-        command: Sequence[str] = (sys.executable, "-m", "memcoord.validate", "--metadata"),
+        command: Sequence[str] = (*VALIDATE_COMMAND, "--metadata"),
         cache_size: int = METADATA_CACHE_SIZE,
     ) -> None:
         self.timeout_s = timeout_s

@@ -36,6 +36,13 @@ SHIPPED = (ROOT / "etc" / "memcoord.toml").read_text()
 CONFIGS = {
     "shipped": SHIPPED,
     "defaults": "",
+    # A domain named like the view's own marker of a section is still a domain.
+    "marker-named domain": """
+[domains."__fields_set__"]
+min_mib = 600
+[domains."web1"]
+max_mib = 900
+""",
     "domains": """
 [libvirt]
 domains = ["web*", "db1", "odd\\"name"]
@@ -292,11 +299,11 @@ def test_a_child_that_fails_or_hangs_is_a_config_error(tmp_path: Path, monkeypat
     path.write_text(SHIPPED)
     with pytest.raises(ConfigError, match=r"not validated: the validating process took more than 0\.001 s"):
         config_view.load(path, timeout_s=0.001)
-    monkeypatch.setattr(sys, "executable", "/bin/false")
+    monkeypatch.setattr(config_view, "VALIDATE_COMMAND", ("/bin/false",))
     with pytest.raises(ConfigError, match=r"not validated: .* exited with 1") as failed:
         config_view.load(path)
     assert not isinstance(failed.value, ConfigFileError)
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(config_view, "VALIDATE_COMMAND", (str(tmp_path / "no-such-python"),))
     with pytest.raises(ConfigError, match="not validated: cannot start"):
         config_view.load(path)
 
