@@ -47,6 +47,9 @@ REFRESH_S = 300.0
 # host); one that takes longer than this is given up on, and none is started for a while after a failure.
 METADATA_CHECK_TIMEOUT_S = 5.0
 METADATA_RETRY_S = 10.0
+# A child is not started with less time than this left before the tick's deadline (it costs 0.1-0.3 s, more on a
+# loaded host): the domain is read again next tick.
+METADATA_CHECK_MIN_S = 0.5
 # Distinct metadata contents kept checked (a few hundred bytes each).
 METADATA_CACHE_SIZE = 1024
 
@@ -192,12 +195,13 @@ class ChildMetadataValidator:
         if self._failed is not None and now_s < self._failed[0]:
             raise MetadataUnchecked(self._failed[1])
         timeout_s = self.timeout_s if deadline_s is None else min(self.timeout_s, deadline_s - now_s)
-        if timeout_s <= 0:
+        if timeout_s < METADATA_CHECK_MIN_S:
             raise MetadataUnchecked("the tick's deadline left no time for it")
         try:
             checked = self._run(data, timeout_s)
         except MetadataUnchecked as exc:
-            self._failed = (time.monotonic() + self.retry_s, str(exc))
+            if timeout_s >= self.timeout_s:  # a child given its full time failed: not one every tick
+                self._failed = (time.monotonic() + self.retry_s, str(exc))
             raise
         self._failed = None
         if len(self._checked) >= self.cache_size:
@@ -361,11 +365,16 @@ class SettingsCache:
             self._changed |= {u for u in uuids if u in self._entries}
 
     def store(self, uuid: str, parsed: Parsed, now_s: float) -> list[str]:
-        """Keep what was read; returns the problems not reported for this domain before (report them)."""
+        """Keep what was read; returns the problems not reported for this domain before (report them).
+
+        Metadata that could not be checked this time (`recheck`) keeps the settings last read for the domain,
+        if any: a guest memcoord manages must not become unmanaged, its grant and pending target forgotten,
+        because a checking process was slow once."""
         entry = self._entries.get(uuid)
         logged = entry.logged if entry is not None else frozenset()
         new = [p for p in parsed.problems if p not in logged]
-        self._entries[uuid] = _Entry(parsed.settings, now_s, frozenset(parsed.problems))
+        settings = entry.settings if parsed.recheck and entry is not None else parsed.settings
+        self._entries[uuid] = _Entry(settings, now_s, frozenset(parsed.problems))
         return new
 
     def get(self, uuid: str) -> DomainSettings | None:

@@ -337,6 +337,40 @@ def test_the_cache_reads_new_domains_once_then_on_events_and_the_slow_timer():
     assert sorted(cache.due(["a", "b"], now_s=20)) == ["a", "b"]
 
 
+def test_metadata_that_could_not_be_checked_keeps_the_settings_last_read():
+    """A slow checking child once must not turn a managed guest into an unmanaged one (its grant and pending
+    target would be forgotten); a guest never read before is left alone until its metadata is checked."""
+    cache = SettingsCache()
+    good = Parsed(with_metadata(min_mib=800))
+    unchecked = Parsed(DomainSettings(metadata_invalid=True), ("web1: ... could not be checked",), recheck=True)
+    cache.store("u1", good, now_s=0)
+    assert cache.store("u1", unchecked, now_s=5) == list(unchecked.problems)
+    assert cache.get("u1") == good.settings
+    cache.store("u2", unchecked, now_s=5)
+    assert cache.get("u2") == DomainSettings(metadata_invalid=True)
+
+
+def test_a_child_cut_short_by_the_tick_deadline_does_not_stop_the_next_checks():
+    calls: list[float] = []
+
+    class Slow(ChildMetadataValidator):
+        def _run(self, data, timeout_s):  # type: ignore[no-untyped-def]
+            calls.append(timeout_s)
+            raise MetadataUnchecked(f"took more than {timeout_s:.1f} s")
+
+    check = Slow(timeout_s=5.0)
+    now_s = time.monotonic()
+    with pytest.raises(MetadataUnchecked, match="no time"):
+        check({"min_mib": "800"}, deadline_s=now_s + 0.1)  # too little left: not even started
+    with pytest.raises(MetadataUnchecked):
+        check({"min_mib": "800"}, deadline_s=now_s + 2.0)  # cut short: no pause after it
+    with pytest.raises(MetadataUnchecked):
+        check({"min_mib": "800"})  # a full try failed: ...
+    with pytest.raises(MetadataUnchecked):
+        check({"min_mib": "800"})  # ... the next one waits for the pause
+    assert len(calls) == 2 and calls[1] == 5.0
+
+
 def test_the_cache_reports_a_problem_once_and_forgets_stopped_domains():
     cache = SettingsCache()
     bad = Parsed(DomainSettings(), ("web1: metadata <memcoord:settings><min_mib> = 'x': ...",))
