@@ -674,21 +674,22 @@ def _grow_starving(
     guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
-    soon what they want (the starving, and busy guests about to starve), it is split between the two in
-    proportion to what each needs (`contender_need`); the starving share their part by `_level_shares_kib`, the
-    busy guests' part stays in the headroom for the tick in which they starve.
+    soon what they want (the starving, and busy guests about to starve), each busy contender keeps a share per
+    head in the headroom, but no more than it will lack (`contender_need`), for the tick in which it starves; the
+    starving share the rest by `_level_shares_kib`.
     Returns what each grown guest got, and what each starving guest wanted but did not get."""
     # (In name order, as `decide` lists the guests: the plan does not depend on libvirt's order.)
     starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
     want_kib = {g.name: max(0, min(grow_want_kib(g, config), ledger.room_kib(g.name))) for g in starving}
-    contender_need_kib = sum(contender_need(g, ledger) for g in guests if _contends(g, ledger))
+    contender_needs_kib = [contender_need(g, ledger) for g in guests if _contends(g, ledger)]
     share_kib: dict[str, int | None] = dict.fromkeys(want_kib)
-    starving_want_kib = sum(want_kib.values())
-    if starving and starving_want_kib + contender_need_kib > ledger.headroom_kib:
-        # Split by what each side needs, not per head: fifty slow ramps a few MiB short in ten seconds must not
-        # leave a guest starving now a fiftieth of the headroom.
-        wanted_kib = starving_want_kib + contender_need_kib
-        budget_kib = max(0, ledger.headroom_kib) * starving_want_kib // wanted_kib if wanted_kib else 0
+    if starving and sum(want_kib.values()) + sum(contender_needs_kib) > ledger.headroom_kib:
+        # Per head, so that equal guests ramping a tick apart grow alike (four equal hogs under a guard); capped
+        # by need, so that fifty slow ramps a few MiB short in ten seconds do not leave a guest starving now a
+        # fiftieth of the headroom.
+        headroom_kib = max(0, ledger.headroom_kib)
+        per_head_kib = headroom_kib // (len(starving) + len(contender_needs_kib))
+        budget_kib = headroom_kib - sum(min(per_head_kib, need_kib) for need_kib in contender_needs_kib)
         # Levelled on free memory as the guests report it: a ramp measured over one second is too noisy to
         # rank guests by (it put one of four equal hogs 60 MiB ahead of the others, and it outlived them).
         share_kib.update(_level_shares_kib([(g.name, g.free_kib or 0, want_kib[g.name]) for g in starving], budget_kib))

@@ -547,7 +547,7 @@ def test_memory_reclaimed_from_untouched_pages_is_not_handed_out_again():
 
 def test_scarce_headroom_keeps_a_share_for_busy_guests_that_may_starve_next():
     """A guest that starves a tick after the others must not find the headroom spent: a busy guest's share
-    waits in the headroom for it, in proportion to what each needs."""
+    waits in the headroom for it."""
     first = snap(dom("s", 512, 100), dom("b", 1024, 500), available_mib=1024 + 300)
     second = snap(
         dom("s", 512, 100, last_s=NOW_S + 1),
@@ -557,14 +557,16 @@ def test_scarce_headroom_keeps_a_share_for_busy_guests_that_may_starve_next():
     )
     plan = two_ticks(first, second)
     assert plan.classes == {"s": GuestClass.STARVING, "b": GuestClass.BUSY}
-    # s wants its 300 MiB grow step; b, 450 MiB free at 50 MiB/s, is 200 MiB short of its starving line in 10 s.
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(300 * 300 // 500)
-    assert plan.host_headroom_kib == mib_to_kib(300 - 180)
+    # s wants its 300 MiB grow step; b, 450 MiB free at 50 MiB/s, is 200 MiB short of its starving line in 10 s:
+    # it keeps its share per head, 150 MiB (less than it will lack).
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(150)
+    assert plan.host_headroom_kib == mib_to_kib(150)
 
 
 def test_many_slow_contenders_do_not_starve_a_guest_that_starves_now():
     """Twenty busy guests each 10 MiB short of their starving line in ten seconds keep 200 MiB of the headroom,
-    not twenty shares of it: the guest starving now gets the rest of what it wants."""
+    not twenty shares of it (each share is capped by what its guest will lack): the guest starving now gets what
+    it wants."""
     slow = [f"b{i:02d}" for i in range(20)]
     # 448 -> 420 MiB free: 28 MiB/s, 140 MiB left in 10 s, 10 MiB short of the 150 MiB starving line.
     first = snap(*(dom(n, 1024, 448) for n in slow), dom("s", 512, 100), available_mib=1024 + 600)
@@ -746,9 +748,9 @@ def test_a_growing_guests_own_untouched_memory_is_kept_for_it():
     plan = two_ticks(first, second)
     assert plan.classes["r"] is GuestClass.BUSY
     # r touches 40 MiB/s x 3 s (stats period + tick + balloon), twice over: 240 of its 300 MiB are kept. The
-    # other 260 MiB are split between s (wants its 300 MiB grow step) and r, which at its pace is 250 MiB short
-    # of its starving line within 10 s: 260 x 300 / 550 = 141 MiB for s.
-    assert by_name(plan)["s"].delta_kib == mib_to_kib(141)
+    # other 260 MiB are shared between s and r, which at its pace is 250 MiB short of its starving line within
+    # 10 s: r keeps its share per head, 130 MiB.
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(130)
 
 
 def test_a_slow_ramp_does_not_hold_back_its_whole_balloon_from_a_starving_guest():
