@@ -14,8 +14,9 @@ listed in. `decide` reads top to bottom as the algorithm, one named function per
    starves);
 5. `_grow_starving`: each starving guest grows by what its ramp will use until memcoord can look again (at
    least a grow step), a scarce headroom shared per head with busy guests about to starve (each capped by what
-   it will lack) and levelled among the starving; `_take_for_the_starving`: what the headroom could not give, guests holding far more than they need
-   give back (grants never touched come back at once: `_grow_from_returned_grants`); `_grow_to_survive`: a guest
+   it will lack) and levelled among the starving; `_take_for_the_starving`: what the headroom could not give,
+   guests holding far more than they need give back (grants never touched come back at once:
+   `_grow_from_returned_grants`); `_grow_to_survive`: a guest
    that would run out of memory before memcoord can act again is lent what the guard holds back for guests that
    will not starve soon, never the guard itself; `_share_pool_with_busy`: busy guests share what is left of the
    pool, each as far as it can use it;
