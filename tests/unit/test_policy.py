@@ -791,21 +791,31 @@ def test_no_second_reclaim_on_figures_from_before_the_balloon_arrived():
 
 
 # -- a guest that would run out before memcoord can act again ------------------------------------------------
-def _lender_and_burst(available_above_guard_mib: int):
-    """a: granted 800 MiB it has not touched, ramping 10 MiB/s with 1100 MiB free (far from starving);
-    s: 512 MiB, free 200 -> 80 MiB in a second (120 MiB/s): out of memory in under a second."""
+def _lender_and_burst(
+    available_above_guard_mib: int,
+    a_was_free_mib: int = 1110,
+    a_was_rss_mib: int = 948 + 128,
+    bursting: tuple[str, ...] = ("s",),
+    **state_changes,  # type: ignore[no-untyped-def]
+):
+    """a: granted 800 MiB it has not touched, 1100 MiB free (10 MiB/s from the default 1110: far from starving);
+    each bursting guest: 512 MiB, free 200 -> 80 MiB in a second (120 MiB/s): out of memory in under a second."""
     guard_mib = Config().host.min_available_mib
     available_mib = guard_mib + available_above_guard_mib
-    first = snap(dom("a", 2048, 1110, rss_mib=948 + 128), dom("s", 512, 200), available_mib=available_mib)
+    first = snap(
+        dom("a", 2048, a_was_free_mib, rss_mib=a_was_rss_mib),
+        *(dom(n, 512, 200) for n in bursting),
+        available_mib=available_mib,
+    )
     second = snap(
         dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s", 512, 80, last_s=NOW_S + 1),
+        *(dom(n, 512, 80, last_s=NOW_S + 1) for n in bursting),
         available_mib=available_mib,
         now_s=NOW_S + 1,
     )
     config = parse("[guest]\nidle_tax_mib = 0\n")
     _plan, state = decide(first, PolicyState(), config)
-    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)}, **state_changes)
     plan, _state = decide(second, state, config)
     return plan
 
@@ -830,18 +840,7 @@ def test_lending_never_reaches_into_the_guard_itself():
 
 def test_nothing_is_lent_from_a_guest_that_will_starve_soon_itself():
     """The same, but a ramps 100 MiB/s: it starves within 10 s and keeps what is held back for it."""
-    guard_mib = Config().host.min_available_mib
-    first = snap(dom("a", 2048, 1200, rss_mib=848 + 128), dom("s", 512, 200), available_mib=guard_mib + 300)
-    second = snap(
-        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s", 512, 80, last_s=NOW_S + 1),
-        available_mib=guard_mib + 300,
-        now_s=NOW_S + 1,
-    )
-    config = parse("[guest]\nidle_tax_mib = 0\n")
-    _plan, state = decide(first, PolicyState(), config)
-    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
-    plan, _state = decide(second, state, config)
+    plan = _lender_and_burst(300, a_was_free_mib=1200, a_was_rss_mib=848 + 128)
     assert plan.classes["a"] is GuestClass.BUSY
     assert not any(LENT_REASON in c.reason for c in plan.changes)
 
@@ -902,21 +901,7 @@ def test_a_deflate_on_oom_guest_whose_report_sees_a_reclaim_before_libvirt_does_
 def test_two_guests_about_to_run_out_are_both_lent_what_they_lack():
     """Lent memory is counted once: with 600 MiB above the guard, two bursting guests each lacking 280 MiB both
     get it (560 MiB), not the first 280 and the second what a double count leaves."""
-    guard_mib = Config().host.min_available_mib
-    first = snap(
-        dom("a", 2048, 1110, rss_mib=948 + 128), dom("s1", 512, 200), dom("s2", 512, 200), available_mib=guard_mib + 600
-    )
-    second = snap(
-        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s1", 512, 80, last_s=NOW_S + 1),
-        dom("s2", 512, 80, last_s=NOW_S + 1),
-        available_mib=guard_mib + 600,
-        now_s=NOW_S + 1,
-    )
-    config = parse("[guest]\nidle_tax_mib = 0\n")
-    _plan, state = decide(first, PolicyState(), config)
-    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
-    plan, _state = decide(second, state, config)
+    plan = _lender_and_burst(600, bursting=("s1", "s2"))
     changes = by_name(plan)
     assert changes["s1"].delta_kib == changes["s2"].delta_kib == mib_to_kib(280)
     grown_kib = sum(c.delta_kib for c in plan.changes if c.delta_kib > 0)
@@ -925,17 +910,6 @@ def test_two_guests_about_to_run_out_are_both_lent_what_they_lack():
 
 def test_nothing_is_lent_from_a_grant_its_guest_is_still_growing_into():
     """a was grown a second ago and still ramps: its untouched grant is its own, not lendable."""
-    guard_mib = Config().host.min_available_mib
-    first = snap(dom("a", 2048, 1140, rss_mib=908 + 128), dom("s", 512, 200), available_mib=guard_mib + 300)
-    second = snap(
-        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s", 512, 80, last_s=NOW_S + 1),
-        available_mib=guard_mib + 300,
-        now_s=NOW_S + 1,
-    )
-    config = parse("[guest]\nidle_tax_mib = 0\n")
-    _plan, state = decide(first, PolicyState(), config)
-    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)}, raised_at_s={"a": NOW_S})
-    plan, _state = decide(second, state, config)
+    plan = _lender_and_burst(300, a_was_free_mib=1140, a_was_rss_mib=908 + 128, raised_at_s={"a": NOW_S})
     assert plan.classes["a"] is GuestClass.BUSY
     assert not any(LENT_REASON in c.reason for c in plan.changes)
