@@ -33,12 +33,12 @@ from pathlib import Path
 
 import psutil
 
-from memcoord import config as config_mod
-from memcoord.hypervisor import HypervisorError
+from memcoord.core import config as config_mod
+from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
+from memcoord.core.policy import LENT_REASON
+from memcoord.core.port import HypervisorError
 from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
 from memcoord.hypervisor.workloads import Burst, Hog, Idle, Sawtooth
-from memcoord.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
-from memcoord.policy import LENT_REASON
 from memcoord.service import Service
 
 INTERVAL_S = 1.0

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from memcoord import config as config_mod
-from memcoord.config import Config
+from memcoord.core import config as config_mod
+from memcoord.core.config import Config
 from memcoord.simulate import DemandCheck, RunReport, check_demand, format_table, load_scenario, run
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable

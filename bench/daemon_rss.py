@@ -92,7 +92,7 @@ BREAKDOWN = (
         "not in the daemon: pydantic and pydantic-core (the validating child's)",
         ("pydantic", "pydantic.main", "pydantic.plugin._loader"),
     ),
-    ("not in the daemon: the config models (the validating child's)", ("memcoord.config",)),
+    ("not in the daemon: the config models (the validating child's)", ("memcoord.core.config",)),
 )
 BREAKDOWN_CHILD = """
 import gc, importlib, json, sys

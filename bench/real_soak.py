@@ -46,7 +46,7 @@ from lab.coordinator import Memcoord, lab_config
 from lab.image import build_image
 from lab.lab import Lab, LabError, remove_orphans
 from lab.libvirtd import ensure_libvirtd, libvirtd_pid
-from memcoord.model import Action
+from memcoord.core.model import Action
 
 PREFIX_ROOT = "mcsoak-"
 CYCLE_S = 240

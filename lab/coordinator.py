@@ -29,7 +29,7 @@ from typing import Any
 import tomli_w
 
 from memcoord import timeline as mc_timeline
-from memcoord.model import KIB_PER_MIB
+from memcoord.core.model import KIB_PER_MIB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO_ROOT / "etc" / "memcoord.toml"

@@ -17,7 +17,7 @@ from lab.coordinator import CoordinatorAction, Memcoord, lab_config
 from lab.image import GuestImage
 from lab.lab import Lab
 from lab.timeline import ACTION_EVENT, Recorder, Timeline
-from memcoord.model import kib_to_mib, mib_to_kib
+from memcoord.core.model import kib_to_mib, mib_to_kib
 
 MEMCOORD_STALL_S = 4.0  # no tick for this long (interval 1 s) means memcoord's loop was held up
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from memcoord.config import Config
+from memcoord.core.config import Config
 from memcoord.policies import BalloonPolicy, MemcoordPolicy
 
 from .mom import MomPolicy

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from memcoord.config import Config
-from memcoord.model import Action, Change, Snapshot
+from memcoord.core.config import Config
+from memcoord.core.model import Action, Change, Snapshot
 
 PRESSURE_THRESHOLD = 0.20
 PRESSURE_CRITICAL = 0.05

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memcoord.config import Config
-from memcoord.model import KIB_PER_MIB, Action, Change, Snapshot, mib_to_kib
+from memcoord.core.config import Config
+from memcoord.core.model import KIB_PER_MIB, Action, Change, Snapshot, mib_to_kib
 
 TARGET_PERCENT = 80
 MAX_CHANGE_KIB = mib_to_kib(100)

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__, journal, tryout, watch
-from .cliargs import positive_float
-from .config_rules import DEFAULT_PATH, ConfigError, ConfigFileError
+from memcoord import __version__, journal, tryout, watch
+from memcoord.cliargs import positive_float
+from memcoord.core.config_rules import DEFAULT_PATH, ConfigError, ConfigFileError
 
 if TYPE_CHECKING:
-    from . import config as config_mod
+    from memcoord.core import config as config_mod
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _load_with_models(path: Path) -> config_mod.Config:
-    from . import config as config_mod
+    from memcoord.core import config as config_mod
 
     return config_mod.load(path)
 
@@ -46,11 +46,11 @@ def _load_or_exit(path: Path, load: Callable[[Path], Any] = _load_with_models) -
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import config_view
-    from .domain_settings import ChildMetadataValidator
-    from .hypervisor import connect
-    from .observe import Observer
-    from .service import Overrides, Service
+    from memcoord import config_view
+    from memcoord.domain_settings import ChildMetadataValidator
+    from memcoord.hypervisor import connect
+    from memcoord.observe import Observer
+    from memcoord.service import Overrides, Service
 
     journal.setup(verbose=args.verbose)
     config = _load_or_exit(args.config, config_view.load)
@@ -85,8 +85,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _check_domain_names(path: Path, config: config_mod.Config) -> None:
     """Warn (stderr) about `[domains."NAME"]` tables naming no domain libvirt knows; a valid file stays valid
     (exit 0) whatever libvirt says, or when it cannot be asked."""
-    from .domain_settings import unmatched_overrides
-    from .hypervisor import HypervisorError, known_domain_names
+    from memcoord.core.port import HypervisorError
+    from memcoord.domain_settings import unmatched_overrides
+    from memcoord.hypervisor import known_domain_names
 
     uri = config.libvirt.uri
     try:
@@ -101,7 +102,7 @@ def _check_domain_names(path: Path, config: config_mod.Config) -> None:
 def _cmd_print_config(args: argparse.Namespace) -> int:
     if args.running:
         return _print_running_config(args)
-    from . import config as config_mod
+    from memcoord.core import config as config_mod
 
     path = args.config
     if path is None and DEFAULT_PATH.exists():
@@ -113,8 +114,8 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
 
 def _print_running_config(args: argparse.Namespace) -> int:
     """The config the running daemon uses, from its published state: shows whether a reload took effect."""
-    from . import config as config_mod
-    from . import state, status
+    from memcoord import state, status
+    from memcoord.core import config as config_mod
 
     state_path = args.state if args.state is not None else status.default_state_path(args.config)
     try:
@@ -127,8 +128,8 @@ def _print_running_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from . import config as config_mod
-    from . import simulate
+    from memcoord import simulate
+    from memcoord.core import config as config_mod
 
     config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()
     return simulate.main(args.scenario, config, args.duration, args.plot)

@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .manpage import arguments, subcommands
+from memcoord.manpage import arguments, subcommands
 
 FUNCTION = "_memcoord"
 
@@ -38,7 +38,7 @@ def _value_reply(action: argparse.Action) -> str:
 
 def script(parser: argparse.ArgumentParser | None = None) -> str:
     if parser is None:
-        from .cli import build_parser
+        from memcoord.cli import build_parser
 
         parser = build_parser()
     subs = subcommands(parser)

@@ -18,7 +18,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config_rules import FIELDS_SET_KEY, VALIDATE_COMMAND, ConfigError, ConfigFileError, ConfigRules, MetricsRules
+from memcoord.core.config_rules import (
+    FIELDS_SET_KEY,
+    VALIDATE_COMMAND,
+    ConfigError,
+    ConfigFileError,
+    ConfigRules,
+    MetricsRules,
+)
 
 # The child imports pydantic and builds the models (well under a second); bounded far below systemd's watchdog
 # (30 s), which a reload inside the loop must not starve.

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .config_rules import VALIDATE_COMMAND
-from .hypervisor.port import Hypervisor, HypervisorError
-from .model import DomainSettings
+from memcoord.core.config_rules import VALIDATE_COMMAND
+from memcoord.core.model import DomainSettings
+from memcoord.core.port import Hypervisor, HypervisorError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -126,7 +126,7 @@ def check_metadata(data: Mapping[str, str], deadline_s: float | None = None) -> 
         return MetadataCheck({})
     from pydantic import ValidationError
 
-    from .config import DomainOverride
+    from memcoord.core.config import DomainOverride
 
     problems = []
     try:

@@ -13,10 +13,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from memcoord import __version__
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from memcoord.metrics import Metrics
 
 BYTES_PER_KIB = 1024
 

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from .model import ApplyResult, kib_to_mib
+from memcoord.core.model import ApplyResult, kib_to_mib
 
 log = logging.getLogger("memcoord")
 

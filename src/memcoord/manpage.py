@@ -28,7 +28,7 @@ import tomli_w
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from . import __version__
+from memcoord import __version__
 
 # Fixed, so that two builds of one version write the same pages (reproducible .deb).
 SOURCE_DATE = os.environ.get("SOURCE_DATE_EPOCH")
@@ -187,8 +187,8 @@ def _modules() -> Iterator[types.ModuleType]:
 
 
 def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
-    from . import cli
-    from .config import DEFAULT_PATH, StatusConfig
+    from memcoord import cli
+    from memcoord.core.config import DEFAULT_PATH, StatusConfig
 
     parser = parser or cli.build_parser()
     subs = subcommands(parser)
@@ -280,7 +280,7 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
 # -- memcoord.toml(5) ------------------------------------------------------------------------------------------
 def sections(model: type[BaseModel] | None = None) -> list[tuple[str, type[BaseModel], bool]]:
     """(TOML table, model, keyed) of every section; keyed: a table per name, e.g. [domains."NAME"]."""
-    from .config import Config
+    from memcoord.core.config import Config
 
     model = model or Config
     out = []
@@ -295,7 +295,7 @@ def sections(model: type[BaseModel] | None = None) -> list[tuple[str, type[BaseM
 
 def top_level_keys(model: type[BaseModel] | None = None) -> list[str]:
     """Keys of the top table that are not sections."""
-    from .config import Config
+    from memcoord.core.config import Config
 
     model = model or Config
     table_names = {s.split(".")[0] for s, _, _ in sections(model)}
@@ -304,7 +304,7 @@ def top_level_keys(model: type[BaseModel] | None = None) -> list[str]:
 
 def config_keys() -> list[str]:
     """Every key as section.key (domains."NAME".min_mib), for the test and the completeness check."""
-    from .config import Config
+    from memcoord.core.config import Config
 
     keys = [f"{s}.{k}" for s, m, _ in sections() for k in m.model_fields]
     return keys + top_level_keys(Config)
@@ -380,9 +380,9 @@ def _key_entry(key: str, field: FieldInfo) -> list[str]:
 
 
 def memcoord_toml_5() -> str:
-    from .config import Config, dump, parse
+    from memcoord.core.config import Config, dump, parse
 
-    lines = _header("memcoord.toml", 5, "pydantic model memcoord.config.Config")
+    lines = _header("memcoord.toml", 5, "pydantic model memcoord.core.config.Config")
     lines += [
         ".SH NAME",
         "memcoord.toml \\- configuration of memcoord, the memory coordinator for KVM hosts",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from .config import Config, MetricsConfig
+    from memcoord.core.config import Config, MetricsConfig
 
 log = logging.getLogger("memcoord")
 
@@ -162,7 +162,7 @@ class Metrics:
     def registry(self) -> CollectorRegistry:
         """The registry a scrape reads (built, and the client library imported, on first use)."""
         if self._registry is None:
-            from . import exposition
+            from memcoord import exposition
 
             self._registry = exposition.registry(self)
         return self._registry
@@ -187,7 +187,7 @@ class Metrics:
             }
         scheme = "https" if m.tls else "http"
         shown = f"[{address}]" if ":" in address else address
-        from . import exposition
+        from memcoord import exposition
 
         try:
             self._server = exposition.start_server(port, address, self.registry, tls)
@@ -208,7 +208,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """What a scrape returns, without HTTP (for tests and debugging)."""
-        from . import exposition
+        from memcoord import exposition
 
         return exposition.text(self.registry)
 

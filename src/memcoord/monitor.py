@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from . import state, status
+from memcoord import state, status
 
 QUIT_KEYS = {ord("q"), ord("Q"), 27}  # q, Q, Esc
 

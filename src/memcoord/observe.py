@@ -17,12 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import state, timeline
-from .metrics import Metrics
-from .model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
+from memcoord import state, timeline
+from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
+from memcoord.metrics import Metrics
 
 if TYPE_CHECKING:
-    from .config import Config
+    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -70,7 +70,7 @@ class Observer:
     def config(self) -> Config:
         """The config configure() was given; the defaults before that (an Observer used on its own)."""
         if self._config is None:
-            from .config import Config  # the daemon configures first, and never loads pydantic for this
+            from memcoord.core.config import Config  # the daemon configures first, and never loads pydantic for this
 
             self._config = Config()
         return self._config

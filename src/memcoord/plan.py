@@ -24,10 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .config import Config
-from .hypervisor import Hypervisor, HypervisorError
-from .hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
-from .model import (
+from memcoord.core.config import Config
+from memcoord.core.model import (
     KIB_PER_MIB,
     ApplyResult,
     Change,
@@ -39,8 +37,10 @@ from .model import (
     Snapshot,
     kib_to_mib,
 )
-from .policy import PolicyState, decide, free_figure, thresholds_kib
-from .step import MEMCOORD, step
+from memcoord.core.policy import PolicyState, decide, free_figure, thresholds_kib
+from memcoord.core.port import Hypervisor, HypervisorError
+from memcoord.core.step import MEMCOORD, step
+from memcoord.hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
 
 # How long the policy is run forward at most, and how long without any change counts as settled.
 HORIZON_S = 600.0
@@ -597,7 +597,7 @@ def sample_with_settings(hv: Hypervisor, wait_s: float = SETTINGS_WAIT_S) -> Sna
 def sample_once(hv: Hypervisor) -> tuple[Snapshot, dict[str, int | None]]:
     """One sample (with every domain's settings read) and each running domain's stats period (empty where the
     adapter cannot tell). Reads only."""
-    from .hypervisor.libvirt import LibvirtHypervisor
+    from memcoord.hypervisor.libvirt import LibvirtHypervisor
 
     snapshot = sample_with_settings(hv)
     periods_s = hv.stats_periods_s() if isinstance(hv, LibvirtHypervisor) else {}
@@ -607,7 +607,7 @@ def sample_once(hv: Hypervisor) -> tuple[Snapshot, dict[str, int | None]]:
 def main(config: Config, config_path: str, as_json: bool, connect: Any = None) -> int:
     """What `memcoord plan` does once its arguments are parsed; returns the exit code."""
     if connect is None:
-        from .hypervisor import connect
+        from memcoord.hypervisor import connect
     uri = config.libvirt.uri
     try:
         hv = connect(uri)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .model import Action
-from .timeline import Series, TimelineError, read
+from memcoord.core.model import Action
+from memcoord.timeline import Series, TimelineError, read
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

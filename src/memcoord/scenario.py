@@ -15,9 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import describe_error
-from .hypervisor.sim import SimGuest, SimulatedHypervisor
-from .hypervisor.workloads import (
+from memcoord.core.config import describe_error
+from memcoord.core.model import mib_to_kib
+from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
+from memcoord.hypervisor.workloads import (
     Burst,
     FileReader,
     Hog,
@@ -29,7 +30,6 @@ from .hypervisor.workloads import (
     Workload,
     load_trace,
 )
-from .model import mib_to_kib
 
 SIM_EPOCH_S = 1_000_000.0
 

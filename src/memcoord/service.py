@@ -27,19 +27,19 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import config_view, journal, memory
-from .config_rules import ConfigError
-from .domain_settings import warn_unmatched_overrides
-from .hypervisor import Hypervisor, HypervisorError
-from .hypervisor.dry_run import DryRunHypervisor
-from .model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
-from .notify import Notifier
-from .observe import Observer
-from .policy import PolicyState
-from .step import StepResult, step
+from memcoord import config_view, journal, memory
+from memcoord.core.config_rules import ConfigError
+from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
+from memcoord.core.policy import PolicyState
+from memcoord.core.port import Hypervisor, HypervisorError
+from memcoord.core.step import StepResult, step
+from memcoord.domain_settings import warn_unmatched_overrides
+from memcoord.hypervisor.dry_run import DryRunHypervisor
+from memcoord.notify import Notifier
+from memcoord.observe import Observer
 
 if TYPE_CHECKING:
-    from .config import Config
+    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 

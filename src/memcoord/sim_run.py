@@ -15,14 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config
-from .hypervisor.sim import KERNEL_USED_KIB
-from .model import KIB_PER_MIB, Change, Plan, Snapshot, mib_to_kib
-from .policies import BalloonPolicy, MemcoordPolicy, PolicyFactory
-from .policies import make as make_policy
-from .policy import PolicyState
-from .scenario import SIM_EPOCH_S, Scenario, build_host
-from .step import MEMCOORD, LoopPolicy, step
+from memcoord.core.config import Config
+from memcoord.core.model import KIB_PER_MIB, Change, Plan, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState
+from memcoord.core.step import MEMCOORD, LoopPolicy, step
+from memcoord.hypervisor.sim import KERNEL_USED_KIB
+from memcoord.policies import BalloonPolicy, MemcoordPolicy, PolicyFactory
+from memcoord.policies import make as make_policy
+from memcoord.scenario import SIM_EPOCH_S, Scenario, build_host
 
 
 @dataclass(frozen=True)

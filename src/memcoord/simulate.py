@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import plot
-from .config import Config
-from .scenario import SIM_EPOCH_S, Scenario, ScenarioError, build_host, load_scenario, parse_scenario
-from .sim_report import format_table, summary
-from .sim_run import DemandCheck, GuestReport, RunReport, Timeline, check_demand, run
+from memcoord import plot
+from memcoord.core.config import Config
+from memcoord.scenario import SIM_EPOCH_S, Scenario, ScenarioError, build_host, load_scenario, parse_scenario
+from memcoord.sim_report import format_table, summary
+from memcoord.sim_run import DemandCheck, GuestReport, RunReport, Timeline, check_demand, run
 
 __all__ = [
     "SIM_EPOCH_S",

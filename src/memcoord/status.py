@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import state
+from memcoord import state
 
 KIB_PER_MIB = 1024
 
@@ -160,7 +160,7 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
 
 def default_state_path(config_path: Path | None) -> Path:
     """The state file named by the config ([status] path), /etc/memcoord.toml if present, else the default."""
-    from . import config as config_mod
+    from memcoord.core import config as config_mod
 
     if config_path is None and config_mod.DEFAULT_PATH.exists():
         config_path = config_mod.DEFAULT_PATH
@@ -180,7 +180,7 @@ def default_state_path(config_path: Path | None) -> Path:
 def _status_path_of_broken_file(config_path: Path) -> Path:
     import tomllib
 
-    from . import config as config_mod
+    from memcoord.core import config as config_mod
 
     try:
         path = tomllib.loads(config_path.read_text(encoding="utf-8")).get("status", {}).get("path")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .model import KIB_PER_MIB, Action
+from memcoord.core.model import KIB_PER_MIB, Action
 
 log = logging.getLogger("memcoord")
 

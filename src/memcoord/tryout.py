@@ -61,7 +61,7 @@ LoadConfig = Callable[[Path], Any]
 
 def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
     """The config: --config, else /etc/memcoord.toml if present, else the built-in defaults (and its label)."""
-    from . import config as config_mod
+    from memcoord.core import config as config_mod
 
     if path is None and config_mod.DEFAULT_PATH.exists():
         path = config_mod.DEFAULT_PATH
@@ -71,14 +71,14 @@ def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
 
 
 def _cmd_plan(load: LoadConfig, args: argparse.Namespace) -> int:
-    from . import plan
+    from memcoord import plan
 
     config, label = _config_or_defaults(load, args.config)
     return plan.main(config, label, args.json)
 
 
 def _cmd_restore(load: LoadConfig, args: argparse.Namespace) -> int:
-    from . import restore
+    from memcoord import restore
 
     config, _label = _config_or_defaults(load, args.config)
     return restore.main(config, args.domains, args.to, args.dry_run, args.force)

@@ -19,11 +19,11 @@ import json
 import os
 import sys
 
-from . import config as config_mod
+from memcoord.core import config as config_mod
 
 
 def check_metadata(text: str) -> int:
-    from .domain_settings import check_metadata
+    from memcoord.domain_settings import check_metadata
 
     try:
         data = json.loads(text)

@@ -30,9 +30,9 @@ from lab import analysis
 from lab.image import GuestImage
 from lab.session import LabRun
 from lab.timeline import ACTION_EVENT, Timeline
-from memcoord import config as mc_config
-from memcoord.model import Action, kib_to_mib, mib_to_kib
-from memcoord.policy import thresholds_kib
+from memcoord.core import config as mc_config
+from memcoord.core.model import Action, kib_to_mib, mib_to_kib
+from memcoord.core.policy import thresholds_kib
 from tests.e2e.realguest import (
     HOST_DRIFT_MIB,
     assert_always,

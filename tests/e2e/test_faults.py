@@ -21,10 +21,10 @@ import pytest
 
 import lab.image as image_mod
 import lab.lab as lab_mod
-from memcoord import config as config_mod
 from memcoord import journal, timeline
+from memcoord.core import config as config_mod
+from memcoord.core.model import Action, Change, GuestClass
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
-from memcoord.model import Action, Change, GuestClass
 from memcoord.service import Service
 from tests.integration.faultkit import (
     LOST,

@@ -27,7 +27,7 @@ from lab.hosthog import HostHog
 from lab.image import GuestImage
 from lab.session import LabRun
 from lab.timeline import ACTION_EVENT, Timeline
-from memcoord.model import Action
+from memcoord.core.model import Action
 from tests.e2e.realguest import (
     HOST_DRIFT_MIB,
     assert_always,

@@ -23,7 +23,7 @@ import pytest
 
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
-from memcoord import config as config_mod
+from memcoord.core import config as config_mod
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
 from memcoord.observe import Observer
 from memcoord.service import TICK_BUDGET_S, Service

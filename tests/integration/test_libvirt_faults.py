@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.hypervisor import HypervisorError
+from memcoord.core.port import HypervisorError
 from memcoord.hypervisor.libvirt import CONNECT_TIMEOUT_S, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, LibvirtHypervisor
 from tests.integration.faultkit import (
     LOST,

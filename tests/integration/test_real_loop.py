@@ -19,8 +19,8 @@ import pytest
 from lab.coordinator import Memcoord, lab_config
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
+from memcoord.core.model import Action, mib_to_kib
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S
-from memcoord.model import Action, mib_to_kib
 
 pytestmark = pytest.mark.real
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos_soak import soak
-from memcoord.model import Action, mib_to_kib
+from memcoord.core.model import Action, mib_to_kib
 
 TICKS = 30_000
 
@@ -33,7 +33,7 @@ def test_invariants_hold_every_tick_under_random_faults(tmp_path: Path, seed: in
 
 
 def _soak_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broken) -> list[str]:  # type: ignore[no-untyped-def]
-    import memcoord.step as step_mod
+    import memcoord.core.step as step_mod
 
     decide = step_mod.decide
     monkeypatch.setattr(step_mod, "decide", lambda snapshot, state, config: broken(decide, snapshot, state, config))

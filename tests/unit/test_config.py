@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.config import Config, ConfigError, ConfigFileError, dump, load, parse
+from memcoord.core.config import Config, ConfigError, ConfigFileError, dump, load, parse
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "etc" / "memcoord.toml"

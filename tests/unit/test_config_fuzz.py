@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from memcoord import config as config_mod
-from memcoord.config import Config, ConfigError, ConfigFileError, load, parse
+from memcoord.core import config as config_mod
+from memcoord.core.config import Config, ConfigError, ConfigFileError, load, parse
 from memcoord.hypervisor.sim import demo_host
 from memcoord.service import Service
 

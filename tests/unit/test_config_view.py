@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from memcoord import config as config_mod
 from memcoord import config_view
-from memcoord.config_rules import ConfigError, ConfigFileError, ConfigRules, MetricsRules
+from memcoord.core import config as config_mod
+from memcoord.core.config_rules import ConfigError, ConfigFileError, ConfigRules, MetricsRules
+from memcoord.core.model import DomainSettings, mib_to_kib
+from memcoord.core.policy import PolicyState, thresholds_kib
+from memcoord.core.step import step
 from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
 from memcoord.hypervisor.workloads import Hog
-from memcoord.model import DomainSettings, mib_to_kib
-from memcoord.policy import PolicyState, thresholds_kib
 from memcoord.service import Overrides, Service
-from memcoord.step import step
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (ROOT / "etc" / "memcoord.toml").read_text()

@@ -29,7 +29,7 @@ VALIDATOR = "the child process that validates the config file's (config_view.py,
 NOT_IMPORTED_BY_RUN = {
     "pydantic": VALIDATOR,
     "pydantic_core": VALIDATOR,
-    "memcoord.config": VALIDATOR,
+    "memcoord.core.config": VALIDATOR,
     "memcoord.validate": VALIDATOR,
     "prometheus_client": ENDPOINT,
     "memcoord.exposition": ENDPOINT,
@@ -120,8 +120,8 @@ def test_run_imports_no_validator_on_reloads(tmp_path: Path):
     assert "config reloaded from" in stderr and "guest.min_mib = 0: Input should be greater than 0" in stderr
     modules = set(IMPORT_LINE.findall(stderr))
     assert "memcoord.service" in modules
-    assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.config")), sorted(
-        m for m in modules if "pydantic" in m or m == "memcoord.config"
+    assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.core.config")), sorted(
+        m for m in modules if "pydantic" in m or m == "memcoord.core.config"
     )
 
 
@@ -196,8 +196,8 @@ def test_run_checks_domain_metadata_without_pydantic(tmp_path: Path):
     assert problem in stderr, stderr[-3000:]
     modules = set(IMPORT_LINE.findall(stderr))
     assert {"memcoord.service", "memcoord.domain_settings"} <= modules
-    assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.config")), sorted(
-        m for m in modules if "pydantic" in m or m == "memcoord.config"
+    assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.core.config")), sorted(
+        m for m in modules if "pydantic" in m or m == "memcoord.core.config"
     )
 
 

@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memcoord import status
-from memcoord.config import Config, DomainOverride, Source, parse
+from memcoord.core.config import Config, DomainOverride, Source, parse
+from memcoord.core.model import Action, DomainSettings, mib_to_kib
+from memcoord.core.policy import PolicyState, decide
 from memcoord.domain_settings import (
     NAMESPACE,
     ChildMetadataValidator,
@@ -30,9 +32,7 @@ from memcoord.domain_settings import (
     warn_unmatched_overrides,
 )
 from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
-from memcoord.model import Action, DomainSettings, mib_to_kib
 from memcoord.observe import Observer
-from memcoord.policy import PolicyState, decide
 from memcoord.service import Service
 from tests.unit.test_cli_exit_codes import memcoord
 from tests.unit.test_policy import by_name, dom, snap, steady

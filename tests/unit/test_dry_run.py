@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.config import parse
+from memcoord.core.config import parse
+from memcoord.core.model import Action, Change, DomainStats, mib_to_kib
 from memcoord.hypervisor.dry_run import DryRunHypervisor, overlay, released_kib
 from memcoord.hypervisor.sim import Idle, SimGuest, SimulatedHypervisor
-from memcoord.model import Action, Change, DomainStats, mib_to_kib
 from memcoord.observe import Observer
 from memcoord.service import Service
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from memcoord import cli, manpage
 from memcoord.completion import script
-from memcoord.config import Config
+from memcoord.core.config import Config
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 import memcoord
-from memcoord.config import ConfigError, parse
+from memcoord.core.config import ConfigError, parse
+from memcoord.core.model import mib_to_kib
 from memcoord.hypervisor.sim import demo_host
 from memcoord.hypervisor.workloads import Hog
 from memcoord.metrics import ERROR_KINDS, config_hash
-from memcoord.model import mib_to_kib
 from memcoord.observe import Observer
 from memcoord.service import Service
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, free_port, wait_for

@@ -12,8 +12,9 @@ import json
 import pytest
 
 from memcoord import tryout
-from memcoord.config import Config, parse
-from memcoord.model import NO_SETTINGS, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
+from memcoord.core.config import Config, parse
+from memcoord.core.model import NO_SETTINGS, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState, decide
 from memcoord.plan import (
     DOMAIN_KEYS,
     HORIZON_S,
@@ -31,7 +32,6 @@ from memcoord.plan import (
     to_json,
     with_guest_totals,
 )
-from memcoord.policy import PolicyState, decide
 
 T0_S = 1_800_000_000.0
 KERNEL_RESERVE_MIB = 50

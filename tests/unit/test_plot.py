@@ -137,7 +137,7 @@ def test_a_truncated_last_line_is_skipped(daemon_timeline: Path, tmp_path: Path)
 
 
 def test_simulate_draws_with_the_same_plot(tmp_path: Path):
-    from memcoord.config import Config
+    from memcoord.core.config import Config
     from memcoord.plot import from_simulation
     from memcoord.simulate import load_scenario, run
 

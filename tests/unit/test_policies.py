@@ -8,9 +8,9 @@ import pytest
 from bench.policies import POLICIES, make
 from bench.policies.proxmox import MAX_CHANGE_KIB, compute_alg1
 from bench.policies.proxmox import _Vm as Vm
-from memcoord.config import Config
-from memcoord.model import DomainStats, HostStats, Snapshot, mib_to_kib
-from memcoord.policy import PolicyState, applied, decide
+from memcoord.core.config import Config
+from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState, applied, decide
 
 T0_S = 1_000_000.0
 

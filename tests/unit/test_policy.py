@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from memcoord.config import Config, parse
-from memcoord.model import Action, DomainSettings, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.policy import LENT_REASON, PolicyState, applied, decide, host_headroom_kib
+from memcoord.core.config import Config, parse
+from memcoord.core.model import Action, DomainSettings, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
+from memcoord.core.policy import LENT_REASON, PolicyState, applied, decide, host_headroom_kib
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000

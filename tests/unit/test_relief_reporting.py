@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from memcoord.config import parse
+from memcoord.core.config import parse
+from memcoord.core.model import mib_to_kib
 from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
 from memcoord.hypervisor.workloads import Idle
-from memcoord.model import mib_to_kib
 from memcoord.observe import Observer
 from memcoord.service import Service
 from memcoord.status import render

@@ -7,13 +7,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from memcoord import config as config_mod
-from memcoord.hypervisor import HypervisorError
+from memcoord.core import config as config_mod
+from memcoord.core.model import mib_to_kib
+from memcoord.core.policy import PolicyState
+from memcoord.core.port import HypervisorError
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
 from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
 from memcoord.hypervisor.workloads import Hog
-from memcoord.model import mib_to_kib
-from memcoord.policy import PolicyState
 from memcoord.service import Service
 
 CONFIG = '[libvirt]\nuri = "{uri}"\n[guest]\nreclaim_step_mib = 100\n'

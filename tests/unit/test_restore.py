@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from memcoord.config import Config, parse
-from memcoord.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.core.config import Config, parse
+from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
 from memcoord.restore import RestoreError, Wanted, choose, daemon_managed, through_guard, wanted
 
 MIB = 1024

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.config import parse
-from memcoord.hypervisor import SKIPPED_DEADLINE
+from memcoord.core.config import parse
+from memcoord.core.model import ApplyResult, Change, mib_to_kib
+from memcoord.core.port import SKIPPED_DEADLINE
 from memcoord.hypervisor.sim import Hog, Idle, SimGuest, SimulatedHypervisor
-from memcoord.model import ApplyResult, Change, mib_to_kib
 from memcoord.observe import Observer
 from memcoord.service import RELIEF_WARN_TICKS, TICK_BUDGET_S, Service
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from memcoord.core.model import Action, Change, mib_to_kib
 from memcoord.hypervisor.sim import CACHE_FREE_FLOOR_KIB, KERNEL_USED_KIB, SimGuest, SimulatedHypervisor, demo_host
 from memcoord.hypervisor.workloads import (
     Burst,
@@ -19,7 +20,6 @@ from memcoord.hypervisor.workloads import (
     TraceError,
     load_trace,
 )
-from memcoord.model import Action, Change, mib_to_kib
 
 T0_S = 1_000_000.0
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.policies import factory
-from memcoord.config import Config
+from memcoord.core.config import Config
+from memcoord.core.model import KIB_PER_MIB, Change, Snapshot, mib_to_kib
 from memcoord.hypervisor.sim import SimulatedHypervisor
-from memcoord.model import KIB_PER_MIB, Change, Snapshot, mib_to_kib
 from memcoord.policies import PolicyFactory
 from memcoord.simulate import SIM_EPOCH_S, ScenarioError, build_host, check_demand, load_scenario, parse_scenario, run
 

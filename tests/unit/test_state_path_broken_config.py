@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from memcoord.config import StatusConfig
+from memcoord.core.config import StatusConfig
 from memcoord.status import default_state_path
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from memcoord import state, status
-from memcoord.config import Config, ConfigError, parse
+from memcoord.core.config import Config, ConfigError, parse
 from memcoord.hypervisor.sim import demo_host
 from memcoord.observe import Observer
 from memcoord.service import Service

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from memcoord import journal, timeline
-from memcoord.config import Config
+from memcoord.core.config import Config
+from memcoord.core.model import Action, ApplyResult, Change, Plan
 from memcoord.hypervisor.sim import demo_host
-from memcoord.model import Action, ApplyResult, Change, Plan
 from memcoord.observe import Observer
 from memcoord.timeline import Event, Series
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .port import SKIPPED_DEADLINE, DeadlineSpent, Hypervisor, HypervisorError
+from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, Hypervisor, HypervisorError
 
 if TYPE_CHECKING:
-    from ..domain_settings import MetadataValidator
+    from memcoord.domain_settings import MetadataValidator
 
 __all__ = ["SKIPPED_DEADLINE", "DeadlineSpent", "Hypervisor", "HypervisorError", "connect", "known_domain_names"]
 
@@ -28,13 +28,13 @@ def connect(uri: str, validate_metadata: MetadataValidator | None = None) -> Hyp
     if uri.startswith("sim:"):
         path = uri.removeprefix("sim://")
         if path.endswith(".toml"):
-            from ..scenario import build_host, load_scenario
+            from memcoord.scenario import build_host, load_scenario
 
             return build_host(load_scenario(path), realtime=True)
-        from .sim import demo_host
+        from memcoord.hypervisor.sim import demo_host
 
         return demo_host(realtime=True)
-    from .libvirt import LibvirtHypervisor
+    from memcoord.hypervisor.libvirt import LibvirtHypervisor
 
     if validate_metadata is None:
         return LibvirtHypervisor(uri)
@@ -46,6 +46,6 @@ def known_domain_names(uri: str, timeout_s: float) -> set[str]:
     timeout_s. HypervisorError says why when the names cannot be had."""
     if uri.startswith("sim:"):
         return connect(uri).domain_names()
-    from .libvirt import defined_domain_names
+    from memcoord.hypervisor.libvirt import defined_domain_names
 
     return defined_domain_names(uri, timeout_s)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..model import ApplyResult, Change, DomainStats, HostStats, Snapshot
-from .port import Hypervisor
+from memcoord.core.model import ApplyResult, Change, DomainStats, HostStats, Snapshot
+from memcoord.core.port import Hypervisor
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,9 +33,9 @@ from xml.etree import ElementTree
 import libvirt
 import psutil
 
-from ..domain_settings import MetadataValidator, Parsed, SettingsCache, check_metadata, parse_domain_xml
-from ..model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
-from .port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
+from memcoord.core.model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
+from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
+from memcoord.domain_settings import MetadataValidator, Parsed, SettingsCache, check_metadata, parse_domain_xml
 
 log = logging.getLogger("memcoord")
 

@@ -27,9 +27,18 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot, mib_to_kib
-from .port import HypervisorError
-from .workloads import FileReader, Hog, HostPressure, Idle, Workload
+from memcoord.core.model import (
+    NO_SETTINGS,
+    ApplyResult,
+    Change,
+    DomainSettings,
+    DomainStats,
+    HostStats,
+    Snapshot,
+    mib_to_kib,
+)
+from memcoord.core.port import HypervisorError
+from memcoord.hypervisor.workloads import FileReader, Hog, HostPressure, Idle, Workload
 
 KERNEL_USED_KIB = mib_to_kib(60)
 # Page cache stops growing when MemFree reaches the kernel's high watermark (kswapd's goal); on 1-8 GiB guests

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..model import mib_to_kib
+from memcoord.core.model import mib_to_kib
 
 
 class Workload(Protocol):

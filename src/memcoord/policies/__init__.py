@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..config import Config
-from ..model import Change, Snapshot
-from .memcoord import MemcoordPolicy
+from memcoord.core.config import Config
+from memcoord.core.model import Change, Snapshot
+from memcoord.policies.memcoord import MemcoordPolicy
 
 
 class BalloonPolicy(Protocol):

@@ -6,9 +6,9 @@ changes the hypervisor accepted. bench/scale.py times `decide` through it.
 
 from __future__ import annotations
 
-from ..config import Config
-from ..model import Change, Snapshot
-from ..policy import PolicyState, applied, decide
+from memcoord.core.config import Config
+from memcoord.core.model import Change, Snapshot
+from memcoord.core.policy import PolicyState, applied, decide
 
 
 class MemcoordPolicy:

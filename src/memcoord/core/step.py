@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .hypervisor import SKIPPED_DEADLINE, Hypervisor
-from .model import ApplyResult, Change, Plan, Snapshot
-from .policy import PolicyState, applied, decide
+from memcoord.core.model import ApplyResult, Change, Plan, Snapshot
+from memcoord.core.policy import PolicyState, applied, decide
+from memcoord.core.port import SKIPPED_DEADLINE, Hypervisor
 
 if TYPE_CHECKING:
-    from .config import Config
+    from memcoord.core.config import Config
 
 
 class LoopPolicy(Protocol):

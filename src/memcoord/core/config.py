@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .config_rules import (
+from memcoord.core.config_rules import (
     DEFAULT_LISTEN,
     DEFAULT_PATH,
     FIELDS_SET_KEY,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from ..model import ApplyResult, Change, Snapshot
+from memcoord.core.model import ApplyResult, Change, Snapshot
 
 # ApplyResult.error of a change not attempted because the tick's deadline was spent: not a failure of the
 # change (the service does not warn about it); the policy decides it again next tick.

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .model import NO_SETTINGS, DomainSettings, mib_to_kib
+from memcoord.core.model import NO_SETTINGS, DomainSettings, mib_to_kib
 
 DEFAULT_PATH = Path("/etc/memcoord.toml")
 DEFAULT_LISTEN = "127.0.0.1:9749"

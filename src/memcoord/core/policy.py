@@ -40,7 +40,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .model import (
+from memcoord.core.model import (
     KIB_PER_MIB,
     LOWERING_ACTIONS,
     Action,
@@ -54,7 +54,7 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .config import Config, GuestConfig
+    from memcoord.core.config import Config, GuestConfig
 
 # Stats that move less than this between two guest samples count as unchanged: smaller moves are noise, not a
 # guest starting to work.
