@@ -37,9 +37,9 @@ from memcoord.core import config as config_mod
 from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
 from memcoord.core.policy import LENT_REASON
 from memcoord.core.port import HypervisorError
-from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
-from memcoord.hypervisor.workloads import Burst, Hog, Idle, Sawtooth
 from memcoord.service import Service
+from memcoord.sim.host import SimGuest, SimulatedHypervisor
+from memcoord.sim.workloads import Burst, Hog, Idle, Sawtooth
 
 INTERVAL_S = 1.0
 HOST_TOTAL_KIB = mib_to_kib(16 * 1024)

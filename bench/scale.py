@@ -21,8 +21,8 @@ from pathlib import Path
 
 from memcoord.core.config import Config
 from memcoord.core.model import KIB_PER_MIB, mib_to_kib
-from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
-from memcoord.hypervisor.workloads import Hog, Idle, Sawtooth
+from memcoord.sim.host import SimGuest, SimulatedHypervisor
+from memcoord.sim.workloads import Hog, Idle, Sawtooth
 from memcoord.simulate import format_table
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from memcoord.core.config import Config
-from memcoord.policies import BalloonPolicy, MemcoordPolicy
+from memcoord.sim.policies import BalloonPolicy, MemcoordPolicy
 
 from .mom import MomPolicy
 from .proxmox import ProxmoxPolicy

@@ -47,8 +47,8 @@ def _load_or_exit(path: Path, load: Callable[[Path], Any] = _load_with_models) -
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from memcoord import config_view
-    from memcoord.domain_settings import ChildMetadataValidator
     from memcoord.hypervisor import connect
+    from memcoord.hypervisor.domain_settings import ChildMetadataValidator
     from memcoord.observe import Observer
     from memcoord.service import Overrides, Service
 
@@ -86,8 +86,8 @@ def _check_domain_names(path: Path, config: config_mod.Config) -> None:
     """Warn (stderr) about `[domains."NAME"]` tables naming no domain libvirt knows; a valid file stays valid
     (exit 0) whatever libvirt says, or when it cannot be asked."""
     from memcoord.core.port import HypervisorError
-    from memcoord.domain_settings import unmatched_overrides
     from memcoord.hypervisor import known_domain_names
+    from memcoord.hypervisor.domain_settings import unmatched_overrides
 
     uri = config.libvirt.uri
     try:

@@ -40,7 +40,7 @@ from memcoord.core.model import (
 from memcoord.core.policy import PolicyState, decide, free_figure, thresholds_kib
 from memcoord.core.port import Hypervisor, HypervisorError
 from memcoord.core.step import MEMCOORD, step
-from memcoord.hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
+from memcoord.sim.host import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
 
 # How long the policy is run forward at most, and how long without any change counts as settled.
 HORIZON_S = 600.0

@@ -33,7 +33,7 @@ from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_
 from memcoord.core.policy import PolicyState
 from memcoord.core.port import Hypervisor, HypervisorError
 from memcoord.core.step import StepResult, step
-from memcoord.domain_settings import warn_unmatched_overrides
+from memcoord.hypervisor.domain_settings import warn_unmatched_overrides
 from memcoord.hypervisor.dry_run import DryRunHypervisor
 from memcoord.notify import Notifier
 from memcoord.observe import Observer

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from memcoord import plot
 from memcoord.core.config import Config
-from memcoord.scenario import SIM_EPOCH_S, Scenario, ScenarioError, build_host, load_scenario, parse_scenario
-from memcoord.sim_report import format_table, summary
-from memcoord.sim_run import DemandCheck, GuestReport, RunReport, Timeline, check_demand, run
+from memcoord.sim.report import format_table, summary
+from memcoord.sim.run import DemandCheck, GuestReport, RunReport, Timeline, check_demand, run
+from memcoord.sim.scenario import SIM_EPOCH_S, Scenario, ScenarioError, build_host, load_scenario, parse_scenario
 
 __all__ = [
     "SIM_EPOCH_S",

@@ -23,7 +23,7 @@ from memcoord.core import config as config_mod
 
 
 def check_metadata(text: str) -> int:
-    from memcoord.domain_settings import check_metadata
+    from memcoord.hypervisor.domain_settings import check_metadata
 
     try:
         data = json.loads(text)

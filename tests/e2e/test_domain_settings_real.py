@@ -29,7 +29,7 @@ from lab import analysis
 from lab.coordinator import memcoord_command
 from lab.image import GuestImage
 from lab.session import LabRun
-from memcoord.domain_settings import NAMESPACE
+from memcoord.hypervisor.domain_settings import NAMESPACE
 from tests.e2e.realguest import hog_state, retry_once_on_outage
 
 pytestmark = pytest.mark.real

@@ -18,7 +18,7 @@ from lab.console import HOG_HOLD_RE, HOG_MIB_RE
 from lab.hosthog import HostHog
 from lab.image import VIRTIO_MODULES, GuestImage, build_image, compile_hog, shared_disk
 from lab.lab import domain_xml
-from memcoord.domain_settings import parse_domain_xml
+from memcoord.hypervisor.domain_settings import parse_domain_xml
 
 
 @pytest.fixture(scope="module")

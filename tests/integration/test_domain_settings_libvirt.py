@@ -16,7 +16,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from memcoord.domain_settings import NAMESPACE, PREFIX, parse_domain_xml
+from memcoord.hypervisor.domain_settings import NAMESPACE, PREFIX, parse_domain_xml
 from tests.integration.faultkit import URI, require_libvirtd
 from tests.unit.test_cli_exit_codes import memcoord
 

@@ -26,9 +26,9 @@ from memcoord.core.config_rules import ConfigError, ConfigFileError, ConfigRules
 from memcoord.core.model import DomainSettings, mib_to_kib
 from memcoord.core.policy import PolicyState, thresholds_kib
 from memcoord.core.step import step
-from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
-from memcoord.hypervisor.workloads import Hog
 from memcoord.service import Overrides, Service
+from memcoord.sim.host import SimGuest, SimulatedHypervisor
+from memcoord.sim.workloads import Hog
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (ROOT / "etc" / "memcoord.toml").read_text()

@@ -47,8 +47,8 @@ NOT_IMPORTED_BY_RUN = {
     "memcoord.plan": "memcoord plan's",
     "memcoord.restore": "memcoord restore's",
     "memcoord.simulate": "memcoord simulate's",
-    "memcoord.scenario": "memcoord simulate's",
-    "memcoord.hypervisor.sim": "the simulated host's",
+    "memcoord.sim.scenario": "memcoord simulate's",
+    "memcoord.sim.host": "the simulated host's",
 }
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", re.MULTILINE)
 
@@ -162,7 +162,7 @@ def test_run_checks_domain_metadata_without_pydantic(tmp_path: Path):
     """Guests whose libvirt definitions carry memcoord metadata: the daemon checks it in a child process, so
     pydantic stays out, and the metadata still takes effect (the floor and ceiling in the state file come from
     it), and a bad value is logged with the same text as an in-process check gives."""
-    from memcoord.domain_settings import parse_domain_xml
+    from memcoord.hypervisor.domain_settings import parse_domain_xml
 
     good = "<memcoord:min_mib>600</memcoord:min_mib><memcoord:max_mib>1800</memcoord:max_mib>"
     bad = "<memcoord:min_mib>2G</memcoord:min_mib>"
@@ -195,7 +195,7 @@ def test_run_checks_domain_metadata_without_pydantic(tmp_path: Path):
     (problem,) = in_process.problems
     assert problem in stderr, stderr[-3000:]
     modules = set(IMPORT_LINE.findall(stderr))
-    assert {"memcoord.service", "memcoord.domain_settings"} <= modules
+    assert {"memcoord.service", "memcoord.hypervisor.domain_settings"} <= modules
     assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.core.config")), sorted(
         m for m in modules if "pydantic" in m or m == "memcoord.core.config"
     )

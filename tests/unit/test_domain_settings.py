@@ -19,7 +19,7 @@ from memcoord import status
 from memcoord.core.config import Config, DomainOverride, Source, parse
 from memcoord.core.model import Action, DomainSettings, mib_to_kib
 from memcoord.core.policy import PolicyState, decide
-from memcoord.domain_settings import (
+from memcoord.hypervisor.domain_settings import (
     NAMESPACE,
     ChildMetadataValidator,
     MetadataUnchecked,
@@ -31,9 +31,9 @@ from memcoord.domain_settings import (
     unmatched_overrides,
     warn_unmatched_overrides,
 )
-from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
 from memcoord.observe import Observer
 from memcoord.service import Service
+from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from tests.unit.test_cli_exit_codes import memcoord
 from tests.unit.test_policy import by_name, dom, snap, steady
 
@@ -675,7 +675,7 @@ def test_the_child_validator_keeps_pydantic_out_and_in_process_brings_it() -> No
     import sys
 
     script = (
-        "import sys; from memcoord.domain_settings import ChildMetadataValidator, parse_domain_xml; "
+        "import sys; from memcoord.hypervisor.domain_settings import ChildMetadataValidator, parse_domain_xml; "
         f"p = parse_domain_xml('web1', {domain_xml(settings_xml('<min_mib>512</min_mib>'))!r}, "
         "ChildMetadataValidator()); "
         "print(dict(p.settings.metadata) == {'min_mib': 512}, 'pydantic' in sys.modules); "

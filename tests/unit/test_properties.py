@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from memcoord.core.config import Config
 from memcoord.core.model import LOWERING_ACTIONS, Action, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
 from memcoord.core.policy import LENT_REASON, Pending, PolicyState, decide, host_headroom_kib, thresholds_kib
-from memcoord.hypervisor.sim import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
-from memcoord.hypervisor.workloads import Hog, Idle
+from memcoord.sim.host import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
+from memcoord.sim.workloads import Hog, Idle
 
 MIB = 1024
 NOW_S = 1_000_000.0

@@ -12,9 +12,9 @@ from memcoord.core.model import mib_to_kib
 from memcoord.core.policy import PolicyState
 from memcoord.core.port import HypervisorError
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
-from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
-from memcoord.hypervisor.workloads import Hog
 from memcoord.service import Service
+from memcoord.sim.host import SimGuest, SimulatedHypervisor
+from memcoord.sim.workloads import Hog
 
 CONFIG = '[libvirt]\nuri = "{uri}"\n[guest]\nreclaim_step_mib = 100\n'
 

@@ -8,18 +8,8 @@ from pathlib import Path
 import pytest
 
 from memcoord.core.model import Action, Change, mib_to_kib
-from memcoord.hypervisor.sim import CACHE_FREE_FLOOR_KIB, KERNEL_USED_KIB, SimGuest, SimulatedHypervisor, demo_host
-from memcoord.hypervisor.workloads import (
-    Burst,
-    FileReader,
-    Hog,
-    HostPressure,
-    Idle,
-    Sawtooth,
-    Trace,
-    TraceError,
-    load_trace,
-)
+from memcoord.sim.host import CACHE_FREE_FLOOR_KIB, KERNEL_USED_KIB, SimGuest, SimulatedHypervisor, demo_host
+from memcoord.sim.workloads import Burst, FileReader, Hog, HostPressure, Idle, Sawtooth, Trace, TraceError, load_trace
 
 T0_S = 1_000_000.0
 

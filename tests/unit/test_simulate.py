@@ -13,8 +13,8 @@ import pytest
 from bench.policies import factory
 from memcoord.core.config import Config
 from memcoord.core.model import KIB_PER_MIB, Change, Snapshot, mib_to_kib
-from memcoord.hypervisor.sim import SimulatedHypervisor
-from memcoord.policies import PolicyFactory
+from memcoord.sim.host import SimulatedHypervisor
+from memcoord.sim.policies import PolicyFactory
 from memcoord.simulate import SIM_EPOCH_S, ScenarioError, build_host, check_demand, load_scenario, parse_scenario, run
 
 ROOT = Path(__file__).resolve().parents[2]

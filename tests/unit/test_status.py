@@ -14,9 +14,9 @@ import pytest
 
 from memcoord import state, status
 from memcoord.core.config import Config, ConfigError, parse
-from memcoord.hypervisor.sim import demo_host
 from memcoord.observe import Observer
 from memcoord.service import Service
+from memcoord.sim.host import demo_host
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, memcoord, wait_for
 
 

@@ -15,8 +15,8 @@ import pytest
 from memcoord import journal, timeline
 from memcoord.core.config import Config
 from memcoord.core.model import Action, ApplyResult, Change, Plan
-from memcoord.hypervisor.sim import demo_host
 from memcoord.observe import Observer
+from memcoord.sim.host import demo_host
 from memcoord.timeline import Event, Series
 
 KINDS = list(Action)

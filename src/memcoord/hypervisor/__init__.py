@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, Hypervisor, HypervisorError
 
 if TYPE_CHECKING:
-    from memcoord.domain_settings import MetadataValidator
+    from memcoord.hypervisor.domain_settings import MetadataValidator
 
 __all__ = ["SKIPPED_DEADLINE", "DeadlineSpent", "Hypervisor", "HypervisorError", "connect", "known_domain_names"]
 
@@ -28,10 +28,10 @@ def connect(uri: str, validate_metadata: MetadataValidator | None = None) -> Hyp
     if uri.startswith("sim:"):
         path = uri.removeprefix("sim://")
         if path.endswith(".toml"):
-            from memcoord.scenario import build_host, load_scenario
+            from memcoord.sim.scenario import build_host, load_scenario
 
             return build_host(load_scenario(path), realtime=True)
-        from memcoord.hypervisor.sim import demo_host
+        from memcoord.sim.host import demo_host
 
         return demo_host(realtime=True)
     from memcoord.hypervisor.libvirt import LibvirtHypervisor

@@ -35,7 +35,13 @@ import psutil
 
 from memcoord.core.model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
 from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
-from memcoord.domain_settings import MetadataValidator, Parsed, SettingsCache, check_metadata, parse_domain_xml
+from memcoord.hypervisor.domain_settings import (
+    MetadataValidator,
+    Parsed,
+    SettingsCache,
+    check_metadata,
+    parse_domain_xml,
+)
 
 log = logging.getLogger("memcoord")
 

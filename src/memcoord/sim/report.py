@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from memcoord.sim_run import RunReport
+from memcoord.sim.run import RunReport
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

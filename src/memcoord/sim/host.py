@@ -38,7 +38,7 @@ from memcoord.core.model import (
     mib_to_kib,
 )
 from memcoord.core.port import HypervisorError
-from memcoord.hypervisor.workloads import FileReader, Hog, HostPressure, Idle, Workload
+from memcoord.sim.workloads import FileReader, Hog, HostPressure, Idle, Workload
 
 KERNEL_USED_KIB = mib_to_kib(60)
 # Page cache stops growing when MemFree reaches the kernel's high watermark (kswapd's goal); on 1-8 GiB guests

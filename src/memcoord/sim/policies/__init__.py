@@ -15,7 +15,7 @@ from typing import Protocol
 
 from memcoord.core.config import Config
 from memcoord.core.model import Change, Snapshot
-from memcoord.policies.memcoord import MemcoordPolicy
+from memcoord.sim.policies.memcoord import MemcoordPolicy
 
 
 class BalloonPolicy(Protocol):

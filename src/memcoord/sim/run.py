@@ -19,10 +19,10 @@ from memcoord.core.config import Config
 from memcoord.core.model import KIB_PER_MIB, Change, Plan, Snapshot, mib_to_kib
 from memcoord.core.policy import PolicyState
 from memcoord.core.step import MEMCOORD, LoopPolicy, step
-from memcoord.hypervisor.sim import KERNEL_USED_KIB
-from memcoord.policies import BalloonPolicy, MemcoordPolicy, PolicyFactory
-from memcoord.policies import make as make_policy
-from memcoord.scenario import SIM_EPOCH_S, Scenario, build_host
+from memcoord.sim.host import KERNEL_USED_KIB
+from memcoord.sim.policies import BalloonPolicy, MemcoordPolicy, PolicyFactory
+from memcoord.sim.policies import make as make_policy
+from memcoord.sim.scenario import SIM_EPOCH_S, Scenario, build_host
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from memcoord.core.config import describe_error
 from memcoord.core.model import mib_to_kib
-from memcoord.hypervisor.sim import SimGuest, SimulatedHypervisor
-from memcoord.hypervisor.workloads import (
+from memcoord.sim.host import SimGuest, SimulatedHypervisor
+from memcoord.sim.workloads import (
     Burst,
     FileReader,
     Hog,
