@@ -37,7 +37,7 @@ from memcoord.core import config as config_mod
 from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
 from memcoord.core.policy import LENT_REASON
 from memcoord.core.port import HypervisorError
-from memcoord.service import Service
+from memcoord.daemon.service import Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Burst, Hog, Idle, Sawtooth
 

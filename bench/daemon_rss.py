@@ -85,7 +85,7 @@ BREAKDOWN = (
     ("sd_notify (systemd.daemon)", ("systemd.daemon",)),
     (
         "the rest of memcoord run",
-        ("memcoord.cli", "memcoord.config_view", "memcoord.service", "memcoord.hypervisor.libvirt"),
+        ("memcoord.cli", "memcoord.daemon.config_view", "memcoord.service", "memcoord.hypervisor.libvirt"),
     ),
     # pydantic's plugin loader brings importlib.metadata (email, zipfile, csv ...) when it builds its first model.
     (

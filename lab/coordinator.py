@@ -5,7 +5,7 @@ domains memcoord manages (the lab's prefix, so it never touches anyone else's gu
 per scenario, explicit overrides such as the host guard.
 
 memcoord's actions are read from the timeline it writes ([timeline] path, JSON lines, parsed by
-memcoord.timeline), not from its log lines: the log's wording may change, the timeline's fields may not.
+memcoord.daemon.timeline), not from its log lines: the log's wording may change, the timeline's fields may not.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 
 import tomli_w
 
-from memcoord import timeline as mc_timeline
 from memcoord.core.model import KIB_PER_MIB
+from memcoord.daemon import timeline as mc_timeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO_ROOT / "etc" / "memcoord.toml"

@@ -27,7 +27,7 @@ from lab.console import Console, ConsoleError
 from lab.image import GuestImage, build_image, check_qemu_can_read, shared_disk
 from lab.libvirtd import ensure_libvirtd
 from memcoord.core.model import mib_to_kib
-from memcoord.state import pid_alive
+from memcoord.daemon.state import pid_alive
 
 DEFAULT_URI = "qemu:///system"
 HogMode = Literal["grow", "hold"]

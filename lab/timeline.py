@@ -24,7 +24,7 @@ import psutil
 from lab.lab import Lab
 from memcoord import plot
 from memcoord.core.model import KIB_PER_MIB
-from memcoord.timeline import Event, Series
+from memcoord.daemon.timeline import Event, Series
 
 # memcoord's applied actions, as the lab marks them (from the daemon's timeline, lab/coordinator.py).
 ACTION_EVENT = "action"

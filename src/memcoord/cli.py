@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from memcoord import __version__, journal, tryout, watch
+from memcoord import __version__, tryout, watch
 from memcoord.cliargs import positive_float
 from memcoord.core.config_rules import DEFAULT_PATH, ConfigError, ConfigFileError
+from memcoord.daemon import journal
 
 if TYPE_CHECKING:
     from memcoord.core import config as config_mod
@@ -46,11 +47,11 @@ def _load_or_exit(path: Path, load: Callable[[Path], Any] = _load_with_models) -
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from memcoord import config_view
-    from memcoord.hypervisor import connect
+    from memcoord.daemon import config_view
+    from memcoord.daemon.connect import connect
+    from memcoord.daemon.observe import Observer
+    from memcoord.daemon.service import Overrides, Service
     from memcoord.hypervisor.domain_settings import ChildMetadataValidator
-    from memcoord.observe import Observer
-    from memcoord.service import Overrides, Service
 
     journal.setup(verbose=args.verbose)
     config = _load_or_exit(args.config, config_view.load)
@@ -86,7 +87,7 @@ def _check_domain_names(path: Path, config: config_mod.Config) -> None:
     """Warn (stderr) about `[domains."NAME"]` tables naming no domain libvirt knows; a valid file stays valid
     (exit 0) whatever libvirt says, or when it cannot be asked."""
     from memcoord.core.port import HypervisorError
-    from memcoord.hypervisor import known_domain_names
+    from memcoord.daemon.connect import known_domain_names
     from memcoord.hypervisor.domain_settings import unmatched_overrides
 
     uri = config.libvirt.uri
@@ -114,8 +115,9 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
 
 def _print_running_config(args: argparse.Namespace) -> int:
     """The config the running daemon uses, from its published state: shows whether a reload took effect."""
-    from memcoord import state, status
+    from memcoord import status
     from memcoord.core import config as config_mod
+    from memcoord.daemon import state
 
     state_path = args.state if args.state is not None else status.default_state_path(args.config)
     try:

@@ -607,7 +607,7 @@ def sample_once(hv: Hypervisor) -> tuple[Snapshot, dict[str, int | None]]:
 def main(config: Config, config_path: str, as_json: bool, connect: Any = None) -> int:
     """What `memcoord plan` does once its arguments are parsed; returns the exit code."""
     if connect is None:
-        from memcoord.hypervisor import connect
+        from memcoord.daemon.connect import connect
     uri = config.libvirt.uri
     try:
         hv = connect(uri)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memcoord.core.model import Action
-from memcoord.timeline import Series, TimelineError, read
+from memcoord.daemon.timeline import Series, TimelineError, read
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memcoord import journal
 from memcoord.core.config import Config
 from memcoord.core.model import Action, ApplyResult, Change, DomainStats, Snapshot, kib_to_mib, mib_to_kib
 from memcoord.core.policy import host_headroom_kib
 from memcoord.core.port import HypervisorError
+from memcoord.daemon import journal
 from memcoord.plan import sample_with_settings, unreachable
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
@@ -158,7 +158,7 @@ def daemon_managed(view: Mapping[str, Any] | None, names: Sequence[str], config:
 
 def running_daemon(config: Config) -> tuple[bool, Mapping[str, Any] | None, str]:
     """Whether memcoord's service runs, its published view if any, and how that was found."""
-    from memcoord import state
+    from memcoord.daemon import state
 
     with contextlib.suppress(state.StateUnavailable):
         reading = state.read(Path(config.status.path))
@@ -222,7 +222,7 @@ def main(
 ) -> int:
     """What `memcoord restore` does once its arguments are parsed; returns the exit code."""
     if connect is None:
-        from memcoord.hypervisor import connect
+        from memcoord.daemon.connect import connect
     uri = config.libvirt.uri
     try:
         hv = connect(uri)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memcoord import state
+from memcoord.daemon import state
 
 KIB_PER_MIB = 1024
 

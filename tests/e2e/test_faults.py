@@ -21,11 +21,11 @@ import pytest
 
 import lab.image as image_mod
 import lab.lab as lab_mod
-from memcoord import journal, timeline
 from memcoord.core import config as config_mod
 from memcoord.core.model import Action, Change, GuestClass
+from memcoord.daemon import journal, timeline
+from memcoord.daemon.service import Service
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
-from memcoord.service import Service
 from tests.integration.faultkit import (
     LOST,
     RECOVERED,

@@ -21,7 +21,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from memcoord import timeline
+from memcoord.daemon import timeline
 
 URI = "qemu:///system"
 PIDFILE = Path("/run/libvirtd.pid")

@@ -24,9 +24,9 @@ import pytest
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
 from memcoord.core import config as config_mod
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.service import TICK_BUDGET_S, Service
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
-from memcoord.observe import Observer
-from memcoord.service import TICK_BUDGET_S, Service
 from memcoord.status import render
 from tests.conftest import NotifySocket
 

@@ -17,7 +17,7 @@ import pytest
 
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
-from memcoord.journal import LIFECYCLE_IDS
+from memcoord.daemon.journal import LIFECYCLE_IDS
 
 from .container import CACHE, Container
 

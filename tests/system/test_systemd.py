@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab.lab import Lab
-from memcoord.journal import LIFECYCLE_IDS
+from memcoord.daemon.journal import LIFECYCLE_IDS
 
 from .conftest import (
     AS_ROOT_DROP_IN,

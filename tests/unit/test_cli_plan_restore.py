@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from memcoord import state
 from memcoord.core.config import Config
+from memcoord.daemon import state
 from tests.unit.test_cli_exit_codes import EX_CONFIG, EX_NOINPUT, EX_USAGE, assert_clean_failure, memcoord
 
 EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM = 69, 75, 77

@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 
 from memcoord.core import config as config_mod
 from memcoord.core.config import Config, ConfigError, ConfigFileError, load, parse
-from memcoord.service import Service
+from memcoord.daemon.service import Service
 from memcoord.sim.host import demo_host
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

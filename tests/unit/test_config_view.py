@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from memcoord import config_view
 from memcoord.core import config as config_mod
 from memcoord.core.config_rules import ConfigError, ConfigFileError, ConfigRules, MetricsRules
 from memcoord.core.model import DomainSettings, mib_to_kib
 from memcoord.core.policy import PolicyState, thresholds_kib
 from memcoord.core.step import step
-from memcoord.service import Overrides, Service
+from memcoord.daemon import config_view
+from memcoord.daemon.service import Overrides, Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Hog
 
@@ -332,11 +332,11 @@ def test_the_validating_child_is_this_interpreter_and_prints_json(tmp_path: Path
 
     path = tmp_path / "memcoord.toml"
     path.write_text(SHIPPED)
-    ok = subprocess.run([sys.executable, "-m", "memcoord.validate", str(path)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "memcoord.daemon.validate", str(path)], capture_output=True, text=True)
     assert ok.returncode == os.EX_OK, ok.stderr
     assert config_view.from_tree(json.loads(ok.stdout)["config"]) == both(SHIPPED)[1]
     path.write_text("[guest]\nmin_mib = 0\n")
-    bad = subprocess.run([sys.executable, "-m", "memcoord.validate", str(path)], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "memcoord.daemon.validate", str(path)], capture_output=True, text=True)
     assert bad.returncode == os.EX_CONFIG and "guest.min_mib = 0" in json.loads(bad.stdout)["error"]
-    gone = subprocess.run([sys.executable, "-m", "memcoord.validate", str(tmp_path / "x")], capture_output=True)
+    gone = subprocess.run([sys.executable, "-m", "memcoord.daemon.validate", str(tmp_path / "x")], capture_output=True)
     assert gone.returncode == os.EX_NOINPUT

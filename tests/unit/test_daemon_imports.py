@@ -30,9 +30,9 @@ NOT_IMPORTED_BY_RUN = {
     "pydantic": VALIDATOR,
     "pydantic_core": VALIDATOR,
     "memcoord.core.config": VALIDATOR,
-    "memcoord.validate": VALIDATOR,
+    "memcoord.daemon.validate": VALIDATOR,
     "prometheus_client": ENDPOINT,
-    "memcoord.exposition": ENDPOINT,
+    "memcoord.daemon.exposition": ENDPOINT,
     "http.server": ENDPOINT,
     "wsgiref": ENDPOINT,
     "urllib.request": ENDPOINT,
@@ -82,7 +82,12 @@ def loaded(modules: set[str], name: str) -> bool:
 def test_run_imports_only_what_it_runs(tmp_path: Path):
     modules = imported_by_run(tmp_path)
     # What it does run: the list is read (else the check below checks nothing).
-    assert {"libvirt", "memcoord.config_view", "memcoord.service", "memcoord.hypervisor.libvirt"} <= modules
+    assert {
+        "libvirt",
+        "memcoord.daemon.config_view",
+        "memcoord.daemon.service",
+        "memcoord.hypervisor.libvirt",
+    } <= modules
     unneeded = {name: why for name, why in NOT_IMPORTED_BY_RUN.items() if loaded(modules, name)}
     assert unneeded == {}, "memcoord run imports modules it does not need (import them where they are used)"
 
@@ -90,7 +95,7 @@ def test_run_imports_only_what_it_runs(tmp_path: Path):
 def test_run_with_the_endpoint_imports_the_client_library(tmp_path: Path):
     """The same run with [metrics] enabled: the endpoint's modules come in, so the check above is not vacuous."""
     modules = imported_by_run(tmp_path, {"metrics": {"enabled": True, "listen": f"127.0.0.1:{free_port()}"}})
-    assert {"prometheus_client", "memcoord.exposition", "http.server"} <= modules
+    assert {"prometheus_client", "memcoord.daemon.exposition", "http.server"} <= modules
 
 
 def test_run_imports_no_validator_on_reloads(tmp_path: Path):
@@ -119,7 +124,7 @@ def test_run_imports_no_validator_on_reloads(tmp_path: Path):
     assert proc.returncode == 0, stderr[-3000:]
     assert "config reloaded from" in stderr and "guest.min_mib = 0: Input should be greater than 0" in stderr
     modules = set(IMPORT_LINE.findall(stderr))
-    assert "memcoord.service" in modules
+    assert "memcoord.daemon.service" in modules
     assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.core.config")), sorted(
         m for m in modules if "pydantic" in m or m == "memcoord.core.config"
     )
@@ -195,7 +200,7 @@ def test_run_checks_domain_metadata_without_pydantic(tmp_path: Path):
     (problem,) = in_process.problems
     assert problem in stderr, stderr[-3000:]
     modules = set(IMPORT_LINE.findall(stderr))
-    assert {"memcoord.service", "memcoord.hypervisor.domain_settings"} <= modules
+    assert {"memcoord.daemon.service", "memcoord.hypervisor.domain_settings"} <= modules
     assert not any(loaded(modules, name) for name in ("pydantic", "pydantic_core", "memcoord.core.config")), sorted(
         m for m in modules if "pydantic" in m or m == "memcoord.core.config"
     )

@@ -19,6 +19,8 @@ from memcoord import status
 from memcoord.core.config import Config, DomainOverride, Source, parse
 from memcoord.core.model import Action, DomainSettings, mib_to_kib
 from memcoord.core.policy import PolicyState, decide
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.service import Service
 from memcoord.hypervisor.domain_settings import (
     NAMESPACE,
     ChildMetadataValidator,
@@ -31,8 +33,6 @@ from memcoord.hypervisor.domain_settings import (
     unmatched_overrides,
     warn_unmatched_overrides,
 )
-from memcoord.observe import Observer
-from memcoord.service import Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from tests.unit.test_cli_exit_codes import memcoord
 from tests.unit.test_policy import by_name, dom, snap, steady
@@ -777,7 +777,10 @@ def test_the_child_refuses_what_is_not_an_object_of_texts():
 
     for stdin in ("[1]", '{"min_mib": 512}', "not json"):
         done = subprocess.run(
-            [sys.executable, "-m", "memcoord.validate", "--metadata"], input=stdin, capture_output=True, text=True
+            [sys.executable, "-m", "memcoord.daemon.validate", "--metadata"],
+            input=stdin,
+            capture_output=True,
+            text=True,
         )
         assert (done.returncode, done.stdout) == (65, ""), (stdin, done)
         assert "one JSON object of texts" in done.stderr

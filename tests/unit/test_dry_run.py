@@ -11,9 +11,9 @@ import pytest
 
 from memcoord.core.config import parse
 from memcoord.core.model import Action, Change, DomainStats, mib_to_kib
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.service import Service
 from memcoord.hypervisor.dry_run import DryRunHypervisor, overlay, released_kib
-from memcoord.observe import Observer
-from memcoord.service import Service
 from memcoord.sim.host import Idle, SimGuest, SimulatedHypervisor
 
 

@@ -136,11 +136,16 @@ GRAPH = build_graph()
 
 def test_the_graph_is_read():
     """The reader finds the imports it must find, at the level they are at (else the cycle checks check nothing)."""
-    assert {"memcoord.cli", "memcoord.service", "memcoord.core.policy", "memcoord.hypervisor.libvirt"} <= GRAPH.modules
+    assert {
+        "memcoord.cli",
+        "memcoord.daemon.service",
+        "memcoord.core.policy",
+        "memcoord.hypervisor.libvirt",
+    } <= GRAPH.modules
     assert "memcoord.core.config_rules" in GRAPH.module_level["memcoord.cli"]  # DEFAULT_PATH, ...
     assert "memcoord.core.config" in GRAPH.function_level["memcoord.cli"]  # deferred: run never imports pydantic
-    assert "memcoord.service" in GRAPH.function_level["memcoord.cli"]  # deferred in _cmd_run
-    assert "memcoord.service" not in GRAPH.module_level["memcoord.cli"]
+    assert "memcoord.daemon.service" in GRAPH.function_level["memcoord.cli"]  # deferred in _cmd_run
+    assert "memcoord.daemon.service" not in GRAPH.module_level["memcoord.cli"]
     assert sum(map(len, GRAPH.module_level.values())) > 20
 
 

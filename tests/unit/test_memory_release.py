@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from memcoord import memory
+from memcoord.daemon import memory
 
 # In a child process, so that what this test frees and trims is its own: 64 MiB of 4 KiB blocks from malloc (bytes
 # objects that size are not Python's small-object allocator's), every 16th kept so that glibc cannot give the freed
 # ones back by lowering the top of its heap, then the rest freed.
 CHILD = """
 import sys
-from memcoord import memory
+from memcoord.daemon import memory
 
 def rss_kib():
     for line in open("/proc/self/status"):

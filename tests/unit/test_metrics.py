@@ -19,9 +19,9 @@ from prometheus_client.samples import Sample
 import memcoord
 from memcoord.core.config import ConfigError, parse
 from memcoord.core.model import mib_to_kib
-from memcoord.metrics import ERROR_KINDS, config_hash
-from memcoord.observe import Observer
-from memcoord.service import Service
+from memcoord.daemon.metrics import ERROR_KINDS, config_hash
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.service import Service
 from memcoord.sim.host import demo_host
 from memcoord.sim.workloads import Hog
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, free_port, wait_for

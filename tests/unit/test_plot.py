@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memcoord import timeline
+from memcoord.daemon import timeline
 from memcoord.plot import figure
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, memcoord
 

@@ -11,8 +11,8 @@ from memcoord.core import config as config_mod
 from memcoord.core.model import mib_to_kib
 from memcoord.core.policy import PolicyState
 from memcoord.core.port import HypervisorError
+from memcoord.daemon.service import Service
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
-from memcoord.service import Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Hog
 

@@ -12,8 +12,8 @@ import pytest
 from memcoord.core.config import parse
 from memcoord.core.model import ApplyResult, Change, mib_to_kib
 from memcoord.core.port import SKIPPED_DEADLINE
-from memcoord.observe import Observer
-from memcoord.service import RELIEF_WARN_TICKS, TICK_BUDGET_S, Service
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.service import RELIEF_WARN_TICKS, TICK_BUDGET_S, Service
 from memcoord.sim.host import Hog, Idle, SimGuest, SimulatedHypervisor
 
 SIM_START_S = 1_000_000.0  # SimulatedHypervisor's default start

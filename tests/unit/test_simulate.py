@@ -189,7 +189,7 @@ def test_memcoord_simulate_duration_flag_runs_memcoords_own_policy() -> None:
 def test_the_product_imports_no_bench_material() -> None:
     """`memcoord run` and `memcoord simulate` load none of the peers' ports (bench/policies)."""
     code = (
-        "import sys, memcoord.cli, memcoord.service, memcoord.simulate, memcoord.observe;"
+        "import sys, memcoord.cli, memcoord.daemon.service, memcoord.simulate, memcoord.daemon.observe;"
         "memcoord.cli.build_parser();"
         "print(sorted(m for m in sys.modules if m.startswith('bench') or m.endswith(('.mom', '.proxmox'))))"
     )

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from memcoord import state, status
+from memcoord import status
 from memcoord.core.config import Config, ConfigError, parse
-from memcoord.observe import Observer
-from memcoord.service import Service
+from memcoord.daemon import state
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.service import Service
 from memcoord.sim.host import demo_host
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, memcoord, wait_for
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from memcoord import journal, timeline
 from memcoord.core.config import Config
 from memcoord.core.model import Action, ApplyResult, Change, Plan
-from memcoord.observe import Observer
+from memcoord.daemon import journal, timeline
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.timeline import Event, Series
 from memcoord.sim.host import demo_host
-from memcoord.timeline import Event, Series
 
 KINDS = list(Action)
 

@@ -26,7 +26,7 @@ DEFAULT_LISTEN = "127.0.0.1:9749"
 FIELDS_SET_KEY = "__fields_set__"
 # The validating child: this interpreter (the daemon's venv), without the working directory on its path (-P), so
 # that it validates with the memcoord the daemon runs and not with whatever a `memcoord/` in the cwd holds.
-VALIDATE_COMMAND = (sys.executable, "-P", "-m", "memcoord.validate")
+VALIDATE_COMMAND = (sys.executable, "-P", "-m", "memcoord.daemon.validate")
 
 
 class ConfigError(Exception):

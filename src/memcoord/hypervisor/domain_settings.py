@@ -159,7 +159,7 @@ def check_metadata(data: Mapping[str, str], deadline_s: float | None = None) -> 
 
 
 class ChildMetadataValidator:
-    """check_metadata in a short-lived child process (`python -m memcoord.validate --metadata`, the same
+    """check_metadata in a short-lived child process (`python -m memcoord.daemon.validate --metadata`, the same
     interpreter), for `memcoord run`, which never imports pydantic (config_view.py) and is given this one.
 
     A child costs a tenth of a second or more, and the settings are read within a small share of a tick

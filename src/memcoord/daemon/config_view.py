@@ -1,5 +1,5 @@
 """The daemon's config: validated by the pydantic models in a short-lived child process of the same interpreter
-(`python -m memcoord.validate PATH`), and held here as a read-only view over the JSON that child prints.
+(`python -m memcoord.daemon.validate PATH`), and held here as a read-only view over the JSON that child prints.
 
 `memcoord run` runs for months and validates its file only at start and on a reload; pydantic and the built
 models would stay in its memory all that time (about 13 MiB, bench/daemon_rss.py --breakdown). So the daemon

@@ -1,11 +1,11 @@
-"""`python -m memcoord.validate PATH`: validate a config file with the pydantic models and print the result as
+"""`python -m memcoord.daemon.validate PATH`: validate a config file with the pydantic models and print the result as
 one JSON object on stdout, for the daemon (config_view.load), which does not import pydantic itself.
 
     {"config": {...}}   exit 0: the validated config (config.to_tree)
     {"error": "..."}    exit 78 (EX_CONFIG): what is wrong, the same text `check-config` prints
     {"error": "..."}    exit 66 (EX_NOINPUT): the file cannot be read
 
-`python -m memcoord.validate --metadata`: check the keys of a domain's memcoord metadata element, given as one
+`python -m memcoord.daemon.validate --metadata`: check the keys of a domain's memcoord metadata element, given as one
 JSON object of texts on stdin (`{"min_mib": "1024"}`), for the daemon's ChildMetadataValidator
 (domain_settings.py):
 
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     if argv == ["--metadata"]:
         return check_metadata(sys.stdin.read())
     if len(argv) != 1:
-        print("usage: python -m memcoord.validate PATH | --metadata", file=sys.stderr)
+        print("usage: python -m memcoord.daemon.validate PATH | --metadata", file=sys.stderr)
         return os.EX_USAGE
     try:
         config = config_mod.load(argv[0])

@@ -16,7 +16,7 @@ from prometheus_client.utils import floatToGoString
 from memcoord import __version__
 
 if TYPE_CHECKING:
-    from memcoord.metrics import Metrics
+    from memcoord.daemon.metrics import Metrics
 
 BYTES_PER_KIB = 1024
 

@@ -162,7 +162,7 @@ class Metrics:
     def registry(self) -> CollectorRegistry:
         """The registry a scrape reads (built, and the client library imported, on first use)."""
         if self._registry is None:
-            from memcoord import exposition
+            from memcoord.daemon import exposition
 
             self._registry = exposition.registry(self)
         return self._registry
@@ -187,7 +187,7 @@ class Metrics:
             }
         scheme = "https" if m.tls else "http"
         shown = f"[{address}]" if ":" in address else address
-        from memcoord import exposition
+        from memcoord.daemon import exposition
 
         try:
             self._server = exposition.start_server(port, address, self.registry, tls)
@@ -208,7 +208,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """What a scrape returns, without HTTP (for tests and debugging)."""
-        from memcoord import exposition
+        from memcoord.daemon import exposition
 
         return exposition.text(self.registry)
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memcoord import state, timeline
 from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
-from memcoord.metrics import Metrics
+from memcoord.daemon import state, timeline
+from memcoord.daemon.metrics import Metrics
 
 if TYPE_CHECKING:
     from memcoord.core.config import Config

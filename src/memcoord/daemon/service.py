@@ -27,16 +27,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from memcoord import config_view, journal, memory
 from memcoord.core.config_rules import ConfigError
 from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from memcoord.core.policy import PolicyState
 from memcoord.core.port import Hypervisor, HypervisorError
 from memcoord.core.step import StepResult, step
+from memcoord.daemon import config_view, journal, memory
+from memcoord.daemon.notify import Notifier
+from memcoord.daemon.observe import Observer
 from memcoord.hypervisor.domain_settings import warn_unmatched_overrides
 from memcoord.hypervisor.dry_run import DryRunHypervisor
-from memcoord.notify import Notifier
-from memcoord.observe import Observer
 
 if TYPE_CHECKING:
     from memcoord.core.config import Config
