@@ -103,5 +103,5 @@ deb: deb-deps
 
 # memcoord(8), memcoord.toml(5) and the bash completion, generated from the code, into build/ (`man -l build/man/memcoord.8`)
 man: venv
-	$(VENV)/bin/python -m memcoord.manpage build/man
-	$(VENV)/bin/python -m memcoord.completion > build/memcoord.bash-completion
+	$(VENV)/bin/python -m memcoord.buildtime.manpage build/man
+	$(VENV)/bin/python -m memcoord.buildtime.completion > build/memcoord.bash-completion

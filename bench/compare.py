@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from memcoord.admin.simulate import DemandCheck, RunReport, check_demand, format_table, load_scenario, run
 from memcoord.core import config as config_mod
 from memcoord.core.config import Config
-from memcoord.simulate import DemandCheck, RunReport, check_demand, format_table, load_scenario, run
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

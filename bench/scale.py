@@ -19,11 +19,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from memcoord.admin.simulate import format_table
 from memcoord.core.config import Config
 from memcoord.core.model import KIB_PER_MIB, mib_to_kib
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Hog, Idle, Sawtooth
-from memcoord.simulate import format_table
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

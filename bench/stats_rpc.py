@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import libvirt
 
-from memcoord.simulate import format_table
+from memcoord.admin.simulate import format_table
 
 PREFIX = "mcbench-"
 

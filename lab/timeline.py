@@ -3,7 +3,7 @@
 Acceptance tests assert on this record, not on memcoord's own account of itself: the balloon
 size libvirt reports, the guest's free memory, the hog's progress from the console, the guest
 kernel's OOM kills, the host's available memory. It is saved as CSV (one row per guest per
-sample) and JSON (rows + events + meta), and drawn as a PNG by memcoord.plot (`to_series`).
+sample) and JSON (rows + events + meta), and drawn as a PNG by memcoord.admin.plot (`to_series`).
 memcoord's own actions come from the timeline the daemon writes, read by lab/coordinator.py.
 """
 
@@ -22,7 +22,7 @@ import libvirt
 import psutil
 
 from lab.lab import Lab
-from memcoord import plot
+from memcoord.admin import plot
 from memcoord.core.model import KIB_PER_MIB
 from memcoord.daemon.timeline import Event, Series
 
@@ -115,7 +115,7 @@ class Timeline:
 
 
 def to_series(timeline: Timeline) -> Series:
-    """The lab's record in the plot's terms (memcoord.plot draws it): current and unused per guest, the hog's
+    """The lab's record in the plot's terms (memcoord.admin.plot draws it): current and unused per guest, the hog's
     size as an extra line, memcoord's actions, OOM kills and hog events, the host against its guard."""
     series = Series(
         source="lab",

@@ -1,7 +1,7 @@
 """The production peers memcoord is measured against, behind memcoord's policy interface (BalloonPolicy).
 
 Benchmark material, not product: `memcoord run` and `memcoord simulate` never import these. bench/compare.py
-and bench/scale.py pick them by name from POLICIES and hand the factory to memcoord.simulate.run.
+and bench/scale.py pick them by name from POLICIES and hand the factory to memcoord.admin.simulate.run.
 """
 
 from __future__ import annotations

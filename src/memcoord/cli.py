@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from memcoord import __version__, tryout, watch
-from memcoord.cliargs import positive_float
+from memcoord import __version__
+from memcoord.admin import tryout, watch
+from memcoord.admin.cliargs import positive_float
 from memcoord.core.config_rules import DEFAULT_PATH, ConfigError, ConfigFileError
 from memcoord.daemon import journal
 
@@ -115,7 +116,7 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
 
 def _print_running_config(args: argparse.Namespace) -> int:
     """The config the running daemon uses, from its published state: shows whether a reload took effect."""
-    from memcoord import status
+    from memcoord.admin import status
     from memcoord.core import config as config_mod
     from memcoord.daemon import state
 
@@ -130,7 +131,7 @@ def _print_running_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from memcoord import simulate
+    from memcoord.admin import simulate
     from memcoord.core import config as config_mod
 
     config = _load_or_exit(args.config) if args.config is not None else config_mod.Config()

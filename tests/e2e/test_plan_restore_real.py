@@ -30,8 +30,8 @@ import tomli_w
 from lab.coordinator import lab_config, memcoord_command
 from lab.image import GuestImage
 from lab.lab import Lab
+from memcoord.admin.plan import NO_PERIOD
 from memcoord.hypervisor.libvirt import balloon_period_s
-from memcoord.plan import NO_PERIOD
 
 pytestmark = pytest.mark.real
 

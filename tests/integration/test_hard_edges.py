@@ -23,11 +23,11 @@ import pytest
 
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
+from memcoord.admin.status import render
 from memcoord.core import config as config_mod
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import TICK_BUDGET_S, Service
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
-from memcoord.status import render
 from tests.conftest import NotifySocket
 
 pytestmark = pytest.mark.real

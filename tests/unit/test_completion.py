@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memcoord import cli
-from memcoord.completion import script
+from memcoord.buildtime.completion import script
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memcoord import status
+from memcoord.admin import status
 from memcoord.core.config import Config, DomainOverride, Source, parse
 from memcoord.core.model import Action, DomainSettings, mib_to_kib
 from memcoord.core.policy import PolicyState, decide

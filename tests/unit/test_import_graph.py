@@ -173,3 +173,67 @@ PACKAGES = {_module_name(p) for p in (SRC / PACKAGE).rglob("__init__.py")}
 
 def test_no_cycle_counting_function_level_imports():
     assert cycles(_runtime_graph()) == []
+
+
+# The wings of ARCHITECTURE.md ("The house"): its layering table says which wing may import which.
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"
+
+
+def _layering() -> dict[str, set[str]]:
+    block = ARCHITECTURE.read_text(encoding="utf-8").split("```layering\n", 1)[1].split("```", 1)[0]
+    rows = [line.split() for line in block.splitlines()[1:] if line.strip()]
+    return {row[0]: set(row[1:]) - {"-"} for row in rows}
+
+
+LAYERING = _layering()
+
+
+def wing(module: str) -> str:
+    """memcoord.core.policy -> core; memcoord.cli -> cli; memcoord (the package) -> memcoord."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_module_is_in_a_wing_of_the_table():
+    wings = {wing(m) for m in GRAPH.modules} - {"memcoord"}
+    assert wings == set(LAYERING), f"wings in src/memcoord {sorted(wings)} vs ARCHITECTURE.md {sorted(LAYERING)}"
+
+
+def test_the_table_is_a_strict_order():
+    """No wing may import one that may import it back: the table is a layering, not a web."""
+    for name, allowed in LAYERING.items():
+        assert name not in allowed
+        for other in allowed:
+            assert name not in LAYERING[other], f"{name} and {other} may import each other"
+
+
+def violations(edges: dict[str, set[str]], layering: dict[str, set[str]]) -> list[str]:
+    """The imports `layering` does not allow, as "importer -> imported"."""
+    wrong = []
+    for importer, targets in edges.items():
+        src = wing(importer)
+        for target in sorted(targets):
+            dst = wing(target)
+            if dst in (src, "memcoord"):  # its own wing; the package itself (__version__)
+                continue
+            if src == "memcoord" or dst not in layering.get(src, set()):
+                wrong.append(f"{importer} -> {target}")
+    return sorted(wrong)
+
+
+def test_each_wing_imports_only_the_wings_below_it():
+    """Module- and function-level imports alike: a deferred import still ties the wings at run time."""
+    assert violations(_union(GRAPH.module_level, GRAPH.function_level), LAYERING) == []
+
+
+def test_the_layering_check_sees_a_wrong_import():
+    edges = {
+        "memcoord.core.policy": {"memcoord.core.model", "memcoord.daemon.journal"},
+        "memcoord.daemon.service": {"memcoord.core.policy", "memcoord.admin.status"},
+        "memcoord": {"memcoord.core.model"},
+    }
+    assert violations(edges, LAYERING) == [
+        "memcoord -> memcoord.core.model",
+        "memcoord.core.policy -> memcoord.daemon.journal",
+        "memcoord.daemon.service -> memcoord.admin.status",
+    ]

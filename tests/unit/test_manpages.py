@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from memcoord import cli, manpage
-from memcoord.completion import script
+from memcoord import cli
+from memcoord.buildtime import manpage
+from memcoord.buildtime.completion import script
 from memcoord.core.config import Config
 
 

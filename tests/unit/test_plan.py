@@ -11,11 +11,8 @@ import json
 
 import pytest
 
-from memcoord import tryout
-from memcoord.core.config import Config, parse
-from memcoord.core.model import NO_SETTINGS, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState, decide
-from memcoord.plan import (
+from memcoord.admin import tryout
+from memcoord.admin.plan import (
     DOMAIN_KEYS,
     HORIZON_S,
     HOST_KEYS,
@@ -32,6 +29,9 @@ from memcoord.plan import (
     to_json,
     with_guest_totals,
 )
+from memcoord.core.config import Config, parse
+from memcoord.core.model import NO_SETTINGS, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState, decide
 
 T0_S = 1_800_000_000.0
 KERNEL_RESERVE_MIB = 50

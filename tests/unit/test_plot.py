@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from memcoord.admin.plot import figure
 from memcoord.daemon import timeline
-from memcoord.plot import figure
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, memcoord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -90,7 +90,7 @@ LAB_ROWS = [
 
 
 def test_the_lab_draws_with_the_same_plot(tmp_path: Path):
-    """The lab's own record (its Timeline class) goes through lab.timeline.to_series into memcoord.plot."""
+    """The lab's own record (its Timeline class) goes through lab.timeline.to_series into memcoord.admin.plot."""
     from lab.timeline import Timeline, to_series
 
     events = [
@@ -137,9 +137,9 @@ def test_a_truncated_last_line_is_skipped(daemon_timeline: Path, tmp_path: Path)
 
 
 def test_simulate_draws_with_the_same_plot(tmp_path: Path):
+    from memcoord.admin.plot import from_simulation
+    from memcoord.admin.simulate import load_scenario, run
     from memcoord.core.config import Config
-    from memcoord.plot import from_simulation
-    from memcoord.simulate import load_scenario, run
 
     scenario = Path(__file__).resolve().parents[2] / "scenarios" / "course-1-one-hog.toml"
     out = tmp_path / "sim.png"

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from memcoord.admin.status import render
 from memcoord.core.config import parse
 from memcoord.core.model import mib_to_kib
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Idle
-from memcoord.status import render
 
 
 class RecordingNotifier:

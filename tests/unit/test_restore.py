@@ -7,9 +7,9 @@ import os
 
 import pytest
 
+from memcoord.admin.restore import RestoreError, Wanted, choose, daemon_managed, through_guard, wanted
 from memcoord.core.config import Config, parse
 from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
-from memcoord.restore import RestoreError, Wanted, choose, daemon_managed, through_guard, wanted
 
 MIB = 1024
 

@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 
 from bench.policies import factory
+from memcoord.admin.simulate import (
+    SIM_EPOCH_S,
+    ScenarioError,
+    build_host,
+    check_demand,
+    load_scenario,
+    parse_scenario,
+    run,
+)
 from memcoord.core.config import Config
 from memcoord.core.model import KIB_PER_MIB, Change, Snapshot, mib_to_kib
 from memcoord.sim.host import SimulatedHypervisor
 from memcoord.sim.policies import PolicyFactory
-from memcoord.simulate import SIM_EPOCH_S, ScenarioError, build_host, check_demand, load_scenario, parse_scenario, run
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.toml"))
@@ -189,7 +197,7 @@ def test_memcoord_simulate_duration_flag_runs_memcoords_own_policy() -> None:
 def test_the_product_imports_no_bench_material() -> None:
     """`memcoord run` and `memcoord simulate` load none of the peers' ports (bench/policies)."""
     code = (
-        "import sys, memcoord.cli, memcoord.daemon.service, memcoord.simulate, memcoord.daemon.observe;"
+        "import sys, memcoord.cli, memcoord.daemon.service, memcoord.admin.simulate, memcoord.daemon.observe;"
         "memcoord.cli.build_parser();"
         "print(sorted(m for m in sys.modules if m.startswith('bench') or m.endswith(('.mom', '.proxmox'))))"
     )

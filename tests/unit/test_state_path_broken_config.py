@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from memcoord.admin.status import default_state_path
 from memcoord.core.config import StatusConfig
-from memcoord.status import default_state_path
 
 
 def test_a_file_that_does_not_validate_still_names_its_state_file(

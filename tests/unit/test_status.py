@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from memcoord import status
+from memcoord.admin import status
 from memcoord.core.config import Config, ConfigError, parse
 from memcoord.daemon import state
 from memcoord.daemon.observe import Observer

@@ -55,7 +55,7 @@ def test_the_journal_records_every_kind(kind: Action, caplog: pytest.LogCaptureF
 
 
 def test_the_plot_marks_every_kind_as_its_definition_says():
-    from memcoord.plot import figure
+    from memcoord.admin.plot import figure
 
     series = Series(source="test")
     g = series.guest("g")

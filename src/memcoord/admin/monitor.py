@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from memcoord import status
+from memcoord.admin import status
 from memcoord.daemon import state
 
 QUIT_KEYS = {ord("q"), ord("Q"), 27}  # q, Q, Esc

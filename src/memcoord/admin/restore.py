@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memcoord.admin.plan import sample_with_settings, unreachable
 from memcoord.core.config import Config
 from memcoord.core.model import Action, ApplyResult, Change, DomainStats, Snapshot, kib_to_mib, mib_to_kib
 from memcoord.core.policy import host_headroom_kib
 from memcoord.core.port import HypervisorError
 from memcoord.daemon import journal
-from memcoord.plan import sample_with_settings, unreachable
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 SYSTEMD_UNIT = "memcoord.service"

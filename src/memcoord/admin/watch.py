@@ -11,29 +11,29 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from memcoord.cliargs import positive_float
+from memcoord.admin.cliargs import positive_float
 
 
 def _state_path(args: argparse.Namespace) -> Path:
-    from memcoord import status
+    from memcoord.admin import status
 
     return args.state if args.state is not None else status.default_state_path(args.config)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from memcoord import status
+    from memcoord.admin import status
 
     return status.main(_state_path(args), args.json)
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from memcoord import monitor
+    from memcoord.admin import monitor
 
     return monitor.main(_state_path(args), args.interval)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from memcoord import plot
+    from memcoord.admin import plot
 
     out = args.output if args.output is not None else args.timeline.with_suffix(".png")
     return plot.main(args.timeline, out, args.title)

@@ -71,14 +71,14 @@ def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
 
 
 def _cmd_plan(load: LoadConfig, args: argparse.Namespace) -> int:
-    from memcoord import plan
+    from memcoord.admin import plan
 
     config, label = _config_or_defaults(load, args.config)
     return plan.main(config, label, args.json)
 
 
 def _cmd_restore(load: LoadConfig, args: argparse.Namespace) -> int:
-    from memcoord import restore
+    from memcoord.admin import restore
 
     config, _label = _config_or_defaults(load, args.config)
     return restore.main(config, args.domains, args.to, args.dry_run, args.force)

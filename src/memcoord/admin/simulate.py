@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from memcoord import plot
+from memcoord.admin import plot
 from memcoord.core.config import Config
 from memcoord.sim.report import format_table, summary
 from memcoord.sim.run import DemandCheck, GuestReport, RunReport, Timeline, check_demand, run
