@@ -4,6 +4,8 @@ land a fault exactly between two steps of a tick.
 - A tick has one deadline for all its libvirt calls: two guests whose QEMU stops dead (SIGSTOP) while their
   setMemory is applied cost one tick at most the deadline, not CALL_TIMEOUT_S each (20 s, which with more
   guests outlives WatchdogSec=30s and loses every pending target to the restart).
+- A setMemory given up on at the deadline (libvirtd stopped dead) is of unknown outcome, not failed: once
+  libvirtd wakes it lands, and memcoord counted it as set meanwhile.
 - A stats period that could not be set is tried again: the guest's stats flow once it works; meanwhile STATUS,
   the state file (`memcoord status`) and the metrics say so.
 """
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +32,7 @@ from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import TICK_BUDGET_S, Service
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
 from tests.conftest import NotifySocket
+from tests.integration.faultkit import libvirtd_pid, libvirtd_restored
 
 pytestmark = pytest.mark.real
 URI = "qemu:///system"
@@ -162,3 +166,56 @@ def test_a_stats_period_that_failed_is_retried_and_reported_meanwhile(
     notify_socket.drain()
     last_status = [m for m in notify_socket.messages if m.startswith("STATUS=")][-1]
     assert "stats period not set" not in last_status, last_status
+
+
+def test_a_set_memory_given_up_on_is_of_unknown_outcome_and_lands_later(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = lab.names[0]
+    pid = libvirtd_pid()
+    assert pid is not None
+    budget_s, wake_after_s = 2.5, 4.0  # libvirtd wakes after the deadline, before keepalive gives up (8 s)
+    stopped_at: list[float] = []
+
+    class StopLibvirtdBeforeApply(LibvirtHypervisor):
+        """libvirtd stops dead right after the sample and decide, and wakes wake_after_s later."""
+
+        def apply(self, changes, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if not stopped_at:
+                os.kill(pid, signal.SIGSTOP)
+                stopped_at.append(time.monotonic())
+                threading.Timer(wake_after_s, os.kill, (pid, signal.SIGCONT)).start()
+            return super().apply(changes, *args, **kwargs)
+
+    def current_mib() -> float:
+        stats = dict(lab.balloon_stats()[name])
+        return int(stats["balloon.current"]) / 1024
+
+    assert current_mib() < 600
+    # A floor above the guest's size: the first tick clamps it up, one setMemory.
+    config = config_mod.parse(f'[libvirt]\ndomains = ["{name}"]\n[guest]\nmin_mib = 600\n')
+    service = Service(Path("/dev/null"), config, StopLibvirtdBeforeApply)
+    service.tick_budget_s = lambda: budget_s  # type: ignore[method-assign]
+    conn = libvirt.open(URI)
+    try:
+        with libvirtd_restored(), caplog.at_level(logging.INFO, logger="memcoord"):
+            started_s = time.monotonic()
+            assert service.tick()
+            tick_s = time.monotonic() - started_s
+            assert stopped_at, "the policy planned no change: nothing was applied"
+            landed = wait_until(lambda: current_mib() >= 600 - 1, 30)
+        messages = [r.getMessage() for r in caplog.records]
+        view = service.observer.view
+        print(f"setMemory given up on after {tick_s:.1f} s; landed later: {landed}")
+        assert tick_s <= budget_s + 1.0, (tick_s, messages)
+        unknown = [m for m in messages if "setMemory outcome unknown" in m]
+        assert len(unknown) == 1 and name in unknown[0], messages
+        assert not [m for m in messages if "setMemory failed" in m], messages
+        assert view is not None, messages
+        by_kind = view["errors"]["by_kind"]
+        assert by_kind.get("set_memory_unknown") == 1 and "set_memory" not in by_kind, by_kind
+        assert landed, f"{name} never reached 600 MiB: the call did not land after libvirtd woke"
+    finally:
+        service.hypervisor.close()
+        conn.lookupByName(name).setMemoryFlags(512 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        conn.close()

@@ -30,7 +30,17 @@ log = logging.getLogger("memcoord")
 
 # Every kind of error, created at 0 so that increase() and rate() see the first one (a series that starts at 1
 # has no earlier sample to rise from).
-ERROR_KINDS = ("hypervisor", "set_memory", "stats_period", "reload", "state_file", "timeline", "metrics")
+# set_memory: refused or not sent; set_memory_unknown: sent, no answer in time (it may still land).
+ERROR_KINDS = (
+    "hypervisor",
+    "set_memory",
+    "set_memory_unknown",
+    "stats_period",
+    "reload",
+    "state_file",
+    "timeline",
+    "metrics",
+)
 RELOAD_RESULTS = ("success", "failure")
 
 # Ticks are one bulk stats call and a few setMemory calls: milliseconds normally, seconds when libvirt is slow.

@@ -499,9 +499,14 @@ class LibvirtHypervisor:
                 )
             except DeadlineSpent:
                 results.append(ApplyResult(change, SKIPPED_DEADLINE))
+            except TimeoutError as exc:
+                # Sent and given up on: the call goes on in its thread and may still land.
+                results.append(ApplyResult(change, str(exc), unknown=True))
             except libvirt.libvirtError as exc:
-                results.append(ApplyResult(change, exc.get_error_message()))
-            except (TimeoutError, HypervisorError) as exc:
+                # The connection lost mid-call: libvirtd may have read the request and may carry it out.
+                lost = connection_lost(dom.connect(), exc)  # the handle's own connection, no round trip
+                results.append(ApplyResult(change, exc.get_error_message(), unknown=lost))
+            except HypervisorError as exc:  # too many calls unanswered: this one was not sent
                 results.append(ApplyResult(change, str(exc)))
             else:
                 results.append(ApplyResult(change))
