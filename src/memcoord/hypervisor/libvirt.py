@@ -277,16 +277,29 @@ class LibvirtHypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 self._event_ids.append(conn.domainEventRegisterAny(None, event, changed, None))
 
-    def _drop(self) -> None:
+    def _drop(self, deadline_s: float | None = None) -> None:
+        """Forget the connection; deregister its events and close it in a call of its own, waited for no longer
+        than any other call (CALL_TIMEOUT_S, or until the deadline). Both are round trips to libvirtd: a daemon
+        that accepts but does not answer holds them until keepalive gives up, or for good when its event loop
+        still answers keepalive while its workers hang."""
         conn, self._conn = self._conn, None
         self._domains = {}
-        if conn is not None:
-            for event_id in self._event_ids:
+        event_ids, self._event_ids = self._event_ids, []
+        if conn is None:
+            return
+
+        def close() -> None:
+            for event_id in event_ids:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(event_id)
-            self._event_ids = []
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
+
+        timeout_s = CALL_TIMEOUT_S
+        if deadline_s is not None:
+            timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            _Call("close", close).wait(timeout_s)  # unanswered, it goes on in its thread: the next tick reconnects
 
     def _bounded(self, what: str, fn: Callable[[], T], deadline_s: float | None = None) -> T:
         """Run one libvirt call, giving up after CALL_TIMEOUT_S or at the deadline, whichever comes first (the
@@ -299,7 +312,7 @@ class LibvirtHypervisor:
         self._abandoned = [call for call in self._abandoned if not call.done.is_set()]
         if len(self._abandoned) >= MAX_ABANDONED_CALLS:
             self._abandoned = []
-            self._drop()
+            self._drop(deadline_s)
             raise HypervisorError(f"{self.uri}: {MAX_ABANDONED_CALLS} calls unanswered, reconnecting")
         call = _Call(what, fn)
         try:
@@ -319,7 +332,7 @@ class LibvirtHypervisor:
         return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
 
     @contextlib.contextmanager
-    def _errors_as_hypervisor_error(self, conn: libvirt.virConnect) -> Iterator[None]:
+    def _errors_as_hypervisor_error(self, conn: libvirt.virConnect, deadline_s: float | None) -> Iterator[None]:
         """A libvirt error or a call with no answer as HypervisorError naming the URI.
 
         Only a lost connection is worth a new one: dropping a good connection for an error of one call (a domain
@@ -328,7 +341,7 @@ class LibvirtHypervisor:
             yield
         except libvirt.libvirtError as exc:
             if connection_lost(conn, exc):
-                self._drop()
+                self._drop(deadline_s)
             raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
@@ -336,7 +349,7 @@ class LibvirtHypervisor:
     def sample(self, deadline_s: float | None = None) -> Snapshot:
         conn = self._connection(deadline_s)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
-        with self._errors_as_hypervisor_error(conn):
+        with self._errors_as_hypervisor_error(conn, deadline_s):
             records = self._bounded(
                 "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
             )
@@ -400,7 +413,7 @@ class LibvirtHypervisor:
 
     def domain_names(self, deadline_s: float | None = None) -> set[str]:
         conn = self._connection(deadline_s)
-        with self._errors_as_hypervisor_error(conn):
+        with self._errors_as_hypervisor_error(conn, deadline_s):
             doms = self._bounded("listAllDomains", lambda: conn.listAllDomains(0), deadline_s)
             return {dom.name() for dom in doms}
 
