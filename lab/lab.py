@@ -59,6 +59,10 @@ def _disk_xml(disk: Path | None) -> str:
     </disk>"""
 
 
+_MEMFD_XML = """
+  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"""
+
+
 def _autodeflate_attr(autodeflate: bool) -> str:
     return " autodeflate='on'" if autodeflate else ""
 
@@ -72,10 +76,13 @@ def domain_xml(
     stats_period_s: int = 1,
     disk: Path | None = None,
     autodeflate: bool = False,
+    memfd: bool = False,
 ) -> str:
     """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second,
     and with `disk` a readonly virtio disk to fill its page cache from. `autodeflate`: the balloon
     deflates on the guest's own OOM (`<memballoon autodeflate='on'>`), before its OOM killer runs.
+    `memfd`: its RAM is a shared memfd (as vhost-user devices and virtiofs need), which the host counts as
+    shmem in its page cache (`Cached`), not as anonymous memory.
 
     on_reboot/on_crash destroy plus panic=-1 turn a dead guest kernel into a stopped domain the
     recorder sees, instead of a silently rebooting one.
@@ -84,7 +91,7 @@ def domain_xml(
   <name>{escape(name)}</name>
   <memory unit='MiB'>{max_mib}</memory>
   <currentMemory unit='MiB'>{current_mib}</currentMemory>
-  <vcpu>1</vcpu>
+  <vcpu>1</vcpu>{_MEMFD_XML if memfd else ""}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(image.kernel))}</kernel>
@@ -164,9 +171,11 @@ class Lab:
         boot_timeout_s: float = 180.0,
         disk_guests: Collection[int] = (),
         autodeflate_guests: Collection[int] = (),
+        memfd_guests: Collection[int] = (),
     ) -> None:
         """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda);
-        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate)."""
+        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate);
+        memfd_guests: those whose RAM is a shared memfd (`domain_xml`'s memfd)."""
         self.prefix = prefix
         self.n = n
         self.max_mib = max_mib
@@ -180,6 +189,9 @@ class Lab:
         self.autodeflate_guests = frozenset(autodeflate_guests)
         if not self.autodeflate_guests <= set(range(1, n + 1)):
             raise ValueError(f"autodeflate_guests {sorted(self.autodeflate_guests)} not within 1..{n}")
+        self.memfd_guests = frozenset(memfd_guests)
+        if not self.memfd_guests <= set(range(1, n + 1)):
+            raise ValueError(f"memfd_guests {sorted(self.memfd_guests)} not within 1..{n}")
         self.disk: Path | None = None
         self._own_run_dir = run_dir is None
         self._run_dir = run_dir
@@ -260,7 +272,10 @@ class Lab:
         index = self.names.index(name) + 1
         disk = self.disk if index in self.disk_guests else None
         autodeflate = index in self.autodeflate_guests
-        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib, disk=disk, autodeflate=autodeflate)
+        memfd = index in self.memfd_guests
+        xml = domain_xml(
+            name, self.image, sock, self.max_mib, self.current_mib, disk=disk, autodeflate=autodeflate, memfd=memfd
+        )
         dom = self.conn.defineXML(xml)
         console = Console(sock, self.run_dir / f"{name}.console.log")
         # Append before create() so down() cleans up even if the start fails half-way.

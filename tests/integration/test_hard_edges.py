@@ -6,6 +6,8 @@ land a fault exactly between two steps of a tick.
   guests outlives WatchdogSec=30s and loses every pending target to the restart).
 - A setMemory given up on at the deadline (libvirtd stopped dead) is of unknown outcome, not failed: once
   libvirtd wakes it lands, and memcoord counted it as set meanwhile.
+- A remote host's available memory (libvirt's node stats) does not count guest RAM in its page cache: a
+  memfd-backed guest touching memory lowers it.
 - A stats period that could not be set is tried again: the guest's stats flow once it works; meanwhile STATUS,
   the state file (`memcoord status`) and the metrics say so.
 """
@@ -30,6 +32,7 @@ from memcoord.admin.status import render
 from memcoord.core import config as config_mod
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import TICK_BUDGET_S, Service
+from memcoord.hypervisor import libvirt as adapter
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
 from tests.conftest import NotifySocket
 from tests.integration.faultkit import libvirtd_pid, libvirtd_restored
@@ -219,3 +222,40 @@ def test_a_set_memory_given_up_on_is_of_unknown_outcome_and_lands_later(
         service.hypervisor.close()
         conn.lookupByName(name).setMemoryFlags(512 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         conn.close()
+
+
+def test_a_remote_hosts_available_memory_does_not_count_guest_ram_in_its_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvirt's node stats have no MemAvailable; `cached` holds shmem, and a memfd-backed guest's RAM is shmem.
+    This libvirtd read as a remote host (the adapter's remote path): the host's available memory must fall by
+    what such a guest touches, as MemAvailable does."""
+    hold_mib = 400
+    monkeypatch.setattr(adapter, "is_local", lambda _uri: False)
+    with Lab(prefix="mcmemfd-", n=1, max_mib=1024, current_mib=768, run_dir=tmp_path, memfd_guests=[1]) as lab:
+        assert lab.conn is not None
+        hv = LibvirtHypervisor(URI)
+
+        def figures_mib() -> tuple[float, float]:
+            """(free + buffers + cached, the adapter's figure), MiB."""
+            node = lab.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)  # type: ignore[union-attr]
+            whole_kib = node["free"] + node["buffers"] + node["cached"]
+            return whole_kib / 1024, hv.sample().host.available_kib / 1024
+
+        try:
+            whole_before, figure_before = figures_mib()
+            lab.start_hog(1, "hold", size_mib=hold_mib, hold_s=600, page_us=50)
+            console = lab.guest(1).console
+            assert wait_until(lambda: console.state.hog_state == "holding", 60), console.state
+            time.sleep(1)
+            whole_after, figure_after = figures_mib()
+        finally:
+            hv.close()
+    whole_drop, figure_drop = whole_before - whole_after, figure_before - figure_after
+    print(
+        f"a memfd guest touched {hold_mib} MiB: free + buffers + cached fell {whole_drop:.0f} MiB, the remote "
+        f"figure {figure_drop:.0f} MiB ({figure_before:.0f} -> {figure_after:.0f} MiB)"
+    )
+    # The premise: the guest's RAM went into the host's page cache, where free + buffers + cached kept it.
+    assert whole_drop < hold_mib / 2, f"guest RAM not in the page cache ({whole_drop:.0f} MiB gone): proves nothing"
+    assert figure_drop >= 0.75 * hold_mib, f"the remote figure fell {figure_drop:.0f} MiB of {hold_mib} MiB touched"

@@ -189,6 +189,18 @@ def domain_stats(name: str, stats: dict[str, int], settings: DomainSettings | No
     )
 
 
+def remote_available_kib(node: Mapping[str, int], qemu_rss_kib: int) -> int:
+    """Memory available on a host known only by libvirt's node stats (free, buffers, cached: no MemAvailable).
+
+    `cached` holds shmem, and guest RAM backed by memfd or a shared file is shmem: counted whole, a guest touching
+    its memory would not lower the host's available memory at all. Every such page is mapped by its QEMU and so
+    in that domain's RSS (qemu_rss_kib: the sum over all running domains), so the page cache beyond that sum
+    cannot be guest RAM: free + buffers + max(0, cached - qemu_rss_kib). It is a lower bound: where the guests'
+    RAM is anonymous (libvirt's default) their RSS is not in `cached`, and the cache counts only beyond it."""
+    cached_kib = max(0, node.get("cached", 0) - qemu_rss_kib)
+    return node.get("free", 0) + node.get("buffers", 0) + cached_kib
+
+
 def balloon_period_s(domain_xml: str) -> int | None:
     """The stats period in a domain's live XML: 0 without one (libvirt writes no <stats> for 0), None without
     a balloon device."""
@@ -321,15 +333,23 @@ class LibvirtHypervisor:
             self._abandoned.append(call)
             raise TimeoutError(f"{what}: no answer from {self.uri} in {timeout_s:.1f} s") from None
 
-    def _host(self, conn: libvirt.virConnect, deadline_s: float | None) -> HostStats:
+    def _host(
+        self,
+        conn: libvirt.virConnect,
+        records: Sequence[tuple[libvirt.virDomain, Mapping[str, int]]],
+        deadline_s: float | None,
+    ) -> HostStats:
+        """The host's memory: MemAvailable (psutil) here; on a remote host libvirt's node stats, read by
+        remote_available_kib() against what the running domains' QEMUs hold (records: this tick's stats)."""
         if is_local(self.uri):
             vm = psutil.virtual_memory()
             return HostStats(available_kib=vm.available // 1024, total_kib=vm.total // 1024)
         node = self._bounded(
             "getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS), deadline_s
         )
-        available_kib = node.get("free", 0) + node.get("buffers", 0) + node.get("cached", 0)
-        return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
+        # A domain whose RSS libvirt did not give may hold up to its maximum.
+        qemu_kib = sum(int(stats.get("balloon.rss") or stats.get("balloon.maximum") or 0) for _dom, stats in records)
+        return HostStats(available_kib=remote_available_kib(node, qemu_kib), total_kib=node.get("total", 0))
 
     @contextlib.contextmanager
     def _errors_as_hypervisor_error(self, conn: libvirt.virConnect, deadline_s: float | None) -> Iterator[None]:
@@ -353,7 +373,7 @@ class LibvirtHypervisor:
             records = self._bounded(
                 "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
             )
-            host = self._host(conn, deadline_s)
+            host = self._host(conn, records, deadline_s)
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
         uuids = {dom.UUIDString(): dom for dom, _stats in records}  # the handle's own, no round trip
