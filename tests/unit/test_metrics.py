@@ -19,7 +19,7 @@ from prometheus_client.samples import Sample
 import memcoord
 from memcoord.core.config import ConfigError, parse
 from memcoord.core.model import mib_to_kib
-from memcoord.daemon.metrics import ERROR_KINDS, config_hash
+from memcoord.daemon.metrics import ERROR_KINDS, Metrics, config_hash
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
 from memcoord.sim.host import demo_host
@@ -242,6 +242,56 @@ def test_tls_endpoint_with_client_certificates(tmp_path: Path):
         assert f"metrics on https://127.0.0.1:{port}/metrics, client certificate required" in daemon.log()
     finally:
         assert daemon.stop() == 0
+
+
+# What a TLS client sees when the server refuses its certificate (or its lack of one): under TLS 1.3 the alert
+# may come only with the response, as a reset or an SSL error on read.
+REFUSED = (ssl.SSLError, ConnectionError, urllib.error.URLError, http.client.HTTPException)
+
+
+@pytest.mark.parametrize("required", [True, False], ids=["client_auth_required", "client_auth_optional"])
+def test_a_client_ca_verifies_every_certificate_presented(tmp_path: Path, required: bool):
+    """client_cafile set: a scraper's certificate from that CA is served, one from another CA is refused, for
+    both settings; without a certificate, client_auth_required decides."""
+    pki, foreign = make_pki(tmp_path / "pki"), make_pki(tmp_path / "foreign")
+    port = free_port()
+    config = parse(
+        f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{pki.server_cert}"\n'
+        f'keyfile = "{pki.server_key}"\nclient_cafile = "{pki.ca}"\n'
+        f"client_auth_required = {str(required).lower()}\n"
+    )
+    metrics = Metrics(lambda: None)
+    metrics.serve(config.metrics)
+    try:
+        assert "memcoord_build_info" in wait_for(lambda: scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key)))
+        with pytest.raises(REFUSED):
+            scrape_tls(port, pki.ca, (foreign.client_cert, foreign.client_key))
+        if required:
+            with pytest.raises(REFUSED):
+                scrape_tls(port, pki.ca, None)
+        else:
+            assert "memcoord_build_info" in scrape_tls(port, pki.ca, None)
+        # The endpoint still serves a good scraper after refusing the others.
+        assert "memcoord_build_info" in scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key))
+    finally:
+        metrics.shutdown()
+
+
+def test_a_certfile_holding_its_key_serves_tls_not_plain_http(tmp_path: Path):
+    """certfile may hold the key too (keyfile left empty): the endpoint must still be HTTPS."""
+    pki = make_pki(tmp_path / "pki")
+    both = tmp_path / "server-and-key.pem"
+    both.write_bytes(pki.server_cert.read_bytes() + pki.server_key.read_bytes())
+    port = free_port()
+    config = parse(f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{both}"\n')
+    metrics = Metrics(lambda: None)
+    metrics.serve(config.metrics)
+    try:
+        assert "memcoord_build_info" in wait_for(lambda: scrape_tls(port, pki.ca, None))
+        with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+            scrape(port)
+    finally:
+        metrics.shutdown()
 
 
 @pytest.mark.parametrize(
