@@ -207,6 +207,9 @@ class Metrics:
         if m.client_cafile:
             auth = ", client certificate required" if m.client_auth_required else ", client certificates verified"
         log.info("metrics on %s://%s:%d/metrics%s", scheme, shown, port, auth)
+        exposed = m.plain_http_exposed()
+        if exposed:
+            log.warning("%s", exposed)
 
     def shutdown(self) -> None:
         if self._server is not None:
