@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from memcoord.admin.status import render
 from memcoord.core.config import Config, parse
 from memcoord.core.model import Action, ApplyResult, Change, Outcome, Plan, Snapshot, mib_to_kib
 from memcoord.core.policy import PolicyState
@@ -181,3 +182,5 @@ def test_journal_metrics_and_timeline_say_outcome_unknown(tmp_path: Path, caplog
     lines = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     acts = [a for line in lines for a in timeline.actions(line)]
     assert [a.outcome for a in acts] == [Outcome.UNKNOWN] and not acts[0].applied, acts
+    assert observer.view is not None
+    assert any("OUTCOME UNKNOWN: setMemory: no answer" in line for line in render(observer.view)), render(observer.view)
