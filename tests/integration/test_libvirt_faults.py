@@ -38,6 +38,18 @@ pytestmark = pytest.mark.real
 HANG_BOUND_S = KEEPALIVE_INTERVAL_S * (KEEPALIVE_COUNT + 1) + 1.5
 
 
+def samples_again(hv: LibvirtHypervisor, within_s: float = 30) -> None:
+    """Back after SIGCONT: the next tick (or the one after, if the late connection was closed) samples again."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            hv.sample()
+            return
+        except HypervisorError:
+            assert time.monotonic() < deadline, "no recovery after SIGCONT"
+            time.sleep(0.5)
+
+
 def test_a_hung_daemon_bounds_every_call_and_the_reconnect() -> None:
     require_libvirtd()
     hv = LibvirtHypervisor(URI)
@@ -53,15 +65,7 @@ def test_a_hung_daemon_bounds_every_call_and_the_reconnect() -> None:
                 hv.sample()
             measured[attempt] = time.monotonic() - t0
         os.kill(pid, signal.SIGCONT)
-        # Back: the next tick (or the one after, if the late connection was closed) samples again.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                hv.sample()
-                break
-            except HypervisorError:
-                assert time.monotonic() < deadline, "no recovery after SIGCONT"
-                time.sleep(0.5)
+        samples_again(hv)
     hv.close()
     print(f"hang bounds: {measured}")
     assert measured["in-flight call"] <= HANG_BOUND_S, measured
@@ -116,14 +120,7 @@ def test_dropping_the_connection_to_a_hung_daemon_keeps_the_ticks_deadline() -> 
             took_s = time.monotonic() - t0
         finally:
             os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 30
-        while True:  # and a new connection works once libvirtd answers
-            try:
-                hv.sample()
-                break
-            except HypervisorError:
-                assert time.monotonic() < deadline, "no recovery after SIGCONT"
-                time.sleep(0.5)
+        samples_again(hv)  # a new connection works once libvirtd answers
     hv.close()
     print(f"dropping the connection to a stopped libvirtd: {took_s:.1f} s (deadline {deadline_in_s:.1f} s)")
     assert took_s <= deadline_in_s + 0.5, took_s
