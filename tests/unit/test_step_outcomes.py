@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from memcoord.admin.status import render
@@ -20,6 +22,7 @@ from memcoord.core.step import step
 from memcoord.daemon import timeline
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
+from memcoord.hypervisor.libvirt import LibvirtHypervisor
 from memcoord.sim.host import Hog, SimGuest, SimulatedHypervisor
 
 SIM_START_S = 1_000_000.0  # SimulatedHypervisor's default start
@@ -184,3 +187,42 @@ def test_journal_metrics_and_timeline_say_outcome_unknown(tmp_path: Path, caplog
     assert [a.outcome for a in acts] == [Outcome.UNKNOWN] and not acts[0].applied, acts
     assert observer.view is not None
     assert any("OUTCOME UNKNOWN: setMemory: no answer" in line for line in render(observer.view)), render(observer.view)
+
+
+class _Dom:
+    """A libvirt domain handle whose setMemoryFlags raises the given error, or hangs for hang_s."""
+
+    def __init__(self, code: int = 0, domain: int = 0, alive: bool = True, hang_s: float = 0.0) -> None:
+        self.code, self.domain, self.alive, self.hang_s = code, domain, alive, hang_s
+
+    def setMemoryFlags(self, _kib: int, _flags: int) -> int:
+        if self.hang_s:
+            time.sleep(self.hang_s)
+            return 0
+        exc = libvirt.libvirtError("injected")
+        exc.err = (self.code, self.domain, "injected error", libvirt.VIR_ERR_ERROR, None, None, None, 0, 0)
+        raise exc
+
+    def connect(self) -> _Dom:
+        return self
+
+    def isAlive(self) -> int:
+        return int(self.alive)
+
+
+@pytest.mark.parametrize(
+    ("dom", "outcome"),
+    [
+        (_Dom(libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_FROM_DOMAIN), Outcome.FAILED),  # refused
+        (_Dom(libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU), Outcome.FAILED),  # not running
+        (_Dom(libvirt.VIR_ERR_RPC, libvirt.VIR_FROM_RPC), Outcome.UNKNOWN),  # the connection broke under it
+        (_Dom(libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, alive=False), Outcome.UNKNOWN),
+        (_Dom(hang_s=0.5), Outcome.UNKNOWN),  # no answer before the deadline
+    ],
+    ids=["refused", "not-running", "rpc-error", "connection-dead", "no-answer"],
+)
+def test_the_libvirt_adapter_tells_a_failed_set_memory_from_one_of_unknown_outcome(dom: _Dom, outcome: Outcome) -> None:
+    hv = LibvirtHypervisor("qemu:///system")
+    hv._domains = {"g": dom}  # type: ignore[dict-item]
+    [result] = hv.apply([_change("g", Action.GROW, 1024, 1100)], deadline_s=time.monotonic() + 0.2)
+    assert result.outcome is outcome, result

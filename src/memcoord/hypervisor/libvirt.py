@@ -536,7 +536,8 @@ class LibvirtHypervisor:
                 # Sent and given up on: the call goes on in its thread and may still land.
                 results.append(ApplyResult(change, str(exc), unknown=True))
             except libvirt.libvirtError as exc:
-                # The connection lost mid-call: libvirtd may have read the request and may carry it out.
+                # The connection lost: libvirtd may have read the request and may carry it out (a connection
+                # lost before the call was sent cannot be told apart here, and counting it as set is the safe side).
                 lost = connection_lost(dom.connect(), exc)  # the handle's own connection, no round trip
                 results.append(ApplyResult(change, exc.get_error_message(), unknown=lost))
             except HypervisorError as exc:  # too many calls unanswered: this one was not sent
