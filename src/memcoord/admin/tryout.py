@@ -36,24 +36,32 @@ exit status: 0 the plan was printed; 64 bad arguments; 66 the config file cannot
 invalid; 69 libvirt cannot be reached (one line naming the URI)."""
 
 RESTORE_DESCRIPTION = """\
-Set running guests back to their libvirt maximum (or to --to MIB), to uninstall memcoord or to hand guests
-back to manual control. With no DOMAIN: every domain this config manages. Growth goes through the host guard:
-guests grow only by what the host has above host.min_available_mib (less what memcoord keeps for guests using
-theirs), served in the order the domains are named (by name when none is named); a guest that cannot be fully
-restored gets what there is and is reported with how much is missing. --to is clamped to each guest's maximum,
-saying so; restore never lowers a guest (a --to below a guest's current size leaves it as it is). Each
-setMemory is logged like memcoord's own actions (MEMCOORD_ACTION=restore), to the journal when there is one,
-else to stderr.
+Set running guests back to the size they had before memcoord first changed them, to uninstall memcoord or to
+hand guests back to manual control; --to-max sets them to their libvirt maximum instead, --to MIB to a size.
+With no DOMAIN: every domain this config manages. The daemon records each guest's size (balloon current)
+before its first change, in /var/lib/memcoord/restore-sizes.json ($STATE_DIRECTORY under systemd), kept across
+restarts and upgrades; a guest with no size there was never changed by memcoord and is left as it is. A guest
+fully restored leaves the record (memcoord's next change to it records afresh).
+
+Restore never lowers a guest: one above the size wanted (memcoord grew it because its programs needed the
+memory; a --to below its size) is left as it is, saying so. Growth goes through the host guard: guests grow
+only by what the host has above host.min_available_mib (less what memcoord keeps for guests using theirs),
+served in the order the domains are named (by name when none is named); a guest that cannot be fully restored
+gets what there is and is reported with how much is missing. Targets are clamped to each guest's maximum,
+saying so. Each setMemory is logged like memcoord's own actions (MEMCOORD_ACTION=restore), to the journal
+when there is one, else to stderr.
 
 A running memcoord would move the guests again: restore refuses while memcoord's service runs (its state file
 or systemd says so) and manages any of them. Stop memcoord first, or exclude the guests
 ([domains."NAME"] enabled = false, then systemctl reload memcoord); --force restores anyway."""
 
 RESTORE_EPILOG = """\
-exit status: 0 every guest restored (or already there); 64 bad arguments (e.g. --to 0); 66 a named domain is
-not running or has no balloon (named in the message), nothing changed; 69 libvirt cannot be reached; 75 a
-guest could not be fully restored (host guard) or its setMemory failed: run again once the host has memory;
-77 memcoord is running and manages a named guest (without --force), nothing changed; 78 invalid config."""
+exit status: 0 every guest restored (or already there, or left as it is, saying why); 64 bad arguments (e.g.
+--to 0, or --to with --to-max); 65 the record of sizes before memcoord cannot be read (named in the message),
+nothing changed; 66 a named domain is not running or has no balloon (named in the message), nothing changed;
+69 libvirt cannot be reached; 75 a guest could not be fully restored (host guard) or its setMemory failed:
+run again once the host has memory; 77 memcoord is running and manages a named guest (without --force),
+nothing changed; 78 invalid config."""
 
 
 LoadConfig = Callable[[Path], Any]
@@ -81,7 +89,7 @@ def _cmd_restore(load: LoadConfig, args: argparse.Namespace) -> int:
     from memcoord.admin import restore
 
     config, _label = _config_or_defaults(load, args.config)
-    return restore.main(config, args.domains, args.to, args.dry_run, args.force)
+    return restore.main(config, args.domains, args.to, args.dry_run, args.force, to_max=args.to_max)
 
 
 def _positive_mib(text: str) -> int:
@@ -121,7 +129,7 @@ def add_commands(sub: Any, load: LoadConfig) -> None:
 
     restore = sub.add_parser(
         "restore",
-        help="set guests back to their libvirt maximum (or --to MIB) through the host guard; exit 75 if short",
+        help="set guests back to their size before memcoord (or --to-max, --to MIB) through the host guard",
         description=RESTORE_DESCRIPTION,
         epilog=RESTORE_EPILOG,
         formatter_class=raw,
@@ -132,8 +140,15 @@ def add_commands(sub: Any, load: LoadConfig) -> None:
         metavar="DOMAIN",
         help="running domains to restore, served in this order (default: every managed domain, by name)",
     )
-    restore.add_argument(
-        "--to", type=_positive_mib, metavar="MIB", help="restore to this size in MiB instead of the maximum"
+    target = restore.add_mutually_exclusive_group()
+    target.add_argument(
+        "--to-max", action="store_true", help="restore to the libvirt maximum instead of the size before memcoord"
+    )
+    target.add_argument(
+        "--to",
+        type=_positive_mib,
+        metavar="MIB",
+        help="restore to this size in MiB instead of the size before memcoord",
     )
     _config_arg(restore)
     restore.add_argument("--dry-run", action="store_true", help="print and log what it would do, call no setMemory")
