@@ -291,6 +291,8 @@ def _mib(kib: int) -> str:
 def unmanaged_why(name: str, config: Config, settings: DomainSettings | None) -> str:
     """Why memcoord leaves a domain alone, from the same rule the daemon applies (Config.exclusion)."""
     reason = config.exclusion(name, settings)
+    if settings is not None and settings.unballoonable is not None:
+        return f"not managed, ballooning cannot help: {settings.unballoonable.why}"
     if reason == "libvirt.domains":
         return f"not managed: libvirt.domains ({', '.join(config.libvirt.domains)}) does not match it"
     if reason == "bad-metadata":

@@ -71,11 +71,14 @@ class ConfigRules:
     def exclusion(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> str | None:
         """Why memcoord leaves a domain alone: "libvirt.domains", "config" or "metadata" (enabled = false),
         "unread" (its settings not read yet), "bad-metadata" (its metadata has a key that cannot be believed, and
-        the config file does not say `enabled` for it); None for a managed domain."""
+        the config file does not say `enabled` for it), or why ballooning cannot help it (model.Unballoonable:
+        "no-balloon", "hostdev", "hugepages", "locked"; no setting overrides that); None for a managed domain."""
         if not _matcher(tuple(self.libvirt.domains))(name):
             return "libvirt.domains"
         if settings is None:
             return "unread"
+        if settings.unballoonable is not None:
+            return str(settings.unballoonable)
         enabled = self.domain_setting(name, "enabled", settings)
         if settings.metadata_invalid and (enabled is None or enabled[1] is not Source.CONFIG):
             return "bad-metadata"
