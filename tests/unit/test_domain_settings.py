@@ -37,7 +37,6 @@ from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from tests.unit.test_cli_exit_codes import memcoord
 from tests.unit.test_policy import by_name, dom, snap, steady
 
-
 BALLOON = "<devices><memballoon model='virtio'/></devices>"
 
 
