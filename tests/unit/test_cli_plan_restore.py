@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from memcoord.admin.plan import NO_PERIOD
 from memcoord.core.config import Config
 from memcoord.daemon import state
 from tests.unit.test_cli_exit_codes import EX_CONFIG, EX_NOINPUT, EX_USAGE, assert_clean_failure, memcoord
@@ -211,10 +212,23 @@ def test_restore_refuses_while_memcoord_runs_unless_forced(tmp_path: Path) -> No
     assert memcoord("restore", "sim-hog", "--config", str(config)).returncode == 0
 
 
-def test_plan_on_the_simulator_prints_and_says_json(tmp_path: Path) -> None:
+def test_plan_on_the_simulator_sets_the_stats_period_and_decides_on_fresh_stats(tmp_path: Path) -> None:
+    """The demo host's guests have no stats period (as libvirt's have none by default): plan sets it, says so,
+    and decides on fresh figures, none larger than the guest; with --no-stats-period it leaves them alone."""
     config = write_config(tmp_path)
     text = memcoord("plan", "--config", str(config))
     assert text.returncode == 0, text.stderr
-    assert text.stdout.splitlines()[1].split()[:3] == ["DOMAIN", "MANAGED", "CLASS"]
+    lines = text.stdout.splitlines()
+    assert lines[1].startswith("balloon stats period set to 1 s on sim-busy, sim-hog, sim-idle")
+    assert lines[2].split()[:3] == ["DOMAIN", "MANAGED", "CLASS"]
     data = json.loads(memcoord("plan", "--json", "--config", str(config)).stdout)
     assert data["uri"] == "sim:" and [d["name"] for d in data["domains"]] == ["sim-busy", "sim-hog", "sim-idle"]
+    assert data["stats_period_set"] == ["sim-busy", "sim-hog", "sim-idle"]
+    for d in data["domains"]:
+        assert d["class"] not in ("no-stats", "stale"), d
+        assert 0 <= d["stats_age_s"] <= 5 and d["usable_kib"] <= d["current_kib"], d
+    off = json.loads(memcoord("plan", "--json", "--no-stats-period", "--config", str(config)).stdout)
+    assert off["stats_period_set"] == []
+    for d in off["domains"]:
+        assert (d["class"], d["action"], d["usable_kib"]) == ("no-stats", None, None), d
+        assert d["why"] == f"left alone: {NO_PERIOD}"

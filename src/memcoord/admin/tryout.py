@@ -13,24 +13,34 @@ from pathlib import Path
 from typing import Any
 
 PLAN_DESCRIPTION = """\
-Sample the running domains once and show, for every one: whether memcoord manages it, its class, its size,
-what memcoord would do this tick and why, and where it would settle if nothing changed: the policy is run
-forward on the simulated hypervisor seeded from the sample (each guest's size, maximum, used memory and page
-cache held as sampled, the host's available memory as sampled) until nothing changes for 60 s, at most
-10 simulated minutes. One sample shows no trend: classes are those of guests whose use holds steady.
+Show, for every running domain: whether memcoord manages it (and if not, why: the config, its metadata, or a
+definition ballooning cannot help, such as no balloon device, an assigned VFIO device, hugepages or locked
+memory), its class, its size, what memcoord would do this tick and why, and where it would settle if nothing
+changed: the policy is run forward on the simulated hypervisor seeded from the sample (each guest's size,
+maximum, used memory and page cache held as sampled, the host's available memory as sampled) until nothing
+changes for 60 s, at most 10 simulated minutes.
 
-It changes nothing: no setMemory, and no balloon stats period is set. A guest whose stats do not flow yet
-because no period is set says "no stats: the stats period is set when memcoord runs"."""
+It decides only on stats the daemon would trust: fresh (no older than 3 stats periods and 2 ticks) and
+possible (a report of more free or total memory than the guest has, such as the one a balloon driver sends at
+boot, is no sample). libvirt sets no balloon stats period by default, so a guest memcoord never ran on reports
+nothing new: for the managed guests whose period is off, or whose stats are not usable, plan sets the period
+(loop.stats_period_s, live only: a polling interval, harmless, what memcoord run sets too; it says so), then
+waits for two fresh samples of each (a few seconds; at most 10) so that the policy sees each guest's trend. A
+guest that still has no usable stats is left alone, as the daemon would leave it, and its row says why.
+--no-stats-period sets no period: such guests are then left alone. plan changes nothing else: no setMemory."""
 
 PLAN_EPILOG = """\
 --json prints one object (sizes KiB, times seconds; null where a key does not apply):
-  uri, config_path, taken_at_s (epoch of the sample), horizon_s (the most simulated), simulated_s,
+  uri, config_path, taken_at_s (epoch of the sample), stats_period_s, stats_period_set (the guests plan set
+  the balloon stats period on), horizon_s (the most simulated), simulated_s,
   settled (true when nothing changed for 60 s before the horizon),
   host {available_kib, total_kib, guard_kib, headroom_kib (what the guard lets memcoord hand out now)},
   domains [{name, managed, class (starving|wasteful|idle|busy|no-stats|stale|no-balloon; null when not
-            managed), current_kib, max_kib, floor_kib, ceiling_kib, action (grow|reclaim|tax|clamp|relieve;
-            null: none this tick), to_kib, why, settled_kib, settles_in_s (simulated seconds until its
-            balloon rests there; 0: stays as it is; null: still moving at the horizon)}]
+            managed), current_kib, max_kib, floor_kib, ceiling_kib, usable_kib, unused_kib, stats_age_s (the
+            sample decided on: its figures and age; null when none was usable), action
+            (grow|reclaim|tax|clamp|relieve; null: none this tick), to_kib, why, settled_kib, settles_in_s
+            (simulated seconds until its balloon rests there; 0: stays as it is; null: still moving at the
+            horizon)}]
 
 exit status: 0 the plan was printed; 64 bad arguments; 66 the config file cannot be read; 78 the config is
 invalid; 69 libvirt cannot be reached (one line naming the URI)."""
@@ -82,7 +92,7 @@ def _cmd_plan(load: LoadConfig, args: argparse.Namespace) -> int:
     from memcoord.admin import plan
 
     config, label = _config_or_defaults(load, args.config)
-    return plan.main(config, label, args.json)
+    return plan.main(config, label, args.json, set_period=not args.no_stats_period)
 
 
 def _cmd_restore(load: LoadConfig, args: argparse.Namespace) -> int:
@@ -118,13 +128,18 @@ def add_commands(sub: Any, load: LoadConfig) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     plan = sub.add_parser(
         "plan",
-        help="show what memcoord would do to each guest now and where each would settle; changes nothing",
+        help="show what memcoord would do to each guest now and where each would settle; sets only stats periods",
         description=PLAN_DESCRIPTION,
         epilog=PLAN_EPILOG,
         formatter_class=raw,
     )
     _config_arg(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (keys below), for scripts")
+    plan.add_argument(
+        "--no-stats-period",
+        action="store_true",
+        help="set no balloon stats period: guests without one are left alone in the plan",
+    )
     plan.set_defaults(func=functools.partial(_cmd_plan, load))
 
     restore = sub.add_parser(
