@@ -309,7 +309,9 @@ def test_text_has_a_row_per_domain_with_now_and_settled() -> None:
     print(text)
     lines = text.splitlines()
     assert lines[0].startswith("qemu:///system at ") and "guard 1024 MiB" in lines[0]
-    assert lines[1].split()[:3] == ["DOMAIN", "MANAGED", "CLASS"]
+    assert lines[1].startswith("profile density: idle guests give back what they hold above their wasteful line")
+    assert '[host] profile = "production" would reclaim them only below 6400 MiB available' in lines[1]
+    assert lines[2].split()[:3] == ["DOMAIN", "MANAGED", "CLASS"]
     web1 = next(line for line in lines if line.startswith("web1 "))
     assert "reclaim -> 1436" in web1 and "after " in web1
     new = next(line for line in lines if line.startswith("new "))
@@ -356,3 +358,22 @@ def test_a_guest_ballooning_cannot_help_is_shown_with_the_reason_and_left_alone(
     (row,) = report_of(snapshot(locked)).domains
     assert (row.managed, row.guest_class, row.action, row.settled_kib) == (False, None, None, None)
     assert row.why == f"not managed, ballooning cannot help: {Unballoonable.LOCKED.why}"
+
+
+def test_the_header_says_which_profile_is_in_force_and_plan_decides_with_it() -> None:
+    """production on a 32000 MiB host: the comfort target is 20 % of it (6400 MiB); with 16000 MiB available the
+    wasteful guest keeps its memory, where the density profile reclaims it."""
+    snap = snapshot(guest("web1", 1536, usable_mib=1200))
+    production = parse('[host]\nprofile = "production"\n')
+    report = report_of(snap, production)
+    (row,) = report.domains
+    assert (row.guest_class, row.action) == ("wasteful", None)
+    assert (report.profile, report.target_available_kib) == ("production", mib_to_kib(6400))
+    assert report.profile_text.startswith(
+        "profile production: idle guests give memory back only while the host has less than 6400 MiB available or "
+        'a guest starves, never below what they used in the last 600 s; [host] profile = "density"'
+    )
+    # Below the target, it reclaims again.
+    short = report_of(snapshot(guest("web1", 1536, usable_mib=1200), available_mib=6000), production)
+    assert short.domains[0].action == "reclaim"
+    assert report_of(snap).domains[0].action == "reclaim" and report_of(snap).target_available_kib == 0

@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from memcoord.core.config import Config
+from memcoord.core.config import Config, Profile
 from memcoord.core.model import (
     KIB_PER_MIB,
     ApplyResult,
@@ -40,6 +40,7 @@ from memcoord.core.model import (
     Plan,
     Snapshot,
     kib_to_mib,
+    mib_to_kib,
 )
 from memcoord.core.policy import PolicyState, decide, free_figure, thresholds_kib
 from memcoord.core.port import Hypervisor, HypervisorError
@@ -309,6 +310,10 @@ class PlanReport:
     # The guests plan set the balloon stats period on (to stats_period_s), so that they report fresh figures.
     stats_period_s: int
     stats_period_set: tuple[str, ...]
+    # host.profile, what it does and what the other would do; the comfort target idle reclaim waits for (0: none).
+    profile: str
+    profile_text: str
+    target_available_kib: int
     host: HostStats
     guard_kib: int
     headroom_kib: int
@@ -327,6 +332,8 @@ def unmanaged_why(name: str, config: Config, settings: DomainSettings | None) ->
     reason = config.exclusion(name, settings)
     if settings is not None and settings.unballoonable is not None:
         return f"not managed, ballooning cannot help: {settings.unballoonable.why}"
+    if reason == "libvirt.exclude":
+        return f"not managed: libvirt.exclude ({', '.join(config.libvirt.exclude)}) matches it"
     if reason == "libvirt.domains":
         return f"not managed: libvirt.domains ({', '.join(config.libvirt.domains)}) does not match it"
     if reason == "bad-metadata":
@@ -377,6 +384,31 @@ def steady_why(dom: DomainStats, guest_class: GuestClass, config: Config, notes:
     return "; ".join([text, *mine])
 
 
+def profile_text(config: Config, host_total_kib: int) -> str:
+    """Which profile is in force on this host, what it does, and what the other one would do."""
+    target_mib = config.target_available_mib(host_total_kib)
+    hold_s = config.peak_hold_s()
+    kept = f", never below what they used in the last {hold_s:.0f} s" if hold_s else ""
+    if target_mib:
+        now = (
+            f"idle guests give memory back only while the host has less than {target_mib} MiB available or a "
+            f"guest starves{kept}"
+        )
+    else:
+        now = f"idle guests give back what they hold above their wasteful line, however much the host has free{kept}"
+    other = "density" if config.host.profile == Profile.PRODUCTION else "production"
+    flipped = config.model_copy(update={"host": config.host.model_copy(update={"profile": other})})
+    other_target_mib = flipped.target_available_mib(host_total_kib)
+    if other == "production":
+        then = (
+            f'[host] profile = "production" would reclaim them only below {other_target_mib} MiB available or while a '
+            f"guest starves, keeping room for their last {flipped.peak_hold_s() / 60:.0f} minutes' peak"
+        )
+    else:
+        then = '[host] profile = "density" (the seed\'s loop, the default) would take back all they do not use'
+    return f"profile {config.host.profile}: {now}; {then}"
+
+
 def build_report(
     first: Snapshot,
     second: Snapshot,
@@ -395,6 +427,9 @@ def build_report(
     shown as such); period_set: the guests plan set the period on; period_off: those that needed one and plan
     set none (--no-stats-period). A managed guest's sample that is missing,
     too old or impossible is taken out before the policy sees it (`usable_only`): it is left alone, saying why."""
+    profile = profile_text(config, second.host.total_kib)
+    # What scales with the host (the guard, the profile's values), resolved as the daemon's tick resolves it.
+    config = config.for_host(second.host.total_kib)
     first, _unusable = usable_only(first, config)
     snapshot, unusable = usable_only(second, config)
     plan_now, state = decide_now(first, snapshot, config)
@@ -498,8 +533,11 @@ def build_report(
         taken_at_s=snapshot.taken_at_s,
         stats_period_s=config.loop.stats_period_s,
         stats_period_set=tuple(sorted(period_set)),
+        profile=config.host.profile,
+        profile_text=profile,
+        target_available_kib=mib_to_kib(config.host.target_available_mib),
         host=snapshot.host,
-        guard_kib=config.host.min_available_mib * 1024,
+        guard_kib=mib_to_kib(config.guard_mib(snapshot.host.total_kib)),
         headroom_kib=plan_now.host_headroom_kib,
         horizon_s=horizon_s,
         simulated_s=settlement.simulated_s,
@@ -533,6 +571,7 @@ def format_text(report: PlanReport) -> str:
         f"{report.uri} at {when}: host available {_mib(report.host.available_kib)} of "
         f"{_mib(report.host.total_kib)}, guard {_mib(report.guard_kib)}; config {report.config_path}",
     ]
+    lines.append(report.profile_text)
     if report.stats_period_set:
         lines.append(
             f"balloon stats period set to {report.stats_period_s} s on {', '.join(report.stats_period_set)}, "
@@ -584,13 +623,14 @@ JSON_KEYS = (
     "taken_at_s",
     "stats_period_s",
     "stats_period_set",
+    "profile",
     "host",
     "horizon_s",
     "simulated_s",
     "settled",
     "domains",
 )
-HOST_KEYS = ("available_kib", "total_kib", "guard_kib", "headroom_kib")
+HOST_KEYS = ("available_kib", "total_kib", "guard_kib", "headroom_kib", "target_available_kib")
 DOMAIN_KEYS = (
     "name",
     "managed",
@@ -617,6 +657,7 @@ def to_json(report: PlanReport) -> dict[str, Any]:
         "total_kib": report.host.total_kib,
         "guard_kib": report.guard_kib,
         "headroom_kib": report.headroom_kib,
+        "target_available_kib": report.target_available_kib,
     }
     domains = [
         {
@@ -644,6 +685,7 @@ def to_json(report: PlanReport) -> dict[str, Any]:
         "taken_at_s": report.taken_at_s,
         "stats_period_s": report.stats_period_s,
         "stats_period_set": list(report.stats_period_set),
+        "profile": report.profile,
         "host": host,
         "horizon_s": report.horizon_s,
         "simulated_s": report.simulated_s,

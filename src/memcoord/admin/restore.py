@@ -6,7 +6,7 @@ record the daemon keeps (undo.py); a guest it has no size for was never changed 
 is. Restore only grows: a guest above its recorded size (memcoord grew it for a need) stays where it is, since
 its programs may be using that memory. A guest fully restored is dropped from the record: memcoord's next
 change to it records afresh. Growth is limited to what the host has
-above its guard (host.min_available_mib, counting memory memcoord's policy would keep for guests that are
+above its guard (host.min_available_mib or _pct, counting memory memcoord's policy would keep for guests that are
 using theirs, as the policy's own guard does), shared out in a stated order: the guests in the order they are
 named, or by name when none is named. A guest that cannot be fully restored gets what there is and is reported
 with what is missing, and the command exits 75 (EX_TEMPFAIL) so that scripts notice and can retry once the
@@ -313,8 +313,8 @@ def _restore(
             if not force:
                 raise RestoreError(message + "; --force restores them anyway", os.EX_NOPERM)
             print(f"memcoord: warning: {message}", file=sys.stderr)
-    guard_mib = config.host.min_available_mib
-    budget_kib = host_headroom_kib(snapshot, config)
+    guard_mib = config.guard_mib(snapshot.host.total_kib)
+    budget_kib = host_headroom_kib(snapshot, config.for_host(snapshot.host.total_kib))
     steps = through_guard(wanted(doms, to_mib, to_max, before, record.path), budget_kib)
     order = ", ".join(s.name for s in steps) or "none"
     print(

@@ -32,9 +32,10 @@ guest that still has no usable stats is left alone, as the daemon would leave it
 PLAN_EPILOG = """\
 --json prints one object (sizes KiB, times seconds; null where a key does not apply):
   uri, config_path, taken_at_s (epoch of the sample), stats_period_s, stats_period_set (the guests plan set
-  the balloon stats period on), horizon_s (the most simulated), simulated_s,
-  settled (true when nothing changed for 60 s before the horizon),
-  host {available_kib, total_kib, guard_kib, headroom_kib (what the guard lets memcoord hand out now)},
+  the balloon stats period on), profile (host.profile: density|production), horizon_s (the most
+  simulated), simulated_s, settled (true when nothing changed for 60 s before the horizon),
+  host {available_kib, total_kib, guard_kib, headroom_kib (what the guard lets memcoord hand out now),
+        target_available_kib (idle guests give memory back only below it; 0: always)},
   domains [{name, managed, class (starving|wasteful|idle|busy|no-stats|stale|no-balloon; null when not
             managed), current_kib, max_kib, floor_kib, ceiling_kib, usable_kib, unused_kib, stats_age_s (the
             sample decided on: its figures and age; null when none was usable), action

@@ -81,7 +81,8 @@ def status_line(
     counts = ", ".join(f"{plan.count(c)} {c}" for c in GuestClass if plan.count(c))
     managed = len(plan.classes)
     line = f"{managed} domains" + (f" ({counts})" if counts else "")
-    line += f"; host available {_gib(snapshot.host.available_kib)}, guard {config.host.min_available_mib} MiB"
+    guard_mib = config.guard_mib(snapshot.host.total_kib)
+    line += f"; host available {_gib(snapshot.host.available_kib)}, guard {guard_mib} MiB"
     if plan.host_deficit_kib:
         line += f"; BELOW GUARD by {kib_to_mib(plan.host_deficit_kib):.0f} MiB, relieving"
         if plan.relief_shortfall_kib:
