@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from memcoord.core.model import ApplyResult, Change, Snapshot
-from memcoord.core.port import Hypervisor
+from memcoord.core.port import Hypervisor, Over
 
 log = logging.getLogger("memcoord")
 
@@ -222,7 +222,7 @@ class UndoRecord:
 NOT_RECORDED = "not set: its size before memcoord could not be recorded first, so it could not be undone"
 
 
-class RecordingHypervisor:
+class RecordingHypervisor(Over):
     """The hypervisor port over a real one: before the first setMemory to a guest, its size is recorded.
 
     Sizes come from the last sample (the balloon's size when memcoord decided). A change to a guest that
@@ -230,7 +230,7 @@ class RecordingHypervisor:
     logged once, and the policy asks again next tick."""
 
     def __init__(self, real: Hypervisor, record: UndoRecord, uri: str) -> None:
-        self.real = real
+        super().__init__(real)
         self.record = record
         self.uri = uri
         self._sizes: dict[str, tuple[int, int]] = {}  # name -> (balloon size, maximum) at the last sample
@@ -242,18 +242,6 @@ class RecordingHypervisor:
         snapshot = self.real.sample(deadline_s=deadline_s)
         self._sizes = {d.name: (d.current_kib, d.max_kib) for d in snapshot.domains}
         return snapshot
-
-    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
-        return self.real.ensure_stats_period(names, period_s, deadline_s=deadline_s)
-
-    def stats_period_failures(self) -> Mapping[str, str]:
-        return self.real.stats_period_failures()
-
-    def domain_names(self, deadline_s: float | None = None) -> set[str]:
-        return self.real.domain_names(deadline_s=deadline_s)
-
-    def close(self) -> None:
-        self.real.close()
 
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         refused = self._record_first(changes)
