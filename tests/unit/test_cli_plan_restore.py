@@ -219,8 +219,9 @@ def test_plan_on_the_simulator_sets_the_stats_period_and_decides_on_fresh_stats(
     text = memcoord("plan", "--config", str(config))
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
-    assert lines[1].startswith("balloon stats period set to 1 s on sim-busy, sim-hog, sim-idle")
-    assert lines[2].split()[:3] == ["DOMAIN", "MANAGED", "CLASS"]
+    assert lines[1].startswith("profile density: ")
+    assert lines[2].startswith("balloon stats period set to 1 s on sim-busy, sim-hog, sim-idle")
+    assert lines[3].split()[:3] == ["DOMAIN", "MANAGED", "CLASS"]
     data = json.loads(memcoord("plan", "--json", "--config", str(config)).stdout)
     assert data["uri"] == "sim:" and [d["name"] for d in data["domains"]] == ["sim-busy", "sim-hog", "sim-idle"]
     assert data["stats_period_set"] == ["sim-busy", "sim-hog", "sim-idle"]

@@ -1,8 +1,8 @@
 """`memcoord plan`: what memcoord would do to each guest now, and where each guest would settle.
 
-It decides only on stats memcoord itself would trust: fresh (at most loop.stats_period_s periods old, as the
-daemon's stale-stats limit says) and possible (core/sanity.py: a guest's report of more memory than it has, such
-as the one its balloon driver sends at boot, is no sample). Libvirt's default is no stats period, so a guest
+It decides only on stats memcoord itself would trust: fresh (no older than the daemon's stale-stats limit, three
+stats periods and two ticks) and possible (core/sanity.py: a guest's report of more memory than it has, such as
+the one its balloon driver sends at boot, is no sample). libvirt's default is no stats period, so a guest
 memcoord has never run on reports nothing new: where a managed guest's period is off or its stats unusable,
 plan sets the balloon stats period (live only; a polling interval, what `memcoord run` sets too; --no-stats-period
 leaves it off) and waits for fresh samples (`fresh_samples`): two, so that the policy sees each guest's trend.
