@@ -59,6 +59,10 @@ def _disk_xml(disk: Path | None) -> str:
     </disk>"""
 
 
+_MEMFD_XML = """
+  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"""
+
+
 def _balloon_xml(balloon: bool, autodeflate: bool, stats_period_s: int) -> str:
     if not balloon:
         return "<memballoon model='none'/>"
@@ -77,12 +81,15 @@ def domain_xml(
     disk: Path | None = None,
     autodeflate: bool = False,
     balloon: bool = True,
+    memfd: bool = False,
 ) -> str:
     """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second,
     and with `disk` a readonly virtio disk to fill its page cache from. `autodeflate`: the balloon
     deflates on the guest's own OOM (`<memballoon autodeflate='on'>`), before its OOM killer runs.
     stats_period_s = 0: no stats period, libvirt's default (the balloon driver reports once, at boot).
     balloon = False: `<memballoon model='none'/>`, a guest memcoord must leave alone.
+    memfd: its RAM is a shared memfd (as vhost-user devices and virtiofs need), which the host counts as shmem in
+    its page cache (`Cached`), not as anonymous memory.
 
     on_reboot/on_crash destroy plus panic=-1 turn a dead guest kernel into a stopped domain the
     recorder sees, instead of a silently rebooting one.
@@ -91,7 +98,7 @@ def domain_xml(
   <name>{escape(name)}</name>
   <memory unit='MiB'>{max_mib}</memory>
   <currentMemory unit='MiB'>{current_mib}</currentMemory>
-  <vcpu>1</vcpu>
+  <vcpu>1</vcpu>{_MEMFD_XML if memfd else ""}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(image.kernel))}</kernel>
@@ -173,11 +180,13 @@ class Lab:
         autodeflate_guests: Collection[int] = (),
         no_balloon_guests: Collection[int] = (),
         stats_period_s: int = 1,
+        memfd_guests: Collection[int] = (),
     ) -> None:
         """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda);
         autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate);
         no_balloon_guests: those with no balloon device (`<memballoon model='none'/>`); stats_period_s: every
-        balloon's stats period (0: none, libvirt's default)."""
+        balloon's stats period (0: none, libvirt's default); memfd_guests: those whose RAM is a shared memfd
+        (`domain_xml`'s memfd)."""
         self.prefix = prefix
         self.n = n
         self.max_mib = max_mib
@@ -192,6 +201,9 @@ class Lab:
         if not self.autodeflate_guests <= set(range(1, n + 1)):
             raise ValueError(f"autodeflate_guests {sorted(self.autodeflate_guests)} not within 1..{n}")
         self.no_balloon_guests = frozenset(no_balloon_guests)
+        self.memfd_guests = frozenset(memfd_guests)
+        if not self.memfd_guests <= set(range(1, n + 1)):
+            raise ValueError(f"memfd_guests {sorted(self.memfd_guests)} not within 1..{n}")
         self.stats_period_s = stats_period_s
         self.disk: Path | None = None
         self._own_run_dir = run_dir is None
@@ -286,6 +298,7 @@ class Lab:
             disk=disk,
             autodeflate=autodeflate,
             balloon=balloon,
+            memfd=index in self.memfd_guests,
         )
         dom = self.conn.defineXML(xml)
         console = Console(sock, self.run_dir / f"{name}.console.log")

@@ -82,6 +82,9 @@ CHECK_DOMAINS_TIMEOUT_S = 5.0
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.path)
     print(f"{args.path}: OK")
+    exposed = config.metrics.plain_http_exposed()
+    if exposed:
+        print(f"{args.path}: warning: {exposed}", file=sys.stderr)
     if config.domains and not args.offline:
         _check_domain_names(args.path, config)
     return os.EX_OK

@@ -19,12 +19,13 @@ from prometheus_client.samples import Sample
 import memcoord
 from memcoord.core.config import ConfigError, parse
 from memcoord.core.model import mib_to_kib
-from memcoord.daemon.metrics import ERROR_KINDS, config_hash
+from memcoord.daemon.metrics import ERROR_KINDS, Metrics, config_hash
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
 from memcoord.sim.host import demo_host
 from memcoord.sim.workloads import Hog
 from tests.unit.obs_daemon import SIM_GUESTS, Daemon, free_port, wait_for
+from tests.unit.obs_daemon import memcoord as memcoord_cli
 from tests.unit.tlskit import make_pki
 
 MIB = 1024 * 1024
@@ -244,6 +245,56 @@ def test_tls_endpoint_with_client_certificates(tmp_path: Path):
         assert daemon.stop() == 0
 
 
+# What a TLS client sees when the server refuses its certificate (or its lack of one): under TLS 1.3 the alert
+# may come only with the response, as a reset or an SSL error on read.
+REFUSED = (ssl.SSLError, ConnectionError, urllib.error.URLError, http.client.HTTPException)
+
+
+@pytest.mark.parametrize("required", [True, False], ids=["client_auth_required", "client_auth_optional"])
+def test_a_client_ca_verifies_every_certificate_presented(tmp_path: Path, required: bool):
+    """client_cafile set: a scraper's certificate from that CA is served, one from another CA is refused, for
+    both settings; without a certificate, client_auth_required decides."""
+    pki, foreign = make_pki(tmp_path / "pki"), make_pki(tmp_path / "foreign")
+    port = free_port()
+    config = parse(
+        f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{pki.server_cert}"\n'
+        f'keyfile = "{pki.server_key}"\nclient_cafile = "{pki.ca}"\n'
+        f"client_auth_required = {str(required).lower()}\n"
+    )
+    metrics = Metrics(lambda: None)
+    metrics.serve(config.metrics)
+    try:
+        assert "memcoord_build_info" in wait_for(lambda: scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key)))
+        with pytest.raises(REFUSED):
+            scrape_tls(port, pki.ca, (foreign.client_cert, foreign.client_key))
+        if required:
+            with pytest.raises(REFUSED):
+                scrape_tls(port, pki.ca, None)
+        else:
+            assert "memcoord_build_info" in scrape_tls(port, pki.ca, None)
+        # The endpoint still serves a good scraper after refusing the others.
+        assert "memcoord_build_info" in scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key))
+    finally:
+        metrics.shutdown()
+
+
+def test_a_certfile_holding_its_key_serves_tls_not_plain_http(tmp_path: Path):
+    """certfile may hold the key too (keyfile left empty): the endpoint must still be HTTPS."""
+    pki = make_pki(tmp_path / "pki")
+    both = tmp_path / "server-and-key.pem"
+    both.write_bytes(pki.server_cert.read_bytes() + pki.server_key.read_bytes())
+    port = free_port()
+    config = parse(f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{both}"\n')
+    metrics = Metrics(lambda: None)
+    metrics.serve(config.metrics)
+    try:
+        assert "memcoord_build_info" in wait_for(lambda: scrape_tls(port, pki.ca, None))
+        with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+            scrape(port)
+    finally:
+        metrics.shutdown()
+
+
 @pytest.mark.parametrize(
     ("metrics", "message"),
     [
@@ -262,6 +313,51 @@ def test_bad_listen_and_tls_settings_name_the_key(tmp_path: Path, metrics: str, 
     pki = make_pki(tmp_path)
     with pytest.raises(ConfigError, match=message):
         parse("[metrics]\n" + metrics.format(pki=pki), "memcoord.toml")
+
+
+@pytest.mark.parametrize(
+    ("metrics", "warning"),
+    [
+        ('listen = "0.0.0.0:9749"', "metrics.listen = '0.0.0.0:9749': the metrics endpoint serves plain HTTP"),
+        ('listen = "[::]:9749"', "metrics.listen = '[::]:9749'"),
+        ('listen = "metrics.example:9749"', "metrics.listen = 'metrics.example:9749'"),
+        ('address = "10.1.2.3"', "metrics.address = '10.1.2.3'"),
+        ('listen = "127.0.0.1:9749"', None),
+        ('listen = "127.0.0.53:9749"', None),
+        ('listen = "[::1]:9749"', None),
+        ('listen = "localhost:9749"', None),
+        ('listen = "0.0.0.0:9749"\ncertfile = "{pki.server_cert}"\nkeyfile = "{pki.server_key}"', None),
+        ('listen = "0.0.0.0:9749"\nenabled = false', None),
+    ],
+)
+def test_a_plain_http_endpoint_on_a_routable_address_is_warned_about_naming_the_key(
+    tmp_path: Path, metrics: str, warning: str | None
+):
+    pki = make_pki(tmp_path / "pki")
+    body = "[metrics]\n" + metrics.format(pki=pki)
+    if "enabled" not in body:
+        body += "\nenabled = true"
+    config_path = tmp_path / "memcoord.toml"
+    config_path.write_text(body + "\n")
+    exposed = parse(config_path.read_text()).metrics.plain_http_exposed()
+    proc = memcoord_cli("check-config", "--offline", str(config_path))
+    assert proc.returncode == 0, proc.stderr
+    if warning is None:
+        assert exposed is None and "warning" not in proc.stderr, (exposed, proc.stderr)
+    else:
+        assert exposed is not None and warning in exposed, exposed
+        assert f"{config_path}: warning: {warning}" in proc.stderr, proc.stderr
+
+
+def test_the_start_up_log_warns_of_a_plain_http_endpoint_on_a_routable_address(tmp_path: Path):
+    port = free_port()
+    daemon = Daemon(tmp_path, extra=f'[metrics]\nenabled = true\nlisten = "0.0.0.0:{port}"\n')
+    try:
+        daemon.wait_ticks(1)
+        assert "memcoord_build_info" in wait_for(lambda: scrape(port))
+    finally:
+        assert daemon.stop() == 0
+    assert f"metrics.listen = '0.0.0.0:{port}': the metrics endpoint serves plain HTTP" in daemon.log(), daemon.log()
 
 
 def test_listen_forms():

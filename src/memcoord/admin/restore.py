@@ -230,7 +230,7 @@ def describe(step: Step, result: ApplyResult | None, dry_run: bool) -> str:
     else:
         line += f"{_mib(step.from_kib)} -> {_mib(step.to_kib)}"
         if result.error is not None:
-            line += f": FAILED: {result.error}"
+            line += f": {'OUTCOME UNKNOWN' if result.unknown else 'FAILED'}: {result.error}"
     if step.short_kib:
         line += f", {_mib(step.short_kib)} short of {_mib(step.target_kib)} (host guard)"
     if dry_run and result is not None:
@@ -340,7 +340,7 @@ def _restore(
     if not short and not failed:
         return os.EX_TEMPFAIL if unread and not names else os.EX_OK
     problems = [f"{s.name} {_mib(s.short_kib)} short" for s in short]
-    problems += [f"{r.change.domain} setMemory failed" for r in failed]
+    problems += [f"{r.change.domain} setMemory {'outcome unknown' if r.unknown else 'failed'}" for r in failed]
     print(
         f"memcoord: {len(short) + len(failed)} of {len(steps)} guests not fully restored: {', '.join(problems)}"
         + (

@@ -53,7 +53,8 @@ def _last_action(action: dict[str, Any] | None) -> str:
     if action.get("dry_run"):
         text += " (dry run)"
     if action.get("error"):
-        text += f" FAILED: {action['error']}"
+        verdict = "OUTCOME UNKNOWN" if action.get("outcome") == "unknown" else "FAILED"
+        text += f" {verdict}: {action['error']}"
     return text
 
 

@@ -352,7 +352,7 @@ class MetricsConfig(MetricsRules, _Section):
     port: int = Field(
         9749, ge=1, le=65535, description="Older split form of listen (the port); only while listen is left as it is."
     )
-    # TLS is prometheus_client's own. client_auth_required (mutual TLS) is what makes a listener on a routable
+    # TLS: exposition.tls_context(). client_auth_required (mutual TLS) is what makes a listener on a routable
     # address safe to leave open.
     certfile: str = Field(
         "",
@@ -362,11 +362,13 @@ class MetricsConfig(MetricsRules, _Section):
     keyfile: str = Field("", description="TLS: the server certificate's key (PEM), unless certfile holds it.")
     client_cafile: str = Field(
         "",
-        description="TLS: the CA that signs the scrapers' client certificates; a scraper's certificate is checked "
-        "against it.",
+        description="TLS: the CA that signs the scrapers' client certificates; a certificate a scraper presents is "
+        "verified against it, and one from another CA is refused.",
     )
     client_auth_required: bool = Field(
-        False, description="TLS: refuse scrapers without a client certificate (needs client_cafile)."
+        False,
+        description="TLS: refuse scrapers without a client certificate too (needs client_cafile); false: a "
+        "scraper that presents none is served.",
     )
 
     @field_validator("address")

@@ -179,7 +179,7 @@ class ConfigRules:
 
 
 class MetricsRules:
-    """The [metrics] section's behaviour; the holder has listen, address, port and certfile."""
+    """The [metrics] section's behaviour; the holder has enabled, listen, address, port and certfile."""
 
     __slots__ = ()
 
@@ -191,6 +191,30 @@ class MetricsRules:
     @property
     def tls(self) -> bool:
         return bool(self.certfile)
+
+    def plain_http_exposed(self) -> str | None:
+        """A warning naming the key when the endpoint is on, without TLS, on an address other hosts may reach (any
+        but loopback; a host name other than localhost may resolve to anything); None otherwise."""
+        if not self.enabled or self.tls:
+            return None
+        host, _port = self.bind
+        if host == "localhost" or _is_loopback_ip(host):
+            return None
+        key, value = ("listen", self.listen) if self.listen != DEFAULT_LISTEN else ("address", self.address)
+        return (
+            f"metrics.{key} = {value!r}: the metrics endpoint serves plain HTTP on an address other hosts may "
+            "reach (no metrics.certfile): anyone there reads every guest's memory figures; turn TLS on "
+            "(certfile, client_cafile, client_auth_required) or listen on 127.0.0.1"
+        )
+
+
+def _is_loopback_ip(host: str) -> bool:
+    import ipaddress  # only with a listen address other than the default: the daemon rarely needs it
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name
 
 
 @functools.lru_cache(maxsize=8)

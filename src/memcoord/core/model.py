@@ -192,11 +192,40 @@ class Plan:
         return sum(1 for c in self.classes.values() if c is guest_class)
 
 
+class Outcome(StrEnum):
+    """What became of one setMemory (the timeline's and the journal's word for it)."""
+
+    SET = "set"  # the hypervisor accepted it
+    FAILED = "failed"  # refused, or never sent: the balloon target did not change
+    # Sent, but no answer in time (a hung QEMU monitor or libvirtd): it may still land, now or later. The next
+    # samples' balloon.current tell; until then the policy counts it as set (policy.applied).
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
+    """One change and what became of it. error: why it failed, or why its outcome is unknown; None when set."""
+
     change: Change
     error: str | None = None
+    unknown: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unknown and self.error is None:
+            raise ValueError("an unknown outcome says why (error)")
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.error is None:
+            return Outcome.SET
+        return Outcome.UNKNOWN if self.unknown else Outcome.FAILED
 
     @property
     def ok(self) -> bool:
+        """Accepted by the hypervisor."""
         return self.error is None
+
+    @property
+    def may_have_landed(self) -> bool:
+        """Accepted, or sent with its outcome unknown: what the policy must count as set."""
+        return self.error is None or self.unknown

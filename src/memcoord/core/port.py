@@ -45,7 +45,8 @@ class Hypervisor(Protocol):
 
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         """Set each domain's balloon target; a failure is reported per change, never raised. Changes left when
-        the deadline is spent get SKIPPED_DEADLINE."""
+        the deadline is spent get SKIPPED_DEADLINE. A call sent but not answered in time is reported with its
+        outcome unknown (`ApplyResult(change, why, unknown=True)`), never as failed: it may still land."""
         ...
 
     def close(self) -> None: ...

@@ -1,5 +1,5 @@
 """One tick of the loop, the same for the daemon and the simulator: sample -> managed filter -> stats period ->
-decide -> apply -> record what was applied.
+decide -> apply -> record what was (or may have been) applied.
 
 `Service.tick` wraps it with its reporting (journal, STATUS, metrics, deadline); `sim_run.run` wraps it with
 its measurements. Neither calls `decide` itself, so neither can forget to tell the policy what was applied:
@@ -76,8 +76,9 @@ def step(
 ) -> StepResult:
     """One tick. Raises HypervisorError when the hypervisor cannot be sampled (nothing else is then done).
 
-    Only the changes the hypervisor accepted are recorded as applied, at the snapshot's time (the clock the
-    policy's timing is on: the guests' own stats timestamps are compared with it).
+    The changes the hypervisor accepted, and those whose outcome is unknown (sent, no answer in time), are
+    recorded as applied, at the snapshot's time (the clock the policy's timing is on: the guests' own stats
+    timestamps are compared with it); failed and skipped ones are not.
     """
     snapshot = hypervisor.sample(deadline_s=deadline_s)
     # The guard and the profile's values scale with the host's memory: the policy reads them resolved.
@@ -89,7 +90,9 @@ def step(
     results: list[ApplyResult] = []
     if plan.changes:
         results = hypervisor.apply(plan.changes, deadline_s=deadline_s)
-        state = loop_policy.applied(state, [r.change for r in results if r.ok], snapshot.taken_at_s)
+        # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
+        # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
+        state = loop_policy.applied(state, [r.change for r in results if r.may_have_landed], snapshot.taken_at_s)
     attempted = tuple(r for r in results if r.error != SKIPPED_DEADLINE)
     return StepResult(
         snapshot=snapshot,

@@ -5,12 +5,16 @@ client library, and imported only when the endpoint is enabled or the text is as
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 from prometheus_client.utils import floatToGoString
 
 from memcoord import __version__
@@ -43,9 +47,40 @@ def text(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def start_server(port: int, address: str, registry: CollectorRegistry, tls: dict[str, Any]) -> Any:
-    """The endpoint's HTTP(S) server, serving in a thread of its own; what shutdown() and server_close() stop."""
-    server, _thread = start_http_server(port, addr=address, registry=registry, **tls)
+def tls_context(certfile: str, keyfile: str, client_cafile: str, client_auth_required: bool) -> ssl.SSLContext:
+    """The endpoint's TLS. With a client CA, every certificate a scraper presents is verified against it
+    (CERT_OPTIONAL: one from another CA fails the handshake); client_auth_required also refuses a scraper that
+    presents none (CERT_REQUIRED). prometheus_client's own TLS is not used: with client_auth_required false it
+    asks for no certificate at all (CERT_NONE), and with the key inside certfile it serves plain HTTP."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile or None)
+    if client_cafile:
+        context.load_verify_locations(cafile=client_cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if client_auth_required else ssl.CERT_OPTIONAL
+    return context
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def start_server(port: int, address: str, registry: CollectorRegistry, tls: ssl.SSLContext | None) -> Any:
+    """The endpoint's HTTP(S) server, serving in a thread of its own; what shutdown() and server_close() stop.
+    The socket is wrapped in TLS before the first connection is accepted."""
+    family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    server = make_server(sockaddr[0], port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
 

@@ -30,7 +30,17 @@ log = logging.getLogger("memcoord")
 
 # Every kind of error, created at 0 so that increase() and rate() see the first one (a series that starts at 1
 # has no earlier sample to rise from).
-ERROR_KINDS = ("hypervisor", "set_memory", "stats_period", "reload", "state_file", "timeline", "metrics")
+# set_memory: refused or not sent; set_memory_unknown: sent, no answer in time (it may still land).
+ERROR_KINDS = (
+    "hypervisor",
+    "set_memory",
+    "set_memory_unknown",
+    "stats_period",
+    "reload",
+    "state_file",
+    "timeline",
+    "metrics",
+)
 RELOAD_RESULTS = ("success", "failure")
 
 # Ticks are one bulk stats call and a few setMemory calls: milliseconds normally, seconds when libvirt is slow.
@@ -177,27 +187,29 @@ class Metrics:
         if self._bound == bound:
             return
         self.shutdown()
-        tls: dict[str, Any] = {}
-        if m.tls:
-            tls = {
-                "certfile": m.certfile,
-                "keyfile": m.keyfile or None,
-                "client_cafile": m.client_cafile or None,
-                "client_auth_required": m.client_auth_required,
-            }
         scheme = "https" if m.tls else "http"
         shown = f"[{address}]" if ":" in address else address
         from memcoord.daemon import exposition
 
         try:
+            tls = (
+                exposition.tls_context(m.certfile, m.keyfile, m.client_cafile, m.client_auth_required)
+                if m.tls
+                else None
+            )
             self._server = exposition.start_server(port, address, self.registry, tls)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a name that does not resolve too
             log.error("metrics endpoint not started on %s://%s:%d: %s", scheme, shown, port, exc)
             self.count_error("metrics")
             return
         self._bound = bound
-        auth = ", client certificate required" if m.client_auth_required else ""
+        auth = ""
+        if m.client_cafile:
+            auth = ", client certificate required" if m.client_auth_required else ", client certificates verified"
         log.info("metrics on %s://%s:%d/metrics%s", scheme, shown, port, auth)
+        exposed = m.plain_http_exposed()
+        if exposed:
+            log.warning("%s", exposed)
 
     def shutdown(self) -> None:
         if self._server is not None:

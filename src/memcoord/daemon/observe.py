@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
+from memcoord.core.model import ApplyResult, GuestClass, Outcome, Plan, Snapshot, mib_to_kib
 from memcoord.daemon import state, timeline
 from memcoord.daemon.metrics import Metrics
 
@@ -142,6 +142,7 @@ class Observer:
                 "to_kib": c.to_kib,
                 "reason": c.reason,
                 "error": result.error,
+                "outcome": str(result.outcome),
             }
             actions.append(action)
             self.last_actions[c.domain] = {**action, "at_s": now_s, "dry_run": dry_run}
@@ -149,6 +150,9 @@ class Observer:
                 self.metrics.count_action(c.domain, str(c.action))
                 if not dry_run:
                     self.targets_kib[c.domain] = c.to_kib
+            elif result.outcome is Outcome.UNKNOWN:
+                what = f"setMemory {c.domain} {c.to_kib} KiB, outcome unknown: {result.error}"
+                self._error("set_memory_unknown", what)
             else:
                 self._error("set_memory", f"setMemory {c.domain} {c.to_kib} KiB: {result.error}")
         running = {d.name for d in snapshot.domains}

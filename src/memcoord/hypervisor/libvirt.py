@@ -189,6 +189,18 @@ def domain_stats(name: str, stats: dict[str, int], settings: DomainSettings | No
     )
 
 
+def remote_available_kib(node: Mapping[str, int], qemu_rss_kib: int) -> int:
+    """Memory available on a host known only by libvirt's node stats (free, buffers, cached: no MemAvailable).
+
+    `cached` holds shmem, and guest RAM backed by memfd or a shared file is shmem: counted whole, a guest touching
+    its memory would not lower the host's available memory at all. Every such page is mapped by its QEMU and so
+    in that domain's RSS (qemu_rss_kib: the sum over all running domains), so the page cache beyond that sum
+    cannot be guest RAM: free + buffers + max(0, cached - qemu_rss_kib). It is a lower bound: where the guests'
+    RAM is anonymous (libvirt's default) their RSS is not in `cached`, and the cache counts only beyond it."""
+    cached_kib = max(0, node.get("cached", 0) - qemu_rss_kib)
+    return node.get("free", 0) + node.get("buffers", 0) + cached_kib
+
+
 def balloon_period_s(domain_xml: str) -> int | None:
     """The stats period in a domain's live XML: 0 without one (libvirt writes no <stats> for 0), None without
     a balloon device."""
@@ -277,16 +289,29 @@ class LibvirtHypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 self._event_ids.append(conn.domainEventRegisterAny(None, event, changed, None))
 
-    def _drop(self) -> None:
+    def _drop(self, deadline_s: float | None = None) -> None:
+        """Forget the connection; deregister its events and close it in a call of its own, waited for no longer
+        than any other call (CALL_TIMEOUT_S, or until the deadline). Both are round trips to libvirtd: a daemon
+        that accepts but does not answer holds them until keepalive gives up, or for good when its event loop
+        still answers keepalive while its workers hang."""
         conn, self._conn = self._conn, None
         self._domains = {}
-        if conn is not None:
-            for event_id in self._event_ids:
+        event_ids, self._event_ids = self._event_ids, []
+        if conn is None:
+            return
+
+        def close() -> None:
+            for event_id in event_ids:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(event_id)
-            self._event_ids = []
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
+
+        timeout_s = CALL_TIMEOUT_S
+        if deadline_s is not None:
+            timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            _Call("close", close).wait(timeout_s)  # unanswered, it goes on in its thread: the next tick reconnects
 
     def _bounded(self, what: str, fn: Callable[[], T], deadline_s: float | None = None) -> T:
         """Run one libvirt call, giving up after CALL_TIMEOUT_S or at the deadline, whichever comes first (the
@@ -299,7 +324,7 @@ class LibvirtHypervisor:
         self._abandoned = [call for call in self._abandoned if not call.done.is_set()]
         if len(self._abandoned) >= MAX_ABANDONED_CALLS:
             self._abandoned = []
-            self._drop()
+            self._drop(deadline_s)
             raise HypervisorError(f"{self.uri}: {MAX_ABANDONED_CALLS} calls unanswered, reconnecting")
         call = _Call(what, fn)
         try:
@@ -308,18 +333,26 @@ class LibvirtHypervisor:
             self._abandoned.append(call)
             raise TimeoutError(f"{what}: no answer from {self.uri} in {timeout_s:.1f} s") from None
 
-    def _host(self, conn: libvirt.virConnect, deadline_s: float | None) -> HostStats:
+    def _host(
+        self,
+        conn: libvirt.virConnect,
+        records: Sequence[tuple[libvirt.virDomain, Mapping[str, int]]],
+        deadline_s: float | None,
+    ) -> HostStats:
+        """The host's memory: MemAvailable (psutil) here; on a remote host libvirt's node stats, read by
+        remote_available_kib() against what the running domains' QEMUs hold (records: this tick's stats)."""
         if is_local(self.uri):
             vm = psutil.virtual_memory()
             return HostStats(available_kib=vm.available // 1024, total_kib=vm.total // 1024)
         node = self._bounded(
             "getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS), deadline_s
         )
-        available_kib = node.get("free", 0) + node.get("buffers", 0) + node.get("cached", 0)
-        return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
+        # A domain whose RSS libvirt did not give may hold up to its maximum.
+        qemu_kib = sum(int(stats.get("balloon.rss") or stats.get("balloon.maximum") or 0) for _dom, stats in records)
+        return HostStats(available_kib=remote_available_kib(node, qemu_kib), total_kib=node.get("total", 0))
 
     @contextlib.contextmanager
-    def _errors_as_hypervisor_error(self, conn: libvirt.virConnect) -> Iterator[None]:
+    def _errors_as_hypervisor_error(self, conn: libvirt.virConnect, deadline_s: float | None) -> Iterator[None]:
         """A libvirt error or a call with no answer as HypervisorError naming the URI.
 
         Only a lost connection is worth a new one: dropping a good connection for an error of one call (a domain
@@ -328,7 +361,7 @@ class LibvirtHypervisor:
             yield
         except libvirt.libvirtError as exc:
             if connection_lost(conn, exc):
-                self._drop()
+                self._drop(deadline_s)
             raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
@@ -336,11 +369,11 @@ class LibvirtHypervisor:
     def sample(self, deadline_s: float | None = None) -> Snapshot:
         conn = self._connection(deadline_s)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
-        with self._errors_as_hypervisor_error(conn):
+        with self._errors_as_hypervisor_error(conn, deadline_s):
             records = self._bounded(
                 "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
             )
-            host = self._host(conn, deadline_s)
+            host = self._host(conn, records, deadline_s)
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
         uuids = {dom.UUIDString(): dom for dom, _stats in records}  # the handle's own, no round trip
@@ -400,7 +433,7 @@ class LibvirtHypervisor:
 
     def domain_names(self, deadline_s: float | None = None) -> set[str]:
         conn = self._connection(deadline_s)
-        with self._errors_as_hypervisor_error(conn):
+        with self._errors_as_hypervisor_error(conn, deadline_s):
             doms = self._bounded("listAllDomains", lambda: conn.listAllDomains(0), deadline_s)
             return {dom.name() for dom in doms}
 
@@ -499,9 +532,15 @@ class LibvirtHypervisor:
                 )
             except DeadlineSpent:
                 results.append(ApplyResult(change, SKIPPED_DEADLINE))
+            except TimeoutError as exc:
+                # Sent and given up on: the call goes on in its thread and may still land.
+                results.append(ApplyResult(change, str(exc), unknown=True))
             except libvirt.libvirtError as exc:
-                results.append(ApplyResult(change, exc.get_error_message()))
-            except (TimeoutError, HypervisorError) as exc:
+                # The connection lost: libvirtd may have read the request and may carry it out (a connection
+                # lost before the call was sent cannot be told apart here, and counting it as set is the safe side).
+                lost = connection_lost(dom.connect(), exc)  # the handle's own connection, no round trip
+                results.append(ApplyResult(change, exc.get_error_message(), unknown=lost))
+            except HypervisorError as exc:  # too many calls unanswered: this one was not sent
                 results.append(ApplyResult(change, str(exc)))
             else:
                 results.append(ApplyResult(change))
