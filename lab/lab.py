@@ -59,6 +59,25 @@ def _disk_xml(disk: Path | None) -> str:
     </disk>"""
 
 
+SWAP_SERIAL = "mcswap"
+
+
+def _swap_disk_xml(swap: Path | None) -> str:
+    """A writable virtio disk the guest swaps to (found in the guest by its serial), or nothing.
+
+    cache='none', as the readonly disk: what the guest swaps out leaves the host's memory instead of moving
+    into the host's page cache."""
+    if swap is None:
+        return ""
+    return f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='{escape(str(swap))}'/>
+      <target dev='vdb' bus='virtio'/>
+      <serial>{SWAP_SERIAL}</serial>
+    </disk>"""
+
+
 def _autodeflate_attr(autodeflate: bool) -> str:
     return " autodeflate='on'" if autodeflate else ""
 
@@ -72,10 +91,12 @@ def domain_xml(
     stats_period_s: int = 1,
     disk: Path | None = None,
     autodeflate: bool = False,
+    swap: Path | None = None,
 ) -> str:
     """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second,
     and with `disk` a readonly virtio disk to fill its page cache from. `autodeflate`: the balloon
     deflates on the guest's own OOM (`<memballoon autodeflate='on'>`), before its OOM killer runs.
+    `swap`: a writable disk file the guest swaps to (`Lab.up` turns it on).
 
     on_reboot/on_crash destroy plus panic=-1 turn a dead guest kernel into a stopped domain the
     recorder sees, instead of a silently rebooting one.
@@ -100,7 +121,7 @@ def domain_xml(
       <source mode='bind' path='{escape(str(console_sock))}'/>
       <target port='0'/>
     </serial>
-    <controller type='usb' model='none'/>{_disk_xml(disk)}
+    <controller type='usb' model='none'/>{_disk_xml(disk)}{_swap_disk_xml(swap)}
     <memballoon model='virtio'{_autodeflate_attr(autodeflate)}><stats period='{stats_period_s}'/></memballoon>
   </devices>
 </domain>
@@ -147,6 +168,7 @@ class Guest:
     max_mib: int
     current_mib: int
     has_disk: bool = False
+    has_swap: bool = False
 
 
 class Lab:
@@ -164,9 +186,12 @@ class Lab:
         boot_timeout_s: float = 180.0,
         disk_guests: Collection[int] = (),
         autodeflate_guests: Collection[int] = (),
+        swap_guests: Collection[int] = (),
+        swap_mib: int = 1024,
     ) -> None:
         """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda);
-        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate)."""
+        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate);
+        swap_guests: those that swap to a writable disk of their own of swap_mib (sparse, in the run dir)."""
         self.prefix = prefix
         self.n = n
         self.max_mib = max_mib
@@ -180,6 +205,10 @@ class Lab:
         self.autodeflate_guests = frozenset(autodeflate_guests)
         if not self.autodeflate_guests <= set(range(1, n + 1)):
             raise ValueError(f"autodeflate_guests {sorted(self.autodeflate_guests)} not within 1..{n}")
+        self.swap_guests = frozenset(swap_guests)
+        if not self.swap_guests <= set(range(1, n + 1)):
+            raise ValueError(f"swap_guests {sorted(self.swap_guests)} not within 1..{n}")
+        self.swap_mib = swap_mib
         self.disk: Path | None = None
         self._own_run_dir = run_dir is None
         self._run_dir = run_dir
@@ -260,11 +289,19 @@ class Lab:
         index = self.names.index(name) + 1
         disk = self.disk if index in self.disk_guests else None
         autodeflate = index in self.autodeflate_guests
-        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib, disk=disk, autodeflate=autodeflate)
+        swap = None
+        if index in self.swap_guests:
+            swap = self.run_dir / f"{name}-swap.raw"
+            with swap.open("wb") as f:
+                f.truncate(self.swap_mib << 20)
+        xml = domain_xml(
+            name, self.image, sock, self.max_mib, self.current_mib, disk=disk, autodeflate=autodeflate, swap=swap
+        )
         dom = self.conn.defineXML(xml)
         console = Console(sock, self.run_dir / f"{name}.console.log")
         # Append before create() so down() cleans up even if the start fails half-way.
-        self.guests.append(Guest(name, dom, console, self.max_mib, self.current_mib, has_disk=disk is not None))
+        guest = Guest(name, dom, console, self.max_mib, self.current_mib, disk is not None, swap is not None)
+        self.guests.append(guest)
         dom.create()
         console.connect()
 
@@ -275,6 +312,8 @@ class Lab:
         deadline = time.monotonic() + self.boot_timeout_s
         for g in self.guests:
             g.console.wait_ready(max(5.0, deadline - time.monotonic()))
+            if g.has_swap:
+                self._swap_on(g)
         first_update: dict[str, int] = {}
         pending = {g.name for g in self.guests}
         while pending:
@@ -293,6 +332,14 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LabError(f"guests {sorted(pending)} not measurable after {self.boot_timeout_s:.0f} s")
             time.sleep(0.5)
+
+    def _swap_on(self, g: Guest) -> None:
+        """mkswap and swapon the guest's swap disk, the virtio disk whose serial is SWAP_SERIAL."""
+        find = f'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = {SWAP_SERIAL} ] && echo /dev/${{d##*/}}; done'
+        cmd = f"dev=$({find}); mkswap $dev >/dev/null && swapon $dev && grep -c ^/dev /proc/swaps"
+        status, out = g.console.run(cmd)
+        if status != 0 or out.strip() != "1":
+            raise LabError(f"swap on {g.name} failed ({status}): {out}")
 
     def _remove_domain(self, name: str) -> None:
         """Destroy and undefine one of *our* names; absent is fine."""

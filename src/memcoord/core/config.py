@@ -435,6 +435,26 @@ class TimelineConfig(_Section):
     )
 
 
+class RoomConfig(_Section):
+    """`memcoord make-room`: room on the host for a VM about to start, asked of the running daemon."""
+
+    socket: str = Field(
+        "/run/memcoord/room.sock",
+        description="The unix socket the daemon answers make-room requests on (mode 0660, group [status] group). "
+        "Root, the daemon's own user and members of that group may ask; the daemon checks the asking process's "
+        "credentials. Empty: no socket, make-room is refused.",
+    )
+    hold_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="How long the daemon holds the room asked for above the guard (idle guests are relieved to "
+        "make it, and nobody grows into it). A request for a domain ends sooner: as that domain's QEMU takes the "
+        "memory, what is held shrinks by its size. Long enough for a guest to boot and touch its memory.",
+        examples=[300.0],
+    )
+
+
 class Config(ConfigRules, _Section):
     libvirt: LibvirtConfig = LibvirtConfig()
     loop: LoopConfig = LoopConfig()
@@ -444,6 +464,7 @@ class Config(ConfigRules, _Section):
     status: StatusConfig = StatusConfig()
     metrics: MetricsConfig = MetricsConfig()
     timeline: TimelineConfig = TimelineConfig()
+    room: RoomConfig = RoomConfig()
 
 
 def to_tree(config: BaseModel) -> dict[str, Any]:

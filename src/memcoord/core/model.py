@@ -79,8 +79,14 @@ class DomainStats:
 
 @dataclass(frozen=True, slots=True)
 class HostStats:
+    """The host as the shell measures it. reserved_kib: memory held above the guard for a VM about to start
+    (the policy's budget leaves it alone); pressure_some_avg10: the host's PSI memory `some avg10` (percent), None
+    where it is not measured."""
+
     available_kib: int
     total_kib: int
+    reserved_kib: int = 0
+    pressure_some_avg10: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

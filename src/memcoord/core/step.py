@@ -11,7 +11,7 @@ A policy is a pair of pure functions over an explicit state (`LoopPolicy`): memc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,13 +73,19 @@ def step(
     state: Any,
     loop_policy: LoopPolicy = MEMCOORD,
     deadline_s: float | None = None,
+    reserved_kib: Callable[[Snapshot], int] | None = None,
 ) -> StepResult:
     """One tick. Raises HypervisorError when the hypervisor cannot be sampled (nothing else is then done).
+
+    reserved_kib: what the host holds above its guard for a VM about to start (make-room), given the sample; the
+    snapshot carries it (`HostStats.reserved_kib`) to the policy and to whoever reports the tick.
 
     Only the changes the hypervisor accepted are recorded as applied, at the snapshot's time (the clock the
     policy's timing is on: the guests' own stats timestamps are compared with it).
     """
     snapshot = hypervisor.sample(deadline_s=deadline_s)
+    if reserved_kib is not None:
+        snapshot = replace(snapshot, host=replace(snapshot.host, reserved_kib=reserved_kib(snapshot)))
     seen = managed_snapshot(snapshot, config)
     managed = tuple(d.name for d in seen.domains)
     failures = hypervisor.ensure_stats_period(managed, config.loop.stats_period_s, deadline_s=deadline_s)
