@@ -39,7 +39,9 @@ def _snapshot(*domains: DomainStats) -> Snapshot:
 
 def _desk(tmp_path: Path, clock: Clock, extra: str = "") -> RoomDesk:
     desk = RoomDesk(clock)
-    config = parse(f'[room]\nsocket = "{tmp_path / "room.sock"}"\nhold_s = 60\n[host]\nguest_overhead_mib = 100\n{extra}')
+    config = parse(
+        f'[room]\nsocket = "{tmp_path / "room.sock"}"\nhold_s = 60\n[host]\nguest_overhead_mib = 100\n{extra}'
+    )
     desk.configure(config)
     return desk
 

@@ -162,6 +162,17 @@ class _ViewCollector:
                 value=host.get("below_guard_kib", 0) * BYTES_PER_KIB,
             )
             yield GaugeMetricFamily(
+                "memcoord_host_reserved_bytes",
+                "Memory held above the guard for a VM about to start (memcoord make-room; 0: none)",
+                value=host.get("reserved_kib", 0) * BYTES_PER_KIB,
+            )
+            if host.get("pressure_some_avg10") is not None:
+                yield GaugeMetricFamily(
+                    "memcoord_host_memory_pressure_ratio",
+                    "Share of the last 10 s some task on the host waited for memory (PSI memory some avg10)",
+                    value=host["pressure_some_avg10"] / 100,
+                )
+            yield GaugeMetricFamily(
                 "memcoord_relief_shortfall_bytes",
                 "Part of the host's deficit the guests' reclaimable memory could not cover this tick (0: none)",
                 value=host.get("relief_shortfall_kib", 0) * BYTES_PER_KIB,

@@ -259,6 +259,8 @@ class Observer:
                 "headroom_kib": plan.host_headroom_kib,
                 "below_guard_kib": plan.host_deficit_kib,
                 "relief_shortfall_kib": plan.relief_shortfall_kib,
+                "reserved_kib": snap.host.reserved_kib,
+                "pressure_some_avg10": snap.host.pressure_some_avg10,
             }
         return {
             "version": state.SCHEMA_VERSION,
