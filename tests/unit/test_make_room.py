@@ -19,7 +19,8 @@ from memcoord.admin import makeroom
 from memcoord.cli import main as cli_main
 from memcoord.core.config import parse
 from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
-from memcoord.daemon.room import Reservation, RoomDesk, may_ask, parse_request
+from memcoord.core.room import Reservation
+from memcoord.daemon.room import RoomDesk, may_ask, parse_request
 from memcoord.hypervisor.domain_settings import start_memory_kib
 
 NOBODY_UID = 65534

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memcoord.core.model import Snapshot, kib_to_mib, mib_to_kib
+from memcoord.core.room import Reservation, live, reserved_kib
 
 if TYPE_CHECKING:
     from memcoord.core.config import Config
@@ -50,23 +51,6 @@ MAX_DOMAIN_NAME = 256
 MAX_KIB = 1 << 40  # 1 PiB: no host has more; a larger figure is a mistake
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not in Python's socket module
 NGROUPS_MAX = 65536
-
-
-@dataclass
-class Reservation:
-    """Memory held above the guard until until_s (the service's clock), for a domain about to start or not."""
-
-    want_kib: int
-    domain: str | None
-    until_s: float
-
-    def held_kib(self, snapshot: Snapshot) -> int:
-        """What is still held: all of it, or for a running domain what its QEMU has not taken yet (its RSS)."""
-        if self.domain is not None:
-            for dom in snapshot.domains:
-                if dom.name == self.domain and dom.rss_kib is not None:
-                    return max(0, self.want_kib - dom.rss_kib)
-        return self.want_kib
 
 
 @dataclass
@@ -305,18 +289,16 @@ class RoomDesk:
 
     # -- the reservations -----------------------------------------------------------------------------------
     def reserved_kib(self, snapshot: Snapshot) -> int:
-        """What the host holds above its guard for this snapshot: the live reservations, each as far as its
-        domain's QEMU has not taken it yet. Expired and fulfilled ones end here."""
+        """What the host holds above its guard for this snapshot (see core/room.py). Expired and fulfilled
+        reservations end here."""
         now_s = self.clock()
-        live = []
+        still = live(self.reservations, snapshot, now_s)
         for r in self.reservations:
-            if now_s >= r.until_s:
+            if r not in still and now_s >= r.until_s:
                 log.info("make-room: %.0f MiB%s no longer held (%.0f s passed)", kib_to_mib(r.want_kib),
                          f" for {r.domain}" if r.domain else "", self.hold_s)  # fmt: skip
-            elif r.held_kib(snapshot) > 0:
-                live.append(r)
-        self.reservations = live
-        return sum(r.held_kib(snapshot) for r in live)
+        self.reservations = still
+        return reserved_kib(still, snapshot)
 
     def answer(self, snapshot: Snapshot | None, budget_kib: int | None) -> None:
         """After a tick: tell each waiting asker how far the host is from its room. budget_kib: the host's
