@@ -127,6 +127,8 @@ class GuestSpec(_Model):
     balloon_stats: bool = True
     workload: WorkloadSpec = IdleSpec(kind="idle")
     cache: CacheSpec | None = None
+    # The guest boots at this time (not running before); its workload's and cache's times count from its boot.
+    boot_s: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _start_within_max(self) -> GuestSpec:
@@ -160,6 +162,12 @@ class HostSpec(_Model):
     pressure: tuple[PressureSpec, ...] = ()
     # What each guest's QEMU process holds beyond the guest's own pages (counted in its RSS, never given back).
     qemu_overhead_mib: int = Field(0, ge=0)
+    # The host's processes stall on memory (PSI) while its available memory is below this; absent: no PSI.
+    thrash_below_mib: int | None = Field(None, gt=0)
+    # memcoord's libvirt hook is installed: a guest booting during the run first asks memcoord for room
+    # (make-room) and boots once the room is there, or after hook_timeout_s.
+    make_room: bool = False
+    hook_timeout_s: float = Field(5.0, gt=0)
 
 
 class Scenario(_Model):
@@ -276,7 +284,7 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
         width = len(str(spec.count))
         for i in range(spec.count):
             name = spec.name if spec.count == 1 else f"{spec.name}-{i + 1:0{width}d}"
-            offset_s = rng.uniform(0, spec.stagger_s) if spec.stagger_s else 0.0
+            offset_s = (rng.uniform(0, spec.stagger_s) if spec.stagger_s else 0.0) + (spec.boot_s or 0.0)
             workload = _workload(scenario, spec.workload, offset_s, rng.randrange(2**32))
             guests.append(
                 SimGuest(
@@ -287,6 +295,7 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
                     reader=_reader(spec.cache, offset_s),
                     has_balloon_stats=spec.balloon_stats,
                     overhead_kib=mib_to_kib(scenario.host.qemu_overhead_mib),
+                    boot_s=None if spec.boot_s is None else SIM_EPOCH_S + spec.boot_s,
                 )
             )
     return SimulatedHypervisor(
@@ -305,4 +314,5 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
             for p in scenario.host.pressure
         ],
         realtime=realtime,
+        thrash_below_kib=None if scenario.host.thrash_below_mib is None else mib_to_kib(scenario.host.thrash_below_mib),
     )
