@@ -43,27 +43,32 @@ class _Hook:
         self.asked_at_s: dict[str, float] = {}
         self.waits_s: dict[str, float] = {}
 
-    def ask(self, until_s: float) -> None:
-        """Guests booting by until_s ask now; their boot is held meanwhile."""
+    def step(self, until_s: float) -> None:
+        """Guests booting by until_s ask now (their boot is held meanwhile); a hook whose time is up gives up
+        and lets its guest boot (it fails open)."""
         for g in self.hv.due_to_boot(until_s):
             if g.name not in self.asked_at_s:
                 self.asked_at_s[g.name] = self.hv.now_s
-                self.reservations.append(
-                    Reservation(g.target_kib + self.overhead_kib, g.name, self.hv.now_s + self.hold_s)
-                )
+                want_kib = g.target_kib + self.overhead_kib
+                self.reservations.append(Reservation(want_kib, g.name, self.hv.now_s + self.hold_s))
                 self.hv.hold_start(g.name, True)
+        for name in list(self.hv.held_starts):
+            if self.hv.now_s - self.asked_at_s[name] >= self.timeout_s:
+                self._release(name)
 
     def reserved_kib(self, snapshot: Snapshot) -> int:
         self.reservations = live(self.reservations, snapshot, snapshot.taken_at_s)
         return reserved_kib(self.reservations, snapshot)
 
     def answer(self, budget_kib: int) -> None:
-        """After a tick: the waiting guests boot when the room is there or their hook's time is up."""
-        for name in list(self.hv.held_starts):
-            waited_s = self.hv.now_s - self.asked_at_s[name]
-            if budget_kib >= 0 or waited_s >= self.timeout_s:
-                self.waits_s[name] = waited_s
-                self.hv.hold_start(name, False)
+        """After a tick: the waiting guests boot once the budget covers their room."""
+        if budget_kib >= 0:
+            for name in list(self.hv.held_starts):
+                self._release(name)
+
+    def _release(self, name: str) -> None:
+        self.waits_s[name] = self.hv.now_s - self.asked_at_s[name]
+        self.hv.hold_start(name, False)
 
 
 @dataclass(frozen=True)
@@ -258,7 +263,7 @@ def run(
     for i in range(n_steps):
         t_s = i * step_s
         if hook is not None:
-            hook.ask(hv.now_s + step_s)
+            hook.step(hv.now_s + step_s)
         if i % tick_every == 0:
             done = step(hv, config, state, loop_policy, reserved_kib=None if hook is None else hook.reserved_kib)
             state = done.state
