@@ -42,39 +42,24 @@ def _silence_libvirt_stderr() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def _disk_xml(disk: Path | None) -> str:
-    """A readonly virtio disk (the guest's /dev/vda), or nothing.
+SWAP_SERIAL = "mcswap"
 
-    cache='none' (O_DIRECT) keeps the guests' reads out of the host's page cache, so the host's
+
+def _disk_xml(disk: Path | None, target: str = "vda", readonly: bool = True, serial: str = "") -> str:
+    """A virtio disk, or nothing: the readonly one page-cache guests read (the guest's /dev/vda), or a writable one
+    the guest swaps to (found in the guest by its serial).
+
+    cache='none' (O_DIRECT) keeps the guests' reads and swap out of the host's page cache, so the host's
     available memory moves with what the guests' QEMUs hold, not with the host caching the file.
     """
     if disk is None:
         return ""
+    extra = ("\n      <readonly/>" if readonly else "") + (f"\n      <serial>{serial}</serial>" if serial else "")
     return f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
       <source file='{escape(str(disk))}'/>
-      <target dev='vda' bus='virtio'/>
-      <readonly/>
-    </disk>"""
-
-
-SWAP_SERIAL = "mcswap"
-
-
-def _swap_disk_xml(swap: Path | None) -> str:
-    """A writable virtio disk the guest swaps to (found in the guest by its serial), or nothing.
-
-    cache='none', as the readonly disk: what the guest swaps out leaves the host's memory instead of moving
-    into the host's page cache."""
-    if swap is None:
-        return ""
-    return f"""
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source file='{escape(str(swap))}'/>
-      <target dev='vdb' bus='virtio'/>
-      <serial>{SWAP_SERIAL}</serial>
+      <target dev='{target}' bus='virtio'/>{extra}
     </disk>"""
 
 
@@ -121,7 +106,7 @@ def domain_xml(
       <source mode='bind' path='{escape(str(console_sock))}'/>
       <target port='0'/>
     </serial>
-    <controller type='usb' model='none'/>{_disk_xml(disk)}{_swap_disk_xml(swap)}
+    <controller type='usb' model='none'/>{_disk_xml(disk)}{_disk_xml(swap, "vdb", False, SWAP_SERIAL)}
     <memballoon model='virtio'{_autodeflate_attr(autodeflate)}><stats period='{stats_period_s}'/></memballoon>
   </devices>
 </domain>

@@ -140,15 +140,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_make_room(args: argparse.Namespace) -> int:
     from memcoord.admin import makeroom
-    from memcoord.core import config as config_mod
+    from memcoord.admin.cliargs import config_or_defaults
 
     if args.domain_xml is not None and args.domain is None:
         print("memcoord make-room: --domain-xml goes with --for DOMAIN", file=sys.stderr)
         return os.EX_USAGE
-    path = args.config
-    if path is None and DEFAULT_PATH.exists():
-        path = DEFAULT_PATH
-    config = _load_or_exit(path) if path is not None else config_mod.Config()
+    config, _label = config_or_defaults(_load_or_exit, args.config)
     return makeroom.main(config, args)
 
 

@@ -149,21 +149,11 @@ def main(config: Any, args: argparse.Namespace) -> int:
     return os.EX_TEMPFAIL
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from memcoord.admin.cliargs import positive_float
+    from memcoord.admin.cliargs import config_arg, positive_float, positive_mib
 
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--mib", type=_positive_int, metavar="N", help="room for N MiB")
+    what.add_argument("--mib", type=positive_mib, metavar="N", help="room for N MiB")
     what.add_argument("--for", dest="domain", metavar="DOMAIN", help="room for what DOMAIN starts with")
     parser.add_argument(
         "--domain-xml", metavar="PATH", help="with --for: the domain's XML from this file (- for stdin), not libvirt"
@@ -176,11 +166,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="give up after S seconds, exit 75 (%(default)s)",
     )
     parser.add_argument("--socket", metavar="PATH", help="the daemon's socket (default: [room] socket)")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="config file (default: /etc/memcoord.toml if present, else the built-in defaults)",
-    )
+    config_arg(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="print each of the daemon's progress answers")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memcoord.admin.cliargs import config_arg, config_or_defaults, positive_mib
+
 PLAN_DESCRIPTION = """\
 Sample the running domains once and show, for every one: whether memcoord manages it, its class, its size,
 what memcoord would do this tick and why, and where it would settle if nothing changed: the policy is run
@@ -59,49 +61,18 @@ guest could not be fully restored (host guard) or its setMemory failed: run agai
 LoadConfig = Callable[[Path], Any]
 
 
-def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
-    """The config: --config, else /etc/memcoord.toml if present, else the built-in defaults (and its label)."""
-    from memcoord.core import config as config_mod
-
-    if path is None and config_mod.DEFAULT_PATH.exists():
-        path = config_mod.DEFAULT_PATH
-    if path is None:
-        return config_mod.Config(), "built-in defaults"
-    return load(path), str(path)
-
-
 def _cmd_plan(load: LoadConfig, args: argparse.Namespace) -> int:
     from memcoord.admin import plan
 
-    config, label = _config_or_defaults(load, args.config)
+    config, label = config_or_defaults(load, args.config)
     return plan.main(config, label, args.json)
 
 
 def _cmd_restore(load: LoadConfig, args: argparse.Namespace) -> int:
     from memcoord.admin import restore
 
-    config, _label = _config_or_defaults(load, args.config)
+    config, _label = config_or_defaults(load, args.config)
     return restore.main(config, args.domains, args.to, args.dry_run, args.force)
-
-
-def _positive_mib(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0 MiB: {text!r}")
-    return value
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="config file (default: /etc/memcoord.toml if present, else the built-in defaults)",
-    )
 
 
 def add_commands(sub: Any, load: LoadConfig) -> None:
@@ -115,7 +86,7 @@ def add_commands(sub: Any, load: LoadConfig) -> None:
         epilog=PLAN_EPILOG,
         formatter_class=raw,
     )
-    _config_arg(plan)
+    config_arg(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (keys below), for scripts")
     plan.set_defaults(func=functools.partial(_cmd_plan, load))
 
@@ -133,9 +104,9 @@ def add_commands(sub: Any, load: LoadConfig) -> None:
         help="running domains to restore, served in this order (default: every managed domain, by name)",
     )
     restore.add_argument(
-        "--to", type=_positive_mib, metavar="MIB", help="restore to this size in MiB instead of the maximum"
+        "--to", type=positive_mib, metavar="MIB", help="restore to this size in MiB instead of the maximum"
     )
-    _config_arg(restore)
+    config_arg(restore)
     restore.add_argument("--dry-run", action="store_true", help="print and log what it would do, call no setMemory")
     restore.add_argument(
         "--force", action="store_true", help="restore even guests a running memcoord manages (it may move them again)"
