@@ -231,3 +231,35 @@ def test_the_command_exits_0_with_room_and_75_when_short(tmp_path: Path, capsys:
             done.set()
             desk.close()
         assert said in capsys.readouterr()[0 if code == 0 else 1]
+
+
+def test_the_service_serves_the_socket_between_ticks_and_ticks_at_once_with_the_room_held(tmp_path: Path) -> None:
+    from memcoord.daemon.observe import Observer
+    from memcoord.daemon.service import Service
+    from memcoord.sim.host import SimGuest, SimulatedHypervisor
+
+    sim = SimulatedHypervisor(
+        [SimGuest("idle", max_kib=mib_to_kib(4096), target_kib=mib_to_kib(2048))], host_total_kib=mib_to_kib(8192)
+    )
+    cfg = tmp_path / "memcoord.toml"
+    cfg.write_text(f'[room]\nsocket = "{tmp_path / "room.sock"}"\nhold_s = 30\n[host]\nguest_overhead_mib = 100\n')
+    service = Service(cfg, parse(cfg.read_text()), lambda _uri: sim, observer=Observer(publish=False))
+    service.room.configure(service.config)
+    answers: list[dict[str, Any]] = []
+    asker = threading.Thread(
+        target=lambda: answers.append(makeroom.ask(str(tmp_path / "room.sock"), mib_to_kib(300), "new", 3.0))
+    )
+    try:
+        assert service.tick()
+        asker.start()
+        service._sleep(2.0)  # the request ends the wait between ticks
+        assert service._tick_now
+        assert service.tick()
+        view = service.observer.build_view(0.0, 1.0)
+        assert view["host"]["reserved_kib"] == mib_to_kib(400)  # what "new" asked for, plus QEMU's overhead
+        assert "holding 400 MiB for a VM about to start" in service._status_line
+        asker.join(5)
+    finally:
+        service.room.close()
+        service._close_wakeup()
+    assert answers and answers[0]["state"] in ("room", "short")

@@ -145,6 +145,7 @@ class RoomDesk:
         if not self.path:
             return
         path = Path(self.path)
+        listener = None
         try:
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
@@ -162,7 +163,7 @@ class RoomDesk:
             listener.listen(MAX_ASKERS)
         except OSError as exc:
             log.error("make-room socket %s not opened: %s (make-room requests are refused)", self.path, exc)
-            with contextlib.suppress(UnboundLocalError):
+            if listener is not None:
                 listener.close()
             return
         self._listener = listener
@@ -191,11 +192,15 @@ class RoomDesk:
             self._accept()
         for fd in list(readable & set(self._askers)):
             made |= self._read(fd)
+        self._drop_silent()
+        return made
+
+    def _drop_silent(self) -> None:
+        """An asker that sent no request within REQUEST_WAIT_S gives up its place."""
         now_s = self.clock()
         for fd, asker in list(self._askers.items()):
             if asker.reservation is None and now_s - asker.connected_s > REQUEST_WAIT_S:
                 self._drop(fd)
-        return made
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -304,6 +309,7 @@ class RoomDesk:
         """After a tick: tell each waiting asker how far the host is from its room. budget_kib: the host's
         budget with the reservations counted (host available - guard - reserved - granted but not backed); None
         when the tick did not reach the hypervisor (then only askers whose wait is over hear, "short")."""
+        self._drop_silent()
         now_s = self.clock()
         for fd, asker in list(self._askers.items()):
             r = asker.reservation

@@ -426,15 +426,20 @@ class Service:
         """Wait for the next tick, waking early for a signal (or request_stop/request_reload), and serving
         make-room askers meanwhile: a new request ends the wait (`_tick_now`), so that relief starts at once."""
         wake_r = self._wake_pipe()[0]
-        readable, _w, _x = select.select([wake_r, *self.room.fds()], [], [], seconds)
-        room_fds = set(readable) - {wake_r}
-        if room_fds and self.room.handle(room_fds):
-            self._tick_now = True
-        if wake_r in readable:
-            # Empty the pipe: the flags say what happened, however many signals wrote to it.
-            with contextlib.suppress(BlockingIOError):
-                while os.read(wake_r, 4096):
-                    pass
+        until_s = time.monotonic() + seconds
+        while True:
+            readable, _w, _x = select.select([wake_r, *self.room.fds()], [], [], max(0.0, until_s - time.monotonic()))
+            room_fds = set(readable) - {wake_r}
+            if room_fds and self.room.handle(room_fds):
+                self._tick_now = True
+            if wake_r in readable:
+                # Empty the pipe: the flags say what happened, however many signals wrote to it.
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 4096):
+                        pass
+                return
+            if not readable or self._tick_now or time.monotonic() >= until_s:
+                return
 
     def run(self) -> int:
         log.info(
