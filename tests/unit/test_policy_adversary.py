@@ -20,6 +20,7 @@ import pytest
 from memcoord.core.config import Config, parse
 from memcoord.core.model import Action, Change, DomainSettings, DomainStats, HostStats, Plan, Snapshot, mib_to_kib
 from memcoord.core.policy import PolicyState, applied, decide
+from tests.unit.test_policy import dom
 
 NOW_S = 10_000
 CONFIG = Config()
@@ -42,21 +43,17 @@ def guest(
     total_mib: int | None = None,
     max_mib: int = 2048,
     rss_mib: int | None = None,
-    last_s: float | None = NOW_S,
+    last_s: float = NOW_S,
     deflate_on_oom: bool = False,
 ) -> DomainStats:
-    """A guest as libvirt reports it. unused (MemFree) is usable (MemAvailable) unless given; MemTotal is left out
-    unless given; QEMU backs all of the balloon (rss = current + 128 MiB of overhead) unless rss is given."""
+    """A guest as libvirt reports it (test_policy's `dom`, usable first): unused (MemFree) is usable
+    (MemAvailable) unless given; MemTotal is left out unless given; QEMU backs all of the balloon unless rss is
+    given."""
     unused_mib = usable_mib if unused_mib is None else unused_mib
-    return DomainStats(
-        name=name,
-        current_kib=mib_to_kib(current_mib),
-        max_kib=mib_to_kib(max_mib),
-        unused_kib=None if unused_mib is None else mib_to_kib(unused_mib),
-        usable_kib=None if usable_mib is None else mib_to_kib(usable_mib),
+    d = dom(name, current_mib, unused_mib, usable_mib=usable_mib, max_mib=max_mib, last_s=int(last_s), rss_mib=rss_mib)
+    return replace(
+        d,
         available_kib=None if total_mib is None else mib_to_kib(total_mib),
-        rss_kib=mib_to_kib(current_mib + 128 if rss_mib is None else rss_mib),
-        last_update_s=None if last_s is None else int(last_s),
         settings=DomainSettings(deflate_on_oom=deflate_on_oom),
     )
 
@@ -339,8 +336,7 @@ def test_the_idle_tax_is_only_taken_when_a_starving_guest_receives_it():
 @known_defect("floor clamps do not happen below the guard although the module docstring says they do")
 def test_a_guest_below_its_floor_is_raised_to_it_even_below_the_guard(usable_mib: int | None):
     """Nobody grows while the host is below its guard, but to a floor (guest.min_mib, 256 MiB)."""
-    last_s = None if usable_mib is None else NOW_S
-    plan = ticks([snap(guest("f", 200, usable_mib, last_s=last_s), above_guard_mib=HOST_PRESSURE)])[-1]
+    plan = ticks([snap(guest("f", 200, usable_mib), above_guard_mib=HOST_PRESSURE)])[-1]
     assert [c.to_kib for c in changes_of(plan, "f")] == [mib_to_kib(CONFIG.guest.min_mib)], plan
 
 
