@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from memcoord.core.config import Config, parse
-from memcoord.core.model import Action, DomainSettings, DomainStats, GuestClass, HostStats, Snapshot, mib_to_kib
-from memcoord.core.policy import LENT_REASON, PolicyState, applied, decide, host_headroom_kib
+from memcoord.core.model import Action, DomainSettings, DomainStats, GuestClass, HostStats, Rule, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState, applied, decide, host_headroom_kib
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000
@@ -829,7 +829,7 @@ def test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others()
     changes = by_name(plan)
     assert plan.classes["s"] is GuestClass.STARVING
     assert changes["s"].delta_kib == mib_to_kib(300 - 30)
-    assert LENT_REASON in changes["s"].reason
+    assert changes["s"].why.rule is Rule.LENT
     assert changes["a"].delta_kib == -mib_to_kib(256)
 
 
@@ -842,7 +842,7 @@ def test_nothing_is_lent_from_a_guest_that_will_starve_soon_itself():
     """The same, but a ramps 100 MiB/s: it starves within 10 s and keeps what is held back for it."""
     plan = _lender_and_burst(300, a_was_free_mib=1200, a_was_rss_mib=848 + 128)
     assert plan.classes["a"] is GuestClass.BUSY
-    assert not any(LENT_REASON in c.reason for c in plan.changes)
+    assert not any(c.why.rule is Rule.LENT for c in plan.changes)
 
 
 # -- deflate-on-OOM guests ---------------------------------------------------------------------------------------
@@ -912,4 +912,4 @@ def test_nothing_is_lent_from_a_grant_its_guest_is_still_growing_into():
     """a was grown a second ago and still ramps: its untouched grant is its own, not lendable."""
     plan = _lender_and_burst(300, a_was_free_mib=1140, a_was_rss_mib=908 + 128, raised_at_s={"a": NOW_S})
     assert plan.classes["a"] is GuestClass.BUSY
-    assert not any(LENT_REASON in c.reason for c in plan.changes)
+    assert not any(c.why.rule is Rule.LENT for c in plan.changes)

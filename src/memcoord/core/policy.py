@@ -149,6 +149,8 @@ def refusal(dom: DomainStats, moving: bool) -> str | None:
     for name, kib in figures.items():
         if kib is not None and kib < 0:
             return f"{name} is negative"
+    if dom.usable_kib is not None and dom.unused_kib is None:
+        return "usable without unused (one report carries both)"
     total_kib = dom.own_total_kib if dom.own_total_kib is not None else dom.max_kib
     for name in ("usable", "unused"):
         kib = figures[name]
@@ -336,7 +338,8 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float)
     clamp = functools.partial(_clamp_kib, floor_kib=floor_kib, ceiling_kib=ceiling_kib)
     g.need_kib = need_kib
     g.band = Band(floor_kib, clamp(need_kib), clamp(max(high_kib, need_kib)), ceiling_kib, why)
-    g.grow_to_kib = clamp(max(need_kib, base_kib + grow_step_kib))
+    # A grow step at least, but a guest grown on its projection (stats late) only to its low.
+    g.grow_to_kib = clamp(max(need_kib, base_kib + (0 if age_s > config.stale_after_s else grow_step_kib)))
     fresh = age_s <= config.stale_after_s
     g.late = not fresh and age_s <= silence_limit_s(config) and ramp_kib_per_s > 0 and base_kib <= need_kib
     if not fresh and not g.late:
