@@ -454,7 +454,9 @@ class _Allocation:
     def lendable_kib(self) -> int:
         """What the guard holds for grants beyond what their guests need to last until memcoord can act again:
         their safety margin and comfort may come to the host later or never; an OOM kill comes now."""
-        return sum(min(self._held(g), max(0, g.target_kib - g.survive_kib)) for g in self.guests)
+        held_kib = sum(self._held(g) for g in self.guests)
+        margins_kib = sum(min(self._held(g), max(0, g.target_kib - g.survive_kib)) for g in self.guests)
+        return min(margins_kib, max(0, self.budget_kib + held_kib))  # never the guard itself
 
     # -- the steps, in decide's order
     def clamp(self) -> None:
@@ -507,16 +509,17 @@ class _Allocation:
                 and g.guest_class is GuestClass.WASTEFUL
                 and g.new_sample
                 and g.settled
+                and g.rule is None
                 and g.name not in just_raised
             ):
                 self.reclaimed_kib += self.lower(g, step_kib, Rule.RECLAIM, stop_kib=g.band.high_kib)
 
-    def fill(self, wants_kib: dict[str, int], rule: Rule, amount_kib: int) -> None:
+    def fill(self, wants_kib: dict[str, int], rule: Rule, amount_kib: int, beyond_budget: bool = False) -> None:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
         (water-filling: max-min fair by weight), in O(n log n)."""
         by_name = {g.name: g for g in self.guests}
         wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
-        left_kib = max(0, amount_kib if rule is Rule.LENT else min(amount_kib, self.budget_kib))
+        left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib))
         weight = sum(by_name[n].weight for _, n, _ in wants)
         for i, (_per_weight, name, want_kib) in enumerate(wants):
             g = by_name[name]
@@ -555,17 +558,16 @@ class _Allocation:
 
     def tax(self, just_raised: set[str]) -> None:
         """The seed's idle tax: while a guest below low still lacks memory, each idle guest pays idle_tax_mib,
-        never below the middle of its band (a tax, not a drain: its next burst needs the buffer)."""
-        tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
+        never below the middle of its band (a tax, not a drain), and what it pays goes to the guests below low in
+        this tick: no more is taken than the host has above its guard beyond this tick's growth (the balloons
+        taking it back within a second)."""
+        room_kib = self.budget_kib + sum(self._held(g) for g in self.guests)
+        tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
         for g in self.guests:
-            if (
-                tax_kib
-                and g.guest_class is GuestClass.IDLE
-                and g.settled
-                and g.rule is None
-                and g.name not in just_raised
-            ):
-                self.lower(g, tax_kib, Rule.TAX, stop_kib=(g.band.low_kib + g.band.high_kib) // 2)
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
+                stop_kib = (g.band.low_kib + g.band.high_kib) // 2
+                collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib)
+        self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True)
 
     def changes(self) -> tuple[Change, ...]:
         out = []
@@ -617,7 +619,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             plan.take_for(sum(plan.unmet_kib().values()), Rule.SURPLUS, still_growing)
             plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
         if plan.unmet_kib(survive=True):
-            plan.fill(plan.unmet_kib(survive=True), Rule.LENT, plan.lendable_kib())
+            plan.fill(plan.unmet_kib(survive=True), Rule.LENT, plan.lendable_kib(), beyond_budget=True)
         if plan.unmet_kib(survive=True):
             plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT, still_growing)
             plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
