@@ -34,8 +34,7 @@ from pathlib import Path
 import psutil
 
 from memcoord.core import config as config_mod
-from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
-from memcoord.core.policy import LENT_REASON
+from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Rule, Snapshot, mib_to_kib
 from memcoord.core.port import HypervisorError
 from memcoord.daemon.service import Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
@@ -302,7 +301,8 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
             # would run out of memory before the next tick may be lent those grants, never the guard itself.
             # A grant memcoord took back this tick (a lowered target) is no longer outstanding: it may have been
             # given to a guest starving now.
-            lent = any(LENT_REASON in c.reason for c in hv.accepted)
+            # (The idle tax paid to the starving in the same tick is lent the same way.)
+            lent = any(c.why is not None and c.why.rule in (Rule.LENT, Rule.TAX) for c in hv.accepted)
             lowered = {c.domain: c.to_kib for c in hv.accepted if c.delta_kib < 0}
             still_kib = sum(
                 min(granted_kib, max(0, lowered.get(name, hv.guests[name].target_kib) - hv.guests[name].rss_kib))

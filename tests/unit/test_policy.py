@@ -68,7 +68,9 @@ def _bump(d: DomainStats, seconds: int = 1) -> DomainStats:
 
 def replace_free(s: Snapshot, name: str, free_mib: int) -> Snapshot:
     doms = tuple(
-        dataclasses.replace(d, unused_kib=mib_to_kib(free_mib), usable_kib=mib_to_kib(free_mib)) if d.name == name else d
+        dataclasses.replace(d, unused_kib=mib_to_kib(free_mib), usable_kib=mib_to_kib(free_mib))
+        if d.name == name
+        else d
         for d in s.domains
     )
     return dataclasses.replace(s, domains=doms)
@@ -763,10 +765,6 @@ def test_the_peak_floor_stops_reclaim_at_the_peak():
     assert by_name(plan)["b"].to_kib == mib_to_kib(1550)
 
 
-
-
-
-
 def test_no_second_reclaim_on_figures_from_before_the_balloon_arrived():
     """Reclaimed at T, the balloon arrived by T+1, but the guest's report stamped T+1 may have been written
     while it moved: the next step waits for a report from T+2 on."""
@@ -901,4 +899,3 @@ def test_two_guests_about_to_run_out_are_both_lent_what_they_lack():
     assert changes["s1"].delta_kib == changes["s2"].delta_kib == mib_to_kib(280)
     grown_kib = sum(c.delta_kib for c in plan.changes if c.delta_kib > 0)
     assert grown_kib <= mib_to_kib(600 - 30)  # never past the guard, nor into a's own ramp
-

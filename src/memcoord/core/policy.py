@@ -165,12 +165,12 @@ def refusal(dom: DomainStats, moving: bool) -> str | None:
     ):
         return f"unused {kib_to_mib(dom.unused_kib):.0f} MiB far above usable {kib_to_mib(dom.usable_kib):.0f} MiB"
     deflates = dom.settings is not None and dom.settings.deflate_on_oom
-    if dom.own_total_kib is not None and not deflates and not moving:
-        if dom.own_total_kib > dom.current_kib + SETTLED_TOLERANCE_KIB:
-            return (
-                f"reported at {kib_to_mib(dom.own_total_kib):.0f} MiB MemTotal, its balloon is at "
-                f"{kib_to_mib(dom.current_kib):.0f} MiB: a report from before its balloon's last move"
-            )
+    total_kib = dom.own_total_kib
+    if total_kib is not None and not deflates and not moving and total_kib > dom.current_kib + SETTLED_TOLERANCE_KIB:
+        return (
+            f"reported at {kib_to_mib(total_kib):.0f} MiB MemTotal, its balloon is at "
+            f"{kib_to_mib(dom.current_kib):.0f} MiB: a report from before its balloon's last move"
+        )
     return None
 
 
@@ -452,10 +452,14 @@ class _Allocation:
         return self.move(g, start_kib + max(0, got_kib), rule)
 
     def lendable_kib(self) -> int:
-        """What the guard holds for grants beyond what their guests need to last until memcoord can act again:
-        their safety margin and comfort may come to the host later or never; an OOM kill comes now."""
+        """What the guard holds for grants of guests not below their low, beyond what they need to last until
+        memcoord can act again: their margin may come to the host later or never; an OOM kill comes now."""
         held_kib = sum(self._held(g) for g in self.guests)
-        margins_kib = sum(min(self._held(g), max(0, g.target_kib - g.survive_kib)) for g in self.guests)
+        margins_kib = sum(
+            min(self._held(g), max(0, g.target_kib - g.survive_kib))
+            for g in self.guests
+            if g.guest_class is not GuestClass.STARVING  # a guest below its own low will touch its grant
+        )
         return min(margins_kib, max(0, self.budget_kib + held_kib))  # never the guard itself
 
     # -- the steps, in decide's order
@@ -605,8 +609,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     deficit_kib = max(0, -(budget_kib + sum(g.held_kib for g in guests)))
     if deficit_kib or pressured:
         shortfall_kib = plan.relieve(deficit_kib)
-        plan.notes.append(f"host budget {kib_to_mib(plan.budget_kib):.0f} MiB" + (", under pressure" if pressured else "")
-                          + ": relief, nobody grows")  # fmt: skip
+        pressure = ", under memory pressure" if pressured else ""
+        plan.notes.append(f"host budget {kib_to_mib(plan.budget_kib):.0f} MiB{pressure}: relief, nobody grows")
     else:
         target_kib = mib_to_kib(config.host.target_available_mib)
         starving = any(g.guest_class is GuestClass.STARVING for g in guests)
