@@ -329,8 +329,11 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
                     f" {before_kib // KIB_PER_MIB} MiB before; frozen stats {frozen}; " + describe(hv, service, config)
                 )
         for c in hv.accepted:
-            if c.delta_kib > 0:
+            if c.delta_kib > 0 and c not in floors:  # (a floor raise is the guest's due, not a grant to keep)
                 grants[c.domain] = (tick, c.delta_kib)
+            elif c.delta_kib < 0 and c.domain in grants:  # a lowering takes the untouched grant back first
+                at_tick, granted_kib = grants[c.domain]
+                grants[c.domain] = (at_tick, max(0, granted_kib + c.delta_kib))
             if c.action is Action.GROW and c.domain in hv.guests:
                 sample_s = hv.guests[c.domain].last_update_s
                 if grown_on.get(c.domain) == sample_s:
