@@ -222,6 +222,14 @@ class HostConfig(_Section):
         examples=[3072],
     )
     relief_step_mib: int = Field(256, gt=0, description="The most relief takes from one guest per tick.")
+    pressure_relief_pct: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="When > 0 and the host's memory pressure (PSI `some avg10`, percent) is above this, memcoord "
+        "relieves the host as it does below min_available_mib, and nobody grows. 0: off.",
+        examples=[10.0],
+    )
 
     @model_validator(mode="after")
     def _target_above_guard(self) -> HostConfig:
@@ -271,6 +279,14 @@ class DomainOverride(_Section):
         examples=[4096],
     )
     enabled: bool = Field(True, description="false: memcoord never touches this guest.", examples=[False])
+    weight: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="This guest's weight when memory is scarce (default 100): guests that need memory share what "
+        "the host has in proportion to their weights, as Proxmox's shares and Hyper-V's memory weight do.",
+        examples=[200],
+    )
 
     @field_validator("max_mib")
     @classmethod

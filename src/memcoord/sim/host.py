@@ -16,6 +16,11 @@ programs' demand and an inflating balloon evict it first, so a program is OOM-ki
 the guest's whole size. The guest reports `unused` (MemFree) = current - used - cache and `usable` (MemAvailable)
 = current - used: the kernel's own reserve inside MemAvailable is a few MiB and is left out to keep the two
 figures easy to check. Cached pages are touched pages, so QEMU backs them (they count in RSS, i.e. in host memory).
+A reader may say its MemAvailable counts only part of its cache (`FileReader.available_pct`): a real guest
+streaming its disk was seen reporting less MemAvailable as its cache filled, and read as ramping.
+
+A lying guest (`SimGuest.claimed_unused_kib`, `claimed_usable_kib`) reports fixed figures whatever it holds; the
+run still judges it by the truth.
 
 The host's own use can change over time (`HostPressure`: a host process taking memory, ramped, then freed), on
 top of a fixed `host_other_used_kib`.
@@ -84,6 +89,9 @@ class SimGuest:
     overhead_kib: int = 0
     # When it boots (simulated seconds); None: running from the start.
     boot_s: float | None = None
+    # A lying (hostile or broken) guest reports these as unused and usable whatever it holds; None: the truth.
+    claimed_unused_kib: int | None = None
+    claimed_usable_kib: int | None = None
 
     @property
     def unused_kib(self) -> int:
@@ -203,8 +211,11 @@ class SimulatedHypervisor:
             period_s = self.stats_period_s.get(g.name, 0)
             if g.has_balloon_stats and period_s and now_s - g.last_update_s >= period_s:
                 g.last_update_s = int(now_s)
-                g.reported_unused_kib = g.unused_kib
-                g.reported_usable_kib = g.usable_kib
+                g.reported_unused_kib = g.unused_kib if g.claimed_unused_kib is None else g.claimed_unused_kib
+                g.reported_usable_kib = g.claimed_usable_kib
+                if g.reported_usable_kib is None:
+                    uncounted_kib = 0 if reader is None else int(g.cache_kib * (100 - reader.available_pct) / 100)
+                    g.reported_usable_kib = g.usable_kib - uncounted_kib
                 g.reported_current_kib = g.current_kib
         if self.thrash_below_kib is not None:
             self.pressure_avg10 += (self._stall_share() - self.pressure_avg10) * (1 - math.exp(-dt_s / 10.0))
