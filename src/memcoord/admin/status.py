@@ -113,6 +113,11 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
                 else f", memory pressure {host['pressure_some_avg10']:.1f} %"
             )
         )
+        if host.get("freeable_kib") is not None:  # absent in a state file written by an older daemon
+            lines.append(
+                f"could free {_size(host['freeable_kib'])} now without any guest below its low line; "
+                f"guests' floors sum to {_size(host['floors_kib'])}"
+            )
         if host.get("reserved_kib"):
             lines.append(f"holding {_size(host['reserved_kib'])} above the guard for a VM about to start (make-room)")
         if host.get("below_guard_kib"):

@@ -166,6 +166,20 @@ class _ViewCollector:
                 "Memory held above the guard for a VM about to start (memcoord make-room; 0: none)",
                 value=host.get("reserved_kib", 0) * BYTES_PER_KIB,
             )
+            yield GaugeMetricFamily(
+                "memcoord_host_freeable_bytes",
+                "What memcoord could give the host back now without taking any guest below its low line"
+                " (balloons above their bands' low, as far as QEMU backs them)",
+                value=host.get("freeable_kib", 0) * BYTES_PER_KIB,
+            )
+            yield GaugeMetricFamily(
+                "memcoord_guest_floors_bytes",
+                "The managed guests' floors, summed: memory memcoord never takes back, whatever the host needs",
+                value=host.get("floors_kib", 0) * BYTES_PER_KIB,
+            )
+            yield GaugeMetricFamily(
+                "memcoord_host_total_bytes", "Host memory in total", value=host["total_kib"] * BYTES_PER_KIB
+            )
             if host.get("pressure_some_avg10") is not None:
                 yield GaugeMetricFamily(
                     "memcoord_host_memory_pressure_ratio",
