@@ -11,6 +11,9 @@ balloon stays where it is, so what moves is the guest's own doing. Phases, one a
   read-loop   `dd` re-reads the whole disk with read() (page cache recycled, no page faults)
   mmap-loop   a reader maps 800 MiB of the disk and touches a byte of every page, round after round (page-cache
               thrash through page faults: the LAB-NOTES case, 4 major faults in 73,000)
+  cycle-read  a hog of 300 MiB writes every page again, round after round, while `dd` streams the disk: the
+              anonymous memory fits, the page cache competes with it (does the guest swap while MemAvailable,
+              which counts the cache, looks fine?)
   swap-cycle  a hog of 600 MiB (more than the guest's memory) writes every page again, round after round
               (swap thrash)
 
@@ -130,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         lab.stop_reading(1, reader)
         lab.run(1, "hog mapread /dev/vda 800 &")
         results.append(measure(lab, "mmap-loop", args.phase_s))
+        lab.stop_hog(1)
+        time.sleep(3)
+        lab.run(1, "hog cycle 300 50 &")
+        reader = lab.read_disk(1, loop=True)
+        results.append(measure(lab, "cycle-read", args.phase_s))
+        lab.stop_reading(1, reader)
         lab.stop_hog(1)
         time.sleep(3)
         lab.run(1, "hog cycle 600 50 &")
