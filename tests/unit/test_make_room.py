@@ -3,6 +3,7 @@ real unix socket. Who may ask is checked with real peer credentials: a child pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -18,7 +19,7 @@ import pytest
 from memcoord.admin import makeroom
 from memcoord.cli import main as cli_main
 from memcoord.core.config import parse
-from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.core.model import Action, DomainStats, HostStats, Snapshot, mib_to_kib
 from memcoord.core.room import Reservation
 from memcoord.daemon.room import RoomDesk, may_ask, parse_request
 from memcoord.hypervisor.domain_settings import start_memory_kib
@@ -263,3 +264,26 @@ def test_the_service_serves_the_socket_between_ticks_and_ticks_at_once_with_the_
         service.room.close()
         service._close_wakeup()
     assert answers and answers[0]["state"] in ("room", "short")
+
+
+def test_the_policy_relieves_for_the_room_held_says_why_and_lets_nobody_grow_into_it() -> None:
+    """3 GiB above the guard, 3.5 GiB held for a VM about to start: relief from above the low lines, with the
+    reason; a starving guest is not grown into the room; without the reservation nobody is relieved."""
+    from tests.unit.test_policy import NOW_S, _bump, by_name, dom, snap, two_ticks
+
+    doms = [dom("cache", 3072, 16, usable_mib=2500, max_mib=4096), dom("starving", 1024, 100)]
+    first, second = (
+        snap(*doms, available_mib=4096),
+        snap(*(_bump(d) for d in doms), available_mib=4096, now_s=NOW_S + 1),
+    )
+
+    def held(s: Snapshot, kib: int) -> Snapshot:
+        return dataclasses.replace(s, host=dataclasses.replace(s.host, reserved_kib=kib))
+
+    plan = two_ticks(held(first, mib_to_kib(3584)), held(second, mib_to_kib(3584)))
+    changes = by_name(plan)
+    assert set(changes) == {"cache"} and changes["cache"].delta_kib < 0
+    assert changes["cache"].reason.startswith("host short (host budget -512 MiB: below its guard, or room held for")
+    assert changes["cache"].to_kib >= plan.bands["cache"].low_kib
+    free = by_name(two_ticks(first, second))
+    assert all(c.action is not Action.RELIEVE for c in free.values()) and free["starving"].delta_kib > 0

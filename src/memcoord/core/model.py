@@ -220,7 +220,12 @@ class Reason:
         text = {
             Rule.FLOOR: f"below its floor {mib(b.floor_kib)}",
             Rule.CEILING: f"above its ceiling {mib(b.ceiling_kib)}; never below its low",
-            Rule.RELIEF: f"host below its guard ({budget}): from above its low",
+            # A budget still positive when relief runs: the host's memory pressure (PSI) asked for it.
+            Rule.RELIEF: (
+                f"host under memory pressure ({budget}): from above its low"
+                if self.budget_kib >= 0
+                else f"host short ({budget}: below its guard, or room held for a VM about to start): from above its low"
+            ),
             Rule.RECLAIM: "idle above its high: a reclaim step",
             Rule.NEED: f"below its low ({free}{ramp}{late}), {budget}, weight {self.weight}",
             Rule.LENT: f"below its low ({free}{ramp}{late}), {budget}: lent what the guard holds for others' grants",
