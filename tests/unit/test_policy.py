@@ -91,12 +91,14 @@ def test_starving_guest_grows_one_step_from_the_host():
     assert (change.action, change.from_kib, change.to_kib) == (Action.GROW, mib_to_kib(512), mib_to_kib(812))
 
 
-def test_starving_is_below_the_line():
-    """The starving line is the band's low: a guest at it is not below it, a MiB under it is."""
+def test_the_starving_line_belongs_to_the_starving():
+    """As the seed has it (unused <= starving): a guest at its starving line is below its low, a MiB above it is
+    not; so a lowering that stops at low leaves a guest above the line, not on it."""
     plan, _ = decide(snap(dom("a", 512, 150)), PolicyState(), Config())
-    assert plan.classes["a"] is GuestClass.BUSY
-    plan, _ = decide(snap(dom("a", 512, 149)), PolicyState(), Config())
     assert plan.classes["a"] is GuestClass.STARVING
+    plan, _ = decide(snap(dom("a", 512, 151)), PolicyState(), Config())
+    assert plan.classes["a"] is GuestClass.BUSY
+    assert plan.bands["a"].low_kib == mib_to_kib(512 - 151 + 150 + 1)
 
 
 def test_first_sight_of_a_wasteful_guest_is_not_reclaimed():
@@ -197,9 +199,10 @@ def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_and_it_goes_to_the_
 
 def test_the_tax_leaves_an_idle_guest_half_way_between_its_lines():
     """Taxed on every tick someone starves, an idle guest would lose the buffer its own next burst needs: the
-    tax stops at the middle of its band (251 MiB free: 1 MiB above it; 250: at it)."""
-    g = dom("g", 1024, 250, rss_mib=924 + 128)
-    doms = [dom("i", 1024, 251), dom("j", 1024, 250), dom("s", 512, 100), g]
+    tax stops at the middle of its band, 250.5 MiB above its programs' use (252 MiB free: a whole MiB above it;
+    251: less than a MiB)."""
+    g = dom("g", 1024, 251, rss_mib=924 + 128)
+    doms = [dom("i", 1024, 252), dom("j", 1024, 251), dom("s", 512, 100), g]
     changes = by_name(_with_grant(doms, {"g": 100}, available_mib=1024 + 100))
     assert changes["i"].delta_kib == -mib_to_kib(1)
     assert "j" not in changes
@@ -259,7 +262,7 @@ def test_a_lowered_ceiling_never_takes_a_guest_below_its_low():
     plan = steady(dom("b", 1500, 400), config=config)
     assert by_name(plan)["b"].to_kib == mib_to_kib(1400)  # 400 MiB free: a whole step
     plan = steady(dom("b", 1400, 200), config=config)
-    assert by_name(plan)["b"].to_kib == mib_to_kib(1350)  # 200 free: 50 MiB to its starving line
+    assert by_name(plan)["b"].to_kib == mib_to_kib(1351)  # 200 free: 49 MiB to a MiB above its starving line
     assert any("above its ceiling" in note for note in plan.notes)
     plan = steady(dom("b", 1350, 120), config=config)  # starving: stays, and is not grown either
     assert plan.classes["b"] is GuestClass.STARVING
@@ -353,8 +356,8 @@ def test_a_guest_that_will_starve_before_memcoord_looks_again_is_grown_now():
     assert plan.classes["r"] is GuestClass.STARVING
     change = by_name(plan)["r"]
     assert "ramping 100 MiB/s" in change.reason
-    # Twice what 100 MiB/s uses in 3 s, less what it has above its starving line: 600 - 150.
-    assert change.delta_kib == mib_to_kib(450)
+    # Twice what 100 MiB/s uses in 3 s, less what it has above its starving line (and the MiB above it): 600 - 149.
+    assert change.delta_kib == mib_to_kib(451)
 
 
 def test_a_fast_ramp_gets_what_it_will_use_in_one_tick():
@@ -555,7 +558,7 @@ def test_a_starving_guests_old_grant_does_not_block_its_own_growth():
 def test_host_below_its_guard_grows_nobody():
     plan, _ = decide(snap(dom("a", 512, 50), available_mib=900), PolicyState(), Config())
     assert plan.changes == ()
-    assert any("nobody grows" in note for note in plan.notes)
+    assert any("124 MiB short of its guard" in note for note in plan.notes)
 
 
 def test_guard_uses_the_configured_floor_not_a_fixed_80_mb():
@@ -584,13 +587,13 @@ def test_a_busy_guest_ramping_toward_its_starving_line_is_below_its_low_and_shar
     first = snap(dom("s", 512, 100), dom("b", 1024, 500), available_mib=1024 + 300)
     second = snap(
         dom("s", 512, 100, last_s=NOW_S + 1),
-        dom("b", 1024, 450, last_s=NOW_S + 1),  # 50 MiB/s: 150 + 2 x 3 x 50 = 450 MiB above its use is its low
+        dom("b", 1024, 460, last_s=NOW_S + 1),  # 40 MiB/s: 150 + 1 + 2 x 3 x 40 = 391 MiB above its use is its low
         available_mib=1024 + 300,
         now_s=NOW_S + 1,
     )
     plan = two_ticks(first, second)
     assert plan.classes == {"s": GuestClass.STARVING, "b": GuestClass.BUSY}
-    plan = two_ticks(first, replace_free(second, "b", 440))
+    plan = two_ticks(first, replace_free(second, "b", 440))  # 60 MiB/s: its low is 150 + 1 + 360 above its use
     assert plan.classes["b"] is GuestClass.STARVING
     assert by_name(plan)["s"].delta_kib == by_name(plan)["b"].delta_kib == mib_to_kib(150)
 
@@ -634,7 +637,9 @@ def test_relief_takes_from_the_guest_with_the_most_reclaimable_memory_first():
     changes = by_name(plan)
     assert changes["cache"].action is Action.RELIEVE
     assert changes["cache"].delta_kib == -mib_to_kib(256)  # one relief step
-    assert "lean" not in changes and "s" not in changes
+    assert "lean" not in changes
+    # What QEMU releases of that step beyond the deficit and relief's margin goes to the starving guest.
+    assert changes["s"].delta_kib == mib_to_kib(256 - 150 - 64)
     assert plan.host_deficit_kib == mib_to_kib(150) and plan.relief_shortfall_kib == 0
 
 
@@ -652,9 +657,9 @@ def test_relief_never_takes_below_a_floor_or_a_low():
     plan = steady(dom("f", 1100, 800), dom("b", 1024, 250), available_mib=500, config=config)
     changes = by_name(plan)
     assert changes["f"].to_kib == mib_to_kib(1000)
-    # b keeps its starving line free: 250 - 150 = 100 MiB is all it gives.
-    assert changes["b"].to_kib == mib_to_kib(1024 - 100)
-    assert plan.relief_shortfall_kib == mib_to_kib(1024 - 500 - 100 - 100)
+    # b keeps a MiB above its starving line free: 250 - 151 = 99 MiB is all it gives.
+    assert changes["b"].to_kib == mib_to_kib(1024 - 99)
+    assert plan.relief_shortfall_kib == mib_to_kib(1024 - 500 - 100 - 99)
 
 
 def test_relief_never_takes_from_a_starving_guest_or_one_without_stats():
@@ -722,10 +727,11 @@ def test_a_busy_guest_far_above_its_needs_gives_to_a_starving_one_the_host_canno
     )
     changes = by_name(two_ticks(first, second))
     assert (changes["rich"].action, changes["rich"].why.rule) == (Action.RECLAIM, Rule.SURPLUS)
-    # What s lacks to its low (412 MiB used + 150), from above rich's high.
-    assert changes["rich"].delta_kib == -mib_to_kib(50)
+    # What s lacks to its low (412 MiB used + 150 + 1), from above rich's high.
+    assert changes["rich"].delta_kib == -mib_to_kib(51)
     assert changes["rich"].to_kib >= changes["rich"].why.band.high_kib
-    assert "s" not in changes  # what it gives reaches s through the host, next tick
+    # QEMU backs what rich gives: its balloon releases it to the host as s's deflates, in the same tick.
+    assert (changes["s"].delta_kib, changes["s"].why.rule) == (mib_to_kib(51), Rule.NEED)
 
 
 def test_nobody_is_trimmed_for_the_starving_when_the_host_can_feed_them():
@@ -899,3 +905,43 @@ def test_two_guests_about_to_run_out_are_both_lent_what_they_lack():
     assert changes["s1"].delta_kib == changes["s2"].delta_kib == mib_to_kib(280)
     grown_kib = sum(c.delta_kib for c in plan.changes if c.delta_kib > 0)
     assert grown_kib <= mib_to_kib(600 - 30)  # never past the guard, nor into a's own ramp
+
+
+def test_a_ramping_guest_below_its_low_lends_the_grant_it_will_not_touch_before_memcoord_acts_again():
+    """r ramps 200 MiB/s at its 2 GiB ceiling, below its (ramp-inflated) low; the guard holds 800 MiB for its
+    untouched grant, of which its ramp touches 600 MiB in the 3 s before memcoord can act again. The rest is lent
+    to s, which runs out of memory within the second (it lacks 280 MiB): an OOM kill now, against a margin r may
+    never use."""
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    available_mib = config.host.min_available_mib + 300
+    first = snap(dom("r", 2048, 1300, rss_mib=748 + 128), dom("s", 512, 200), available_mib=available_mib)
+    second = snap(
+        dom("r", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 80, last_s=NOW_S + 1),
+        available_mib=available_mib,
+        now_s=NOW_S + 1,
+    )
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"r": mib_to_kib(800)})
+    plan, _state = decide(second, state, config)
+    assert plan.classes["r"] is GuestClass.STARVING
+    change = by_name(plan)["s"]
+    assert (change.why.rule, change.delta_kib) == (Rule.LENT, mib_to_kib(280))
+
+
+def test_the_guard_holds_what_a_ramping_guest_will_touch_of_its_untouched_memory():
+    """r ramps 50 MiB/s over 1000 MiB QEMU never backed: before memcoord can act again (3 s) it touches 150 MiB of
+    it, twice over 300, which the host no longer has for others. s gets the other 200 of the 500 MiB above the
+    guard, not the 300 of a grow step (sawtooth guests touching never-backed memory took the host below its
+    guard)."""
+    available_mib = Config().host.min_available_mib + 500
+    first = snap(dom("r", 2048, 1100, rss_mib=948 + 128), dom("s", 512, 100), available_mib=available_mib)
+    second = snap(
+        dom("r", 2048, 1050, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 100, last_s=NOW_S + 1),
+        available_mib=available_mib,
+        now_s=NOW_S + 1,
+    )
+    plan = two_ticks(first, second)
+    assert plan.host_headroom_kib == mib_to_kib(500 - 300) - by_name(plan)["s"].delta_kib
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(200)

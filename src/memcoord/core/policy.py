@@ -281,71 +281,90 @@ class _Guest:
         return Reason(self.rule, self.band, self.budget_kib, self.weight, self.free_kib, figure, ramp, self.age_s)
 
 
-def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float) -> _Guest:
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """What every guest's look needs of the config and the clock, worked out once per tick."""
+
+    now_s: float
+    stale_s: float  # stats older than this are not trusted
+    silence_s: float  # the bound on silence (`silence_limit_s`)
+    lookahead_s: float
+    overhead_kib: int
+    peak_hold_s: float
+
+    @staticmethod
+    def of(config: Config, now_s: float) -> _Clock:
+        overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
+        return _Clock(now_s, config.stale_after_s, silence_limit_s(config), lookahead_s(config), overhead_kib,
+                      config.guest.peak_hold_s)  # fmt: skip
+
+
+def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock) -> _Guest:
     """The guest's sample, class and band, found once."""
-    pending = state.pending.get(dom.name)
+    name, now_s = dom.name, clock.now_s
+    pending = state.pending.get(name)
     if pending is not None and (
-        abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
-        or now_s - pending.set_at_s > config.stale_after_s
+        abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB or now_s - pending.set_at_s > clock.stale_s
     ):
         pending = None  # arrived, or believed where it is after the stale time (a guest that will not give pages)
     base_kib = pending.target_kib if pending else dom.current_kib
-    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
-    floor_kib = min(config.floor_kib(dom.name, dom.settings), ceiling_kib)
-    lowered_at_s = state.lowered_at_s.get(dom.name)
-    moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= config.stale_after_s)
-    prev = state.samples.get(dom.name)
+    ceiling_kib = config.ceiling_kib(name, dom.max_kib, dom.settings)
+    floor_kib = min(config.floor_kib(name, dom.settings), ceiling_kib)
+    lowered_at_s = state.lowered_at_s.get(name)
+    moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
+    prev = state.samples.get(name)
     refused = refusal(dom, moving) if free_figure(dom)[0] is not None and dom.last_update_s else None
-    sample = prev if refused else _observe(prev, dom, config.guest.peak_hold_s, heading=pending is not None)
-    # Sized on the guest's configured size, not where its balloon is now.
-    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
+    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, heading=pending is not None)
     age_s = max(0.0, now_s - sample.last_update_s) if sample else 0.0
-    held_kib = _held_kib(dom, base_kib, state, config, age_s if sample else None)
-    g = _Guest(dom, dom.name, base_kib, Band(floor_kib, base_kib, base_kib, ceiling_kib), base_kib, 0, base_kib,
-               GuestClass.NO_STATS, config.weight(dom.name, dom.settings), held_kib, sample,
+    # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
+    ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
+    ramp_kib = int(ramp_kib_per_s * (min(age_s, clock.silence_s) + clock.lookahead_s))
+    held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, int(RAMP_SAFETY * ramp_kib))
+    kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
+    g = _Guest(dom, name, base_kib, Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "no sane stats: held where it is"),
+               base_kib, 0, base_kib, GuestClass.NO_STATS, config.weight(name, dom.settings), held_kib, sample,
                sample is not None and sample is not prev, refused=refused, pending=pending,
                target_kib=base_kib)  # fmt: skip
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
-    g.band = Band(floor_kib, min(max(base_kib, floor_kib), ceiling_kib), min(max(base_kib, floor_kib), ceiling_kib),
-                  ceiling_kib, "no sane stats: held where it is")  # fmt: skip
     if refused:
         g.guest_class = GuestClass.BAD_STATS
         return g
     if sample is None:
         return g
-    ramp_kib_per_s = sample.ramp_kib_per_s
     g.age_s = age_s
+    fresh = age_s <= clock.stale_s
+    # Sized on the guest's configured size, not where its balloon is now.
+    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
     # The sample saw the balloon at sample.current_kib; memory the balloon moved since is free (or gone) too.
     g.free_kib = sample.free_kib + (base_kib - sample.current_kib)
     if dom.usable_kib is not None and dom.unused_kib is not None:
         g.cache_kib = max(0, dom.usable_kib - dom.unused_kib)
     occupied_kib = base_kib - g.free_kib
-    ramp_kib = int(ramp_kib_per_s * (min(age_s, silence_limit_s(config)) + lookahead_s(config)))
     g.survive_kib = min(occupied_kib + ramp_kib, ceiling_kib)
     ramp_kib = int(RAMP_SAFETY * ramp_kib)
-    need_kib = occupied_kib + starving_kib + ramp_kib
+    # The starving line belongs to the starving (free <= starving_mib, as the seed has it): low is one MiB above.
+    g.need_kib = need_kib = occupied_kib + starving_kib + ramp_kib + KIB_PER_MIB
     high_kib = occupied_kib + wasteful_kib
-    why = f"{kib_to_mib(occupied_kib):.0f} MiB held + starving {kib_to_mib(starving_kib):.0f}"
-    if ramp_kib:
-        why += f" + ramp {kib_to_mib(ramp_kib):.0f}"
-    if config.guest.peak_hold_s and sample.peak_used_kib > sample.used_kib:
+    peak_kib = 0
+    if clock.peak_hold_s and sample.peak_used_kib > sample.used_kib:
         # Its recent peak, plus what the kernel keeps of the balloon beyond the guest's own total.
         total_kib = dom.own_total_kib
-        kernel_kib = dom.current_kib - total_kib if total_kib is not None else 0
-        peak_kib = sample.peak_used_kib + kernel_kib + starving_kib
-        if peak_kib > high_kib:
-            high_kib, why = peak_kib, why + f"; recent peak {kib_to_mib(sample.peak_used_kib):.0f} MiB held"
-    clamp = functools.partial(_clamp_kib, floor_kib=floor_kib, ceiling_kib=ceiling_kib)
-    g.need_kib = need_kib
-    g.band = Band(floor_kib, clamp(need_kib), clamp(max(high_kib, need_kib)), ceiling_kib, why)
+        peak_kib = sample.peak_used_kib + (dom.current_kib - total_kib if total_kib is not None else 0) + starving_kib
+        high_kib = max(high_kib, peak_kib)
     # A grow step at least, but a guest grown on its projection (stats late) only to its low.
-    g.grow_to_kib = clamp(max(need_kib, base_kib + (0 if age_s > config.stale_after_s else grow_step_kib)))
-    fresh = age_s <= config.stale_after_s
-    g.late = not fresh and age_s <= silence_limit_s(config) and ramp_kib_per_s > 0 and base_kib <= need_kib
+    g.grow_to_kib = min(max(need_kib, base_kib + (grow_step_kib if fresh else 0), floor_kib), ceiling_kib)
+    g.late = not fresh and age_s <= clock.silence_s and ramp_kib_per_s > 0 and base_kib <= need_kib
     if not fresh and not g.late:
         g.guest_class = GuestClass.STALE
-        g.band = Band(floor_kib, clamp(base_kib), clamp(base_kib), ceiling_kib, "stale stats: held where it is")
+        g.band = Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "stale stats: held where it is")
         return g
+    why = f"{occupied_kib // KIB_PER_MIB} MiB held + starving {starving_kib // KIB_PER_MIB}"
+    if ramp_kib:
+        why += f" + ramp {ramp_kib // KIB_PER_MIB}"
+    if peak_kib == high_kib:
+        why += f"; recent peak {sample.peak_used_kib // KIB_PER_MIB} MiB held"
+    low_kib = min(max(need_kib, floor_kib), ceiling_kib)
+    g.band = Band(floor_kib, low_kib, min(max(high_kib, low_kib), ceiling_kib), ceiling_kib, why)
     g.settled = fresh and pending is None and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
     if base_kib < need_kib:
         g.guest_class = GuestClass.STARVING
@@ -358,14 +377,10 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float)
     return g
 
 
-def _clamp_kib(kib: int, floor_kib: int, ceiling_kib: int) -> int:
-    return min(max(kib, floor_kib), ceiling_kib)
-
-
 def _managed(snapshot: Snapshot, state: PolicyState, config: Config) -> list[_Guest]:
-    now_s = snapshot.taken_at_s
+    clock = _Clock.of(config, snapshot.taken_at_s)
     doms = sorted((d for d in snapshot.domains if config.manages(d.name, d.settings)), key=lambda d: d.name)
-    return [_look_at(d, state, config, now_s) for d in doms]
+    return [_look_at(d, state, config, clock) for d in doms]
 
 
 def bands(snapshot: Snapshot, state: PolicyState, config: Config) -> dict[str, Band]:
@@ -374,15 +389,19 @@ def bands(snapshot: Snapshot, state: PolicyState, config: Config) -> dict[str, B
 
 
 # -- 3. the budget ---------------------------------------------------------------------------------------
-def _held_kib(dom: DomainStats, base_kib: int, state: PolicyState, config: Config, age_s: float | None) -> int:
-    """What the guard holds for memory memcoord granted this guest: the part QEMU does not back yet (host-side:
-    its target plus QEMU's overhead, less its RSS), and nothing for a guest silent longer than the bound."""
-    grant_kib = state.granted_kib.get(dom.name, 0)
-    if not grant_kib or age_s is None or age_s > silence_limit_s(config):
+def _held_kib(
+    dom: DomainStats, base_kib: int, state: PolicyState, clock: _Clock, age_s: float | None, reach_kib: int
+) -> int:
+    """What the guard holds for this guest: of what QEMU does not back yet (host-side: its target plus QEMU's
+    overhead, less its RSS), what memcoord granted it, or what its ramp reaches before memcoord can act again
+    (reach_kib, the same margin its low keeps), whichever is more; nothing for a guest silent longer than the
+    bound. A guest's figures can only make the guard hold memory the host already gave it."""
+    grant_kib = max(state.granted_kib.get(dom.name, 0), reach_kib)
+    if not grant_kib or age_s is None or age_s > clock.silence_s:
         return 0
     if dom.rss_kib is None:
         return grant_kib
-    return min(grant_kib, max(0, base_kib + mib_to_kib(config.host.guest_overhead_mib) - dom.rss_kib))
+    return min(grant_kib, max(0, base_kib + clock.overhead_kib - dom.rss_kib))
 
 
 def _budget_kib(snapshot: Snapshot, guests: list[_Guest], config: Config) -> int:
@@ -409,13 +428,15 @@ def _whole_mib(kib: int) -> int:
 
 
 class _Allocation:
-    """The targets being planned and the budget they leave. Growth spends the budget; a lowering gives the host
-    nothing in this tick (what QEMU releases reaches host available once the balloon inflates), except what the
-    guard held for the guest's untouched grant, which the balloon takes first."""
+    """The targets being planned and the budget they leave. Growth spends the budget (what it sets above the
+    balloon's size); a lowering gives back what the guard held for the guest's untouched grant (the balloon takes
+    it first) and what QEMU backs above the new target (host-side: RSS less overhead), which it releases as the
+    balloon inflates, within the second in which a grown balloon deflates."""
 
     def __init__(self, guests: list[_Guest], budget_kib: int, config: Config) -> None:
         self.guests = guests
         self.budget_kib = budget_kib
+        self.keep_kib = 0  # what growth leaves of the budget: relief's margin, once relief ran
         self.config = config
         self.notes: list[str] = []
         self.reclaimed_kib = 0
@@ -427,10 +448,12 @@ class _Allocation:
         if not delta_kib:
             return 0
         held_before_kib = self._held(g)
+        backed_before_kib = _backed_above_kib(g, g.target_kib, self.config)
         cost_kib = max(0, g.target_kib + delta_kib - max(g.target_kib, g.dom.current_kib)) if delta_kib > 0 else 0
         g.rule, g.budget_kib = rule, self.budget_kib
         g.target_kib += delta_kib
-        self.budget_kib += held_before_kib - self._held(g) - cost_kib
+        released_kib = _backed_above_kib(g, g.target_kib, self.config) - backed_before_kib
+        self.budget_kib += held_before_kib - self._held(g) - cost_kib + max(0, released_kib)
         return abs(delta_kib)
 
     @staticmethod
@@ -452,15 +475,16 @@ class _Allocation:
         return self.move(g, start_kib + max(0, got_kib), rule)
 
     def lendable_kib(self) -> int:
-        """What the guard holds for grants of guests not below their low, beyond what they need to last until
-        memcoord can act again: their margin may come to the host later or never; an OOM kill comes now."""
+        """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
+        ramp asks for more), beyond what each needs to last until memcoord can act again: that margin may come to
+        the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant."""
         held_kib = sum(self._held(g) for g in self.guests)
         margins_kib = sum(
             min(self._held(g), max(0, g.target_kib - g.survive_kib))
             for g in self.guests
-            if g.guest_class is not GuestClass.STARVING  # a guest below its own low will touch its grant
+            if g.target_kib >= g.band.low_kib
         )
-        return min(margins_kib, max(0, self.budget_kib + held_kib))  # never the guard itself
+        return min(margins_kib, max(0, self.budget_kib - self.keep_kib + held_kib))  # never the guard itself
 
     # -- the steps, in decide's order
     def clamp(self) -> None:
@@ -523,7 +547,7 @@ class _Allocation:
         (water-filling: max-min fair by weight), in O(n log n)."""
         by_name = {g.name: g for g in self.guests}
         wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
-        left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib))
+        left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
         weight = sum(by_name[n].weight for _, n, _ in wants)
         for i, (_per_weight, name, want_kib) in enumerate(wants):
             g = by_name[name]
@@ -565,7 +589,7 @@ class _Allocation:
         never below the middle of its band (a tax, not a drain), and what it pays goes to the guests below low in
         this tick: no more is taken than the host has above its guard beyond this tick's growth (the balloons
         taking it back within a second)."""
-        room_kib = self.budget_kib + sum(self._held(g) for g in self.guests)
+        room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
         tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
         for g in self.guests:
             if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
@@ -609,9 +633,10 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     deficit_kib = max(0, -(budget_kib + sum(g.held_kib for g in guests)))
     if deficit_kib or pressured:
         shortfall_kib = plan.relieve(deficit_kib)
-        pressure = ", under memory pressure" if pressured else ""
-        plan.notes.append(f"host budget {kib_to_mib(plan.budget_kib):.0f} MiB{pressure}: relief, nobody grows")
-    else:
+        plan.keep_kib = RELIEF_MARGIN_KIB
+        pressure = ", under memory pressure: nobody grows" if pressured else ""
+        plan.notes.append(f"host {kib_to_mib(deficit_kib):.0f} MiB short of its guard{pressure}: relief")
+    if not pressured:
         target_kib = mib_to_kib(config.host.target_available_mib)
         starving = any(g.guest_class is GuestClass.STARVING for g in guests)
         plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving, just_raised)
