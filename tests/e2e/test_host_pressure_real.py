@@ -51,18 +51,25 @@ def test_host_pressure_starts_relief(lab_prefix: str, guest_image, run_dir: Path
             assert memcoord.actions == [], f"memcoord acted without pressure: {memcoord.actions}"
             with HostPressure(image=guest_image):
                 t_on = time.monotonic()
-                crossed_s = None
-                while time.monotonic() - t_on < 45 and not memcoord.actions:
+                crossed_s = acted_s = None
+                # The kernel updates avg10 every 2 s and memcoord may read the new figure before this loop does:
+                # keep reading for 3 s after memcoord acted, so a crossing it saw first is seen here too.
+                while time.monotonic() - t_on < 45 and (acted_s is None or time.monotonic() - t_on < acted_s + 3):
                     if crossed_s is None and (memory_pressure_some_avg10() or 0.0) > LINE_PCT:
                         crossed_s = time.monotonic() - t_on
-                    time.sleep(0.5)
+                    if acted_s is None and memcoord.actions:
+                        acted_s = time.monotonic() - t_on
+                    time.sleep(0.2)
                 peak = memory_pressure_some_avg10()
             relief = [a for a in memcoord.actions if a.action == "relieve"]
             log = memcoord.log_text()
         kills = [k.comm for g in lab.guests for k in g.console.state.oom_kills]
-    print(f"\nPSI some avg10 crossed {LINE_PCT} % after {crossed_s} s (at {peak} % when relief came); relief {relief}")
+    first_s = None if not relief else relief[0].t_mono_s - t_on
+    print(f"\nPSI some avg10 crossed {LINE_PCT} % after {crossed_s} s, relief after {first_s} s (PSI {peak} % 3 s"
+          f" later); relief {relief}")  # fmt: skip
     assert crossed_s is not None, "the host process did not raise host PSI above the line"
     assert relief, f"no relief under pressure:\n{log[-3000:]}"
-    assert relief[0].t_mono_s - t_on <= crossed_s + 5, (relief[0].t_mono_s - t_on, crossed_s)
-    assert "pressure" in relief[0].reason, relief[0].reason
+    assert first_s is not None and first_s <= crossed_s + 5, (first_s, crossed_s)
+    # Far above its guard: the budget is positive, so the pressure, and nothing else, asked for the relief.
+    assert relief[0].reason.startswith("host under memory pressure"), relief[0].reason
     assert kills == []

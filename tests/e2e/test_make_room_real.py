@@ -73,15 +73,16 @@ class HostSampler:
 
 
 @contextlib.contextmanager
-def hook_installed(prefix: str, config_path: Path) -> Iterator[Path]:
-    """The shipped hook for this test's domains only, seen by a restarted libvirtd; removed (and libvirtd
-    restarted again) afterwards, so that no later domain start runs a script that is gone."""
+def hook_installed(domain: str, config_path: Path) -> Iterator[Path]:
+    """The shipped hook for this test's new domain only, seen by a restarted libvirtd; removed (and libvirtd
+    restarted again) afterwards, so that no later domain start runs a script that is gone. Install it before
+    opening a connection that must last: the restart closes every client's connection."""
     HOOK_DIR.mkdir(parents=True, exist_ok=True)
-    wrapper = HOOK_DIR / f"{prefix}hook"
+    wrapper = HOOK_DIR / f"{domain}-hook"
     memcoord = Path(sys.executable).parent / "memcoord"
     wrapper.write_text(
         "#!/bin/sh\n"
-        f'case "$1" in {prefix}*) ;; *) exit 0 ;; esac\n'
+        f'[ "$1" = "{domain}" ] || exit 0\n'
         f"export MEMCOORD={memcoord} MEMCOORD_CONFIG={config_path} MEMCOORD_HOOK_TIMEOUT_S={HOOK_TIMEOUT_S}\n"
         f'exec {SHIPPED_HOOK} "$@"\n'
     )
@@ -156,59 +157,61 @@ def test_make_room_before_a_vm_starts(lab_prefix: str, guest_image, run_dir: Pat
 
 
 def _scenario(prefix: str, new_name: str, guest_image, lab_dir: Path, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    with Lab(prefix=prefix, n=2, max_mib=DONOR_MIB, current_mib=DONOR_MIB, image=guest_image,
-             disk_guests=(1, 2), run_dir=lab_dir) as lab:  # fmt: skip
+    # The hook's config: the socket the daemon will listen on (nobody yet).
+    config_path = run_dir / "memcoord.toml"
+    config_path.write_text(f'[room]\nsocket = "{lab_dir / "room.sock"}"\n')
+
+    def guard_mib() -> int:
+        return int(psutil.virtual_memory().available / 2**20) - BUDGET_MIB
+
+    # The hook first: installing it restarts libvirtd, which closes every connection (the lab's too).
+    with hook_installed(new_name, config_path), Lab(
+        prefix=prefix, n=2, max_mib=DONOR_MIB, current_mib=DONOR_MIB, image=guest_image, disk_guests=(1, 2),
+        run_dir=lab_dir,
+    ) as lab:  # fmt: skip
         for i in (1, 2):
             lab.wait_read_done(i, lab.read_disk(i, mib=CACHE_MIB), timeout_s=240)
-        # The hook's config: the socket the daemon will listen on (nobody yet).
-        config_path = run_dir / "memcoord.toml"
-        config_path.write_text(f'[room]\nsocket = "{lab_dir / "room.sock"}"\n')
+        # Without memcoord: the hook finds nobody to ask and the guest starts anyway (fails open, at once);
+        # its memory takes the host below the guard it would have had.
+        guard_without_mib = guard_mib()
+        with HostSampler() as host:
+            took_s = _start_new_guest(lab, new_name, lab_dir)
+            hog, kills = _touch(lab, new_name, lab_dir)
+            time.sleep(2)
+        assert took_s < 3, f"the hook held the start {took_s:.1f} s with memcoord down"
+        assert hog == "holding" and kills == []
+        lowest_without_mib = host.lowest_mib()
+        assert lowest_without_mib < guard_without_mib - 150, (
+            f"without memcoord the host stayed at {lowest_without_mib:.0f} MiB, guard {guard_without_mib} MiB"
+        )
+        _remove(lab, new_name)
+        time.sleep(3)  # QEMU's memory back to the host
 
-        def guard_mib() -> int:
-            return int(psutil.virtual_memory().available / 2**20) - BUDGET_MIB
-
-        with hook_installed(prefix, config_path):
-            # Without memcoord: the hook finds nobody to ask and the guest starts anyway (fails open, at once);
-            # its memory takes the host below the guard it would have had.
-            guard_without_mib = guard_mib()
+        # With memcoord: the production profile (no idle reclaim above the target), so only make-room moves
+        # the donors before the start.
+        guard_with_mib = guard_mib()
+        overrides = {
+            "host": {"min_available_mib": guard_with_mib, "target_available_mib": guard_with_mib + 1},
+            "room": {"socket": str(lab_dir / "room.sock"), "hold_s": 90.0},
+        }
+        config = lab_config(f"{prefix}[0-9]*", overrides)
+        with Memcoord(config, run_dir) as memcoord:  # it writes its config over config_path
+            deadline = time.monotonic() + 30
+            while not (lab_dir / "room.sock").exists() or not memcoord.status.startswith("2 domains"):
+                assert time.monotonic() < deadline, memcoord.log_text()[-2000:]
+                time.sleep(0.2)
+            time.sleep(3)
+            assert memcoord.actions == [], "memcoord moved the donors before anyone asked"
             with HostSampler() as host:
+                t_start = time.monotonic()
                 took_s = _start_new_guest(lab, new_name, lab_dir)
+                t_started = time.monotonic()
                 hog, kills = _touch(lab, new_name, lab_dir)
-                time.sleep(2)
-            assert took_s < 3, f"the hook held the start {took_s:.1f} s with memcoord down"
-            assert hog == "holding" and kills == []
-            lowest_without_mib = host.lowest_mib()
-            assert lowest_without_mib < guard_without_mib - 150, (
-                f"without memcoord the host stayed at {lowest_without_mib:.0f} MiB, guard {guard_without_mib} MiB"
-            )
-            _remove(lab, new_name)
-            time.sleep(3)  # QEMU's memory back to the host
-
-            # With memcoord: the production profile (no idle reclaim above the target), so only make-room moves
-            # the donors before the start.
-            guard_with_mib = guard_mib()
-            overrides = {
-                "host": {"min_available_mib": guard_with_mib, "target_available_mib": guard_with_mib + 1},
-                "room": {"socket": str(lab_dir / "room.sock"), "hold_s": 90.0},
-            }
-            config = lab_config(f"{prefix}[0-9]*", overrides)
-            with Memcoord(config, run_dir) as memcoord:  # it writes its config over config_path
-                deadline = time.monotonic() + 30
-                while not (lab_dir / "room.sock").exists() or not memcoord.status.startswith("2 domains"):
-                    assert time.monotonic() < deadline, memcoord.log_text()[-2000:]
-                    time.sleep(0.2)
                 time.sleep(3)
-                assert memcoord.actions == [], "memcoord moved the donors before anyone asked"
-                with HostSampler() as host:
-                    t_start = time.monotonic()
-                    took_s = _start_new_guest(lab, new_name, lab_dir)
-                    t_started = time.monotonic()
-                    hog, kills = _touch(lab, new_name, lab_dir)
-                    time.sleep(3)
-                log = memcoord.log_text()
-                relief = [a for a in memcoord.actions if a.action == "relieve"]
-            lowest_with_mib = host.lowest_mib(since_s=t_start)
-            donor_kills = [k.comm for g in lab.guests for k in g.console.state.oom_kills]
+            log = memcoord.log_text()
+            relief = [a for a in memcoord.actions if a.action == "relieve"]
+        lowest_with_mib = host.lowest_mib(since_s=t_start)
+        donor_kills = [k.comm for g in lab.guests for k in g.console.state.oom_kills]
     print(
         f"\nwithout memcoord: lowest host available {lowest_without_mib:.0f} MiB, guard {guard_without_mib} MiB;"
         f" with: {lowest_with_mib:.0f} MiB, guard {guard_with_mib} MiB; create() took {took_s:.1f} s;"
