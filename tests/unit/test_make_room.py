@@ -246,6 +246,11 @@ def test_the_service_serves_the_socket_between_ticks_and_ticks_at_once_with_the_
     cfg.write_text(f'[room]\nsocket = "{tmp_path / "room.sock"}"\nhold_s = 30\n[host]\nguest_overhead_mib = 100\n')
     service = Service(cfg, parse(cfg.read_text()), lambda _uri: sim, observer=Observer(publish=False))
     service.room.configure(service.config)
+    # While the asker waits (a hook: libvirtd holds the starting domain's lock), a tick samples only the domains
+    # the last one saw, by handle; afterwards every domain again.
+    sampled_only: list[frozenset[str] | None] = []
+    sample = sim.sample
+    sim.sample = lambda deadline_s=None, only=None: sampled_only.append(only) or sample(deadline_s, only)  # type: ignore[method-assign]
     answers: list[dict[str, Any]] = []
     asker = threading.Thread(
         target=lambda: answers.append(makeroom.ask(str(tmp_path / "room.sock"), mib_to_kib(300), "new", 3.0))
@@ -260,6 +265,8 @@ def test_the_service_serves_the_socket_between_ticks_and_ticks_at_once_with_the_
         assert view["host"]["reserved_kib"] == mib_to_kib(400)  # what "new" asked for, plus QEMU's overhead
         assert "holding 400 MiB for a VM about to start" in service._status_line
         asker.join(5)
+        assert service.tick()
+        assert sampled_only == [None, frozenset({"idle"}), None]
     finally:
         service.room.close()
         service._close_wakeup()

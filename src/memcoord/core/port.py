@@ -26,8 +26,12 @@ class DeadlineSpent(HypervisorError):
 
 
 class Hypervisor(Protocol):
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        """All running domains' balloon stats and the host's memory, in one call where the backend allows."""
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        """All running domains' balloon stats and the host's memory, in one call where the backend allows.
+
+        only: sample these running domains and no other (those it no longer finds are left out). The daemon asks
+        for it while a libvirt hook waits for make-room: libvirtd holds the starting domain's lock while it runs
+        the hook, and a call that lists every domain waits for that lock until the hook returns."""
         ...
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:

@@ -74,16 +74,18 @@ def step(
     loop_policy: LoopPolicy = MEMCOORD,
     deadline_s: float | None = None,
     reserved_kib: Callable[[Snapshot], int] | None = None,
+    only: frozenset[str] | None = None,
 ) -> StepResult:
     """One tick. Raises HypervisorError when the hypervisor cannot be sampled (nothing else is then done).
 
     reserved_kib: what the host holds above its guard for a VM about to start (make-room), given the sample; the
-    snapshot carries it (`HostStats.reserved_kib`) to the policy and to whoever reports the tick.
+    snapshot carries it (`HostStats.reserved_kib`) to the policy and to whoever reports the tick. only: sample
+    just these domains (`Hypervisor.sample`), while a domain is being started.
 
     Only the changes the hypervisor accepted are recorded as applied, at the snapshot's time (the clock the
     policy's timing is on: the guests' own stats timestamps are compared with it).
     """
-    snapshot = hypervisor.sample(deadline_s=deadline_s)
+    snapshot = hypervisor.sample(deadline_s=deadline_s) if only is None else hypervisor.sample(deadline_s, only)
     if reserved_kib is not None:
         snapshot = replace(snapshot, host=replace(snapshot.host, reserved_kib=reserved_kib(snapshot)))
     seen = managed_snapshot(snapshot, config)

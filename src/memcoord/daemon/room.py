@@ -293,6 +293,10 @@ class RoomDesk:
             asker.sock.close()
 
     # -- the reservations -----------------------------------------------------------------------------------
+    def starting(self) -> frozenset[str]:
+        """The domains whose asker still waits for its room: domains about to start (their hook is running)."""
+        return frozenset(a.reservation.domain for a in self._askers.values() if a.reservation and a.reservation.domain)
+
     def reserved_kib(self, snapshot: Snapshot) -> int:
         """What the host holds above its guard for this snapshot (see core/room.py). Expired and fulfilled
         reservations end here."""

@@ -141,6 +141,8 @@ class Service:
         # make-room: its socket is opened by run() (a Service only ticked by a test listens on nothing).
         self.room = RoomDesk(self.clock)
         self._tick_now = False
+        # The domains the last tick sampled: while a domain is being started, only these are sampled (see tick()).
+        self._sampled: frozenset[str] | None = None
         self._untrusted_since: dict[str, float] = {}
         self._untrusted_reported: set[str] = set()
         self._relief_short = False
@@ -260,6 +262,11 @@ class Service:
         """Sample, decide, apply, report. False when the hypervisor could not be reached."""
         started_s = self.clock()
         budget_s = self.tick_budget_s()
+        # A libvirt hook asking for room runs while libvirtd holds the starting domain's lock; a stats call over
+        # every domain would wait for it until the hook gives up. Meanwhile only the domains already running are
+        # sampled (by handle: nothing waits for the starting one).
+        starting = self.room.starting()
+        only = None if not starting or self._sampled is None else self._sampled - starting
         try:
             done = step(
                 self._acting_hypervisor(),
@@ -267,6 +274,7 @@ class Service:
                 self.state,
                 deadline_s=started_s + budget_s,
                 reserved_kib=self.room.reserved_kib,
+                only=only,
             )
         except HypervisorError as exc:
             self.room.answer(None, None)
@@ -291,6 +299,7 @@ class Service:
         if not self._overrides_checked:
             self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, started_s + budget_s)
         self.state = done.state
+        self._sampled = frozenset(d.name for d in done.snapshot.domains)
         self._report_step(done, started_s, budget_s)
         self.room.answer(done.snapshot, done.plan.host_headroom_kib)
         if self.exit_when_idle and not done.managed:

@@ -370,13 +370,18 @@ class LibvirtHypervisor:
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
         conn = self._connection(deadline_s)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        balloon = libvirt.VIR_DOMAIN_STATS_BALLOON
         with self._errors_as_hypervisor_error(conn):
-            records = self._bounded(
-                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
-            )
+            if only is None:
+                records = self._bounded("getAllDomainStats", lambda: conn.getAllDomainStats(balloon, flags), deadline_s)
+            else:  # the handles of the last sample: looked up one by one, no lock on any other domain is waited for
+                handles = [dom for name, dom in self._domains.items() if name in only]
+                records = handles and self._bounded(
+                    "domainListGetStats", lambda: conn.domainListGetStats(handles, balloon, flags), deadline_s
+                )
             host = self._host(conn, deadline_s)
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}

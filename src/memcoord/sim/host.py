@@ -220,7 +220,7 @@ class SimulatedHypervisor:
         if self.thrash_below_kib is not None:
             self.pressure_avg10 += (self._stall_share() - self.pressure_avg10) * (1 - math.exp(-dt_s / 10.0))
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
         if not self.reachable:
             raise HypervisorError("simulated hypervisor unreachable")
         self.sample_calls += 1
@@ -242,6 +242,7 @@ class SimulatedHypervisor:
                 settings=g.settings,
             )
             for g in self.guests.values()
+            if only is None or g.name in only
         )
         return Snapshot(host=self._host(), domains=domains, taken_at_s=self.now_s)
 
