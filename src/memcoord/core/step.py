@@ -88,6 +88,8 @@ def step(
     snapshot = hypervisor.sample(deadline_s=deadline_s) if only is None else hypervisor.sample(deadline_s, only)
     if reserved_kib is not None:
         snapshot = replace(snapshot, host=replace(snapshot.host, reserved_kib=reserved_kib(snapshot)))
+    # The guard and the profile's values scale with the host's memory: the policy reads them resolved.
+    config = config.for_host(snapshot.host.total_kib)
     seen = managed_snapshot(snapshot, config)
     managed = tuple(d.name for d in seen.domains)
     failures = hypervisor.ensure_stats_period(managed, config.loop.stats_period_s, deadline_s=deadline_s)
