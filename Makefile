@@ -66,6 +66,8 @@ install:
 	install -m 0644 packaging/prometheus/memcoord.rules.yml packaging/prometheus/grafana-dashboard.json \
 	  packaging/prometheus/scrape-config.yml $(PREFIX)/share/memcoord/prometheus/
 	install -m 0644 packaging/memcoord.service.d/metrics.conf $(PREFIX)/share/memcoord/systemd/
+# The libvirt hook (make-room before a VM starts) is opt-in: installed here, linked into libvirt's hooks by the admin.
+	install -D -m 0755 packaging/libvirt-hook/memcoord $(PREFIX)/share/memcoord/libvirt-hook/memcoord
 	@if [ -e $(CONFIG) ]; then echo "keeping existing $(CONFIG)"; \
 	 else install -m 0644 etc/memcoord.toml $(CONFIG) && echo "installed $(CONFIG)"; fi
 	@if [ -d /run/systemd/system ]; then \

@@ -32,7 +32,6 @@ import collections
 import contextlib
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from lab.console import ConsoleError
 from lab.coordinator import Memcoord, lab_config
 from lab.image import build_image
 from lab.lab import Lab, LabError, remove_orphans
-from lab.libvirtd import ensure_libvirtd, libvirtd_pid
+from lab.libvirtd import ensure_libvirtd, libvirtd_pid, restart_libvirtd
 from memcoord.core.model import Action
 
 PREFIX_ROOT = "mcsoak-"
@@ -185,15 +184,7 @@ class Soak:
     def restart_libvirtd(self) -> None:
         pid = libvirtd_pid()
         t_kill_s = self.t_s()
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
-                time.sleep(0.5)
-        ensure_libvirtd(grace_s=0.0)
+        restart_libvirtd()
         t_up_s = self.t_s()
         self.note(f"libvirtd restarted (pid {pid} -> {libvirtd_pid()}), down {t_up_s - t_kill_s:.1f} s")
         self.restarts.append({"t_kill_s": t_kill_s, "t_up_s": t_up_s})

@@ -144,6 +144,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return simulate.main(args.scenario, config, args.duration, args.plot)
 
 
+def _cmd_make_room(args: argparse.Namespace) -> int:
+    from memcoord.admin import makeroom
+    from memcoord.admin.cliargs import config_or_defaults
+
+    if args.domain_xml is not None and args.domain is None:
+        print("memcoord make-room: --domain-xml goes with --for DOMAIN", file=sys.stderr)
+        return os.EX_USAGE
+    config, _label = config_or_defaults(_load_or_exit, args.config)
+    return makeroom.main(config, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="memcoord", description="Memory coordinator for KVM hosts (virtio balloon, libvirt).")
     parser.add_argument("--version", action="version", version=f"memcoord {__version__}")
@@ -182,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=positive_float, metavar="S", help="simulated seconds (default: scenario's)")
     sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)
+
+    from memcoord.admin import makeroom
+
+    room = sub.add_parser(
+        "make-room",
+        help="ask the running daemon for N MiB (or a domain's memory) above the host guard; exit 75 if short",
+        description=makeroom.DESCRIPTION,
+        epilog=makeroom.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    makeroom.add_arguments(room)
+    room.set_defaults(func=_cmd_make_room)
 
     watch.add_commands(sub)  # status, monitor, plot (watch.py)
     tryout.add_commands(sub, _load_or_exit)  # plan, restore (tryout.py)

@@ -316,3 +316,15 @@ def test_host_pressure_counts_in_check_demand() -> None:
     pressure = "[[host.pressure]]\nstart_s = 10\nmib = 2100\nend_s = 20\n"
     assert not check_demand(parse_scenario(ONE_GUEST + pressure), 1024).fits
     assert check_demand(parse_scenario(ONE_GUEST + pressure.replace("2100", "1900")), 1024).fits
+
+
+def test_a_scenario_sets_a_lying_guests_claims_and_a_readers_counted_cache() -> None:
+    text = MINIMAL + (
+        "claims = { usable_mib = 0, unused_mib = 7000 }\n"
+        "cache = { read_mib_per_s = 30, file_mib = 3072, available_pct = 50 }\n"
+    )
+    g = build_host(parse_scenario(text, "s.toml")).guests["a"]
+    assert (g.claimed_usable_kib, g.claimed_unused_kib) == (0, mib_to_kib(7000))
+    assert g.reader is not None and g.reader.available_pct == 50
+    plain = build_host(parse_scenario(MINIMAL, "s.toml")).guests["a"]
+    assert (plain.claimed_usable_kib, plain.claimed_unused_kib) == (None, None)

@@ -55,7 +55,7 @@ def test_state_file_agrees_with_the_hypervisor_every_tick(tmp_path: Path):
     # The demo's idle guest is reclaimed in this time: its last action and reason are published.
     idle = by_name["sim-idle"]
     # (Reclaimed while wasteful, then taxed once idle while the hog's guest grows: either way, with its reason.)
-    expected_reason = {"reclaim": "idle with", "tax": "idle tax"}[idle["last_action"]["action"]]
+    expected_reason = {"reclaim": "idle above its high", "tax": "idle tax"}[idle["last_action"]["action"]]
     assert expected_reason in idle["last_action"]["reason"]
     assert idle["class"] in {"idle", "wasteful"}
 

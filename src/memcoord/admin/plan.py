@@ -76,7 +76,7 @@ class HeldUse:
 
 
 def trusted(guest_class: GuestClass | None) -> bool:
-    return guest_class not in (None, GuestClass.NO_STATS, GuestClass.STALE)
+    return guest_class is not None and guest_class.trusted
 
 
 def seed_simulator(
@@ -356,32 +356,35 @@ def untrusted_why(reason: str | None, period_off: bool, period_set: bool) -> str
     return f"left alone: {reason}"
 
 
-def steady_why(dom: DomainStats, guest_class: GuestClass, config: Config, notes: Sequence[str]) -> str:
-    """Why the policy leaves a guest with trusted stats as it is this tick."""
+def steady_why(dom: DomainStats, guest_class: GuestClass, config: Config, plan: Plan) -> str:
+    """Why the policy leaves a guest with trusted stats as it is this tick, from the plan's data (its band,
+    what it wanted and did not get)."""
     ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
     starving_kib, wasteful_kib, _step = thresholds_kib(config, ceiling_kib)
     free_kib, figure = free_figure(dom)
     free = f"{_mib(free_kib or 0)} {figure}"
-    mine = [n for n in notes if f" {dom.name} " in f" {n} "]
+    band = plan.bands.get(dom.name)
     if guest_class is GuestClass.STARVING:
+        low = f"below its low {_mib(band.low_kib)}" if band else "below its low"
         if dom.current_kib >= ceiling_kib:
-            text = f"starving ({free} <= {_mib(starving_kib)}) but at its ceiling {_mib(ceiling_kib)}"
-        else:
-            text = f"starving ({free} <= {_mib(starving_kib)}), no room to grow it now"
-    elif guest_class is GuestClass.WASTEFUL:
+            return f"starving ({free}, {low}) but at its ceiling {_mib(ceiling_kib)}"
+        unmet_kib = plan.unmet_kib.get(dom.name, 0)
+        return (
+            f"starving ({free}, {low}), no room to grow it now: host guard, budget "
+            f"{_mib(plan.host_headroom_kib)}, {_mib(unmet_kib)} wanted"
+        )
+    if guest_class is GuestClass.WASTEFUL:
         floor_kib = config.floor_kib(dom.name, dom.settings)
         if dom.current_kib <= floor_kib:
             where = f"at its floor {_mib(floor_kib)}"
-        elif (free_kib or 0) - wasteful_kib < KIB_PER_MIB:
-            where = "less than a MiB above that line"
+        elif band is not None and dom.current_kib - band.high_kib < KIB_PER_MIB:
+            where = "less than a MiB above its high"
         else:
             where = "not lowered this tick"
-        text = f"wasteful ({free} >= {_mib(wasteful_kib)}) but {where}"
-    elif guest_class is GuestClass.IDLE:
-        text = f"idle: {free}, between its starving ({_mib(starving_kib)}) and wasteful ({_mib(wasteful_kib)}) lines"
-    else:
-        text = f"{guest_class}: {free}"
-    return "; ".join([text, *mine])
+        return f"wasteful ({free} >= {_mib(wasteful_kib)}) but {where}"
+    if guest_class is GuestClass.IDLE:
+        return f"idle: {free}, between its starving ({_mib(starving_kib)}) and wasteful ({_mib(wasteful_kib)}) lines"
+    return f"{guest_class}: {free}"
 
 
 def profile_text(config: Config, host_total_kib: int) -> str:
@@ -472,9 +475,11 @@ def build_report(
         if change is not None:
             why = change.reason
         elif trusted(guest_class):
-            why = steady_why(dom, guest_class, config, plan_now.notes)
+            why = steady_why(dom, guest_class, config, plan_now)
         else:
-            why = untrusted_why(unusable.get(dom.name), dom.name in period_off, dom.name in period_set)
+            why = untrusted_why(
+                unusable.get(dom.name) or plan_now.refused.get(dom.name), dom.name in period_off, dom.name in period_set
+            )
         if dom.name in settlement.oom_kills:
             why += f"; simulated OOM kills: {settlement.oom_kills[dom.name]}"
         last_s = settlement.last_change_s.get(dom.name)

@@ -109,7 +109,19 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
         lines.append(
             f"host available {_size(host['available_kib'])} of {_size(host['total_kib'])}, "
             f"guard {_size(host['guard_kib'])}, room to grow {_size(host['headroom_kib'])}"
+            + (
+                ""
+                if host.get("pressure_some_avg10") is None
+                else f", memory pressure {host['pressure_some_avg10']:.1f} %"
+            )
         )
+        if host.get("freeable_kib") is not None:  # absent in a state file written by an older daemon
+            lines.append(
+                f"could free {_size(host['freeable_kib'])} now without any guest below its low line; "
+                f"guests' floors sum to {_size(host['floors_kib'])}"
+            )
+        if host.get("reserved_kib"):
+            lines.append(f"holding {_size(host['reserved_kib'])} above the guard for a VM about to start (make-room)")
         if host.get("below_guard_kib"):
             line = f"HOST BELOW ITS GUARD by {_size(host['below_guard_kib'])}: relieving"
             if host.get("relief_shortfall_kib"):

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memcoord.admin.cliargs import config_arg, config_or_defaults, positive_mib
+
 PLAN_DESCRIPTION = """\
 Show, for every running domain: whether memcoord manages it (and if not, why: the config, its metadata, or a
 definition ballooning cannot help, such as no balloon device, an assigned VFIO device, hugepages or locked
@@ -78,49 +80,18 @@ nothing changed; 78 invalid config."""
 LoadConfig = Callable[[Path], Any]
 
 
-def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
-    """The config: --config, else /etc/memcoord.toml if present, else the built-in defaults (and its label)."""
-    from memcoord.core import config as config_mod
-
-    if path is None and config_mod.DEFAULT_PATH.exists():
-        path = config_mod.DEFAULT_PATH
-    if path is None:
-        return config_mod.Config(), "built-in defaults"
-    return load(path), str(path)
-
-
 def _cmd_plan(load: LoadConfig, args: argparse.Namespace) -> int:
     from memcoord.admin import plan
 
-    config, label = _config_or_defaults(load, args.config)
+    config, label = config_or_defaults(load, args.config)
     return plan.main(config, label, args.json, set_period=not args.no_stats_period)
 
 
 def _cmd_restore(load: LoadConfig, args: argparse.Namespace) -> int:
     from memcoord.admin import restore
 
-    config, _label = _config_or_defaults(load, args.config)
+    config, _label = config_or_defaults(load, args.config)
     return restore.main(config, args.domains, args.to, args.dry_run, args.force, to_max=args.to_max)
-
-
-def _positive_mib(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0 MiB: {text!r}")
-    return value
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="config file (default: /etc/memcoord.toml if present, else the built-in defaults)",
-    )
 
 
 def add_commands(sub: Any, load: LoadConfig) -> None:
@@ -134,7 +105,7 @@ def add_commands(sub: Any, load: LoadConfig) -> None:
         epilog=PLAN_EPILOG,
         formatter_class=raw,
     )
-    _config_arg(plan)
+    config_arg(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (keys below), for scripts")
     plan.add_argument(
         "--no-stats-period",
@@ -162,11 +133,11 @@ def add_commands(sub: Any, load: LoadConfig) -> None:
     )
     target.add_argument(
         "--to",
-        type=_positive_mib,
+        type=positive_mib,
         metavar="MIB",
         help="restore to this size in MiB instead of the size before memcoord",
     )
-    _config_arg(restore)
+    config_arg(restore)
     restore.add_argument("--dry-run", action="store_true", help="print and log what it would do, call no setMemory")
     restore.add_argument(
         "--force", action="store_true", help="restore even guests a running memcoord manages (it may move them again)"

@@ -43,11 +43,14 @@ EXIT_MEANINGS = {
     "domain is not running or has no balloon (nothing is changed).",
     69: "EX_UNAVAILABLE: what the command needs is not there: the daemon is not running or left no state file "
     "(\\fBstatus\\fR, \\fBmonitor\\fR, \\fBprint-config --running\\fR), libvirt cannot be reached, or an "
-    "optional Python package is missing (matplotlib for \\fBplot\\fR).",
+    "optional Python package is missing (matplotlib for \\fBplot\\fR); for \\fBmake-room\\fR, no daemon answers on "
+    "\\fBroom.socket\\fR.",
     75: "EX_TEMPFAIL: \\fBrestore\\fR left a guest short of its target (the host guard, a failed setMemory, or "
-    "its settings not yet read); run it again once the host has memory.",
+    "its settings not yet read); run it again once the host has memory. \\fBmake-room\\fR: the room is not there "
+    "after \\fB--timeout\\fR (the shortfall is printed; the daemon keeps holding what it could).",
     77: "EX_NOPERM: \\fBrestore\\fR refused: a running memcoord manages these guests and would move them again "
-    "(stop it or exclude them, or use \\fB--force\\fR).",
+    "(stop it or exclude them, or use \\fB--force\\fR); \\fBmake-room\\fR refused: the caller is not root, "
+    "memcoord's user nor in \\fBstatus.group\\fR.",
     78: "EX_CONFIG: the config file is invalid; every error is printed as FILE: KEY = VALUE: what is wrong. The "
     "systemd unit does not restart the daemon on this code (RestartPreventExitStatus=78).",
 }
@@ -188,7 +191,7 @@ def _modules() -> Iterator[types.ModuleType]:
 
 def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
     from memcoord import cli
-    from memcoord.core.config import DEFAULT_PATH, StatusConfig
+    from memcoord.core.config import DEFAULT_PATH, RoomConfig, StatusConfig
 
     parser = parser or cli.build_parser()
     subs = subcommands(parser)
@@ -260,6 +263,14 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
         "\\fI/usr/share/memcoord/\\fR",
         "Prometheus alert rules, scrape config and Grafana dashboard; the unit drop-in that lets a central "
         "Prometheus scrape the metrics endpoint.",
+        ".TP",
+        "\\fI/usr/share/memcoord/libvirt-hook/memcoord\\fR",
+        "The opt-in libvirt hook: linked into \\fI/etc/libvirt/hooks/qemu.d/\\fR (then restart libvirtd), it runs "
+        "\\fBmake-room \\-\\-for\\fR DOMAIN on \\fBprepare begin\\fR, for at most 5 s, and lets the guest start "
+        "whatever happens (its messages: \\fBjournalctl \\-t memcoord-hook\\fR).",
+        ".TP",
+        f"\\fI{esc(RoomConfig().socket)}\\fR",
+        "The daemon's make-room socket (\\fBroom.socket\\fR), mode 0660, group \\fBstatus.group\\fR.",
         ".TP",
         "\\fI/opt/venvs/memcoord/\\fR",
         "The Python environment of the Debian package (pydantic and the other dependencies from PyPI; libvirt and "

@@ -251,6 +251,16 @@ class HostConfig(_Section):
         examples=[3072],
     )
     relief_step_mib: int = Field(256, gt=0, description="The most relief takes from one guest per tick.")
+    pressure_relief_pct: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="When > 0 and the host's memory pressure (PSI `some avg10`, percent) is above this, memcoord "
+        "relieves the host as it does below min_available_mib, and nobody grows. 0: off, the default: host PSI also "
+        "counts stalls no balloon relieves (a process at its own cgroup's memory limit), so turn it on where host "
+        "processes have no memory limits of their own.",
+        examples=[10.0],
+    )
 
     @model_validator(mode="after")
     def _target_above_guard(self) -> HostConfig:
@@ -300,6 +310,14 @@ class DomainOverride(_Section):
         examples=[4096],
     )
     enabled: bool = Field(True, description="false: memcoord never touches this guest.", examples=[False])
+    weight: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="This guest's weight when memory is scarce (default 100): guests that need memory share what "
+        "the host has in proportion to their weights, as Proxmox's shares and Hyper-V's memory weight do.",
+        examples=[200],
+    )
 
     @field_validator("max_mib")
     @classmethod
@@ -466,6 +484,26 @@ class TimelineConfig(_Section):
     )
 
 
+class RoomConfig(_Section):
+    """`memcoord make-room`: room on the host for a VM about to start, asked of the running daemon."""
+
+    socket: str = Field(
+        "/run/memcoord/room.sock",
+        description="The unix socket the daemon answers make-room requests on (mode 0660, group [status] group). "
+        "Root, the daemon's own user and members of that group may ask; the daemon checks the asking process's "
+        "credentials. Empty: no socket, make-room is refused.",
+    )
+    hold_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="How long the daemon holds the room asked for above the guard (idle guests are relieved to "
+        "make it, and nobody grows into it). A request for a domain ends sooner: as that domain's QEMU takes the "
+        "memory, what is held shrinks by its size. Long enough for a guest to boot and touch its memory.",
+        examples=[300.0],
+    )
+
+
 class Config(ConfigRules, _Section):
     libvirt: LibvirtConfig = LibvirtConfig()
     loop: LoopConfig = LoopConfig()
@@ -475,6 +513,7 @@ class Config(ConfigRules, _Section):
     status: StatusConfig = StatusConfig()
     metrics: MetricsConfig = MetricsConfig()
     timeline: TimelineConfig = TimelineConfig()
+    room: RoomConfig = RoomConfig()
 
 
 def to_tree(config: BaseModel) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from memcoord.core.model import NO_SETTINGS, DomainSettings, mib_to_kib
 
 DEFAULT_PATH = Path("/etc/memcoord.toml")
 DEFAULT_LISTEN = "127.0.0.1:9749"
+# A guest's weight in a scarce split when neither the config file nor its metadata sets one.
+DEFAULT_WEIGHT = 100
 # In the JSON a validating child hands the daemon (config.to_tree), each section's list of the keys the file set.
 FIELDS_SET_KEY = "__fields_set__"
 # The validating child: this interpreter (the daemon's venv), without the working directory on its path (-P), so
@@ -135,6 +137,11 @@ class ConfigRules:
 
     def ceiling_kib(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> int:
         return self.ceiling(name, max_kib, settings)[0]
+
+    def weight(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> int:
+        """A domain's weight in a scarce split: its weight key (config file, else metadata), else DEFAULT_WEIGHT."""
+        found = self.domain_setting(name, "weight", settings)
+        return DEFAULT_WEIGHT if found is None else int(found[0])
 
     def guard_mib(self, host_total_kib: int) -> int:
         """The host guard on a host of host_total_kib: max(host.min_available_mib, min_available_pct of it)."""

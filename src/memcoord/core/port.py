@@ -26,8 +26,12 @@ class DeadlineSpent(HypervisorError):
 
 
 class Hypervisor(Protocol):
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        """All running domains' balloon stats and the host's memory, in one call where the backend allows."""
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        """All running domains' balloon stats and the host's memory, in one call where the backend allows.
+
+        only: sample these running domains and no other (those it no longer finds are left out). The daemon asks
+        for it while a libvirt hook waits for make-room: libvirtd holds the starting domain's lock while it runs
+        the hook, and a call that lists every domain waits for that lock until the hook returns."""
         ...
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
@@ -59,8 +63,8 @@ class Over:
     def __init__(self, real: Hypervisor) -> None:
         self.real = real
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        return self.real.sample(deadline_s=deadline_s)
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        return self.real.sample(deadline_s) if only is None else self.real.sample(deadline_s, only)
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
         return self.real.ensure_stats_period(names, period_s, deadline_s=deadline_s)

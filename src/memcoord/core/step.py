@@ -11,7 +11,7 @@ A policy is a pair of pure functions over an explicit state (`LoopPolicy`): memc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,14 +73,22 @@ def step(
     state: Any,
     loop_policy: LoopPolicy = MEMCOORD,
     deadline_s: float | None = None,
+    reserved_kib: Callable[[Snapshot], int] | None = None,
+    only: frozenset[str] | None = None,
 ) -> StepResult:
     """One tick. Raises HypervisorError when the hypervisor cannot be sampled (nothing else is then done).
+
+    reserved_kib: what the host holds above its guard for a VM about to start (make-room), given the sample; the
+    snapshot carries it (`HostStats.reserved_kib`) to the policy and to whoever reports the tick. only: sample
+    just these domains (`Hypervisor.sample`), while a domain is being started.
 
     The changes the hypervisor accepted, and those whose outcome is unknown (sent, no answer in time), are
     recorded as applied, at the snapshot's time (the clock the policy's timing is on: the guests' own stats
     timestamps are compared with it); failed and skipped ones are not.
     """
-    snapshot = hypervisor.sample(deadline_s=deadline_s)
+    snapshot = hypervisor.sample(deadline_s=deadline_s) if only is None else hypervisor.sample(deadline_s, only)
+    if reserved_kib is not None:
+        snapshot = replace(snapshot, host=replace(snapshot.host, reserved_kib=reserved_kib(snapshot)))
     # The guard and the profile's values scale with the host's memory: the policy reads them resolved.
     config = config.for_host(snapshot.host.total_kib)
     seen = managed_snapshot(snapshot, config)

@@ -33,6 +33,42 @@ DOMAIN_GAUGES = (
     ("floor", "floor_kib", "Lowest target memcoord may set (guest.min_mib or the domain's min_mib); managed only"),
     ("ceiling", "ceiling_kib", "Highest target memcoord may set (the maximum, or the domain's max_mib); managed only"),
 )
+# The host's sizes: (metric, the view's host key, help). A key an older view lacks reads 0.
+HOST_GAUGES = (
+    ("memcoord_host_available_bytes", "available_kib", "Host memory available"),
+    ("memcoord_host_total_bytes", "total_kib", "Host memory in total"),
+    (
+        "memcoord_host_guard_bytes",
+        "guard_kib",
+        "Host available memory growth may not go below ([host] min_available_mib)",
+    ),
+    (
+        "memcoord_host_below_guard_bytes",
+        "below_guard_kib",
+        "How far host available memory is below the guard (0 when at or above it); relief works on it",
+    ),
+    (
+        "memcoord_host_reserved_bytes",
+        "reserved_kib",
+        "Memory held above the guard for a VM about to start (memcoord make-room; 0: none)",
+    ),
+    (
+        "memcoord_host_freeable_bytes",
+        "freeable_kib",
+        "What memcoord could give the host back now without taking any guest below its low line (balloons above "
+        "their bands' low, as far as QEMU backs them)",
+    ),
+    (
+        "memcoord_guest_floors_bytes",
+        "floors_kib",
+        "The managed guests' floors, summed: memory memcoord never takes back, whatever the host needs",
+    ),
+    (
+        "memcoord_relief_shortfall_bytes",
+        "relief_shortfall_kib",
+        "Part of the host's deficit the guests' reclaimable memory could not cover this tick (0: none)",
+    ),
+)
 
 
 def registry(metrics: Metrics) -> CollectorRegistry:
@@ -183,24 +219,14 @@ class _ViewCollector:
         yield classes
         host = view["host"]
         if host is not None:
-            yield GaugeMetricFamily(
-                "memcoord_host_available_bytes", "Host memory available", value=host["available_kib"] * BYTES_PER_KIB
-            )
-            yield GaugeMetricFamily(
-                "memcoord_host_guard_bytes",
-                "Host available memory growth may not go below ([host] min_available_mib)",
-                value=host["guard_kib"] * BYTES_PER_KIB,
-            )
-            yield GaugeMetricFamily(
-                "memcoord_host_below_guard_bytes",
-                "How far host available memory is below the guard (0 when at or above it); relief works on it",
-                value=host.get("below_guard_kib", 0) * BYTES_PER_KIB,
-            )
-            yield GaugeMetricFamily(
-                "memcoord_relief_shortfall_bytes",
-                "Part of the host's deficit the guests' reclaimable memory could not cover this tick (0: none)",
-                value=host.get("relief_shortfall_kib", 0) * BYTES_PER_KIB,
-            )
+            for name, key, doc in HOST_GAUGES:
+                yield GaugeMetricFamily(name, doc, value=host.get(key, 0) * BYTES_PER_KIB)
+            if host.get("pressure_some_avg10") is not None:
+                yield GaugeMetricFamily(
+                    "memcoord_host_memory_pressure_ratio",
+                    "Share of the last 10 s some task on the host waited for memory (PSI memory some avg10)",
+                    value=host["pressure_some_avg10"] / 100,
+                )
         yield GaugeMetricFamily(
             "memcoord_hypervisor_up", "1 when the last tick reached the hypervisor", value=int(view["hypervisor_ok"])
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memcoord.core.model import ApplyResult, GuestClass, Outcome, Plan, Snapshot, mib_to_kib
+from memcoord.core.room import floors_kib, freeable_kib
 from memcoord.daemon import state, timeline
 from memcoord.daemon.metrics import Metrics
 
@@ -263,6 +264,10 @@ class Observer:
                 "headroom_kib": plan.host_headroom_kib,
                 "below_guard_kib": plan.host_deficit_kib,
                 "relief_shortfall_kib": plan.relief_shortfall_kib,
+                "reserved_kib": snap.host.reserved_kib,
+                "pressure_some_avg10": snap.host.pressure_some_avg10,
+                "freeable_kib": freeable_kib(snap, plan.bands, mib_to_kib(cfg.host.guest_overhead_mib)),
+                "floors_kib": floors_kib(plan.bands),
             }
         return {
             "version": state.SCHEMA_VERSION,

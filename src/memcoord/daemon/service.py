@@ -35,6 +35,7 @@ from memcoord.core.step import StepResult, step
 from memcoord.daemon import config_view, journal, memory
 from memcoord.daemon.notify import Notifier
 from memcoord.daemon.observe import Observer
+from memcoord.daemon.room import RoomDesk
 from memcoord.hypervisor.domain_settings import warn_unmatched_overrides
 from memcoord.hypervisor.dry_run import DryRunHypervisor
 
@@ -83,6 +84,8 @@ def status_line(
     line = f"{managed} domains" + (f" ({counts})" if counts else "")
     guard_mib = config.guard_mib(snapshot.host.total_kib)
     line += f"; host available {_gib(snapshot.host.available_kib)}, guard {guard_mib} MiB"
+    if snapshot.host.reserved_kib:
+        line += f"; holding {kib_to_mib(snapshot.host.reserved_kib):.0f} MiB for a VM about to start"
     if plan.host_deficit_kib:
         line += f"; BELOW GUARD by {kib_to_mib(plan.host_deficit_kib):.0f} MiB, relieving"
         if plan.relief_shortfall_kib:
@@ -136,6 +139,11 @@ class Service:
         # holds no file descriptors.
         self._wake_fds: tuple[int, int] | None = None
         self._wakeup_fd_installed = False
+        # make-room: its socket is opened by run() (a Service only ticked by a test listens on nothing).
+        self.room = RoomDesk(self.clock)
+        self._tick_now = False
+        # The domains the last tick sampled: while a domain is being started, only these are sampled (see tick()).
+        self._sampled: frozenset[str] | None = None
         self._untrusted_since: dict[str, float] = {}
         self._untrusted_reported: set[str] = set()
         self._relief_short = False
@@ -228,6 +236,8 @@ class Service:
             self.config = new
             self._overrides_checked = False
             self.observer.configure(self.config_path, new)
+            if self._wake_fds is not None:  # running: the socket follows the file
+                self.room.configure(new)
             self.reload_note = ""
             log.info("config reloaded from %s", self.config_path, extra=journal.lifecycle("reload-ok"))
         self.notifier.ready()
@@ -255,9 +265,22 @@ class Service:
         """Sample, decide, apply, report. False when the hypervisor could not be reached."""
         started_s = self.clock()
         budget_s = self.tick_budget_s()
+        # A libvirt hook asking for room runs while libvirtd holds the starting domain's lock; a stats call over
+        # every domain would wait for it until the hook gives up. Meanwhile only the domains already running are
+        # sampled (by handle: nothing waits for the starting one).
+        starting = self.room.starting()
+        only = None if not starting or self._sampled is None else self._sampled - starting
         try:
-            done = step(self._acting_hypervisor(), self.config, self.state, deadline_s=started_s + budget_s)
+            done = step(
+                self._acting_hypervisor(),
+                self.config,
+                self.state,
+                deadline_s=started_s + budget_s,
+                reserved_kib=self.room.reserved_kib,
+                only=only,
+            )
         except HypervisorError as exc:
+            self.room.answer(None, None)
             if self._lost_reason is None:
                 log.error(
                     "lost the hypervisor, retrying with backoff: %s", exc, extra=journal.lifecycle("hypervisor-lost")
@@ -279,7 +302,9 @@ class Service:
         if not self._overrides_checked:
             self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, started_s + budget_s)
         self.state = done.state
+        self._sampled = frozenset(d.name for d in done.snapshot.domains)
         self._report_step(done, started_s, budget_s)
+        self.room.answer(done.snapshot, done.plan.host_headroom_kib)
         if self.exit_when_idle and not done.managed:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
             self._should_exit = True
@@ -425,14 +450,23 @@ class Service:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
-        """Wait for the next tick, waking early for a signal (or request_stop/request_reload)."""
+        """Wait for the next tick, waking early for a signal (or request_stop/request_reload), and serving
+        make-room askers meanwhile: a new request ends the wait (`_tick_now`), so that relief starts at once."""
         wake_r = self._wake_pipe()[0]
-        readable, _w, _x = select.select([wake_r], [], [], seconds)
-        if readable:
-            # Empty the pipe: the flags say what happened, however many signals wrote to it.
-            with contextlib.suppress(BlockingIOError):
-                while os.read(wake_r, 4096):
-                    pass
+        until_s = time.monotonic() + seconds
+        while True:
+            readable, _w, _x = select.select([wake_r, *self.room.fds()], [], [], max(0.0, until_s - time.monotonic()))
+            room_fds = set(readable) - {wake_r}
+            if room_fds and self.room.handle(room_fds):
+                self._tick_now = True
+            if wake_r in readable:
+                # Empty the pipe: the flags say what happened, however many signals wrote to it.
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 4096):
+                        pass
+                return
+            if not readable or self._tick_now or time.monotonic() >= until_s:
+                return
 
     def run(self) -> int:
         log.info(
@@ -444,6 +478,7 @@ class Service:
             extra=journal.lifecycle("started"),
         )
         self._wake_pipe()
+        self.room.configure(self.config)
         self.observer.start()
         # Ready as soon as the config is loaded and the loop runs, not after the first tick: with libvirtd down
         # at boot that tick never comes, and `systemctl start` would block until the start timeout and fail.
@@ -465,6 +500,7 @@ class Service:
                     if self._should_exit:
                         break
                 started_s = self.clock()
+                self._tick_now = False
                 ok = self.tick()
                 if (ok and self.ticks == 1) or reloaded:
                     # The start (or the reload) is over: what it needed and no longer does goes back.
@@ -477,7 +513,7 @@ class Service:
                 else:
                     wait_s, self._backoff_s = self._backoff_s, min(self._backoff_s * 2, BACKOFF_MAX_S)
                 watchdog_s = self.notifier.watchdog_interval_s()
-                while wait_s > 0 and not self._should_exit and not self._reload_requested:
+                while wait_s > 0 and not self._should_exit and not self._reload_requested and not self._tick_now:
                     slice_s = min(wait_s, watchdog_s / 2) if watchdog_s else wait_s
                     self._sleep(slice_s)
                     wait_s -= slice_s
@@ -487,6 +523,7 @@ class Service:
             self._ignore_signals()
             self.notifier.stopping()
             self.observer.stop()
+            self.room.close()
             log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
             self._close_wakeup()

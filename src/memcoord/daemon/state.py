@@ -15,7 +15,10 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
     stats_period_failing {domain: error} (stats period not set yet, being retried), skipped_last_tick (changes
     the tick's deadline left for the next tick),
     config {path, loaded_at_s, reload ("never" | "ok" | "failed"), reload_error, reloads_ok, reloads_failed},
-    host {available_kib, total_kib, guard_kib, headroom_kib},
+    host {available_kib, total_kib, guard_kib, headroom_kib, below_guard_kib, relief_shortfall_kib, reserved_kib (held
+          above the guard for a VM about to start: make-room), pressure_some_avg10 (host PSI, percent; null: none),
+          freeable_kib (what relief could take back now without any guest below its band's low line, as QEMU
+          backs it), floors_kib (the managed guests' floors, summed)},
     errors {count, by_kind {kind: n}, last, last_at_s},
     domains [{name, managed, class, current_kib, max_kib, target_kib, unused_kib, usable_kib, stats_age_s,
               stats_updated_at_s (the guest's own timestamp of its stats), stats_period_error,

@@ -238,8 +238,8 @@ class RecordingHypervisor(Over):
         self._stamp: tuple[int, int, int] | None = None
         self._failing: str | None = None
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        snapshot = self.real.sample(deadline_s=deadline_s)
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        snapshot = super().sample(deadline_s, only)
         self._sizes = {d.name: (d.current_kib, d.max_kib) for d in snapshot.domains}
         return snapshot
 

@@ -272,15 +272,42 @@ def _metadata(
     return dict(checked.values), problems + [f"{name}: {problem}" for problem in checked.problems]
 
 
+def _size_kib(element: ET.Element) -> int | None:
+    """A libvirt size element (`<memory unit='MiB'>512</memory>`) in KiB; None when it is not a size."""
+    text, unit = (element.text or "").strip(), element.get("unit", "KiB")
+    factor = _UNIT_KIB.get(unit.lower())
+    if factor is None or not (text.isascii() and text.isdigit()):
+        return None
+    return int(int(text) * factor)
+
+
 def _min_guarantee_kib(name: str, root: ET.Element) -> tuple[int | None, list[str]]:
     element = root.find("./memtune/min_guarantee")
     if element is None:
         return None, []
-    text, unit = (element.text or "").strip(), element.get("unit", "KiB")
-    factor = _UNIT_KIB.get(unit.lower())
-    if factor is None or not (text.isascii() and text.isdigit()):
+    kib = _size_kib(element)
+    if kib is None:
+        text, unit = (element.text or "").strip(), element.get("unit", "KiB")
         return None, [f"{name}: <memtune><min_guarantee unit={unit!r}> = {text!r}: not a size; ignored"]
-    return int(int(text) * factor) or None, []
+    return kib or None, []
+
+
+def start_memory_kib(xml_text: str) -> tuple[str, int]:
+    """(name, KiB) of what a domain starts with, from its libvirt XML: `<currentMemory>` (the balloon's size
+    once its driver runs), else `<memory>`. ValueError saying what is missing or wrong."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise ValueError(f"domain XML does not parse: {exc}") from None
+    name = (root.findtext("name") or "").strip()
+    for tag in ("currentMemory", "memory"):
+        element = root.find(tag)
+        if element is not None:
+            kib = _size_kib(element)
+            if not kib:
+                raise ValueError(f"domain XML <{tag}> = {(element.text or '').strip()!r}: not a size")
+            return name, kib
+    raise ValueError("domain XML has no <currentMemory> nor <memory>")
 
 
 def unballoonable(root: ET.Element) -> Unballoonable | None:

@@ -64,8 +64,8 @@ class DryRunHypervisor(Over):
         # What the real hypervisor said at the last sample: metrics and status show the real sizes.
         self.last_real: Snapshot | None = None
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        snapshot = self.last_real = self.real.sample(deadline_s=deadline_s)
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        snapshot = self.last_real = self.real.sample(deadline_s) if only is None else self.real.sample(deadline_s, only)
         real = {d.name: d for d in snapshot.domains}
         self._real_kib = {d.name: d.current_kib for d in snapshot.domains}
         self.would_be = {

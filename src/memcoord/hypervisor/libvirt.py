@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
@@ -167,6 +168,25 @@ def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
 
 
+PSI_MEMORY_PATH = Path("/proc/pressure/memory")
+
+
+def memory_pressure_some_avg10(path: Path = PSI_MEMORY_PATH) -> float | None:
+    """The host's PSI memory `some avg10` (percent of the last 10 s in which some task waited for memory), read
+    from the kernel's file (psutil has no PSI); None where the kernel gives none (no CONFIG_PSI, booted psi=0:
+    the file is missing or refuses reads) or the line is not as documented."""
+    try:
+        with path.open(encoding="ascii") as f:
+            for line in f:
+                kind, _, fields = line.partition(" ")
+                if kind == "some":
+                    values = dict(field.split("=", 1) for field in fields.split() if "=" in field)
+                    return float(values["avg10"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
 def domain_stats(name: str, stats: dict[str, int], settings: DomainSettings | None = NO_SETTINGS) -> DomainStats | None:
     """The record as DomainStats; None without current and maximum, which nothing safe can be decided on."""
 
@@ -211,23 +231,35 @@ def balloon_period_s(domain_xml: str) -> int | None:
     return int(stats.get("period", "0")) if stats is not None else 0
 
 
-def defined_domain_names(uri: str, timeout_s: float) -> set[str]:
-    """Every domain at uri, running or defined, over a read-only connection given up after timeout_s."""
+def _read_only(uri: str, what: str, fn: Callable[[libvirt.virConnect], T], timeout_s: float) -> T:
+    """fn on a read-only connection to uri, given up after timeout_s; HypervisorError naming the URI."""
     _quiet_libvirt_errors()
 
-    def names() -> set[str]:
+    def call() -> T:
         conn = libvirt.openReadOnly(uri)
         try:
-            return {dom.name() for dom in conn.listAllDomains(0)}
+            return fn(conn)
         finally:
             conn.close()
 
     try:
-        return _Call("listAllDomains", names).wait(timeout_s)
+        return _Call(what, call).wait(timeout_s)
     except TimeoutError:
         raise HypervisorError(f"{uri}: no answer in {timeout_s:.0f} s") from None
     except libvirt.libvirtError as exc:
         raise HypervisorError(f"{uri}: {exc.get_error_message()}") from None
+
+
+def defined_domain_names(uri: str, timeout_s: float) -> set[str]:
+    """Every domain at uri, running or defined, over a read-only connection given up after timeout_s."""
+    return _read_only(uri, "listAllDomains", lambda conn: {dom.name() for dom in conn.listAllDomains(0)}, timeout_s)
+
+
+def domain_xml(uri: str, name: str, timeout_s: float) -> str:
+    """A domain's definition (its inactive XML, what it starts with), read-only, given up after timeout_s."""
+    return _read_only(
+        uri, "XMLDesc", lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), timeout_s
+    )
 
 
 class LibvirtHypervisor:
@@ -343,7 +375,12 @@ class LibvirtHypervisor:
         remote_available_kib() against what the running domains' QEMUs hold (records: this tick's stats)."""
         if is_local(self.uri):
             vm = psutil.virtual_memory()
-            return HostStats(available_kib=vm.available // 1024, total_kib=vm.total // 1024)
+            return HostStats(
+                available_kib=vm.available // 1024,
+                total_kib=vm.total // 1024,
+                pressure_some_avg10=memory_pressure_some_avg10(),
+            )
+        # A remote host's PSI is not in libvirt's node stats: its pressure is not measured (None).
         node = self._bounded(
             "getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS), deadline_s
         )
@@ -366,13 +403,18 @@ class LibvirtHypervisor:
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
         conn = self._connection(deadline_s)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        balloon = libvirt.VIR_DOMAIN_STATS_BALLOON
         with self._errors_as_hypervisor_error(conn, deadline_s):
-            records = self._bounded(
-                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
-            )
+            if only is None:
+                records = self._bounded("getAllDomainStats", lambda: conn.getAllDomainStats(balloon, flags), deadline_s)
+            else:  # the handles of the last sample: looked up one by one, no lock on any other domain is waited for
+                handles = [dom for name, dom in self._domains.items() if name in only]
+                records = handles and self._bounded(
+                    "domainListGetStats", lambda: conn.domainListGetStats(handles, balloon, flags), deadline_s
+                )
             host = self._host(conn, records, deadline_s)
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
