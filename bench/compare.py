@@ -22,7 +22,7 @@ from memcoord.core.config import Config
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.policies import POLICIES, factory
+from bench.policies import POLICIES, policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = config_mod.load(args.config) if args.config else Config()
-    runs: list[tuple[str, str, Config]] = []  # label, policy, config
+    runs: list[tuple[str, str, Config]] = []  # label, policy name, config
     for name in args.policies.split(","):
         runs.append((name, name, config))
         if name == "memcoord":
@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         scenario = load_scenario(path)
         reports = {}
-        for label, policy, cfg in runs:
-            report = dataclasses.replace(run(scenario, cfg, factory(policy)), policy=label)
+        for label, name, cfg in runs:
+            report = dataclasses.replace(run(scenario, cfg, policy(name)), policy=label)
             reports[label] = report
             rows.append(row(report))
             print(f"  ran {scenario.name} / {label}", file=sys.stderr)

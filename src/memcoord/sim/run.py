@@ -11,17 +11,12 @@ starves when that falls to `guest.starving_mib`: a guest full of page cache is n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from memcoord.core.config import Config
-from memcoord.core.model import KIB_PER_MIB, Change, Plan, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState
+from memcoord.core.model import KIB_PER_MIB, mib_to_kib
 from memcoord.core.step import MEMCOORD, LoopPolicy, step
 from memcoord.sim.host import KERNEL_USED_KIB
-from memcoord.sim.policies import BalloonPolicy, MemcoordPolicy, PolicyFactory
-from memcoord.sim.policies import make as make_policy
 from memcoord.sim.scenario import SIM_EPOCH_S, Scenario, build_host
 
 
@@ -63,24 +58,6 @@ def check_demand(scenario: Scenario, min_available_mib: float, duration_s: float
         room_mib=scenario.host.total_mib - min_available_mib,
         over_max=tuple(sorted(over_max)),
     )
-
-
-class _ChangesOnly:
-    """A peer policy (an object whose decide(snapshot) returns changes and keeps its own state) as a loop
-    policy: its state is the object itself, and what was applied is nothing it records."""
-
-    def decide(self, snapshot: Snapshot, state: BalloonPolicy, config: Config) -> tuple[Plan, BalloonPolicy]:
-        return Plan(changes=state.decide(snapshot), classes={}, host_headroom_kib=0), state
-
-    def applied(self, state: BalloonPolicy, changes: Iterable[Change], now_s: float) -> BalloonPolicy:
-        return state
-
-
-def _loop_policy(policy_name: str | PolicyFactory, config: Config) -> tuple[LoopPolicy, Any]:
-    """The loop policy and its first state: memcoord's own runs as in the daemon, a peer through _ChangesOnly."""
-    if policy_name == "memcoord" or policy_name is MemcoordPolicy:
-        return MEMCOORD, PolicyState()
-    return _ChangesOnly(), make_policy(policy_name, config)
 
 
 @dataclass
@@ -176,7 +153,7 @@ class RunReport:
 def run(
     scenario: Scenario,
     config: Config,
-    policy_name: str | PolicyFactory = "memcoord",
+    policy: LoopPolicy = MEMCOORD,
     duration_s: float | None = None,
     record: bool = False,
 ) -> RunReport:
@@ -190,8 +167,7 @@ def run(
     """
     duration_s = scenario.duration_s if duration_s is None else duration_s
     hv = build_host(scenario)
-    loop_policy, state = _loop_policy(policy_name, config)
-    label = state.name if loop_policy is not MEMCOORD else "memcoord"
+    state = policy.first_state(config)
     step_s = scenario.step_s
     n_steps = max(1, round(duration_s / step_s))
     tick_every = max(1, round(config.loop.interval_s / step_s))
@@ -206,7 +182,7 @@ def run(
     for i in range(n_steps):
         t_s = i * step_s
         if i % tick_every == 0:
-            done = step(hv, config, state, loop_policy)
+            done = step(hv, config, state, policy)
             state = done.state
             for result in done.results:
                 if result.ok:
@@ -256,7 +232,7 @@ def run(
             rep.relief_s.append(n_steps * step_s - rep._starving_since_s)
     return RunReport(
         scenario=scenario.name,
-        policy=label,
+        policy=policy.name,
         duration_s=n_steps * step_s,
         starving_mib=config.guest.starving_mib,
         host_total_mib=hv.host_total_kib / KIB_PER_MIB,
