@@ -507,33 +507,6 @@ def format_text(report: PlanReport) -> str:
     return "\n".join(lines)
 
 
-JSON_KEYS = (
-    "uri",
-    "config_path",
-    "taken_at_s",
-    "host",
-    "horizon_s",
-    "simulated_s",
-    "settled",
-    "domains",
-)
-HOST_KEYS = ("available_kib", "total_kib", "guard_kib", "headroom_kib")
-DOMAIN_KEYS = (
-    "name",
-    "managed",
-    "class",
-    "current_kib",
-    "max_kib",
-    "floor_kib",
-    "ceiling_kib",
-    "action",
-    "to_kib",
-    "why",
-    "settled_kib",
-    "settles_in_s",
-)
-
-
 def to_json(report: PlanReport) -> dict[str, Any]:
     """The report with the keys documented in `memcoord plan --help` (tryout.PLAN_JSON_HELP), in that order."""
     host = {
