@@ -56,7 +56,7 @@ def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
     for _ in range(20):
         sim.advance(1.0)
         service.tick()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     seen = sim.sample()
     assert by_domain(found, "memcoord_domain_current_bytes") == {d.name: d.current_kib * 1024 for d in seen.domains}
     assert by_domain(found, "memcoord_domain_unused_bytes") == {d.name: d.unused_kib * 1024 for d in seen.domains}
@@ -78,7 +78,7 @@ def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
     service.reload()
     cfg.write_text("")
     service.reload()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     errors = {s.labels["kind"]: s.value for s in found["memcoord_errors_total"]}
     # Every kind is there from the start (at 0), so rate() and increase() see the first error of each.
     assert set(errors) == set(ERROR_KINDS)
@@ -96,7 +96,7 @@ def test_a_stopped_domain_leaves_the_scrape(tmp_path: Path):
     del sim.guests["sim-busy"]
     sim.advance(1.0)
     service.tick()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     assert set(by_domain(found, "memcoord_domain_current_bytes")) == {"sim-hog", "sim-idle"}
 
 
@@ -160,7 +160,7 @@ def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
     for _ in range(5):
         sim.advance(1.0)
         service.tick()
-    text = service.observer.metrics.exposition().decode()
+    text = service.observer.endpoint.text().decode()
     found = samples(text)
     assert "_created" not in text
     assert [s.labels for s in found["memcoord_build_info"]] == [{"version": memcoord.__version__}]
@@ -179,14 +179,14 @@ def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
     # A broken file: the old config runs on, the gauge says so, the hash and timestamp stay.
     cfg.write_text("[guest]\nwasteful_mib = 10\n")
     service.reload()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     assert found["memcoord_config_last_reload_successful"][0].value == 0
     assert found["memcoord_config_hash"][0].value == first_hash
     assert found["memcoord_config_last_reload_success_timestamp_seconds"][0].value == loaded_at
     # A good one with other settings: back to 1, a new hash; comments and key order do not change a hash.
     cfg.write_text("[loop]\ndry_run = true\n")
     service.reload()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     assert found["memcoord_config_last_reload_successful"][0].value == 1
     assert found["memcoord_config_hash"][0].value != first_hash
     assert found["memcoord_dry_run"][0].value == 1
@@ -204,9 +204,7 @@ def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
     for _ in range(30):
         sim.advance(1.0)
         service.tick()
-    starving = by_domain(
-        samples(service.observer.metrics.exposition().decode()), "memcoord_domain_starving_seconds_total"
-    )
+    starving = by_domain(samples(service.observer.endpoint.text().decode()), "memcoord_domain_starving_seconds_total")
     assert starving["sim-idle"] == 0
     assert starving["sim-hog"] <= 3, "a guest memcoord grows as it needs is starving a tick or two at most"
     # Held at its ceiling from the first ticks to the last: about one second per tick, never more than the 29 s

@@ -118,7 +118,7 @@ def test_a_guest_that_vanishes_is_forgotten_and_warned_about_afresh(
     assert len(_messages(caplog, "quiet: no-stats balloon stats")) == 1
     del sim.guests["quiet"]
     _tick(service, sim, clock)
-    assert "quiet" not in service._untrusted_since and "quiet" not in service._untrusted_reported
+    assert "quiet" not in service._untrusted_since and "quiet" not in service._untrusted
     # No "flowing again" for a guest that left: its stats did not come back.
     assert _messages(caplog, "flowing again") == []
     # The same name back later is a new guest: a new grace period, then one new warning.

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memcoord.admin.cliargs import DEFAULT_CONFIG_PATH
+
 PLAN_DESCRIPTION = """\
 Sample the running domains once and show, for every one: whether memcoord manages it, its class, its size,
 what memcoord would do this tick and why, and where it would settle if nothing changed: the policy is run
@@ -63,8 +65,8 @@ def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
     """The config: --config, else /etc/memcoord.toml if present, else the built-in defaults (and its label)."""
     from memcoord.core import config as config_mod
 
-    if path is None and config_mod.DEFAULT_PATH.exists():
-        path = config_mod.DEFAULT_PATH
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
     if path is None:
         return config_mod.Config(), "built-in defaults"
     return load(path), str(path)

@@ -1,12 +1,14 @@
 """The Prometheus side of the metrics (see metrics.py): metric families built at scrape time from memcoord's
 counts and its latest published view, the registry and the HTTP(S) endpoint. The only module that imports the
-client library, and imported only when the endpoint is enabled or the text is asked for.
+client library.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -14,9 +16,10 @@ from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.utils import floatToGoString
 
 from memcoord import __version__
+from memcoord.core.config import MetricsConfig
+from memcoord.daemon.metrics import Metrics
 
-if TYPE_CHECKING:
-    from memcoord.daemon.metrics import Metrics
+log = logging.getLogger("memcoord")
 
 BYTES_PER_KIB = 1024
 
@@ -31,22 +34,65 @@ DOMAIN_GAUGES = (
 )
 
 
-def registry(metrics: Metrics) -> CollectorRegistry:
-    """A registry of its own for one Metrics object: its counts, then the gauges of its view."""
-    out = CollectorRegistry()
-    out.register(_CountsCollector(metrics))
-    out.register(_ViewCollector(metrics.get_view))
-    return out
+class Endpoint:
+    """The registry over one Metrics object (its counts, then the gauges of its view) and the HTTP(S) server that
+    serves it; each Endpoint has its own registry, so tests can run several services in one process."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.registry = CollectorRegistry()
+        self.registry.register(_CountsCollector(metrics))
+        self.registry.register(_ViewCollector(metrics.get_view))
+        self._server: Any = None
+        self._bound: tuple[Any, ...] | None = None
+
+    def serve(self, m: MetricsConfig) -> None:
+        """Start (or move) the endpoint; a port already taken is logged, not fatal: balloons matter more.
+
+        A reload restarts it when any setting changed, or when a certificate or key file did (renewed in place)."""
+        address, port = m.bind
+        files = (m.certfile, m.keyfile, m.client_cafile)
+        bound = (address, port, m.client_auth_required, *files, *(_mtime(f) for f in files))
+        if self._bound == bound:
+            return
+        self.shutdown()
+        tls: dict[str, Any] = {}
+        if m.tls:
+            tls = {
+                "certfile": m.certfile,
+                "keyfile": m.keyfile or None,
+                "client_cafile": m.client_cafile or None,
+                "client_auth_required": m.client_auth_required,
+            }
+        scheme = "https" if m.tls else "http"
+        shown = f"[{address}]" if ":" in address else address
+        try:
+            self._server, _thread = start_http_server(port, addr=address, registry=self.registry, **tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a name that does not resolve too
+            log.error("metrics endpoint not started on %s://%s:%d: %s", scheme, shown, port, exc)
+            self.metrics.count_error("metrics")
+            return
+        self._bound = bound
+        auth = ", client certificate required" if m.client_auth_required else ""
+        log.info("metrics on %s://%s:%d/metrics%s", scheme, shown, port, auth)
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self._bound = None
+
+    def text(self) -> bytes:
+        """What a scrape returns, without HTTP (for tests and debugging)."""
+        return generate_latest(self.registry)
 
 
-def text(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
-
-
-def start_server(port: int, address: str, registry: CollectorRegistry, tls: dict[str, Any]) -> Any:
-    """The endpoint's HTTP(S) server, serving in a thread of its own; what shutdown() and server_close() stop."""
-    server, _thread = start_http_server(port, addr=address, registry=registry, **tls)
-    return server
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
 
 
 class _CountsCollector:

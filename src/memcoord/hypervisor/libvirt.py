@@ -35,13 +35,7 @@ import psutil
 
 from memcoord.core.model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
 from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
-from memcoord.hypervisor.domain_settings import (
-    MetadataValidator,
-    Parsed,
-    SettingsCache,
-    check_metadata,
-    parse_domain_xml,
-)
+from memcoord.hypervisor.domain_settings import Parsed, SettingsCache, parse_domain_xml
 
 log = logging.getLogger("memcoord")
 
@@ -219,11 +213,8 @@ def defined_domain_names(uri: str, timeout_s: float) -> set[str]:
 
 
 class LibvirtHypervisor:
-    def __init__(self, uri: str, validate_metadata: MetadataValidator = check_metadata) -> None:
-        """validate_metadata checks a domain's memcoord metadata: by default in this process with the models
-        (they import pydantic); `memcoord run` gives a ChildMetadataValidator, which checks in a child."""
+    def __init__(self, uri: str) -> None:
         self.uri = uri
-        self._validate_metadata = validate_metadata
         self._conn: libvirt.virConnect | None = None
         self._opening: _Call[libvirt.virConnect] | None = None
         self._domains: dict[str, libvirt.virDomain] = {}
@@ -387,7 +378,7 @@ class LibvirtHypervisor:
                 continue
             self._settings_unreadable.pop(uuid, None)
             try:
-                parsed = parse_domain_xml(dom.name(), xml_text, self._validate_metadata, deadline_s)
+                parsed = parse_domain_xml(dom.name(), xml_text)
             except Exception as exc:  # it promises not to raise; if it ever does, the loop goes on without the guest
                 parsed = Parsed(
                     DomainSettings(metadata_invalid=True),
@@ -395,8 +386,6 @@ class LibvirtHypervisor:
                 )
             for problem in self._settings.store(uuid, parsed, time.monotonic()):
                 log.warning("%s", problem, extra={"MEMCOORD_DOMAIN": dom.name(), "MEMCOORD_EVENT": "bad-settings"})
-            if parsed.recheck:
-                self._settings.retry([uuid])
 
     def domain_names(self, deadline_s: float | None = None) -> set[str]:
         conn = self._connection(deadline_s)
