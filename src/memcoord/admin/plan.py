@@ -188,6 +188,9 @@ class AsSampled:
     def stats_period_failures(self) -> Mapping[str, str]:
         return self.sim.stats_period_failures()
 
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        return self.sim.domain_names(deadline_s)
+
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         return self.sim.apply(changes, deadline_s)
 
@@ -359,7 +362,7 @@ def build_report(
         floor_kib = min(
             config.floor_kib(dom.name, dom.settings), config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
         )
-        common = {
+        common: dict[str, Any] = {
             "name": dom.name,
             "current_kib": dom.current_kib,
             "max_kib": dom.max_kib,

@@ -303,7 +303,7 @@ def top_level_keys(model: type[BaseModel] | None = None) -> list[str]:
     return [name for name in model.model_fields if name not in table_names]
 
 
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: Any) -> typing.TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 

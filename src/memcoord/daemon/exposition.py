@@ -127,7 +127,7 @@ class _CountsCollector:
         cumulative, buckets = 0, []
         for bound_s, n in zip((*c.tick_bounds_s, float("inf")), c.tick_bucket_counts, strict=True):
             cumulative += n
-            buckets.append((floatToGoString(bound_s), cumulative))
+            buckets.append((floatToGoString(bound_s), cumulative))  # type: ignore[no-untyped-call]
         yield HistogramMetricFamily(
             "memcoord_tick_duration_seconds",
             "Time to sample, decide and apply one tick",

@@ -174,8 +174,8 @@ class Observer:
     def stop(self) -> None:
         """The daemon exits: say so in the state file (status then reports when), close everything."""
         self._serving = False
-        self._managed: set[str] = set()
-        self._last_tick_done_s: float | None = None
+        self._managed = set()
+        self._last_tick_done_s = None
         self.endpoint.shutdown()
         if self.view is not None and self.publish_enabled:
             now_s = time.time()

@@ -21,12 +21,13 @@ lifecycle events, after a reconnect and on a slow timer, in at most SETTINGS_REA
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -221,7 +222,7 @@ class LibvirtHypervisor:
         # (uuid, domain id, period): a restarted domain gets a new id and needs its period set again.
         self._period_set: set[tuple[str, int, int]] = set()
         self._period_retry: dict[tuple[str, int, int], _PeriodRetry] = {}
-        self._abandoned: list[_Call[object]] = []
+        self._abandoned: list[_Call[Any]] = []
         self._settings = SettingsCache()
         self._settings_unreadable: dict[str, str] = {}
         self._event_ids: list[int] = []
@@ -233,7 +234,7 @@ class LibvirtHypervisor:
             return self._conn
         if self._opening is None:
             self._opening = _Call("open", lambda: libvirt.open(self.uri))
-        timeout_s = CONNECT_TIMEOUT_S
+        timeout_s: float = CONNECT_TIMEOUT_S
         if deadline_s is not None:
             timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
         try:
@@ -426,7 +427,7 @@ class LibvirtHypervisor:
             try:
                 self._bounded(
                     "setMemoryStatsPeriod",
-                    lambda dom=dom: dom.setMemoryStatsPeriod(period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    functools.partial(dom.setMemoryStatsPeriod, period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
                     deadline_s,
                 )
             except DeadlineSpent:
@@ -466,7 +467,7 @@ class LibvirtHypervisor:
         periods: dict[str, int | None] = {}
         for name, dom in self._domains.items():
             try:
-                xml = self._bounded("XMLDesc", lambda dom=dom: dom.XMLDesc(0), deadline_s)
+                xml = self._bounded("XMLDesc", functools.partial(dom.XMLDesc, 0), deadline_s)
             except (libvirt.libvirtError, TimeoutError, HypervisorError):
                 periods[name] = None
                 continue
@@ -483,7 +484,7 @@ class LibvirtHypervisor:
             try:
                 self._bounded(
                     "setMemory",
-                    lambda dom=dom, c=change: dom.setMemoryFlags(c.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    functools.partial(dom.setMemoryFlags, change.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE),
                     deadline_s,
                 )
             except DeadlineSpent:

@@ -58,7 +58,7 @@ class SimGuest:
     reader: FileReader | None = None
     has_balloon_stats: bool = True
     # What the guest's libvirt definition would say (metadata, min_guarantee): it travels with the guest.
-    settings: DomainSettings = NO_SETTINGS
+    settings: DomainSettings | None = NO_SETTINGS  # None: not read yet (memcoord plan seeds unread guests)
     current_kib: int = 0
     used_kib: int = KERNEL_USED_KIB
     cache_kib: int = 0
