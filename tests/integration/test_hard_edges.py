@@ -28,7 +28,7 @@ from memcoord.core import config as config_mod
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import TICK_BUDGET_S, Service
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
-from tests.conftest import NotifySocket
+from tests.helpers.notify import NotifySocket
 
 pytestmark = pytest.mark.real
 URI = "qemu:///system"

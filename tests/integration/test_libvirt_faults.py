@@ -15,7 +15,7 @@ import pytest
 
 from memcoord.core.port import HypervisorError
 from memcoord.hypervisor.libvirt import CONNECT_TIMEOUT_S, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, LibvirtHypervisor
-from tests.integration.faultkit import (
+from tests.helpers.faultkit import (
     LOST,
     RECOVERED,
     URI,

@@ -29,8 +29,7 @@ from memcoord.hypervisor.domain_settings import (
     warn_unmatched_overrides,
 )
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
-from tests.unit.test_cli_exit_codes import memcoord
-from tests.unit.test_policy import by_name, dom, snap, steady
+from tests.helpers.snapshots import by_name, dom, snap, steady
 
 
 def domain_xml(metadata: str = "", memtune: str = "") -> str:
@@ -461,32 +460,6 @@ def test_status_shows_where_each_floor_and_ceiling_came_from(tmp_path: Path):
 
 
 # -- check-config ------------------------------------------------------------------------------------------
-def test_check_config_warns_about_unmatched_tables_and_stays_valid(tmp_path: Path):
-    path = tmp_path / "memcoord.toml"
-    path.write_text(
-        '[libvirt]\nuri = "sim:///demo"\n[domains."sim-hgo"]\nenabled = false\n[domains."sim-idle"]\nmin_mib = 512\n'
-    )
-    proc = memcoord("check-config", str(path))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{path}: OK\n"
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith(f"{path}: warning: ") and '[domains."sim-hgo"]' in line and "'sim-hog'" in line
-    offline = memcoord("check-config", "--offline", str(path))
-    assert (offline.returncode, offline.stderr) == (0, "")
-
-
-def test_check_config_without_libvirt_validates_the_file_and_says_names_were_not_checked(tmp_path: Path):
-    path = tmp_path / "memcoord.toml"
-    socket = tmp_path / "no-libvirtd.sock"
-    path.write_text(f'[libvirt]\nuri = "qemu+unix:///system?socket={socket}"\n[domains."web1"]\nenabled = false\n')
-    proc = memcoord("check-config", str(path))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{path}: OK\n"
-    assert "names not checked against libvirt" in proc.stderr and str(socket) in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[domains."web1"]\nmin_mib = "lots"\n')
-    assert memcoord("check-config", str(bad)).returncode == 78
 
 
 # -- the adapter reads each domain's XML once, within its share of a tick -----------------------------------

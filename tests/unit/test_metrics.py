@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
-import json
-import signal
-import socket
-import ssl
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
 import memcoord
 from memcoord.core.config import ConfigError, parse
@@ -24,28 +15,11 @@ from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
 from memcoord.sim.host import demo_host
 from memcoord.sim.workloads import Hog
-from tests.unit.obs_daemon import SIM_GUESTS, Daemon, free_port, wait_for
-from tests.unit.tlskit import make_pki
+from tests.helpers.daemon import SIM_GUESTS
+from tests.helpers.scrape import by_domain, samples
+from tests.helpers.tlskit import make_pki
 
 MIB = 1024 * 1024
-
-
-def samples(text: str) -> dict[str, list[Sample]]:
-    """Every sample, by sample name (counters appear as *_total, histograms as *_bucket/_sum/_count)."""
-    out: dict[str, list[Sample]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
-
-
-def by_domain(found: dict[str, list[Sample]], name: str) -> dict[str, float]:
-    return {s.labels["domain"]: s.value for s in found.get(name, [])}
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
 
 
 def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
@@ -98,57 +72,6 @@ def test_a_stopped_domain_leaves_the_scrape(tmp_path: Path):
     service.tick()
     found = samples(service.observer.endpoint.text().decode())
     assert set(by_domain(found, "memcoord_domain_current_bytes")) == {"sim-hog", "sim-idle"}
-
-
-def test_endpoint_of_a_running_daemon(tmp_path: Path):
-    port = free_port()
-    daemon = Daemon(tmp_path, extra=f"[metrics]\nenabled = true\nport = {port}\n")
-    try:
-        daemon.wait_ticks(15)
-        text = wait_for(lambda: scrape(port))
-        view = daemon.view()
-        found = samples(text)
-        for name in (
-            "memcoord_domain_target_bytes",
-            "memcoord_domain_current_bytes",
-            "memcoord_domain_unused_bytes",
-            "memcoord_domain_usable_bytes",
-            "memcoord_actions_total",
-            "memcoord_host_available_bytes",
-            "memcoord_tick_duration_seconds_bucket",
-            "memcoord_config_reloads_total",
-        ):
-            assert name in found, name
-        assert set(by_domain(found, "memcoord_domain_current_bytes")) == SIM_GUESTS
-        # Scrape and state file come from the same view; they agree on the guests' maxima exactly.
-        assert by_domain(found, "memcoord_domain_max_bytes") == {
-            d["name"]: d["max_kib"] * 1024 for d in view["domains"]
-        }
-        assert found["memcoord_ticks_total"][0].value >= 15
-        # SIGHUP counts a successful reload on the same endpoint (the server is not restarted).
-        daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(
-            lambda: any(
-                s.labels["result"] == "success" and s.value == 1
-                for s in samples(scrape(port))["memcoord_config_reloads_total"]
-            )
-        )
-    finally:
-        assert daemon.stop() == 0
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-        pass
-
-
-def test_metrics_are_off_by_default(tmp_path: Path):
-    port = free_port()
-    daemon = Daemon(tmp_path, extra=f"[metrics]\nport = {port}\n")
-    try:
-        view = daemon.wait_ticks(3)
-        assert json.loads(daemon.state_path.read_text())["ticks"] >= view["ticks"]
-        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
-    finally:
-        daemon.stop()
 
 
 def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
@@ -210,36 +133,6 @@ def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
     # Held at its ceiling from the first ticks to the last: about one second per tick, never more than the 29 s
     # between the first tick and the last (time is the snapshots' clock).
     assert 20 <= starving["sim-busy"] <= 29
-
-
-def scrape_tls(port: int, ca: Path, cert: tuple[Path, Path] | None) -> str:
-    context = ssl.create_default_context(cafile=str(ca))
-    if cert is not None:
-        context.load_cert_chain(str(cert[0]), str(cert[1]))
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=5, context=context) as response:
-        return response.read().decode()
-
-
-def test_tls_endpoint_with_client_certificates(tmp_path: Path):
-    pki = make_pki(tmp_path / "pki")
-    port = free_port()
-    daemon = Daemon(
-        tmp_path,
-        extra=f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{pki.server_cert}"\n'
-        f'keyfile = "{pki.server_key}"\nclient_cafile = "{pki.ca}"\nclient_auth_required = true\n',
-    )
-    try:
-        daemon.wait_ticks(3)
-        text = wait_for(lambda: scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key)))
-        assert "memcoord_build_info" in text and "memcoord_domain_floor_bytes" in text
-        # No client certificate: the handshake is refused. Plain HTTP gets no metrics either.
-        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
-            scrape_tls(port, pki.ca, None)
-        with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
-            scrape(port)
-        assert f"metrics on https://127.0.0.1:{port}/metrics, client certificate required" in daemon.log()
-    finally:
-        assert daemon.stop() == 0
 
 
 @pytest.mark.parametrize(

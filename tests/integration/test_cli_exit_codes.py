@@ -19,23 +19,7 @@ from pathlib import Path
 
 import pytest
 
-MEMCOORD = Path(sys.executable).parent / "memcoord"
-EX_USAGE, EX_NOINPUT, EX_CONFIG = os.EX_USAGE, os.EX_NOINPUT, os.EX_CONFIG  # 64, 66, 78 (sysexits.h)
-
-
-def memcoord(*args: str, prefix: tuple[str, ...] = (), timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
-    assert MEMCOORD.exists(), f"console script not installed at {MEMCOORD} (pip install -e .)"
-    return subprocess.run(
-        [*prefix, str(MEMCOORD), *args], capture_output=True, text=True, timeout=timeout_s, check=False
-    )
-
-
-def assert_clean_failure(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stdout == "", proc.stdout
-    for needle in needles:
-        assert needle in proc.stderr, (needle, proc.stderr)
+from tests.helpers.cli import EX_CONFIG, EX_NOINPUT, EX_USAGE, MEMCOORD, assert_clean_failure, memcoord
 
 
 @pytest.fixture
