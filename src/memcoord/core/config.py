@@ -14,7 +14,6 @@ import grp
 import ipaddress
 import json
 import re
-import ssl
 import tomllib
 from collections.abc import Callable
 from enum import StrEnum
@@ -410,7 +409,10 @@ class MetricsConfig(_Section):
             )
         if self.certfile:
             # Load them now, so that check-config (and a reload) reject a key that does not match its
-            # certificate, instead of the endpoint failing to start later.
+            # certificate, instead of the endpoint failing to start later. Imported here: `memcoord status` loads
+            # the config to find the state file, and ssl is a tenth of its start-up.
+            import ssl
+
             try:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.certfile, self.keyfile or None)
             except (ssl.SSLError, OSError) as exc:
