@@ -225,3 +225,14 @@ def test_relief_shortfall_is_warned_after_its_ticks_once_and_the_recovery_once(
         _tick(service, sim, clock)
     assert _messages(caplog, "host back above its guard") == ["host back above its guard"]
     assert len(_messages(caplog, "guests hold only part")) == 1
+
+
+def test_episodes_start_once_end_once_and_forget_quietly() -> None:
+    from memcoord.daemon.service import Episodes
+
+    troubles = Episodes()
+    assert [troubles.start(), troubles.start(), troubles.end(), troubles.end()] == [True, False, True, False]
+    assert troubles.start("web1") and not troubles.start("web1") and troubles.start("db1")
+    assert "web1" in troubles and None not in troubles
+    troubles.forget("web1")
+    assert "web1" not in troubles and not troubles.end("web1") and troubles.end("db1")
