@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,3 +81,21 @@ def test_sighup_reload_shows_in_status(tmp_path: Path):
         assert view["updated_at_s"] <= time.time()
     finally:
         daemon.stop()
+
+
+def test_status_starts_without_the_config_models_or_libvirt(tmp_path: Path):
+    """`memcoord status` is what an admin runs again and again: with a state file named, it starts without pydantic
+    (the config models), libvirt or the Prometheus client, a tenth of a second each (cli.py imports each command's
+    work when it runs)."""
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "memcoord.cli", "status", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    modules = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", done.stderr, re.MULTILINE))
+    assert "memcoord.admin.status" in modules  # the report is read (else the check below checks nothing)
+    heavy = {m for m in modules if m.split(".")[0] in ("pydantic", "pydantic_core", "libvirt", "prometheus_client")}
+    assert heavy == set() and "memcoord.core.config" not in modules
