@@ -10,9 +10,12 @@ import argparse
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memcoord.admin.cliargs import DEFAULT_CONFIG_PATH
+
+if TYPE_CHECKING:
+    from memcoord.core.config import Config
 
 PLAN_DESCRIPTION = """\
 Sample the running domains once and show, for every one: whether memcoord manages it, its class, its size,
@@ -58,10 +61,10 @@ guest could not be fully restored (host guard) or its setMemory failed: run agai
 77 memcoord is running and manages a named guest (without --force), nothing changed; 78 invalid config."""
 
 
-LoadConfig = Callable[[Path], Any]
+LoadConfig = Callable[[Path], "Config"]
 
 
-def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Any, str]:
+def _config_or_defaults(load: LoadConfig, path: Path | None) -> tuple[Config, str]:
     """The config: --config, else /etc/memcoord.toml if present, else the built-in defaults (and its label)."""
     from memcoord.core import config as config_mod
 
