@@ -46,11 +46,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from memcoord.daemon.connect import connect
     from memcoord.daemon.observe import Observer
     from memcoord.daemon.service import Overrides, Service
+    from memcoord.daemon.undo import RecordingHypervisor, UndoRecord
 
     journal.setup(verbose=args.verbose)
     config = _load_or_exit(args.config)
     overrides = Overrides(interval_s=args.interval, dry_run=args.dry_run)
-    service = Service(args.config, config, connect, overrides, exit_when_idle=args.exit_when_idle, observer=Observer())
+    # Each guest's size is recorded before memcoord first changes it, for `memcoord restore` (undo.py).
+    record = UndoRecord()
+    service = Service(
+        args.config,
+        config,
+        lambda uri: RecordingHypervisor(connect(uri), record, uri),
+        overrides,
+        exit_when_idle=args.exit_when_idle,
+        observer=Observer(),
+    )
     service.install_signal_handlers()
     return service.run()
 

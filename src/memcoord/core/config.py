@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -35,6 +35,21 @@ class ConfigError(Exception):
 
 class ConfigFileError(ConfigError):
     """The config file cannot be read at all (missing, a directory, no permission)."""
+
+
+class Profile(StrEnum):
+    """How eagerly idle guests give memory back (host.profile)."""
+
+    DENSITY = "density"  # the seed's loop: whenever they have more than their wasteful line free
+    PRODUCTION = "production"  # only when the host runs short of a comfort target, or a guest starves
+
+
+# The production profile's values, where the file does not set the keys itself: reclaim idle guests only below
+# this share of the host's memory available (Proxmox balloons above 80 % host use, oVirt MOM below 20 % free),
+# never below the guard plus a GiB; keep room for what a guest used in the last 10 minutes.
+PRODUCTION_TARGET_PCT = 20.0
+PRODUCTION_TARGET_ABOVE_GUARD_MIB = 1024
+PRODUCTION_PEAK_HOLD_S = 600.0
 
 
 class Source(StrEnum):
@@ -66,8 +81,14 @@ class LibvirtConfig(_Section):
         "List the guests you mean when you first try memcoord on a host.",
         examples=[["web-*", "db1"]],
     )
+    exclude: tuple[str, ...] = Field(
+        (),
+        description="Glob patterns of domains memcoord never touches, even when libvirt.domains matches them "
+        '(a [domains."NAME"] table with enabled = false does the same for one exact name).',
+        examples=[["test-*", "*-scratch"]],
+    )
 
-    @field_validator("domains", mode="before")
+    @field_validator("domains", "exclude", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
@@ -160,8 +181,8 @@ class GuestConfig(_Section):
         0.0,
         ge=0,
         description="Idle reclaim keeps room for the most the guest used in this many seconds, so a guest that "
-        "bursts keeps room for the next burst. 0: off (reclaim down to the wasteful line). Part of the production "
-        "profile (see host.target_available_mib).",
+        "bursts keeps room for the next burst. 0: off (reclaim down to the wasteful line). Left out of the file, it "
+        f"comes from host.profile: 0 in the density profile, {PRODUCTION_PEAK_HOLD_S:.0f} in the production one.",
         examples=[600],
     )
 
@@ -214,13 +235,32 @@ def _blame_pair(section: _Section, low: str, high: str, ok: bool) -> None:
 class HostConfig(_Section):
     """The host guard: the memory the host keeps for itself, whatever the guests want."""
 
+    profile: Literal["density", "production"] = Field(
+        "density",
+        description='"density" (the seed\'s loop): idle guests give back the memory they do not use, whatever the '
+        'host has free. "production": idle guests give memory back only while the host\'s available memory is '
+        "below a comfort target (host.target_available_mib; by default max(the guard + 1024 MiB, "
+        f"{PRODUCTION_TARGET_PCT:.0f} % of the host's memory)) or a guest is starving, and never below what they "
+        f"used in the last {PRODUCTION_PEAK_HOLD_S / 60:.0f} minutes (guest.peak_hold_s). Growth, the guard and "
+        "relief are the same in both.",
+        examples=["production"],
+    )
     min_available_mib: int = Field(
         1024,
         ge=0,
-        description="No grow may take the host's available memory below this, counting memory already granted to "
-        "guests but not yet used by them. When the host falls below it for any reason, memcoord takes memory back "
-        "from the guests with the most to spare (relief) until it is above again.",
+        description="No grow may take the host's available memory below max(min_available_mib, "
+        "min_available_pct of the host's memory), counting memory already granted to guests but not yet used by "
+        "them. When the host falls below it for any reason, memcoord takes memory back from the guests with the "
+        "most to spare (relief) until it is above again.",
         examples=[2048],
+    )
+    min_available_pct: float = Field(
+        2.0,
+        ge=0,
+        le=50,
+        description="The host guard as a share of the host's memory (see min_available_mib): 2 % is 10 GiB on a "
+        "512 GiB host, where 1 GiB alone would be thin.",
+        examples=[5.0],
     )
     # A guest that fills its target takes this too, so the host guard counts it.
     guest_overhead_mib: int = Field(
@@ -232,9 +272,10 @@ class HostConfig(_Section):
     target_available_mib: int = Field(
         0,
         ge=0,
-        description="Production profile: when > 0, idle guests give memory back only while the host's available "
-        "memory is below this (or a guest is starving). 0: they always do (density). Must be 0 or more than "
-        "min_available_mib; with guest.peak_hold_s = 600, e.g. the guard plus room for a burst.",
+        description="When > 0, idle guests give memory back only while the host's available memory is below this "
+        "(or a guest is starving). 0: they always do. Left out of the file, it comes from host.profile: 0 in the "
+        f"density profile, max(the guard + 1024 MiB, {PRODUCTION_TARGET_PCT:.0f} % of the host's memory) in the "
+        "production one. Must be 0 or more than min_available_mib.",
         examples=[3072],
     )
     relief_step_mib: int = Field(256, gt=0, description="The most relief takes from one guest per tick.")
@@ -525,11 +566,16 @@ class Config(_Section):
     def exclusion(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> str | None:
         """Why memcoord leaves a domain alone: "libvirt.domains", "config" or "metadata" (enabled = false),
         "unread" (its settings not read yet), "bad-metadata" (its metadata has a key that cannot be believed, and
-        the config file does not say `enabled` for it); None for a managed domain."""
+        the config file does not say `enabled` for it), or why ballooning cannot help it (model.Unballoonable:
+        "no-balloon", "hostdev", "hugepages", "locked"; no setting overrides that); None for a managed domain."""
         if not _matcher(self.libvirt.domains)(name):
             return "libvirt.domains"
+        if _matcher(self.libvirt.exclude)(name):
+            return "libvirt.exclude"
         if settings is None:
             return "unread"
+        if settings.unballoonable is not None:
+            return str(settings.unballoonable)
         enabled = self.domain_setting(name, "enabled", settings)
         if settings.metadata_invalid and (enabled is None or enabled[1] is not Source.CONFIG):
             return "bad-metadata"
@@ -569,6 +615,42 @@ class Config(_Section):
 
     def ceiling_kib(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> int:
         return self.ceiling(name, max_kib, settings)[0]
+
+    def guard_mib(self, host_total_kib: int) -> int:
+        """The host guard on a host of host_total_kib: max(host.min_available_mib, min_available_pct of it)."""
+        return max(self.host.min_available_mib, int(host_total_kib * self.host.min_available_pct / 100) // 1024)
+
+    def target_available_mib(self, host_total_kib: int) -> int:
+        """Idle guests give memory back only while the host has less than this available (0: always): the
+        file's host.target_available_mib, else the profile's."""
+        if "target_available_mib" in self.host.model_fields_set or self.host.profile != Profile.PRODUCTION.value:
+            return self.host.target_available_mib
+        return max(
+            self.guard_mib(host_total_kib) + PRODUCTION_TARGET_ABOVE_GUARD_MIB,
+            int(host_total_kib * PRODUCTION_TARGET_PCT / 100) // 1024,
+        )
+
+    def peak_hold_s(self) -> float:
+        """guest.peak_hold_s from the file, else the profile's."""
+        if "peak_hold_s" in self.guest.model_fields_set or self.host.profile != Profile.PRODUCTION.value:
+            return self.guest.peak_hold_s
+        return PRODUCTION_PEAK_HOLD_S
+
+    def for_host(self, host_total_kib: int) -> Config:
+        """This config with what scales with the host resolved into the keys the policy reads: the guard
+        (host.min_available_mib) and the profile's comfort target and peak hold. Itself when nothing changes."""
+        host = {
+            "min_available_mib": self.guard_mib(host_total_kib),
+            "target_available_mib": self.target_available_mib(host_total_kib),
+        }
+        host = {k: v for k, v in host.items() if getattr(self.host, k) != v}
+        guest = {"peak_hold_s": self.peak_hold_s()} if self.peak_hold_s() != self.guest.peak_hold_s else {}
+        update: dict[str, _Section] = {}
+        if host:
+            update["host"] = self.host.model_copy(update=host)
+        if guest:
+            update["guest"] = self.guest.model_copy(update=guest)
+        return self.model_copy(update=update) if update else self
 
     @property
     def stale_after_s(self) -> float:
