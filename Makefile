@@ -33,9 +33,10 @@ preflight: deps  ## root, libvirtd (started if absent), QEMU, nspawn and the too
 test: deps preflight venv lint  ## every test, real libvirtd and guests included
 	$(VENV)/bin/pytest -v
 
-lint: venv  ## everything that ships or tests
+lint: venv  ## everything that ships or tests; mypy: strict on memcoord.core and memcoord.daemon ([tool.mypy])
 	$(VENV)/bin/ruff check src tests lab bench scripts
 	$(VENV)/bin/ruff format --check src tests lab bench scripts
+	$(VENV)/bin/mypy
 
 PREFIX ?= /opt/memcoord
 BINDIR ?= /usr/local/bin

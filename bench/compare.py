@@ -27,7 +27,7 @@ from memcoord.sim.scenario import Scenario
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.policies import POLICIES, factory
+from bench.policies import POLICIES, policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = config_mod.load(args.config) if args.config else Config()
-    runs: list[tuple[str, str, Config]] = []  # label, policy, config
+    runs: list[tuple[str, str, Config]] = []  # label, policy name, config
     for name in args.policies.split(","):
         runs.append((name, name, config))
         if name == "memcoord":
@@ -201,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         scenario = load_scenario(path)
         reports = {}
-        planned = [(label, scenario, cfg, policy) for label, policy, cfg in runs]
-        if any(policy == "memcoord" for _label, policy, _cfg in runs):
+        planned = [(label, scenario, cfg, name) for label, name, cfg in runs]
+        if any(name == "memcoord" for _label, name, _cfg in runs):
             planned += [(label, sc, cfg, "memcoord") for label, sc, cfg in variants(scenario, config)]
-        for label, sc, cfg, policy in planned:
-            report = dataclasses.replace(run(sc, cfg, factory(policy)), policy=label)
+        for label, sc, cfg, name in planned:
+            report = dataclasses.replace(run(sc, cfg, policy(name)), policy=label)
             reports[label] = report
             rows.append(row(report))
             print(f"  ran {scenario.name} / {label}", file=sys.stderr)

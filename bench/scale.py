@@ -32,7 +32,7 @@ from memcoord.sim.workloads import Hog, HostPressure, Idle, Sawtooth
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.policies import POLICIES, make
+from bench.policies import POLICIES, policy
 
 START_S = 1_000_000.0  # the simulator's clock at the start
 RUN_S = 60  # longer than any run of the default ticks (the all-starving host hands memory back for this long)
@@ -86,25 +86,7 @@ def measure(
     host: Callable[[int], SimulatedHypervisor], policy_name: str, n: int, ticks: int
 ) -> tuple[float, float, float]:
     """(median ms per tick, max ms per tick, tracemalloc peak MiB) over `ticks` ticks after 2 warm-up ticks."""
-    config = Config()
-    hv = host(n)
-    hv.ensure_stats_period(list(hv.guests), 1)
-    policy = make(policy_name, config)
-    times_ms = []
-    peak_b = 0
-    for tick in range(ticks + 2):
-        hv.advance(1.0)
-        snapshot = hv.sample()
-        gc.collect()
-        tracemalloc.start()
-        started = time.perf_counter()
-        changes = policy.decide(snapshot)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        peak_b = max(peak_b, tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-        hv.apply(changes)
-        if tick >= 2:
-            times_ms.append(elapsed_ms)
+    times_ms, peak_b = _ticks(host, policy_name, n, ticks, traced=True)
     return statistics.median(times_ms), max(times_ms), peak_b / 2**20
 
 
@@ -115,21 +97,41 @@ def untraced_ms(
 
     MOM and Proxmox decide only every 10 s and return at once in between, so their max is their real cost.
     """
+    times_ms, _ = _ticks(host, policy_name, n, ticks, traced=False)
+    return statistics.median(times_ms), max(times_ms)
+
+
+def _ticks(
+    host: Callable[[int], SimulatedHypervisor], policy_name: str, n: int, ticks: int, traced: bool
+) -> tuple[list[float], int]:
+    """ms per tick of the policy's calls (decide, and applied with the changes the host took) after 2 warm-up
+    ticks, and with traced the tracemalloc peak (bytes) during decide. The simulator's work is not timed."""
     config = Config()
     hv = host(n)
     hv.ensure_stats_period(list(hv.guests), 1)
-    policy = make(policy_name, config)
+    loop_policy = policy(policy_name)
+    state = loop_policy.first_state(config)
     times_ms = []
+    peak_b = 0
     for tick in range(ticks + 2):
         hv.advance(1.0)
         snapshot = hv.sample()
+        if traced:
+            gc.collect()
+            tracemalloc.start()
         started = time.perf_counter()
-        changes = policy.decide(snapshot)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        hv.apply(changes)
+        plan, state = loop_policy.decide(snapshot, state, config)
+        elapsed_s = time.perf_counter() - started
+        if traced:
+            peak_b = max(peak_b, tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        results = hv.apply(plan.changes)
+        started = time.perf_counter()
+        state = loop_policy.applied(state, [r.change for r in results if r.ok], snapshot.taken_at_s)
+        elapsed_s += time.perf_counter() - started
         if tick >= 2:
-            times_ms.append(elapsed_ms)
-    return statistics.median(times_ms), max(times_ms)
+            times_ms.append(elapsed_s * 1000)
+    return times_ms, peak_b
 
 
 def table(host_name: str, sizes: list[int], policies: list[str], ticks: int) -> str:

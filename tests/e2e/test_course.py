@@ -18,7 +18,7 @@ from lab import analysis
 from lab.image import GuestImage
 from lab.session import LabRun
 from lab.timeline import ACTION_EVENT
-from tests.e2e.realguest import assert_always, guest_cfg, hog_state, retry_once_on_outage
+from tests.helpers.realguest import BASELINE_S, assert_always, guest_cfg, hog_state, retry_once_on_outage
 
 pytestmark = pytest.mark.real
 
@@ -26,7 +26,6 @@ MAX_MIB = 2048
 START_MIB = 512
 NEAR_MAX_MIB = 150  # "within ~150 MiB of its max"
 HOG_PAGE_US = 100  # 40 MiB/s, the fast end of the scenarios' 100-500 us: keeps them short
-BASELINE_S = 4  # memcoord's first ticks (the idle guests' first reclaim) before any hog starts
 RECLAIM_DEADLINE_S = 90
 HANDOUT_MIB = 1536  # scenario 2/3 host guard: what may be handed out beyond the start
 

@@ -34,8 +34,8 @@ from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import TICK_BUDGET_S, Service
 from memcoord.hypervisor import libvirt as adapter
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
-from tests.conftest import NotifySocket
-from tests.integration.faultkit import libvirtd_pid, libvirtd_restored
+from tests.helpers.faultkit import libvirtd_pid, libvirtd_restored
+from tests.helpers.notify import NotifySocket
 
 pytestmark = pytest.mark.real
 URI = "qemu:///system"
@@ -147,7 +147,7 @@ def test_a_stats_period_that_failed_is_retried_and_reported_meanwhile(
             status = notify_socket.wait_for(lambda m: m.startswith("STATUS=") and "stats period not set" in m)
             assert name in status
             assert any(f"STATS PERIOD NOT SET on {name}" in line for line in render(view)), render(view)
-            scrape = service.observer.metrics.exposition().decode()
+            scrape = service.observer.endpoint.text().decode()
             assert f'memcoord_domain_stats_period_failing{{domain="{name}"}} 1.0' in scrape, scrape
             stale_since = last_update(name)
             time.sleep(2.5)

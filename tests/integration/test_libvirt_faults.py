@@ -21,7 +21,7 @@ from memcoord.hypervisor.libvirt import (
     MAX_ABANDONED_CALLS,
     LibvirtHypervisor,
 )
-from tests.integration.faultkit import (
+from tests.helpers.faultkit import (
     LOST,
     RECOVERED,
     URI,

@@ -22,9 +22,17 @@ from pathlib import Path
 import pytest
 
 from lab.libvirtd import ensure_libvirtd
-
-from .conftest import AS_ROOT, AS_ROOT_DROP_IN, REPO, UNIT, _system_prereqs, record, wait_for_libvirtd, wait_until
-from .container import CACHE, Container
+from tests.helpers.container import CACHE, Container
+from tests.helpers.system import (
+    AS_ROOT,
+    AS_ROOT_DROP_IN,
+    REPO,
+    UNIT,
+    record,
+    system_prereqs,
+    wait_for_libvirtd,
+    wait_until,
+)
 
 pytestmark = pytest.mark.system
 
@@ -73,7 +81,7 @@ def build_deb(out: Path, version: str | None) -> Deb:
 
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Deb]:
-    why = _system_prereqs()
+    why = system_prereqs()
     if why:
         pytest.skip(why)
     subprocess.run(["make", "-C", str(REPO), "deb-deps"], check=True, capture_output=True, timeout=600)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from memcoord.core.config import Config, ConfigError, ConfigFileError, dump, load, parse
+from tests.helpers.repo import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "etc" / "memcoord.toml"
 
 
@@ -106,37 +103,6 @@ def test_print_config_round_trips():
     config = parse('[guest]\nstarving_mib = 100\n[domains."a"]\nenabled = false\n')
     assert parse(dump(config)) == config
     assert tomllib.loads(dump(config))["domains"] == {"a": {"enabled": False}}
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memcoord.cli", *args], capture_output=True, text=True, timeout=60)
-
-
-def test_check_config_ok_exits_0():
-    result = run_cli("check-config", str(SHIPPED))
-    assert result.returncode == 0
-    assert result.stdout.strip() == f"{SHIPPED}: OK"
-
-
-def test_check_config_bad_exits_78_with_every_error(tmp_path: Path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[guest]\nmin_mib = 0\nreclaim_step_mib = 0\n")
-    result = run_cli("check-config", str(bad))
-    assert result.returncode == os.EX_CONFIG
-    assert f"{bad}: guest.reclaim_step_mib = 0" in result.stderr
-    assert f"{bad}: guest.min_mib = 0" in result.stderr
-    bad.write_text("[guest]\nstarving_mib = 500\n")
-    result = run_cli("check-config", str(bad))
-    assert result.returncode == os.EX_CONFIG
-    assert f"{bad}: guest.starving_mib = 500: must be less than guest.wasteful_mib (350)" in result.stderr
-
-
-def test_run_with_invalid_config_exits_78(tmp_path: Path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[loop]\ninterval = 1\n")
-    result = run_cli("run", "--config", str(bad))
-    assert result.returncode == os.EX_CONFIG
-    assert f"{bad}: loop.interval = 1: unknown key" in result.stderr
 
 
 def test_the_profile_is_one_key_and_its_values_scale_with_the_host():

@@ -80,7 +80,7 @@ def test_relief_frees_what_the_status_said_it_could(tmp_path: Path) -> None:
     # README's example ("What the host could free") is this line.
     assert "could free 4588 MiB now without any guest below its low line; guests' floors sum to 768 MiB" in lines
     exposed = {f.name: f.samples[0].value for f in text_string_to_metric_families(
-        service.observer.metrics.exposition().decode()) if f.samples}  # fmt: skip
+        service.observer.endpoint.text().decode()) if f.samples}  # fmt: skip
     assert exposed["memcoord_host_freeable_bytes"] == free_kib * 1024
     assert exposed["memcoord_guest_floors_bytes"] == floors * 1024
 

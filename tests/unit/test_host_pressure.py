@@ -9,7 +9,8 @@ from pathlib import Path
 from memcoord.core.config import parse
 from memcoord.core.model import Action, Change, Plan, Rule
 from memcoord.hypervisor.libvirt import PSI_MEMORY_PATH, memory_pressure_some_avg10
-from tests.unit.test_policy import NOW_S, _bump, by_name, dom, snap, two_ticks
+from tests.helpers.snapshots import NOW_S, by_name, dom, snap, two_ticks
+from tests.helpers.snapshots import bump as _bump
 
 
 def test_some_avg10_is_read_from_the_kernels_lines(tmp_path: Path) -> None:

@@ -1,15 +1,11 @@
 """make-room: the daemon's socket and reservations (daemon/room.py) and the command (admin/makeroom.py), over a
-real unix socket. Who may ask is checked with real peer credentials: a child process that drops to nobody."""
+real unix socket. Who may ask by real peer credentials is tests/integration/test_make_room_socket.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import select
-import shutil
-import socket
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,8 +19,6 @@ from memcoord.core.model import Action, DomainStats, HostStats, Snapshot, mib_to
 from memcoord.core.room import Reservation
 from memcoord.daemon.room import RoomDesk, may_ask, parse_request
 from memcoord.hypervisor.domain_settings import start_memory_kib
-
-NOBODY_UID = 65534
 
 
 class Clock:
@@ -144,53 +138,6 @@ def test_who_may_ask() -> None:
     assert not may_ask(1000, 100, {group}, None)  # no [status] group: root and the daemon's user only
 
 
-def _ask_as_nobody(sock_path: Path) -> dict[str, Any]:
-    """Connect as nobody (a forked child that drops its ids) and return what the daemon said."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY_UID)
-            os.setuid(NOBODY_UID)
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(5)
-                s.connect(str(sock_path))
-                s.sendall(b'{"kib": 1024}\n')
-                os.write(w, s.recv(4096))
-        except OSError as exc:
-            os.write(w, json.dumps({"state": "connect-error", "error": type(exc).__name__}).encode() + b"\n")
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return dict(json.loads(out.split(b"\n", 1)[0]))
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
-def test_nobody_else_may_ask_by_file_mode_nor_by_credentials() -> None:
-    # pytest's tmp_path lies under a 0700 directory: nobody would be stopped there, not by the socket.
-    tmp_path = Path(tempfile.mkdtemp(prefix="mcroom-", dir="/tmp"))
-    tmp_path.chmod(0o755)
-    clock = Clock()
-    desk = _desk(tmp_path, clock)
-    done = threading.Event()
-    _serve(desk, done, [0], clock)
-    try:
-        # The socket's mode (0660, root's group) stops nobody at connect().
-        assert _ask_as_nobody(tmp_path / "room.sock") == {"state": "connect-error", "error": "PermissionError"}
-        # Past the file mode, the peer's credentials are checked.
-        os.chmod(tmp_path / "room.sock", 0o666)
-        answer = _ask_as_nobody(tmp_path / "room.sock")
-    finally:
-        done.set()
-        desk.close()
-        shutil.rmtree(tmp_path)
-    assert answer["state"] == "refused" and "permission denied" in answer["error"]
-    assert desk.reservations == []
-
-
 def test_start_memory_is_the_current_memory_in_its_unit() -> None:
     xml = "<domain><name>vm1</name><memory unit='GiB'>2</memory><currentMemory unit='MiB'>768</currentMemory></domain>"
     assert start_memory_kib(xml) == ("vm1", mib_to_kib(768))
@@ -276,7 +223,8 @@ def test_the_service_serves_the_socket_between_ticks_and_ticks_at_once_with_the_
 def test_the_policy_relieves_for_the_room_held_says_why_and_lets_nobody_grow_into_it() -> None:
     """3 GiB above the guard, 3.5 GiB held for a VM about to start: relief from above the low lines, with the
     reason; a starving guest is not grown into the room; without the reservation nobody is relieved."""
-    from tests.unit.test_policy import NOW_S, _bump, by_name, dom, snap, two_ticks
+    from tests.helpers.snapshots import NOW_S, by_name, dom, snap, two_ticks
+    from tests.helpers.snapshots import bump as _bump
 
     doms = [dom("cache", 3072, 16, usable_mib=2500, max_mib=4096), dom("starving", 1024, 100)]
     first, second = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from typing import Any
 
@@ -15,10 +16,7 @@ import pytest
 
 from memcoord.admin import tryout
 from memcoord.admin.plan import (
-    DOMAIN_KEYS,
     HORIZON_S,
-    HOST_KEYS,
-    JSON_KEYS,
     NO_PERIOD,
     QUIET_S,
     PlanReport,
@@ -290,11 +288,10 @@ def test_json_keys_are_the_documented_ones() -> None:
         earlier(snap), snap, CONFIG, "qemu:///system", "/etc/memcoord.toml", {"web1": 1, "new": 0, "x": None}
     )
     data = json.loads(json.dumps(to_json(report)))
-    assert tuple(data) == JSON_KEYS
-    assert tuple(data["host"]) == HOST_KEYS
-    assert [tuple(d) for d in data["domains"]] == [DOMAIN_KEYS] * 3
-    for key in (*JSON_KEYS, *HOST_KEYS, *DOMAIN_KEYS):
-        assert key in tryout.PLAN_EPILOG, f"{key} missing from `memcoord plan --help`"
+    domain_keys = {tuple(d) for d in data["domains"]}
+    assert len(data["domains"]) == 3 and len(domain_keys) == 1, "every domain has the same keys"
+    for key in (*data, *data["host"], *domain_keys.pop()):
+        assert re.search(rf"\b{key}\b", tryout.PLAN_EPILOG), f"{key} missing from `memcoord plan --help`"
     assert f"nothing\nchanges for {QUIET_S:.0f} s, at most {HORIZON_S / 60:.0f} simulated minutes" in (
         tryout.PLAN_DESCRIPTION
     )

@@ -18,7 +18,7 @@ import pytest
 from memcoord.core.config import Config, parse
 from memcoord.core.model import Action, Change, DomainSettings, DomainStats, HostStats, Plan, Snapshot, mib_to_kib
 from memcoord.core.policy import PolicyState, applied, decide
-from tests.unit.test_policy import dom
+from tests.helpers.snapshots import dom
 
 NOW_S = 10_000
 CONFIG = Config()

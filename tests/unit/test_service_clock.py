@@ -118,7 +118,7 @@ def test_a_guest_that_vanishes_is_forgotten_and_warned_about_afresh(
     assert len(_messages(caplog, "quiet: no-stats balloon stats")) == 1
     del sim.guests["quiet"]
     _tick(service, sim, clock)
-    assert "quiet" not in service._untrusted_since and "quiet" not in service._untrusted_reported
+    assert "quiet" not in service._untrusted_since and "quiet" not in service._untrusted
     # No "flowing again" for a guest that left: its stats did not come back.
     assert _messages(caplog, "flowing again") == []
     # The same name back later is a new guest: a new grace period, then one new warning.
@@ -225,3 +225,14 @@ def test_relief_shortfall_is_warned_after_its_ticks_once_and_the_recovery_once(
         _tick(service, sim, clock)
     assert _messages(caplog, "host back above its guard") == ["host back above its guard"]
     assert len(_messages(caplog, "guests hold only part")) == 1
+
+
+def test_episodes_start_once_end_once_and_forget_quietly() -> None:
+    from memcoord.daemon.service import Episodes
+
+    troubles = Episodes()
+    assert [troubles.start(), troubles.start(), troubles.end(), troubles.end()] == [True, False, True, False]
+    assert troubles.start("web1") and not troubles.start("web1") and troubles.start("db1")
+    assert "web1" in troubles and None not in troubles
+    troubles.forget("web1")
+    assert "web1" not in troubles and not troubles.end("web1") and troubles.end("db1")

@@ -179,7 +179,7 @@ def test_journal_metrics_and_timeline_say_outcome_unknown(tmp_path: Path, caplog
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING, [r.getMessage() for r in caplog.records]
     assert warnings[0].__dict__["MEMCOORD_OUTCOME"] == "unknown"
     assert not [r for r in caplog.records if "setMemory failed" in r.getMessage()]
-    scrape = observer.metrics.exposition().decode()
+    scrape = observer.endpoint.text().decode()
     assert 'memcoord_errors_total{kind="set_memory_unknown"} 1.0' in scrape, scrape
     assert 'memcoord_errors_total{kind="set_memory"} 0.0' in scrape, scrape
     lines = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]

@@ -96,7 +96,7 @@ def test_metrics_and_timeline_label_every_kind_by_its_value(tmp_path: Path):
     observer.tick_done(snapshot, plan, results, 0.01)
     observer.stop()
 
-    families = text_string_to_metric_families(generate_latest(observer.metrics.registry).decode())
+    families = text_string_to_metric_families(generate_latest(observer.endpoint.registry).decode())
     counted = {s.labels["action"] for f in families if f.name == "memcoord_actions" for s in f.samples}
     assert counted == {kind.value for kind in KINDS}
     (line,) = timeline.read_lines(path)

@@ -1,5 +1,5 @@
-"""Argument types and options shared by the command modules (cli.py, watch.py, tryout.py, makeroom.py), so none
-imports another."""
+"""Argument types, options and defaults shared by the command modules (cli.py, watch.py, tryout.py, makeroom.py),
+so none imports another. Nothing here loads the config models at import: `memcoord status` starts without pydantic."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The config file every command reads unless told otherwise (the unit's `memcoord run` too).
+DEFAULT_CONFIG_PATH = Path("/etc/memcoord.toml")
 
 
 def positive_float(text: str) -> float:
@@ -43,8 +46,8 @@ def config_or_defaults(load: Callable[[Path], Any], path: Path | None) -> tuple[
     """The config: --config, else /etc/memcoord.toml if present, else the built-in defaults (and its label)."""
     from memcoord.core import config as config_mod
 
-    if path is None and config_mod.DEFAULT_PATH.exists():
-        path = config_mod.DEFAULT_PATH
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
     if path is None:
         return config_mod.Config(), "built-in defaults"
     return load(path), str(path)

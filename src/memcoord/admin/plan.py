@@ -207,14 +207,17 @@ class AsSampled:
         self.sim = sim
         self.reserve_kib = reserve_kib
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        return with_guest_totals(self.sim.sample(deadline_s), self.reserve_kib)
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        return with_guest_totals(self.sim.sample(deadline_s, only), self.reserve_kib)
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
         return self.sim.ensure_stats_period(names, period_s, deadline_s)
 
     def stats_period_failures(self) -> Mapping[str, str]:
         return self.sim.stats_period_failures()
+
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        return self.sim.domain_names(deadline_s)
 
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         return self.sim.apply(changes, deadline_s)
@@ -399,7 +402,7 @@ def profile_text(config: Config, host_total_kib: int) -> str:
         )
     else:
         now = f"idle guests give back what they hold above their wasteful line, however much the host has free{kept}"
-    other = "density" if config.host.profile == Profile.PRODUCTION else "production"
+    other = "density" if config.host.profile == Profile.PRODUCTION.value else "production"
     flipped = config.model_copy(update={"host": config.host.model_copy(update={"profile": other})})
     other_target_mib = flipped.target_available_mib(host_total_kib)
     if other == "production":
@@ -439,7 +442,7 @@ def build_report(
     settlement = settle(snapshot, config, plan_now, state, horizon_s, quiet_s)
     changes = {c.domain: c for c in plan_now.changes}
     rows = []
-    no_stats = {
+    no_stats: dict[str, Any] = {
         "usable_kib": None,
         "unused_kib": None,
         "stats_age_s": None,
@@ -448,7 +451,7 @@ def build_report(
         floor_kib = min(
             config.floor_kib(dom.name, dom.settings), config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
         )
-        common = {
+        common: dict[str, Any] = {
             "name": dom.name,
             "current_kib": dom.current_kib,
             "max_kib": dom.max_kib,
@@ -620,39 +623,6 @@ def format_text(report: PlanReport) -> str:
         f"sampled ({ending})."
     )
     return "\n".join(lines)
-
-
-JSON_KEYS = (
-    "uri",
-    "config_path",
-    "taken_at_s",
-    "stats_period_s",
-    "stats_period_set",
-    "profile",
-    "host",
-    "horizon_s",
-    "simulated_s",
-    "settled",
-    "domains",
-)
-HOST_KEYS = ("available_kib", "total_kib", "guard_kib", "headroom_kib", "target_available_kib")
-DOMAIN_KEYS = (
-    "name",
-    "managed",
-    "class",
-    "current_kib",
-    "max_kib",
-    "floor_kib",
-    "ceiling_kib",
-    "usable_kib",
-    "unused_kib",
-    "stats_age_s",
-    "action",
-    "to_kib",
-    "why",
-    "settled_kib",
-    "settles_in_s",
-)
 
 
 def to_json(report: PlanReport) -> dict[str, Any]:

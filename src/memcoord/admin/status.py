@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memcoord.admin.cliargs import DEFAULT_CONFIG_PATH
 from memcoord.core.model import Unballoonable
 from memcoord.daemon import state
 
@@ -182,8 +183,8 @@ def default_state_path(config_path: Path | None) -> Path:
     """The state file named by the config ([status] path), /etc/memcoord.toml if present, else the default."""
     from memcoord.core import config as config_mod
 
-    if config_path is None and config_mod.DEFAULT_PATH.exists():
-        config_path = config_mod.DEFAULT_PATH
+    if config_path is None and DEFAULT_CONFIG_PATH.exists():
+        config_path = DEFAULT_CONFIG_PATH
     if config_path is None:
         return Path(config_mod.StatusConfig().path)
     try:

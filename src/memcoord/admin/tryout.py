@@ -10,7 +10,10 @@ import argparse
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memcoord.core.config import Config
 
 from memcoord.admin.cliargs import config_arg, config_or_defaults, positive_mib
 
@@ -77,7 +80,7 @@ run again once the host has memory; 77 memcoord is running and manages a named g
 nothing changed; 78 invalid config."""
 
 
-LoadConfig = Callable[[Path], Any]
+LoadConfig = Callable[[Path], "Config"]
 
 
 def _cmd_plan(load: LoadConfig, args: argparse.Namespace) -> int:

@@ -191,7 +191,8 @@ def _modules() -> Iterator[types.ModuleType]:
 
 def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
     from memcoord import cli
-    from memcoord.core.config import DEFAULT_PATH, RoomConfig, StatusConfig
+    from memcoord.admin.cliargs import DEFAULT_CONFIG_PATH
+    from memcoord.core.config import RoomConfig, StatusConfig
 
     parser = parser or cli.build_parser()
     subs = subcommands(parser)
@@ -246,7 +247,7 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
     lines += [
         ".SH FILES",
         ".TP",
-        f"\\fI{esc(str(DEFAULT_PATH))}\\fR",
+        f"\\fI{esc(str(DEFAULT_CONFIG_PATH))}\\fR",
         "The config file; see \\fBmemcoord.toml\\fR(5). A conffile of the Debian package.",
         ".TP",
         f"\\fI{esc(StatusConfig().path)}\\fR",
@@ -313,15 +314,7 @@ def top_level_keys(model: type[BaseModel] | None = None) -> list[str]:
     return [name for name in model.model_fields if name not in table_names]
 
 
-def config_keys() -> list[str]:
-    """Every key as section.key (domains."NAME".min_mib), for the test and the completeness check."""
-    from memcoord.core.config import Config
-
-    keys = [f"{s}.{k}" for s, m, _ in sections() for k in m.model_fields]
-    return keys + top_level_keys(Config)
-
-
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: Any) -> typing.TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 

@@ -165,10 +165,15 @@ def refusal(dom: DomainStats, moving: bool) -> str | None:
     ):
         return f"unused {kib_to_mib(dom.unused_kib):.0f} MiB far above usable {kib_to_mib(dom.usable_kib):.0f} MiB"
     deflates = dom.settings is not None and dom.settings.deflate_on_oom
-    total_kib = dom.own_total_kib
-    if total_kib is not None and not deflates and not moving and total_kib > dom.current_kib + SETTLED_TOLERANCE_KIB:
+    own_total_kib = dom.own_total_kib
+    if (
+        own_total_kib is not None
+        and not deflates
+        and not moving
+        and own_total_kib > dom.current_kib + SETTLED_TOLERANCE_KIB
+    ):
         return (
-            f"reported at {kib_to_mib(total_kib):.0f} MiB MemTotal, its balloon is at "
+            f"reported at {kib_to_mib(own_total_kib):.0f} MiB MemTotal, its balloon is at "
             f"{kib_to_mib(dom.current_kib):.0f} MiB: a report from before its balloon's last move"
         )
     return None

@@ -6,7 +6,7 @@ its measurements. Neither calls `decide` itself, so neither can forget to tell t
 that is what makes the next ticks wait for a balloon on its way instead of growing a guest twice.
 
 A policy is a pair of pure functions over an explicit state (`LoopPolicy`): memcoord's own is `MEMCOORD`
-(`policy.decide` and `policy.applied` over a `PolicyState`).
+(`policy.decide` and `policy.applied` over a `PolicyState`); bench/ runs its peers through the same interface.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 
 
 class LoopPolicy(Protocol):
-    """What the loop needs of a policy: a plan from a snapshot of the managed guests, and a new state once the
-    loop knows which of the plan's changes were really set."""
+    """What the loop needs of a policy: a state to start from, a plan from a snapshot of the managed guests, and a
+    new state once the loop knows which of the plan's changes were really set. The name labels its runs."""
+
+    name: str
+
+    def first_state(self, config: Config) -> Any: ...
 
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]: ...
 
@@ -33,7 +37,12 @@ class LoopPolicy(Protocol):
 
 
 class _Memcoord:
-    """memcoord's policy: `policy.decide` and `policy.applied`."""
+    """memcoord's policy: `policy.decide` and `policy.applied` over a `PolicyState`."""
+
+    name = "memcoord"
+
+    def first_state(self, config: Config) -> PolicyState:
+        return PolicyState()
 
     def decide(self, snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, Any]:
         return decide(snapshot, state, config)

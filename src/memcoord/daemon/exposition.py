@@ -1,15 +1,17 @@
 """The Prometheus side of the metrics (see metrics.py): metric families built at scrape time from memcoord's
 counts and its latest published view, the registry and the HTTP(S) endpoint. The only module that imports the
-client library, and imported only when the endpoint is enabled or the text is asked for.
+client library.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -18,9 +20,10 @@ from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 from prometheus_client.utils import floatToGoString
 
 from memcoord import __version__
+from memcoord.core.config import MetricsConfig
+from memcoord.daemon.metrics import Metrics
 
-if TYPE_CHECKING:
-    from memcoord.daemon.metrics import Metrics
+log = logging.getLogger("memcoord")
 
 BYTES_PER_KIB = 1024
 
@@ -71,16 +74,56 @@ HOST_GAUGES = (
 )
 
 
-def registry(metrics: Metrics) -> CollectorRegistry:
-    """A registry of its own for one Metrics object: its counts, then the gauges of its view."""
-    out = CollectorRegistry()
-    out.register(_CountsCollector(metrics))
-    out.register(_ViewCollector(metrics.get_view))
-    return out
+class Endpoint:
+    """The registry over one Metrics object (its counts, then the gauges of its view) and the HTTP(S) server that
+    serves it; each Endpoint has its own registry, so tests can run several services in one process."""
 
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.registry = CollectorRegistry()
+        self.registry.register(_CountsCollector(metrics))
+        self.registry.register(_ViewCollector(metrics.get_view))
+        self._server: Any = None
+        self._bound: tuple[Any, ...] | None = None
 
-def text(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+    def serve(self, m: MetricsConfig) -> None:
+        """Start (or move) the endpoint; a port already taken is logged, not fatal: balloons matter more.
+
+        A reload restarts it when any setting changed, or when a certificate or key file did (renewed in place)."""
+        address, port = m.bind
+        files = (m.certfile, m.keyfile, m.client_cafile)
+        bound = (address, port, m.client_auth_required, *files, *(_mtime(f) for f in files))
+        if self._bound == bound:
+            return
+        self.shutdown()
+        scheme = "https" if m.tls else "http"
+        shown = f"[{address}]" if ":" in address else address
+        try:
+            tls = tls_context(m.certfile, m.keyfile, m.client_cafile, m.client_auth_required) if m.tls else None
+            self._server = start_server(port, address, self.registry, tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a name that does not resolve too
+            log.error("metrics endpoint not started on %s://%s:%d: %s", scheme, shown, port, exc)
+            self.metrics.count_error("metrics")
+            return
+        self._bound = bound
+        auth = ""
+        if m.client_cafile:
+            auth = ", client certificate required" if m.client_auth_required else ", client certificates verified"
+        log.info("metrics on %s://%s:%d/metrics%s", scheme, shown, port, auth)
+        exposed = m.plain_http_exposed()
+        if exposed:
+            log.warning("%s", exposed)
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self._bound = None
+
+    def text(self) -> bytes:
+        """What a scrape returns, without HTTP (for tests and debugging)."""
+        return generate_latest(self.registry)
 
 
 def tls_context(certfile: str, keyfile: str, client_cafile: str, client_auth_required: bool) -> ssl.SSLContext:
@@ -113,11 +156,18 @@ def start_server(port: int, address: str, registry: CollectorRegistry, tls: ssl.
     class Server(ThreadingWSGIServer):
         address_family = family
 
-    server = make_server(sockaddr[0], port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    server = make_server(str(sockaddr[0]), port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
 
 
 class _CountsCollector:
@@ -152,7 +202,7 @@ class _CountsCollector:
         cumulative, buckets = 0, []
         for bound_s, n in zip((*c.tick_bounds_s, float("inf")), c.tick_bucket_counts, strict=True):
             cumulative += n
-            buckets.append((floatToGoString(bound_s), cumulative))
+            buckets.append((floatToGoString(bound_s), cumulative))  # type: ignore[no-untyped-call]
         yield HistogramMetricFamily(
             "memcoord_tick_duration_seconds",
             "Time to sample, decide and apply one tick",

@@ -15,15 +15,14 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from memcoord.core.config import Config
 from memcoord.core.model import ApplyResult, GuestClass, Outcome, Plan, Snapshot, mib_to_kib
 from memcoord.core.room import floors_kib, freeable_kib
 from memcoord.daemon import state, timeline
+from memcoord.daemon.exposition import Endpoint
 from memcoord.daemon.metrics import Metrics
-
-if TYPE_CHECKING:
-    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -60,6 +59,7 @@ class Observer:
         self.last_tick_duration_s: float | None = None
         self.view: dict[str, Any] | None = None
         self.metrics = Metrics(lambda: self.view)
+        self.endpoint = Endpoint(self.metrics)
         self._recorder: timeline.Recorder | None = None
         self._gid: int | None = None
         self._logged: set[str] = set()
@@ -71,8 +71,6 @@ class Observer:
     def config(self) -> Config:
         """The config configure() was given; the defaults before that (an Observer used on its own)."""
         if self._config is None:
-            from memcoord.core.config import Config  # the daemon configures first, and never loads pydantic for this
-
             self._config = Config()
         return self._config
 
@@ -181,9 +179,9 @@ class Observer:
     def stop(self) -> None:
         """The daemon exits: say so in the state file (status then reports when), close everything."""
         self._serving = False
-        self._managed: set[str] = set()
-        self._last_tick_done_s: float | None = None
-        self.metrics.shutdown()
+        self._managed = set()
+        self._last_tick_done_s = None
+        self.endpoint.shutdown()
         if self.view is not None and self.publish_enabled:
             now_s = time.time()
             self.view = {**self.view, "running": False, "stopped_at_s": now_s, "updated_at_s": now_s}
@@ -210,9 +208,9 @@ class Observer:
     def _serve(self) -> None:
         m = self.config.metrics
         if self.publish_enabled and m.enabled:
-            self.metrics.serve(m)
+            self.endpoint.serve(m)
         else:
-            self.metrics.shutdown()
+            self.endpoint.shutdown()
 
     def _error(self, kind: str, message: str) -> None:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1

@@ -25,22 +25,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from memcoord.core.config_rules import ConfigError
+from memcoord.core.config import Config, ConfigError
+from memcoord.core.config import load as load_config
 from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from memcoord.core.policy import PolicyState
 from memcoord.core.port import Hypervisor, HypervisorError
 from memcoord.core.step import StepResult, step
-from memcoord.daemon import config_view, journal, memory
+from memcoord.daemon import journal, memory
 from memcoord.daemon.notify import Notifier
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.room import RoomDesk
 from memcoord.hypervisor.domain_settings import warn_unmatched_overrides
 from memcoord.hypervisor.dry_run import DryRunHypervisor
-
-if TYPE_CHECKING:
-    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -52,6 +49,35 @@ RELIEF_WARN_TICKS = 5
 # fires even when a tick is slow; 12 s without a watchdog.
 TICK_BUDGET_S = 12.0
 TICK_BUDGET_WATCHDOG_SHARE = 0.4
+
+
+class Episodes:
+    """Troubles the journal reports once when they start and once when they end, however many ticks they last:
+    one per key (a guest's name), or one in all (key None)."""
+
+    def __init__(self) -> None:
+        self._open: set[str | None] = set()
+
+    def start(self, key: str | None = None) -> bool:
+        """True when the trouble starts now (report it); False while it lasts."""
+        if key in self._open:
+            return False
+        self._open.add(key)
+        return True
+
+    def end(self, key: str | None = None) -> bool:
+        """True when a trouble that was on ends now (report the recovery)."""
+        if key not in self._open:
+            return False
+        self._open.discard(key)
+        return True
+
+    def forget(self, key: str | None = None) -> None:
+        """Drop a trouble without a recovery to report (its guest is gone)."""
+        self._open.discard(key)
+
+    def __contains__(self, key: str | None) -> bool:
+        return key in self._open
 
 
 @dataclass(frozen=True)
@@ -108,12 +134,8 @@ class Service:
         notifier: Notifier | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
-        load_config: Callable[[Path], Config] = config_view.load,
     ) -> None:
         self.config_path = config_path
-        # What a reload reads the file with: by default validated in a child process, so that the daemon never
-        # holds pydantic (config_view.py); it raises ConfigError as config.load does.
-        self.load_config = load_config
         # Monotonic seconds: the tick's deadline and how long a guest's stats have been missing. The real
         # adapters compare the deadline with time.monotonic(), the default; a fake clock is for tests on the simulator.
         self.clock = clock
@@ -130,7 +152,7 @@ class Service:
         self.last_action = "none yet"
         self.reload_note = ""
         self._status_line = "starting"
-        self._lost_reason: str | None = None
+        self._lost = Episodes()  # the hypervisor unreachable
         self._backoff_s = BACKOFF_START_S
         self._should_exit = False
         self._reload_requested = False
@@ -145,11 +167,11 @@ class Service:
         # The domains the last tick sampled: while a domain is being started, only these are sampled (see tick()).
         self._sampled: frozenset[str] | None = None
         self._untrusted_since: dict[str, float] = {}
-        self._untrusted_reported: set[str] = set()
-        self._relief_short = False
+        self._untrusted = Episodes()  # guests whose stats are missing or stale, past the time a new guest needs
+        self._relief_short = Episodes()  # relief short of the host's deficit, for RELIEF_WARN_TICKS or more
         self._short_ticks = 0
         self._period_failing: dict[str, str] = {}
-        self._over_deadline = False
+        self._over_deadline = Episodes()  # ticks running out of their deadline
         self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # In dry run, the last decision logged for each guest: the same one is not logged again.
         self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
@@ -203,13 +225,8 @@ class Service:
         """Re-read the config file; on any error keep running with the old one and say so."""
         self.notifier.reloading()
         try:
-            new = self.overrides.apply(self.load_config(self.config_path))
+            new = self.overrides.apply(load_config(self.config_path))
         except ConfigError as exc:
-            if self._should_exit:
-                # A stop during the reload also ends the validating child (systemd signals the whole cgroup):
-                # that is no verdict on the file.
-                log.info("config reload abandoned: stopping", extra=journal.lifecycle("reload-failed"))
-                return
             self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
             log.error(
                 "config reload failed, keeping the running config:\n%s", exc, extra=journal.lifecycle("reload-failed")
@@ -224,9 +241,9 @@ class Service:
                 # the service reported is about the old host's guests, which may share names with the new ones.
                 self.state = PolicyState()
                 self._untrusted_since.clear()
-                self._untrusted_reported.clear()
+                self._untrusted = Episodes()
                 self._period_failing = {}
-                self._lost_reason = None
+                self._lost = Episodes()
                 self._backoff_s = BACKOFF_START_S
             if new.loop.dry_run != self.config.loop.dry_run:
                 # Into or out of dry run: the policy's pending targets and grants were (or were not) really set.
@@ -281,11 +298,10 @@ class Service:
             )
         except HypervisorError as exc:
             self.room.answer(None, None)
-            if self._lost_reason is None:
+            if self._lost.start():
                 log.error(
                     "lost the hypervisor, retrying with backoff: %s", exc, extra=journal.lifecycle("hypervisor-lost")
                 )
-            self._lost_reason = str(exc)
             if self.ticks == 0:
                 self._status_line = f"{self._waiting()}, retrying: {exc}"
             else:
@@ -293,11 +309,10 @@ class Service:
             self._send_status()
             self.observer.tick_failed(str(exc), self.clock() - started_s, next_in_s=self._backoff_s)
             return False
-        if self._lost_reason is not None:
+        if self._lost.end():
             log.info(
                 "hypervisor reachable again at %s", self.config.libvirt.uri, extra=journal.lifecycle("hypervisor-back")
             )
-            self._lost_reason = None
         self._backoff_s = BACKOFF_START_S
         if not self._overrides_checked:
             self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, started_s + budget_s)
@@ -384,16 +399,15 @@ class Service:
         Only once the shortfall has lasted RELIEF_WARN_TICKS ticks: right after a start the guests have no
         stats yet, and one tick's shortfall may be covered by balloons still on their way."""
         self._short_ticks = self._short_ticks + 1 if plan.relief_shortfall_kib else 0
-        if self._short_ticks >= RELIEF_WARN_TICKS and not self._relief_short:
-            self._relief_short = True
-            log.warning(
-                "host %.0f MiB below its guard and the guests hold only part of that above their buffers "
-                "(%.0f MiB short): something outside memcoord's guests is using host memory",
-                kib_to_mib(plan.host_deficit_kib),
-                kib_to_mib(plan.relief_shortfall_kib),
-            )
-        elif self._relief_short and not plan.host_deficit_kib:
-            self._relief_short = False
+        if self._short_ticks >= RELIEF_WARN_TICKS:
+            if self._relief_short.start():
+                log.warning(
+                    "host %.0f MiB below its guard and the guests hold only part of that above their buffers "
+                    "(%.0f MiB short): something outside memcoord's guests is using host memory",
+                    kib_to_mib(plan.host_deficit_kib),
+                    kib_to_mib(plan.relief_shortfall_kib),
+                )
+        elif not plan.host_deficit_kib and self._relief_short.end():
             log.info("host back above its guard")
 
     def _waiting(self) -> str:
@@ -409,8 +423,7 @@ class Service:
     def _report_deadline(self, spent: bool, duration_s: float, budget_s: float, skipped: int) -> None:
         """One line when ticks start running out of their deadline, one when they fit again."""
         if spent:
-            if not self._over_deadline:
-                self._over_deadline = True
+            if self._over_deadline.start():
                 log.warning(
                     "tick took %.1f s, its deadline is %.1f s: %d setMemory call(s) and any stats period left"
                     " were skipped, to be retried next tick (a guest's QEMU or libvirtd is not answering)",
@@ -419,8 +432,7 @@ class Service:
                     skipped,
                     extra=journal.lifecycle("deadline-spent"),
                 )
-        elif self._over_deadline:
-            self._over_deadline = False
+        elif self._over_deadline.end():
             log.info("ticks fit their %.1f s deadline again", budget_s, extra=journal.lifecycle("deadline-ok"))
 
     def _report_untrusted(self, plan: Plan, snapshot: Snapshot, now_s: float) -> None:
@@ -430,8 +442,7 @@ class Service:
         for name, guest_class in plan.classes.items():
             if guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
                 since_s = self._untrusted_since.setdefault(name, now_s)
-                if name not in self._untrusted_reported and now_s - since_s >= self.config.stale_after_s:
-                    self._untrusted_reported.add(name)
+                if now_s - since_s >= self.config.stale_after_s and self._untrusted.start(name):
                     dom = next(d for d in snapshot.domains if d.name == name)
                     detail = (
                         f"last update {snapshot.taken_at_s - dom.last_update_s:.0f} s ago"
@@ -441,12 +452,11 @@ class Service:
                     log.warning("%s: %s balloon stats (%s): left alone until they flow", name, guest_class, detail)
             else:
                 self._untrusted_since.pop(name, None)
-                if name in self._untrusted_reported:
-                    self._untrusted_reported.discard(name)
+                if self._untrusted.end(name):
                     log.info("%s: balloon stats flowing again", name)
         for name in set(self._untrusted_since) - set(plan.classes):
             self._untrusted_since.pop(name)
-            self._untrusted_reported.discard(name)
+            self._untrusted.forget(name)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
@@ -493,12 +503,7 @@ class Service:
                 reloaded = self._reload_requested
                 if reloaded:
                     self._reload_requested = False
-                    # The validating child may take up to its timeout: the watchdog hears from us on both sides.
-                    self.notifier.watchdog()
                     self.reload()
-                    self.notifier.watchdog()
-                    if self._should_exit:
-                        break
                 started_s = self.clock()
                 self._tick_now = False
                 ok = self.tick()

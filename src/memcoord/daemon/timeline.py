@@ -116,7 +116,7 @@ def actions(line: dict[str, Any], where: str = "<timeline>") -> list[TimelineAct
     out = []
     for act in line.get("actions", []):
         try:
-            kind = Action(act["action"])
+            kind = Action(act["action"])  # type: ignore[call-arg]  # a lookup by value; mypy sees Action.__new__
         except ValueError:
             raise TimelineError(f"{where}: actions: unknown action {act['action']!r}") from None
         # Lines from before outcomes were recorded: an error meant a failure.

@@ -21,13 +21,14 @@ lifecycle events, after a reconnect and on a slow timer, in at most SETTINGS_REA
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -36,13 +37,7 @@ import psutil
 
 from memcoord.core.model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
 from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
-from memcoord.hypervisor.domain_settings import (
-    MetadataValidator,
-    Parsed,
-    SettingsCache,
-    check_metadata,
-    parse_domain_xml,
-)
+from memcoord.hypervisor.domain_settings import Parsed, SettingsCache, parse_domain_xml
 
 log = logging.getLogger("memcoord")
 
@@ -257,24 +252,23 @@ def defined_domain_names(uri: str, timeout_s: float) -> set[str]:
 
 def domain_xml(uri: str, name: str, timeout_s: float) -> str:
     """A domain's definition (its inactive XML, what it starts with), read-only, given up after timeout_s."""
-    return _read_only(
-        uri, "XMLDesc", lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), timeout_s
+    return str(
+        _read_only(
+            uri, "XMLDesc", lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), timeout_s
+        )
     )
 
 
 class LibvirtHypervisor:
-    def __init__(self, uri: str, validate_metadata: MetadataValidator = check_metadata) -> None:
-        """validate_metadata checks a domain's memcoord metadata: by default in this process with the models
-        (they import pydantic); `memcoord run` gives a ChildMetadataValidator, which checks in a child."""
+    def __init__(self, uri: str) -> None:
         self.uri = uri
-        self._validate_metadata = validate_metadata
         self._conn: libvirt.virConnect | None = None
         self._opening: _Call[libvirt.virConnect] | None = None
         self._domains: dict[str, libvirt.virDomain] = {}
         # (uuid, domain id, period): a restarted domain gets a new id and needs its period set again.
         self._period_set: set[tuple[str, int, int]] = set()
         self._period_retry: dict[tuple[str, int, int], _PeriodRetry] = {}
-        self._abandoned: list[_Call[object]] = []
+        self._abandoned: list[_Call[Any]] = []
         self._settings = SettingsCache()
         self._settings_unreadable: dict[str, str] = {}
         self._event_ids: list[int] = []
@@ -286,7 +280,7 @@ class LibvirtHypervisor:
             return self._conn
         if self._opening is None:
             self._opening = _Call("open", lambda: libvirt.open(self.uri))
-        timeout_s = CONNECT_TIMEOUT_S
+        timeout_s: float = CONNECT_TIMEOUT_S
         if deadline_s is not None:
             timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
         try:
@@ -462,7 +456,7 @@ class LibvirtHypervisor:
                 continue
             self._settings_unreadable.pop(uuid, None)
             try:
-                parsed = parse_domain_xml(dom.name(), xml_text, self._validate_metadata, deadline_s)
+                parsed = parse_domain_xml(dom.name(), xml_text)
             except Exception as exc:  # it promises not to raise; if it ever does, the loop goes on without the guest
                 parsed = Parsed(
                     DomainSettings(metadata_invalid=True),
@@ -470,8 +464,6 @@ class LibvirtHypervisor:
                 )
             for problem in self._settings.store(uuid, parsed, time.monotonic()):
                 log.warning("%s", problem, extra={"MEMCOORD_DOMAIN": dom.name(), "MEMCOORD_EVENT": "bad-settings"})
-            if parsed.recheck:
-                self._settings.retry([uuid])
 
     def domain_names(self, deadline_s: float | None = None) -> set[str]:
         conn = self._connection(deadline_s)
@@ -512,7 +504,7 @@ class LibvirtHypervisor:
             try:
                 self._bounded(
                     "setMemoryStatsPeriod",
-                    lambda dom=dom: dom.setMemoryStatsPeriod(period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    functools.partial(dom.setMemoryStatsPeriod, period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
                     deadline_s,
                 )
             except DeadlineSpent:
@@ -552,7 +544,7 @@ class LibvirtHypervisor:
         periods: dict[str, int | None] = {}
         for name, dom in self._domains.items():
             try:
-                xml = self._bounded("XMLDesc", lambda dom=dom: dom.XMLDesc(0), deadline_s)
+                xml = self._bounded("XMLDesc", functools.partial(dom.XMLDesc, 0), deadline_s)
             except (libvirt.libvirtError, TimeoutError, HypervisorError):
                 periods[name] = None
                 continue
@@ -569,7 +561,7 @@ class LibvirtHypervisor:
             try:
                 self._bounded(
                     "setMemory",
-                    lambda dom=dom, c=change: dom.setMemoryFlags(c.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    functools.partial(dom.setMemoryFlags, change.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE),
                     deadline_s,
                 )
             except DeadlineSpent:

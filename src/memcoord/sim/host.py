@@ -74,7 +74,7 @@ class SimGuest:
     reader: FileReader | None = None
     has_balloon_stats: bool = True
     # What the guest's libvirt definition would say (metadata, min_guarantee): it travels with the guest.
-    settings: DomainSettings = NO_SETTINGS
+    settings: DomainSettings | None = NO_SETTINGS  # None: not read yet (memcoord plan seeds unread guests)
     current_kib: int = 0
     used_kib: int = KERNEL_USED_KIB
     cache_kib: int = 0
@@ -212,8 +212,9 @@ class SimulatedHypervisor:
             if g.has_balloon_stats and period_s and now_s - g.last_update_s >= period_s:
                 g.last_update_s = int(now_s)
                 g.reported_unused_kib = g.unused_kib if g.claimed_unused_kib is None else g.claimed_unused_kib
-                g.reported_usable_kib = g.claimed_usable_kib
-                if g.reported_usable_kib is None:
+                if g.claimed_usable_kib is not None:
+                    g.reported_usable_kib = g.claimed_usable_kib
+                else:
                     uncounted_kib = 0 if reader is None else int(g.cache_kib * (100 - reader.available_pct) / 100)
                     g.reported_usable_kib = g.usable_kib - uncounted_kib
                 g.reported_current_kib = g.current_kib

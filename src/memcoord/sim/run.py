@@ -11,18 +11,14 @@ starves when that falls to `guest.starving_mib`: a guest full of page cache is n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from memcoord.core.config import Config
-from memcoord.core.model import KIB_PER_MIB, Change, Plan, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState
+from memcoord.core.model import KIB_PER_MIB, Snapshot, mib_to_kib
 from memcoord.core.room import Reservation, live, reserved_kib
 from memcoord.core.step import MEMCOORD, LoopPolicy, step
 from memcoord.sim.host import KERNEL_USED_KIB
-from memcoord.sim.policies import BalloonPolicy, MemcoordPolicy, PolicyFactory
-from memcoord.sim.policies import make as make_policy
 from memcoord.sim.scenario import SIM_EPOCH_S, Scenario, build_host
 
 # The host counts as under memory pressure while its PSI some avg10 is above this (RunReport.host_pressure_s): the
@@ -110,24 +106,6 @@ def check_demand(scenario: Scenario, min_available_mib: float, duration_s: float
         room_mib=scenario.host.total_mib - min_available_mib,
         over_max=tuple(sorted(over_max)),
     )
-
-
-class _ChangesOnly:
-    """A peer policy (an object whose decide(snapshot) returns changes and keeps its own state) as a loop
-    policy: its state is the object itself, and what was applied is nothing it records."""
-
-    def decide(self, snapshot: Snapshot, state: BalloonPolicy, config: Config) -> tuple[Plan, BalloonPolicy]:
-        return Plan(changes=state.decide(snapshot), classes={}, host_headroom_kib=0), state
-
-    def applied(self, state: BalloonPolicy, changes: Iterable[Change], now_s: float) -> BalloonPolicy:
-        return state
-
-
-def _loop_policy(policy_name: str | PolicyFactory, config: Config) -> tuple[LoopPolicy, Any]:
-    """The loop policy and its first state: memcoord's own runs as in the daemon, a peer through _ChangesOnly."""
-    if policy_name == "memcoord" or policy_name is MemcoordPolicy:
-        return MEMCOORD, PolicyState()
-    return _ChangesOnly(), make_policy(policy_name, config)
 
 
 @dataclass
@@ -227,7 +205,7 @@ class RunReport:
 def run(
     scenario: Scenario,
     config: Config,
-    policy_name: str | PolicyFactory = "memcoord",
+    policy: LoopPolicy = MEMCOORD,
     duration_s: float | None = None,
     record: bool = False,
 ) -> RunReport:
@@ -241,8 +219,7 @@ def run(
     """
     duration_s = scenario.duration_s if duration_s is None else duration_s
     hv = build_host(scenario)
-    loop_policy, state = _loop_policy(policy_name, config)
-    label = state.name if loop_policy is not MEMCOORD else "memcoord"
+    state = policy.first_state(config)
     step_s = scenario.step_s
     n_steps = max(1, round(duration_s / step_s))
     tick_every = max(1, round(config.loop.interval_s / step_s))
@@ -250,9 +227,7 @@ def run(
     all_guests = [*hv.guests.values(), *hv.not_booted.values()]
     reports = {g.name: GuestReport(g.name, g.max_kib / KIB_PER_MIB) for g in all_guests}
     # The hook is memcoord's: the peers have no make-room (their hosts start guests at once).
-    hook = (
-        _Hook(hv, config, scenario.host.hook_timeout_s) if scenario.host.make_room and loop_policy is MEMCOORD else None
-    )
+    hook = _Hook(hv, config, scenario.host.hook_timeout_s) if scenario.host.make_room and policy is MEMCOORD else None
     pressure_s: float | None = None if scenario.host.thrash_below_mib is None else 0.0
     timeline = Timeline() if record else None
     host_min_kib, host_min_at_s = hv.host_available_kib(), 0.0
@@ -265,7 +240,7 @@ def run(
         if hook is not None:
             hook.step(hv.now_s + step_s)
         if i % tick_every == 0:
-            done = step(hv, config, state, loop_policy, reserved_kib=None if hook is None else hook.reserved_kib)
+            done = step(hv, config, state, policy, reserved_kib=None if hook is None else hook.reserved_kib)
             state = done.state
             if hook is not None:
                 hook.answer(done.plan.host_headroom_kib)
@@ -320,7 +295,7 @@ def run(
             rep.relief_s.append(n_steps * step_s - rep._starving_since_s)
     return RunReport(
         scenario=scenario.name,
-        policy=label,
+        policy=policy.name,
         duration_s=n_steps * step_s,
         starving_mib=config.guest.starving_mib,
         host_total_mib=hv.host_total_kib / KIB_PER_MIB,

@@ -18,7 +18,7 @@ import pytest
 from memcoord.admin.plan import NO_PERIOD
 from memcoord.core.config import Config
 from memcoord.daemon import state
-from tests.unit.test_cli_exit_codes import EX_CONFIG, EX_NOINPUT, EX_USAGE, assert_clean_failure, memcoord
+from tests.helpers.cli import EX_CONFIG, EX_NOINPUT, EX_USAGE, assert_clean_failure, memcoord
 
 EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM = 65, 69, 75, 77
 DEAD_URI = "qemu+unix:///system?socket=/nonexistent/memcoord-test/libvirt-sock"
