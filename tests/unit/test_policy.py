@@ -174,9 +174,9 @@ def test_busy_guests_get_nothing_from_the_host():
     assert plan.changes == ()
 
 
-def _with_grant(doms: list[DomainStats], grants_mib: dict[str, int], available_mib: int):  # type: ignore[no-untyped-def]
+def _with_grant(doms: list[DomainStats], grants_mib: dict[str, int], available_mib: int, config: Config | None = None):  # type: ignore[no-untyped-def]
     """Two ticks a second apart on unchanged guests, memcoord having granted grants_mib a moment before."""
-    config = Config()
+    config = config or Config()
     _p, state = decide(snap(*doms, available_mib=available_mib), PolicyState(), config)
     grants = {n: mib_to_kib(m) for n, m in grants_mib.items()}
     state = dataclasses.replace(state, granted_kib=grants, raised_at_s=dict.fromkeys(grants, NOW_S - 30))
@@ -184,28 +184,41 @@ def _with_grant(doms: list[DomainStats], grants_mib: dict[str, int], available_m
     return decide(later, state, config)[0]
 
 
+TAX_20 = parse("[guest]\nidle_tax_mib = 20\n")
+
+
 def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_and_it_goes_to_the_starving():
     """The host budget is spent (its 100 MiB above the guard are held for g's untouched grant) and the starving
-    guest lacks 50 MiB to its low: one idle guest pays the tax, and it goes to the starving guest in the same
-    tick (the host has it above its guard): a starving guest next to a single idle one must not wait for a
-    second."""
+    guest lacks 51 MiB to its low: the two idle guests owe 20 MiB each, paid in one move by the one with the most
+    to spare (a tie: the first by name), and it goes to the starving guest in the same tick (the host has it above
+    its guard): a starving guest next to idle ones must not wait for a second."""
     g = dom("g", 1024, 300, rss_mib=924 + 128)  # idle too; 100 MiB of its balloon never touched
+    doms = [dom("i", 1024, 300), dom("s", 512, 100), g]
+    changes = by_name(_with_grant(doms, {"g": 100}, available_mib=1024 + 100, config=TAX_20))
+    assert changes["g"].action is Action.TAX and "i" not in changes
+    assert changes["g"].delta_kib == -mib_to_kib(2 * 20)
+    assert changes["s"].delta_kib == mib_to_kib(2 * 20)
+
+
+def test_the_tax_is_not_paid_in_moves_too_small_to_matter():
+    """The default tax, 2 MiB per idle guest, owed by two idle guests: 4 MiB, less than a move is worth."""
+    g = dom("g", 1024, 300, rss_mib=924 + 128)
     plan = _with_grant([dom("i", 1024, 300), dom("s", 512, 100), g], {"g": 100}, available_mib=1024 + 100)
-    changes = by_name(plan)
-    assert changes["i"].action is changes["g"].action is Action.TAX
-    assert changes["i"].delta_kib == -mib_to_kib(2)
-    assert changes["s"].delta_kib == mib_to_kib(2 + 2)
+    assert plan.classes["s"] is GuestClass.STARVING
+    assert plan.changes == ()
 
 
 def test_the_tax_leaves_an_idle_guest_half_way_between_its_lines():
     """Taxed on every tick someone starves, an idle guest would lose the buffer its own next burst needs: the
-    tax stops at the middle of its band, 250.5 MiB above its programs' use (252 MiB free: a whole MiB above it;
-    251: less than a MiB)."""
+    tax stops at the middle of its band, 250.5 MiB above its programs' use. i (300 MiB free) pays 49 MiB of the
+    40 + 40 owed, g (251 MiB free) nothing."""
     g = dom("g", 1024, 251, rss_mib=924 + 128)
-    doms = [dom("i", 1024, 252), dom("j", 1024, 251), dom("s", 512, 100), g]
-    changes = by_name(_with_grant(doms, {"g": 100}, available_mib=1024 + 100))
-    assert changes["i"].delta_kib == -mib_to_kib(1)
-    assert "j" not in changes
+    doms = [dom("i", 1024, 300), dom("s", 512, 10), g]
+    changes = by_name(
+        _with_grant(doms, {"g": 100}, available_mib=1024 + 100, config=parse("[guest]\nidle_tax_mib = 40\n"))
+    )
+    assert changes["i"].delta_kib == -mib_to_kib(49)
+    assert "g" not in changes
 
 
 def test_no_tax_when_nobody_grows():
@@ -215,8 +228,9 @@ def test_no_tax_when_nobody_grows():
 
 
 def test_no_tax_is_taken_that_the_grown_guest_has_no_room_for():
-    """A starving guest 1 MiB below its ceiling grows that 1 MiB; idle guests must not pay more than fits."""
-    changes = by_name(steady(dom("i", 1024, 250), dom("j", 1024, 250), dom("s", 2047, 100)))
+    """A starving guest 40 MiB below its ceiling grows those 40 MiB from the host; idle guests must not pay for
+    what does not fit."""
+    changes = by_name(steady(dom("i", 1024, 300), dom("j", 1024, 300), dom("s", 2008, 100), config=TAX_20))
     assert changes["s"].to_kib == mib_to_kib(2048)
     assert "i" not in changes and "j" not in changes
 
@@ -241,7 +255,7 @@ def test_guest_at_its_maximum_is_not_grown():
 
 def test_reclaim_stops_at_the_floor():
     config = parse("[guest]\nwasteful_mib = 200\nwasteful_pct = 0\nreclaim_step_mib = 40\n")
-    changes = by_name(steady(dom("a", 280, 270), config=config))
+    changes = by_name(steady(dom("a", 290, 280), config=config))
     assert changes["a"].to_kib == mib_to_kib(256)
     assert steady(dom("a", 256, 250), config=config).changes == ()
 
@@ -945,3 +959,9 @@ def test_the_guard_holds_what_a_ramping_guest_will_touch_of_its_untouched_memory
     plan = two_ticks(first, second)
     assert plan.host_headroom_kib == mib_to_kib(500 - 300) - by_name(plan)["s"].delta_kib
     assert by_name(plan)["s"].delta_kib == mib_to_kib(200)
+
+
+def test_an_idle_guest_a_little_above_its_high_is_left_there():
+    """The band's hysteresis: 20 MiB above its high is not worth a balloon move (MIN_MOVE_KIB); 40 MiB is."""
+    assert steady(dom("w", 1024, 370)).changes == ()
+    assert by_name(steady(dom("w", 1024, 390)))["w"].delta_kib == -mib_to_kib(40)

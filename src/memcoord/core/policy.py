@@ -4,7 +4,7 @@ No I/O, no clock, no logging: the same inputs always give the same plan, whateve
 in. `decide` reads top to bottom as one model:
 
 1. sanitize: each guest's stats are untrusted input. A sample a guest could not have taken (`refusal`: free
-   memory above its own total, MemFree far above MemAvailable, a report from a balloon size it no longer has) is
+   memory above its own total or its balloon's size, a report from a balloon size it no longer has) is
    no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its recent peak).
 2. bands: from a sane sample, once per guest, floor <= low <= high <= ceiling (`_look_at`, public as `bands`).
    Below `low` the guest needs memory now: its starving line plus what its ramp uses until memcoord can act
@@ -66,13 +66,15 @@ RAMP_DECAY = 0.5
 # After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
 # the lowering may predate the balloon's arrival.
 SETTLE_S = 2.0
+# A move smaller than this buys a guest no room it can use, and costs a setMemory, a balloon's move and a journal
+# line: such moves wait until they are worth making (the band's hysteresis). Floors, ceilings and relief, which
+# keep guests and the host safe, move whatever it takes.
+MIN_MOVE_KIB = 32 * KIB_PER_MIB
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 # The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
 # projection this long at most, and what the guard holds for a grant is released after it.
 SILENCE_LIMIT_STALE_PERIODS = 3
-# MemFree above MemAvailable by more than the kernel's reserves (watermarks, a few tens of MiB) is impossible.
-RESERVE_SLACK_KIB = 64 * KIB_PER_MIB
 
 
 # -- state -----------------------------------------------------------------------------------------------
@@ -151,20 +153,16 @@ def refusal(dom: DomainStats, moving: bool) -> str | None:
             return f"{name} is negative"
     if dom.usable_kib is not None and dom.unused_kib is None:
         return "usable without unused (one report carries both)"
-    total_kib = dom.own_total_kib if dom.own_total_kib is not None else dom.max_kib
+    deflates = dom.settings is not None and dom.settings.deflate_on_oom
+    total_kib = dom.own_total_kib
+    if total_kib is None:  # the balloon's size bounds it (the size it had before, while it moves)
+        total_kib = dom.max_kib if moving or deflates else dom.current_kib + SETTLED_TOLERANCE_KIB
     for name in ("usable", "unused"):
         kib = figures[name]
         if kib is not None and kib > total_kib:
             return f"{name} {kib_to_mib(kib):.0f} MiB above its total {kib_to_mib(total_kib):.0f} MiB"
     if dom.available_kib is not None and dom.available_kib > dom.max_kib + SETTLED_TOLERANCE_KIB:
         return f"MemTotal {kib_to_mib(dom.available_kib):.0f} MiB above its maximum {kib_to_mib(dom.max_kib):.0f} MiB"
-    if (
-        dom.usable_kib is not None
-        and dom.unused_kib is not None
-        and dom.unused_kib > dom.usable_kib + RESERVE_SLACK_KIB
-    ):
-        return f"unused {kib_to_mib(dom.unused_kib):.0f} MiB far above usable {kib_to_mib(dom.usable_kib):.0f} MiB"
-    deflates = dom.settings is not None and dom.settings.deflate_on_oom
     total_kib = dom.own_total_kib
     if total_kib is not None and not deflates and not moving and total_kib > dom.current_kib + SETTLED_TOLERANCE_KIB:
         return (
@@ -441,11 +439,12 @@ class _Allocation:
         self.notes: list[str] = []
         self.reclaimed_kib = 0
 
-    def move(self, g: _Guest, to_kib: int, rule: Rule) -> int:
-        """Set g's target (whole MiB from where it is); returns how far it moved."""
+    def move(self, g: _Guest, to_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
+        """Set g's target (whole MiB from where it is), unless that moves it less than least_kib; returns how far
+        it moved."""
         delta_kib = to_kib - g.target_kib
         delta_kib = delta_kib - delta_kib % KIB_PER_MIB if delta_kib > 0 else -_whole_mib(-delta_kib)
-        if not delta_kib:
+        if not delta_kib or abs(delta_kib) < least_kib:
             return 0
         held_before_kib = self._held(g)
         backed_before_kib = _backed_above_kib(g, g.target_kib, self.config)
@@ -460,19 +459,23 @@ class _Allocation:
     def _held(g: _Guest) -> int:
         return max(0, g.held_kib - max(0, g.base_kib - g.target_kib))
 
-    def lower(self, g: _Guest, want_kib: int, rule: Rule, stop_kib: int | None = None) -> int:
+    def lower(
+        self, g: _Guest, want_kib: int, rule: Rule, stop_kib: int | None = None, least_kib: int = MIN_MOVE_KIB
+    ) -> int:
         """Lower g by up to want_kib, never below its low (or stop_kib) nor its floor; returns what was taken."""
         stop_kib = max(g.band.low_kib if stop_kib is None else stop_kib, g.band.floor_kib)
-        return self.move(g, max(stop_kib, g.target_kib - max(0, want_kib)), rule) if stop_kib < g.target_kib else 0
+        if stop_kib >= g.target_kib:
+            return 0
+        return self.move(g, max(stop_kib, g.target_kib - max(0, want_kib)), rule, least_kib)
 
-    def raise_(self, g: _Guest, want_kib: int, rule: Rule) -> int:
+    def raise_(self, g: _Guest, want_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
         """Raise g by up to want_kib from where its balloon is (never below balloon.current), within its
         ceiling; returns what it got."""
         start_kib = max(g.target_kib, g.dom.current_kib) if g.guest_class is GuestClass.STARVING else g.target_kib
         got_kib = min(want_kib, g.band.ceiling_kib - start_kib)
         if got_kib < KIB_PER_MIB and start_kib == g.target_kib:
             return 0
-        return self.move(g, start_kib + max(0, got_kib), rule)
+        return self.move(g, start_kib + max(0, got_kib), rule, least_kib)
 
     def lendable_kib(self) -> int:
         """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
@@ -494,7 +497,7 @@ class _Allocation:
         step_kib = mib_to_kib(self.config.guest.reclaim_step_mib)
         for g in self.guests:
             if g.base_kib < g.band.floor_kib and g.dom.current_kib < g.band.floor_kib:
-                self.move(g, g.band.floor_kib, Rule.FLOOR)
+                self.move(g, g.band.floor_kib, Rule.FLOOR, least_kib=0)
             elif g.settled and g.base_kib > g.band.ceiling_kib and g.guest_class is not GuestClass.STARVING:
                 stop_kib = max(g.band.ceiling_kib, g.need_kib)
                 if stop_kib > g.band.ceiling_kib:
@@ -502,7 +505,7 @@ class _Allocation:
                         f"{g.name}: above its ceiling, but its programs need {kib_to_mib(g.need_kib):.0f} MiB: the "
                         "rest waits until they free it"
                     )
-                self.lower(g, step_kib, Rule.CEILING, stop_kib=stop_kib)
+                self.lower(g, step_kib, Rule.CEILING, stop_kib=stop_kib, least_kib=0)
 
     def relieve(self, deficit_kib: int) -> int:
         """Relief: from what lies above each guest's high, then between its low and high (its recent peak is
@@ -522,7 +525,7 @@ class _Allocation:
                 if need_kib <= 0:
                     break
                 before_kib = _backed_above_kib(g, g.target_kib, config)
-                self.lower(g, step_kib - (g.base_kib - g.target_kib), Rule.RELIEF, stop_kib=stop[g.name])
+                self.lower(g, step_kib - (g.base_kib - g.target_kib), Rule.RELIEF, stop[g.name], least_kib=0)
                 need_kib -= _backed_above_kib(g, g.target_kib, config) - before_kib
         return max(0, need_kib - RELIEF_MARGIN_KIB)
 
@@ -542,7 +545,14 @@ class _Allocation:
             ):
                 self.reclaimed_kib += self.lower(g, step_kib, Rule.RECLAIM, stop_kib=g.band.high_kib)
 
-    def fill(self, wants_kib: dict[str, int], rule: Rule, amount_kib: int, beyond_budget: bool = False) -> None:
+    def fill(
+        self,
+        wants_kib: dict[str, int],
+        rule: Rule,
+        amount_kib: int,
+        beyond_budget: bool = False,
+        least_kib: int = MIN_MOVE_KIB,
+    ) -> None:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
         (water-filling: max-min fair by weight), in O(n log n)."""
         by_name = {g.name: g for g in self.guests}
@@ -554,7 +564,7 @@ class _Allocation:
             share_kib = _whole_mib(int(left_kib * g.weight / weight)) if weight else 0
             if want_kib <= share_kib or i == len(wants) - 1:
                 share_kib = min(want_kib, left_kib)
-            left_kib -= self.raise_(g, share_kib, rule)
+            left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
 
     def unmet_kib(self, survive: bool = False) -> dict[str, int]:
@@ -585,16 +595,24 @@ class _Allocation:
             unmet_kib -= self.lower(g, min(step_kib, unmet_kib), rule, stop_kib=stop[g.name])
 
     def tax(self, just_raised: set[str]) -> None:
-        """The seed's idle tax: while a guest below low still lacks memory, each idle guest pays idle_tax_mib,
-        never below the middle of its band (a tax, not a drain), and what it pays goes to the guests below low in
-        this tick: no more is taken than the host has above its guard beyond this tick's growth (the balloons
-        taking it back within a second)."""
+        """The seed's idle tax: while a guest below low still lacks memory, the idle guests pay idle_tax_mib each
+        in all, from those with the most above the middle of their band, a whole move (MIN_MOVE_KIB) or none, and
+        never below that middle (a tax, not a drain). It goes to the guests below low in this tick: no more is
+        taken than they lack, nor than the host has above its guard beyond this tick's growth (the balloons taking
+        it back within a second)."""
+        payers = [
+            g
+            for g in self.guests
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised
+        ]
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
-        tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
-        for g in self.guests:
-            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
-                stop_kib = (g.band.low_kib + g.band.high_kib) // 2
-                collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib)
+        owed_kib = min(
+            mib_to_kib(self.config.guest.idle_tax_mib) * len(payers), room_kib, sum(self.unmet_kib().values())
+        )
+        collected_kib = 0
+        middle = {g.name: (g.band.low_kib + g.band.high_kib) // 2 for g in payers}
+        for g in sorted(payers, key=lambda g: (middle[g.name] - g.target_kib, g.name)):
+            collected_kib += self.lower(g, owed_kib - collected_kib, Rule.TAX, middle[g.name])
         self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True)
 
     def changes(self) -> tuple[Change, ...]:
