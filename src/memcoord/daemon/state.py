@@ -27,7 +27,8 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
               for enabled = false, "unread" while its settings are not read yet, "bad-metadata" while its
               metadata has a key that cannot be believed; null when managed),
               metadata {key: value} (the valid keys of its memcoord metadata; null while unread),
-              min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null)}]
+              min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null),
+              refused (why the policy treats its last sample as no sample, class "bad-stats"; else null)}]
 """
 
 from __future__ import annotations
