@@ -921,20 +921,30 @@ def test_two_guests_about_to_run_out_are_both_lent_what_they_lack():
     assert grown_kib <= mib_to_kib(600 - 30)  # never past the guard, nor into a's own ramp
 
 
+def _r_and_s(
+    r_first: tuple[int, int], r_second: tuple[int, int], s_free_mib: tuple[int, int], above_guard_mib: int
+) -> tuple[Snapshot, Snapshot]:
+    """Two snapshots a second apart: r, a 2 GiB guest ((free, QEMU-backed) MiB each time), and s, a 512 MiB
+    guest (free MiB each time)."""
+    available_mib = Config().host.min_available_mib + above_guard_mib
+    return tuple(  # type: ignore[return-value]
+        snap(
+            dom("r", 2048, r_free, last_s=NOW_S + k, rss_mib=r_backed + 128),
+            dom("s", 512, s_free, last_s=NOW_S + k),
+            available_mib=available_mib,
+            now_s=NOW_S + k,
+        )
+        for k, ((r_free, r_backed), s_free) in enumerate(zip((r_first, r_second), s_free_mib, strict=True))
+    )
+
+
 def test_a_ramping_guest_below_its_low_lends_the_grant_it_will_not_touch_before_memcoord_acts_again():
     """r ramps 200 MiB/s at its 2 GiB ceiling, below its (ramp-inflated) low; the guard holds 800 MiB for its
     untouched grant, of which its ramp touches 600 MiB in the 3 s before memcoord can act again. The rest is lent
     to s, which runs out of memory within the second (it lacks 280 MiB): an OOM kill now, against a margin r may
     never use."""
     config = parse("[guest]\nidle_tax_mib = 0\n")
-    available_mib = config.host.min_available_mib + 300
-    first = snap(dom("r", 2048, 1300, rss_mib=748 + 128), dom("s", 512, 200), available_mib=available_mib)
-    second = snap(
-        dom("r", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s", 512, 80, last_s=NOW_S + 1),
-        available_mib=available_mib,
-        now_s=NOW_S + 1,
-    )
+    first, second = _r_and_s((1300, 748), (1100, 948), (200, 80), above_guard_mib=300)
     _plan, state = decide(first, PolicyState(), config)
     state = dataclasses.replace(state, granted_kib={"r": mib_to_kib(800)})
     plan, _state = decide(second, state, config)
@@ -948,15 +958,7 @@ def test_the_guard_holds_what_a_ramping_guest_will_touch_of_its_untouched_memory
     it, twice over 300, which the host no longer has for others. s gets the other 200 of the 500 MiB above the
     guard, not the 300 of a grow step (sawtooth guests touching never-backed memory took the host below its
     guard)."""
-    available_mib = Config().host.min_available_mib + 500
-    first = snap(dom("r", 2048, 1100, rss_mib=948 + 128), dom("s", 512, 100), available_mib=available_mib)
-    second = snap(
-        dom("r", 2048, 1050, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s", 512, 100, last_s=NOW_S + 1),
-        available_mib=available_mib,
-        now_s=NOW_S + 1,
-    )
-    plan = two_ticks(first, second)
+    plan = two_ticks(*_r_and_s((1100, 948), (1050, 948), (100, 100), above_guard_mib=500))
     assert plan.host_headroom_kib == mib_to_kib(500 - 300) - by_name(plan)["s"].delta_kib
     assert by_name(plan)["s"].delta_kib == mib_to_kib(200)
 
