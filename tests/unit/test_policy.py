@@ -967,3 +967,41 @@ def test_an_idle_guest_a_little_above_its_high_is_left_there():
     """The band's hysteresis: 20 MiB above its high is not worth a balloon move (MIN_MOVE_KIB); 40 MiB is."""
     assert steady(dom("w", 1024, 370)).changes == ()
     assert by_name(steady(dom("w", 1024, 390)))["w"].delta_kib == -mib_to_kib(40)
+
+
+def test_a_report_taken_while_the_balloon_inflates_does_not_undo_the_lowering():
+    """As on real guests: relief lowers an idle 512 MiB guest to its low; a second later the guest's own report
+    already counts the inflation (MemTotal and MemAvailable 173 MiB lower) while libvirt's balloon.current still
+    shows 511 MiB. Read as a report at 511 MiB, the guest has -20 MiB free at its target and was grown straight
+    back (for nothing: raised to where its balloon still was), undoing relief with the host below its guard."""
+    config = Config()
+    below_guard_mib = config.host.min_available_mib - 178
+
+    def idle(current_mib: int, usable_mib: int, total_mib: int, last_s: int) -> DomainStats:
+        d = dom("i", current_mib, usable_mib, last_s=last_s, rss_mib=current_mib + 128)
+        return dataclasses.replace(d, available_kib=mib_to_kib(total_mib))
+
+    _p, state = decide(snap(idle(512, 325, 457, NOW_S - 1), available_mib=below_guard_mib), PolicyState(), config)
+    plan, state = decide(snap(idle(512, 325, 457, NOW_S), available_mib=below_guard_mib), state, config)
+    (relief,) = plan.changes
+    assert relief.why.rule is Rule.RELIEF and relief.to_kib < mib_to_kib(512)
+    state = applied(state, plan.changes, NOW_S)
+    later = snap(idle(511, 152, 284, NOW_S + 1), available_mib=below_guard_mib, now_s=NOW_S + 1)
+    plan, _state = decide(later, state, config)
+    assert not [c for c in plan.changes if c.delta_kib > 0], plan.changes
+    # Its programs and kernel hold 187 MiB (MemTotal - MemAvailable + what its kernel kept of the balloon at
+    # rest), whatever libvirt says of the balloon: its low is its starving line and a MiB above that.
+    assert plan.bands["i"].low_kib == mib_to_kib(284 - 152 + (512 - 457) + 150 + 1)
+
+
+def test_a_balloon_that_inflated_between_two_reports_is_not_read_as_a_ramp():
+    """A page-cache reader's balloon inflates by 92 MiB between two reports: the kernel drops cache, and
+    MemAvailable falls 173 MiB (it counts only part of the cache). Its used memory did not grow by 81 MiB/s."""
+
+    def reader(current_mib: int, usable_mib: int, total_mib: int, last_s: int) -> DomainStats:
+        d = dom("r", current_mib, 60, usable_mib=usable_mib, last_s=last_s)
+        return dataclasses.replace(d, available_kib=mib_to_kib(total_mib))
+
+    _p, state = decide(snap(reader(512, 273, 457, NOW_S)), PolicyState(), Config())
+    _p, state = decide(snap(reader(420, 100, 365, NOW_S + 1), now_s=NOW_S + 1), state, Config())
+    assert state.samples["r"].ramp_kib_per_s == 0

@@ -93,6 +93,9 @@ class Sample:
     # The most the guest's programs used lately, and when: a guest that burst once is expected to again.
     peak_used_kib: int = 0
     peak_at_s: int = 0
+    # What the balloon holds beyond the guest's own total (its kernel's reservations), from a report taken with
+    # the balloon at rest: libvirt's balloon size lags the guest's own report by about a second while it moves.
+    kernel_kib: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,14 +175,17 @@ def refusal(dom: DomainStats, moving: bool) -> str | None:
     return None
 
 
-def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading: bool) -> Sample | None:
+def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending: Pending | None) -> Sample | None:
     """Fold a new sane sample into the domain's history; a sample with the same timestamp (or an older one) is
     not new.
 
     A guest is steady when its free memory did not change, or changed exactly as much as the balloon moved (its
     used memory did not change): that is memcoord's doing, not the guest's. Its ramp is its used memory's growth
     per second between samples, over the time between them: a busy guest whose stats come late shows its ramp
-    all the same. heading: the balloon is on its way to a target memcoord set.
+    all the same. pending: the target memcoord set that the balloon is on its way to.
+
+    A balloon that inflated between two reports made the kernel drop page cache, and MemAvailable fell by more
+    than the balloon took (it counts only part of the cache): such a report shows no new ramp.
     """
     free_kib, figure = free_figure(dom)
     if free_kib is None or not dom.last_update_s:
@@ -189,18 +195,22 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading:
     total_kib = dom.own_total_kib
     used_kib = (total_kib if total_kib is not None else dom.current_kib) - free_kib
     by_total = dom.available_kib is not None
+    kernel_kib = dom.current_kib - total_kib if total_kib is not None else 0
     if prev is None or prev.figure != figure or prev.used_by_total != by_total:
         return Sample(dom.last_update_s, free_kib, dom.current_kib, False, used_kib, by_total, 0.0, figure,
-                      used_kib, dom.last_update_s)  # fmt: skip
+                      used_kib, dom.last_update_s, kernel_kib)  # fmt: skip
     used_grew_kib = used_kib - prev.used_kib
     steady = min(abs(free_kib - prev.free_kib), abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
     # Without the guest's own total, a balloon move between two reports reads as use: no new ramp from it.
     moved = abs(dom.current_kib - prev.current_kib) > SETTLED_TOLERANCE_KIB
     # A deflate-on-OOM guest's total is taken at balloon.current, which libvirt updates about a second after the
     # guest's own report already counts the move: while its balloon moves, the move reads as use too.
-    total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or heading)
+    total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or pending is not None)
     interval_s = dom.last_update_s - prev.last_update_s
-    reads_use = (by_total or not moved) and not total_lags
+    inflated = dom.current_kib < prev.current_kib - SETTLED_TOLERANCE_KIB
+    if moved or pending is not None:
+        kernel_kib = prev.kernel_kib
+    reads_use = (by_total or not moved) and not total_lags and not inflated
     rate_kib_per_s = used_grew_kib / interval_s if reads_use else 0.0
     ramp_kib_per_s = max(rate_kib_per_s, prev.ramp_kib_per_s * RAMP_DECAY, 0.0)
     if ramp_kib_per_s * interval_s < STEADY_TOLERANCE_KIB:
@@ -209,7 +219,7 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading:
     if used_kib >= peak_used_kib or dom.last_update_s - peak_at_s > peak_hold_s:
         peak_used_kib, peak_at_s = used_kib, dom.last_update_s
     return Sample(dom.last_update_s, free_kib, dom.current_kib, steady, used_kib, by_total, ramp_kib_per_s, figure,
-                  peak_used_kib, peak_at_s)  # fmt: skip
+                  peak_used_kib, peak_at_s, kernel_kib)  # fmt: skip
 
 
 # -- 2. one band per guest ---------------------------------------------------------------------------------
@@ -312,7 +322,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
     prev = state.samples.get(name)
     refused = refusal(dom, moving) if free_figure(dom)[0] is not None and dom.last_update_s else None
-    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, heading=pending is not None)
+    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, pending)
     age_s = max(0.0, now_s - sample.last_update_s) if sample else 0.0
     # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
     ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
@@ -333,21 +343,23 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     fresh = age_s <= clock.stale_s
     # Sized on the guest's configured size, not where its balloon is now.
     starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
-    # The sample saw the balloon at sample.current_kib; memory the balloon moved since is free (or gone) too.
-    g.free_kib = sample.free_kib + (base_kib - sample.current_kib)
+    # What it holds whatever its balloon's size: its use by its own total and its kernel's share of the balloon;
+    # without its own total, the balloon's size the report saw less its free memory.
+    by_total = sample.used_by_total
+    occupied_kib = sample.used_kib + sample.kernel_kib if by_total else sample.current_kib - sample.free_kib
+    g.free_kib = base_kib - occupied_kib
     if dom.usable_kib is not None and dom.unused_kib is not None:
         g.cache_kib = max(0, dom.usable_kib - dom.unused_kib)
-    occupied_kib = base_kib - g.free_kib
     g.survive_kib = min(occupied_kib + ramp_kib, ceiling_kib)
     ramp_kib = int(RAMP_SAFETY * ramp_kib)
     # The starving line belongs to the starving (free <= starving_mib, as the seed has it): low is one MiB above.
-    g.need_kib = need_kib = occupied_kib + starving_kib + ramp_kib + KIB_PER_MIB
+    need_kib = occupied_kib + starving_kib + ramp_kib + KIB_PER_MIB
+    g.need_kib = need_kib
     high_kib = occupied_kib + wasteful_kib
     peak_kib = 0
     if clock.peak_hold_s and sample.peak_used_kib > sample.used_kib:
         # Its recent peak, plus what the kernel keeps of the balloon beyond the guest's own total.
-        total_kib = dom.own_total_kib
-        peak_kib = sample.peak_used_kib + (dom.current_kib - total_kib if total_kib is not None else 0) + starving_kib
+        peak_kib = sample.peak_used_kib + sample.kernel_kib + starving_kib
         high_kib = max(high_kib, peak_kib)
     # A grow step at least, but a guest grown on its projection (stats late) only to its low.
     g.grow_to_kib = min(max(need_kib, base_kib + (grow_step_kib if fresh else 0), floor_kib), ceiling_kib)
@@ -473,7 +485,7 @@ class _Allocation:
         ceiling; returns what it got."""
         start_kib = max(g.target_kib, g.dom.current_kib) if g.guest_class is GuestClass.STARVING else g.target_kib
         got_kib = min(want_kib, g.band.ceiling_kib - start_kib)
-        if got_kib < KIB_PER_MIB and start_kib == g.target_kib:
+        if got_kib < KIB_PER_MIB:  # given nothing, a lowering on its way is not undone either
             return 0
         return self.move(g, start_kib + max(0, got_kib), rule, least_kib)
 
@@ -520,7 +532,11 @@ class _Allocation:
         step_kib = mib_to_kib(config.host.relief_step_mib)
         for line in ("high", "low"):
             stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
-            donors = [g for g in self.guests if g.settled and g.target_kib > stop[g.name]]
+            donors = [
+                g
+                for g in self.guests
+                if g.settled and g.target_kib > stop[g.name] and g.guest_class is not GuestClass.STARVING
+            ]
             for g in sorted(donors, key=lambda g: (stop[g.name] - g.target_kib, g.name)):
                 if need_kib <= 0:
                     break
@@ -587,7 +603,11 @@ class _Allocation:
         donors = [
             g
             for g in self.guests
-            if g.settled and g.rule is None and g.target_kib > stop[g.name] and g.name not in still_growing
+            if g.settled
+            and g.rule is None
+            and g.target_kib > stop[g.name]
+            and g.name not in still_growing
+            and g.guest_class is not GuestClass.STARVING
         ]
         for g in sorted(donors, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
             if unmet_kib <= 0:
