@@ -136,8 +136,7 @@ class GuestConfig(_Section):
     idle_tax_mib: int = Field(
         2,
         ge=0,
-        description="Owed by each idle guest in a tick where a starving guest lacks memory, and given to the "
-        "starving; collected in moves of at least 32 MiB from the idle guests with the most to spare.",
+        description="Taken from each idle guest in a tick where a starving guest grows, and given to the starving.",
     )
     # Idle reclaim never takes a guest below the most its programs used in this many seconds (plus its
     # starving line): a guest that bursts keeps room for the next burst.

@@ -68,7 +68,7 @@ RAMP_DECAY = 0.5
 SETTLE_S = 2.0
 # A move smaller than this buys a guest no room it can use, and costs a setMemory, a balloon's move and a journal
 # line: such moves wait until they are worth making (the band's hysteresis). Floors, ceilings and relief, which
-# keep guests and the host safe, move whatever it takes.
+# keep guests and the host safe, move whatever it takes, and so does the idle tax (a trickle by configuration).
 MIN_MOVE_KIB = 32 * KIB_PER_MIB
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
@@ -615,25 +615,17 @@ class _Allocation:
             unmet_kib -= self.lower(g, min(step_kib, unmet_kib), rule, stop_kib=stop[g.name])
 
     def tax(self, just_raised: set[str]) -> None:
-        """The seed's idle tax: while a guest below low still lacks memory, the idle guests pay idle_tax_mib each
-        in all, from those with the most above the middle of their band, a whole move (MIN_MOVE_KIB) or none, and
-        never below that middle (a tax, not a drain). It goes to the guests below low in this tick: no more is
-        taken than they lack, nor than the host has above its guard beyond this tick's growth (the balloons taking
-        it back within a second)."""
-        payers = [
-            g
-            for g in self.guests
-            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised
-        ]
+        """The seed's idle tax: while a guest below low still lacks memory, each idle guest pays idle_tax_mib
+        (a configured trickle: its moves are made whatever their size), never below the middle of its band (a tax,
+        not a drain), and what it pays goes to the guests below low in this tick: no more is taken than the host
+        has above its guard beyond this tick's growth (the balloons taking it back within a second)."""
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
-        owed_kib = min(
-            mib_to_kib(self.config.guest.idle_tax_mib) * len(payers), room_kib, sum(self.unmet_kib().values())
-        )
-        collected_kib = 0
-        middle = {g.name: (g.band.low_kib + g.band.high_kib) // 2 for g in payers}
-        for g in sorted(payers, key=lambda g: (middle[g.name] - g.target_kib, g.name)):
-            collected_kib += self.lower(g, owed_kib - collected_kib, Rule.TAX, middle[g.name])
-        self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True)
+        tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
+        for g in self.guests:
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
+                stop_kib = (g.band.low_kib + g.band.high_kib) // 2
+                collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib, 0)
+        self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
 
     def changes(self) -> tuple[Change, ...]:
         out = []
