@@ -6,7 +6,7 @@ import dataclasses
 
 from memcoord.core.config import Config, parse
 from memcoord.core.model import Action, DomainSettings, DomainStats, GuestClass, HostStats, Rule, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState, applied, decide, host_headroom_kib
+from memcoord.core.policy import PolicyState, applied, decide, host_headroom_kib, thresholds_kib
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000
@@ -335,9 +335,9 @@ def test_the_reason_names_the_figure_used():
 # -- sizes scale with the guest -------------------------------------------------------------------------------
 def test_thresholds_scale_with_a_large_guest():
     """8 GiB guest: starving below 5 % (410 MiB), wasteful from 15 % (1229 MiB), grow step 5 % (409.6 MiB,
-    whole MiB: 409)."""
+    whole MiB: 410)."""
     plan, _ = decide(snap(dom("db", 4096, 400, max_mib=8192)), PolicyState(), Config())
-    assert by_name(plan)["db"].delta_kib == mib_to_kib(409)
+    assert by_name(plan)["db"].delta_kib == mib_to_kib(410)
     plan = steady(dom("db", 4096, 1000, max_mib=8192))
     assert plan.classes["db"] is GuestClass.IDLE
     plan = steady(dom("db", 4096, 1300, max_mib=8192))
@@ -995,3 +995,10 @@ def test_a_balloon_that_inflated_between_two_reports_is_not_read_as_a_ramp():
     _p, state = decide(snap(reader(512, 273, 457, NOW_S)), PolicyState(), Config())
     _p, state = decide(snap(reader(420, 100, 365, NOW_S + 1), now_s=NOW_S + 1), state, Config())
     assert state.samples["r"].ramp_kib_per_s == 0
+
+
+def test_a_grow_step_is_whole_mib_so_no_growth_falls_short_of_it():
+    """5 % of a 6 GiB guest is 307.2 MiB; moves are whole MiB, so the step is 308 (set as 307, it was short)."""
+    assert thresholds_kib(Config(), mib_to_kib(6144))[2] == mib_to_kib(308)
+    plan, _ = decide(snap(dom("big", 1024, 100, max_mib=6144)), PolicyState(), Config())
+    assert by_name(plan)["big"].delta_kib >= thresholds_kib(Config(), mib_to_kib(6144))[2]

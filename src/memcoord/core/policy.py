@@ -250,7 +250,10 @@ def _thresholds_kib(g: GuestConfig, size_kib: int) -> tuple[int, int, int]:
         int(size_kib * g.wasteful_pct / 100),
         starving_kib + mib_to_kib(g.wasteful_mib - g.starving_mib),
     )
-    grow_step_kib = max(mib_to_kib(g.grow_step_mib), int(size_kib * g.grow_step_pct / 100))
+    # Whole MiB, as every move is (a 5 % grow step of 6 GiB, 307.2 MiB, would be set as 307).
+    grow_step_kib = _whole_mib(
+        max(mib_to_kib(g.grow_step_mib), int(size_kib * g.grow_step_pct / 100)) + KIB_PER_MIB - 1
+    )
     return starving_kib, wasteful_kib, grow_step_kib
 
 
