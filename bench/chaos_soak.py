@@ -297,7 +297,7 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
         floors = [c for c in hv.accepted if c.why is not None and c.why.rule is Rule.FLOOR]
         grown_kib = sum(c.delta_kib for c in hv.accepted if c.delta_kib > 0 and c not in floors)
         if grown_kib:
-            guard_kib = mib_to_kib(config.host.min_available_mib)
+            guard_kib = mib_to_kib(config.guard_mib(hv.host_total_kib))
             # The promise: this tick's growth, once touched, leaves the host at or above its guard, after what
             # memcoord granted in the last GRANT_TICKS ticks that the guests have not touched yet; a guest that
             # would run out of memory before the next tick may be lent those grants, never the guard itself.

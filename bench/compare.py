@@ -52,12 +52,12 @@ HEADERS = [
 ]
 
 
-# How long a guest keeps room for its recent peak in the production profile (README: "Production profile").
+# How long a guest keeps room for its recent peak in the production profile (README: "Profiles").
 PROD_PEAK_HOLD_S = 600
 
 
 def prod_profile(config: Config) -> dict[str, Any]:
-    """The overlay that turns `config` into the production profile (README: "Production profile")."""
+    """The overlay that turns `config` into the production profile (README: "Profiles")."""
     return {
         "host": {"target_available_mib": config.host.min_available_mib + PROD_TARGET_ABOVE_GUARD_MIB},
         "guest": {"peak_hold_s": PROD_PEAK_HOLD_S},

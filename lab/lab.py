@@ -59,8 +59,12 @@ def _disk_xml(disk: Path | None) -> str:
     </disk>"""
 
 
-def _autodeflate_attr(autodeflate: bool) -> str:
-    return " autodeflate='on'" if autodeflate else ""
+def _balloon_xml(balloon: bool, autodeflate: bool, stats_period_s: int) -> str:
+    if not balloon:
+        return "<memballoon model='none'/>"
+    attr = " autodeflate='on'" if autodeflate else ""
+    stats = f"<stats period='{stats_period_s}'/>" if stats_period_s else ""
+    return f"<memballoon model='virtio'{attr}>{stats}</memballoon>"
 
 
 def domain_xml(
@@ -72,10 +76,13 @@ def domain_xml(
     stats_period_s: int = 1,
     disk: Path | None = None,
     autodeflate: bool = False,
+    balloon: bool = True,
 ) -> str:
     """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second,
     and with `disk` a readonly virtio disk to fill its page cache from. `autodeflate`: the balloon
     deflates on the guest's own OOM (`<memballoon autodeflate='on'>`), before its OOM killer runs.
+    stats_period_s = 0: no stats period, libvirt's default (the balloon driver reports once, at boot).
+    balloon = False: `<memballoon model='none'/>`, a guest memcoord must leave alone.
 
     on_reboot/on_crash destroy plus panic=-1 turn a dead guest kernel into a stopped domain the
     recorder sees, instead of a silently rebooting one.
@@ -101,7 +108,7 @@ def domain_xml(
       <target port='0'/>
     </serial>
     <controller type='usb' model='none'/>{_disk_xml(disk)}
-    <memballoon model='virtio'{_autodeflate_attr(autodeflate)}><stats period='{stats_period_s}'/></memballoon>
+    {_balloon_xml(balloon, autodeflate, stats_period_s)}
   </devices>
 </domain>
 """
@@ -164,9 +171,13 @@ class Lab:
         boot_timeout_s: float = 180.0,
         disk_guests: Collection[int] = (),
         autodeflate_guests: Collection[int] = (),
+        no_balloon_guests: Collection[int] = (),
+        stats_period_s: int = 1,
     ) -> None:
         """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda);
-        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate)."""
+        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate);
+        no_balloon_guests: those with no balloon device (`<memballoon model='none'/>`); stats_period_s: every
+        balloon's stats period (0: none, libvirt's default)."""
         self.prefix = prefix
         self.n = n
         self.max_mib = max_mib
@@ -180,6 +191,8 @@ class Lab:
         self.autodeflate_guests = frozenset(autodeflate_guests)
         if not self.autodeflate_guests <= set(range(1, n + 1)):
             raise ValueError(f"autodeflate_guests {sorted(self.autodeflate_guests)} not within 1..{n}")
+        self.no_balloon_guests = frozenset(no_balloon_guests)
+        self.stats_period_s = stats_period_s
         self.disk: Path | None = None
         self._own_run_dir = run_dir is None
         self._run_dir = run_dir
@@ -260,7 +273,20 @@ class Lab:
         index = self.names.index(name) + 1
         disk = self.disk if index in self.disk_guests else None
         autodeflate = index in self.autodeflate_guests
-        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib, disk=disk, autodeflate=autodeflate)
+        balloon = index not in self.no_balloon_guests
+        # Without a balloon there is nothing to start below the maximum at.
+        current_mib = self.current_mib if balloon else self.max_mib
+        xml = domain_xml(
+            name,
+            self.image,
+            sock,
+            self.max_mib,
+            current_mib,
+            stats_period_s=self.stats_period_s,
+            disk=disk,
+            autodeflate=autodeflate,
+            balloon=balloon,
+        )
         dom = self.conn.defineXML(xml)
         console = Console(sock, self.run_dir / f"{name}.console.log")
         # Append before create() so down() cleans up even if the start fails half-way.
@@ -271,21 +297,24 @@ class Lab:
     def _wait_measurable(self) -> None:
         """Ready means: the shell answers, balloon.current has fallen to currentMemory, and the
         guest's stats flow (balloon.unused present and last-update advancing). Before that
-        every number is the boot transient, not the guest."""
+        every number is the boot transient, not the guest. Without a stats period, stats do not
+        flow: the balloon's size is all there is to wait for; without a balloon, the shell."""
         deadline = time.monotonic() + self.boot_timeout_s
         for g in self.guests:
             g.console.wait_ready(max(5.0, deadline - time.monotonic()))
         first_update: dict[str, int] = {}
-        pending = {g.name for g in self.guests}
+        pending = {n for i, n in enumerate(self.names, 1) if i not in self.no_balloon_guests}
         while pending:
             stats = self.balloon_stats()
             for name in list(pending):
                 s = stats.get(name, {})
                 current_kib, update = s.get("balloon.current"), s.get("balloon.last-update")
+                settled = current_kib is not None and current_kib <= mib_to_kib(self.current_mib + 1)
+                if settled and not self.stats_period_s:
+                    pending.discard(name)
                 if "balloon.unused" not in s or current_kib is None or update is None:
                     continue
                 first_update.setdefault(name, update)
-                settled = current_kib <= mib_to_kib(self.current_mib + 1)
                 if settled and update > first_update[name]:
                     pending.discard(name)
             if not pending:

@@ -52,6 +52,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from memcoord.daemon.connect import connect
     from memcoord.daemon.observe import Observer
     from memcoord.daemon.service import Overrides, Service
+    from memcoord.daemon.undo import RecordingHypervisor, UndoRecord
     from memcoord.hypervisor.domain_settings import ChildMetadataValidator
 
     journal.setup(verbose=args.verbose)
@@ -60,10 +61,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Domains' metadata is checked in a child, as the file is: the daemon never holds pydantic. One validator
     # for every connection (a reload may change the URI): its checks are by content, not by host.
     validate_metadata = ChildMetadataValidator()
+    # Each guest's size is recorded before memcoord first changes it, for `memcoord restore` (undo.py).
+    record = UndoRecord()
     service = Service(
         args.config,
         config,
-        lambda uri: connect(uri, validate_metadata),
+        lambda uri: RecordingHypervisor(connect(uri, validate_metadata), record, uri),
         overrides,
         exit_when_idle=args.exit_when_idle,
         observer=Observer(),

@@ -14,7 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import tomli_w
 from hypothesis import HealthCheck, given, settings
@@ -86,6 +86,8 @@ def typed(f: FieldInfo) -> st.SearchStrategy[Any]:
         edges = [v for b in (low, high) if b is not None for v in (b - 1e-9, b, b + 1e-9)]
         inside = st.floats(low, high, allow_nan=False, allow_infinity=False)
         return inside | st.sampled_from(edges or [0.0])
+    if get_origin(annotation) is Literal:
+        return st.sampled_from(get_args(annotation)) | st.text(max_size=12)
     if annotation is str:
         return st.text(max_size=30) | st.sampled_from(["", "127.0.0.1", "[::1]:9749", "/run/x", "*"])
     if get_origin(annotation) is tuple and get_args(annotation)[1:] == (Ellipsis,):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from memcoord.admin import status
 from memcoord.core.config import Config, DomainOverride, Source, parse
-from memcoord.core.model import Action, DomainSettings, mib_to_kib
+from memcoord.core.model import Action, DomainSettings, Unballoonable, mib_to_kib
 from memcoord.core.policy import PolicyState, decide
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
@@ -37,9 +37,12 @@ from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from tests.unit.test_cli_exit_codes import memcoord
 from tests.unit.test_policy import by_name, dom, snap, steady
 
+BALLOON = "<devices><memballoon model='virtio'/></devices>"
 
-def domain_xml(metadata: str = "", memtune: str = "") -> str:
-    """A domain's XML as libvirt formats it (virsh dumpxml), with the given metadata and memtune bodies."""
+
+def domain_xml(metadata: str = "", memtune: str = "", devices: str = BALLOON) -> str:
+    """A domain's XML as libvirt formats it (virsh dumpxml), with the given metadata, memtune and devices (libvirt
+    adds a virtio balloon to a QEMU domain that names none)."""
     return f"""<domain type='qemu' id='3'>
   <name>web1</name>
   <uuid>3c9a5c3e-0000-4000-8000-000000000001</uuid>
@@ -50,6 +53,7 @@ def domain_xml(metadata: str = "", memtune: str = "") -> str:
   <memory unit='KiB'>2097152</memory>
   <currentMemory unit='KiB'>524288</currentMemory>
   {memtune}
+  {devices}
 </domain>"""
 
 
@@ -87,13 +91,53 @@ def test_no_metadata_and_another_programs_metadata_set_nothing():
         ("<devices><memballoon model='virtio' autodeflate='on'><stats period='1'/></memballoon></devices>", True),
         ("<devices><memballoon model='virtio' autodeflate='off'/></devices>", False),
         ("<devices><memballoon model='virtio'><stats period='1'/></memballoon></devices>", False),
-        ("", False),
     ],
 )
 def test_a_balloon_that_deflates_on_oom_is_recognised(devices: str, deflates: bool):
-    parsed = parse_domain_xml("web1", domain_xml(memtune=devices))
+    parsed = parse_domain_xml("web1", domain_xml(devices=devices))
     assert parsed.problems == ()
     assert parsed.settings.deflate_on_oom is deflates
+
+
+@pytest.mark.parametrize(
+    ("memory_backing", "devices", "kind"),
+    [
+        ("", BALLOON, None),
+        ("", "<devices/>", Unballoonable.NO_BALLOON),
+        ("", "<devices><memballoon model='none'/></devices>", Unballoonable.NO_BALLOON),
+        (
+            "",
+            "<devices><memballoon model='virtio'/><hostdev mode='subsystem' type='pci' managed='yes'><source>"
+            "<address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev></devices>",
+            Unballoonable.HOSTDEV,
+        ),
+        (
+            "",
+            "<devices><memballoon model='virtio'/><interface type='hostdev' managed='yes'/></devices>",
+            Unballoonable.HOSTDEV,
+        ),
+        (
+            "",
+            "<devices><memballoon model='virtio'/><hostdev mode='subsystem' type='usb'><source>"
+            "<vendor id='0x1234'/><product id='0xbeef'/></source></hostdev></devices>",
+            None,  # USB passthrough pins no guest memory
+        ),
+        ("<memoryBacking><hugepages/></memoryBacking>", BALLOON, Unballoonable.HUGEPAGES),
+        ("<memoryBacking><locked/></memoryBacking>", BALLOON, Unballoonable.LOCKED),
+        ("<memoryBacking><source type='memfd'/></memoryBacking>", BALLOON, None),
+    ],
+)
+def test_guests_ballooning_cannot_help_are_recognised_and_never_managed(
+    memory_backing: str, devices: str, kind: Unballoonable | None
+) -> None:
+    settings = parse_domain_xml("web1", domain_xml(memtune=memory_backing, devices=devices)).settings
+    assert settings.unballoonable is kind
+    config = Config()
+    assert config.manages("web1", settings) is (kind is None)
+    assert config.exclusion("web1", settings) == (None if kind is None else str(kind))
+    # Not even a config file's enabled = true manages it: setMemory would change nothing, or nothing safely.
+    forced = parse("[domains.web1]\nenabled = true\n")
+    assert forced.manages("web1", settings) is (kind is None)
 
 
 @pytest.mark.parametrize(
@@ -468,6 +512,12 @@ def test_status_shows_where_each_floor_and_ceiling_came_from(tmp_path: Path):
                 "d-off", max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024), settings=with_metadata(enabled=False)
             ),
             SimGuest("e-plain", max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024)),
+            SimGuest(
+                "f-vfio",
+                max_kib=mib_to_kib(2048),
+                target_kib=mib_to_kib(1024),
+                settings=DomainSettings(unballoonable=Unballoonable.HOSTDEV),
+            ),
         ],
         host_total_kib=mib_to_kib(16384),
     )
@@ -486,6 +536,7 @@ def test_status_shows_where_each_floor_and_ceiling_came_from(tmp_path: Path):
         "c-conf": (mib_to_kib(800), "config", mib_to_kib(2048), "libvirt_max", None),
         "d-off": (None, None, None, None, "metadata"),
         "e-plain": (mib_to_kib(256), "default", mib_to_kib(2048), "libvirt_max", None),
+        "f-vfio": (None, None, None, None, "hostdev"),
     }
     assert {d["name"]: d["metadata"] for d in view["domains"]}["a-meta"] == {"min_mib": 600, "max_mib": 1800}
     lines = status.render(view)
@@ -496,6 +547,17 @@ def test_status_shows_where_each_floor_and_ceiling_came_from(tmp_path: Path):
     assert "700 min guarantee" in row["b-mg"] and "2048 libvirt max" in row["b-mg"]
     assert "800 config" in row["c-conf"]
     assert "unmanaged (metadata)" in row["d-off"]
+    assert "unmanaged (hostdev)" in row["f-vfio"]
+    assert (
+        "f-vfio: left alone, ballooning cannot help: a host device is assigned (VFIO): QEMU inhibits its balloon"
+        in (lines)
+    )
+    # Both idle with most of their memory free: the plain one is reclaimed, the VFIO one never touched.
+    for _ in range(6):
+        sim.advance(1.0)
+        assert service.tick()
+    assert sim.guests["e-plain"].target_kib < mib_to_kib(1024)
+    assert sim.guests["f-vfio"].target_kib == mib_to_kib(1024)
     assert "256 default" in row["e-plain"]
 
 

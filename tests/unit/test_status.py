@@ -95,10 +95,10 @@ def test_a_guests_refused_stats_are_published_with_the_reason(tmp_path: Path):
     view = json.loads((tmp_path / "state.json").read_text())
     by_name = {d["name"]: d for d in view["domains"]}
     assert by_name["sim-idle"]["class"] == "bad-stats"
-    assert "above its total" in by_name["sim-idle"]["refused"]
+    assert "is more than its total" in by_name["sim-idle"]["refused"]
     assert all(d["refused"] is None for n, d in by_name.items() if n != "sim-idle")
     text = "\n".join(status.render(view))
-    assert "IMPOSSIBLE STATS from sim-idle (treated as no stats, left alone): unused" in text
+    assert "IMPOSSIBLE STATS from sim-idle (treated as no stats, left alone): unused (MemFree)" in text
 
 
 def test_a_failed_tick_and_a_failed_reload_are_published(tmp_path: Path):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memcoord.core.model import Unballoonable
 from memcoord.daemon import state
 
 KIB_PER_MIB = 1024
@@ -165,7 +166,13 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
         lines.append("  ".join([*cells, r[-1]]))
     if not view["domains"]:
         lines.append("(no running domain)")
+    for d in view["domains"]:
+        if d.get("excluded_by") in _UNBALLOONABLE:
+            lines.append(f"{d['name']}: left alone, ballooning cannot help: {_UNBALLOONABLE[d['excluded_by']]}")
     return lines
+
+
+_UNBALLOONABLE = {str(kind): kind.why for kind in Unballoonable}
 
 
 def default_state_path(config_path: Path | None) -> Path:

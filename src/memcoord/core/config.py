@@ -10,7 +10,7 @@ import grp
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -19,16 +19,19 @@ from memcoord.core.config_rules import (
     DEFAULT_LISTEN,
     DEFAULT_PATH,
     FIELDS_SET_KEY,
+    PRODUCTION_PEAK_HOLD_S,
+    PRODUCTION_TARGET_PCT,
     ConfigError,
     ConfigFileError,
     ConfigRules,
     MetricsRules,
+    Profile,
     Source,
     check_host,
     split_listen,
 )
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_PATH", "ConfigError", "ConfigFileError", "Source"]
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_PATH", "ConfigError", "ConfigFileError", "Profile", "Source"]
 
 
 class _Section(BaseModel):
@@ -50,8 +53,14 @@ class LibvirtConfig(_Section):
         "List the guests you mean when you first try memcoord on a host.",
         examples=[["web-*", "db1"]],
     )
+    exclude: tuple[str, ...] = Field(
+        (),
+        description="Glob patterns of domains memcoord never touches, even when libvirt.domains matches them "
+        '(a [domains."NAME"] table with enabled = false does the same for one exact name).',
+        examples=[["test-*", "*-scratch"]],
+    )
 
-    @field_validator("domains", mode="before")
+    @field_validator("domains", "exclude", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
@@ -144,8 +153,8 @@ class GuestConfig(_Section):
         0.0,
         ge=0,
         description="Idle reclaim keeps room for the most the guest used in this many seconds, so a guest that "
-        "bursts keeps room for the next burst. 0: off (reclaim down to the wasteful line). Part of the production "
-        "profile (see host.target_available_mib).",
+        "bursts keeps room for the next burst. 0: off (reclaim down to the wasteful line). Left out of the file, it "
+        f"comes from host.profile: 0 in the density profile, {PRODUCTION_PEAK_HOLD_S:.0f} in the production one.",
         examples=[600],
     )
 
@@ -198,13 +207,32 @@ def _blame_pair(section: _Section, low: str, high: str, ok: bool) -> None:
 class HostConfig(_Section):
     """The host guard: the memory the host keeps for itself, whatever the guests want."""
 
+    profile: Literal["density", "production"] = Field(
+        "density",
+        description='"density" (the seed\'s loop): idle guests give back the memory they do not use, whatever the '
+        'host has free. "production": idle guests give memory back only while the host\'s available memory is '
+        "below a comfort target (host.target_available_mib; by default max(the guard + 1024 MiB, "
+        f"{PRODUCTION_TARGET_PCT:.0f} % of the host's memory)) or a guest is starving, and never below what they "
+        f"used in the last {PRODUCTION_PEAK_HOLD_S / 60:.0f} minutes (guest.peak_hold_s). Growth, the guard and "
+        "relief are the same in both.",
+        examples=["production"],
+    )
     min_available_mib: int = Field(
         1024,
         ge=0,
-        description="No grow may take the host's available memory below this, counting memory already granted to "
-        "guests but not yet used by them. When the host falls below it for any reason, memcoord takes memory back "
-        "from the guests with the most to spare (relief) until it is above again.",
+        description="No grow may take the host's available memory below max(min_available_mib, "
+        "min_available_pct of the host's memory), counting memory already granted to guests but not yet used by "
+        "them. When the host falls below it for any reason, memcoord takes memory back from the guests with the "
+        "most to spare (relief) until it is above again.",
         examples=[2048],
+    )
+    min_available_pct: float = Field(
+        2.0,
+        ge=0,
+        le=50,
+        description="The host guard as a share of the host's memory (see min_available_mib): 2 % is 10 GiB on a "
+        "512 GiB host, where 1 GiB alone would be thin.",
+        examples=[5.0],
     )
     # A guest that fills its target takes this too, so the host guard counts it.
     guest_overhead_mib: int = Field(
@@ -216,9 +244,10 @@ class HostConfig(_Section):
     target_available_mib: int = Field(
         0,
         ge=0,
-        description="Production profile: when > 0, idle guests give memory back only while the host's available "
-        "memory is below this (or a guest is starving). 0: they always do (density). Must be 0 or more than "
-        "min_available_mib; with guest.peak_hold_s = 600, e.g. the guard plus room for a burst.",
+        description="When > 0, idle guests give memory back only while the host's available memory is below this "
+        "(or a guest is starving). 0: they always do. Left out of the file, it comes from host.profile: 0 in the "
+        f"density profile, max(the guard + 1024 MiB, {PRODUCTION_TARGET_PCT:.0f} % of the host's memory) in the "
+        "production one. Must be 0 or more than min_available_mib.",
         examples=[3072],
     )
     relief_step_mib: int = Field(256, gt=0, description="The most relief takes from one guest per tick.")

@@ -39,6 +39,21 @@ class ConfigFileError(ConfigError):
     """The config file cannot be read at all (missing, a directory, no permission)."""
 
 
+class Profile(StrEnum):
+    """How eagerly idle guests give memory back (host.profile)."""
+
+    DENSITY = "density"  # the seed's loop: whenever they have more than their wasteful line free
+    PRODUCTION = "production"  # only when the host runs short of a comfort target, or a guest starves
+
+
+# The production profile's values, where the file does not set the keys itself: reclaim idle guests only below
+# this share of the host's memory available (Proxmox balloons above 80 % host use, oVirt MOM below 20 % free),
+# never below the guard plus a GiB; keep room for what a guest used in the last 10 minutes.
+PRODUCTION_TARGET_PCT = 20.0
+PRODUCTION_TARGET_ABOVE_GUARD_MIB = 1024
+PRODUCTION_PEAK_HOLD_S = 600.0
+
+
 class Source(StrEnum):
     """Where a guest's floor or ceiling came from, highest precedence first."""
 
@@ -73,11 +88,16 @@ class ConfigRules:
     def exclusion(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> str | None:
         """Why memcoord leaves a domain alone: "libvirt.domains", "config" or "metadata" (enabled = false),
         "unread" (its settings not read yet), "bad-metadata" (its metadata has a key that cannot be believed, and
-        the config file does not say `enabled` for it); None for a managed domain."""
+        the config file does not say `enabled` for it), or why ballooning cannot help it (model.Unballoonable:
+        "no-balloon", "hostdev", "hugepages", "locked"; no setting overrides that); None for a managed domain."""
         if not _matcher(tuple(self.libvirt.domains))(name):
             return "libvirt.domains"
+        if _matcher(tuple(self.libvirt.exclude))(name):
+            return "libvirt.exclude"
         if settings is None:
             return "unread"
+        if settings.unballoonable is not None:
+            return str(settings.unballoonable)
         enabled = self.domain_setting(name, "enabled", settings)
         if settings.metadata_invalid and (enabled is None or enabled[1] is not Source.CONFIG):
             return "bad-metadata"
@@ -122,6 +142,42 @@ class ConfigRules:
         """A domain's weight in a scarce split: its weight key (config file, else metadata), else DEFAULT_WEIGHT."""
         found = self.domain_setting(name, "weight", settings)
         return DEFAULT_WEIGHT if found is None else int(found[0])
+
+    def guard_mib(self, host_total_kib: int) -> int:
+        """The host guard on a host of host_total_kib: max(host.min_available_mib, min_available_pct of it)."""
+        return max(self.host.min_available_mib, int(host_total_kib * self.host.min_available_pct / 100) // 1024)
+
+    def target_available_mib(self, host_total_kib: int) -> int:
+        """Idle guests give memory back only while the host has less than this available (0: always): the
+        file's host.target_available_mib, else the profile's."""
+        if "target_available_mib" in self.host.model_fields_set or self.host.profile != Profile.PRODUCTION:
+            return self.host.target_available_mib
+        return max(
+            self.guard_mib(host_total_kib) + PRODUCTION_TARGET_ABOVE_GUARD_MIB,
+            int(host_total_kib * PRODUCTION_TARGET_PCT / 100) // 1024,
+        )
+
+    def peak_hold_s(self) -> float:
+        """guest.peak_hold_s from the file, else the profile's."""
+        if "peak_hold_s" in self.guest.model_fields_set or self.host.profile != Profile.PRODUCTION:
+            return self.guest.peak_hold_s
+        return PRODUCTION_PEAK_HOLD_S
+
+    def for_host(self, host_total_kib: int) -> Any:
+        """This config with what scales with the host resolved into the keys the policy reads: the guard
+        (host.min_available_mib) and the profile's comfort target and peak hold. Itself when nothing changes."""
+        host = {
+            "min_available_mib": self.guard_mib(host_total_kib),
+            "target_available_mib": self.target_available_mib(host_total_kib),
+        }
+        host = {k: v for k, v in host.items() if getattr(self.host, k) != v}
+        guest = {"peak_hold_s": self.peak_hold_s()} if self.peak_hold_s() != self.guest.peak_hold_s else {}
+        update = {}
+        if host:
+            update["host"] = self.host.model_copy(update=host)
+        if guest:
+            update["guest"] = self.guest.model_copy(update=guest)
+        return self.model_copy(update=update) if update else self
 
     @property
     def stale_after_s(self) -> float:

@@ -22,6 +22,27 @@ def kib_to_mib(kib: int) -> float:
     return kib / KIB_PER_MIB
 
 
+class Unballoonable(StrEnum):
+    """Why ballooning cannot help a guest, as its libvirt definition says: memcoord never manages such a guest.
+
+    `why` says it for an admin (plan, status); the value is what status and the state file show."""
+
+    why: str
+
+    def __new__(cls, value: str, why: str) -> Unballoonable:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.why = why
+        return member
+
+    NO_BALLOON = "no-balloon", "no balloon device (<memballoon model='none'> or none at all): nothing to resize"
+    # QEMU inhibits the balloon while a VFIO device is assigned: a device may DMA into any guest page.
+    HOSTDEV = "hostdev", "a host device is assigned (VFIO): QEMU inhibits its balloon"
+    # The balloon hands back 4 KiB pages; a hugepage is freed only when all of it is, and stays reserved anyway.
+    HUGEPAGES = "hugepages", "its memory is backed by hugepages (<memoryBacking><hugepages/>): ballooning frees nothing"
+    LOCKED = "locked", "its memory is locked (<memoryBacking><locked/>): ballooning frees nothing safely"
+
+
 @dataclass(frozen=True, slots=True)
 class DomainSettings:
     """What a domain's own libvirt definition says about memcoord, so that it travels with the VM.
@@ -33,12 +54,15 @@ class DomainSettings:
     not be believed (a bad value, an unknown or misspelt key, a contradiction); memcoord then leaves the guest
     alone until it is fixed, because a misspelt `enabled = false` must not leave the guest managed.
     deflate_on_oom: the balloon may deflate on the guest's own OOM (`<memballoon autodeflate='on'>`): such a
-    guest counts the balloon's pages as used instead of shrinking its MemTotal (`DomainStats.own_total_kib`)."""
+    guest counts the balloon's pages as used instead of shrinking its MemTotal (`DomainStats.own_total_kib`).
+    unballoonable: why ballooning cannot help this guest (no balloon, VFIO, hugepages, locked memory); such a
+    guest is never managed."""
 
     metadata: Mapping[str, int | float | bool] = field(default_factory=lambda: MappingProxyType({}))
     min_guarantee_kib: int | None = None
     metadata_invalid: bool = False
     deflate_on_oom: bool = False
+    unballoonable: Unballoonable | None = None
 
 
 # A domain whose definition sets nothing for memcoord (and what a simulated guest has unless it says otherwise).

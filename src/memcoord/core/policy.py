@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from memcoord.core.model import (
@@ -48,6 +48,7 @@ from memcoord.core.model import (
     kib_to_mib,
     mib_to_kib,
 )
+from memcoord.core.sanity import impossible
 
 if TYPE_CHECKING:
     from memcoord.core.config import Config, GuestConfig
@@ -148,31 +149,15 @@ def free_figure(dom: DomainStats) -> tuple[int | None, str]:
 
 
 def refusal(dom: DomainStats, moving: bool) -> str | None:
-    """Why this guest's sample cannot be true, or None. moving: memcoord moved its balloon lately, so a report
-    from the size it had before is expected for a moment."""
-    figures = {"usable": dom.usable_kib, "unused": dom.unused_kib, "MemTotal": dom.available_kib}
-    for name, kib in figures.items():
+    """Why this guest's sample cannot be true, or None: what `sanity.impossible` finds (as `memcoord plan` does),
+    and figures a report never carries. moving: memcoord moved its balloon lately, so a report from the size it had
+    before is expected for a moment, and only its maximum bounds it."""
+    for name, kib in (("usable", dom.usable_kib), ("unused", dom.unused_kib), ("MemTotal", dom.available_kib)):
         if kib is not None and kib < 0:
             return f"{name} is negative"
     if dom.usable_kib is not None and dom.unused_kib is None:
         return "usable without unused (one report carries both)"
-    deflates = dom.settings is not None and dom.settings.deflate_on_oom
-    total_kib = dom.own_total_kib
-    if total_kib is None:  # the balloon's size bounds it (the size it had before, while it moves)
-        total_kib = dom.max_kib if moving or deflates else dom.current_kib + SETTLED_TOLERANCE_KIB
-    for name in ("usable", "unused"):
-        kib = figures[name]
-        if kib is not None and kib > total_kib:
-            return f"{name} {kib_to_mib(kib):.0f} MiB above its total {kib_to_mib(total_kib):.0f} MiB"
-    if dom.available_kib is not None and dom.available_kib > dom.max_kib + SETTLED_TOLERANCE_KIB:
-        return f"MemTotal {kib_to_mib(dom.available_kib):.0f} MiB above its maximum {kib_to_mib(dom.max_kib):.0f} MiB"
-    total_kib = dom.own_total_kib
-    if total_kib is not None and not deflates and not moving and total_kib > dom.current_kib + SETTLED_TOLERANCE_KIB:
-        return (
-            f"reported at {kib_to_mib(total_kib):.0f} MiB MemTotal, its balloon is at "
-            f"{kib_to_mib(dom.current_kib):.0f} MiB: a report from before its balloon's last move"
-        )
-    return None
+    return impossible(replace(dom, current_kib=dom.max_kib) if moving else dom)
 
 
 def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending: Pending | None) -> Sample | None:

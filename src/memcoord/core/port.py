@@ -49,3 +49,29 @@ class Hypervisor(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Over:
+    """A view of a hypervisor over a real one (dry run's, the undo record's): the calls it does not change pass
+    through to `real`; a subclass gives sample and apply their own meaning."""
+
+    def __init__(self, real: Hypervisor) -> None:
+        self.real = real
+
+    def sample(self, deadline_s: float | None = None) -> Snapshot:
+        return self.real.sample(deadline_s=deadline_s)
+
+    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
+        return self.real.ensure_stats_period(names, period_s, deadline_s=deadline_s)
+
+    def stats_period_failures(self) -> Mapping[str, str]:
+        return self.real.stats_period_failures()
+
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        return self.real.domain_names(deadline_s=deadline_s)
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
+        return self.real.apply(changes, deadline_s=deadline_s)
+
+    def close(self) -> None:
+        self.real.close()

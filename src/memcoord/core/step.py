@@ -80,6 +80,8 @@ def step(
     policy's timing is on: the guests' own stats timestamps are compared with it).
     """
     snapshot = hypervisor.sample(deadline_s=deadline_s)
+    # The guard and the profile's values scale with the host's memory: the policy reads them resolved.
+    config = config.for_host(snapshot.host.total_kib)
     seen = managed_snapshot(snapshot, config)
     managed = tuple(d.name for d in seen.domains)
     failures = hypervisor.ensure_stats_period(managed, config.loop.stats_period_s, deadline_s=deadline_s)

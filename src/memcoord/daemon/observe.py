@@ -256,7 +256,7 @@ class Observer:
             host = {
                 "available_kib": snap.host.available_kib,
                 "total_kib": snap.host.total_kib,
-                "guard_kib": mib_to_kib(cfg.host.min_available_mib),
+                "guard_kib": mib_to_kib(cfg.guard_mib(snap.host.total_kib)),
                 "headroom_kib": plan.host_headroom_kib,
                 "below_guard_kib": plan.host_deficit_kib,
                 "relief_shortfall_kib": plan.relief_shortfall_kib,

@@ -81,7 +81,8 @@ def status_line(
     counts = ", ".join(f"{plan.count(c)} {c}" for c in GuestClass if plan.count(c))
     managed = len(plan.classes)
     line = f"{managed} domains" + (f" ({counts})" if counts else "")
-    line += f"; host available {_gib(snapshot.host.available_kib)}, guard {config.host.min_available_mib} MiB"
+    guard_mib = config.guard_mib(snapshot.host.total_kib)
+    line += f"; host available {_gib(snapshot.host.available_kib)}, guard {guard_mib} MiB"
     if plan.host_deficit_kib:
         line += f"; BELOW GUARD by {kib_to_mib(plan.host_deficit_kib):.0f} MiB, relieving"
         if plan.relief_shortfall_kib:
@@ -144,6 +145,8 @@ class Service:
         self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # In dry run, the last decision logged for each guest: the same one is not logged again.
         self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
+        # The last setMemory failure logged for each guest: the same one is not logged again every tick.
+        self._failing_logged: dict[str, str] = {}
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -300,6 +303,8 @@ class Service:
         for result in done.results:
             if dry_run and not self._first_dry_run_log(result):
                 continue
+            if not self._first_failure_log(result):
+                continue
             journal.action(result, dry_run)
         if done.results:
             c = done.results[-1].change
@@ -325,6 +330,19 @@ class Service:
         )
         self._status_line = status_line(plan, snapshot, self.config, self.last_action, self._period_failing)
         self._send_status()
+
+    def _first_failure_log(self, result: ApplyResult) -> bool:
+        """False for a failure that repeats the guest's last one word for word: the policy asks again every tick,
+        and a lasting cause (the size record unwritable, a guest refusing setMemory) must not flood the journal.
+        The metrics and the state file still count each one."""
+        name = result.change.domain
+        if result.ok:
+            self._failing_logged.pop(name, None)
+            return True
+        if self._failing_logged.get(name) == result.error:
+            return False
+        self._failing_logged[name] = result.error or ""
+        return True
 
     def _first_dry_run_log(self, result: ApplyResult) -> bool:
         """True the first time dry run decides this move for this guest; a repeat of the last one is not logged."""

@@ -25,7 +25,9 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
               "libvirt_max", "default"; null when unmanaged),
               excluded_by (why an unmanaged domain is left alone: "libvirt.domains", "config" or "metadata"
               for enabled = false, "unread" while its settings are not read yet, "bad-metadata" while its
-              metadata has a key that cannot be believed; null when managed),
+              metadata has a key that cannot be believed; "no-balloon", "hostdev", "hugepages"
+              or "locked" when its definition says ballooning cannot help it (model.Unballoonable); null when
+              managed),
               metadata {key: value} (the valid keys of its memcoord metadata; null while unread),
               min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null),
               refused (why the policy treats its last sample as no sample, class "bad-stats"; else null)}]

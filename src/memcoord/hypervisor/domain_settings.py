@@ -1,5 +1,6 @@
 """Per-domain settings that travel with the VM: memcoord's element in the domain's libvirt `<metadata>`,
-libvirt's own `<memtune><min_guarantee>`, and whether its balloon deflates on the guest's OOM.
+libvirt's own `<memtune><min_guarantee>`, whether its balloon deflates on the guest's OOM, and whether ballooning
+can help it at all (a balloon device; no VFIO device, hugepages or locked memory).
 
 The bulk stats call does not return a domain's definition, and reading it (XMLDesc) for every guest on every
 tick would cost a round trip per guest on a host with thousands. So the adapter keeps what it read per domain
@@ -30,7 +31,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from memcoord.core.config_rules import VALIDATE_COMMAND
-from memcoord.core.model import DomainSettings
+from memcoord.core.model import DomainSettings, Unballoonable
 from memcoord.core.port import Hypervisor, HypervisorError
 
 if TYPE_CHECKING:
@@ -282,6 +283,24 @@ def _min_guarantee_kib(name: str, root: ET.Element) -> tuple[int | None, list[st
     return int(int(text) * factor) or None, []
 
 
+def unballoonable(root: ET.Element) -> Unballoonable | None:
+    """Why ballooning cannot help the guest this definition describes, or None when it can."""
+    balloon = root.find("./devices/memballoon")
+    if balloon is None or balloon.get("model") == "none":
+        return Unballoonable.NO_BALLOON
+    # PCI and mediated devices go through VFIO (so does an SR-IOV interface of type hostdev); USB and SCSI
+    # passthrough do not pin guest memory.
+    if root.find("./devices/interface[@type='hostdev']") is not None or any(
+        h.get("type") in ("pci", "mdev") for h in root.iterfind("./devices/hostdev")
+    ):
+        return Unballoonable.HOSTDEV
+    if root.find("./memoryBacking/hugepages") is not None:
+        return Unballoonable.HUGEPAGES
+    if root.find("./memoryBacking/locked") is not None:
+        return Unballoonable.LOCKED
+    return None
+
+
 def parse_domain_xml(
     name: str, xml_text: str, validate: MetadataValidator = check_metadata, deadline_s: float | None = None
 ) -> Parsed:
@@ -313,6 +332,7 @@ def parse_domain_xml(
         min_guarantee_kib=min_guarantee_kib,
         metadata_invalid=bool(problems),
         deflate_on_oom=root.find("./devices/memballoon[@autodeflate='on']") is not None,
+        unballoonable=unballoonable(root),
     )
     return Parsed(settings, tuple(problems + mg_problems))
 

@@ -199,7 +199,7 @@ def run(
     reports = {g.name: GuestReport(g.name, g.max_kib / KIB_PER_MIB) for g in hv.guests.values()}
     timeline = Timeline() if record else None
     host_min_kib, host_min_at_s = hv.host_available_kib(), 0.0
-    guard_kib = mib_to_kib(config.host.min_available_mib)
+    guard_kib = mib_to_kib(config.guard_mib(hv.host_total_kib))
     below_guard_s = longest_below_s = 0.0
     below_since_s: float | None = None
 
@@ -264,7 +264,7 @@ def run(
         host_min_at_s=host_min_at_s,
         guests=list(reports.values()),
         timeline=timeline,
-        host_guard_mib=config.host.min_available_mib,
+        host_guard_mib=config.guard_mib(hv.host_total_kib),
         host_below_guard_s=below_guard_s,
         host_longest_below_guard_s=longest_below_s,
     )
