@@ -98,7 +98,8 @@ def test_a_guest_whose_stats_are_impossible_is_warned_about_with_the_reason(
     for _ in range(int(service.config.stale_after_s) + 3):
         _tick(service, sim, clock)
     warnings = _messages(caplog, "left alone until they flow", logging.WARNING)
-    assert len(warnings) == 1 and "liar: bad-stats balloon stats (impossible: unused (MemFree) 3000 MiB is more than" in warnings[0]
+    expected = "liar: bad-stats balloon stats (impossible: unused (MemFree) 3000 MiB is more than"
+    assert len(warnings) == 1 and expected in warnings[0], warnings
 
 
 def test_the_warning_waits_on_the_services_clock_not_the_hosts(
