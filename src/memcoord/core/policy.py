@@ -10,19 +10,22 @@ in. `decide` reads top to bottom as one model:
    Below `low` the guest needs memory now: its starving line plus what its ramp uses until memcoord can act
    again, counting the sample's age. Above `high` while idle it holds memory it does not need: its wasteful
    line, or its recent peak (guest.peak_hold_s). A guest without a sane, fresh sample is held where it is.
-3. budget: host available - host.min_available_mib - memory held for a VM about to start - what memcoord granted
-   that QEMU does not back yet (`_held_kib`; host-side figures only, never a guest's claim, and nothing held for
-   a guest silent longer than the bound).
-4. allocate (`_Allocation`), in this order: floors and ceilings (`_clamp`); when the budget is negative or the
-   host under memory pressure, relief from above low, largest first, and nobody grows (`_relieve`); otherwise
-   idle guests above high give a reclaim step (`_reclaim`), guests below low grow toward their band, a scarce
-   budget split by weight (`_fill`); what it could not lift them by comes from others' comfort between low and
-   high, page cache first (`_comfort`), then the idle tax (`_tax`); busy guests below high share what was
-   reclaimed (`_pool`).
+3. budget: host available - host.min_available_mib - memory held for a VM about to start - what the guard holds
+   for each guest (`_held_kib`): of what QEMU does not back yet, its grant or what its ramp reaches before
+   memcoord can act again (host-side figures only, never a guest's claim; nothing for a guest silent longer than
+   the bound). A lowering gives back what QEMU backs above its new target in the same tick.
+4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
+   under memory pressure, relief from above high, then above low, largest first (`relieve`; under pressure
+   nobody grows); idle guests above high give a reclaim step (`reclaim`); guests below low grow toward their
+   band, a scarce budget split by weight (`fill`); what it could not lift them by comes from others' surplus
+   above high, then (for what a guest lacks to last until memcoord can act again) what the guard holds for
+   others' grants (`lendable_kib`) and others' comfort between low and high, page cache first (`take_for`),
+   then the idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again).
 5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
-low (as far as budget and ceiling allow) and never sets a balloon below where it is.
+low (as far as budget and ceiling allow) and never sets a balloon below where it is. Starving guests never give.
+A move smaller than MIN_MOVE_KIB waits (the band's hysteresis), but for floors, ceilings, relief and the tax.
 
 Free memory is `balloon.usable` (MemAvailable) where the guest reports it, else `balloon.unused` (MemFree).
 """
