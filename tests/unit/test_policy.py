@@ -5,7 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 from memcoord.core.config import Config, parse
-from memcoord.core.model import Action, DomainSettings, DomainStats, GuestClass, HostStats, Rule, Snapshot, mib_to_kib
+from memcoord.core.model import (
+    Action,
+    Change,
+    DomainSettings,
+    DomainStats,
+    GuestClass,
+    HostStats,
+    Rule,
+    Snapshot,
+    mib_to_kib,
+)
 from memcoord.core.policy import PolicyState, applied, decide, host_headroom_kib, thresholds_kib
 
 GIB_KIB = mib_to_kib(1024)
@@ -1002,3 +1012,18 @@ def test_a_grow_step_is_whole_mib_so_no_growth_falls_short_of_it():
     assert thresholds_kib(Config(), mib_to_kib(6144))[2] == mib_to_kib(308)
     plan, _ = decide(snap(dom("big", 1024, 100, max_mib=6144)), PolicyState(), Config())
     assert by_name(plan)["big"].delta_kib >= thresholds_kib(Config(), mib_to_kib(6144))[2]
+
+
+def test_a_report_while_memcoord_lowers_the_balloon_is_not_read_as_a_ramp():
+    """The same reader, lowered by memcoord: its own report already counts the inflation (and the cache the kernel
+    dropped) while libvirt's balloon size has not moved yet. Its used memory did not grow."""
+
+    def reader(current_mib: int, usable_mib: int, total_mib: int, last_s: int) -> DomainStats:
+        d = dom("r", current_mib, 60, usable_mib=usable_mib, last_s=last_s)
+        return dataclasses.replace(d, available_kib=mib_to_kib(total_mib))
+
+    _p, state = decide(snap(reader(512, 273, 457, NOW_S)), PolicyState(), Config())
+    lowering = Change("r", Action.RELIEVE, mib_to_kib(512), mib_to_kib(420), "relief")
+    state = applied(state, [lowering], NOW_S)
+    _p, state = decide(snap(reader(511, 100, 365, NOW_S + 1), now_s=NOW_S + 1), state, Config())
+    assert state.samples["r"].ramp_kib_per_s == 0

@@ -195,7 +195,10 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending:
     # guest's own report already counts the move: while its balloon moves, the move reads as use too.
     total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or pending is not None)
     interval_s = dom.last_update_s - prev.last_update_s
-    inflated = dom.current_kib < prev.current_kib - SETTLED_TOLERANCE_KIB
+    # (Or inflates now: memcoord lowered it and libvirt's balloon size, a second behind the guest, is not there.)
+    inflated = dom.current_kib < prev.current_kib - SETTLED_TOLERANCE_KIB or (
+        pending is not None and pending.target_kib < dom.current_kib
+    )
     if moved or pending is not None:
         kernel_kib = prev.kernel_kib
     reads_use = (by_total or not moved) and not total_lags and not inflated
