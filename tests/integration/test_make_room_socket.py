@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_make_room import Clock, _desk, _serve
+from tests.helpers.room import Clock, desk_for, serve
 
 NOBODY_UID = 65534
 
@@ -49,9 +49,9 @@ def test_nobody_else_may_ask_by_file_mode_nor_by_credentials() -> None:
     tmp_path = Path(tempfile.mkdtemp(prefix="mcroom-", dir="/tmp"))
     tmp_path.chmod(0o755)
     clock = Clock()
-    desk = _desk(tmp_path, clock)
+    desk = desk_for(tmp_path, clock)
     done = threading.Event()
-    _serve(desk, done, [0], clock)
+    serve(desk, done, [0], clock)
     try:
         # The socket's mode (0660, root's group) stops nobody at connect().
         assert _ask_as_nobody(tmp_path / "room.sock") == {"state": "connect-error", "error": "PermissionError"}

@@ -32,7 +32,8 @@ def test_memcoord_simulate_end_to_end_on_the_one_hog_scenario() -> None:
     assert int(hog[5]) == 0, out  # and never OOM-killed
     assert float(hog[6]) < 15, out
     for idle in ("vm-1", "vm-2", "vm-3"):
-        assert int(_row(out, idle)[4]) < 512, out  # idle guests gave memory back
+        # Idle guests hold no more than their wasteful line (350 MiB) plus less than a move's worth (32 MiB).
+        assert int(_row(out, idle)[4]) <= 512 and float(_row(out, idle)[7]) < 350 + 32, out
     host_min = re.search(r"minimum available (\d+) MiB", out)
     assert host_min and int(host_min.group(1)) >= 1024, out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import select
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,55 +18,18 @@ from memcoord.core.model import Action, DomainStats, HostStats, Snapshot, mib_to
 from memcoord.core.room import Reservation
 from memcoord.daemon.room import RoomDesk, may_ask, parse_request
 from memcoord.hypervisor.domain_settings import start_memory_kib
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
+from tests.helpers.room import Clock, desk_for, serve
 
 
 def _snapshot(*domains: DomainStats) -> Snapshot:
     return Snapshot(HostStats(available_kib=mib_to_kib(4096), total_kib=mib_to_kib(8192)), domains, 0.0)
 
 
-def _desk(tmp_path: Path, clock: Clock, extra: str = "") -> RoomDesk:
-    desk = RoomDesk(clock)
-    config = parse(
-        f'[room]\nsocket = "{tmp_path / "room.sock"}"\nhold_s = 60\n[host]\nguest_overhead_mib = 100\n{extra}'
-    )
-    desk.configure(config)
-    return desk
-
-
-def _serve(desk: RoomDesk, until: threading.Event, budgets: list[int], clock: Clock) -> list[int]:
-    """The daemon's side in a thread: wait on the desk's fds as the service does, and after each wait 'tick':
-    answer with the next budget (the last one repeats). Returns the reserved KiB each tick saw."""
-    seen: list[int] = []
-
-    def loop() -> None:
-        i = 0
-        while not until.is_set():
-            readable, _w, _x = select.select(desk.fds(), [], [], 0.05)
-            desk.handle(set(readable))
-            if any(a.reservation for a in desk._askers.values()):
-                snapshot = _snapshot()
-                seen.append(desk.reserved_kib(snapshot))
-                desk.answer(snapshot, budgets[min(i, len(budgets) - 1)])
-                i += 1
-                clock.now_s += 1.0
-
-    threading.Thread(target=loop, daemon=True).start()
-    return seen
-
-
 def test_a_request_is_held_and_answered_room_once_the_budget_covers_it(tmp_path: Path) -> None:
     clock = Clock()
-    desk = _desk(tmp_path, clock)
+    desk = desk_for(tmp_path, clock)
     done = threading.Event()
-    seen = _serve(desk, done, [-mib_to_kib(300), -mib_to_kib(100), 0], clock)
+    seen = serve(desk, done, [-mib_to_kib(300), -mib_to_kib(100), 0], clock)
     try:
         answer = makeroom.ask(str(tmp_path / "room.sock"), mib_to_kib(512), None, timeout_s=5.0)
     finally:
@@ -82,9 +44,9 @@ def test_a_request_is_held_and_answered_room_once_the_budget_covers_it(tmp_path:
 
 def test_a_request_short_at_its_wait_is_answered_with_the_shortfall(tmp_path: Path) -> None:
     clock = Clock()
-    desk = _desk(tmp_path, clock)
+    desk = desk_for(tmp_path, clock)
     done = threading.Event()
-    _serve(desk, done, [-mib_to_kib(700)], clock)
+    serve(desk, done, [-mib_to_kib(700)], clock)
     try:
         answer = makeroom.ask(str(tmp_path / "room.sock"), mib_to_kib(512), "vm1", timeout_s=4.0)
     finally:
@@ -170,9 +132,9 @@ def test_the_command_exits_0_with_room_and_75_when_short(tmp_path: Path, capsys:
     cfg.write_text(f'[room]\nsocket = "{tmp_path / "room.sock"}"\nhold_s = 60\n')
     for budgets, code, said in (([-1024, 0], os.EX_OK, "room for 200 MiB"), ([-mib_to_kib(50)], 75, "50 MiB short")):
         clock = Clock()
-        desk = _desk(tmp_path, clock)
+        desk = desk_for(tmp_path, clock)
         done = threading.Event()
-        _serve(desk, done, budgets, clock)
+        serve(desk, done, budgets, clock)
         try:
             assert cli_main(["make-room", "--mib", "200", "--config", str(cfg), "--timeout", "3"]) == code
         finally:

@@ -5,8 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 from memcoord.core.config import Config, parse
-from memcoord.core.model import Action, DomainSettings, DomainStats, GuestClass, Rule, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState, applied, decide, host_headroom_kib
+from memcoord.core.model import (
+    Action,
+    Change,
+    DomainSettings,
+    DomainStats,
+    GuestClass,
+    Rule,
+    Snapshot,
+    mib_to_kib,
+)
+from memcoord.core.policy import PolicyState, applied, decide, host_headroom_kib, thresholds_kib
 from tests.helpers.snapshots import NOW_S, by_name, dom, snap, steady, two_ticks
 from tests.helpers.snapshots import bump as _bump
 
@@ -115,9 +124,9 @@ def test_busy_guests_get_nothing_from_the_host():
     assert plan.changes == ()
 
 
-def _with_grant(doms: list[DomainStats], grants_mib: dict[str, int], available_mib: int):  # type: ignore[no-untyped-def]
+def _with_grant(doms: list[DomainStats], grants_mib: dict[str, int], available_mib: int, config: Config | None = None):  # type: ignore[no-untyped-def]
     """Two ticks a second apart on unchanged guests, memcoord having granted grants_mib a moment before."""
-    config = Config()
+    config = config or Config()
     _p, state = decide(snap(*doms, available_mib=available_mib), PolicyState(), config)
     grants = {n: mib_to_kib(m) for n, m in grants_mib.items()}
     state = dataclasses.replace(state, granted_kib=grants, raised_at_s=dict.fromkeys(grants, NOW_S - 30))
@@ -125,16 +134,19 @@ def _with_grant(doms: list[DomainStats], grants_mib: dict[str, int], available_m
     return decide(later, state, config)[0]
 
 
+TAX_20 = parse("[guest]\nidle_tax_mib = 20\n")
+
+
 def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_and_it_goes_to_the_starving():
     """The host budget is spent (its 100 MiB above the guard are held for g's untouched grant) and the starving
-    guest lacks 50 MiB to its low: one idle guest pays the tax, and it goes to the starving guest in the same
-    tick (the host has it above its guard): a starving guest next to a single idle one must not wait for a
-    second."""
+    guest lacks 51 MiB to its low: each idle guest pays the tax (a trickle by configuration: moves too small to be
+    worth making otherwise), and it goes to the starving guest in the same tick (the host has it above its
+    guard): a starving guest next to idle ones must not wait for a second."""
     g = dom("g", 1024, 300, rss_mib=924 + 128)  # idle too; 100 MiB of its balloon never touched
     plan = _with_grant([dom("i", 1024, 300), dom("s", 512, 100), g], {"g": 100}, available_mib=1024 + 100)
     changes = by_name(plan)
     assert changes["i"].action is changes["g"].action is Action.TAX
-    assert changes["i"].delta_kib == -mib_to_kib(2)
+    assert changes["i"].delta_kib == changes["g"].delta_kib == -mib_to_kib(2)
     assert changes["s"].delta_kib == mib_to_kib(2 + 2)
 
 
@@ -156,8 +168,9 @@ def test_no_tax_when_nobody_grows():
 
 
 def test_no_tax_is_taken_that_the_grown_guest_has_no_room_for():
-    """A starving guest 1 MiB below its ceiling grows that 1 MiB; idle guests must not pay more than fits."""
-    changes = by_name(steady(dom("i", 1024, 250), dom("j", 1024, 250), dom("s", 2047, 100)))
+    """A starving guest 40 MiB below its ceiling grows those 40 MiB from the host; idle guests must not pay for
+    what does not fit."""
+    changes = by_name(steady(dom("i", 1024, 300), dom("j", 1024, 300), dom("s", 2008, 100), config=TAX_20))
     assert changes["s"].to_kib == mib_to_kib(2048)
     assert "i" not in changes and "j" not in changes
 
@@ -182,7 +195,7 @@ def test_guest_at_its_maximum_is_not_grown():
 
 def test_reclaim_stops_at_the_floor():
     config = parse("[guest]\nwasteful_mib = 200\nwasteful_pct = 0\nreclaim_step_mib = 40\n")
-    changes = by_name(steady(dom("a", 280, 270), config=config))
+    changes = by_name(steady(dom("a", 290, 280), config=config))
     assert changes["a"].to_kib == mib_to_kib(256)
     assert steady(dom("a", 256, 250), config=config).changes == ()
 
@@ -272,9 +285,9 @@ def test_the_reason_names_the_figure_used():
 # -- sizes scale with the guest -------------------------------------------------------------------------------
 def test_thresholds_scale_with_a_large_guest():
     """8 GiB guest: starving below 5 % (410 MiB), wasteful from 15 % (1229 MiB), grow step 5 % (409.6 MiB,
-    whole MiB: 409)."""
+    whole MiB: 410)."""
     plan, _ = decide(snap(dom("db", 4096, 400, max_mib=8192)), PolicyState(), Config())
-    assert by_name(plan)["db"].delta_kib == mib_to_kib(409)
+    assert by_name(plan)["db"].delta_kib == mib_to_kib(410)
     plan = steady(dom("db", 4096, 1000, max_mib=8192))
     assert plan.classes["db"] is GuestClass.IDLE
     plan = steady(dom("db", 4096, 1300, max_mib=8192))
@@ -848,20 +861,30 @@ def test_two_guests_about_to_run_out_are_both_lent_what_they_lack():
     assert grown_kib <= mib_to_kib(600 - 30)  # never past the guard, nor into a's own ramp
 
 
+def _r_and_s(
+    r_first: tuple[int, int], r_second: tuple[int, int], s_free_mib: tuple[int, int], above_guard_mib: int
+) -> tuple[Snapshot, Snapshot]:
+    """Two snapshots a second apart: r, a 2 GiB guest ((free, QEMU-backed) MiB each time), and s, a 512 MiB
+    guest (free MiB each time)."""
+    available_mib = Config().host.min_available_mib + above_guard_mib
+    return tuple(  # type: ignore[return-value]
+        snap(
+            dom("r", 2048, r_free, last_s=NOW_S + k, rss_mib=r_backed + 128),
+            dom("s", 512, s_free, last_s=NOW_S + k),
+            available_mib=available_mib,
+            now_s=NOW_S + k,
+        )
+        for k, ((r_free, r_backed), s_free) in enumerate(zip((r_first, r_second), s_free_mib, strict=True))
+    )
+
+
 def test_a_ramping_guest_below_its_low_lends_the_grant_it_will_not_touch_before_memcoord_acts_again():
     """r ramps 200 MiB/s at its 2 GiB ceiling, below its (ramp-inflated) low; the guard holds 800 MiB for its
     untouched grant, of which its ramp touches 600 MiB in the 3 s before memcoord can act again. The rest is lent
     to s, which runs out of memory within the second (it lacks 280 MiB): an OOM kill now, against a margin r may
     never use."""
     config = parse("[guest]\nidle_tax_mib = 0\n")
-    available_mib = config.host.min_available_mib + 300
-    first = snap(dom("r", 2048, 1300, rss_mib=748 + 128), dom("s", 512, 200), available_mib=available_mib)
-    second = snap(
-        dom("r", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s", 512, 80, last_s=NOW_S + 1),
-        available_mib=available_mib,
-        now_s=NOW_S + 1,
-    )
+    first, second = _r_and_s((1300, 748), (1100, 948), (200, 80), above_guard_mib=300)
     _plan, state = decide(first, PolicyState(), config)
     state = dataclasses.replace(state, granted_kib={"r": mib_to_kib(800)})
     plan, _state = decide(second, state, config)
@@ -875,14 +898,72 @@ def test_the_guard_holds_what_a_ramping_guest_will_touch_of_its_untouched_memory
     it, twice over 300, which the host no longer has for others. s gets the other 200 of the 500 MiB above the
     guard, not the 300 of a grow step (sawtooth guests touching never-backed memory took the host below its
     guard)."""
-    available_mib = Config().host.min_available_mib + 500
-    first = snap(dom("r", 2048, 1100, rss_mib=948 + 128), dom("s", 512, 100), available_mib=available_mib)
-    second = snap(
-        dom("r", 2048, 1050, last_s=NOW_S + 1, rss_mib=948 + 128),
-        dom("s", 512, 100, last_s=NOW_S + 1),
-        available_mib=available_mib,
-        now_s=NOW_S + 1,
-    )
-    plan = two_ticks(first, second)
+    plan = two_ticks(*_r_and_s((1100, 948), (1050, 948), (100, 100), above_guard_mib=500))
     assert plan.host_headroom_kib == mib_to_kib(500 - 300) - by_name(plan)["s"].delta_kib
     assert by_name(plan)["s"].delta_kib == mib_to_kib(200)
+
+
+def test_an_idle_guest_a_little_above_its_high_is_left_there():
+    """The band's hysteresis: 20 MiB above its high is not worth a balloon move (MIN_MOVE_KIB); 40 MiB is."""
+    assert steady(dom("w", 1024, 370)).changes == ()
+    assert by_name(steady(dom("w", 1024, 390)))["w"].delta_kib == -mib_to_kib(40)
+
+
+def test_a_report_taken_while_the_balloon_inflates_does_not_undo_the_lowering():
+    """As on real guests: relief lowers an idle 512 MiB guest to its low; a second later the guest's own report
+    already counts the inflation (MemTotal and MemAvailable 173 MiB lower) while libvirt's balloon.current still
+    shows 511 MiB. Read as a report at 511 MiB, the guest has -20 MiB free at its target and was grown straight
+    back (for nothing: raised to where its balloon still was), undoing relief with the host below its guard."""
+    config = Config()
+    below_guard_mib = config.host.min_available_mib - 178
+
+    def idle(current_mib: int, usable_mib: int, total_mib: int, last_s: int) -> DomainStats:
+        d = dom("i", current_mib, usable_mib, last_s=last_s, rss_mib=current_mib + 128)
+        return dataclasses.replace(d, available_kib=mib_to_kib(total_mib))
+
+    _p, state = decide(snap(idle(512, 325, 457, NOW_S - 1), available_mib=below_guard_mib), PolicyState(), config)
+    plan, state = decide(snap(idle(512, 325, 457, NOW_S), available_mib=below_guard_mib), state, config)
+    (relief,) = plan.changes
+    assert relief.why.rule is Rule.RELIEF and relief.to_kib < mib_to_kib(512)
+    state = applied(state, plan.changes, NOW_S)
+    later = snap(idle(511, 152, 284, NOW_S + 1), available_mib=below_guard_mib, now_s=NOW_S + 1)
+    plan, _state = decide(later, state, config)
+    assert not [c for c in plan.changes if c.delta_kib > 0], plan.changes
+    # Its programs and kernel hold 187 MiB (MemTotal - MemAvailable + what its kernel kept of the balloon at
+    # rest), whatever libvirt says of the balloon: its low is its starving line and a MiB above that.
+    assert plan.bands["i"].low_kib == mib_to_kib(284 - 152 + (512 - 457) + 150 + 1)
+
+
+def test_a_balloon_that_inflated_between_two_reports_is_not_read_as_a_ramp():
+    """A page-cache reader's balloon inflates by 92 MiB between two reports: the kernel drops cache, and
+    MemAvailable falls 173 MiB (it counts only part of the cache). Its used memory did not grow by 81 MiB/s."""
+
+    def reader(current_mib: int, usable_mib: int, total_mib: int, last_s: int) -> DomainStats:
+        d = dom("r", current_mib, 60, usable_mib=usable_mib, last_s=last_s)
+        return dataclasses.replace(d, available_kib=mib_to_kib(total_mib))
+
+    _p, state = decide(snap(reader(512, 273, 457, NOW_S)), PolicyState(), Config())
+    _p, state = decide(snap(reader(420, 100, 365, NOW_S + 1), now_s=NOW_S + 1), state, Config())
+    assert state.samples["r"].ramp_kib_per_s == 0
+
+
+def test_a_grow_step_is_whole_mib_so_no_growth_falls_short_of_it():
+    """5 % of a 6 GiB guest is 307.2 MiB; moves are whole MiB, so the step is 308 (set as 307, it was short)."""
+    assert thresholds_kib(Config(), mib_to_kib(6144))[2] == mib_to_kib(308)
+    plan, _ = decide(snap(dom("big", 1024, 100, max_mib=6144)), PolicyState(), Config())
+    assert by_name(plan)["big"].delta_kib >= thresholds_kib(Config(), mib_to_kib(6144))[2]
+
+
+def test_a_report_while_memcoord_lowers_the_balloon_is_not_read_as_a_ramp():
+    """The same reader, lowered by memcoord: its own report already counts the inflation (and the cache the kernel
+    dropped) while libvirt's balloon size has not moved yet. Its used memory did not grow."""
+
+    def reader(current_mib: int, usable_mib: int, total_mib: int, last_s: int) -> DomainStats:
+        d = dom("r", current_mib, 60, usable_mib=usable_mib, last_s=last_s)
+        return dataclasses.replace(d, available_kib=mib_to_kib(total_mib))
+
+    _p, state = decide(snap(reader(512, 273, 457, NOW_S)), PolicyState(), Config())
+    lowering = Change("r", Action.RELIEVE, mib_to_kib(512), mib_to_kib(420), "relief")
+    state = applied(state, [lowering], NOW_S)
+    _p, state = decide(snap(reader(511, 100, 365, NOW_S + 1), now_s=NOW_S + 1), state, Config())
+    assert state.samples["r"].ramp_kib_per_s == 0

@@ -16,7 +16,17 @@ from dataclasses import replace
 import pytest
 
 from memcoord.core.config import Config, parse
-from memcoord.core.model import Action, Change, DomainSettings, DomainStats, HostStats, Plan, Snapshot, mib_to_kib
+from memcoord.core.model import (
+    Action,
+    Change,
+    DomainSettings,
+    DomainStats,
+    GuestClass,
+    HostStats,
+    Plan,
+    Snapshot,
+    mib_to_kib,
+)
 from memcoord.core.policy import PolicyState, applied, decide
 from tests.helpers.snapshots import dom
 
@@ -405,3 +415,16 @@ def test_a_sample_whose_last_update_goes_backwards_is_not_new_evidence():
     )
     assert lowering_mib(plans[1], "b") > 0, plans[1]  # precondition: the steady guest was reclaimed on new figures
     assert [p.changes for p in plans[2:]] == [(), ()], [p.changes for p in plans[2:]]
+
+
+def test_memfree_above_memavailable_by_the_kernels_reserves_is_a_sane_sample():
+    """As a real lab guest reports it (2 GiB maximum, ballooned to 512 MiB, nothing cached): MemFree 394 MiB,
+    MemAvailable 324 MiB, the kernel's reserves sized for the 2 GiB it booted with. Refused, every such guest
+    was left alone and its hog OOM-killed."""
+    real = replace(
+        guest("r", 512, 324, unused_mib=394, total_mib=457),
+        unused_kib=403536,
+        usable_kib=332580,
+    )
+    plan = ticks([snap(real, above_guard_mib=16384)])[-1]
+    assert plan.classes["r"] is not GuestClass.BAD_STATS, plan.refused

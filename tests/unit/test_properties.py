@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 
 from memcoord.core.config import Config
 from memcoord.core.model import LOWERING_ACTIONS, Action, DomainStats, GuestClass, HostStats, Rule, Snapshot, mib_to_kib
-from memcoord.core.policy import Pending, PolicyState, bands, decide, host_headroom_kib, silence_limit_s, thresholds_kib
+from memcoord.core.policy import (
+    MIN_MOVE_KIB,
+    Pending,
+    PolicyState,
+    bands,
+    decide,
+    host_headroom_kib,
+    silence_limit_s,
+    thresholds_kib,
+)
 from memcoord.sim.host import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Hog, Idle
 
@@ -363,7 +372,7 @@ def test_a_sample_already_seen_is_not_reclaimed_again(current_mib: int, extra_mi
     config = Config()
     _starving_kib, wasteful_kib, _step_kib = thresholds_kib(config, 16384 * MIB)
     unused_kib = min(current_mib * MIB, wasteful_kib + extra_mib * MIB)
-    assume(unused_kib >= wasteful_kib + MIB)
+    assume(unused_kib >= wasteful_kib + MIN_MOVE_KIB)  # a move worth making
     dom = DomainStats("vm1", current_mib * MIB, 16384 * MIB, unused_kib, unused_kib, None, current_mib * MIB, 999_990)
     host = HostStats(available_kib=4096 * MIB, total_kib=16384 * MIB)
     earlier = replace(dom, last_update_s=dom.last_update_s - gap_s)

@@ -86,6 +86,22 @@ def test_a_guest_whose_stats_stop_is_left_alone_warned_once_and_welcomed_back_on
     assert "quiet" not in service._untrusted_since
 
 
+def test_a_guest_whose_stats_are_impossible_is_warned_about_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A guest claiming more free memory than its balloon holds is left alone like one without stats, and the
+    warning says why its figures were refused."""
+    liar = SimGuest("liar", max_kib=mib_to_kib(4096), target_kib=mib_to_kib(1024), claimed_unused_kib=mib_to_kib(3000))
+    sim, clock = _host(liar), FakeClock()
+    service = _service(tmp_path, sim, clock)
+    caplog.set_level(logging.INFO, logger="memcoord")
+    for _ in range(int(service.config.stale_after_s) + 3):
+        _tick(service, sim, clock)
+    warnings = _messages(caplog, "left alone until they flow", logging.WARNING)
+    expected = "liar: bad-stats balloon stats (impossible: unused (MemFree) 3000 MiB is more than"
+    assert len(warnings) == 1 and expected in warnings[0], warnings
+
+
 def test_the_warning_waits_on_the_services_clock_not_the_hosts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

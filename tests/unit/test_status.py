@@ -83,6 +83,22 @@ def test_old_config_files_still_load_with_observability_off():
     assert config == Config()
 
 
+def test_a_guests_refused_stats_are_published_with_the_reason(tmp_path: Path):
+    service, sim = _service(tmp_path)
+    liar = sim.guests["sim-idle"]
+    liar.claimed_unused_kib = liar.max_kib + 1024 * 1024  # more free memory than it can have
+    for _ in range(3):
+        sim.advance(1.0)
+        assert service.tick()
+    view = json.loads((tmp_path / "state.json").read_text())
+    by_name = {d["name"]: d for d in view["domains"]}
+    assert by_name["sim-idle"]["class"] == "bad-stats"
+    assert "is more than its total" in by_name["sim-idle"]["refused"]
+    assert all(d["refused"] is None for n, d in by_name.items() if n != "sim-idle")
+    text = "\n".join(status.render(view))
+    assert "IMPOSSIBLE STATS from sim-idle (treated as no stats, left alone): unused (MemFree)" in text
+
+
 def test_a_failed_tick_and_a_failed_reload_are_published(tmp_path: Path):
     service, sim = _service(tmp_path)
     sim.advance(1.0)

@@ -480,9 +480,9 @@ def build_report(
         elif trusted(guest_class):
             why = steady_why(dom, guest_class, config, plan_now)
         else:
-            why = untrusted_why(
-                unusable.get(dom.name) or plan_now.refused.get(dom.name), dom.name in period_off, dom.name in period_set
-            )
+            # Taken out before the policy saw it (unusable), or refused by the policy itself.
+            reason = unusable.get(dom.name) or plan_now.refused.get(dom.name)
+            why = untrusted_why(reason, dom.name in period_off, dom.name in period_set)
         if dom.name in settlement.oom_kills:
             why += f"; simulated OOM kills: {settlement.oom_kills[dom.name]}"
         last_s = settlement.last_change_s.get(dom.name)

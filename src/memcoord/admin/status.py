@@ -73,6 +73,15 @@ def _class(d: dict[str, Any]) -> str:
     return f"{d['class']} ({excluded_by})" if excluded_by and d["class"] == "unmanaged" else d["class"]
 
 
+def _refusals(view: dict[str, Any]) -> list[str]:
+    """One line per guest whose stats the policy refuses (.get: an older daemon's state file has no reason)."""
+    return [
+        f"IMPOSSIBLE STATS from {d['name']} (treated as no stats, left alone): {d['refused']}"
+        for d in view["domains"]
+        if d.get("refused")
+    ]
+
+
 COLUMNS = (
     "DOMAIN",
     "CLASS",
@@ -136,6 +145,7 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
     # .get: a state file written by an older daemon lacks these.
     for name, error in sorted(view.get("stats_period_failing", {}).items()):
         lines.append(f"STATS PERIOD NOT SET on {name} (left alone, retrying with backoff): {error}")
+    lines += _refusals(view)
     if view.get("skipped_last_tick"):
         lines.append(f"LAST TICK RAN OUT OF TIME: {view['skipped_last_tick']} change(s) left for the next tick")
     errors = view["errors"]

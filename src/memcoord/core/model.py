@@ -129,7 +129,7 @@ class GuestClass(StrEnum):
     BUSY = "busy"
     NO_STATS = "no-stats"
     STALE = "stale"
-    # The guest's last sample could not be true (free memory above its own total, MemFree far above MemAvailable,
+    # The guest's last sample could not be true (free memory above its own total or its balloon's size,
     # ...): it is treated as no sample, and `Plan.refused` says why.
     BAD_STATS = "bad-stats"
 

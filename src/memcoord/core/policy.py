@@ -4,25 +4,28 @@ No I/O, no clock, no logging: the same inputs always give the same plan, whateve
 in. `decide` reads top to bottom as one model:
 
 1. sanitize: each guest's stats are untrusted input. A sample a guest could not have taken (`refusal`: free
-   memory above its own total, MemFree far above MemAvailable, a report from a balloon size it no longer has) is
+   memory above its own total or its balloon's size, a report from a balloon size it no longer has) is
    no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its recent peak).
 2. bands: from a sane sample, once per guest, floor <= low <= high <= ceiling (`_look_at`, public as `bands`).
    Below `low` the guest needs memory now: its starving line plus what its ramp uses until memcoord can act
    again, counting the sample's age. Above `high` while idle it holds memory it does not need: its wasteful
    line, or its recent peak (guest.peak_hold_s). A guest without a sane, fresh sample is held where it is.
-3. budget: host available - host.min_available_mib - memory held for a VM about to start - what memcoord granted
-   that QEMU does not back yet (`_held_kib`; host-side figures only, never a guest's claim, and nothing held for
-   a guest silent longer than the bound).
-4. allocate (`_Allocation`), in this order: floors and ceilings (`_clamp`); when the budget is negative or the
-   host under memory pressure, relief from above low, largest first, and nobody grows (`_relieve`); otherwise
-   idle guests above high give a reclaim step (`_reclaim`), guests below low grow toward their band, a scarce
-   budget split by weight (`_fill`); what it could not lift them by comes from others' comfort between low and
-   high, page cache first (`_comfort`), then the idle tax (`_tax`); busy guests below high share what was
-   reclaimed (`_pool`).
+3. budget: host available - host.min_available_mib - memory held for a VM about to start - what the guard holds
+   for each guest (`_held_kib`): of what QEMU does not back yet, its grant or what its ramp reaches before
+   memcoord can act again (host-side figures only, never a guest's claim; nothing for a guest silent longer than
+   the bound). A lowering gives back what QEMU backs above its new target in the same tick.
+4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
+   under memory pressure, relief from above high, then above low, largest first (`relieve`; under pressure
+   nobody grows); idle guests above high give a reclaim step (`reclaim`); guests below low grow toward their
+   band, a scarce budget split by weight (`fill`); what it could not lift them by comes from others' surplus
+   above high, then (for what a guest lacks to last until memcoord can act again) what the guard holds for
+   others' grants (`lendable_kib`) and others' comfort between low and high, page cache first (`take_for`),
+   then the idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again).
 5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
-low (as far as budget and ceiling allow) and never sets a balloon below where it is.
+low (as far as budget and ceiling allow) and never sets a balloon below where it is. Starving guests never give.
+A move smaller than MIN_MOVE_KIB waits (the band's hysteresis), but for floors, ceilings, relief and the tax.
 
 Free memory is `balloon.usable` (MemAvailable) where the guest reports it, else `balloon.unused` (MemFree).
 """
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from memcoord.core.model import (
@@ -48,6 +51,7 @@ from memcoord.core.model import (
     kib_to_mib,
     mib_to_kib,
 )
+from memcoord.core.sanity import impossible
 
 if TYPE_CHECKING:
     from memcoord.core.config import Config, GuestConfig
@@ -66,13 +70,15 @@ RAMP_DECAY = 0.5
 # After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
 # the lowering may predate the balloon's arrival.
 SETTLE_S = 2.0
+# A move smaller than this buys a guest no room it can use, and costs a setMemory, a balloon's move and a journal
+# line: such moves wait until they are worth making (the band's hysteresis). Floors, ceilings and relief, which
+# keep guests and the host safe, move whatever it takes, and so does the idle tax (a trickle by configuration).
+MIN_MOVE_KIB = 32 * KIB_PER_MIB
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 # The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
 # projection this long at most, and what the guard holds for a grant is released after it.
 SILENCE_LIMIT_STALE_PERIODS = 3
-# MemFree above MemAvailable by more than the kernel's reserves (watermarks, a few tens of MiB) is impossible.
-RESERVE_SLACK_KIB = 64 * KIB_PER_MIB
 
 
 # -- state -----------------------------------------------------------------------------------------------
@@ -91,6 +97,9 @@ class Sample:
     # The most the guest's programs used lately, and when: a guest that burst once is expected to again.
     peak_used_kib: int = 0
     peak_at_s: int = 0
+    # What the balloon holds beyond the guest's own total (its kernel's reservations), from a report taken with
+    # the balloon at rest: libvirt's balloon size lags the guest's own report by about a second while it moves.
+    kernel_kib: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,50 +152,28 @@ def free_figure(dom: DomainStats) -> tuple[int | None, str]:
 
 
 def refusal(dom: DomainStats, moving: bool) -> str | None:
-    """Why this guest's sample cannot be true, or None. moving: memcoord moved its balloon lately, so a report
-    from the size it had before is expected for a moment."""
-    figures = {"usable": dom.usable_kib, "unused": dom.unused_kib, "MemTotal": dom.available_kib}
-    for name, kib in figures.items():
+    """Why this guest's sample cannot be true, or None: what `sanity.impossible` finds (as `memcoord plan` does),
+    and figures a report never carries. moving: memcoord moved its balloon lately, so a report from the size it had
+    before is expected for a moment, and only its maximum bounds it."""
+    for name, kib in (("usable", dom.usable_kib), ("unused", dom.unused_kib), ("MemTotal", dom.available_kib)):
         if kib is not None and kib < 0:
             return f"{name} is negative"
     if dom.usable_kib is not None and dom.unused_kib is None:
         return "usable without unused (one report carries both)"
-    total_kib = dom.own_total_kib if dom.own_total_kib is not None else dom.max_kib
-    for name in ("usable", "unused"):
-        kib = figures[name]
-        if kib is not None and kib > total_kib:
-            return f"{name} {kib_to_mib(kib):.0f} MiB above its total {kib_to_mib(total_kib):.0f} MiB"
-    if dom.available_kib is not None and dom.available_kib > dom.max_kib + SETTLED_TOLERANCE_KIB:
-        return f"MemTotal {kib_to_mib(dom.available_kib):.0f} MiB above its maximum {kib_to_mib(dom.max_kib):.0f} MiB"
-    if (
-        dom.usable_kib is not None
-        and dom.unused_kib is not None
-        and dom.unused_kib > dom.usable_kib + RESERVE_SLACK_KIB
-    ):
-        return f"unused {kib_to_mib(dom.unused_kib):.0f} MiB far above usable {kib_to_mib(dom.usable_kib):.0f} MiB"
-    deflates = dom.settings is not None and dom.settings.deflate_on_oom
-    own_total_kib = dom.own_total_kib
-    if (
-        own_total_kib is not None
-        and not deflates
-        and not moving
-        and own_total_kib > dom.current_kib + SETTLED_TOLERANCE_KIB
-    ):
-        return (
-            f"reported at {kib_to_mib(own_total_kib):.0f} MiB MemTotal, its balloon is at "
-            f"{kib_to_mib(dom.current_kib):.0f} MiB: a report from before its balloon's last move"
-        )
-    return None
+    return impossible(replace(dom, current_kib=dom.max_kib) if moving else dom)
 
 
-def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading: bool) -> Sample | None:
+def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending: Pending | None) -> Sample | None:
     """Fold a new sane sample into the domain's history; a sample with the same timestamp (or an older one) is
     not new.
 
     A guest is steady when its free memory did not change, or changed exactly as much as the balloon moved (its
     used memory did not change): that is memcoord's doing, not the guest's. Its ramp is its used memory's growth
     per second between samples, over the time between them: a busy guest whose stats come late shows its ramp
-    all the same. heading: the balloon is on its way to a target memcoord set.
+    all the same. pending: the target memcoord set that the balloon is on its way to.
+
+    A balloon that inflated between two reports made the kernel drop page cache, and MemAvailable fell by more
+    than the balloon took (it counts only part of the cache): such a report shows no new ramp.
     """
     free_kib, figure = free_figure(dom)
     if free_kib is None or not dom.last_update_s:
@@ -196,18 +183,25 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading:
     total_kib = dom.own_total_kib
     used_kib = (total_kib if total_kib is not None else dom.current_kib) - free_kib
     by_total = dom.available_kib is not None
+    kernel_kib = dom.current_kib - total_kib if total_kib is not None else 0
     if prev is None or prev.figure != figure or prev.used_by_total != by_total:
         return Sample(dom.last_update_s, free_kib, dom.current_kib, False, used_kib, by_total, 0.0, figure,
-                      used_kib, dom.last_update_s)  # fmt: skip
+                      used_kib, dom.last_update_s, kernel_kib)  # fmt: skip
     used_grew_kib = used_kib - prev.used_kib
     steady = min(abs(free_kib - prev.free_kib), abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
     # Without the guest's own total, a balloon move between two reports reads as use: no new ramp from it.
     moved = abs(dom.current_kib - prev.current_kib) > SETTLED_TOLERANCE_KIB
     # A deflate-on-OOM guest's total is taken at balloon.current, which libvirt updates about a second after the
     # guest's own report already counts the move: while its balloon moves, the move reads as use too.
-    total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or heading)
+    total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or pending is not None)
     interval_s = dom.last_update_s - prev.last_update_s
-    reads_use = (by_total or not moved) and not total_lags
+    # (Or inflates now: memcoord lowered it and libvirt's balloon size, a second behind the guest, is not there.)
+    inflated = dom.current_kib < prev.current_kib - SETTLED_TOLERANCE_KIB or (
+        pending is not None and pending.target_kib < dom.current_kib
+    )
+    if moved or pending is not None:
+        kernel_kib = prev.kernel_kib
+    reads_use = (by_total or not moved) and not total_lags and not inflated
     rate_kib_per_s = used_grew_kib / interval_s if reads_use else 0.0
     ramp_kib_per_s = max(rate_kib_per_s, prev.ramp_kib_per_s * RAMP_DECAY, 0.0)
     if ramp_kib_per_s * interval_s < STEADY_TOLERANCE_KIB:
@@ -216,7 +210,7 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading:
     if used_kib >= peak_used_kib or dom.last_update_s - peak_at_s > peak_hold_s:
         peak_used_kib, peak_at_s = used_kib, dom.last_update_s
     return Sample(dom.last_update_s, free_kib, dom.current_kib, steady, used_kib, by_total, ramp_kib_per_s, figure,
-                  peak_used_kib, peak_at_s)  # fmt: skip
+                  peak_used_kib, peak_at_s, kernel_kib)  # fmt: skip
 
 
 # -- 2. one band per guest ---------------------------------------------------------------------------------
@@ -247,7 +241,10 @@ def _thresholds_kib(g: GuestConfig, size_kib: int) -> tuple[int, int, int]:
         int(size_kib * g.wasteful_pct / 100),
         starving_kib + mib_to_kib(g.wasteful_mib - g.starving_mib),
     )
-    grow_step_kib = max(mib_to_kib(g.grow_step_mib), int(size_kib * g.grow_step_pct / 100))
+    # Whole MiB, as every move is (a 5 % grow step of 6 GiB, 307.2 MiB, would be set as 307).
+    grow_step_kib = _whole_mib(
+        max(mib_to_kib(g.grow_step_mib), int(size_kib * g.grow_step_pct / 100)) + KIB_PER_MIB - 1
+    )
     return starving_kib, wasteful_kib, grow_step_kib
 
 
@@ -319,7 +316,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
     prev = state.samples.get(name)
     refused = refusal(dom, moving) if free_figure(dom)[0] is not None and dom.last_update_s else None
-    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, heading=pending is not None)
+    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, pending)
     age_s = max(0.0, now_s - sample.last_update_s) if sample else 0.0
     # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
     ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
@@ -340,21 +337,23 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     fresh = age_s <= clock.stale_s
     # Sized on the guest's configured size, not where its balloon is now.
     starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
-    # The sample saw the balloon at sample.current_kib; memory the balloon moved since is free (or gone) too.
-    g.free_kib = sample.free_kib + (base_kib - sample.current_kib)
+    # What it holds whatever its balloon's size: its use by its own total and its kernel's share of the balloon;
+    # without its own total, the balloon's size the report saw less its free memory.
+    by_total = sample.used_by_total
+    occupied_kib = sample.used_kib + sample.kernel_kib if by_total else sample.current_kib - sample.free_kib
+    g.free_kib = base_kib - occupied_kib
     if dom.usable_kib is not None and dom.unused_kib is not None:
         g.cache_kib = max(0, dom.usable_kib - dom.unused_kib)
-    occupied_kib = base_kib - g.free_kib
     g.survive_kib = min(occupied_kib + ramp_kib, ceiling_kib)
     ramp_kib = int(RAMP_SAFETY * ramp_kib)
     # The starving line belongs to the starving (free <= starving_mib, as the seed has it): low is one MiB above.
-    g.need_kib = need_kib = occupied_kib + starving_kib + ramp_kib + KIB_PER_MIB
+    need_kib = occupied_kib + starving_kib + ramp_kib + KIB_PER_MIB
+    g.need_kib = need_kib
     high_kib = occupied_kib + wasteful_kib
     peak_kib = 0
     if clock.peak_hold_s and sample.peak_used_kib > sample.used_kib:
         # Its recent peak, plus what the kernel keeps of the balloon beyond the guest's own total.
-        total_kib = dom.own_total_kib
-        peak_kib = sample.peak_used_kib + (dom.current_kib - total_kib if total_kib is not None else 0) + starving_kib
+        peak_kib = sample.peak_used_kib + sample.kernel_kib + starving_kib
         high_kib = max(high_kib, peak_kib)
     # A grow step at least, but a guest grown on its projection (stats late) only to its low.
     g.grow_to_kib = min(max(need_kib, base_kib + (grow_step_kib if fresh else 0), floor_kib), ceiling_kib)
@@ -446,11 +445,12 @@ class _Allocation:
         self.notes: list[str] = []
         self.reclaimed_kib = 0
 
-    def move(self, g: _Guest, to_kib: int, rule: Rule) -> int:
-        """Set g's target (whole MiB from where it is); returns how far it moved."""
+    def move(self, g: _Guest, to_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
+        """Set g's target (whole MiB from where it is), unless that moves it less than least_kib; returns how far
+        it moved."""
         delta_kib = to_kib - g.target_kib
         delta_kib = delta_kib - delta_kib % KIB_PER_MIB if delta_kib > 0 else -_whole_mib(-delta_kib)
-        if not delta_kib:
+        if not delta_kib or abs(delta_kib) < least_kib:
             return 0
         held_before_kib = self._held(g)
         backed_before_kib = _backed_above_kib(g, g.target_kib, self.config)
@@ -465,19 +465,23 @@ class _Allocation:
     def _held(g: _Guest) -> int:
         return max(0, g.held_kib - max(0, g.base_kib - g.target_kib))
 
-    def lower(self, g: _Guest, want_kib: int, rule: Rule, stop_kib: int | None = None) -> int:
+    def lower(
+        self, g: _Guest, want_kib: int, rule: Rule, stop_kib: int | None = None, least_kib: int = MIN_MOVE_KIB
+    ) -> int:
         """Lower g by up to want_kib, never below its low (or stop_kib) nor its floor; returns what was taken."""
         stop_kib = max(g.band.low_kib if stop_kib is None else stop_kib, g.band.floor_kib)
-        return self.move(g, max(stop_kib, g.target_kib - max(0, want_kib)), rule) if stop_kib < g.target_kib else 0
+        if stop_kib >= g.target_kib:
+            return 0
+        return self.move(g, max(stop_kib, g.target_kib - max(0, want_kib)), rule, least_kib)
 
-    def raise_(self, g: _Guest, want_kib: int, rule: Rule) -> int:
+    def raise_(self, g: _Guest, want_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
         """Raise g by up to want_kib from where its balloon is (never below balloon.current), within its
         ceiling; returns what it got."""
         start_kib = max(g.target_kib, g.dom.current_kib) if g.guest_class is GuestClass.STARVING else g.target_kib
         got_kib = min(want_kib, g.band.ceiling_kib - start_kib)
-        if got_kib < KIB_PER_MIB and start_kib == g.target_kib:
+        if got_kib < KIB_PER_MIB:  # given nothing, a lowering on its way is not undone either
             return 0
-        return self.move(g, start_kib + max(0, got_kib), rule)
+        return self.move(g, start_kib + max(0, got_kib), rule, least_kib)
 
     def lendable_kib(self) -> int:
         """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
@@ -499,7 +503,7 @@ class _Allocation:
         step_kib = mib_to_kib(self.config.guest.reclaim_step_mib)
         for g in self.guests:
             if g.base_kib < g.band.floor_kib and g.dom.current_kib < g.band.floor_kib:
-                self.move(g, g.band.floor_kib, Rule.FLOOR)
+                self.move(g, g.band.floor_kib, Rule.FLOOR, least_kib=0)
             elif g.settled and g.base_kib > g.band.ceiling_kib and g.guest_class is not GuestClass.STARVING:
                 stop_kib = max(g.band.ceiling_kib, g.need_kib)
                 if stop_kib > g.band.ceiling_kib:
@@ -507,7 +511,7 @@ class _Allocation:
                         f"{g.name}: above its ceiling, but its programs need {kib_to_mib(g.need_kib):.0f} MiB: the "
                         "rest waits until they free it"
                     )
-                self.lower(g, step_kib, Rule.CEILING, stop_kib=stop_kib)
+                self.lower(g, step_kib, Rule.CEILING, stop_kib=stop_kib, least_kib=0)
 
     def relieve(self, deficit_kib: int) -> int:
         """Relief: from what lies above each guest's high, then between its low and high (its recent peak is
@@ -522,12 +526,16 @@ class _Allocation:
         step_kib = mib_to_kib(config.host.relief_step_mib)
         for line in ("high", "low"):
             stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
-            donors = [g for g in self.guests if g.settled and g.target_kib > stop[g.name]]
+            donors = [
+                g
+                for g in self.guests
+                if g.settled and g.target_kib > stop[g.name] and g.guest_class is not GuestClass.STARVING
+            ]
             for g in sorted(donors, key=lambda g: (stop[g.name] - g.target_kib, g.name)):
                 if need_kib <= 0:
                     break
                 before_kib = _backed_above_kib(g, g.target_kib, config)
-                self.lower(g, step_kib - (g.base_kib - g.target_kib), Rule.RELIEF, stop_kib=stop[g.name])
+                self.lower(g, step_kib - (g.base_kib - g.target_kib), Rule.RELIEF, stop[g.name], least_kib=0)
                 need_kib -= _backed_above_kib(g, g.target_kib, config) - before_kib
         return max(0, need_kib - RELIEF_MARGIN_KIB)
 
@@ -547,7 +555,14 @@ class _Allocation:
             ):
                 self.reclaimed_kib += self.lower(g, step_kib, Rule.RECLAIM, stop_kib=g.band.high_kib)
 
-    def fill(self, wants_kib: dict[str, int], rule: Rule, amount_kib: int, beyond_budget: bool = False) -> None:
+    def fill(
+        self,
+        wants_kib: dict[str, int],
+        rule: Rule,
+        amount_kib: int,
+        beyond_budget: bool = False,
+        least_kib: int = MIN_MOVE_KIB,
+    ) -> None:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
         (water-filling: max-min fair by weight), in O(n log n)."""
         by_name = {g.name: g for g in self.guests}
@@ -559,7 +574,7 @@ class _Allocation:
             share_kib = _whole_mib(int(left_kib * g.weight / weight)) if weight else 0
             if want_kib <= share_kib or i == len(wants) - 1:
                 share_kib = min(want_kib, left_kib)
-            left_kib -= self.raise_(g, share_kib, rule)
+            left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
 
     def unmet_kib(self, survive: bool = False) -> dict[str, int]:
@@ -582,7 +597,11 @@ class _Allocation:
         donors = [
             g
             for g in self.guests
-            if g.settled and g.rule is None and g.target_kib > stop[g.name] and g.name not in still_growing
+            if g.settled
+            and g.rule is None
+            and g.target_kib > stop[g.name]
+            and g.name not in still_growing
+            and g.guest_class is not GuestClass.STARVING
         ]
         for g in sorted(donors, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
             if unmet_kib <= 0:
@@ -590,17 +609,17 @@ class _Allocation:
             unmet_kib -= self.lower(g, min(step_kib, unmet_kib), rule, stop_kib=stop[g.name])
 
     def tax(self, just_raised: set[str]) -> None:
-        """The seed's idle tax: while a guest below low still lacks memory, each idle guest pays idle_tax_mib,
-        never below the middle of its band (a tax, not a drain), and what it pays goes to the guests below low in
-        this tick: no more is taken than the host has above its guard beyond this tick's growth (the balloons
-        taking it back within a second)."""
+        """The seed's idle tax: while a guest below low still lacks memory, each idle guest pays idle_tax_mib
+        (a configured trickle: its moves are made whatever their size), never below the middle of its band (a tax,
+        not a drain), and what it pays goes to the guests below low in this tick: no more is taken than the host
+        has above its guard beyond this tick's growth (the balloons taking it back within a second)."""
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
         tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
         for g in self.guests:
             if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
                 stop_kib = (g.band.low_kib + g.band.high_kib) // 2
-                collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib)
-        self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True)
+                collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib, 0)
+        self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
 
     def changes(self) -> tuple[Change, ...]:
         out = []

@@ -253,6 +253,7 @@ class Observer:
                         "metadata": None if d.settings is None else dict(d.settings.metadata),
                         "min_guarantee_kib": None if d.settings is None else d.settings.min_guarantee_kib,
                         "stats_period_error": self.period_failing.get(d.name),
+                        "refused": plan.refused.get(d.name),
                     }
                 )
             host = {

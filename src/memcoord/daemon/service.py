@@ -436,19 +436,21 @@ class Service:
             log.info("ticks fit their %.1f s deadline again", budget_s, extra=journal.lifecycle("deadline-ok"))
 
     def _report_untrusted(self, plan: Plan, snapshot: Snapshot, now_s: float) -> None:
-        """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to
-        start reporting (it is left alone meanwhile), one line when they flow again. now_s: the service's
-        monotonic clock; how long the stats have been missing is measured on it, not on wall time."""
+        """One line when a guest's balloon stats are missing, stale or impossible (`Plan.refused`) for longer than
+        a new guest needs to start reporting (it is left alone meanwhile), one line when they flow again. now_s:
+        the service's monotonic clock; how long the stats have been missing is measured on it, not on wall
+        time."""
         for name, guest_class in plan.classes.items():
-            if guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
+            if not guest_class.trusted:
                 since_s = self._untrusted_since.setdefault(name, now_s)
                 if now_s - since_s >= self.config.stale_after_s and self._untrusted.start(name):
                     dom = next(d for d in snapshot.domains if d.name == name)
-                    detail = (
-                        f"last update {snapshot.taken_at_s - dom.last_update_s:.0f} s ago"
-                        if guest_class is GuestClass.STALE and dom.last_update_s
-                        else "no balloon driver or stats period"
-                    )
+                    if guest_class is GuestClass.BAD_STATS:
+                        detail = f"impossible: {plan.refused.get(name)}"
+                    elif guest_class is GuestClass.STALE and dom.last_update_s:
+                        detail = f"last update {snapshot.taken_at_s - dom.last_update_s:.0f} s ago"
+                    else:
+                        detail = "no balloon driver or stats period"
                     log.warning("%s: %s balloon stats (%s): left alone until they flow", name, guest_class, detail)
             else:
                 self._untrusted_since.pop(name, None)

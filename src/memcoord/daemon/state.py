@@ -32,7 +32,8 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
               or "locked" when its definition says ballooning cannot help it (model.Unballoonable); null when
               managed),
               metadata {key: value} (the valid keys of its memcoord metadata; null while unread),
-              min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null)}]
+              min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null),
+              refused (why the policy treats its last sample as no sample, class "bad-stats"; else null)}]
 """
 
 from __future__ import annotations
