@@ -126,8 +126,12 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         t_first_kill_s = min(t for t in kills_s if t is not None)
         growth_mib = {g: analysis.peak(tl, g, "current_mib", t_hog_s, t_first_kill_s) - start_mib[g] for g in names}
         growth_all_mib = {g: analysis.peak(tl, g, "current_mib", t_hog_s) - start_mib[g] for g in names}
-        mean_mib = sum(growth_mib.values()) / len(growth_mib)
-        spread_mib = max(growth_mib.values()) - min(growth_mib.values())
+        # The split is judged on what each guest held when the first hog died, the share the guard left it: a
+        # guest whose noisy ramp had it grown first may peak above that for a few seconds, and what it gave back
+        # before anyone died went to the others.
+        held_mib = {g: analysis.value_at(tl, g, "current_mib", t_first_kill_s) - start_mib[g] for g in names}
+        mean_mib = sum(held_mib.values()) / len(held_mib)
+        spread_mib = max(held_mib.values()) - min(held_mib.values())
         # Memory handed out at any one time (the guard should bind near HANDOUT_MIB) ...
         times = sorted({r["t_s"] for r in tl.rows if r["t_s"] >= t_hog_s})
         handed_out_mib = max(
@@ -153,15 +157,16 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         )
         print(
             f"\nscenario 2: guard {guard_mib} MiB, growth per guest until the first OOM kill "
-            f"{sorted(growth_mib.values())} MiB (until the end {sorted(growth_all_mib.values())} MiB), "
-            f"spread {spread_mib:.0f} MiB = {100 * spread_mib / max(mean_mib, 1):.0f}% of the mean; handed out at most "
+            f"{sorted(growth_mib.values())} MiB (until the end {sorted(growth_all_mib.values())} MiB), held at the "
+            f"first kill {sorted(held_mib.values())} MiB, spread {spread_mib:.0f} MiB = "
+            f"{100 * spread_mib / max(mean_mib, 1):.0f}% of the mean; handed out at most "
             f"{handed_out_mib:.0f} MiB; host lowest {lowest[1]:.0f} MiB at t={lowest[0]} s; before the first kill "
             f"(t={t_first_kill_s:.0f} s) {before_kill_mib:.0f} MiB handed out and {room_mib - left_mib:.0f} of the "
             f"{room_mib:.0f} MiB the host had above its guard in use"
         )
 
         assert all(v > 0 for v in growth_mib.values()), f"not every guest grew: {growth_mib}"
-        assert spread_mib < 0.3 * mean_mib, f"growth spread {spread_mib:.0f} MiB >= 30% of mean {mean_mib:.0f} MiB"
+        assert spread_mib < 0.3 * mean_mib, f"held at the first kill: {held_mib}, spread >= 30% of the mean"
         # "About" 1.5 GiB: the guard is set from one reading of the host's available memory, which drifts by
         # ~100 MiB over a run on a live machine (1688 MiB seen with the host 238 MiB above its guard). What must
         # hold exactly is the guard itself, below.

@@ -151,10 +151,9 @@ def test_a_starving_guest_grows_now_and_settles_higher() -> None:
     assert hog.settled_kib is not None and hog.settled_kib > hog.current_kib
     assert "below its low (60 MiB usable" in hog.why
     idle = rows["idle"]
-    # The host feeds the grower: no idle tax is taken (it is only for a guest the host cannot lift).
-    assert (idle.guest_class, idle.action) == ("idle", None)
-    assert idle.why.startswith("idle: 300 MiB usable")
-    assert idle.settled_kib == mib_to_kib(1024) and idle.settles_in_s == 0.0
+    # The seed's rule: a starving guest grows, so the idle guest pays the tax (2 MiB), and the grower gets it.
+    assert (idle.guest_class, idle.action, idle.to_kib) == ("idle", "tax", mib_to_kib(1024 - 2))
+    assert idle.why.startswith("idle tax for a guest below its low that grows; 300 MiB usable")
 
 
 def test_no_stats_without_a_period_says_so() -> None:

@@ -200,6 +200,21 @@ def test_reclaim_stops_at_the_floor():
     assert steady(dom("a", 256, 250), config=config).changes == ()
 
 
+def test_the_last_reclaim_step_to_a_floor_is_made_whatever_its_size():
+    """A high pinned at the floor is configuration, not a wobbling figure: an idle guest 24 MiB above its floor
+    goes there (as on real guests with a metadata floor of 800 MiB: it stayed at 824), while the hysteresis
+    still keeps a guest whose high comes from its use where it is (test_an_idle_guest_a_little_above_...)."""
+    config = parse('[domains."a"]\nmin_mib = 800\n')
+    assert by_name(steady(dom("a", 824, 737), config=config))["a"].to_kib == mib_to_kib(800)
+
+
+def test_a_reclaim_step_smaller_than_the_hysteresis_is_made():
+    """reclaim_step_mib = 4 is a trickle the admin chose: made, 4 MiB at a time (the hysteresis would never let
+    a 4 MiB move through, and the guest would never be reclaimed)."""
+    config = parse("[guest]\nreclaim_step_mib = 4\n")
+    assert by_name(steady(dom("a", 1024, 900), config=config))["a"].delta_kib == -mib_to_kib(4)
+
+
 def test_per_domain_floor_and_ceiling():
     config = parse('[domains."a"]\nmin_mib = 900\n[domains."b"]\nmax_mib = 1000\n')
     plan = steady(dom("a", 1000, 800), dom("b", 1500, 400), config=config)
@@ -967,3 +982,12 @@ def test_a_report_while_memcoord_lowers_the_balloon_is_not_read_as_a_ramp():
     state = applied(state, [lowering], NOW_S)
     _p, state = decide(snap(reader(511, 100, 365, NOW_S + 1), now_s=NOW_S + 1), state, Config())
     assert state.samples["r"].ramp_kib_per_s == 0
+
+
+def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_from_a_roomy_host():
+    """The seed's rule: if a starving guest grows, each idle guest pays the tax, and it goes to the starving. The
+    host has plenty: the grower gets its grow step from the host and the tax on top (as in the course's first
+    scenario, where idle 512 MiB guests give back a little at a time while a hog grows)."""
+    changes = by_name(steady(dom("i", 512, 324), dom("j", 512, 324), dom("s", 512, 100)))
+    assert changes["i"].delta_kib == changes["j"].delta_kib == -mib_to_kib(2)
+    assert changes["s"].delta_kib == mib_to_kib(300 + 2 + 2)

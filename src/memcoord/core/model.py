@@ -213,7 +213,7 @@ class Rule(StrEnum):
     # lacks to last until memcoord can act again) from between its low and high.
     SURPLUS = "surplus", Action.RECLAIM
     COMFORT = "comfort", Action.RECLAIM
-    TAX = "tax", Action.TAX  # idle: the idle tax, for a guest below low the budget cannot lift
+    TAX = "tax", Action.TAX  # idle: the idle tax, for a guest below its low that grows (the seed's rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +256,7 @@ class Reason:
             Rule.POOL: "busy below its high: share of memory reclaimed this tick",
             Rule.SURPLUS: f"for a guest below its low the host cannot lift ({budget}): from above its high",
             Rule.COMFORT: f"for a guest below its low the host cannot lift ({budget}): from between its low and high",
-            Rule.TAX: "idle tax for a guest below its low the host cannot lift",
+            Rule.TAX: "idle tax for a guest below its low that grows",
         }[self.rule]
         return f"{text}; {band}" if self.rule in (Rule.NEED, Rule.LENT) else f"{text}; {free}, {band}"
 

@@ -542,7 +542,9 @@ class _Allocation:
     def reclaim(self, allowed: bool, just_raised: set[str]) -> None:
         """Each idle guest above its high, on a sample new this tick (never twice on one set of figures), gives
         a reclaim step toward its high; not one memcoord just raised (taking a grant back before it is used
-        makes the two ping-pong)."""
+        makes the two ping-pong). A configured step smaller than MIN_MOVE_KIB is a trickle the admin chose: it is
+        made whatever its size; and so is the last step to a high pinned at the guest's floor, which is
+        configuration, not a figure that wobbles with the guest's use (hysteresis would leave it short of it)."""
         step_kib = mib_to_kib(self.config.guest.reclaim_step_mib)
         for g in self.guests:
             if (
@@ -553,7 +555,8 @@ class _Allocation:
                 and g.rule is None
                 and g.name not in just_raised
             ):
-                self.reclaimed_kib += self.lower(g, step_kib, Rule.RECLAIM, stop_kib=g.band.high_kib)
+                least_kib = 0 if g.band.high_kib == g.band.floor_kib else min(MIN_MOVE_KIB, step_kib)
+                self.reclaimed_kib += self.lower(g, step_kib, Rule.RECLAIM, g.band.high_kib, least_kib)
 
     def fill(
         self,
@@ -609,17 +612,24 @@ class _Allocation:
             unmet_kib -= self.lower(g, min(step_kib, unmet_kib), rule, stop_kib=stop[g.name])
 
     def tax(self, just_raised: set[str]) -> None:
-        """The seed's idle tax: while a guest below low still lacks memory, each idle guest pays idle_tax_mib
-        (a configured trickle: its moves are made whatever their size), never below the middle of its band (a tax,
-        not a drain), and what it pays goes to the guests below low in this tick: no more is taken than the host
-        has above its guard beyond this tick's growth (the balloons taking it back within a second)."""
+        """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, each idle guest
+        pays idle_tax_mib (a configured trickle: its moves are made whatever their size), never below the middle
+        of its band (a tax, not a drain), and it goes to those guests in this tick, up to their ceilings: no more
+        is taken than they can receive, nor than the host has above its guard beyond this tick's growth (the
+        balloons taking it back within a second)."""
+        wants_kib = {
+            g.name: g.band.ceiling_kib - g.target_kib
+            for g in self.guests
+            if g.guest_class is GuestClass.STARVING and (g.target_kib > g.base_kib or g.target_kib < g.band.low_kib)
+        }
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
+        room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
         tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
         for g in self.guests:
             if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
                 stop_kib = (g.band.low_kib + g.band.high_kib) // 2
                 collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib, 0)
-        self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
+        self.fill(wants_kib, Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
 
     def changes(self) -> tuple[Change, ...]:
         out = []
@@ -676,8 +686,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         if plan.unmet_kib(survive=True):
             plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT, still_growing)
             plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
-        if plan.unmet_kib():
-            plan.tax(just_raised)
+        plan.tax(just_raised)
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
             g.name: g.band.high_kib - g.target_kib
