@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.utils import floatToGoString
@@ -32,10 +32,12 @@ DOMAIN_GAUGES = (
 
 
 def registry(metrics: Metrics) -> CollectorRegistry:
-    """A registry of its own for one Metrics object: its counts, then the gauges of its view."""
+    """A registry of its own for one Metrics object: its counts, the gauges of its view, and the client library's
+    process_* series (the daemon's own RSS, CPU, open files: what an alert on memcoord itself reads)."""
     out = CollectorRegistry()
     out.register(_CountsCollector(metrics))
     out.register(_ViewCollector(metrics.get_view))
+    ProcessCollector(registry=out)
     return out
 
 
