@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tomli_w
 
+from memcoord.hypervisor.domain_settings import NAMESPACE
 from tests.unit.obs_daemon import free_port
 
 ENDPOINT = "the Prometheus endpoint's, only with [metrics] enabled (exposition.py)"
@@ -147,7 +148,7 @@ libvirt.virConnect.getAllDomainStats = with_balloon
 from memcoord.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-METADATA_NS = "https://memcoord.example/xmlns/1"
+METADATA_NS = NAMESPACE
 
 
 def _test_domain(name: str, uuid_tail: int, settings: str) -> str:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import inspect
 import os
 import pkgutil
 import re
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Iterator
@@ -70,6 +72,26 @@ dry_run = true
 [domains."db1"]
 min_mib = 4096
 """
+# memcoord(8)'s EXAMPLES: what each does, then the commands.
+EXAMPLES_8 = (
+    ("See what memcoord would do to each guest now, before it does anything:", "memcoord plan"),
+    (
+        "Check a changed config file, then apply it without a restart:",
+        "memcoord check-config /etc/memcoord.toml && systemctl reload memcoord",
+    ),
+    (
+        "Start it now and at every boot, then follow its actions:",
+        "systemctl enable --now memcoord\njournalctl -u memcoord -f",
+    ),
+    (
+        "Why a guest's memory changed: every action on it, each with its explanation from the journal's catalog:",
+        "journalctl -x -u memcoord MEMCOORD_DOMAIN=web1",
+    ),
+    (
+        "Hand the guests back to manual control, before removing the package:",
+        "systemctl stop memcoord\nmemcoord restore",
+    ),
+)
 UNITS = {"_mib": "MiB", "_kib": "KiB", "_pct": "percent", "_per_s": "per second", "_s": "seconds"}
 
 
@@ -78,6 +100,27 @@ def esc(text: str) -> str:
     """Text for a roff line: backslashes and hyphens escaped, no line starting with a control character."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
     return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n"))
+
+
+def example(text: str) -> list[str]:
+    """An example block: indented, in a fixed-width font, line by line as given."""
+    return [".RS 4", ".EX", esc(text.rstrip("\n")), ".EE", ".RE"]
+
+
+def prose(text: str) -> list[str]:
+    """A docstring as roff: paragraphs (blank-line separated) as .PP, blocks indented deeper than the text as
+    example blocks (.EX/.EE, kept line by line), `code` spans in bold without their backticks."""
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", inspect.cleandoc(text)):
+        lines = block.split("\n")
+        if out:
+            out.append(".PP")
+        if all(line.startswith("    ") for line in lines):
+            out += example(textwrap.dedent(block))
+        else:
+            words = esc(" ".join(block.split()))
+            out.append(re.sub(r"`([^`]+)`", r"\\fB\1\\fR", words))
+    return out
 
 
 def _header(name: str, section: int, title: str) -> list[str]:
@@ -253,24 +296,27 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
         "\\fI/var/lib/memcoord/\\fR",
         "The unit's state directory: the place for \\fBtimeline.path\\fR.",
         ".TP",
-        "\\fI/lib/systemd/system/memcoord.service\\fR",
-        "The unit (Debian package; \\fBmake install\\fR puts it in /etc/systemd/system). Change it with "
-        "\\fBsystemctl edit memcoord\\fR.",
+        "\\fI/usr/lib/systemd/system/memcoord.service\\fR",
+        "The unit of the Debian package (/lib/systemd/system on Debian 12; \\fBmake install\\fR puts it in "
+        "/etc/systemd/system). Change it with \\fBsystemctl edit memcoord\\fR.",
+        ".TP",
+        "\\fI/usr/lib/systemd/catalog/memcoord.catalog\\fR",
+        "What each of memcoord's journal records means, shown by \\fBjournalctl \\-x\\fR (the package runs "
+        "\\fBjournalctl \\-\\-update\\-catalog\\fR through systemd's trigger).",
         ".TP",
         "\\fI/usr/share/memcoord/\\fR",
         "Prometheus alert rules, scrape config and Grafana dashboard; the unit drop-in that lets a central "
         "Prometheus scrape the metrics endpoint.",
         ".TP",
         "\\fI/opt/venvs/memcoord/\\fR",
-        "The Python environment of the Debian package (pydantic and the other dependencies from PyPI; libvirt and "
-        "systemd bindings from Debian).",
+        "The Python environment of the Debian 12 package (pydantic and the other dependencies from PyPI; libvirt "
+        "and systemd bindings from Debian). The Debian 13 package has none: it uses Debian's python3 libraries.",
         ".SH EXAMPLES",
-        ".nf",
-        "memcoord check\\-config /etc/memcoord.toml && systemctl reload memcoord",
-        "systemctl enable \\-\\-now memcoord",
-        "journalctl \\-u memcoord \\-f",
-        "memcoord status",
-        ".fi",
+    ]
+    for i, (what, commands) in enumerate(EXAMPLES_8):
+        lines += [".PP"] if i else []
+        lines += [esc(what), *example(commands)]
+    lines += [
         ".SH SEE ALSO",
         "\\fBmemcoord.toml\\fR(5), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1), \\fBvirsh\\fR(1)",
     ]
@@ -397,14 +443,12 @@ def memcoord_toml_5() -> str:
         "Units are in the key names: \\fB_mib\\fR MiB (1024 KiB), \\fB_pct\\fR percent, \\fB_s\\fR seconds. "
         "Check a change, then apply it without a restart:",
         ".PP",
-        ".EX",
-        "memcoord check\\-config /etc/memcoord.toml && systemctl reload memcoord",
-        ".EE",
+        *example("memcoord check-config /etc/memcoord.toml && systemctl reload memcoord"),
     ]
     for table, model, keyed in sections():
         lines += [f".SH [{esc(table)}]"]
         if model.__doc__:
-            lines += [esc(" ".join(model.__doc__.split()))]
+            lines += prose(model.__doc__)
         if keyed:
             lines += [
                 ".PP",
@@ -422,16 +466,10 @@ def memcoord_toml_5() -> str:
         ".SH EXAMPLES",
         "A first config on a host: only the guests meant, decisions logged but not carried out, a floor for the "
         "database:",
-        ".PP",
-        ".EX",
-        esc(FIRST_CONFIG.rstrip()),
-        ".EE",
+        *example(FIRST_CONFIG),
         ".PP",
         "The defaults, as \\fBmemcoord print\\-config\\fR prints them for an empty file:",
-        ".PP",
-        ".EX",
-        esc(dump(Config()).rstrip()),
-        ".EE",
+        *example(dump(Config())),
         ".SH FILES",
         ".TP",
         "\\fI/etc/memcoord.toml\\fR",
