@@ -8,7 +8,7 @@ VENV ?= .venv
 DEBS = python3 python3-venv python3-pip python3-libvirt python3-systemd \
        qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients \
        busybox-static linux-image-amd64 cpio gcc libc6-dev systemd-container debootstrap tmux \
-       prometheus
+       prometheus lintian
 
 .PHONY: deps venv preflight test lint demo
 
