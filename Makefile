@@ -98,7 +98,9 @@ DEB_ARGS = $(if $(RELEASE),--release $(RELEASE),--install-build-deps) $(if $(DEB
 deb:  ## dist/memcoord_<version>_<arch>.deb (as root)
 	packaging/build-deb $(DEB_ARGS) $(DEB_OUT)
 
-# memcoord(8), memcoord.toml(5) and the bash completion, generated from the code, into build/ (`man -l build/man/memcoord.8`)
+# memcoord(8), memcoord.toml(5), the bash completion and the journal catalog, generated from the code, into build/
+# (`man -l build/man/memcoord.8`)
 man: venv
 	$(VENV)/bin/python -m memcoord.buildtime.manpage build/man
 	$(VENV)/bin/python -m memcoord.buildtime.completion > build/memcoord.bash-completion
+	$(VENV)/bin/python -m memcoord.buildtime.catalog > build/memcoord.catalog
