@@ -92,14 +92,7 @@ RELEASES = {
     ),
 }
 # Every Debian 13 runtime dependency is a Debian package, declared (not only present in the root).
-TRIXIE_DEPENDS = {
-    "python3-pydantic",
-    "python3-prometheus-client",
-    "python3-tomli-w",
-    "python3-psutil",
-    "python3-libvirt",
-    "python3-systemd",
-}
+TRIXIE_DEPENDS = {p for p in debroot.TRIXIE_RUNTIME if p.startswith("python3-")}
 
 
 @dataclass(frozen=True)
