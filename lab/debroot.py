@@ -136,7 +136,11 @@ def run_in(
             "-q",
             "-D",
             str(root),
+            "-M",
+            f"mcroot-{os.getpid()}",
+            # Not registered with machined, and in the caller's own cgroup: PID 1 here need not be systemd.
             "--register=no",
+            "--keep-unit",
             "--pipe",
             *([] if network else ["--private-network"]),
             *setenv,
