@@ -191,9 +191,8 @@ def catalog_ids(c: Container) -> set[str]:
 def test_0_lintian_no_errors_no_warnings_every_override_explained(release: Release, debs: dict[str, Deb]) -> None:
     """Debian 12's lintian on each package: nothing at warning or above; an override has the reason above it."""
     deb = debs["current"].path
-    r = subprocess.run(
-        ["lintian", "--fail-on", "error,warning", "--show-overrides", str(deb)], capture_output=True, text=True
-    )
+    # (Not with --show-overrides: lintian 2.116 then fails on overridden tags too.)
+    r = subprocess.run(["lintian", "--fail-on", "error,warning", str(deb)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     tags = [line for line in r.stdout.splitlines() if re.match(r"^[EW]: ", line)]
     assert not tags, tags
