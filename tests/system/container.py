@@ -81,7 +81,9 @@ class Container:
         subprocess.run(["tar", "-C", str(target), "-xf", str(self.workdir / "repo.tar")], check=True)
         # The host's trust store: where HTTPS goes through an inspecting proxy, pip in the container needs its CA,
         # exactly as pip on the host does. On an ordinary network this is the same Mozilla bundle.
-        shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc/ssl/certs/ca-certificates.crt")
+        # (A root without ca-certificates has no pip to feed.)
+        if (self.root / "etc/ssl/certs").is_dir():
+            shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc/ssl/certs/ca-certificates.crt")
         (self.root / "etc/hostname").write_text(self.name + "\n")
 
     def boot(self, timeout: float = 90, private_network: bool = False) -> None:
