@@ -33,9 +33,10 @@ preflight: deps  ## root, libvirtd (started if absent), QEMU, nspawn and the too
 test: deps preflight venv lint  ## every test, real libvirtd and guests included
 	$(VENV)/bin/pytest -v
 
-lint: venv  ## everything that ships or tests
+lint: venv  ## everything that ships or tests; mypy: strict on memcoord.core and memcoord.daemon ([tool.mypy])
 	$(VENV)/bin/ruff check src tests lab bench scripts packaging/build-deb
 	$(VENV)/bin/ruff format --check src tests lab bench scripts packaging/build-deb
+	$(VENV)/bin/mypy
 
 PREFIX ?= /opt/memcoord
 BINDIR ?= /usr/local/bin
@@ -66,6 +67,8 @@ install:
 	install -m 0644 packaging/prometheus/memcoord.rules.yml packaging/prometheus/grafana-dashboard.json \
 	  packaging/prometheus/scrape-config.yml $(PREFIX)/share/memcoord/prometheus/
 	install -m 0644 packaging/memcoord.service.d/metrics.conf $(PREFIX)/share/memcoord/systemd/
+# The libvirt hook (make-room before a VM starts) is opt-in: installed here, linked into libvirt's hooks by the admin.
+	install -D -m 0755 packaging/libvirt-hook/memcoord $(PREFIX)/share/memcoord/libvirt-hook/memcoord
 	@if [ -e $(CONFIG) ]; then echo "keeping existing $(CONFIG)"; \
 	 else install -m 0644 etc/memcoord.toml $(CONFIG) && echo "installed $(CONFIG)"; fi
 	@if [ -d /run/systemd/system ]; then \

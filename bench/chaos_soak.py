@@ -34,8 +34,7 @@ from pathlib import Path
 import psutil
 
 from memcoord.core import config as config_mod
-from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Snapshot, mib_to_kib
-from memcoord.core.policy import LENT_REASON
+from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Rule, Snapshot, mib_to_kib
 from memcoord.core.port import HypervisorError
 from memcoord.daemon.service import Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
@@ -294,15 +293,18 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
                 result.violations.append(f"tick {tick}: {c.domain} lowered to {c.to_kib} KiB below its floor")
             if not config.manages(c.domain):
                 result.violations.append(f"tick {tick}: {c.domain} is not managed but was changed")
-        grown_kib = sum(c.delta_kib for c in hv.accepted if c.delta_kib > 0)
+        # A guest below its floor is raised to it whatever the host has (the policy's promise to the guest).
+        floors = [c for c in hv.accepted if c.why is not None and c.why.rule is Rule.FLOOR]
+        grown_kib = sum(c.delta_kib for c in hv.accepted if c.delta_kib > 0 and c not in floors)
         if grown_kib:
-            guard_kib = mib_to_kib(config.host.min_available_mib)
+            guard_kib = mib_to_kib(config.guard_mib(hv.host_total_kib))
             # The promise: this tick's growth, once touched, leaves the host at or above its guard, after what
             # memcoord granted in the last GRANT_TICKS ticks that the guests have not touched yet; a guest that
             # would run out of memory before the next tick may be lent those grants, never the guard itself.
             # A grant memcoord took back this tick (a lowered target) is no longer outstanding: it may have been
             # given to a guest starving now.
-            lent = any(LENT_REASON in c.reason for c in hv.accepted)
+            # (The idle tax paid to the starving in the same tick is lent the same way.)
+            lent = any(c.why is not None and c.why.rule in (Rule.LENT, Rule.TAX) for c in hv.accepted)
             lowered = {c.domain: c.to_kib for c in hv.accepted if c.delta_kib < 0}
             still_kib = sum(
                 min(granted_kib, max(0, lowered.get(name, hv.guests[name].target_kib) - hv.guests[name].rss_kib))
@@ -310,7 +312,14 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
                 if name in hv.guests and tick - at_tick <= GRANT_TICKS
             )
             outstanding_kib = min(outstanding_kib, still_kib)
-            room_kib = available_kib - guard_kib - (0 if lent else outstanding_kib)
+            # What this tick's lowerings make QEMU give back (the pages it backs above the new target) funds
+            # growth in the same tick: the balloons inflate while the grown ones deflate.
+            released_kib = sum(
+                max(0, hv.guests[c.domain].rss_kib - c.to_kib) - max(0, hv.guests[c.domain].rss_kib - c.from_kib)
+                for c in hv.accepted
+                if c.delta_kib < 0 and c.domain in hv.guests
+            )
+            room_kib = available_kib - guard_kib - (0 if lent else outstanding_kib) + released_kib
             if grown_kib > max(0, room_kib):
                 result.violations.append(
                     f"tick {tick}: grew {grown_kib // KIB_PER_MIB} MiB with {room_kib // KIB_PER_MIB} MiB above"
@@ -327,8 +336,11 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
                     f" {before_kib // KIB_PER_MIB} MiB before; frozen stats {frozen}; " + describe(hv, service, config)
                 )
         for c in hv.accepted:
-            if c.delta_kib > 0:
+            if c.delta_kib > 0 and c not in floors:  # (a floor raise is the guest's due, not a grant to keep)
                 grants[c.domain] = (tick, c.delta_kib)
+            elif c.delta_kib < 0 and c.domain in grants:  # a lowering takes the untouched grant back first
+                at_tick, granted_kib = grants[c.domain]
+                grants[c.domain] = (at_tick, max(0, granted_kib + c.delta_kib))
             if c.action is Action.GROW and c.domain in hv.guests:
                 sample_s = hv.guests[c.domain].last_update_s
                 if grown_on.get(c.domain) == sample_s:

@@ -3,8 +3,11 @@
     .venv/bin/python bench/compare.py [--config etc/memcoord.toml] [--policies memcoord,mom,proxmox] [SCENARIO ...]
 
 memcoord runs twice: `memcoord` with the config as given (default profile: idle memory goes back to the host)
-and `memcoord-prod` with the production profile laid over it (PROD_PROFILE). Every run is deterministic
-(scenario seed, simulated time), so the table is the same on any machine.
+and `memcoord-prod` with the production profile laid over it (PROD_PROFILE). Where a scenario has memcoord's
+libvirt hook (`host.make_room`), `memcoord-prod-nohook` runs the same without it; where it models host PSI
+(`host.thrash_below_mib`), `memcoord-prod-psi` runs it with `host.pressure_relief_pct` at PRESSURE_LINE_PCT: the
+rows that show what make-room and the pressure signal change. Every run is deterministic (scenario seed,
+simulated time), so the table is the same on any machine.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import Any
 from memcoord.admin.simulate import DemandCheck, RunReport, check_demand, format_table, load_scenario, run
 from memcoord.core import config as config_mod
 from memcoord.core.config import Config
+from memcoord.sim.run import PRESSURE_LINE_PCT
+from memcoord.sim.scenario import Scenario
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.policies import POLICIES, factory
+from bench.policies import POLICIES, policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # host would keep tens of GiB idle on purpose).
 PROD_TARGET_ABOVE_GUARD_MIB = 2048
 PROD_NAME = "memcoord-prod"
+NOHOOK_NAME = "memcoord-prod-nohook"
+PSI_NAME = "memcoord-prod-psi"
 
 # The host may be below its guard at most this long at a time (the goal: relief within ~10 s).
 RELIEF_LIMIT_S = 10.0
@@ -45,6 +52,7 @@ HEADERS = [
     "host min avail MiB",
     "below guard s",
     "longest below guard s",
+    f"host PSI > {PRESSURE_LINE_PCT:.0f} % s",
     "balloon changes",
     "relief mean s",
     "relief max s",
@@ -52,24 +60,35 @@ HEADERS = [
 ]
 
 
-# How long a guest keeps room for its recent peak in the production profile (README: "Production profile").
+# How long a guest keeps room for its recent peak in the production profile (README: "Profiles").
 PROD_PEAK_HOLD_S = 600
 
 
 def prod_profile(config: Config) -> dict[str, Any]:
-    """The overlay that turns `config` into the production profile (README: "Production profile")."""
+    """The overlay that turns `config` into the production profile (README: "Profiles")."""
     return {
         "host": {"target_available_mib": config.host.min_available_mib + PROD_TARGET_ABOVE_GUARD_MIB},
         "guest": {"peak_hold_s": PROD_PEAK_HOLD_S},
     }
 
 
-def prod_config(config: Config) -> Config:
-    """`config` with the production profile."""
+def prod_config(config: Config, overlay: dict[str, Any] | None = None) -> Config:
+    """`config` with the production profile (and overlay on top)."""
     data = config.model_dump()
-    for section, values in prod_profile(config).items():
+    for section, values in [*prod_profile(config).items(), *(overlay or {}).items()]:
         data[section] = {**data[section], **values}
     return Config.model_validate(data)
+
+
+def variants(scenario: Scenario, config: Config) -> list[tuple[str, Scenario, Config]]:
+    """The extra memcoord runs a scenario calls for: without its hook, with the pressure signal on."""
+    out = []
+    if scenario.host.make_room:
+        no_hook = scenario.model_copy(update={"host": scenario.host.model_copy(update={"make_room": False})})
+        out.append((NOHOOK_NAME, no_hook, prod_config(config)))
+    if scenario.host.thrash_below_mib is not None:
+        out.append((PSI_NAME, scenario, prod_config(config, {"host": {"pressure_relief_pct": PRESSURE_LINE_PCT}})))
+    return out
 
 
 def row(report: RunReport) -> list[object]:
@@ -85,6 +104,7 @@ def row(report: RunReport) -> list[object]:
         f"{report.host_min_available_mib:.0f}",
         f"{report.host_below_guard_s:.1f}",
         f"{report.host_longest_below_guard_s:.1f}",
+        opt(report.host_pressure_s),
         report.balloon_changes,
         opt(report.mean_relief_s),
         opt(report.max_relief_s),
@@ -169,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = config_mod.load(args.config) if args.config else Config()
-    runs: list[tuple[str, str, Config]] = []  # label, policy, config
+    runs: list[tuple[str, str, Config]] = []  # label, policy name, config
     for name in args.policies.split(","):
         runs.append((name, name, config))
         if name == "memcoord":
@@ -181,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         scenario = load_scenario(path)
         reports = {}
-        for label, policy, cfg in runs:
-            report = dataclasses.replace(run(scenario, cfg, factory(policy)), policy=label)
+        planned = [(label, scenario, cfg, name) for label, name, cfg in runs]
+        if any(name == "memcoord" for _label, name, _cfg in runs):
+            planned += [(label, sc, cfg, "memcoord") for label, sc, cfg in variants(scenario, config)]
+        for label, sc, cfg, name in planned:
+            report = dataclasses.replace(run(sc, cfg, policy(name)), policy=label)
             reports[label] = report
             rows.append(row(report))
             print(f"  ran {scenario.name} / {label}", file=sys.stderr)

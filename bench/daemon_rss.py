@@ -9,17 +9,14 @@ libvirt module and shared libraries as on a real host, no guests and no lock nee
 --domains 'none-*'` measures it on the host's libvirtd, managing no guest: on a shared libvirtd, `--domains` is
 required, so that the shipped config's `domains = ["*"]` never balloons someone else's guests.
 `--metadata N` runs it on the test driver with N domains whose definitions carry memcoord metadata
-(`<memcoord:settings>`, two distinct contents, one of them invalid), so that the daemon checks metadata (in its
-child process) while it is measured; the test driver reports no balloon stats, so those domains are read, not
-coordinated.
+(`<memcoord:settings>`, two distinct contents, one of them invalid), so that the daemon checks metadata while it
+is measured; the test driver reports no balloon stats, so those domains are read, not coordinated.
 Waits for `--ticks` ticks (read from the state file), reads /proc/PID/status (VmRSS, RssAnon, RssFile) and
 /proc/PID/smaps_rollup (Pss), then sends `--reloads` SIGHUPs (each with a good file, the same settings) and
 reads them again after a few more ticks. With `--modules`, also prints the number of modules the daemon
 imported and the ones from a list of heavy standard-library and third-party packages (from `python -X importtime`
 of the same command, which adds its own overhead: RSS is measured without it). With `--breakdown`, also what each
-part of the daemon's imports adds to the RSS of a fresh interpreter, in the order the daemon needs them, and what
-pydantic and the config models would add (the child process that validates the config file loads them; the
-daemon does not).
+part of the daemon's imports adds to the RSS of a fresh interpreter, in the order the daemon needs them.
 """
 
 from __future__ import annotations
@@ -43,7 +40,7 @@ from lab.coordinator import SHIPPED_CONFIG, memcoord_command
 from memcoord.hypervisor.domain_settings import NAMESPACE
 
 TICK_WAIT_S = 60.0
-# What the daemon should not need with metrics off: listed when --modules finds them loaded.
+# Large packages: --modules lists those the daemon has loaded.
 HEAVY = (
     "pydantic",
     "prometheus_client",
@@ -64,8 +61,7 @@ HEAVY = (
 )
 
 
-# What the daemon imports, in groups, each measured after the ones before it (--breakdown); then, for comparison,
-# what the child process that validates the config file adds on top (pydantic and the models: never in the daemon).
+# What the daemon imports, in groups, each measured after the ones before it (--breakdown).
 BREAKDOWN = (
     ("the interpreter", ()),
     (
@@ -84,16 +80,11 @@ BREAKDOWN = (
     ),
     ("the libvirt binding and its C libraries", ("libvirt",)),
     ("sd_notify (systemd.daemon)", ("systemd.daemon",)),
-    (
-        "the rest of memcoord run",
-        ("memcoord.cli", "memcoord.daemon.config_view", "memcoord.service", "memcoord.hypervisor.libvirt"),
-    ),
     # pydantic's plugin loader brings importlib.metadata (email, zipfile, csv ...) when it builds its first model.
-    (
-        "not in the daemon: pydantic and pydantic-core (the validating child's)",
-        ("pydantic", "pydantic.main", "pydantic.plugin._loader"),
-    ),
-    ("not in the daemon: the config models (the validating child's)", ("memcoord.core.config",)),
+    ("pydantic and pydantic-core", ("pydantic", "pydantic.main", "pydantic.plugin._loader")),
+    ("the config models", ("memcoord.core.config",)),
+    ("the Prometheus client and its HTTP server", ("prometheus_client", "memcoord.daemon.exposition")),
+    ("the rest of memcoord run", ("memcoord.cli", "memcoord.daemon.service", "memcoord.hypervisor.libvirt")),
 )
 BREAKDOWN_CHILD = """
 import gc, importlib, json, sys

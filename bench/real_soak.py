@@ -1,8 +1,8 @@
 """Real soak: the real `memcoord run` daemon on 4 real lab guests, workloads cycling, libvirtd restarted.
 
-    flock /tmp/memcoord-qemu.lock .venv/bin/python -m bench.real_soak [--minutes 30] [--restart-every-s 180]
+    flock /tmp/memcoord-lab.lock .venv/bin/python -m bench.real_soak [--minutes 30] [--restart-every-s 180]
 
-Needs root and the lab's packages (`make deps`). It restarts the shared libvirtd, so run it under the QEMU lock.
+Needs root and the lab's packages (`make deps`). It restarts the shared libvirtd, so run it under the lab lock.
 
 What runs: 4 guests `mcsoak-<pid>-1..4` (512 MiB at start, max 1024 MiB; guests 2 and 4 have the shared readonly
 disk), memcoord with the shipped config restricted to them (interval 1 s), and a 4-minute workload cycle:
@@ -21,7 +21,7 @@ Measured on the daemon's own process (one PID all along: a restart or crash is a
   log lines per hour (its stderr, what the journal gets under systemd), and the commonest kinds;
   libvirtd restarts survived (memcoord logged the loss and the recovery, same PID), and when it acted again;
   OOM kills inside the guests (their consoles' "Out of memory" lines).
-Goals: RSS <= 40 MiB and flat (end - first minute <= 2 MiB), CPU <= 1 % of a core. Exit 1 when a goal or the
+Goals: RSS <= 64 MiB and flat (end - first minute <= 2 MiB), CPU <= 1 % of a core. Exit 1 when a goal or the
 zero-crash / zero-OOM requirement is missed.
 """
 
@@ -32,7 +32,6 @@ import collections
 import contextlib
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from lab.console import ConsoleError
 from lab.coordinator import Memcoord, lab_config
 from lab.image import build_image
 from lab.lab import Lab, LabError, remove_orphans
-from lab.libvirtd import ensure_libvirtd, libvirtd_pid
+from lab.libvirtd import ensure_libvirtd, libvirtd_pid, restart_libvirtd
 from memcoord.core.model import Action
 
 PREFIX_ROOT = "mcsoak-"
@@ -53,7 +52,7 @@ CYCLE_S = 240
 HOG1_MIB = 600
 HOG3_MIB = 400
 HOG_PAGE_US = 500  # 8 MiB/s: a ramp memcoord's grow steps keep ahead of
-RSS_GOAL_MIB = 40.0
+RSS_GOAL_MIB = 64.0
 RSS_FLAT_MIB = 2.0
 CPU_GOAL_PCT = 1.0
 WARMUP_S = 60.0
@@ -185,15 +184,7 @@ class Soak:
     def restart_libvirtd(self) -> None:
         pid = libvirtd_pid()
         t_kill_s = self.t_s()
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
-                time.sleep(0.5)
-        ensure_libvirtd(grace_s=0.0)
+        restart_libvirtd()
         t_up_s = self.t_s()
         self.note(f"libvirtd restarted (pid {pid} -> {libvirtd_pid()}), down {t_up_s - t_kill_s:.1f} s")
         self.restarts.append({"t_kill_s": t_kill_s, "t_up_s": t_up_s})

@@ -162,6 +162,7 @@ class Memcoord:
     ) -> None:
         """on_action: each applied action; on_tick: each timeline line (t_mono_s, line), e.g. to see the
         hypervisor lost (its "error" field); on_line: each log line; on_status: each sd_notify STATUS=."""
+        self.work_dir = work_dir
         self.timeline_path = work_dir / TIMELINE_NAME
         self.config = with_timeline(config, self.timeline_path)
         self.config_path = work_dir / "memcoord.toml"
@@ -198,6 +199,9 @@ class Memcoord:
         env.pop("JOURNAL_STREAM", None)  # log to our pipe, never to the journal
         for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(var, None)
+        # Its record of guests' sizes before memcoord (what `memcoord restore` returns them to) stays with the run,
+        # as systemd's StateDirectory= would give it one, instead of the host's /var/lib/memcoord.
+        env.setdefault("STATE_DIRECTORY", str(self.work_dir))
         # Play systemd's part: memcoord reports every tick with STATUS=, so a stalled loop shows up.
         self._notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify_sock.bind(str(self._notify_dir / "notify.sock"))

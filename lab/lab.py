@@ -42,25 +42,37 @@ def _silence_libvirt_stderr() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def _disk_xml(disk: Path | None) -> str:
-    """A readonly virtio disk (the guest's /dev/vda), or nothing.
+SWAP_SERIAL = "mcswap"
 
-    cache='none' (O_DIRECT) keeps the guests' reads out of the host's page cache, so the host's
+
+def _disk_xml(disk: Path | None, target: str = "vda", readonly: bool = True, serial: str = "") -> str:
+    """A virtio disk, or nothing: the readonly one page-cache guests read (the guest's /dev/vda), or a writable one
+    the guest swaps to (found in the guest by its serial).
+
+    cache='none' (O_DIRECT) keeps the guests' reads and swap out of the host's page cache, so the host's
     available memory moves with what the guests' QEMUs hold, not with the host caching the file.
     """
     if disk is None:
         return ""
+    extra = ("\n      <readonly/>" if readonly else "") + (f"\n      <serial>{serial}</serial>" if serial else "")
     return f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
       <source file='{escape(str(disk))}'/>
-      <target dev='vda' bus='virtio'/>
-      <readonly/>
+      <target dev='{target}' bus='virtio'/>{extra}
     </disk>"""
 
 
-def _autodeflate_attr(autodeflate: bool) -> str:
-    return " autodeflate='on'" if autodeflate else ""
+_MEMFD_XML = """
+  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"""
+
+
+def _balloon_xml(balloon: bool, autodeflate: bool, stats_period_s: int) -> str:
+    if not balloon:
+        return "<memballoon model='none'/>"
+    attr = " autodeflate='on'" if autodeflate else ""
+    stats = f"<stats period='{stats_period_s}'/>" if stats_period_s else ""
+    return f"<memballoon model='virtio'{attr}>{stats}</memballoon>"
 
 
 def domain_xml(
@@ -72,10 +84,18 @@ def domain_xml(
     stats_period_s: int = 1,
     disk: Path | None = None,
     autodeflate: bool = False,
+    swap: Path | None = None,
+    balloon: bool = True,
+    memfd: bool = False,
 ) -> str:
     """One guest: software-emulated (KVM hangs on these hosts), 1 vCPU, balloon stats every second,
     and with `disk` a readonly virtio disk to fill its page cache from. `autodeflate`: the balloon
     deflates on the guest's own OOM (`<memballoon autodeflate='on'>`), before its OOM killer runs.
+    `swap`: a writable disk file the guest swaps to (`Lab.up` turns it on).
+    stats_period_s = 0: no stats period, libvirt's default (the balloon driver reports once, at boot).
+    balloon = False: `<memballoon model='none'/>`, a guest memcoord must leave alone.
+    memfd: its RAM is a shared memfd (as vhost-user devices and virtiofs need), which the host counts as shmem in
+    its page cache (`Cached`), not as anonymous memory.
 
     on_reboot/on_crash destroy plus panic=-1 turn a dead guest kernel into a stopped domain the
     recorder sees, instead of a silently rebooting one.
@@ -84,7 +104,7 @@ def domain_xml(
   <name>{escape(name)}</name>
   <memory unit='MiB'>{max_mib}</memory>
   <currentMemory unit='MiB'>{current_mib}</currentMemory>
-  <vcpu>1</vcpu>
+  <vcpu>1</vcpu>{_MEMFD_XML if memfd else ""}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(image.kernel))}</kernel>
@@ -100,8 +120,8 @@ def domain_xml(
       <source mode='bind' path='{escape(str(console_sock))}'/>
       <target port='0'/>
     </serial>
-    <controller type='usb' model='none'/>{_disk_xml(disk)}
-    <memballoon model='virtio'{_autodeflate_attr(autodeflate)}><stats period='{stats_period_s}'/></memballoon>
+    <controller type='usb' model='none'/>{_disk_xml(disk)}{_disk_xml(swap, "vdb", False, SWAP_SERIAL)}
+    {_balloon_xml(balloon, autodeflate, stats_period_s)}
   </devices>
 </domain>
 """
@@ -147,6 +167,7 @@ class Guest:
     max_mib: int
     current_mib: int
     has_disk: bool = False
+    has_swap: bool = False
 
 
 class Lab:
@@ -164,9 +185,18 @@ class Lab:
         boot_timeout_s: float = 180.0,
         disk_guests: Collection[int] = (),
         autodeflate_guests: Collection[int] = (),
+        swap_guests: Collection[int] = (),
+        swap_mib: int = 1024,
+        no_balloon_guests: Collection[int] = (),
+        stats_period_s: int = 1,
+        memfd_guests: Collection[int] = (),
     ) -> None:
         """disk_guests: 1-based indexes of the guests that get the shared readonly disk (/dev/vda);
-        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate)."""
+        autodeflate_guests: those whose balloon deflates on their own OOM (`domain_xml`'s autodeflate);
+        swap_guests: those that swap to a writable disk of their own of swap_mib (sparse, in the run dir);
+        no_balloon_guests: those with no balloon device (`<memballoon model='none'/>`); stats_period_s: every
+        balloon's stats period (0: none, libvirt's default); memfd_guests: those whose RAM is a shared memfd
+        (`domain_xml`'s memfd)."""
         self.prefix = prefix
         self.n = n
         self.max_mib = max_mib
@@ -180,6 +210,15 @@ class Lab:
         self.autodeflate_guests = frozenset(autodeflate_guests)
         if not self.autodeflate_guests <= set(range(1, n + 1)):
             raise ValueError(f"autodeflate_guests {sorted(self.autodeflate_guests)} not within 1..{n}")
+        self.swap_guests = frozenset(swap_guests)
+        if not self.swap_guests <= set(range(1, n + 1)):
+            raise ValueError(f"swap_guests {sorted(self.swap_guests)} not within 1..{n}")
+        self.swap_mib = swap_mib
+        self.no_balloon_guests = frozenset(no_balloon_guests)
+        self.memfd_guests = frozenset(memfd_guests)
+        if not self.memfd_guests <= set(range(1, n + 1)):
+            raise ValueError(f"memfd_guests {sorted(self.memfd_guests)} not within 1..{n}")
+        self.stats_period_s = stats_period_s
         self.disk: Path | None = None
         self._own_run_dir = run_dir is None
         self._run_dir = run_dir
@@ -260,32 +299,58 @@ class Lab:
         index = self.names.index(name) + 1
         disk = self.disk if index in self.disk_guests else None
         autodeflate = index in self.autodeflate_guests
-        xml = domain_xml(name, self.image, sock, self.max_mib, self.current_mib, disk=disk, autodeflate=autodeflate)
+        swap = None
+        if index in self.swap_guests:
+            swap = self.run_dir / f"{name}-swap.raw"
+            with swap.open("wb") as f:
+                f.truncate(self.swap_mib << 20)
+        balloon = index not in self.no_balloon_guests
+        # Without a balloon there is nothing to start below the maximum at.
+        current_mib = self.current_mib if balloon else self.max_mib
+        xml = domain_xml(
+            name,
+            self.image,
+            sock,
+            self.max_mib,
+            current_mib,
+            stats_period_s=self.stats_period_s,
+            disk=disk,
+            autodeflate=autodeflate,
+            balloon=balloon,
+            memfd=index in self.memfd_guests,
+            swap=swap,
+        )
         dom = self.conn.defineXML(xml)
         console = Console(sock, self.run_dir / f"{name}.console.log")
         # Append before create() so down() cleans up even if the start fails half-way.
-        self.guests.append(Guest(name, dom, console, self.max_mib, self.current_mib, has_disk=disk is not None))
+        guest = Guest(name, dom, console, self.max_mib, self.current_mib, disk is not None, swap is not None)
+        self.guests.append(guest)
         dom.create()
         console.connect()
 
     def _wait_measurable(self) -> None:
         """Ready means: the shell answers, balloon.current has fallen to currentMemory, and the
         guest's stats flow (balloon.unused present and last-update advancing). Before that
-        every number is the boot transient, not the guest."""
+        every number is the boot transient, not the guest. Without a stats period, stats do not
+        flow: the balloon's size is all there is to wait for; without a balloon, the shell."""
         deadline = time.monotonic() + self.boot_timeout_s
         for g in self.guests:
             g.console.wait_ready(max(5.0, deadline - time.monotonic()))
+            if g.has_swap:
+                self._swap_on(g)
         first_update: dict[str, int] = {}
-        pending = {g.name for g in self.guests}
+        pending = {n for i, n in enumerate(self.names, 1) if i not in self.no_balloon_guests}
         while pending:
             stats = self.balloon_stats()
             for name in list(pending):
                 s = stats.get(name, {})
                 current_kib, update = s.get("balloon.current"), s.get("balloon.last-update")
+                settled = current_kib is not None and current_kib <= mib_to_kib(self.current_mib + 1)
+                if settled and not self.stats_period_s:
+                    pending.discard(name)
                 if "balloon.unused" not in s or current_kib is None or update is None:
                     continue
                 first_update.setdefault(name, update)
-                settled = current_kib <= mib_to_kib(self.current_mib + 1)
                 if settled and update > first_update[name]:
                     pending.discard(name)
             if not pending:
@@ -293,6 +358,14 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LabError(f"guests {sorted(pending)} not measurable after {self.boot_timeout_s:.0f} s")
             time.sleep(0.5)
+
+    def _swap_on(self, g: Guest) -> None:
+        """mkswap and swapon the guest's swap disk, the virtio disk whose serial is SWAP_SERIAL."""
+        find = f'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = {SWAP_SERIAL} ] && echo /dev/${{d##*/}}; done'
+        cmd = f"dev=$({find}); mkswap $dev >/dev/null && swapon $dev && grep -c ^/dev /proc/swaps"
+        status, out = g.console.run(cmd)
+        if status != 0 or out.strip() != "1":
+            raise LabError(f"swap on {g.name} failed ({status}): {out}")
 
     def _remove_domain(self, name: str) -> None:
         """Destroy and undefine one of *our* names; absent is fine."""

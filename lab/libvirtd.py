@@ -8,7 +8,9 @@ stopping it would kill their guests' management.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -70,3 +72,18 @@ def ensure_libvirtd(timeout_s: float = 60.0, grace_s: float = 15.0) -> bool:
             started = True
         time.sleep(0.3)
     raise LibvirtdError(f"libvirtd does not answer on {LIBVIRT_SOCK} after {timeout_s:.0f} s (pid {libvirtd_pid()})")
+
+
+def restart_libvirtd(timeout_s: float = 20.0) -> None:
+    """Stop libvirtd (SIGTERM, what `systemctl restart` sends; SIGKILL after timeout_s) and start it again. Its
+    guests keep running. Only under the lab lock: other users' tests share the daemon."""
+    pid = libvirtd_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+    ensure_libvirtd(grace_s=0.0)

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.system.container import CACHE, Container  # noqa: E402
+from tests.helpers.container import CACHE, Container  # noqa: E402
 
 
 def main() -> int:

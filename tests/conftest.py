@@ -1,4 +1,4 @@
-"""Shared fixtures (a real sd_notify socket, like the one systemd gives a Type=notify service) and the CI rule.
+"""Shared fixtures (a real sd_notify socket, tests/helpers/notify.py) and the CI rule.
 
 The CI rule: with CI=true a skipped test fails, with its reason. A test that needs a real part (libvirtd, QEMU,
 nspawn, a Debian package) must set it up itself; in CI a skip would only hide that the part is missing. A
@@ -9,12 +9,12 @@ known defect is fixed.
 from __future__ import annotations
 
 import os
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.notify import NotifySocket
 
 
 def in_ci() -> bool:
@@ -69,43 +69,6 @@ def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-
 
 def pytest_report_header(config: pytest.Config) -> str:
     return "CI=true: a skipped test or a non-strict xfail fails" if in_ci() else "CI not set: skips are reported (-rs)"
-
-
-class NotifySocket:
-    """A unix datagram socket bound where NOTIFY_SOCKET points; collects every message the service sends."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-
-    def drain(self) -> None:
-        """Take what arrives within the socket timeout. Bounded in time, not "until quiet": a service ticking
-        faster than the timeout is never quiet."""
-        deadline = time.monotonic() + self.sock.gettimeout()
-        while time.monotonic() < deadline:
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except (TimeoutError, BlockingIOError):
-                return
-
-    def wait_for(self, predicate, timeout_s: float = 20.0) -> str:
-        """The first message (from the start) matching predicate; waits for one to arrive."""
-        deadline = time.monotonic() + timeout_s
-        seen = 0
-        while True:
-            for msg in self.messages[seen:]:
-                if predicate(msg):
-                    return msg
-            seen = len(self.messages)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no matching sd_notify message in {timeout_s} s; got {self.messages[-10:]}")
-            self.drain()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

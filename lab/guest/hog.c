@@ -10,9 +10,19 @@
  *   hog hold SIZE_MIB [HOLD_S] [PAGE_US]    mode A: grow to SIZE_MIB and hold;
  *                                           with HOLD_S > 0, free and exit after
  *                                           holding that long (HOLD_S = 0: forever)
+ *   hog cycle SIZE_MIB [PAGE_US]            grow to SIZE_MIB, then write every page
+ *                                           again, round after round, until killed:
+ *                                           a working set the guest must keep resident
+ *                                           (with a swap device larger than memory, it
+ *                                           swaps)
+ *   hog mapread PATH SIZE_MIB               mmap the first SIZE_MIB of PATH read-only
+ *                                           and read a byte of every page, round after
+ *                                           round, until killed (page-cache re-reads
+ *                                           through page faults, not read())
  *
  * Progress lines ("hog: 123 MiB") go to stdout every 16 MiB and at each state
- * change, so the host can follow it over the serial console.
+ * change ("hog: round N" at most once a second while cycling or reading), so
+ * the host can follow it over the serial console.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -20,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 
 #define PAGE_KIB 4
@@ -39,21 +50,60 @@ static void say(const char *fmt, long v)
     fflush(stdout);
 }
 
+/* Read one byte of every page of the mapping, round after round; "hog: round N" every round. */
+static int mapread(const char *path, long size_mib)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        perror("hog: open");
+        return 1;
+    }
+    size_t len = (size_t)size_mib << 20;
+    volatile unsigned char *map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        perror("hog: mmap");
+        return 1;
+    }
+    say("hog: start %ld\n", (long)getpid());
+    unsigned long sum = 0;
+    double said = 0;
+    for (long round = 1;; round++) {
+        for (size_t off = 0; off < len; off += PAGE_KIB * 1024) sum += map[off];
+        if (now_s() - said >= 1.0) {
+            said = now_s();
+            say("hog: round %ld\n", round + (long)(sum & 0));
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
-    int grow_forever;
+    int grow_forever, cycle = 0;
     long size_mib = 0, hold_s = 0, page_us = 200;
 
     if (argc >= 2 && strcmp(argv[1], "grow") == 0) {
         grow_forever = 1;
         if (argc >= 3) page_us = atol(argv[2]);
+    } else if (argc >= 3 && strcmp(argv[1], "cycle") == 0) {
+        grow_forever = 0;
+        cycle = 1;
+        size_mib = atol(argv[2]);
+        if (argc >= 4) page_us = atol(argv[3]);
+    } else if (argc >= 4 && strcmp(argv[1], "mapread") == 0) {
+        FILE *adj = fopen("/proc/self/oom_score_adj", "w");
+        if (adj) {
+            fputs("0", adj);
+            fclose(adj);
+        }
+        return mapread(argv[2], atol(argv[3]));
     } else if (argc >= 3 && strcmp(argv[1], "hold") == 0) {
         grow_forever = 0;
         size_mib = atol(argv[2]);
         if (argc >= 4) hold_s = atol(argv[3]);
         if (argc >= 5) page_us = atol(argv[4]);
     } else {
-        fprintf(stderr, "usage: hog grow [PAGE_US] | hog hold SIZE_MIB [HOLD_S] [PAGE_US]\n");
+        fprintf(stderr, "usage: hog grow [PAGE_US] | hog hold SIZE_MIB [HOLD_S] [PAGE_US]"
+                        " | hog cycle SIZE_MIB [PAGE_US] | hog mapread PATH SIZE_MIB\n");
         return 2;
     }
     if (page_us < 1) page_us = 1;
@@ -102,6 +152,15 @@ int main(int argc, char **argv)
         usleep(1000);
     }
     say("hog: holding %ld MiB\n", touched / pages_per_mib);
+    double said = 0;
+    for (long round = 1; cycle; round++) {
+        for (long i = 0; i < touched; i++)
+            chunks[i / pages_per_chunk][(i % pages_per_chunk) * PAGE_KIB * 1024] = (char)(round | 1);
+        if (now_s() - said >= 1.0) {
+            said = now_s();
+            say("hog: round %ld\n", round);
+        }
+    }
     if (hold_s == 0) {
         for (;;) pause();
     }

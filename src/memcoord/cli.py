@@ -1,8 +1,8 @@
 """The `memcoord` command: a thin layer that parses arguments and hands over to the service or the config.
 
 Exit codes follow sysexits.h, as admins' scripts expect: 64 usage, 66 cannot read input, 78 bad config.
-`run` never imports the pydantic config models (config.py): its config is validated in a child process
-(config_view.py); the other commands load them when they need them.
+Each command imports its work when it runs, so that `memcoord status` starts without the config models
+(pydantic) or libvirt: about a tenth of a second, each time an admin looks.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from memcoord import __version__
 from memcoord.admin import tryout, watch
-from memcoord.admin.cliargs import positive_float
-from memcoord.core.config_rules import DEFAULT_PATH, ConfigError, ConfigFileError
-from memcoord.daemon import journal
+from memcoord.admin.cliargs import DEFAULT_CONFIG_PATH, positive_float
 
 if TYPE_CHECKING:
     from memcoord.core import config as config_mod
@@ -30,40 +27,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _load_with_models(path: Path) -> config_mod.Config:
+def _load_or_exit(path: Path) -> config_mod.Config:
+    """The config file, or exit: 66 when it cannot be read, 78 when it is invalid (the only exit 78)."""
     from memcoord.core import config as config_mod
 
-    return config_mod.load(path)
-
-
-def _load_or_exit(path: Path, load: Callable[[Path], Any] = _load_with_models) -> Any:
     try:
-        return load(path)
-    except ConfigFileError as exc:
+        return config_mod.load(path)
+    except config_mod.ConfigFileError as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
         sys.exit(os.EX_NOINPUT)
-    except ConfigError as exc:
+    except config_mod.ConfigError as exc:
         print(f"memcoord: invalid config:\n{exc}", file=sys.stderr)
         sys.exit(os.EX_CONFIG)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from memcoord.daemon import config_view
+    from memcoord.daemon import journal
     from memcoord.daemon.connect import connect
     from memcoord.daemon.observe import Observer
     from memcoord.daemon.service import Overrides, Service
-    from memcoord.hypervisor.domain_settings import ChildMetadataValidator
+    from memcoord.daemon.undo import RecordingHypervisor, UndoRecord
 
     journal.setup(verbose=args.verbose)
-    config = _load_or_exit(args.config, config_view.load)
+    config = _load_or_exit(args.config)
     overrides = Overrides(interval_s=args.interval, dry_run=args.dry_run)
-    # Domains' metadata is checked in a child, as the file is: the daemon never holds pydantic. One validator
-    # for every connection (a reload may change the URI): its checks are by content, not by host.
-    validate_metadata = ChildMetadataValidator()
+    # Each guest's size is recorded before memcoord first changes it, for `memcoord restore` (undo.py).
+    record = UndoRecord()
     service = Service(
         args.config,
         config,
-        lambda uri: connect(uri, validate_metadata),
+        lambda uri: RecordingHypervisor(connect(uri), record, uri),
         overrides,
         exit_when_idle=args.exit_when_idle,
         observer=Observer(),
@@ -79,6 +72,9 @@ CHECK_DOMAINS_TIMEOUT_S = 5.0
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.path)
     print(f"{args.path}: OK")
+    exposed = config.metrics.plain_http_exposed()
+    if exposed:
+        print(f"{args.path}: warning: {exposed}", file=sys.stderr)
     if config.domains and not args.offline:
         _check_domain_names(args.path, config)
     return os.EX_OK
@@ -107,8 +103,8 @@ def _cmd_print_config(args: argparse.Namespace) -> int:
     from memcoord.core import config as config_mod
 
     path = args.config
-    if path is None and DEFAULT_PATH.exists():
-        path = DEFAULT_PATH
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
     config = _load_or_exit(path) if path is not None else config_mod.Config()
     sys.stdout.write(config_mod.dump(config))
     return os.EX_OK
@@ -138,13 +134,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return simulate.main(args.scenario, config, args.duration, args.plot)
 
 
+def _cmd_make_room(args: argparse.Namespace) -> int:
+    from memcoord.admin import makeroom
+    from memcoord.admin.cliargs import config_or_defaults
+
+    if args.domain_xml is not None and args.domain is None:
+        print("memcoord make-room: --domain-xml goes with --for DOMAIN", file=sys.stderr)
+        return os.EX_USAGE
+    config, _label = config_or_defaults(_load_or_exit, args.config)
+    return makeroom.main(config, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="memcoord", description="Memory coordinator for KVM hosts (virtio balloon, libvirt).")
     parser.add_argument("--version", action="version", version=f"memcoord {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the coordinator in the foreground (what the systemd unit starts)")
-    run.add_argument("--config", type=Path, default=DEFAULT_PATH, help="config file (%(default)s)")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="config file (%(default)s)")
     run.add_argument("--interval", type=positive_float, metavar="S", help="seconds between ticks")
     run.add_argument("--dry-run", action="store_true", help="decide and log, never call setMemory")
     run.add_argument("--exit-when-idle", action="store_true", help="exit when no managed domain is running")
@@ -152,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file: OK, or every error; exit 78")
-    check.add_argument("path", type=Path, nargs="?", default=DEFAULT_PATH, help="config file (%(default)s)")
+    check.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH, help="config file (%(default)s)")
     check.add_argument(
         "--offline", action="store_true", help='do not ask libvirt whether each [domains."NAME"] names a domain'
     )
@@ -176,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=positive_float, metavar="S", help="simulated seconds (default: scenario's)")
     sim.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline (needs matplotlib)")
     sim.set_defaults(func=_cmd_simulate)
+
+    from memcoord.admin import makeroom
+
+    room = sub.add_parser(
+        "make-room",
+        help="ask the running daemon for N MiB (or a domain's memory) above the host guard; exit 75 if short",
+        description=makeroom.DESCRIPTION,
+        epilog=makeroom.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    makeroom.add_arguments(room)
+    room.set_defaults(func=_cmd_make_room)
 
     watch.add_commands(sub)  # status, monitor, plot (watch.py)
     tryout.add_commands(sub, _load_or_exit)  # plan, restore (tryout.py)

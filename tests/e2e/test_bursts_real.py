@@ -33,7 +33,7 @@ from lab.timeline import ACTION_EVENT, Timeline
 from memcoord.core import config as mc_config
 from memcoord.core.model import Action, kib_to_mib, mib_to_kib
 from memcoord.core.policy import thresholds_kib
-from tests.e2e.realguest import (
+from tests.helpers.realguest import (
     HOST_DRIFT_MIB,
     assert_always,
     assert_watched,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.container import repo_files
+from tests.helpers.container import repo_files
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = f"mc0700-{os.getpid()}-"

@@ -30,7 +30,7 @@ from lab.coordinator import memcoord_command
 from lab.image import GuestImage
 from lab.session import LabRun
 from memcoord.hypervisor.domain_settings import NAMESPACE
-from tests.e2e.realguest import hog_state, retry_once_on_outage
+from tests.helpers.realguest import hog_state, retry_once_on_outage
 
 pytestmark = pytest.mark.real
 

@@ -26,7 +26,7 @@ from memcoord.core.model import Action, Change, GuestClass
 from memcoord.daemon import journal, timeline
 from memcoord.daemon.service import Service
 from memcoord.hypervisor.libvirt import LibvirtHypervisor
-from tests.integration.faultkit import (
+from tests.helpers.faultkit import (
     LOST,
     RECOVERED,
     URI,

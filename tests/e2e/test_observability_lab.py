@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab.lab import Lab
 from lab.libvirtd import ensure_libvirtd
-from tests.unit.obs_daemon import free_port, memcoord, wait_for
+from tests.helpers.cli import memcoord
+from tests.helpers.daemon import free_port, wait_for
 
 pytestmark = pytest.mark.real
 

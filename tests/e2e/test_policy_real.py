@@ -28,7 +28,8 @@ from lab.image import GuestImage
 from lab.session import LabRun
 from lab.timeline import ACTION_EVENT, Timeline
 from memcoord.core.model import Action
-from tests.e2e.realguest import (
+from tests.helpers.realguest import (
+    BASELINE_S,
     HOST_DRIFT_MIB,
     assert_always,
     assert_watched,
@@ -37,7 +38,6 @@ from tests.e2e.realguest import (
     host_lowest,
     retry_once_on_outage,
 )
-from tests.e2e.test_course import BASELINE_S
 
 pytestmark = pytest.mark.real
 

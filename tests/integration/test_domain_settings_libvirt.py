@@ -17,8 +17,8 @@ import libvirt
 import pytest
 
 from memcoord.hypervisor.domain_settings import NAMESPACE, PREFIX, parse_domain_xml
-from tests.integration.faultkit import URI, require_libvirtd
-from tests.unit.test_cli_exit_codes import memcoord
+from tests.helpers.cli import memcoord
+from tests.helpers.faultkit import URI, require_libvirtd
 
 pytestmark = pytest.mark.real
 

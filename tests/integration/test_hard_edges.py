@@ -4,6 +4,10 @@ land a fault exactly between two steps of a tick.
 - A tick has one deadline for all its libvirt calls: two guests whose QEMU stops dead (SIGSTOP) while their
   setMemory is applied cost one tick at most the deadline, not CALL_TIMEOUT_S each (20 s, which with more
   guests outlives WatchdogSec=30s and loses every pending target to the restart).
+- A setMemory given up on at the deadline (libvirtd stopped dead) is of unknown outcome, not failed: once
+  libvirtd wakes it lands, and memcoord counted it as set meanwhile.
+- A remote host's available memory (libvirt's node stats) does not count guest RAM in its page cache: a
+  memfd-backed guest touching memory lowers it.
 - A stats period that could not be set is tried again: the guest's stats flow once it works; meanwhile STATUS,
   the state file (`memcoord status`) and the metrics say so.
 """
@@ -14,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +32,10 @@ from memcoord.admin.status import render
 from memcoord.core import config as config_mod
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import TICK_BUDGET_S, Service
+from memcoord.hypervisor import libvirt as adapter
 from memcoord.hypervisor.libvirt import CALL_TIMEOUT_S, LibvirtHypervisor
-from tests.conftest import NotifySocket
+from tests.helpers.faultkit import libvirtd_pid, libvirtd_restored
+from tests.helpers.notify import NotifySocket
 
 pytestmark = pytest.mark.real
 URI = "qemu:///system"
@@ -140,7 +147,7 @@ def test_a_stats_period_that_failed_is_retried_and_reported_meanwhile(
             status = notify_socket.wait_for(lambda m: m.startswith("STATUS=") and "stats period not set" in m)
             assert name in status
             assert any(f"STATS PERIOD NOT SET on {name}" in line for line in render(view)), render(view)
-            scrape = service.observer.metrics.exposition().decode()
+            scrape = service.observer.endpoint.text().decode()
             assert f'memcoord_domain_stats_period_failing{{domain="{name}"}} 1.0' in scrape, scrape
             stale_since = last_update(name)
             time.sleep(2.5)
@@ -162,3 +169,95 @@ def test_a_stats_period_that_failed_is_retried_and_reported_meanwhile(
     notify_socket.drain()
     last_status = [m for m in notify_socket.messages if m.startswith("STATUS=")][-1]
     assert "stats period not set" not in last_status, last_status
+
+
+def test_a_set_memory_given_up_on_is_of_unknown_outcome_and_lands_later(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = lab.names[0]
+    pid = libvirtd_pid()
+    assert pid is not None
+    budget_s, wake_after_s = 2.5, 4.0  # libvirtd wakes after the deadline, before keepalive gives up (8 s)
+    stopped_at: list[float] = []
+
+    class StopLibvirtdBeforeApply(LibvirtHypervisor):
+        """libvirtd stops dead right after the sample and decide, and wakes wake_after_s later."""
+
+        def apply(self, changes, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if not stopped_at:
+                os.kill(pid, signal.SIGSTOP)
+                stopped_at.append(time.monotonic())
+                threading.Timer(wake_after_s, os.kill, (pid, signal.SIGCONT)).start()
+            return super().apply(changes, *args, **kwargs)
+
+    def current_mib() -> float:
+        stats = dict(lab.balloon_stats()[name])
+        return int(stats["balloon.current"]) / 1024
+
+    conn = libvirt.open(URI)
+    # Back to 512 MiB (an earlier test clamps the lab's guests to 600), then a floor above it: the first tick
+    # clamps it up, one setMemory.
+    conn.lookupByName(name).setMemoryFlags(512 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert wait_until(lambda: current_mib() <= 520, 30), current_mib()
+    config = config_mod.parse(f'[libvirt]\ndomains = ["{name}"]\n[guest]\nmin_mib = 600\n')
+    service = Service(Path("/dev/null"), config, StopLibvirtdBeforeApply)
+    service.tick_budget_s = lambda: budget_s  # type: ignore[method-assign]
+    try:
+        with libvirtd_restored(), caplog.at_level(logging.INFO, logger="memcoord"):
+            started_s = time.monotonic()
+            assert service.tick()
+            tick_s = time.monotonic() - started_s
+            assert stopped_at, "the policy planned no change: nothing was applied"
+            landed = wait_until(lambda: current_mib() >= 600 - 1, 30)
+        messages = [r.getMessage() for r in caplog.records]
+        view = service.observer.view
+        print(f"setMemory given up on after {tick_s:.1f} s; landed later: {landed}")
+        assert tick_s <= budget_s + 1.0, (tick_s, messages)
+        unknown = [m for m in messages if "setMemory outcome unknown" in m]
+        assert len(unknown) == 1 and name in unknown[0], messages
+        assert not [m for m in messages if "setMemory failed" in m], messages
+        assert view is not None, messages
+        by_kind = view["errors"]["by_kind"]
+        assert by_kind.get("set_memory_unknown") == 1 and "set_memory" not in by_kind, by_kind
+        assert landed, f"{name} never reached 600 MiB: the call did not land after libvirtd woke"
+    finally:
+        service.hypervisor.close()
+        conn.lookupByName(name).setMemoryFlags(512 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        conn.close()
+
+
+def test_a_remote_hosts_available_memory_does_not_count_guest_ram_in_its_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvirt's node stats have no MemAvailable; `cached` holds shmem, and a memfd-backed guest's RAM is shmem.
+    This libvirtd read as a remote host (the adapter's remote path): the host's available memory must fall by
+    what such a guest touches, as MemAvailable does."""
+    hold_mib = 400
+    monkeypatch.setattr(adapter, "is_local", lambda _uri: False)
+    with Lab(prefix="mcmemfd-", n=1, max_mib=1024, current_mib=768, run_dir=tmp_path, memfd_guests=[1]) as lab:
+        assert lab.conn is not None
+        hv = LibvirtHypervisor(URI)
+
+        def figures_mib() -> tuple[float, float]:
+            """(free + buffers + cached, the adapter's figure), MiB."""
+            node = lab.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)  # type: ignore[union-attr]
+            whole_kib = node["free"] + node["buffers"] + node["cached"]
+            return whole_kib / 1024, hv.sample().host.available_kib / 1024
+
+        try:
+            whole_before, figure_before = figures_mib()
+            lab.start_hog(1, "hold", size_mib=hold_mib, hold_s=600, page_us=50)
+            console = lab.guest(1).console
+            assert wait_until(lambda: console.state.hog_state == "holding", 60), console.state
+            time.sleep(1)
+            whole_after, figure_after = figures_mib()
+        finally:
+            hv.close()
+    whole_drop, figure_drop = whole_before - whole_after, figure_before - figure_after
+    print(
+        f"a memfd guest touched {hold_mib} MiB: free + buffers + cached fell {whole_drop:.0f} MiB, the remote "
+        f"figure {figure_drop:.0f} MiB ({figure_before:.0f} -> {figure_after:.0f} MiB)"
+    )
+    # The premise: the guest's RAM went into the host's page cache, where free + buffers + cached kept it.
+    assert whole_drop < hold_mib / 2, f"guest RAM not in the page cache ({whole_drop:.0f} MiB gone): proves nothing"
+    assert figure_drop >= 0.75 * hold_mib, f"the remote figure fell {figure_drop:.0f} MiB of {hold_mib} MiB touched"

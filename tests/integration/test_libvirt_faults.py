@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 
 from memcoord.core.port import HypervisorError
-from memcoord.hypervisor.libvirt import CONNECT_TIMEOUT_S, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, LibvirtHypervisor
-from tests.integration.faultkit import (
+from memcoord.hypervisor.libvirt import (
+    CONNECT_TIMEOUT_S,
+    KEEPALIVE_COUNT,
+    KEEPALIVE_INTERVAL_S,
+    MAX_ABANDONED_CALLS,
+    LibvirtHypervisor,
+)
+from tests.helpers.faultkit import (
     LOST,
     RECOVERED,
     URI,
@@ -30,6 +36,18 @@ pytestmark = pytest.mark.real
 
 # keepalive fires after interval x count without an answer; one more interval of slack for the event loop.
 HANG_BOUND_S = KEEPALIVE_INTERVAL_S * (KEEPALIVE_COUNT + 1) + 1.5
+
+
+def samples_again(hv: LibvirtHypervisor, within_s: float = 30) -> None:
+    """Back after SIGCONT: the next tick (or the one after, if the late connection was closed) samples again."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            hv.sample()
+            return
+        except HypervisorError:
+            assert time.monotonic() < deadline, "no recovery after SIGCONT"
+            time.sleep(0.5)
 
 
 def test_a_hung_daemon_bounds_every_call_and_the_reconnect() -> None:
@@ -47,15 +65,7 @@ def test_a_hung_daemon_bounds_every_call_and_the_reconnect() -> None:
                 hv.sample()
             measured[attempt] = time.monotonic() - t0
         os.kill(pid, signal.SIGCONT)
-        # Back: the next tick (or the one after, if the late connection was closed) samples again.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                hv.sample()
-                break
-            except HypervisorError:
-                assert time.monotonic() < deadline, "no recovery after SIGCONT"
-                time.sleep(0.5)
+        samples_again(hv)
     hv.close()
     print(f"hang bounds: {measured}")
     assert measured["in-flight call"] <= HANG_BOUND_S, measured
@@ -86,3 +96,31 @@ def test_memcoord_run_survives_a_hung_daemon(tmp_path: Path) -> None:
     assert t_lost - t0 <= HANG_BOUND_S + 1.5, log
     assert run.count(LOST) == 1 and run.count(RECOVERED) == 1, log
     assert "Traceback" not in log and code == 0, log
+
+
+def test_dropping_the_connection_to_a_hung_daemon_keeps_the_ticks_deadline() -> None:
+    """Calls given up on pile up (libvirtd stopped dead), so the adapter drops the connection: deregistering its
+    events and closing it are round trips too. Unbounded, they waited for keepalive to give up (seconds past
+    the tick's deadline; for good with a daemon whose event loop still answers keepalive)."""
+    require_libvirtd()
+    hv = LibvirtHypervisor(URI)
+    hv.sample()
+    pid = libvirtd_pid()
+    assert pid is not None
+    deadline_in_s = 1.0
+    with libvirtd_restored():
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(MAX_ABANDONED_CALLS):
+                with pytest.raises(HypervisorError, match="no answer"):
+                    hv.sample(deadline_s=time.monotonic() + 0.2)
+            t0 = time.monotonic()
+            with pytest.raises(HypervisorError, match="unanswered, reconnecting"):
+                hv.sample(deadline_s=t0 + deadline_in_s)
+            took_s = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        samples_again(hv)  # a new connection works once libvirtd answers
+    hv.close()
+    print(f"dropping the connection to a stopped libvirtd: {took_s:.1f} s (deadline {deadline_in_s:.1f} s)")
+    assert took_s <= deadline_in_s + 0.5, took_s

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.obs_daemon import Daemon, free_port, wait_for
-from tests.unit.tlskit import make_pki
+from tests.helpers.daemon import Daemon, free_port, wait_for
+from tests.helpers.tlskit import make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "packaging" / "prometheus"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NotifySocket
+from tests.helpers.notify import NotifySocket
 
 SIM_CONFIG = (
     '[libvirt]\nuri = "sim:///demo"\n[loop]\ninterval_s = 0.2\n[host]\nmin_available_mib = {guard}\n'

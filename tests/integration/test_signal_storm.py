@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NotifySocket
+from tests.helpers.notify import NotifySocket
 
 CONFIG = '[libvirt]\nuri = "sim:///demo"\n[loop]\ninterval_s = 0.01\n[status]\npath = "{state}"\n'
 STORM_S = 2.0

@@ -33,9 +33,8 @@ from lab import debroot
 from lab.libvirtd import ensure_libvirtd
 from memcoord.core.model import Action
 from memcoord.daemon.journal import LIFECYCLE_IDS
-
-from .conftest import AS_ROOT, AS_ROOT_DROP_IN, REPO, UNIT, _system_prereqs, record, wait_until
-from .container import CACHE, Container
+from tests.helpers.container import CACHE, Container
+from tests.helpers.system import AS_ROOT, AS_ROOT_DROP_IN, REPO, UNIT, record, system_prereqs, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -143,7 +142,7 @@ def release(request: pytest.FixtureRequest) -> Release:
 
 @pytest.fixture(scope="module")
 def debs(release: Release, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Deb]:
-    why = _system_prereqs()
+    why = system_prereqs()
     if why:
         pytest.skip(why)
     out = tmp_path_factory.mktemp(f"debs-{release.name}")
@@ -339,6 +338,8 @@ def test_6_man_pages_and_completion(ct: Container) -> None:
     shared = ct.run(["ls", "/usr/share/memcoord/prometheus", "/usr/share/memcoord/systemd"]).stdout
     for name in ("memcoord.rules.yml", "grafana-dashboard.json", "scrape-config.yml", "metrics.conf"):
         assert name in shared, shared
+    # The opt-in make-room hook, ready for the admin's link into /etc/libvirt/hooks/qemu.d.
+    assert ct.run(["test", "-x", "/usr/share/memcoord/libvirt-hook/memcoord"], check=False).returncode == 0
 
 
 def test_7_the_policy_runs_the_same_on_the_releases_python(ct: Container) -> None:

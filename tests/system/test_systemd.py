@@ -17,8 +17,8 @@ import pytest
 
 from lab.lab import Lab
 from memcoord.daemon.journal import LIFECYCLE_IDS
-
-from .conftest import (
+from tests.helpers.container import Container, exposure
+from tests.helpers.system import (
     AS_ROOT_DROP_IN,
     BASE_CONFIG,
     GROW_STEP_MIB,
@@ -36,7 +36,6 @@ from .conftest import (
     wait_for_libvirtd,
     wait_until,
 )
-from .container import Container, exposure
 
 pytestmark = pytest.mark.system
 

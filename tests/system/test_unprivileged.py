@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import AS_ROOT, REPO, UNIT, _system_prereqs, record, wait_until
-from .container import CACHE, LIBVIRT_HOST_PACKAGES, Container, exposure
+from tests.helpers.container import CACHE, LIBVIRT_HOST_PACKAGES, Container, exposure
+from tests.helpers.system import AS_ROOT, REPO, UNIT, record, system_prereqs, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -55,7 +55,7 @@ group = "adm"
 @pytest.fixture(scope="module")
 def host() -> Iterator[Container]:
     """A booted stock libvirt host with memcoord installed by `make install`, and a user outside group libvirt."""
-    why = _system_prereqs()
+    why = system_prereqs()
     if why:
         pytest.skip(why)
     ct = Container(

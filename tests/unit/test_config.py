@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from memcoord.core.config import Config, ConfigError, ConfigFileError, dump, load, parse
+from tests.helpers.repo import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "etc" / "memcoord.toml"
 
 
@@ -108,32 +105,49 @@ def test_print_config_round_trips():
     assert tomllib.loads(dump(config))["domains"] == {"a": {"enabled": False}}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memcoord.cli", *args], capture_output=True, text=True, timeout=60)
+def test_the_profile_is_one_key_and_its_values_scale_with_the_host():
+    """The shipped file with only the profile switched: the comfort target and the peak hold follow (the file
+    leaves those keys to the profile), and both scale with the host's memory, as the guard does."""
+    production = parse(SHIPPED.read_text().replace('profile = "density"', 'profile = "production"'))
+    assert production.host.profile == "production"
+    gib = 2**20  # KiB
+    small, big = production.for_host(24 * gib), production.for_host(512 * gib)
+    assert (small.host.min_available_mib, small.host.target_available_mib, small.guest.peak_hold_s) == (
+        1024,
+        4915,  # 20 % of 24 GiB
+        600,
+    )
+    assert (big.host.min_available_mib, big.host.target_available_mib) == (10485, 104857)  # 2 % and 20 % of 512 GiB
+    # On a small host the comfort target stays a GiB above the guard.
+    assert production.for_host(4 * gib).host.target_available_mib == 1024 + 1024
+    # The density profile, the default: nothing to resolve on a host where 2 % is below 1024 MiB.
+    density = load(SHIPPED)
+    assert density.for_host(24 * gib) is density
+    assert density.for_host(512 * gib).host.target_available_mib == 0
+    assert density.for_host(512 * gib).host.min_available_mib == 10485
+    # A key the file sets wins over the profile.
+    own = parse('[host]\nprofile = "production"\ntarget_available_mib = 3072\n[guest]\npeak_hold_s = 0\n')
+    assert (own.for_host(512 * gib).host.target_available_mib, own.for_host(512 * gib).guest.peak_hold_s) == (3072, 0)
 
 
-def test_check_config_ok_exits_0():
-    result = run_cli("check-config", str(SHIPPED))
-    assert result.returncode == 0
-    assert result.stdout.strip() == f"{SHIPPED}: OK"
+def test_new_keys_defaults_and_bad_values():
+    config = Config()
+    assert (config.host.profile, config.host.min_available_pct, config.libvirt.exclude) == ("density", 2.0, ())
+    assert error_of('[host]\nprofile = "prod"\n') == (
+        "/etc/memcoord.toml: host.profile = 'prod': Input should be 'density' or 'production'"
+    )
+    assert error_of("[host]\nmin_available_pct = 60\n") == (
+        "/etc/memcoord.toml: host.min_available_pct = 60: Input should be less than or equal to 50"
+    )
+    assert error_of('[libvirt]\nexclude = "test-*"\n').startswith("/etc/memcoord.toml: libvirt.exclude = 'test-*': ")
 
 
-def test_check_config_bad_exits_78_with_every_error(tmp_path: Path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[guest]\nmin_mib = 0\nreclaim_step_mib = 0\n")
-    result = run_cli("check-config", str(bad))
-    assert result.returncode == os.EX_CONFIG
-    assert f"{bad}: guest.reclaim_step_mib = 0" in result.stderr
-    assert f"{bad}: guest.min_mib = 0" in result.stderr
-    bad.write_text("[guest]\nstarving_mib = 500\n")
-    result = run_cli("check-config", str(bad))
-    assert result.returncode == os.EX_CONFIG
-    assert f"{bad}: guest.starving_mib = 500: must be less than guest.wasteful_mib (350)" in result.stderr
-
-
-def test_run_with_invalid_config_exits_78(tmp_path: Path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[loop]\ninterval = 1\n")
-    result = run_cli("run", "--config", str(bad))
-    assert result.returncode == os.EX_CONFIG
-    assert f"{bad}: loop.interval = 1: unknown key" in result.stderr
+def test_exclusion_patterns_are_globs():
+    config = parse('[libvirt]\ndomains = ["web*", "db*"]\nexclude = ["*-scratch", "db[0-9]"]\n')
+    assert [config.exclusion(n) for n in ("web1", "web1-scratch", "db1", "dbx", "mail")] == [
+        None,
+        "libvirt.exclude",
+        "libvirt.exclude",
+        None,
+        "libvirt.domains",
+    ]

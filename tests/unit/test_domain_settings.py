@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -18,30 +17,28 @@ from hypothesis import strategies as st
 
 from memcoord.admin import status
 from memcoord.core.config import Config, DomainOverride, Source, parse
-from memcoord.core.model import Action, DomainSettings, mib_to_kib
+from memcoord.core.model import Action, DomainSettings, Unballoonable, mib_to_kib
 from memcoord.core.policy import PolicyState, decide
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
 from memcoord.hypervisor.domain_settings import (
     NAMESPACE,
     OLD_NAMESPACES,
-    ChildMetadataValidator,
-    MetadataUnchecked,
-    MetadataValidator,
     Parsed,
     SettingsCache,
-    check_metadata,
     parse_domain_xml,
     unmatched_overrides,
     warn_unmatched_overrides,
 )
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
-from tests.unit.test_cli_exit_codes import memcoord
-from tests.unit.test_policy import by_name, dom, snap, steady
+from tests.helpers.snapshots import by_name, dom, snap, steady
+
+BALLOON = "<devices><memballoon model='virtio'/></devices>"
 
 
-def domain_xml(metadata: str = "", memtune: str = "") -> str:
-    """A domain's XML as libvirt formats it (virsh dumpxml), with the given metadata and memtune bodies."""
+def domain_xml(metadata: str = "", memtune: str = "", devices: str = BALLOON) -> str:
+    """A domain's XML as libvirt formats it (virsh dumpxml), with the given metadata, memtune and devices (libvirt
+    adds a virtio balloon to a QEMU domain that names none)."""
     return f"""<domain type='qemu' id='3'>
   <name>web1</name>
   <uuid>3c9a5c3e-0000-4000-8000-000000000001</uuid>
@@ -52,6 +49,7 @@ def domain_xml(metadata: str = "", memtune: str = "") -> str:
   <memory unit='KiB'>2097152</memory>
   <currentMemory unit='KiB'>524288</currentMemory>
   {memtune}
+  {devices}
 </domain>"""
 
 
@@ -109,13 +107,53 @@ def test_no_metadata_and_another_programs_metadata_set_nothing():
         ("<devices><memballoon model='virtio' autodeflate='on'><stats period='1'/></memballoon></devices>", True),
         ("<devices><memballoon model='virtio' autodeflate='off'/></devices>", False),
         ("<devices><memballoon model='virtio'><stats period='1'/></memballoon></devices>", False),
-        ("", False),
     ],
 )
 def test_a_balloon_that_deflates_on_oom_is_recognised(devices: str, deflates: bool):
-    parsed = parse_domain_xml("web1", domain_xml(memtune=devices))
+    parsed = parse_domain_xml("web1", domain_xml(devices=devices))
     assert parsed.problems == ()
     assert parsed.settings.deflate_on_oom is deflates
+
+
+@pytest.mark.parametrize(
+    ("memory_backing", "devices", "kind"),
+    [
+        ("", BALLOON, None),
+        ("", "<devices/>", Unballoonable.NO_BALLOON),
+        ("", "<devices><memballoon model='none'/></devices>", Unballoonable.NO_BALLOON),
+        (
+            "",
+            "<devices><memballoon model='virtio'/><hostdev mode='subsystem' type='pci' managed='yes'><source>"
+            "<address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev></devices>",
+            Unballoonable.HOSTDEV,
+        ),
+        (
+            "",
+            "<devices><memballoon model='virtio'/><interface type='hostdev' managed='yes'/></devices>",
+            Unballoonable.HOSTDEV,
+        ),
+        (
+            "",
+            "<devices><memballoon model='virtio'/><hostdev mode='subsystem' type='usb'><source>"
+            "<vendor id='0x1234'/><product id='0xbeef'/></source></hostdev></devices>",
+            None,  # USB passthrough pins no guest memory
+        ),
+        ("<memoryBacking><hugepages/></memoryBacking>", BALLOON, Unballoonable.HUGEPAGES),
+        ("<memoryBacking><locked/></memoryBacking>", BALLOON, Unballoonable.LOCKED),
+        ("<memoryBacking><source type='memfd'/></memoryBacking>", BALLOON, None),
+    ],
+)
+def test_guests_ballooning_cannot_help_are_recognised_and_never_managed(
+    memory_backing: str, devices: str, kind: Unballoonable | None
+) -> None:
+    settings = parse_domain_xml("web1", domain_xml(memtune=memory_backing, devices=devices)).settings
+    assert settings.unballoonable is kind
+    config = Config()
+    assert config.manages("web1", settings) is (kind is None)
+    assert config.exclusion("web1", settings) == (None if kind is None else str(kind))
+    # Not even a config file's enabled = true manages it: setMemory would change nothing, or nothing safely.
+    forced = parse("[domains.web1]\nenabled = true\n")
+    assert forced.manages("web1", settings) is (kind is None)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +350,7 @@ def test_the_policy_honours_metadata_and_min_guarantee_and_leaves_unread_and_dis
     ]
     settings = {
         "meta": with_metadata(min_mib=1450),
-        "mg": DomainSettings(min_guarantee_kib=mib_to_kib(1470)),
+        "mg": DomainSettings(min_guarantee_kib=mib_to_kib(1460)),
         "off": with_metadata(enabled=False),
         "unread": None,
         "over": with_metadata(max_mib=1200),
@@ -320,7 +358,7 @@ def test_the_policy_honours_metadata_and_min_guarantee_and_leaves_unread_and_dis
     guests = [_with(d, settings.get(d.name, DomainSettings())) for d in guests]
     changes = by_name(steady(*guests))
     assert changes["meta"].to_kib == mib_to_kib(1450)  # reclaim stops at the metadata floor
-    assert changes["mg"].to_kib == mib_to_kib(1470)  # and at min_guarantee
+    assert changes["mg"].to_kib == mib_to_kib(1460)  # and at min_guarantee
     assert changes["plain"].to_kib == mib_to_kib(1400)  # a full reclaim step
     assert (changes["over"].action, changes["over"].to_kib) == (Action.CLAMP, mib_to_kib(1400))  # toward 1200
     assert "off" not in changes and "unread" not in changes
@@ -357,40 +395,6 @@ def test_the_cache_reads_new_domains_once_then_on_events_and_the_slow_timer():
     assert cache.due(["a"], now_s=20)[0] == "a"
     cache.mark_all_changed()  # a reconnect: events may have been missed
     assert sorted(cache.due(["a", "b"], now_s=20)) == ["a", "b"]
-
-
-def test_metadata_that_could_not_be_checked_keeps_the_settings_last_read():
-    """A slow checking child once must not turn a managed guest into an unmanaged one (its grant and pending
-    target would be forgotten); a guest never read before is left alone until its metadata is checked."""
-    cache = SettingsCache()
-    good = Parsed(with_metadata(min_mib=800))
-    unchecked = Parsed(DomainSettings(metadata_invalid=True), ("web1: ... could not be checked",), recheck=True)
-    cache.store("u1", good, now_s=0)
-    assert cache.store("u1", unchecked, now_s=5) == list(unchecked.problems)
-    assert cache.get("u1") == good.settings
-    cache.store("u2", unchecked, now_s=5)
-    assert cache.get("u2") == DomainSettings(metadata_invalid=True)
-
-
-def test_a_child_cut_short_by_the_tick_deadline_does_not_stop_the_next_checks():
-    calls: list[float] = []
-
-    class Slow(ChildMetadataValidator):
-        def _run(self, data, timeout_s):  # type: ignore[no-untyped-def]
-            calls.append(timeout_s)
-            raise MetadataUnchecked(f"took more than {timeout_s:.1f} s")
-
-    check = Slow(timeout_s=5.0)
-    now_s = time.monotonic()
-    with pytest.raises(MetadataUnchecked, match="no time"):
-        check({"min_mib": "800"}, deadline_s=now_s + 0.1)  # too little left: not even started
-    with pytest.raises(MetadataUnchecked):
-        check({"min_mib": "800"}, deadline_s=now_s + 2.0)  # cut short: no pause after it
-    with pytest.raises(MetadataUnchecked):
-        check({"min_mib": "800"})  # a full try failed: ...
-    with pytest.raises(MetadataUnchecked):
-        check({"min_mib": "800"})  # ... the next one waits for the pause
-    assert len(calls) == 2 and calls[1] == 5.0
 
 
 def test_the_cache_reports_a_problem_once_and_forgets_stopped_domains():
@@ -490,6 +494,12 @@ def test_status_shows_where_each_floor_and_ceiling_came_from(tmp_path: Path):
                 "d-off", max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024), settings=with_metadata(enabled=False)
             ),
             SimGuest("e-plain", max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024)),
+            SimGuest(
+                "f-vfio",
+                max_kib=mib_to_kib(2048),
+                target_kib=mib_to_kib(1024),
+                settings=DomainSettings(unballoonable=Unballoonable.HOSTDEV),
+            ),
         ],
         host_total_kib=mib_to_kib(16384),
     )
@@ -508,6 +518,7 @@ def test_status_shows_where_each_floor_and_ceiling_came_from(tmp_path: Path):
         "c-conf": (mib_to_kib(800), "config", mib_to_kib(2048), "libvirt_max", None),
         "d-off": (None, None, None, None, "metadata"),
         "e-plain": (mib_to_kib(256), "default", mib_to_kib(2048), "libvirt_max", None),
+        "f-vfio": (None, None, None, None, "hostdev"),
     }
     assert {d["name"]: d["metadata"] for d in view["domains"]}["a-meta"] == {"min_mib": 600, "max_mib": 1800}
     lines = status.render(view)
@@ -518,36 +529,21 @@ def test_status_shows_where_each_floor_and_ceiling_came_from(tmp_path: Path):
     assert "700 min guarantee" in row["b-mg"] and "2048 libvirt max" in row["b-mg"]
     assert "800 config" in row["c-conf"]
     assert "unmanaged (metadata)" in row["d-off"]
+    assert "unmanaged (hostdev)" in row["f-vfio"]
+    assert (
+        "f-vfio: left alone, ballooning cannot help: a host device is assigned (VFIO): QEMU inhibits its balloon"
+        in (lines)
+    )
+    # Both idle with most of their memory free: the plain one is reclaimed, the VFIO one never touched.
+    for _ in range(6):
+        sim.advance(1.0)
+        assert service.tick()
+    assert sim.guests["e-plain"].target_kib < mib_to_kib(1024)
+    assert sim.guests["f-vfio"].target_kib == mib_to_kib(1024)
     assert "256 default" in row["e-plain"]
 
 
 # -- check-config ------------------------------------------------------------------------------------------
-def test_check_config_warns_about_unmatched_tables_and_stays_valid(tmp_path: Path):
-    path = tmp_path / "memcoord.toml"
-    path.write_text(
-        '[libvirt]\nuri = "sim:///demo"\n[domains."sim-hgo"]\nenabled = false\n[domains."sim-idle"]\nmin_mib = 512\n'
-    )
-    proc = memcoord("check-config", str(path))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{path}: OK\n"
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith(f"{path}: warning: ") and '[domains."sim-hgo"]' in line and "'sim-hog'" in line
-    offline = memcoord("check-config", "--offline", str(path))
-    assert (offline.returncode, offline.stderr) == (0, "")
-
-
-def test_check_config_without_libvirt_validates_the_file_and_says_names_were_not_checked(tmp_path: Path):
-    path = tmp_path / "memcoord.toml"
-    socket = tmp_path / "no-libvirtd.sock"
-    path.write_text(f'[libvirt]\nuri = "qemu+unix:///system?socket={socket}"\n[domains."web1"]\nenabled = false\n')
-    proc = memcoord("check-config", str(path))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"{path}: OK\n"
-    assert "names not checked against libvirt" in proc.stderr and str(socket) in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[domains."web1"]\nmin_mib = "lots"\n')
-    assert memcoord("check-config", str(bad)).returncode == 78
 
 
 # -- the adapter reads each domain's XML once, within its share of a tick -----------------------------------
@@ -583,10 +579,10 @@ class _Conn:
         return 0
 
 
-def _adapter(doms: list[_Dom], validate_metadata: MetadataValidator = check_metadata):
+def _adapter(doms: list[_Dom]):
     from memcoord.hypervisor.libvirt import LibvirtHypervisor
 
-    hv = LibvirtHypervisor("qemu:///system", validate_metadata)
+    hv = LibvirtHypervisor("qemu:///system")
     hv._conn = _Conn(doms)  # type: ignore[assignment]
     return hv
 
@@ -687,142 +683,3 @@ def test_any_metadata_parses_to_valid_settings_or_named_problems(pairs: list[tup
     for key in {k for k, _ in pairs} - set(kept):
         assert any(f"<{key}>" in p for p in parsed.problems), (key, parsed.problems)
     assert all(p.startswith("web1: ") for p in parsed.problems)
-
-
-def test_the_child_validator_keeps_pydantic_out_and_in_process_brings_it() -> None:
-    """The daemon does not load pydantic (config_view.py): `memcoord run` checks a domain's memcoord metadata
-    through a ChildMetadataValidator; the default, in-process check imports the model (and so pydantic). Run in a
-    fresh interpreter: this one has pydantic."""
-    import subprocess
-    import sys
-
-    script = (
-        "import sys; from memcoord.hypervisor.domain_settings import ChildMetadataValidator, parse_domain_xml; "
-        f"p = parse_domain_xml('web1', {domain_xml(settings_xml('<min_mib>512</min_mib>'))!r}, "
-        "ChildMetadataValidator()); "
-        "print(dict(p.settings.metadata) == {'min_mib': 512}, 'pydantic' in sys.modules); "
-        f"parse_domain_xml('web1', {domain_xml(settings_xml('<min_mib>512</min_mib>'))!r}); "
-        "print('pydantic' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["True", "False", "True"]
-
-
-# -- the metadata checked in a child process (memcoord run) ---------------------------------------------------
-CHILD_CASES = [
-    "<min_mib>1024</min_mib><max_mib>4096</max_mib><enabled>false</enabled>",  # valid
-    "<min_mib> 1024 </min_mib>",
-    "<min_mib>2G</min_mib><max_mib>4096</max_mib>",  # invalid values
-    "<min_mib>1.5</min_mib>",
-    "<min_mib>-5</min_mib><enabled>true</enabled>",
-    "<enabled>maybe</enabled><min_mib>512</min_mib>",
-    "<min_mbi>512</min_mbi><max_mib>1024</max_mib>",  # an unknown key
-    "<min_mib>2048</min_mib><max_mib>1024</max_mib><enabled>false</enabled>",  # min above max
-    "<min_mib>2048</min_mib><max_mib>1024</max_mib><x>1</x>",
-    "<min_mib>512</min_mib><min_mib>600</min_mib><max_mib>x</max_mib>",  # given twice, and a bad value
-    "<min_mib></min_mib>",
-    "",
-]
-
-
-@pytest.mark.parametrize("body", CHILD_CASES)
-def test_the_child_checks_as_the_model_does_in_process(body: str):
-    xml = domain_xml(settings_xml(body))
-    child = ChildMetadataValidator()
-    through_child = parse_domain_xml("web1", xml, child)
-    assert through_child == parse_domain_xml("web1", xml)  # the same values, the same problem texts
-    assert not through_child.recheck
-    assert child.children == (0 if body == "" else 1)  # an empty element has nothing to check
-
-
-def test_one_child_checks_the_same_metadata_for_every_guest_and_each_problem_names_its_guest():
-    child = ChildMetadataValidator()
-    bad = "<min_mib>2048</min_mib><max_mib>1024</max_mib>"
-    reordered = "<max_mib>1024</max_mib><min_mib>2048</min_mib>"
-    parsed = [parse_domain_xml(n, domain_xml(settings_xml(b)), child) for n, b in (("a", bad), ("b", reordered))]
-    assert child.children == 1  # the content decides, not the order of the elements nor the guest
-    assert parsed[0].problems == parse_domain_xml("a", domain_xml(settings_xml(bad))).problems
-    assert parsed[1].problems == parse_domain_xml("b", domain_xml(settings_xml(reordered))).problems
-    assert parsed[0].problems[0].startswith("a: metadata ") and parsed[1].problems[0].startswith("b: metadata ")
-    parse_domain_xml("c", domain_xml(settings_xml("<min_mib>700</min_mib>")), child)
-    assert child.children == 2
-
-
-def _failing_child(code: str, **kwargs: float) -> ChildMetadataValidator:
-    return ChildMetadataValidator(command=(sys.executable, "-c", code), **kwargs)
-
-
-@pytest.mark.parametrize(
-    ("code", "why"),
-    [
-        ("import sys; sys.exit('broken interpreter')", "exited with 1: broken interpreter"),
-        ("print('not json')", "exited with 0 without a result"),
-        ('print(\'{"values": {"min_mib": "512"}, "problems": []}\')', "exited with 0 without a result"),
-        ("import time; time.sleep(30)", "took more than 0.5 s"),
-    ],
-)
-def test_a_child_that_fails_or_hangs_leaves_the_guest_alone_for_now(code: str, why: str):
-    child = _failing_child(code, timeout_s=0.5)
-    started_s = time.monotonic()
-    parsed = parse_domain_xml("web1", domain_xml(settings_xml("<min_mib>512</min_mib>")), child)
-    assert time.monotonic() - started_s < 5
-    assert parsed.settings.metadata_invalid and parsed.recheck
-    assert Config().exclusion("web1", parsed.settings) == "bad-metadata"
-    (problem,) = parsed.problems
-    assert problem.startswith("web1: its memcoord metadata could not be checked (") and why in problem, problem
-    assert "leaves the guest alone" in problem
-
-
-def test_after_a_failed_child_none_is_started_for_a_while_then_it_is_tried_again():
-    child = _failing_child("import sys; sys.exit(3)", retry_s=1.0)
-    for _ in range(3):
-        with pytest.raises(MetadataUnchecked, match="exited with 3"):
-            child({"min_mib": "512"})
-    assert child.children == 1  # the same reason at once, no process each time
-    child.command = ChildMetadataValidator().command  # the child works again
-    with pytest.raises(MetadataUnchecked, match="exited with 3"):
-        child({"min_mib": "512"})
-    time.sleep(1.1)
-    assert dict(child({"min_mib": "512"}).values) == {"min_mib": 512}
-    assert child.children == 2
-
-
-def test_no_child_is_started_past_the_deadline():
-    child = ChildMetadataValidator()
-    with pytest.raises(MetadataUnchecked, match="deadline"):
-        child({"min_mib": "512"}, deadline_s=time.monotonic() - 1)
-    assert child.children == 0
-
-
-def test_the_child_refuses_what_is_not_an_object_of_texts():
-    import subprocess
-
-    for stdin in ("[1]", '{"min_mib": 512}', "not json"):
-        done = subprocess.run(
-            [sys.executable, "-m", "memcoord.daemon.validate", "--metadata"],
-            input=stdin,
-            capture_output=True,
-            text=True,
-        )
-        assert (done.returncode, done.stdout) == (65, ""), (stdin, done)
-        assert "one JSON object of texts" in done.stderr
-
-
-def test_the_adapter_leaves_a_guest_alone_while_its_check_fails_and_reads_it_again_next_tick(caplog):
-    caplog.set_level(logging.WARNING, "memcoord")
-    child = _failing_child("import sys; sys.exit(3)", retry_s=0.0)
-    doms = [_Dom(1, settings_xml("<min_mib>900</min_mib>")), _Dom(2)]
-    hv = _adapter(doms, child)
-    for _ in range(2):
-        first = {d.name: d.settings for d in hv.sample().domains}
-        assert first["vm1"].metadata_invalid and not first["vm2"].metadata_invalid
-        plan, _ = decide(hv.sample(), PolicyState(), Config())
-        assert "vm1" not in plan.classes and "vm2" in plan.classes
-    assert doms[0].reads == 4 and doms[1].reads == 1  # the failed one again every tick, the other once
-    warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and warnings[0].startswith("vm1: its memcoord metadata could not be checked")
-    child.command = ChildMetadataValidator().command  # the child works again
-    later = {d.name: d.settings for d in hv.sample().domains}
-    assert dict(later["vm1"].metadata) == {"min_mib": 900} and not later["vm1"].metadata_invalid
-    hv.sample()
-    assert doms[0].reads == 5

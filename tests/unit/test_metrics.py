@@ -3,49 +3,27 @@
 from __future__ import annotations
 
 import http.client
-import json
-import signal
-import socket
 import ssl
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
 import memcoord
 from memcoord.core.config import ConfigError, parse
 from memcoord.core.model import mib_to_kib
-from memcoord.daemon.metrics import ERROR_KINDS, config_hash
+from memcoord.daemon.exposition import Endpoint
+from memcoord.daemon.metrics import ERROR_KINDS, Metrics, config_hash
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
 from memcoord.sim.host import demo_host
 from memcoord.sim.workloads import Hog
-from tests.unit.obs_daemon import SIM_GUESTS, Daemon, free_port, wait_for
-from tests.unit.tlskit import make_pki
+from tests.helpers.daemon import SIM_GUESTS, free_port, wait_for
+from tests.helpers.scrape import by_domain, samples, scrape, scrape_tls
+from tests.helpers.tlskit import make_pki
 
 MIB = 1024 * 1024
-
-
-def samples(text: str) -> dict[str, list[Sample]]:
-    """Every sample, by sample name (counters appear as *_total, histograms as *_bucket/_sum/_count)."""
-    out: dict[str, list[Sample]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
-
-
-def by_domain(found: dict[str, list[Sample]], name: str) -> dict[str, float]:
-    return {s.labels["domain"]: s.value for s in found.get(name, [])}
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
 
 
 def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
@@ -56,7 +34,7 @@ def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
     for _ in range(20):
         sim.advance(1.0)
         service.tick()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     seen = sim.sample()
     assert by_domain(found, "memcoord_domain_current_bytes") == {d.name: d.current_kib * 1024 for d in seen.domains}
     assert by_domain(found, "memcoord_domain_unused_bytes") == {d.name: d.unused_kib * 1024 for d in seen.domains}
@@ -78,7 +56,7 @@ def test_gauges_and_counters_follow_the_ticks(tmp_path: Path):
     service.reload()
     cfg.write_text("")
     service.reload()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     errors = {s.labels["kind"]: s.value for s in found["memcoord_errors_total"]}
     # Every kind is there from the start (at 0), so rate() and increase() see the first error of each.
     assert set(errors) == set(ERROR_KINDS)
@@ -96,59 +74,8 @@ def test_a_stopped_domain_leaves_the_scrape(tmp_path: Path):
     del sim.guests["sim-busy"]
     sim.advance(1.0)
     service.tick()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     assert set(by_domain(found, "memcoord_domain_current_bytes")) == {"sim-hog", "sim-idle"}
-
-
-def test_endpoint_of_a_running_daemon(tmp_path: Path):
-    port = free_port()
-    daemon = Daemon(tmp_path, extra=f"[metrics]\nenabled = true\nport = {port}\n")
-    try:
-        daemon.wait_ticks(15)
-        text = wait_for(lambda: scrape(port))
-        view = daemon.view()
-        found = samples(text)
-        for name in (
-            "memcoord_domain_target_bytes",
-            "memcoord_domain_current_bytes",
-            "memcoord_domain_unused_bytes",
-            "memcoord_domain_usable_bytes",
-            "memcoord_actions_total",
-            "memcoord_host_available_bytes",
-            "memcoord_tick_duration_seconds_bucket",
-            "memcoord_config_reloads_total",
-        ):
-            assert name in found, name
-        assert set(by_domain(found, "memcoord_domain_current_bytes")) == SIM_GUESTS
-        # Scrape and state file come from the same view; they agree on the guests' maxima exactly.
-        assert by_domain(found, "memcoord_domain_max_bytes") == {
-            d["name"]: d["max_kib"] * 1024 for d in view["domains"]
-        }
-        assert found["memcoord_ticks_total"][0].value >= 15
-        # SIGHUP counts a successful reload on the same endpoint (the server is not restarted).
-        daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(
-            lambda: any(
-                s.labels["result"] == "success" and s.value == 1
-                for s in samples(scrape(port))["memcoord_config_reloads_total"]
-            )
-        )
-    finally:
-        assert daemon.stop() == 0
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-        pass
-
-
-def test_metrics_are_off_by_default(tmp_path: Path):
-    port = free_port()
-    daemon = Daemon(tmp_path, extra=f"[metrics]\nport = {port}\n")
-    try:
-        view = daemon.wait_ticks(3)
-        assert json.loads(daemon.state_path.read_text())["ticks"] >= view["ticks"]
-        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
-    finally:
-        daemon.stop()
 
 
 def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
@@ -160,7 +87,7 @@ def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
     for _ in range(5):
         sim.advance(1.0)
         service.tick()
-    text = service.observer.metrics.exposition().decode()
+    text = service.observer.endpoint.text().decode()
     found = samples(text)
     assert "_created" not in text
     assert [s.labels for s in found["memcoord_build_info"]] == [{"version": memcoord.__version__}]
@@ -179,14 +106,14 @@ def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
     # A broken file: the old config runs on, the gauge says so, the hash and timestamp stay.
     cfg.write_text("[guest]\nwasteful_mib = 10\n")
     service.reload()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     assert found["memcoord_config_last_reload_successful"][0].value == 0
     assert found["memcoord_config_hash"][0].value == first_hash
     assert found["memcoord_config_last_reload_success_timestamp_seconds"][0].value == loaded_at
     # A good one with other settings: back to 1, a new hash; comments and key order do not change a hash.
     cfg.write_text("[loop]\ndry_run = true\n")
     service.reload()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     assert found["memcoord_config_last_reload_successful"][0].value == 1
     assert found["memcoord_config_hash"][0].value != first_hash
     assert found["memcoord_dry_run"][0].value == 1
@@ -203,7 +130,7 @@ def test_process_series_are_the_daemons_own(tmp_path: Path):
     cfg.write_text("")
     service = Service(cfg, parse(""), lambda _uri: demo_host(), observer=Observer(publish=False))
     service.tick()
-    found = samples(service.observer.metrics.exposition().decode())
+    found = samples(service.observer.endpoint.text().decode())
     me = psutil.Process()
     rss = found["process_resident_memory_bytes"][0].value
     assert 0.5 * me.memory_info().rss < rss < 2 * me.memory_info().rss, (rss, me.memory_info().rss)
@@ -221,9 +148,7 @@ def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
     for _ in range(30):
         sim.advance(1.0)
         service.tick()
-    starving = by_domain(
-        samples(service.observer.metrics.exposition().decode()), "memcoord_domain_starving_seconds_total"
-    )
+    starving = by_domain(samples(service.observer.endpoint.text().decode()), "memcoord_domain_starving_seconds_total")
     assert starving["sim-idle"] == 0
     assert starving["sim-hog"] <= 3, "a guest memcoord grows as it needs is starving a tick or two at most"
     # Held at its ceiling from the first ticks to the last: about one second per tick, never more than the 29 s
@@ -231,34 +156,54 @@ def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
     assert 20 <= starving["sim-busy"] <= 29
 
 
-def scrape_tls(port: int, ca: Path, cert: tuple[Path, Path] | None) -> str:
-    context = ssl.create_default_context(cafile=str(ca))
-    if cert is not None:
-        context.load_cert_chain(str(cert[0]), str(cert[1]))
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=5, context=context) as response:
-        return response.read().decode()
+# What a TLS client sees when the server refuses its certificate (or its lack of one): under TLS 1.3 the alert
+# may come only with the response, as a reset or an SSL error on read.
+REFUSED = (ssl.SSLError, ConnectionError, urllib.error.URLError, http.client.HTTPException)
 
 
-def test_tls_endpoint_with_client_certificates(tmp_path: Path):
-    pki = make_pki(tmp_path / "pki")
+@pytest.mark.parametrize("required", [True, False], ids=["client_auth_required", "client_auth_optional"])
+def test_a_client_ca_verifies_every_certificate_presented(tmp_path: Path, required: bool):
+    """client_cafile set: a scraper's certificate from that CA is served, one from another CA is refused, for
+    both settings; without a certificate, client_auth_required decides."""
+    pki, foreign = make_pki(tmp_path / "pki"), make_pki(tmp_path / "foreign")
     port = free_port()
-    daemon = Daemon(
-        tmp_path,
-        extra=f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{pki.server_cert}"\n'
-        f'keyfile = "{pki.server_key}"\nclient_cafile = "{pki.ca}"\nclient_auth_required = true\n',
+    config = parse(
+        f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{pki.server_cert}"\n'
+        f'keyfile = "{pki.server_key}"\nclient_cafile = "{pki.ca}"\n'
+        f"client_auth_required = {str(required).lower()}\n"
     )
+    endpoint = Endpoint(Metrics(lambda: None))
+    endpoint.serve(config.metrics)
     try:
-        daemon.wait_ticks(3)
-        text = wait_for(lambda: scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key)))
-        assert "memcoord_build_info" in text and "memcoord_domain_floor_bytes" in text
-        # No client certificate: the handshake is refused. Plain HTTP gets no metrics either.
-        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
-            scrape_tls(port, pki.ca, None)
+        assert "memcoord_build_info" in wait_for(lambda: scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key)))
+        with pytest.raises(REFUSED):
+            scrape_tls(port, pki.ca, (foreign.client_cert, foreign.client_key))
+        if required:
+            with pytest.raises(REFUSED):
+                scrape_tls(port, pki.ca, None)
+        else:
+            assert "memcoord_build_info" in scrape_tls(port, pki.ca, None)
+        # The endpoint still serves a good scraper after refusing the others.
+        assert "memcoord_build_info" in scrape_tls(port, pki.ca, (pki.client_cert, pki.client_key))
+    finally:
+        endpoint.shutdown()
+
+
+def test_a_certfile_holding_its_key_serves_tls_not_plain_http(tmp_path: Path):
+    """certfile may hold the key too (keyfile left empty): the endpoint must still be HTTPS."""
+    pki = make_pki(tmp_path / "pki")
+    both = tmp_path / "server-and-key.pem"
+    both.write_bytes(pki.server_cert.read_bytes() + pki.server_key.read_bytes())
+    port = free_port()
+    config = parse(f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\ncertfile = "{both}"\n')
+    endpoint = Endpoint(Metrics(lambda: None))
+    endpoint.serve(config.metrics)
+    try:
+        assert "memcoord_build_info" in wait_for(lambda: scrape_tls(port, pki.ca, None))
         with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
             scrape(port)
-        assert f"metrics on https://127.0.0.1:{port}/metrics, client certificate required" in daemon.log()
     finally:
-        assert daemon.stop() == 0
+        endpoint.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench.policies import POLICIES, make
+from bench.policies import POLICIES, MomPolicy, ProxmoxPolicy, policy
 from bench.policies.proxmox import MAX_CHANGE_KIB, compute_alg1
 from bench.policies.proxmox import _Vm as Vm
 from memcoord.core.config import Config
 from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState, applied, decide
 
 T0_S = 1_000_000.0
 
@@ -29,25 +28,29 @@ def snap(t_s: float, available_mib: int, doms: list[tuple[str, int, int]], total
     )
 
 
-def test_make_names_the_known_policies() -> None:
+def test_policies_are_named_and_an_unknown_name_lists_the_known() -> None:
     with pytest.raises(KeyError, match="known: memcoord, mom, proxmox"):
-        make("nope", Config())
-    assert set(POLICIES) >= {"memcoord", "mom", "proxmox"}
+        policy("nope")
+    assert {name: p.name for name, p in POLICIES.items()} == {
+        "memcoord": "memcoord",
+        "mom": "mom",
+        "proxmox": "proxmox",
+    }
 
 
-def test_memcoord_wrapper_gives_exactly_policy_decide() -> None:
-    config = Config()
-    wrapped = make("memcoord", config)
-    state = PolicyState()
-    for i, unused_mib in enumerate([100, 100, 90, 500, 500]):
-        s = snap(T0_S + i, 4000, [("a", 1024, unused_mib), ("b", 1024, 600)])
-        plan, state = decide(s, state, config)
-        state = applied(state, plan.changes, s.taken_at_s)
-        assert wrapped.decide(s) == plan.changes
+def test_a_peer_runs_through_the_loop_interface_with_a_fresh_state_per_run() -> None:
+    """The simulator knows only LoopPolicy: a peer's plan is its decide()'s changes, its state the peer itself."""
+    config, mom = Config(), policy("mom")
+    first, second = mom.first_state(config), mom.first_state(config)
+    assert isinstance(first, MomPolicy) and first is not second
+    s = snap(T0_S, 6000, [("a", 1000, 500)])
+    plan, state = mom.decide(s, first, config)
+    assert state is first and plan.changes == MomPolicy(config).decide(s) != ()
+    assert mom.applied(state, plan.changes, T0_S) is first
 
 
 def test_mom_grows_every_guest_5_percent_when_the_host_is_free_and_only_every_10_s() -> None:
-    mom = make("mom", Config())
+    mom = MomPolicy(Config())
     changes = mom.decide(snap(T0_S, 6000, [("a", 1000, 500), ("b", 2000, 100)]))
     assert [(c.domain, c.to_kib) for c in changes] == [("a", int(mib_to_kib(1000) * 1.05)), ("b", mib_to_kib(2048))]
     assert mom.decide(snap(T0_S + 5, 6000, [("a", 1050, 500), ("b", 2048, 100)])) == ()
@@ -55,7 +58,7 @@ def test_mom_grows_every_guest_5_percent_when_the_host_is_free_and_only_every_10
 
 
 def test_mom_shrinks_every_guest_5_percent_under_host_pressure_even_below_the_floor() -> None:
-    mom = make("mom", Config())
+    mom = MomPolicy(Config())
     changes = mom.decide(snap(T0_S, 1000, [("a", 1000, 500), ("b", 260, 100)]))  # 1000/8192 < 20 % free
     # balloon.rules bounds a shrink by min(balloon_min, used + free share), so the bound is never above the
     # floor: b (160 MiB used) goes below 256 MiB, and a busy guest is shrunk whatever it uses.
@@ -81,7 +84,7 @@ def test_proxmox_splits_by_shares_and_ignores_a_goal_within_10_mib() -> None:
 
 
 def test_proxmox_runs_on_a_10_s_cycle_toward_80_percent_host_use() -> None:
-    px = make("proxmox", Config())
+    px = ProxmoxPolicy(Config())
     first = px.decide(snap(T0_S, 4096, [("a", 1024, 100)]))  # 50 % used: grow
     assert [c.delta_kib for c in first] == [MAX_CHANGE_KIB]
     assert px.decide(snap(T0_S + 1, 4096, [("a", 1124, 100)])) == ()

@@ -29,7 +29,7 @@ class RecordingNotifier:
 
 
 def _gauge(service: Service, name: str) -> float:
-    text = service.observer.metrics.exposition().decode()
+    text = service.observer.endpoint.text().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:

@@ -90,3 +90,28 @@ def test_only_connection_errors_drop_the_connection(code: int, domain: int, aliv
         hv.sample()
     assert (hv._conn is None) is dropped
     assert conn.closed is dropped
+
+
+def test_a_reload_validates_in_this_process_and_runs_on_the_models_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process is started to validate the file (a moved interpreter or a slow boot cannot fail a reload), and
+    the service runs on the frozen Config itself; a bad file keeps the running one."""
+    import os
+    import subprocess
+
+    def no_process(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a reload started a process")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(os, "posix_spawn", no_process)
+    path = tmp_path / "memcoord.toml"
+    path.write_text(CONFIG.format(uri="sim:///a"))
+    service = Service(path, config_mod.load(path), lambda _uri: host())
+    path.write_text(CONFIG.format(uri="sim:///a").replace("100", "50"))
+    service.reload()
+    assert type(service.config) is config_mod.Config and service.config.guest.reclaim_step_mib == 50
+    path.write_text("[guest]\nmin_mib = 0\n")
+    service.reload()
+    assert service.config.guest.reclaim_step_mib == 50 and service.reload_note.startswith("reload failed")
+    assert "guest.min_mib = 0" in service.reload_note

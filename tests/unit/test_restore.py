@@ -4,12 +4,14 @@ whether a running memcoord would undo it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from memcoord.admin.restore import RestoreError, Wanted, choose, daemon_managed, through_guard, wanted
 from memcoord.core.config import Config, parse
 from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.daemon.undo import Before
 
 MIB = 1024
 
@@ -42,20 +44,41 @@ def test_unknown_domains_are_all_named_and_nothing_is_chosen() -> None:
     assert "'typo1'" in message and "'typo2'" in message and "running with a balloon: a, b, other" in message
 
 
+RECORD = Path("/var/lib/memcoord/restore-sizes.json")
+
+
 @pytest.mark.parametrize(
     ("to_mib", "target_mib", "note"),
     [
-        (None, 2048, None),
         (1500, 1500, None),
         (4096, 2048, "--to 4096 MiB is above its maximum 2048 MiB: restoring to 2048 MiB"),
         (100, 512, "--to 100 MiB is below its current size 512 MiB: restore never lowers a guest, left as it is"),
         (40, 512, "--to 40 MiB is below its current size 512 MiB: restore never lowers a guest, left as it is"),
     ],
 )
-def test_targets_are_the_maximum_or_to_clamped(to_mib: int | None, target_mib: int, note: str | None) -> None:
-    (w,) = wanted([dom("a", 512)], CONFIG, to_mib)
+def test_targets_with_to_are_clamped(to_mib: int, target_mib: int, note: str | None) -> None:
+    (w,) = wanted([dom("a", 512)], to_mib, False, {}, RECORD)
     assert w.target_kib == mib_to_kib(target_mib)
     assert w.notes == ((note,) if note else ())
+
+
+def test_targets_are_the_size_before_memcoord_or_the_maximum() -> None:
+    before = {"a": Before(mib_to_kib(1024), mib_to_kib(2048), 0.0), "high": Before(mib_to_kib(600), 0, 0.0)}
+    doms = [dom("a", 512), dom("never", 512), dom("high", 900), dom("shrunk", 512, max_mib=768)]
+    before["shrunk"] = Before(mib_to_kib(1024), mib_to_kib(2048), 0.0)  # its maximum lowered since
+    a, never, high, shrunk = wanted(doms, None, False, before, RECORD)
+    assert (a.target_kib, a.notes, a.what) == (mib_to_kib(1024), (), "its size before memcoord, 1024 MiB")
+    assert never.target_kib == mib_to_kib(512) and never.notes == (
+        f"no size before memcoord recorded for it in {RECORD} (memcoord never changed it): left as it is;"
+        " --to-max restores it to its maximum",
+    )
+    # memcoord grew it for a need: restore does not take that back.
+    assert high.target_kib == mib_to_kib(900) and "restore never lowers a guest" in high.notes[0]
+    assert shrunk.target_kib == mib_to_kib(768) and "above its maximum 768 MiB" in shrunk.notes[0]
+    # --to-max: the maximum, whatever the record says.
+    assert [w.target_kib for w in wanted(doms, None, True, before, RECORD)] == [
+        mib_to_kib(m) for m in (2048,) * 3 + (768,)
+    ]
 
 
 def test_growth_is_served_in_order_until_the_guard_then_short() -> None:

@@ -86,6 +86,22 @@ def test_a_guest_whose_stats_stop_is_left_alone_warned_once_and_welcomed_back_on
     assert "quiet" not in service._untrusted_since
 
 
+def test_a_guest_whose_stats_are_impossible_is_warned_about_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A guest claiming more free memory than its balloon holds is left alone like one without stats, and the
+    warning says why its figures were refused."""
+    liar = SimGuest("liar", max_kib=mib_to_kib(4096), target_kib=mib_to_kib(1024), claimed_unused_kib=mib_to_kib(3000))
+    sim, clock = _host(liar), FakeClock()
+    service = _service(tmp_path, sim, clock)
+    caplog.set_level(logging.INFO, logger="memcoord")
+    for _ in range(int(service.config.stale_after_s) + 3):
+        _tick(service, sim, clock)
+    warnings = _messages(caplog, "left alone until they flow", logging.WARNING)
+    expected = "liar: bad-stats balloon stats (impossible: unused (MemFree) 3000 MiB is more than"
+    assert len(warnings) == 1 and expected in warnings[0], warnings
+
+
 def test_the_warning_waits_on_the_services_clock_not_the_hosts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -118,7 +134,7 @@ def test_a_guest_that_vanishes_is_forgotten_and_warned_about_afresh(
     assert len(_messages(caplog, "quiet: no-stats balloon stats")) == 1
     del sim.guests["quiet"]
     _tick(service, sim, clock)
-    assert "quiet" not in service._untrusted_since and "quiet" not in service._untrusted_reported
+    assert "quiet" not in service._untrusted_since and "quiet" not in service._untrusted
     # No "flowing again" for a guest that left: its stats did not come back.
     assert _messages(caplog, "flowing again") == []
     # The same name back later is a new guest: a new grace period, then one new warning.
@@ -225,3 +241,14 @@ def test_relief_shortfall_is_warned_after_its_ticks_once_and_the_recovery_once(
         _tick(service, sim, clock)
     assert _messages(caplog, "host back above its guard") == ["host back above its guard"]
     assert len(_messages(caplog, "guests hold only part")) == 1
+
+
+def test_episodes_start_once_end_once_and_forget_quietly() -> None:
+    from memcoord.daemon.service import Episodes
+
+    troubles = Episodes()
+    assert [troubles.start(), troubles.start(), troubles.end(), troubles.end()] == [True, False, True, False]
+    assert troubles.start("web1") and not troubles.start("web1") and troubles.start("db1")
+    assert "web1" in troubles and None not in troubles
+    troubles.forget("web1")
+    assert "web1" not in troubles and not troubles.end("web1") and troubles.end("db1")

@@ -298,3 +298,37 @@ def test_burst_times_without_drawn_ramps_follow_the_rng_as_before() -> None:
         expected.append(expected[-1] + max(30 * (1 + 0.5 * (2 * rng.random() - 1)), 5))
     assert plain._starts_s == expected
     assert set(plain._ramps_s) == {2}
+
+
+def test_a_reader_whose_memavailable_counts_part_of_its_cache_reports_the_rest_as_used() -> None:
+    """cache.available_pct = 50: of 300 MiB cached, 150 MiB is left out of the reported MemAvailable; the truth
+    the run judges the guest by (usable_kib) still counts all of it."""
+    hv = one_guest(
+        Idle(mib_to_kib(100)), size_mib=1024, reader=FileReader(mib_to_kib(50), mib_to_kib(300), T0_S, None, 50)
+    )
+    hv.ensure_stats_period(["g"], 1)
+    run_for(hv, 20.0)
+    (d,) = hv.sample().domains
+    g = hv.guests["g"]
+    assert g.cache_kib == mib_to_kib(300)
+    assert g.usable_kib == mib_to_kib(1024 - 160)
+    assert d.usable_kib == mib_to_kib(1024 - 160 - 150)
+    assert d.unused_kib == g.unused_kib
+
+
+# -- a lying guest ------------------------------------------------------------------------------------------------
+def test_a_lying_guest_reports_its_claims_whatever_it_holds() -> None:
+    guest = SimGuest(
+        "liar",
+        max_kib=mib_to_kib(4096),
+        target_kib=mib_to_kib(2048),
+        workload=Idle(mib_to_kib(300)),
+        claimed_unused_kib=mib_to_kib(7000),
+        claimed_usable_kib=0,
+    )
+    hv = SimulatedHypervisor([guest], host_total_kib=mib_to_kib(8192), start_s=T0_S)
+    hv.ensure_stats_period(["liar"], 1)
+    run_for(hv, 2.0)
+    (d,) = hv.sample().domains
+    assert (d.unused_kib, d.usable_kib) == (mib_to_kib(7000), 0)
+    assert guest.usable_kib == mib_to_kib(2048 - 360)  # the truth, for the run's starving count

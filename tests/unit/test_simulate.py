@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from bench.policies import factory
+from bench.policies import PeerLoop, policy
 from memcoord.admin.simulate import (
     SIM_EPOCH_S,
     ScenarioError,
@@ -22,10 +18,10 @@ from memcoord.admin.simulate import (
 )
 from memcoord.core.config import Config
 from memcoord.core.model import KIB_PER_MIB, Change, Snapshot, mib_to_kib
+from memcoord.core.step import LoopPolicy
 from memcoord.sim.host import SimulatedHypervisor
-from memcoord.sim.policies import PolicyFactory
+from tests.helpers.repo import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.toml"))
 
 MINIMAL = """
@@ -102,15 +98,15 @@ def test_missing_trace_file_is_reported_before_the_run(tmp_path: Path) -> None:
 
 def test_a_run_is_deterministic_for_a_seed() -> None:
     scenario = load_scenario(ROOT / "scenarios" / "fleet-50.toml")
-    first = run(scenario, Config(), "memcoord", duration_s=60)
-    second = run(scenario, Config(), "memcoord", duration_s=60)
+    first = run(scenario, Config(), duration_s=60)
+    second = run(scenario, Config(), duration_s=60)
     assert first == second
-    reseeded = run(scenario.model_copy(update={"seed": 51}), Config(), "memcoord", duration_s=60)
+    reseeded = run(scenario.model_copy(update={"seed": 51}), Config(), duration_s=60)
     assert [g.peak_used_mib for g in reseeded.guests] != [g.peak_used_mib for g in first.guests]
 
 
-@pytest.mark.parametrize("policy", ["memcoord", "mom", "proxmox"])
-def test_host_is_never_overcommitted_and_changes_are_counted(policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name", ["memcoord", "mom", "proxmox"])
+def test_host_is_never_overcommitted_and_changes_are_counted(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The simulator clamps the host's available memory at 0, so the report's minimum cannot go negative: the
     property is checked on the unclamped value (total - what QEMU and the host hold), at every step."""
     unclamped_kib: list[int] = []
@@ -121,10 +117,10 @@ def test_host_is_never_overcommitted_and_changes_are_counted(policy: str, monkey
         return clamped(self)
 
     monkeypatch.setattr(SimulatedHypervisor, "host_available_kib", recording)
-    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), factory(policy))
-    assert report.policy == policy
+    report = run(load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml"), Config(), policy(name))
+    assert report.policy == name
     assert len(unclamped_kib) >= report.duration_s, "the run did not sample the host every step"
-    assert min(unclamped_kib) >= 0, f"{policy} overcommitted the host by {-min(unclamped_kib)} KiB"
+    assert min(unclamped_kib) >= 0, f"{name} overcommitted the host by {-min(unclamped_kib)} KiB"
     assert report.host_min_available_mib == min(unclamped_kib) / KIB_PER_MIB  # the clamp never hid a value
     assert report.balloon_changes > 0
 
@@ -132,77 +128,11 @@ def test_host_is_never_overcommitted_and_changes_are_counted(policy: str, monkey
 def test_memcoord_keeps_the_host_floor_with_four_hogs() -> None:
     scenario = load_scenario(ROOT / "scenarios" / "course-2-four-hogs.toml")
     guard_mib = Config().host.min_available_mib
-    report = run(scenario, Config(), "memcoord")
+    report = run(scenario, Config())
     assert report.host_min_available_mib >= guard_mib
     # The scenario does push the host there: without the guard the hogs take it below.
-    unguarded = run(scenario, Config.model_validate({"host": {"min_available_mib": 0}}), "memcoord")
+    unguarded = run(scenario, Config.model_validate({"host": {"min_available_mib": 0}}))
     assert unguarded.host_min_available_mib < guard_mib, unguarded.host_min_available_mib
-
-
-def _row(output: str, guest: str) -> list[str]:
-    for line in output.splitlines():
-        if line.split() and line.split()[0] == guest:
-            return line.split()
-    raise AssertionError(f"no row for {guest} in:\n{output}")
-
-
-def test_memcoord_simulate_end_to_end_on_the_one_hog_scenario() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "memcoord.cli", "simulate", str(ROOT / "scenarios" / "course-1-one-hog.toml")],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout
-    # guest, max, peak used, peak size, final size, OOM kills, starving s, mean unused, changes, max relief
-    hog = _row(out, "vm1")
-    assert int(hog[3]) >= 1900, out  # grown close to its 2048 MiB max
-    assert int(hog[5]) == 0, out  # and never OOM-killed
-    assert float(hog[6]) < 15, out
-    for idle in ("vm-1", "vm-2", "vm-3"):
-        assert int(_row(out, idle)[4]) < 512, out  # idle guests gave memory back
-    host_min = re.search(r"minimum available (\d+) MiB", out)
-    assert host_min and int(host_min.group(1)) >= 1024, out
-
-
-def test_memcoord_simulate_rejects_a_bad_scenario_with_exit_65(tmp_path: Path) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text(MINIMAL + "colour = 1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "memcoord.cli", "simulate", str(path)], capture_output=True, text=True, cwd=ROOT
-    )
-    assert proc.returncode == os.EX_DATAERR
-    assert f"{path}: guests.0.colour = 1: unknown key" in proc.stderr
-
-
-def test_memcoord_simulate_duration_flag_runs_memcoords_own_policy() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "memcoord.cli",
-            "simulate",
-            str(ROOT / "scenarios" / "course-3-grow-free.toml"),
-            "--duration",
-            "20",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    assert "policy memcoord, 20 s simulated" in proc.stdout
-
-
-def test_the_product_imports_no_bench_material() -> None:
-    """`memcoord run` and `memcoord simulate` load none of the peers' ports (bench/policies)."""
-    code = (
-        "import sys, memcoord.cli, memcoord.daemon.service, memcoord.admin.simulate, memcoord.daemon.observe;"
-        "memcoord.cli.build_parser();"
-        "print(sorted(m for m in sys.modules if m.startswith('bench') or m.endswith(('.mom', '.proxmox'))))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
-    assert proc.stdout.strip() == "[]", proc.stdout
 
 
 # -- page cache, host pressure and the run's metrics on small hand-checkable runs ---------------------------
@@ -233,9 +163,9 @@ class Still:
 
 
 @pytest.fixture
-def still() -> PolicyFactory:
-    """Handed to run() as a factory, the way bench/compare.py hands in the peers."""
-    return Still
+def still() -> LoopPolicy:
+    """Handed to run() as a loop policy, the way bench/compare.py hands in the peers."""
+    return PeerLoop(Still, "still")
 
 
 def test_host_pressure_from_a_scenario_changes_host_available_over_time() -> None:
@@ -248,7 +178,7 @@ def test_host_pressure_from_a_scenario_changes_host_available_over_time() -> Non
     assert [free_kib[0] - f for f in free_kib] == [0, mib_to_kib(500), mib_to_kib(1000), 0]
 
 
-def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: PolicyFactory) -> None:
+def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: LoopPolicy) -> None:
     # Host available is 4096 - 1024 - 60 (the guest's kernel) = 3012 MiB; each pressure of 2500 MiB takes it to
     # 512 MiB, below the 1024 MiB guard: 10 s, then 3 s.
     scenario = parse_scenario(
@@ -263,13 +193,13 @@ def test_time_below_the_guard_adds_up_and_keeps_the_longest_spell(still: PolicyF
     assert report.host_guard_mib == 1024
 
 
-def test_a_host_that_stays_above_its_guard_has_no_time_below_it(still: PolicyFactory) -> None:
+def test_a_host_that_stays_above_its_guard_has_no_time_below_it(still: LoopPolicy) -> None:
     report = run(parse_scenario(ONE_GUEST), Config(), still)
     assert report.host_below_guard_s == 0.0
     assert report.host_longest_below_guard_s == 0.0
 
 
-def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: PolicyFactory) -> None:
+def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: LoopPolicy) -> None:
     workload = "workload = { kind = 'idle', used_mib = 100 }\n"
     plain = run(parse_scenario(ONE_GUEST + workload), Config(), still)
     cached = run(
@@ -285,7 +215,7 @@ def test_idle_memory_is_free_plus_cache_and_cache_is_not_hunger(still: PolicyFac
     assert cached.starving_guest_s == 0  # ...and it never counted as starving
 
 
-def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: PolicyFactory) -> None:
+def test_a_guest_whose_programs_fill_it_starves_for_the_whole_spell(still: LoopPolicy) -> None:
     # 1024 MiB guest, programs + kernel 900 MiB from t=0: 124 MiB usable <= 150 MiB starving line, all run long.
     scenario = parse_scenario(ONE_GUEST + "workload = { kind = 'idle', used_mib = 840 }\n")
     report = run(scenario, Config(), still)
@@ -316,3 +246,15 @@ def test_host_pressure_counts_in_check_demand() -> None:
     pressure = "[[host.pressure]]\nstart_s = 10\nmib = 2100\nend_s = 20\n"
     assert not check_demand(parse_scenario(ONE_GUEST + pressure), 1024).fits
     assert check_demand(parse_scenario(ONE_GUEST + pressure.replace("2100", "1900")), 1024).fits
+
+
+def test_a_scenario_sets_a_lying_guests_claims_and_a_readers_counted_cache() -> None:
+    text = MINIMAL + (
+        "claims = { usable_mib = 0, unused_mib = 7000 }\n"
+        "cache = { read_mib_per_s = 30, file_mib = 3072, available_pct = 50 }\n"
+    )
+    g = build_host(parse_scenario(text, "s.toml")).guests["a"]
+    assert (g.claimed_usable_kib, g.claimed_unused_kib) == (0, mib_to_kib(7000))
+    assert g.reader is not None and g.reader.available_pct == 50
+    plain = build_host(parse_scenario(MINIMAL, "s.toml")).guests["a"]
+    assert (plain.claimed_usable_kib, plain.claimed_unused_kib) == (None, None)

@@ -29,7 +29,11 @@ def _change(kind: Action, domain: str = "sim-idle") -> Change:
 def test_every_kind_has_its_own_message_id():
     ids = [kind.message_id for kind in KINDS]
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
-    others = [journal.MESSAGE_ID_SET_MEMORY_FAILED, *journal.LIFECYCLE_IDS.values()]
+    others = [
+        journal.MESSAGE_ID_SET_MEMORY_FAILED,
+        journal.MESSAGE_ID_SET_MEMORY_UNKNOWN,
+        *journal.LIFECYCLE_IDS.values(),
+    ]
     assert len(set(ids + others)) == len(ids) + len(others), "a MESSAGE_ID is used twice"
 
 
@@ -49,9 +53,19 @@ def test_the_journal_records_every_kind(kind: Action, caplog: pytest.LogCaptureF
     with caplog.at_level(logging.INFO, logger="memcoord"):
         journal.action(ApplyResult(_change(kind)), dry_run=False)
         journal.action(ApplyResult(_change(kind), error="refused"), dry_run=False)
-    ok, failed = (vars(r) for r in caplog.records)
-    assert (ok["MESSAGE_ID"], ok["MEMCOORD_ACTION"]) == (kind.message_id, kind.value)
-    assert (failed["MESSAGE_ID"], failed["MEMCOORD_ACTION"]) == (journal.MESSAGE_ID_SET_MEMORY_FAILED, kind.value)
+        journal.action(ApplyResult(_change(kind), error="no answer", unknown=True), dry_run=False)
+    ok, failed, unknown = (vars(r) for r in caplog.records)
+    assert (ok["MESSAGE_ID"], ok["MEMCOORD_ACTION"], ok["MEMCOORD_OUTCOME"]) == (kind.message_id, kind.value, "set")
+    assert (failed["MESSAGE_ID"], failed["MEMCOORD_ACTION"], failed["MEMCOORD_OUTCOME"]) == (
+        journal.MESSAGE_ID_SET_MEMORY_FAILED,
+        kind.value,
+        "failed",
+    )
+    assert (unknown["MESSAGE_ID"], unknown["MEMCOORD_ACTION"], unknown["MEMCOORD_OUTCOME"]) == (
+        journal.MESSAGE_ID_SET_MEMORY_UNKNOWN,
+        kind.value,
+        "unknown",
+    )
 
 
 def test_the_plot_marks_every_kind_as_its_definition_says():
@@ -82,7 +96,7 @@ def test_metrics_and_timeline_label_every_kind_by_its_value(tmp_path: Path):
     observer.tick_done(snapshot, plan, results, 0.01)
     observer.stop()
 
-    families = text_string_to_metric_families(generate_latest(observer.metrics.registry).decode())
+    families = text_string_to_metric_families(generate_latest(observer.endpoint.registry).decode())
     counted = {s.labels["action"] for f in families if f.name == "memcoord_actions" for s in f.samples}
     assert counted == {kind.value for kind in KINDS}
     (line,) = timeline.read_lines(path)

@@ -1,7 +1,12 @@
-"""`memcoord restore`: set guests back to their libvirt maximum (or a given size), through the host guard.
+"""`memcoord restore`: set guests back to the size they had before memcoord first changed them (or to their
+libvirt maximum, or a given size), through the host guard.
 
-For uninstalling memcoord or handing a guest back to manual control. Growth is limited to what the host has
-above its guard (host.min_available_mib, counting memory memcoord's policy would keep for guests that are
+For uninstalling memcoord or handing a guest back to manual control. The sizes before memcoord come from the
+record the daemon keeps (undo.py); a guest it has no size for was never changed by memcoord and is left as it
+is. Restore only grows: a guest above its recorded size (memcoord grew it for a need) stays where it is, since
+its programs may be using that memory. A guest fully restored is dropped from the record: memcoord's next
+change to it records afresh. Growth is limited to what the host has
+above its guard (host.min_available_mib or _pct, counting memory memcoord's policy would keep for guests that are
 using theirs, as the policy's own guard does), shared out in a stated order: the guests in the order they are
 named, or by name when none is named. A guest that cannot be fully restored gets what there is and is reported
 with what is missing, and the command exits 75 (EX_TEMPFAIL) so that scripts notice and can retry once the
@@ -31,6 +36,7 @@ from memcoord.core.model import Action, ApplyResult, Change, DomainStats, Snapsh
 from memcoord.core.policy import host_headroom_kib
 from memcoord.core.port import HypervisorError
 from memcoord.daemon import journal
+from memcoord.daemon.undo import Before, RecordError, UndoRecord
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 SYSTEMD_UNIT = "memcoord.service"
@@ -46,11 +52,13 @@ class RestoreError(Exception):
 
 @dataclass(frozen=True)
 class Wanted:
-    """A guest and the size it should be restored to, with what was adjusted on the way (clamps)."""
+    """A guest and the size it should be restored to, what that size is (for the journal's reason), and what was
+    adjusted on the way (clamps)."""
 
     dom: DomainStats
     target_kib: int
     notes: tuple[str, ...] = ()
+    what: str = "its maximum"
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class Step:
     target_kib: int
     max_kib: int
     notes: tuple[str, ...] = ()
+    what: str = "its maximum"
 
     @property
     def short_kib(self) -> int:
@@ -72,9 +81,8 @@ class Step:
     def change(self) -> Change | None:
         if self.to_kib == self.from_kib:
             return None
-        what = "its maximum" if self.target_kib == self.max_kib else f"{_mib(self.target_kib)} (--to)"
         short = f", {_mib(self.short_kib)} short: host guard" if self.short_kib else ""
-        return Change(self.name, Action.RESTORE, self.from_kib, self.to_kib, f"memcoord restore to {what}{short}")
+        return Change(self.name, Action.RESTORE, self.from_kib, self.to_kib, f"memcoord restore to {self.what}{short}")
 
 
 def _mib(kib: int) -> str:
@@ -98,28 +106,41 @@ def choose(snapshot: Snapshot, config: Config, names: Sequence[str]) -> list[Dom
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
-def wanted(doms: Sequence[DomainStats], config: Config, to_mib: int | None) -> list[Wanted]:
-    """Each guest's target: its libvirt maximum, or to_mib clamped to its maximum (saying so). Restore only ever
-    grows a guest: a --to below a guest's current size (a typo such as 40 for 4096, or a size meant for another
-    guest) leaves that guest as it is, saying so, instead of inflating its balloon over memory it uses."""
-    del config  # the bounds that matter here are the guest's own: its maximum and its current size
+def wanted(
+    doms: Sequence[DomainStats], to_mib: int | None, to_max: bool, before: Mapping[str, Before], record: Path
+) -> list[Wanted]:
+    """Each guest's target: its size before memcoord (before; none: left as it is, saying so), its libvirt
+    maximum (to_max), or to_mib; clamped to its maximum, saying so. Restore only ever grows a guest: a target
+    below its current size (memcoord grew it for a need; a --to typo such as 40 for 4096) leaves it as it is,
+    saying so, instead of inflating its balloon over memory it may use."""
     out = []
     for dom in doms:
-        if to_mib is None:
+        if to_max:
             out.append(Wanted(dom, max(dom.max_kib, dom.current_kib)))
             continue
-        target_kib = mib_to_kib(to_mib)
+        if to_mib is not None:
+            target_kib, what, asked = mib_to_kib(to_mib), f"{to_mib} MiB (--to)", f"--to {to_mib} MiB"
+        elif dom.name in before:
+            target_kib = before[dom.name].size_kib
+            what = asked = f"its size before memcoord, {_mib(target_kib)}"
+        else:
+            note = (
+                f"no size before memcoord recorded for it in {record} (memcoord never changed it): left as it is;"
+                " --to-max restores it to its maximum"
+            )
+            out.append(Wanted(dom, dom.current_kib, (note,), "its current size"))
+            continue
         notes: tuple[str, ...] = ()
         if target_kib > dom.max_kib:
-            notes = (f"--to {to_mib} MiB is above its maximum {_mib(dom.max_kib)}: restoring to {_mib(dom.max_kib)}",)
+            notes = (f"{asked} is above its maximum {_mib(dom.max_kib)}: restoring to {_mib(dom.max_kib)}",)
             target_kib = dom.max_kib
         if target_kib < dom.current_kib:
             notes = (
-                f"--to {to_mib} MiB is below its current size {_mib(dom.current_kib)}: restore never lowers a guest,"
+                f"{asked} is below its current size {_mib(dom.current_kib)}: restore never lowers a guest,"
                 " left as it is",
             )
             target_kib = dom.current_kib
-        out.append(Wanted(dom, target_kib, notes))
+        out.append(Wanted(dom, target_kib, notes, what))
     return out
 
 
@@ -135,7 +156,7 @@ def through_guard(wants: Sequence[Wanted], budget_kib: int) -> list[Step]:
         got_kib = grow_kib if grow_kib <= left_kib else left_kib - left_kib % 1024
         left_kib -= got_kib
         to_kib = from_kib + got_kib  # never lower: a target below the current size is left alone
-        steps.append(Step(w.dom.name, from_kib, to_kib, target_kib, w.dom.max_kib, w.notes))
+        steps.append(Step(w.dom.name, from_kib, to_kib, target_kib, w.dom.max_kib, w.notes, w.what))
     return steps
 
 
@@ -209,7 +230,7 @@ def describe(step: Step, result: ApplyResult | None, dry_run: bool) -> str:
     else:
         line += f"{_mib(step.from_kib)} -> {_mib(step.to_kib)}"
         if result.error is not None:
-            line += f": FAILED: {result.error}"
+            line += f": {'OUTCOME UNKNOWN' if result.unknown else 'FAILED'}: {result.error}"
     if step.short_kib:
         line += f", {_mib(step.short_kib)} short of {_mib(step.target_kib)} (host guard)"
     if dry_run and result is not None:
@@ -218,11 +239,19 @@ def describe(step: Step, result: ApplyResult | None, dry_run: bool) -> str:
 
 
 def main(
-    config: Config, names: Sequence[str], to_mib: int | None, dry_run: bool, force: bool, connect: Any = None
+    config: Config,
+    names: Sequence[str],
+    to_mib: int | None,
+    dry_run: bool,
+    force: bool,
+    connect: Any = None,
+    to_max: bool = False,
+    record: UndoRecord | None = None,
 ) -> int:
     """What `memcoord restore` does once its arguments are parsed; returns the exit code."""
     if connect is None:
         from memcoord.daemon.connect import connect
+    record = record if record is not None else UndoRecord()
     uri = config.libvirt.uri
     try:
         hv = connect(uri)
@@ -230,7 +259,7 @@ def main(
         print(unreachable(uri, exc), file=sys.stderr)
         return os.EX_UNAVAILABLE
     try:
-        return _restore(hv, config, names, to_mib, dry_run, force)
+        return _restore(hv, config, names, to_mib, to_max, dry_run, force, record)
     except RestoreError as exc:
         print(f"memcoord: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -238,8 +267,32 @@ def main(
         hv.close()
 
 
-def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, dry_run: bool, force: bool) -> int:
+def _recorded(record: UndoRecord, uri: str, needed: bool) -> tuple[dict[str, Before], bool]:
+    """The sizes before memcoord for uri, and whether the record can be updated. A record that cannot be read
+    stops the default restore (exit 65: it is what it restores to); --to and --to-max go on without it."""
+    try:
+        return record.read().get(uri, {}), True
+    except RecordError as exc:
+        if needed:
+            raise RestoreError(
+                f"{exc}; nothing changed (--to-max restores to the maximum without it)", os.EX_DATAERR
+            ) from None
+        print(f"memcoord: warning: {exc}; restored guests stay in it", file=sys.stderr)
+        return {}, False
+
+
+def _restore(
+    hv: Any,
+    config: Config,
+    names: Sequence[str],
+    to_mib: int | None,
+    to_max: bool,
+    dry_run: bool,
+    force: bool,
+    record: UndoRecord,
+) -> int:
     uri = config.libvirt.uri
+    before, updatable = _recorded(record, uri, needed=not to_max and to_mib is None)
     try:
         snapshot = sample_with_settings(hv)
     except HypervisorError as exc:
@@ -260,9 +313,9 @@ def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, 
             if not force:
                 raise RestoreError(message + "; --force restores them anyway", os.EX_NOPERM)
             print(f"memcoord: warning: {message}", file=sys.stderr)
-    guard_mib = config.host.min_available_mib
-    budget_kib = host_headroom_kib(snapshot, config)
-    steps = through_guard(wanted(doms, config, to_mib), budget_kib)
+    guard_mib = config.guard_mib(snapshot.host.total_kib)
+    budget_kib = host_headroom_kib(snapshot, config.for_host(snapshot.host.total_kib))
+    steps = through_guard(wanted(doms, to_mib, to_max, before, record.path), budget_kib)
     order = ", ".join(s.name for s in steps) or "none"
     print(
         f"{uri}: host available {_mib(snapshot.host.available_kib)}, guard {guard_mib} MiB: "
@@ -278,10 +331,16 @@ def _restore(hv: Any, config: Config, names: Sequence[str], to_mib: int | None, 
         print(describe(step, by_name.get(step.name), dry_run))
     short = [s for s in steps if s.short_kib]
     failed = [r for r in results if r.error is not None]
+    if updatable and not dry_run:
+        handed_back = [s.name for s in steps if not s.short_kib and (s.name not in by_name or by_name[s.name].ok)]
+        try:
+            record.drop(uri, handed_back)
+        except RecordError as exc:
+            print(f"memcoord: warning: {exc}; restored guests stay in it", file=sys.stderr)
     if not short and not failed:
         return os.EX_TEMPFAIL if unread and not names else os.EX_OK
     problems = [f"{s.name} {_mib(s.short_kib)} short" for s in short]
-    problems += [f"{r.change.domain} setMemory failed" for r in failed]
+    problems += [f"{r.change.domain} setMemory {'outcome unknown' if r.unknown else 'failed'}" for r in failed]
     print(
         f"memcoord: {len(short) + len(failed)} of {len(steps)} guests not fully restored: {', '.join(problems)}"
         + (

@@ -52,7 +52,7 @@ def main(scenario_path: Path, config: Config, duration_s: float | None, plot_pat
         return os.EX_UNAVAILABLE
     if config.loop.dry_run:
         print("note: loop.dry_run is ignored here; the simulation applies every plan", file=sys.stderr)
-    report = run(scenario, config, "memcoord", duration_s, record=plot_path is not None)
+    report = run(scenario, config, duration_s=duration_s, record=plot_path is not None)
     print(summary(report))
     if plot_path is not None:
         plot.write(plot.from_simulation(report), plot_path, f"{report.scenario} - policy {report.policy}")

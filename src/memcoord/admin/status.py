@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memcoord.admin.cliargs import DEFAULT_CONFIG_PATH
+from memcoord.core.model import Unballoonable
 from memcoord.daemon import state
 
 KIB_PER_MIB = 1024
@@ -52,7 +54,8 @@ def _last_action(action: dict[str, Any] | None) -> str:
     if action.get("dry_run"):
         text += " (dry run)"
     if action.get("error"):
-        text += f" FAILED: {action['error']}"
+        verdict = "OUTCOME UNKNOWN" if action.get("outcome") == "unknown" else "FAILED"
+        text += f" {verdict}: {action['error']}"
     return text
 
 
@@ -68,6 +71,15 @@ def _bound(d: dict[str, Any], which: str) -> str:
 def _class(d: dict[str, Any]) -> str:
     excluded_by = d.get("excluded_by")
     return f"{d['class']} ({excluded_by})" if excluded_by and d["class"] == "unmanaged" else d["class"]
+
+
+def _refusals(view: dict[str, Any]) -> list[str]:
+    """One line per guest whose stats the policy refuses (.get: an older daemon's state file has no reason)."""
+    return [
+        f"IMPOSSIBLE STATS from {d['name']} (treated as no stats, left alone): {d['refused']}"
+        for d in view["domains"]
+        if d.get("refused")
+    ]
 
 
 COLUMNS = (
@@ -107,7 +119,19 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
         lines.append(
             f"host available {_size(host['available_kib'])} of {_size(host['total_kib'])}, "
             f"guard {_size(host['guard_kib'])}, room to grow {_size(host['headroom_kib'])}"
+            + (
+                ""
+                if host.get("pressure_some_avg10") is None
+                else f", memory pressure {host['pressure_some_avg10']:.1f} %"
+            )
         )
+        if host.get("freeable_kib") is not None:  # absent in a state file written by an older daemon
+            lines.append(
+                f"could free {_size(host['freeable_kib'])} now without any guest below its low line; "
+                f"guests' floors sum to {_size(host['floors_kib'])}"
+            )
+        if host.get("reserved_kib"):
+            lines.append(f"holding {_size(host['reserved_kib'])} above the guard for a VM about to start (make-room)")
         if host.get("below_guard_kib"):
             line = f"HOST BELOW ITS GUARD by {_size(host['below_guard_kib'])}: relieving"
             if host.get("relief_shortfall_kib"):
@@ -121,6 +145,7 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
     # .get: a state file written by an older daemon lacks these.
     for name, error in sorted(view.get("stats_period_failing", {}).items()):
         lines.append(f"STATS PERIOD NOT SET on {name} (left alone, retrying with backoff): {error}")
+    lines += _refusals(view)
     if view.get("skipped_last_tick"):
         lines.append(f"LAST TICK RAN OUT OF TIME: {view['skipped_last_tick']} change(s) left for the next tick")
     errors = view["errors"]
@@ -155,15 +180,21 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
         lines.append("  ".join([*cells, r[-1]]))
     if not view["domains"]:
         lines.append("(no running domain)")
+    for d in view["domains"]:
+        if d.get("excluded_by") in _UNBALLOONABLE:
+            lines.append(f"{d['name']}: left alone, ballooning cannot help: {_UNBALLOONABLE[d['excluded_by']]}")
     return lines
+
+
+_UNBALLOONABLE = {str(kind): kind.why for kind in Unballoonable}
 
 
 def default_state_path(config_path: Path | None) -> Path:
     """The state file named by the config ([status] path), /etc/memcoord.toml if present, else the default."""
     from memcoord.core import config as config_mod
 
-    if config_path is None and config_mod.DEFAULT_PATH.exists():
-        config_path = config_mod.DEFAULT_PATH
+    if config_path is None and DEFAULT_CONFIG_PATH.exists():
+        config_path = DEFAULT_CONFIG_PATH
     if config_path is None:
         return Path(config_mod.StatusConfig().path)
     try:

@@ -48,7 +48,11 @@ def _state_args(parser: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     """Register status, monitor and plot on the `memcoord` subparsers."""
-    status = sub.add_parser("status", help="the running daemon's view: guests, host, config, errors; exit 69 if down")
+    status = sub.add_parser(
+        "status",
+        help="the running daemon's view: guests, host (what it could free now, the floors' sum), config, errors; "
+        "exit 69 if down",
+    )
     status.add_argument("--json", action="store_true", help="the whole view as JSON, for scripts")
     _state_args(status)
     status.set_defaults(func=_cmd_status)

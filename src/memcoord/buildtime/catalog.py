@@ -1,11 +1,11 @@
 """memcoord's journal message catalog, written from the MESSAGE_IDs the code defines, so `journalctl -x` explains
 every memcoord record and no MESSAGE_ID goes without an explanation.
 
-The IDs live with what they name (core/model.py `Action.message_id`, daemon/journal.py `LIFECYCLE_IDS` and
-`MESSAGE_ID_SET_MEMORY_FAILED`); the explanations live here, keyed by the same names. A kind or event without an
-explanation stops the build (`missing()`), and tests/unit/test_catalog.py checks that every 32-digit MESSAGE_ID
-in the sources has an entry. The package installs the output as /usr/lib/systemd/catalog/memcoord.catalog, where
-systemd's dpkg trigger runs `journalctl --update-catalog`.
+The IDs live with what they name (core/model.py `Action.message_id`, daemon/journal.py `LIFECYCLE_IDS`,
+`MESSAGE_ID_SET_MEMORY_FAILED` and `MESSAGE_ID_SET_MEMORY_UNKNOWN`); the explanations live here, keyed by the same
+names. A kind or event without an explanation stops the build (`missing()`), and tests/unit/test_catalog.py checks
+that every 32-digit MESSAGE_ID in the sources has an entry. The package installs the output as
+/usr/lib/systemd/catalog/memcoord.catalog, where systemd's dpkg trigger runs `journalctl --update-catalog`.
 
     python -m memcoord.buildtime.catalog > memcoord.catalog
 """
@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 from memcoord.core.model import Action
-from memcoord.daemon.journal import LIFECYCLE_IDS, MESSAGE_ID_SET_MEMORY_FAILED
+from memcoord.daemon.journal import LIFECYCLE_IDS, MESSAGE_ID_SET_MEMORY_FAILED, MESSAGE_ID_SET_MEMORY_UNKNOWN
 
 HEADER = """\
 # memcoord's journal message catalog: `journalctl -x` shows these explanations next to memcoord's records.
@@ -35,42 +35,47 @@ ACTIONS: dict[Action, tuple[str, str]] = {
     Action.GROW: (
         "Guest @MEMCOORD_DOMAIN@ grown",
         "memcoord raised the memory of the guest @MEMCOORD_DOMAIN@ from @MEMCOORD_FROM_KIB@ KiB to "
-        "@MEMCOORD_TO_KIB@ KiB (its virtio balloon deflates). A guest grows when its available memory is at or "
-        "below its starving line (guest.starving_mib / starving_pct), or will be before memcoord can act again at "
-        "the pace its use grows. Growth comes out of the host's memory above its guard (host.min_available_mib) "
-        "and out of what idle guests give back; it never passes the guest's ceiling (its libvirt maximum, or "
-        "max_mib).",
+        "@MEMCOORD_TO_KIB@ KiB (its virtio balloon deflates). A guest grows when it is below its band's low line: "
+        "its starving line (guest.starving_mib / starving_pct) plus what its use takes, at the pace it grows, "
+        "before memcoord can act again; a busy guest below its high line may also get a share of what idle guests "
+        "gave back in the same tick. Growth comes out of the host's memory above its guard "
+        "(host.min_available_mib / min_available_pct) and out of what idle guests give back; a scarce budget is "
+        "shared by weight. It never passes the guest's ceiling (its libvirt maximum, or max_mib).",
     ),
     Action.RECLAIM: (
         "Memory reclaimed from idle guest @MEMCOORD_DOMAIN@",
         "memcoord lowered the memory of the guest @MEMCOORD_DOMAIN@ from @MEMCOORD_FROM_KIB@ KiB to "
-        "@MEMCOORD_TO_KIB@ KiB (its virtio balloon inflates and returns the pages to the host). The guest was idle "
-        "with more available memory than its wasteful line (guest.wasteful_mib / wasteful_pct); it gives back at "
-        "most guest.reclaim_step_mib per tick and never goes below that line, its floor or its recent peak "
-        "(guest.peak_hold_s). With host.target_available_mib set (the production profile) this happens only while "
-        "the host is below that target or a guest starves.",
+        "@MEMCOORD_TO_KIB@ KiB (its virtio balloon inflates and returns the pages to the host). Either the guest "
+        "was idle above its band's high line (its wasteful line, guest.wasteful_mib / wasteful_pct, or what it "
+        "used recently, guest.peak_hold_s) and gave back at most guest.reclaim_step_mib, or another guest below "
+        "its low line needed memory the host could not give and this one had it to spare. A lowering never takes "
+        "a guest below its low line or its floor. With host.target_available_mib set (the production profile) "
+        "idle guests give back only while the host is below that target or a guest starves.",
     ),
     Action.TAX: (
         "Idle tax taken from guest @MEMCOORD_DOMAIN@",
-        "A starving guest grew in this tick, so each idle guest pays guest.idle_tax_mib toward it: the guest "
-        "@MEMCOORD_DOMAIN@ went from @MEMCOORD_FROM_KIB@ KiB to @MEMCOORD_TO_KIB@ KiB. It never pays more than it "
-        "has above its floor and its buffer. Set guest.idle_tax_mib = 0 to turn the tax off.",
+        "A guest below its low line needed memory the host could not give, so each idle guest pays up to "
+        "guest.idle_tax_mib toward it: the guest @MEMCOORD_DOMAIN@ went from @MEMCOORD_FROM_KIB@ KiB to "
+        "@MEMCOORD_TO_KIB@ KiB. It never pays from below its own low line or its floor. Set guest.idle_tax_mib = 0 "
+        "to turn the tax off.",
     ),
     Action.CLAMP: (
         "Guest @MEMCOORD_DOMAIN@ moved into its bounds",
         "The guest @MEMCOORD_DOMAIN@ was outside the bounds memcoord keeps it in, its floor (guest.min_mib, "
         'domains."NAME".min_mib or its metadata) and its ceiling (max_mib or its libvirt maximum): it went from '
-        "@MEMCOORD_FROM_KIB@ KiB to @MEMCOORD_TO_KIB@ KiB. A guest above a lowered ceiling comes down a step at a "
-        "time and only while it keeps its buffer free; a guest whose programs use more waits until they free it.",
+        "@MEMCOORD_FROM_KIB@ KiB to @MEMCOORD_TO_KIB@ KiB. A guest below its floor is raised to it whatever the "
+        "host has; a guest above a lowered ceiling comes down toward it, never below its band's low line, so a "
+        "guest whose programs use the memory waits until they free it.",
     ),
     Action.RELIEVE: (
         "Memory taken back from guest @MEMCOORD_DOMAIN@ for the host",
-        "The host's available memory was below its guard (host.min_available_mib), so memcoord took memory back "
-        "from the guests with the most free memory above their buffer: @MEMCOORD_DOMAIN@ went from "
-        "@MEMCOORD_FROM_KIB@ KiB to @MEMCOORD_TO_KIB@ KiB (at most host.relief_step_mib per guest and tick, never "
-        "a starving guest, never below a floor). Something other than memcoord's grants took the host's memory: "
-        "a guest touching memory it already had, or a process on the host. A deficit the guests cannot cover is "
-        "shown by memcoord status and the metric memcoord_relief_shortfall_bytes.",
+        "The host was short: its available memory below its guard (host.min_available_mib / min_available_pct), "
+        "room held above the guard for a VM about to start (memcoord make-room), or its memory pressure (PSI) "
+        "above host.pressure_relief_pct. memcoord took memory back from the guests above their band's low line, "
+        "the largest first: @MEMCOORD_DOMAIN@ went from @MEMCOORD_FROM_KIB@ KiB to @MEMCOORD_TO_KIB@ KiB; never a "
+        "guest below its low line, never below a floor. Something other than memcoord's grants took the host's "
+        "memory: a guest touching memory it already had, a VM starting, or a process on the host. A deficit the "
+        "guests cannot cover is shown by memcoord status and the metric memcoord_relief_shortfall_bytes.",
     ),
     Action.RESTORE: (
         "Guest @MEMCOORD_DOMAIN@ set back by memcoord restore",
@@ -88,6 +93,15 @@ SET_MEMORY_FAILED = (
     "its size; memcoord decides again on the next tick from what the guest then reports. Repeated failures for "
     "one guest point at the guest (no balloon driver, a paused or migrating guest) or at libvirtd; the metric "
     'memcoord_errors_total{kind="set_memory"} counts them.',
+)
+
+SET_MEMORY_UNKNOWN = (
+    "Guest @MEMCOORD_DOMAIN@ resize outcome unknown",
+    "The setMemory call memcoord made for the guest @MEMCOORD_DOMAIN@ (@MEMCOORD_ACTION@ from "
+    "@MEMCOORD_FROM_KIB@ KiB to @MEMCOORD_TO_KIB@ KiB) got no answer in time: @MEMCOORD_ERROR@. libvirt may "
+    "still carry it out, so memcoord counts it as set until the guest's balloon size says otherwise, and decides "
+    "again from what the guest then reports. Repeated records point at a libvirtd or a QEMU that answers slowly; "
+    'the metric memcoord_errors_total{kind="set_memory_unknown"} counts them.',
 )
 
 # (subject, explanation) per event of the daemon's own life.
@@ -148,6 +162,7 @@ def _entries() -> list[tuple[str, tuple[str, str]]]:
     """(MESSAGE_ID, (subject, explanation)) for every ID the code defines, in a stable order."""
     out = [(a.message_id, (ACTIONS[a][0], ACTIONS[a][1] + "\n\n" + ACTION_FOOTER)) for a in Action if a in ACTIONS]
     out.append((MESSAGE_ID_SET_MEMORY_FAILED, SET_MEMORY_FAILED))
+    out.append((MESSAGE_ID_SET_MEMORY_UNKNOWN, SET_MEMORY_UNKNOWN))
     out += [(LIFECYCLE_IDS[e], LIFECYCLE[e]) for e in LIFECYCLE_IDS if e in LIFECYCLE]
     return out
 

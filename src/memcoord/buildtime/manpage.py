@@ -45,11 +45,14 @@ EXIT_MEANINGS = {
     "domain is not running or has no balloon (nothing is changed).",
     69: "EX_UNAVAILABLE: what the command needs is not there: the daemon is not running or left no state file "
     "(\\fBstatus\\fR, \\fBmonitor\\fR, \\fBprint-config --running\\fR), libvirt cannot be reached, or an "
-    "optional Python package is missing (matplotlib for \\fBplot\\fR).",
+    "optional Python package is missing (matplotlib for \\fBplot\\fR); for \\fBmake-room\\fR, no daemon answers on "
+    "\\fBroom.socket\\fR.",
     75: "EX_TEMPFAIL: \\fBrestore\\fR left a guest short of its target (the host guard, a failed setMemory, or "
-    "its settings not yet read); run it again once the host has memory.",
+    "its settings not yet read); run it again once the host has memory. \\fBmake-room\\fR: the room is not there "
+    "after \\fB--timeout\\fR (the shortfall is printed; the daemon keeps holding what it could).",
     77: "EX_NOPERM: \\fBrestore\\fR refused: a running memcoord manages these guests and would move them again "
-    "(stop it or exclude them, or use \\fB--force\\fR).",
+    "(stop it or exclude them, or use \\fB--force\\fR); \\fBmake-room\\fR refused: the caller is not root, "
+    "memcoord's user nor in \\fBstatus.group\\fR.",
     78: "EX_CONFIG: the config file is invalid; every error is printed as FILE: KEY = VALUE: what is wrong. The "
     "systemd unit does not restart the daemon on this code (RestartPreventExitStatus=78).",
 }
@@ -102,6 +105,11 @@ def esc(text: str) -> str:
     return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n"))
 
 
+def inline(text: str) -> str:
+    """Text for a roff line (esc), with `code` spans in bold without their backticks."""
+    return re.sub(r"`([^`]+)`", r"\\fB\1\\fR", esc(text))
+
+
 def example(text: str) -> list[str]:
     """An example block: indented, in a fixed-width font, line by line as given."""
     return [".RS 4", ".EX", esc(text.rstrip("\n")), ".EE", ".RE"]
@@ -118,8 +126,7 @@ def prose(text: str) -> list[str]:
         if all(line.startswith("    ") for line in lines):
             out += example(textwrap.dedent(block))
         else:
-            words = esc(" ".join(block.split()))
-            out.append(re.sub(r"`([^`]+)`", r"\\fB\1\\fR", words))
+            out.append(inline(" ".join(block.split())))
     return out
 
 
@@ -231,7 +238,8 @@ def _modules() -> Iterator[types.ModuleType]:
 
 def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
     from memcoord import cli
-    from memcoord.core.config import DEFAULT_PATH, StatusConfig
+    from memcoord.admin.cliargs import DEFAULT_CONFIG_PATH
+    from memcoord.core.config import RoomConfig, StatusConfig
 
     parser = parser or cli.build_parser()
     subs = subcommands(parser)
@@ -259,7 +267,7 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
     for name, help_text, sub in subs:
         lines += [".SS " + esc(name), f".B {esc(_usage(sub))}", ".PP", esc(sentence(help_text))]
         if sub.description and sub.description != help_text:
-            lines += [".PP", esc(sub.description)]
+            lines += [".PP", inline(sub.description)]
         for action in arguments(sub):
             lines += [".TP", _argument_term(sub, action), esc(_argument_help(sub, action))]
     lines += [".SH OPTIONS", "Before the command:"]
@@ -286,7 +294,7 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
     lines += [
         ".SH FILES",
         ".TP",
-        f"\\fI{esc(str(DEFAULT_PATH))}\\fR",
+        f"\\fI{esc(str(DEFAULT_CONFIG_PATH))}\\fR",
         "The config file; see \\fBmemcoord.toml\\fR(5). A conffile of the Debian package.",
         ".TP",
         f"\\fI{esc(StatusConfig().path)}\\fR",
@@ -307,6 +315,14 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
         "\\fI/usr/share/memcoord/\\fR",
         "Prometheus alert rules, scrape config and Grafana dashboard; the unit drop-in that lets a central "
         "Prometheus scrape the metrics endpoint.",
+        ".TP",
+        "\\fI/usr/share/memcoord/libvirt-hook/memcoord\\fR",
+        "The opt-in libvirt hook: linked into \\fI/etc/libvirt/hooks/qemu.d/\\fR (then restart libvirtd), it runs "
+        "\\fBmake-room \\-\\-for\\fR DOMAIN on \\fBprepare begin\\fR, for at most 5 s, and lets the guest start "
+        "whatever happens (its messages: \\fBjournalctl \\-t memcoord-hook\\fR).",
+        ".TP",
+        f"\\fI{esc(RoomConfig().socket)}\\fR",
+        "The daemon's make-room socket (\\fBroom.socket\\fR), mode 0660, group \\fBstatus.group\\fR.",
         ".TP",
         "\\fI/opt/venvs/memcoord/\\fR",
         "The Python environment of the Debian 12 package (pydantic and the other dependencies from PyPI; libvirt "
@@ -348,15 +364,7 @@ def top_level_keys(model: type[BaseModel] | None = None) -> list[str]:
     return [name for name in model.model_fields if name not in table_names]
 
 
-def config_keys() -> list[str]:
-    """Every key as section.key (domains."NAME".min_mib), for the test and the completeness check."""
-    from memcoord.core.config import Config
-
-    keys = [f"{s}.{k}" for s, m, _ in sections() for k in m.model_fields]
-    return keys + top_level_keys(Config)
-
-
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: Any) -> typing.TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -419,7 +427,7 @@ def _key_entry(key: str, field: FieldInfo) -> list[str]:
     if b := bounds(field):
         facts.append(b)
     facts.append(f"default {_default_text(field)}")
-    lines = [".TP", f"\\fB{esc(key)}\\fR ({esc('; '.join(facts))})", esc(field.description or "")]
+    lines = [".TP", f"\\fB{esc(key)}\\fR ({esc('; '.join(facts))})", inline(field.description or "")]
     if example := _example(key, field):
         lines += [".br", f"Example: \\fB{esc(example)}\\fR"]
     return lines

@@ -1,34 +1,67 @@
-"""The one validated configuration, and the one error type for everything wrong with it.
+"""The one validated configuration, what it means, and the one error type for everything wrong with it.
 
 Every message names the file, the key and the value, so that an admin who broke /etc/memcoord.toml at 3 a.m.
-knows which line to fix. A config is either loaded whole or not at all: there is no partial result.
+knows which line to fix. A config is either loaded whole or not at all: there is no partial result. The frozen
+`Config` is what the daemon runs on, loaded in process at start and on every reload; the rules a running daemon
+applies to it (floors, ceilings, which domains it manages, the metrics endpoint's address) are its methods.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import grp
+import ipaddress
 import json
+import re
 import tomllib
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from memcoord.core.config_rules import (
-    DEFAULT_LISTEN,
-    DEFAULT_PATH,
-    FIELDS_SET_KEY,
-    ConfigError,
-    ConfigFileError,
-    ConfigRules,
-    MetricsRules,
-    Source,
-    check_host,
-    split_listen,
-)
+from memcoord.core.model import NO_SETTINGS, DomainSettings, mib_to_kib
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_PATH", "ConfigError", "ConfigFileError", "Source"]
+DEFAULT_LISTEN = "127.0.0.1:9749"
+# A guest's weight in a scarce split when neither the config file nor its metadata sets one.
+DEFAULT_WEIGHT = 100
+
+
+class ConfigError(Exception):
+    """The config file is wrong; the message says where and how (file, key, value)."""
+
+
+class ConfigFileError(ConfigError):
+    """The config file cannot be read at all (missing, a directory, no permission)."""
+
+
+class Profile(StrEnum):
+    """How eagerly idle guests give memory back (host.profile)."""
+
+    DENSITY = "density"  # the seed's loop: whenever they have more than their wasteful line free
+    PRODUCTION = "production"  # only when the host runs short of a comfort target, or a guest starves
+
+
+# The production profile's values, where the file does not set the keys itself: reclaim idle guests only below
+# this share of the host's memory available (Proxmox balloons above 80 % host use, oVirt MOM below 20 % free),
+# never below the guard plus a GiB; keep room for what a guest used in the last 10 minutes.
+PRODUCTION_TARGET_PCT = 20.0
+PRODUCTION_TARGET_ABOVE_GUARD_MIB = 1024
+PRODUCTION_PEAK_HOLD_S = 600.0
+
+
+class Source(StrEnum):
+    """Where a guest's floor or ceiling came from, highest precedence first."""
+
+    CONFIG = "config"
+    METADATA = "metadata"
+    MIN_GUARANTEE = "min_guarantee"
+    LIBVIRT_MAX = "libvirt_max"
+    DEFAULT = "default"
 
 
 class _Section(BaseModel):
@@ -50,8 +83,14 @@ class LibvirtConfig(_Section):
         "List the guests you mean when you first try memcoord on a host.",
         examples=[["web-*", "db1"]],
     )
+    exclude: tuple[str, ...] = Field(
+        (),
+        description="Glob patterns of domains memcoord never touches, even when libvirt.domains matches them "
+        '(a [domains."NAME"] table with enabled = false does the same for one exact name).',
+        examples=[["test-*", "*-scratch"]],
+    )
 
-    @field_validator("domains", mode="before")
+    @field_validator("domains", "exclude", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
@@ -144,8 +183,8 @@ class GuestConfig(_Section):
         0.0,
         ge=0,
         description="Idle reclaim keeps room for the most the guest used in this many seconds, so a guest that "
-        "bursts keeps room for the next burst. 0: off (reclaim down to the wasteful line). Part of the production "
-        "profile (see host.target_available_mib).",
+        "bursts keeps room for the next burst. 0: off (reclaim down to the wasteful line). Left out of the file, it "
+        f"comes from host.profile: 0 in the density profile, {PRODUCTION_PEAK_HOLD_S:.0f} in the production one.",
         examples=[600],
     )
 
@@ -198,13 +237,32 @@ def _blame_pair(section: _Section, low: str, high: str, ok: bool) -> None:
 class HostConfig(_Section):
     """The host guard: the memory the host keeps for itself, whatever the guests want."""
 
+    profile: Literal["density", "production"] = Field(
+        "density",
+        description='"density" (the seed\'s loop): idle guests give back the memory they do not use, whatever the '
+        'host has free. "production": idle guests give memory back only while the host\'s available memory is '
+        "below a comfort target (host.target_available_mib; by default max(the guard + 1024 MiB, "
+        f"{PRODUCTION_TARGET_PCT:.0f} % of the host's memory)) or a guest is starving, and never below what they "
+        f"used in the last {PRODUCTION_PEAK_HOLD_S / 60:.0f} minutes (guest.peak_hold_s). Growth, the guard and "
+        "relief are the same in both.",
+        examples=["production"],
+    )
     min_available_mib: int = Field(
         1024,
         ge=0,
-        description="No grow may take the host's available memory below this, counting memory already granted to "
-        "guests but not yet used by them. When the host falls below it for any reason, memcoord takes memory back "
-        "from the guests with the most to spare (relief) until it is above again.",
+        description="No grow may take the host's available memory below max(min_available_mib, "
+        "min_available_pct of the host's memory), counting memory already granted to guests but not yet used by "
+        "them. When the host falls below it for any reason, memcoord takes memory back from the guests with the "
+        "most to spare (relief) until it is above again.",
         examples=[2048],
+    )
+    min_available_pct: float = Field(
+        2.0,
+        ge=0,
+        le=50,
+        description="The host guard as a share of the host's memory (see min_available_mib): 2 % is 10 GiB on a "
+        "512 GiB host, where 1 GiB alone would be thin.",
+        examples=[5.0],
     )
     # A guest that fills its target takes this too, so the host guard counts it.
     guest_overhead_mib: int = Field(
@@ -216,12 +274,23 @@ class HostConfig(_Section):
     target_available_mib: int = Field(
         0,
         ge=0,
-        description="Production profile: when > 0, idle guests give memory back only while the host's available "
-        "memory is below this (or a guest is starving). 0: they always do (density). Must be 0 or more than "
-        "min_available_mib; with guest.peak_hold_s = 600, e.g. the guard plus room for a burst.",
+        description="When > 0, idle guests give memory back only while the host's available memory is below this "
+        "(or a guest is starving). 0: they always do. Left out of the file, it comes from host.profile: 0 in the "
+        f"density profile, max(the guard + 1024 MiB, {PRODUCTION_TARGET_PCT:.0f} % of the host's memory) in the "
+        "production one. Must be 0 or more than min_available_mib.",
         examples=[3072],
     )
     relief_step_mib: int = Field(256, gt=0, description="The most relief takes from one guest per tick.")
+    pressure_relief_pct: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="When > 0 and the host's memory pressure (PSI `some avg10`, percent) is above this, memcoord "
+        "relieves the host as it does below min_available_mib, and nobody grows. 0: off, the default: host PSI also "
+        "counts stalls no balloon relieves (a process at its own cgroup's memory limit), so turn it on where host "
+        "processes have no memory limits of their own.",
+        examples=[10.0],
+    )
 
     @model_validator(mode="after")
     def _target_above_guard(self) -> HostConfig:
@@ -276,6 +345,14 @@ class DomainOverride(_Section):
         examples=[4096],
     )
     enabled: bool = Field(True, description="false: memcoord never touches this guest.", examples=[False])
+    weight: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="This guest's weight when memory is scarce (default 100): guests that need memory share what "
+        "the host has in proportion to their weights, as Proxmox's shares and Hyper-V's memory weight do.",
+        examples=[200],
+    )
 
     @field_validator("max_mib")
     @classmethod
@@ -309,7 +386,7 @@ class StatusConfig(_Section):
         return group
 
 
-class MetricsConfig(MetricsRules, _Section):
+class MetricsConfig(_Section):
     """The Prometheus endpoint (http(s)://listen/metrics). On loopback only a Prometheus on this host can scrape
     it; for a central Prometheus listen on the host's address, turn TLS on, and install the unit drop-in that
     allows the scraper (/usr/share/memcoord/systemd/metrics.conf)."""
@@ -328,7 +405,7 @@ class MetricsConfig(MetricsRules, _Section):
     port: int = Field(
         9749, ge=1, le=65535, description="Older split form of listen (the port); only while listen is left as it is."
     )
-    # TLS is prometheus_client's own. client_auth_required (mutual TLS) is what makes a listener on a routable
+    # TLS: exposition.tls_context(). client_auth_required (mutual TLS) is what makes a listener on a routable
     # address safe to leave open.
     certfile: str = Field(
         "",
@@ -338,11 +415,13 @@ class MetricsConfig(MetricsRules, _Section):
     keyfile: str = Field("", description="TLS: the server certificate's key (PEM), unless certfile holds it.")
     client_cafile: str = Field(
         "",
-        description="TLS: the CA that signs the scrapers' client certificates; a scraper's certificate is checked "
-        "against it.",
+        description="TLS: the CA that signs the scrapers' client certificates; a certificate a scraper presents is "
+        "verified against it, and one from another CA is refused.",
     )
     client_auth_required: bool = Field(
-        False, description="TLS: refuse scrapers without a client certificate (needs client_cafile)."
+        False,
+        description="TLS: refuse scrapers without a client certificate too (needs client_cafile); false: a "
+        "scraper that presents none is served.",
     )
 
     @field_validator("address")
@@ -398,8 +477,8 @@ class MetricsConfig(MetricsRules, _Section):
             )
         if self.certfile:
             # Load them now, so that check-config (and a reload) reject a key that does not match its
-            # certificate, instead of the endpoint failing to start later. Imported here: a daemon without TLS
-            # does not need the ssl module.
+            # certificate, instead of the endpoint failing to start later. Imported here: `memcoord status` loads
+            # the config to find the state file, and ssl is a tenth of its start-up.
             import ssl
 
             try:
@@ -422,6 +501,73 @@ class MetricsConfig(MetricsRules, _Section):
                     ) from None
         return self
 
+    @property
+    def bind(self) -> tuple[str, int]:
+        """(address, port) to listen on, from listen or from address and port."""
+        return split_listen(self.listen) if self.listen != DEFAULT_LISTEN else (self.address, self.port)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
+
+    def plain_http_exposed(self) -> str | None:
+        """A warning naming the key when the endpoint is on, without TLS, on an address other hosts may reach (any
+        but loopback; a host name other than localhost may resolve to anything); None otherwise."""
+        if not self.enabled or self.tls:
+            return None
+        host, _port = self.bind
+        if host == "localhost" or _is_loopback_ip(host):
+            return None
+        key, value = ("listen", self.listen) if self.listen != DEFAULT_LISTEN else ("address", self.address)
+        return (
+            f"metrics.{key} = {value!r}: the metrics endpoint serves plain HTTP on an address other hosts may "
+            "reach (no metrics.certfile): anyone there reads every guest's memory figures; turn TLS on "
+            "(certfile, client_cafile, client_auth_required) or listen on 127.0.0.1"
+        )
+
+
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def check_host(host: str) -> None:
+    """An IP address (v4 or v6) or a host name; a name is resolved only when the endpoint starts."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(host):
+        raise ValueError("not an IP address or host name")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:9749", "[::]:9749", "metrics.example:9749" -> (host, port); ValueError says what is wrong."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError('must be "ADDRESS:PORT" (e.g. "0.0.0.0:9749" or "[::]:9749")')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("not an IPv6 address between the brackets") from None
+    elif ":" in host:
+        raise ValueError('an IPv6 address needs brackets: "[ADDRESS]:PORT"')
+    else:
+        check_host(host)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
 
 class TimelineConfig(_Section):
     """A record of every tick (every guest's sizes and the actions taken), for memcoord plot."""
@@ -440,7 +586,27 @@ class TimelineConfig(_Section):
     )
 
 
-class Config(ConfigRules, _Section):
+class RoomConfig(_Section):
+    """`memcoord make-room`: room on the host for a VM about to start, asked of the running daemon."""
+
+    socket: str = Field(
+        "/run/memcoord/room.sock",
+        description="The unix socket the daemon answers make-room requests on (mode 0660, group [status] group). "
+        "Root, the daemon's own user and members of that group may ask; the daemon checks the asking process's "
+        "credentials. Empty: no socket, make-room is refused.",
+    )
+    hold_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="How long the daemon holds the room asked for above the guard (idle guests are relieved to "
+        "make it, and nobody grows into it). A request for a domain ends sooner: as that domain's QEMU takes the "
+        "memory, what is held shrinks by its size. Long enough for a guest to boot and touch its memory.",
+        examples=[300.0],
+    )
+
+
+class Config(_Section):
     libvirt: LibvirtConfig = LibvirtConfig()
     loop: LoopConfig = LoopConfig()
     guest: GuestConfig = GuestConfig()
@@ -449,26 +615,128 @@ class Config(ConfigRules, _Section):
     status: StatusConfig = StatusConfig()
     metrics: MetricsConfig = MetricsConfig()
     timeline: TimelineConfig = TimelineConfig()
+    room: RoomConfig = RoomConfig()
+
+    # -- what the config means for one domain -----------------------------------------------------------------
+    def domain_setting(self, name: str, key: str, settings: DomainSettings | None) -> tuple[Any, Source] | None:
+        """A per-domain key from the config file's `[domains."NAME"]` (what the file sets there), else from the
+        domain's metadata; None when neither sets it."""
+        override = self.domains.get(name)
+        if override is not None and key in override.model_fields_set and getattr(override, key) is not None:
+            return getattr(override, key), Source.CONFIG
+        if settings is not None and key in settings.metadata:
+            return settings.metadata[key], Source.METADATA
+        return None
+
+    def manages(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> bool:
+        """True for a domain memcoord may touch: matched by libvirt.domains, not disabled (config or metadata),
+        and its settings read (settings None: not yet, and its metadata may exclude it)."""
+        return self.exclusion(name, settings) is None
+
+    def exclusion(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> str | None:
+        """Why memcoord leaves a domain alone: "libvirt.domains", "config" or "metadata" (enabled = false),
+        "unread" (its settings not read yet), "bad-metadata" (its metadata has a key that cannot be believed, and
+        the config file does not say `enabled` for it), or why ballooning cannot help it (model.Unballoonable:
+        "no-balloon", "hostdev", "hugepages", "locked"; no setting overrides that); None for a managed domain."""
+        if not _matcher(self.libvirt.domains)(name):
+            return "libvirt.domains"
+        if _matcher(self.libvirt.exclude)(name):
+            return "libvirt.exclude"
+        if settings is None:
+            return "unread"
+        if settings.unballoonable is not None:
+            return str(settings.unballoonable)
+        enabled = self.domain_setting(name, "enabled", settings)
+        if settings.metadata_invalid and (enabled is None or enabled[1] is not Source.CONFIG):
+            return "bad-metadata"
+        return None if enabled is None or enabled[0] else str(enabled[1])
+
+    def floor(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
+        """The lowest target for a domain (KiB) and where it came from: min_mib, else min_guarantee, else
+        guest.min_mib."""
+        default_kib = mib_to_kib(self.guest.min_mib)
+        found = self.domain_setting(name, "min_mib", settings)
+        if found is not None and found[1] is Source.CONFIG:
+            return mib_to_kib(found[0]), found[1]
+        # Only the config file may set a floor below guest.min_mib: a VM's own definition (metadata, min_guarantee)
+        # travels between hosts and templates, and must not let memcoord squeeze it below the host's own floor.
+        # A source below it is passed over for the next one.
+        candidates = [] if found is None else [(mib_to_kib(found[0]), found[1])]
+        if settings is not None and settings.min_guarantee_kib:
+            candidates.append((settings.min_guarantee_kib, Source.MIN_GUARANTEE))
+        for floor_kib, source in candidates:
+            if floor_kib >= default_kib:
+                return floor_kib, source
+        return default_kib, Source.DEFAULT
+
+    def floor_kib(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> int:
+        return self.floor(name, settings)[0]
+
+    def ceiling(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
+        """The highest target for a domain (KiB): its libvirt maximum, lowered by a max_mib, and where it came
+        from (a max_mib at or above the maximum does not bind: the maximum does)."""
+        found = self.domain_setting(name, "max_mib", settings)
+        if found is None:
+            return max_kib, Source.LIBVIRT_MAX
+        ceiling_kib = mib_to_kib(found[0])
+        if found[1] is not Source.CONFIG:  # as for the floor: the VM's definition never goes below guest.min_mib
+            ceiling_kib = max(ceiling_kib, mib_to_kib(self.guest.min_mib))
+        return (ceiling_kib, found[1]) if ceiling_kib < max_kib else (max_kib, Source.LIBVIRT_MAX)
+
+    def ceiling_kib(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> int:
+        return self.ceiling(name, max_kib, settings)[0]
+
+    def weight(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> int:
+        """A domain's weight in a scarce split: its weight key (config file, else metadata), else DEFAULT_WEIGHT."""
+        found = self.domain_setting(name, "weight", settings)
+        return DEFAULT_WEIGHT if found is None else int(found[0])
+
+    def guard_mib(self, host_total_kib: int) -> int:
+        """The host guard on a host of host_total_kib: max(host.min_available_mib, min_available_pct of it)."""
+        return max(self.host.min_available_mib, int(host_total_kib * self.host.min_available_pct / 100) // 1024)
+
+    def target_available_mib(self, host_total_kib: int) -> int:
+        """Idle guests give memory back only while the host has less than this available (0: always): the
+        file's host.target_available_mib, else the profile's."""
+        if "target_available_mib" in self.host.model_fields_set or self.host.profile != Profile.PRODUCTION.value:
+            return self.host.target_available_mib
+        return max(
+            self.guard_mib(host_total_kib) + PRODUCTION_TARGET_ABOVE_GUARD_MIB,
+            int(host_total_kib * PRODUCTION_TARGET_PCT / 100) // 1024,
+        )
+
+    def peak_hold_s(self) -> float:
+        """guest.peak_hold_s from the file, else the profile's."""
+        if "peak_hold_s" in self.guest.model_fields_set or self.host.profile != Profile.PRODUCTION.value:
+            return self.guest.peak_hold_s
+        return PRODUCTION_PEAK_HOLD_S
+
+    def for_host(self, host_total_kib: int) -> Config:
+        """This config with what scales with the host resolved into the keys the policy reads: the guard
+        (host.min_available_mib) and the profile's comfort target and peak hold. Itself when nothing changes."""
+        host = {
+            "min_available_mib": self.guard_mib(host_total_kib),
+            "target_available_mib": self.target_available_mib(host_total_kib),
+        }
+        host = {k: v for k, v in host.items() if getattr(self.host, k) != v}
+        guest = {"peak_hold_s": self.peak_hold_s()} if self.peak_hold_s() != self.guest.peak_hold_s else {}
+        update: dict[str, _Section] = {}
+        if host:
+            update["host"] = self.host.model_copy(update=host)
+        if guest:
+            update["guest"] = self.guest.model_copy(update=guest)
+        return self.model_copy(update=update) if update else self
+
+    @property
+    def stale_after_s(self) -> float:
+        """Guest stats older than this are not trusted: three missed stats periods plus two ticks of slack."""
+        return 3 * self.loop.stats_period_s + 2 * self.loop.interval_s
 
 
-def to_tree(config: BaseModel) -> dict[str, Any]:
-    """A validated config as JSON data, every key with its value (defaults filled in), and in each section the
-    keys the file set (FIELDS_SET_KEY): what config_view builds the daemon's read-only config from."""
-    tree = config.model_dump(mode="json")
-    _mark_fields_set(config, tree)
-    return tree
-
-
-def _mark_fields_set(model: BaseModel, tree: dict[str, Any]) -> None:
-    tree[FIELDS_SET_KEY] = sorted(model.model_fields_set)
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            _mark_fields_set(value, tree[name])
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, BaseModel):
-                    _mark_fields_set(item, tree[name][key])
+@functools.lru_cache(maxsize=8)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """All glob patterns as one compiled regex: called for every domain on every tick."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)").match
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -510,7 +778,7 @@ def parse(text: str, path: Path | str = "<string>") -> Config:
         raise ConfigError("\n".join(describe_error(path, err) for err in exc.errors())) from None
 
 
-def load(path: Path | str = DEFAULT_PATH) -> Config:
+def load(path: Path | str) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -529,6 +797,4 @@ def load(path: Path | str = DEFAULT_PATH) -> Config:
 
 def dump(config: Config) -> str:
     """The effective config as TOML; keys left unset (None) are omitted, as TOML has no null."""
-    import tomli_w  # print-config's, not the daemon's
-
     return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

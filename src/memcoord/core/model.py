@@ -22,6 +22,27 @@ def kib_to_mib(kib: int) -> float:
     return kib / KIB_PER_MIB
 
 
+class Unballoonable(StrEnum):
+    """Why ballooning cannot help a guest, as its libvirt definition says: memcoord never manages such a guest.
+
+    `why` says it for an admin (plan, status); the value is what status and the state file show."""
+
+    why: str
+
+    def __new__(cls, value: str, why: str) -> Unballoonable:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.why = why
+        return member
+
+    NO_BALLOON = "no-balloon", "no balloon device (<memballoon model='none'> or none at all): nothing to resize"
+    # QEMU inhibits the balloon while a VFIO device is assigned: a device may DMA into any guest page.
+    HOSTDEV = "hostdev", "a host device is assigned (VFIO): QEMU inhibits its balloon"
+    # The balloon hands back 4 KiB pages; a hugepage is freed only when all of it is, and stays reserved anyway.
+    HUGEPAGES = "hugepages", "its memory is backed by hugepages (<memoryBacking><hugepages/>): ballooning frees nothing"
+    LOCKED = "locked", "its memory is locked (<memoryBacking><locked/>): ballooning frees nothing safely"
+
+
 @dataclass(frozen=True, slots=True)
 class DomainSettings:
     """What a domain's own libvirt definition says about memcoord, so that it travels with the VM.
@@ -33,12 +54,15 @@ class DomainSettings:
     not be believed (a bad value, an unknown or misspelt key, a contradiction); memcoord then leaves the guest
     alone until it is fixed, because a misspelt `enabled = false` must not leave the guest managed.
     deflate_on_oom: the balloon may deflate on the guest's own OOM (`<memballoon autodeflate='on'>`): such a
-    guest counts the balloon's pages as used instead of shrinking its MemTotal (`DomainStats.own_total_kib`)."""
+    guest counts the balloon's pages as used instead of shrinking its MemTotal (`DomainStats.own_total_kib`).
+    unballoonable: why ballooning cannot help this guest (no balloon, VFIO, hugepages, locked memory); such a
+    guest is never managed."""
 
     metadata: Mapping[str, int | float | bool] = field(default_factory=lambda: MappingProxyType({}))
     min_guarantee_kib: int | None = None
     metadata_invalid: bool = False
     deflate_on_oom: bool = False
+    unballoonable: Unballoonable | None = None
 
 
 # A domain whose definition sets nothing for memcoord (and what a simulated guest has unless it says otherwise).
@@ -79,8 +103,14 @@ class DomainStats:
 
 @dataclass(frozen=True, slots=True)
 class HostStats:
+    """The host as the shell measures it. reserved_kib: memory held above the guard for a VM about to start
+    (the policy's budget leaves it alone); pressure_some_avg10: the host's PSI memory `some avg10` (percent), None
+    where it is not measured."""
+
     available_kib: int
     total_kib: int
+    reserved_kib: int = 0
+    pressure_some_avg10: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +129,14 @@ class GuestClass(StrEnum):
     BUSY = "busy"
     NO_STATS = "no-stats"
     STALE = "stale"
+    # The guest's last sample could not be true (free memory above its own total or its balloon's size,
+    # ...): it is treated as no sample, and `Plan.refused` says why.
+    BAD_STATS = "bad-stats"
+
+    @property
+    def trusted(self) -> bool:
+        """The policy acts on this guest's own figures."""
+        return self not in (GuestClass.NO_STATS, GuestClass.STALE, GuestClass.BAD_STATS)
 
 
 class Action(StrEnum):
@@ -137,14 +175,103 @@ LOWERING_ACTIONS = frozenset({Action.RECLAIM, Action.TAX, Action.RELIEVE})
 
 
 @dataclass(frozen=True, slots=True)
+class Band:
+    """Where a guest should be, in balloon sizes (KiB): floor <= low <= high <= ceiling.
+
+    Below low it needs memory now (its starving line plus what its ramp takes until memcoord can act again); above
+    high while idle it holds memory it does not need (its wasteful line, or its recent peak). why: how low and high
+    were found, for the journal and `memcoord plan`."""
+
+    floor_kib: int
+    low_kib: int
+    high_kib: int
+    ceiling_kib: int
+    why: str = ""
+
+
+class Rule(StrEnum):
+    """The step of the policy that moved a guest, and the action it sets."""
+
+    action: Action
+
+    def __new__(cls, value: str, action: Action) -> Rule:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.action = action
+        return member
+
+    FLOOR = "floor", Action.CLAMP  # below its floor: raised to it, whatever the host has
+    CEILING = "ceiling", Action.CLAMP  # above its ceiling: lowered toward it, never below its low
+    RELIEF = "relief", Action.RELIEVE  # the host budget is negative: taken from above low, largest first
+    RECLAIM = "reclaim", Action.RECLAIM  # idle above its high: a reclaim step toward it
+    NEED = "need", Action.GROW  # below its low: grown toward its band from the host budget
+    # Below its low, beyond the budget: lent what the guard holds for others' grants above their own low (never
+    # the guard itself).
+    LENT = "lent", Action.GROW
+    POOL = "pool", Action.GROW  # busy below its high: a share of what was reclaimed this tick
+    # For a guest below its low the budget cannot lift: from above the giver's high, or (only for what a guest
+    # lacks to last until memcoord can act again) from between its low and high.
+    SURPLUS = "surplus", Action.RECLAIM
+    COMFORT = "comfort", Action.RECLAIM
+    TAX = "tax", Action.TAX  # idle: the idle tax, for a guest below low the budget cannot lift
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a guest moves, as data: the rule, the guest's band, the host budget and the guest's weight when it was
+    decided, and the guest's own figures (free memory at its target before the move, which balloon stat that is,
+    its ramp, the sample's age). `text()` is the one place the journal's words come from."""
+
+    rule: Rule
+    band: Band
+    budget_kib: int
+    weight: int
+    free_kib: int | None = None
+    figure: str = "usable"
+    ramp_kib_per_s: float = 0.0
+    age_s: float = 0.0
+
+    def text(self) -> str:
+        def mib(kib: int) -> str:
+            return f"{kib_to_mib(kib):.0f} MiB"
+
+        b = self.band
+        free = "no figures" if self.free_kib is None else f"{mib(self.free_kib)} {self.figure}"
+        ramp = f", ramping {kib_to_mib(int(self.ramp_kib_per_s)):.0f} MiB/s" if self.ramp_kib_per_s else ""
+        late = f", stats {self.age_s:.0f} s old" if self.age_s >= 2 else ""
+        band = f"band {mib(b.low_kib)}..{mib(b.high_kib)} ({b.why})"
+        budget = f"host budget {mib(self.budget_kib)}"
+        text = {
+            Rule.FLOOR: f"below its floor {mib(b.floor_kib)}",
+            Rule.CEILING: f"above its ceiling {mib(b.ceiling_kib)}; never below its low",
+            # A budget still positive when relief runs: the host's memory pressure (PSI) asked for it.
+            Rule.RELIEF: (
+                f"host under memory pressure ({budget}): from above its low"
+                if self.budget_kib >= 0
+                else f"host short ({budget}: below its guard, or room held for a VM about to start): from above its low"
+            ),
+            Rule.RECLAIM: "idle above its high: a reclaim step",
+            Rule.NEED: f"below its low ({free}{ramp}{late}), {budget}, weight {self.weight}",
+            Rule.LENT: f"below its low ({free}{ramp}{late}), {budget}: lent what the guard holds for others' grants",
+            Rule.POOL: "busy below its high: share of memory reclaimed this tick",
+            Rule.SURPLUS: f"for a guest below its low the host cannot lift ({budget}): from above its high",
+            Rule.COMFORT: f"for a guest below its low the host cannot lift ({budget}): from between its low and high",
+            Rule.TAX: "idle tax for a guest below its low the host cannot lift",
+        }[self.rule]
+        return f"{text}; {band}" if self.rule in (Rule.NEED, Rule.LENT) else f"{text}; {free}, {band}"
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
-    """One setMemory the policy wants: domain from from_kib to to_kib, and why."""
+    """One setMemory the policy wants: domain from from_kib to to_kib, and why (reason: the journal's text; why:
+    the same as data, None for a change not made by the policy, such as `memcoord restore`'s)."""
 
     domain: str
     action: Action
     from_kib: int
     to_kib: int
     reason: str
+    why: Reason | None = None
 
     @property
     def delta_kib(self) -> int:
@@ -163,16 +290,50 @@ class Plan:
     # in the guests' reclaimable memory (0 when relief covers the deficit, or there is none).
     host_deficit_kib: int = 0
     relief_shortfall_kib: int = 0
+    # Each managed guest's band; why a guest's sample was refused (its class is then bad-stats); what each guest
+    # below its low wanted this tick and did not get.
+    bands: Mapping[str, Band] = field(default_factory=dict)
+    refused: Mapping[str, str] = field(default_factory=dict)
+    unmet_kib: Mapping[str, int] = field(default_factory=dict)
 
     def count(self, guest_class: GuestClass) -> int:
         return sum(1 for c in self.classes.values() if c is guest_class)
 
 
+class Outcome(StrEnum):
+    """What became of one setMemory (the timeline's and the journal's word for it)."""
+
+    SET = "set"  # the hypervisor accepted it
+    FAILED = "failed"  # refused, or never sent: the balloon target did not change
+    # Sent, but no answer in time (a hung QEMU monitor or libvirtd): it may still land, now or later. The next
+    # samples' balloon.current tell; until then the policy counts it as set (policy.applied).
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
+    """One change and what became of it. error: why it failed, or why its outcome is unknown; None when set."""
+
     change: Change
     error: str | None = None
+    unknown: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unknown and self.error is None:
+            raise ValueError("an unknown outcome says why (error)")
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.error is None:
+            return Outcome.SET
+        return Outcome.UNKNOWN if self.unknown else Outcome.FAILED
 
     @property
     def ok(self) -> bool:
+        """Accepted by the hypervisor."""
         return self.error is None
+
+    @property
+    def may_have_landed(self) -> bool:
+        """Accepted, or sent with its outcome unknown: what the policy must count as set."""
+        return self.error is None or self.unknown

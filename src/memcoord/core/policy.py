@@ -1,92 +1,90 @@
 """memcoord's balloon policy as one pure function: snapshot + state + config -> plan + next state.
 
-No I/O, no clock, no logging: the same inputs always give the same plan, whatever order the domains are
-listed in. `decide` reads top to bottom as the algorithm, one named function per step:
+No I/O, no clock, no logging: the same inputs always give the same plan, whatever order the domains are listed
+in. `decide` reads top to bottom as one model:
 
-1. `_look_at` every managed guest: fold its new stats sample into its history (free memory, ramp), size its
-   thresholds, and `_classify` it: starving (or about to be, at its ramp), wasteful, idle, busy; no-stats and
-   stale guests are left alone, except a late guest whose last figures were ramping toward starvation;
-2. `_clamp_to_bounds`: a guest below its floor is raised, one above its ceiling comes down a step at a time;
-3. `_relieve_host`: when the host is below its guard, take memory back from the guests holding the most
-   reclaimable memory above their buffer (never a starving guest, never below a floor, bounded per tick);
-4. `_reclaim_wasteful`: each wasteful idle guest gives back up to a reclaim step into the pool, down to its
-   wasteful line (in the production profile, only while the host is below its comfort target or a guest
-   starves);
-5. `_grow_starving`: each starving guest grows by what its ramp will use until memcoord can look again (at
-   least a grow step), a scarce headroom shared per head with busy guests about to starve (each capped by what
-   it will lack) and levelled among the starving; `_take_for_the_starving`: what the headroom could not give,
-   guests holding far more than they need give back (grants never touched come back at once:
-   `_grow_from_returned_grants`); `_grow_to_survive`: a guest
-   that would run out of memory before memcoord can act again is lent what the guard holds back for guests that
-   will not starve soon, never the guard itself; `_share_pool_with_busy`: busy guests share what is left of the
-   pool, each as far as it can use it;
-6. `_collect_idle_tax`: if a starving guest grew, each idle guest pays the idle tax, which goes to them.
+1. sanitize: each guest's stats are untrusted input. A sample a guest could not have taken (`refusal`: free
+   memory above its own total or its balloon's size, a report from a balloon size it no longer has) is
+   no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its recent peak).
+2. bands: from a sane sample, once per guest, floor <= low <= high <= ceiling (`_look_at`, public as `bands`).
+   Below `low` the guest needs memory now: its starving line plus what its ramp uses until memcoord can act
+   again, counting the sample's age. Above `high` while idle it holds memory it does not need: its wasteful
+   line, or its recent peak (guest.peak_hold_s). A guest without a sane, fresh sample is held where it is.
+3. budget: host available - host.min_available_mib - memory held for a VM about to start - what the guard holds
+   for each guest (`_held_kib`): of what QEMU does not back yet, its grant or what its ramp reaches before
+   memcoord can act again (host-side figures only, never a guest's claim; nothing for a guest silent longer than
+   the bound). A lowering gives back what QEMU backs above its new target in the same tick.
+4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
+   under memory pressure, relief from above high, then above low, largest first (`relieve`; under pressure
+   nobody grows); idle guests above high give a reclaim step (`reclaim`); guests below low grow toward their
+   band, a scarce budget split by weight (`fill`); what it could not lift them by comes from others' surplus
+   above high, then (for what a guest lacks to last until memcoord can act again) what the guard holds for
+   others' grants (`lendable_kib`) and others' comfort between low and high, page cache first (`take_for`),
+   then the idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again).
+5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
-Nobody grows while the host is below its guard (but to a floor).
+Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
+low (as far as budget and ceiling allow) and never sets a balloon below where it is. Starving guests never give.
+A move smaller than MIN_MOVE_KIB waits (the band's hysteresis), but for floors, ceilings, relief and the tax.
 
-Every growth goes through the host guard (`_Ledger`): headroom = host available - host.min_available_mib -
-memory memcoord granted that its guest has not touched yet - the never-backed free memory a starving guest, or a
-ramping one before memcoord can look again, will touch. Idle guests' own untouched memory is not reserved: if
-they touch it and the host drops below its guard, step 3 answers.
-
-Free memory is `balloon.usable` (MemAvailable: free + reclaimable page cache) where the guest reports it, else
-`balloon.unused` (MemFree), so a guest full of page cache is not taken for a starving one.
+Free memory is `balloon.usable` (MemAvailable) where the guest reports it, else `balloon.unused` (MemFree).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from memcoord.core.model import (
     KIB_PER_MIB,
     LOWERING_ACTIONS,
-    Action,
+    Band,
     Change,
     DomainStats,
     GuestClass,
     Plan,
+    Reason,
+    Rule,
     Snapshot,
     kib_to_mib,
     mib_to_kib,
 )
+from memcoord.core.sanity import impossible
 
 if TYPE_CHECKING:
     from memcoord.core.config import Config, GuestConfig
 
-# Stats that move less than this between two guest samples count as unchanged: smaller moves are noise, not a
-# guest starting to work.
+# Stats that move less than this between two samples count as unchanged: smaller moves are noise.
 STEADY_TOLERANCE_KIB = KIB_PER_MIB
-# A balloon within this of the target memcoord set has arrived (QEMU stops a few pages short at times).
+# A balloon within this of its target has arrived (QEMU stops a few pages short at times).
 SETTLED_TOLERANCE_KIB = 4 * KIB_PER_MIB
 # How long a balloon takes to move a few hundred MiB once setMemory is called (about a second on real QEMU).
 BALLOON_MOVE_S = 1.0
-# Growth covers this many times what the ramp uses before memcoord looks again: a ramp may steepen, and a
-# busy guest's next stats may come late. Memory granted and not used is reclaimed later; an OOM kill is not.
+# A guest's low covers this many times what its ramp uses before memcoord can act again: a ramp may steepen and
+# a busy guest's next stats may come late. Memory granted and not used is reclaimed later; an OOM kill is not.
 RAMP_SAFETY = 2.0
-# A ramp seen once is remembered, halving with each later sample that does not repeat it: one quiet sample
-# in the middle of a burst does not make the guest look idle.
+# A ramp seen once is remembered, halving with each later sample that does not repeat it.
 RAMP_DECAY = 0.5
-# A busy guest that starves within this at its ramp competes for a scarce headroom with the starving.
-CONTENDER_HORIZON_S = 10.0
-# A guest whose stats stopped coming while it ramped toward starving is grown on its projection for at most
-# this many stale-stats periods; after that it is left alone like any guest without stats.
-LATE_GROWTH_LIMIT_STALE_PERIODS = 3
 # After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
 # the lowering may predate the balloon's arrival.
 SETTLE_S = 2.0
-# The reason a growth names when it was lent memory the guard held back for others (`_grow_to_survive`): such a
-# growth is bounded by host available - min_available_mib alone, not also by others' untouched grants.
-LENT_REASON = "would run out before memcoord can act again: lent memory held back for others"
+# A move smaller than this buys a guest no room it can use, and costs a setMemory, a balloon's move and a journal
+# line: such moves wait until they are worth making (the band's hysteresis). Floors, ceilings and relief, which
+# keep guests and the host safe, move whatever it takes, and so does the idle tax (a trickle by configuration).
+MIN_MOVE_KIB = 32 * KIB_PER_MIB
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
+# The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
+# projection this long at most, and what the guard holds for a grant is released after it.
+SILENCE_LIMIT_STALE_PERIODS = 3
 
 
+# -- state -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """The last guest stats sample the policy saw for a domain, folded into its history."""
+    """The last sane stats sample the policy saw for a domain, folded into its history."""
 
     last_update_s: int
     free_kib: int  # usable, or unused where the guest does not report usable
@@ -99,6 +97,9 @@ class Sample:
     # The most the guest's programs used lately, and when: a guest that burst once is expected to again.
     peak_used_kib: int = 0
     peak_at_s: int = 0
+    # What the balloon holds beyond the guest's own total (its kernel's reservations), from a report taken with
+    # the balloon at rest: libvirt's balloon size lags the guest's own report by about a second while it moves.
+    kernel_kib: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +116,17 @@ class PolicyState:
     pending: dict[str, Pending] = field(default_factory=dict)
     # When memcoord last lowered each guest: its next samples may look busy from the balloon's own move.
     lowered_at_s: dict[str, float] = field(default_factory=dict)
-    # Memory memcoord granted each guest that the guest has not touched yet: the host guard keeps it.
+    # Memory memcoord granted each guest that QEMU may not back yet: the guard holds it (`_held_kib`).
     granted_kib: dict[str, int] = field(default_factory=dict)
-    # When memcoord last raised each guest: its free memory is the grant until it uses it, not waste.
+    # When memcoord last raised each guest.
     raised_at_s: dict[str, float] = field(default_factory=dict)
 
 
 def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> PolicyState:
-    """Record the targets the shell really set, so the next ticks wait for those balloons to get there and
-    the host guard keeps what was granted.
-
-    balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
-    would grow a guest twice for one need, and the host guard would count less than was granted.
-    """
+    """Record changes that MAY have been set (accepted, or their outcome unknown): the next ticks wait for those
+    balloons, and the guard holds what was granted until the guest's balloon and QEMU show it, or the bound
+    passes. balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
+    would grow a guest twice for one need."""
     changes = list(changes)
     pending = {**state.pending, **{c.domain: Pending(c.to_kib, now_s) for c in changes}}
     lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if _lowers(c)}}
@@ -144,7 +143,7 @@ def _lowers(change: Change) -> bool:
     return change.action in LOWERING_ACTIONS or change.delta_kib < 0
 
 
-# -- step 1: look at each guest ---------------------------------------------------------------------------
+# -- 1. sanitize -----------------------------------------------------------------------------------------
 def free_figure(dom: DomainStats) -> tuple[int | None, str]:
     """The guest's free memory as the policy counts it, and the name of the balloon stat it came from."""
     if dom.usable_kib is not None:
@@ -152,53 +151,57 @@ def free_figure(dom: DomainStats) -> tuple[int | None, str]:
     return dom.unused_kib, "unused"
 
 
-def _used_kib(dom: DomainStats, free_kib: int) -> int:
-    """What the guest's programs hold: its own total at its balloon size (`DomainStats.own_total_kib`) less free.
+def refusal(dom: DomainStats, moving: bool) -> str | None:
+    """Why this guest's sample cannot be true, or None: what `sanity.impossible` finds (as `memcoord plan` does),
+    and figures a report never carries. moving: memcoord moved its balloon lately, so a report from the size it had
+    before is expected for a moment, and only its maximum bounds it."""
+    for name, kib in (("usable", dom.usable_kib), ("unused", dom.unused_kib), ("MemTotal", dom.available_kib)):
+        if kib is not None and kib < 0:
+            return f"{name} is negative"
+    if dom.usable_kib is not None and dom.unused_kib is None:
+        return "usable without unused (one report carries both)"
+    return impossible(replace(dom, current_kib=dom.max_kib) if moving else dom)
 
-    MemTotal comes in the same guest report as the free figure; balloon.current may have moved since.
-    """
-    total_kib = dom.own_total_kib
-    return (total_kib if total_kib is not None else dom.current_kib) - free_kib
 
+def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending: Pending | None) -> Sample | None:
+    """Fold a new sane sample into the domain's history; a sample with the same timestamp (or an older one) is
+    not new.
 
-def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading: bool = False) -> Sample | None:
-    """Fold a new stats sample into the domain's history; a sample with the same timestamp is not new.
+    A guest is steady when its free memory did not change, or changed exactly as much as the balloon moved (its
+    used memory did not change): that is memcoord's doing, not the guest's. Its ramp is its used memory's growth
+    per second between samples, over the time between them: a busy guest whose stats come late shows its ramp
+    all the same. pending: the target memcoord set that the balloon is on its way to.
 
-    A guest is steady when its free memory did not change, or when it changed exactly as much as the balloon
-    moved (its used memory did not change): that is memcoord's own doing, not the guest being busy. Its ramp
-    is its used memory's growth per second between samples, over the time between them: a guest whose stats
-    come late because it is busy shows its ramp all the same. Its peak is the most its programs used within
-    the last peak_hold_s. heading: the balloon is on its way to a target memcoord set.
+    A balloon that inflated between two reports made the kernel drop page cache, and MemAvailable fell by more
+    than the balloon took (it counts only part of the cache): such a report shows no new ramp.
     """
     free_kib, figure = free_figure(dom)
     if free_kib is None or not dom.last_update_s:
         return prev
     if prev is not None and dom.last_update_s <= prev.last_update_s:
         return prev
-    used_kib = _used_kib(dom, free_kib)
+    total_kib = dom.own_total_kib
+    used_kib = (total_kib if total_kib is not None else dom.current_kib) - free_kib
     by_total = dom.available_kib is not None
+    kernel_kib = dom.current_kib - total_kib if total_kib is not None else 0
     if prev is None or prev.figure != figure or prev.used_by_total != by_total:
-        return Sample(
-            dom.last_update_s,
-            free_kib,
-            dom.current_kib,
-            False,
-            used_kib,
-            by_total,
-            0.0,
-            figure,
-            used_kib,
-            dom.last_update_s,
-        )
+        return Sample(dom.last_update_s, free_kib, dom.current_kib, False, used_kib, by_total, 0.0, figure,
+                      used_kib, dom.last_update_s, kernel_kib)  # fmt: skip
     used_grew_kib = used_kib - prev.used_kib
     steady = min(abs(free_kib - prev.free_kib), abs(used_grew_kib)) < STEADY_TOLERANCE_KIB
     # Without the guest's own total, a balloon move between two reports reads as use: no new ramp from it.
     moved = abs(dom.current_kib - prev.current_kib) > SETTLED_TOLERANCE_KIB
-    # A deflate-on-OOM guest's total is taken at balloon.current, which libvirt updates about a second after
-    # the guest's own report already counts the move: while its balloon moves, the move reads as use too.
-    total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or heading)
+    # A deflate-on-OOM guest's total is taken at balloon.current, which libvirt updates about a second after the
+    # guest's own report already counts the move: while its balloon moves, the move reads as use too.
+    total_lags = dom.settings is not None and dom.settings.deflate_on_oom and (moved or pending is not None)
     interval_s = dom.last_update_s - prev.last_update_s
-    reads_use = (by_total or not moved) and not total_lags
+    # (Or inflates now: memcoord lowered it and libvirt's balloon size, a second behind the guest, is not there.)
+    inflated = dom.current_kib < prev.current_kib - SETTLED_TOLERANCE_KIB or (
+        pending is not None and pending.target_kib < dom.current_kib
+    )
+    if moved or pending is not None:
+        kernel_kib = prev.kernel_kib
+    reads_use = (by_total or not moved) and not total_lags and not inflated
     rate_kib_per_s = used_grew_kib / interval_s if reads_use else 0.0
     ramp_kib_per_s = max(rate_kib_per_s, prev.ramp_kib_per_s * RAMP_DECAY, 0.0)
     if ramp_kib_per_s * interval_s < STEADY_TOLERANCE_KIB:
@@ -206,69 +209,19 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, heading:
     peak_used_kib, peak_at_s = prev.peak_used_kib, prev.peak_at_s
     if used_kib >= peak_used_kib or dom.last_update_s - peak_at_s > peak_hold_s:
         peak_used_kib, peak_at_s = used_kib, dom.last_update_s
-    return Sample(
-        dom.last_update_s,
-        free_kib,
-        dom.current_kib,
-        steady,
-        used_kib,
-        by_total,
-        ramp_kib_per_s,
-        figure,
-        peak_used_kib,
-        peak_at_s,
-    )
+    return Sample(dom.last_update_s, free_kib, dom.current_kib, steady, used_kib, by_total, ramp_kib_per_s, figure,
+                  peak_used_kib, peak_at_s, kernel_kib)  # fmt: skip
 
 
-@dataclass(slots=True)
-class _Guest:
-    """One managed guest as this tick sees it; sizes at `base_kib`, the target its balloon is heading to.
-
-    Built and filled in by `_look_at` only (mutable for speed: it is made for every guest on every tick)."""
-
-    dom: DomainStats
-    sample: Sample | None
-    new_sample: bool
-    pending: Pending | None
-    base_kib: int
-    floor_kib: int
-    ceiling_kib: int
-    starving_kib: int
-    wasteful_kib: int
-    grow_step_kib: int
-    grant_kib: int
-    lowered_at_s: float | None = None
-    free_kib: int | None = None
-    # MemFree at base_kib: pages the guest never touched, or touched and freed. What the host may still lose to
-    # the guest is among these (page cache, counted free in free_kib, is already backed).
-    unused_kib: int | None = None  # at base_kib, corrected for balloon moves since the sample
-    age_s: float = 0.0
-    guest_class: GuestClass = GuestClass.NO_STATS
-    why: str = ""
-    # Copied from dom and sample once: read for every guest many times a tick.
-    name: str = ""
-    ramp_kib_per_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.name = self.dom.name
-        self.ramp_kib_per_s = self.sample.ramp_kib_per_s if self.sample else 0.0
-
-    @property
-    def figure(self) -> str:
-        return self.sample.figure if self.sample else "unused"
-
-    def projected_free_kib(self, ahead_s: float) -> int:
-        """Free memory ahead_s from now at the guest's ramp (the sample is already age_s old)."""
-        return int((self.free_kib or 0) - self.ramp_kib_per_s * (self.age_s + ahead_s))
-
-    def buffer_kib(self, lookahead_s: float) -> int:
-        """Free memory relief leaves a guest: twice its starving line, or what its ramp needs if more."""
-        return max(2 * self.starving_kib, self.starving_kib + int(RAMP_SAFETY * self.ramp_kib_per_s * lookahead_s))
-
-
+# -- 2. one band per guest ---------------------------------------------------------------------------------
 def lookahead_s(config: Config) -> float:
     """How long until memcoord can act on a guest again: its next stats, the next tick, the balloon's move."""
     return config.loop.stats_period_s + config.loop.interval_s + BALLOON_MOVE_S
+
+
+def silence_limit_s(config: Config) -> float:
+    """How long a silent guest is grown on its projection, and a grant held for it, at most."""
+    return SILENCE_LIMIT_STALE_PERIODS * config.stale_after_s
 
 
 def thresholds_kib(config: Config, size_kib: int) -> tuple[int, int, int]:
@@ -288,647 +241,486 @@ def _thresholds_kib(g: GuestConfig, size_kib: int) -> tuple[int, int, int]:
         int(size_kib * g.wasteful_pct / 100),
         starving_kib + mib_to_kib(g.wasteful_mib - g.starving_mib),
     )
-    grow_step_kib = max(mib_to_kib(g.grow_step_mib), int(size_kib * g.grow_step_pct / 100))
+    # Whole MiB, as every move is (a 5 % grow step of 6 GiB, 307.2 MiB, would be set as 307).
+    grow_step_kib = _whole_mib(
+        max(mib_to_kib(g.grow_step_mib), int(size_kib * g.grow_step_pct / 100)) + KIB_PER_MIB - 1
+    )
     return starving_kib, wasteful_kib, grow_step_kib
 
 
-def _still_pending(pending: Pending | None, dom: DomainStats, config: Config, now_s: float) -> Pending | None:
-    """The pending target while the balloon is on its way; None once it arrived or gave up.
+@dataclass(slots=True)
+class _Guest:
+    """One managed guest as this tick sees it, its band found once (`_look_at`); target_kib and rule are what
+    the allocation has decided for it so far."""
 
-    A balloon that cannot reach its target (a guest that will not give pages up) is believed where it is
-    after the stale-stats time.
-    """
-    if pending is None or abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB:
-        return None
-    return pending if now_s - pending.set_at_s <= config.stale_after_s else None
+    dom: DomainStats
+    name: str
+    base_kib: int  # where its balloon is heading: the pending target, else balloon.current
+    band: Band
+    need_kib: int  # its low before floor and ceiling: a lowered ceiling never takes it below this
+    survive_kib: int  # below this it runs out of memory before memcoord can act again, at its ramp
+    grow_to_kib: int  # where growth aims: its low, or a grow step up if more
+    guest_class: GuestClass
+    weight: int
+    held_kib: int  # what the guard holds for its grant
+    sample: Sample | None = None
+    new_sample: bool = False
+    settled: bool = False  # trusted figures, a balloon at rest, and a report from after its last lowering
+    free_kib: int | None = None  # at base_kib
+    cache_kib: int = 0  # page cache (usable - unused)
+    age_s: float = 0.0
+    late: bool = False  # its stats are late, and it is grown on its projection
+    refused: str | None = None
+    pending: Pending | None = None
+    target_kib: int = 0
+    rule: Rule | None = None
+    budget_kib: int = 0  # the host budget when its rule moved it
+
+    def reason(self) -> Reason:
+        assert self.rule is not None
+        ramp = self.sample.ramp_kib_per_s if self.sample else 0.0
+        figure = self.sample.figure if self.sample else "usable"
+        return Reason(self.rule, self.band, self.budget_kib, self.weight, self.free_kib, figure, ramp, self.age_s)
 
 
-def _look_at(dom: DomainStats, state: PolicyState, config: Config, now_s: float) -> _Guest:
-    prev = state.samples.get(dom.name)
-    pending = _still_pending(state.pending.get(dom.name), dom, config, now_s)
-    sample = _observe(prev, dom, config.guest.peak_hold_s, heading=pending is not None)
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """What every guest's look needs of the config and the clock, worked out once per tick."""
+
+    now_s: float
+    stale_s: float  # stats older than this are not trusted
+    silence_s: float  # the bound on silence (`silence_limit_s`)
+    lookahead_s: float
+    overhead_kib: int
+    peak_hold_s: float
+
+    @staticmethod
+    def of(config: Config, now_s: float) -> _Clock:
+        overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
+        return _Clock(now_s, config.stale_after_s, silence_limit_s(config), lookahead_s(config), overhead_kib,
+                      config.guest.peak_hold_s)  # fmt: skip
+
+
+def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock) -> _Guest:
+    """The guest's sample, class and band, found once."""
+    name, now_s = dom.name, clock.now_s
+    pending = state.pending.get(name)
+    if pending is not None and (
+        abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB or now_s - pending.set_at_s > clock.stale_s
+    ):
+        pending = None  # arrived, or believed where it is after the stale time (a guest that will not give pages)
     base_kib = pending.target_kib if pending else dom.current_kib
-    ceiling_kib = config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
-    # Sized on the guest's configured size, not where the balloon has it now: a guest shrunk to what it uses
-    # keeps a buffer in proportion to what it may need again.
-    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
-    guest = _Guest(
-        dom=dom,
-        sample=sample,
-        new_sample=sample is not None and sample is not prev,
-        pending=pending,
-        base_kib=base_kib,
-        # A floor above the ceiling yields to it.
-        floor_kib=min(config.floor_kib(dom.name, dom.settings), ceiling_kib),
-        ceiling_kib=ceiling_kib,
-        starving_kib=starving_kib,
-        wasteful_kib=wasteful_kib,
-        grow_step_kib=grow_step_kib,
-        grant_kib=state.granted_kib.get(dom.name, 0),
-        lowered_at_s=state.lowered_at_s.get(dom.name),
-    )
+    ceiling_kib = config.ceiling_kib(name, dom.max_kib, dom.settings)
+    floor_kib = min(config.floor_kib(name, dom.settings), ceiling_kib)
+    lowered_at_s = state.lowered_at_s.get(name)
+    moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
+    prev = state.samples.get(name)
+    refused = refusal(dom, moving) if free_figure(dom)[0] is not None and dom.last_update_s else None
+    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, pending)
+    age_s = max(0.0, now_s - sample.last_update_s) if sample else 0.0
+    # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
+    ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
+    ramp_kib = int(ramp_kib_per_s * (min(age_s, clock.silence_s) + clock.lookahead_s))
+    held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, int(RAMP_SAFETY * ramp_kib))
+    kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
+    g = _Guest(dom, name, base_kib, Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "no sane stats: held where it is"),
+               base_kib, 0, base_kib, GuestClass.NO_STATS, config.weight(name, dom.settings), held_kib, sample,
+               sample is not None and sample is not prev, refused=refused, pending=pending,
+               target_kib=base_kib)  # fmt: skip
+    # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
+    if refused:
+        g.guest_class = GuestClass.BAD_STATS
+        return g
     if sample is None:
-        return guest
-    # The sample saw the balloon at sample.current_kib; memory the balloon moved since is free (or gone) too.
-    guest.free_kib = sample.free_kib + (base_kib - sample.current_kib)
-    moved_kib = base_kib - sample.current_kib
-    guest.unused_kib = guest.free_kib if dom.unused_kib is None else dom.unused_kib + moved_kib
-    guest.age_s = max(0.0, now_s - (dom.last_update_s or sample.last_update_s))
-    guest.guest_class, guest.why = _classify(guest, config)
-    return guest
+        return g
+    g.age_s = age_s
+    fresh = age_s <= clock.stale_s
+    # Sized on the guest's configured size, not where its balloon is now.
+    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
+    # What it holds whatever its balloon's size: its use by its own total and its kernel's share of the balloon;
+    # without its own total, the balloon's size the report saw less its free memory.
+    by_total = sample.used_by_total
+    occupied_kib = sample.used_kib + sample.kernel_kib if by_total else sample.current_kib - sample.free_kib
+    g.free_kib = base_kib - occupied_kib
+    if dom.usable_kib is not None and dom.unused_kib is not None:
+        g.cache_kib = max(0, dom.usable_kib - dom.unused_kib)
+    g.survive_kib = min(occupied_kib + ramp_kib, ceiling_kib)
+    ramp_kib = int(RAMP_SAFETY * ramp_kib)
+    # The starving line belongs to the starving (free <= starving_mib, as the seed has it): low is one MiB above.
+    need_kib = occupied_kib + starving_kib + ramp_kib + KIB_PER_MIB
+    g.need_kib = need_kib
+    high_kib = occupied_kib + wasteful_kib
+    peak_kib = 0
+    if clock.peak_hold_s and sample.peak_used_kib > sample.used_kib:
+        # Its recent peak, plus what the kernel keeps of the balloon beyond the guest's own total.
+        peak_kib = sample.peak_used_kib + sample.kernel_kib + starving_kib
+        high_kib = max(high_kib, peak_kib)
+    # A grow step at least, but a guest grown on its projection (stats late) only to its low.
+    g.grow_to_kib = min(max(need_kib, base_kib + (grow_step_kib if fresh else 0), floor_kib), ceiling_kib)
+    g.late = not fresh and age_s <= clock.silence_s and ramp_kib_per_s > 0 and base_kib <= need_kib
+    if not fresh and not g.late:
+        g.guest_class = GuestClass.STALE
+        g.band = Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "stale stats: held where it is")
+        return g
+    why = f"{occupied_kib // KIB_PER_MIB} MiB held + starving {starving_kib // KIB_PER_MIB}"
+    if ramp_kib:
+        why += f" + ramp {ramp_kib // KIB_PER_MIB}"
+    if peak_kib == high_kib:
+        why += f"; recent peak {sample.peak_used_kib // KIB_PER_MIB} MiB held"
+    low_kib = min(max(need_kib, floor_kib), ceiling_kib)
+    g.band = Band(floor_kib, low_kib, min(max(high_kib, low_kib), ceiling_kib), ceiling_kib, why)
+    g.settled = fresh and pending is None and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
+    if base_kib < need_kib:
+        g.guest_class = GuestClass.STARVING
+    elif not sample.steady:
+        g.guest_class = GuestClass.BUSY
+    elif base_kib >= high_kib:
+        g.guest_class = GuestClass.WASTEFUL
+    else:
+        g.guest_class = GuestClass.IDLE
+    return g
 
 
-def _classify(g: _Guest, config: Config) -> tuple[GuestClass, str]:
-    """The guest's class and, for a starving guest, why (naming the balloon stat the figure came from)."""
-    ahead_s = lookahead_s(config)
-    free_kib = g.free_kib or 0
-    ramp_mib_per_s = kib_to_mib(int(g.ramp_kib_per_s))
-    line = f"{kib_to_mib(g.starving_kib):.0f} MiB"
-    if g.age_s > config.stale_after_s:
-        late_limit_s = LATE_GROWTH_LIMIT_STALE_PERIODS * config.stale_after_s
-        if g.ramp_kib_per_s and g.age_s <= late_limit_s and g.projected_free_kib(ahead_s) <= g.starving_kib:
-            return GuestClass.STARVING, (
-                f"stats {g.age_s:.0f} s late while ramping {ramp_mib_per_s:.0f} MiB/s: about "
-                f"{kib_to_mib(max(0, g.projected_free_kib(0))):.0f} MiB {g.figure} by now"
-            )
-        return GuestClass.STALE, ""
-    if free_kib <= g.starving_kib:
-        return GuestClass.STARVING, f"starving: {kib_to_mib(free_kib):.0f} MiB {g.figure} <= {line}"
-    if g.ramp_kib_per_s and g.projected_free_kib(ahead_s) <= g.starving_kib:
-        return GuestClass.STARVING, (
-            f"ramping {ramp_mib_per_s:.0f} MiB/s: {kib_to_mib(free_kib):.0f} MiB {g.figure} reaches {line} "
-            f"before memcoord can look again"
-        )
-    if not g.sample or not g.sample.steady:
-        return GuestClass.BUSY, ""
-    if free_kib >= g.wasteful_kib:
-        return GuestClass.WASTEFUL, ""
-    return GuestClass.IDLE, ""
+def _managed(snapshot: Snapshot, state: PolicyState, config: Config) -> list[_Guest]:
+    clock = _Clock.of(config, snapshot.taken_at_s)
+    doms = sorted((d for d in snapshot.domains if config.manages(d.name, d.settings)), key=lambda d: d.name)
+    return [_look_at(d, state, config, clock) for d in doms]
 
 
-# -- the host guard ------------------------------------------------------------------------------------------
-class _Ledger:
-    """Targets being planned, and the host headroom they leave.
-
-    headroom = host available - host.min_available_mib - what the guests may still take as the guard counts
-    it (`draw_kib`): growth planned this tick, memory granted earlier that the guest has not touched, and the
-    never-backed free memory a starving or ramping guest will touch before memcoord can look again. Idle
-    guests' untouched memory is not counted: on a host of large idle guests that would leave nothing to grow
-    with.
-    Lowering a guest gives no host memory in the same tick: what QEMU releases reaches host available once the
-    balloon has inflated, and a guest grown from it meanwhile could touch it first (nothing comes back at all
-    from memory QEMU never backed). What it does at once is end what the guard held back for that guest's
-    untouched grant or ramp: that much headroom is back in this tick.
-    """
-
-    def __init__(
-        self, host_available_kib: int, guests: list[_Guest], config: Config, still_growing: Collection[str] = ()
-    ) -> None:
-        self.guests = {g.name: g for g in guests}
-        self.target_kib = {g.name: g.base_kib for g in guests}
-        self.actions: dict[str, tuple[Action, list[str]]] = {}
-        self.notes: list[str] = []
-        self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
-        self.lookahead_s = lookahead_s(config)
-        self.guard_kib = mib_to_kib(config.host.min_available_mib)
-        self.deficit_kib = max(0, self.guard_kib - host_available_kib)
-        # What each guest draws at its planned target, kept up to date by `_move`.
-        self.drawn_kib = {g.name: self.draw_kib(g, g.base_kib) for g in guests}
-        self.headroom_kib = host_available_kib - self.guard_kib - sum(self.drawn_kib.values())
-        # Held back for guests that will not starve soon, with trusted stats, not still growing into a grant
-        # memcoord just gave: what may be lent to a guest that would otherwise run out of memory before memcoord
-        # can act again (`_grow_to_survive`). Of a ramping lender, only what is held back beyond its measured
-        # ramp over that time (the safety margin) is lent: the ramp itself is sure to come.
-        self.lenders = {
-            g.name
-            for g in guests
-            if not _needs_memory_soon(g)
-            and g.guest_class not in (GuestClass.STALE, GuestClass.NO_STATS)
-            and g.name not in still_growing
-        }
-        self.lendable_kib = sum(self._lendable_share_kib(self.guests[n]) for n in self.lenders)
-
-    def _lendable_share_kib(self, g: _Guest) -> int:
-        ramp_kib = int(g.ramp_kib_per_s * (g.age_s + self.lookahead_s))
-        return max(0, self.drawn_kib[g.name] - ramp_kib)
-
-    def backed_above_kib(self, g: _Guest, target_kib: int) -> int:
-        """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
-        if g.dom.rss_kib is None:
-            return 0
-        return max(0, g.dom.rss_kib - self.overhead_kib - target_kib)
-
-    def draw_kib(self, g: _Guest, target_kib: int) -> int:
-        """Host memory the guest may still take at target_kib, as the guard counts it: growth beyond the
-        target its balloon is heading to, and, of what QEMU does not back yet, earlier grants and what a
-        ramping guest will touch of its free memory before memcoord can look again, twice over.
-
-        A ramping guest's whole free memory is not held back: a host of slowly ramping guests with large
-        balloons would then have no headroom left for one that starves now. What a ramp touches beyond the
-        horizon, memcoord sees on the next ticks and counts then (and relief answers if the host dips below its
-        guard)."""
-        grown_kib = max(0, target_kib - g.base_kib)
-        kept_kib = min(target_kib, g.base_kib)
-        unbacked_kib = kept_kib if g.dom.rss_kib is None else max(0, kept_kib + self.overhead_kib - g.dom.rss_kib)
-        # Lowering takes the untouched grant first (as `applied` counts it): the balloon takes free pages.
-        grant_kib = max(0, g.grant_kib - (g.base_kib - kept_kib))
-        if g.unused_kib is None:
-            return grown_kib + min(grant_kib, unbacked_kib)
-        # Memory memcoord granted and the guest has not touched is kept for it, wherever it is in its free
-        # memory. Of the rest, a starving guest takes all its free pages (MemFree, down to the kernel's reserves,
-        # which MemAvailable leaves out), a ramping one what its ramp touches before memcoord can act again.
-        # (QEMU's overhead is a guess; the guest's own figure bounds it.)
-        promised_kib = min(grant_kib, g.unused_kib)
-        if g.guest_class is GuestClass.STARVING:
-            promised_kib = g.unused_kib
-        elif g.ramp_kib_per_s > 0:
-            touched_kib = int(RAMP_SAFETY * g.ramp_kib_per_s * (g.age_s + self.lookahead_s))
-            promised_kib = min(g.unused_kib, max(grant_kib, touched_kib))
-        return grown_kib + min(max(0, promised_kib), unbacked_kib)
-
-    def _move(self, name: str, new_kib: int, action: Action, reason: str) -> None:
-        now_kib = self.draw_kib(self.guests[name], new_kib)
-        drawn_kib = now_kib - self.drawn_kib[name]
-        self.drawn_kib[name] = now_kib
-        self.headroom_kib -= drawn_kib
-        if name in self.lenders and drawn_kib < 0:
-            # What a lender no longer holds back is in the headroom now, not lendable. (Growth planned for a
-            # lender is a commitment, never lendable.)
-            self.lendable_kib = max(0, self.lendable_kib + drawn_kib)
-        self.target_kib[name] = new_kib
-        if name in self.actions:
-            self.actions[name][1].append(reason)
-        else:
-            self.actions[name] = (action, [reason])
-
-    def room_kib(self, name: str) -> int:
-        return self.guests[name].ceiling_kib - self.target_kib[name]
-
-    def take(self, name: str, want_kib: int, action: Action, reason: str) -> int:
-        """Lower a target by up to want_kib, never below the floor; returns what was taken."""
-        got_kib = _whole_mib(min(want_kib, self.target_kib[name] - self.guests[name].floor_kib))
-        if got_kib <= 0:
-            return 0
-        self._move(name, self.target_kib[name] - got_kib, action, reason)
-        return got_kib
-
-    def give(
-        self,
-        name: str,
-        want_kib: int,
-        action: Action,
-        reason: str,
-        share_kib: int | None = None,
-        lend: bool = False,
-    ) -> int:
-        """Raise a target by up to want_kib, never above the ceiling nor past the host guard (nor past its
-        share_kib of a headroom too small for everyone). With lend, also from what is held back for guests
-        that are not starving (never from the guard itself)."""
-        want_kib = min(want_kib, self.room_kib(name))
-        headroom_kib = self.headroom_kib + (self.lendable_kib if lend else 0)
-        allowed_kib = max(0, headroom_kib) if share_kib is None else min(max(0, headroom_kib), share_kib)
-        got_kib = _whole_mib(min(want_kib, allowed_kib))
-        if got_kib < want_kib:
-            self.notes.append(
-                f"host guard: {name} wanted {kib_to_mib(want_kib):.0f} MiB, got {kib_to_mib(max(got_kib, 0)):.0f} MiB"
-            )
-        if got_kib <= 0:
-            return 0
-        self._move(name, self.target_kib[name] + got_kib, action, reason)
-        return got_kib
-
-    def lowered(self, name: str) -> bool:
-        return self.target_kib[name] < self.guests[name].base_kib
-
-    def changes(self) -> tuple[Change, ...]:
-        out = []
-        for name in sorted(self.actions):
-            action, reasons = self.actions[name]
-            before_kib, after_kib = self.guests[name].base_kib, self.target_kib[name]
-            if before_kib != after_kib:
-                out.append(Change(name, action, before_kib, after_kib, "; ".join(reasons)))
-        return tuple(out)
+def bands(snapshot: Snapshot, state: PolicyState, config: Config) -> dict[str, Band]:
+    """Each managed guest's band, as `decide` finds it on this snapshot."""
+    return {g.name: g.band for g in _managed(snapshot, state, config)}
 
 
-def _needs_memory_soon(g: _Guest) -> bool:
-    """Starving, or busy and starving within CONTENDER_HORIZON_S at its ramp."""
-    return g.guest_class is GuestClass.STARVING or (
-        g.guest_class is GuestClass.BUSY and g.projected_free_kib(CONTENDER_HORIZON_S) <= g.starving_kib
-    )
+# -- 3. the budget ---------------------------------------------------------------------------------------
+def _held_kib(
+    dom: DomainStats, base_kib: int, state: PolicyState, clock: _Clock, age_s: float | None, reach_kib: int
+) -> int:
+    """What the guard holds for this guest: of what QEMU does not back yet (host-side: its target plus QEMU's
+    overhead, less its RSS), what memcoord granted it, or what its ramp reaches before memcoord can act again
+    (reach_kib, the same margin its low keeps), whichever is more; nothing for a guest silent longer than the
+    bound. A guest's figures can only make the guard hold memory the host already gave it."""
+    grant_kib = max(state.granted_kib.get(dom.name, 0), reach_kib)
+    if not grant_kib or age_s is None or age_s > clock.silence_s:
+        return 0
+    if dom.rss_kib is None:
+        return grant_kib
+    return min(grant_kib, max(0, base_kib + clock.overhead_kib - dom.rss_kib))
 
 
+def _budget_kib(snapshot: Snapshot, guests: list[_Guest], config: Config) -> int:
+    host = snapshot.host
+    guard_kib = mib_to_kib(config.host.min_available_mib)
+    return host.available_kib - guard_kib - host.reserved_kib - sum(g.held_kib for g in guests)
+
+
+def host_headroom_kib(snapshot: Snapshot, config: Config, state: PolicyState | None = None) -> int:
+    """The budget before any plan: host available - guard - reserved - granted but not yet backed."""
+    return _budget_kib(snapshot, _managed(snapshot, state or PolicyState(), config), config)
+
+
+def _under_pressure(snapshot: Snapshot, config: Config) -> bool:
+    """The host's PSI memory pressure is above host.pressure_relief_pct (0: not looked at)."""
+    pressure = snapshot.host.pressure_some_avg10
+    limit = config.host.pressure_relief_pct
+    return bool(limit) and pressure is not None and pressure > limit
+
+
+# -- 4. one allocator ------------------------------------------------------------------------------------
 def _whole_mib(kib: int) -> int:
     return kib - kib % KIB_PER_MIB
 
 
-def host_headroom_kib(snapshot: Snapshot, config: Config, state: PolicyState | None = None) -> int:
-    """What the host guard lets memcoord hand out now (before any plan): host available -
-    host.min_available_mib - memory granted and not yet touched. Negative when the host is below its guard."""
-    state = state or PolicyState()
-    guests = [
-        _look_at(d, state, config, snapshot.taken_at_s) for d in snapshot.domains if config.manages(d.name, d.settings)
-    ]
-    return _Ledger(snapshot.host.available_kib, guests, config).headroom_kib
+class _Allocation:
+    """The targets being planned and the budget they leave. Growth spends the budget (what it sets above the
+    balloon's size); a lowering gives back what the guard held for the guest's untouched grant (the balloon takes
+    it first) and what QEMU backs above the new target (host-side: RSS less overhead), which it releases as the
+    balloon inflates, within the second in which a grown balloon deflates."""
 
+    def __init__(self, guests: list[_Guest], budget_kib: int, config: Config) -> None:
+        self.guests = guests
+        self.budget_kib = budget_kib
+        self.keep_kib = 0  # what growth leaves of the budget: relief's margin, once relief ran
+        self.config = config
+        self.notes: list[str] = []
+        self.reclaimed_kib = 0
 
-# -- steps 2-6 ---------------------------------------------------------------------------------------------
-def _settled(g: _Guest) -> bool:
-    """Trusted figures and a balloon at rest, seen by a sample the guest reported after its last lowering had
-    landed: only such a guest may be lowered. (A balloon that arrived since the last tick may have been
-    half-way when the guest wrote its figures: lowering again on them would take a step too many.)"""
-    if g.pending is not None or g.guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
-        return False
-    return g.lowered_at_s is None or (g.sample is not None and g.sample.last_update_s >= g.lowered_at_s + SETTLE_S)
+    def move(self, g: _Guest, to_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
+        """Set g's target (whole MiB from where it is), unless that moves it less than least_kib; returns how far
+        it moved."""
+        delta_kib = to_kib - g.target_kib
+        delta_kib = delta_kib - delta_kib % KIB_PER_MIB if delta_kib > 0 else -_whole_mib(-delta_kib)
+        if not delta_kib or abs(delta_kib) < least_kib:
+            return 0
+        held_before_kib = self._held(g)
+        backed_before_kib = _backed_above_kib(g, g.target_kib, self.config)
+        cost_kib = max(0, g.target_kib + delta_kib - max(g.target_kib, g.dom.current_kib)) if delta_kib > 0 else 0
+        g.rule, g.budget_kib = rule, self.budget_kib
+        g.target_kib += delta_kib
+        released_kib = _backed_above_kib(g, g.target_kib, self.config) - backed_before_kib
+        self.budget_kib += held_before_kib - self._held(g) - cost_kib + max(0, released_kib)
+        return abs(delta_kib)
 
+    @staticmethod
+    def _held(g: _Guest) -> int:
+        return max(0, g.held_kib - max(0, g.base_kib - g.target_kib))
 
-def _clamp_to_bounds(guests: list[_Guest], ledger: _Ledger, config: Config) -> set[str]:
-    """Below the floor is raised (safe without stats); above the ceiling comes down one step at a time, but
-    never past its buffer (as relief leaves it): a ceiling lowered under what the guest's programs use waits
-    until they free it, rather than have them OOM-killed."""
-    clamped: set[str] = set()
-    step_kib = mib_to_kib(config.guest.reclaim_step_mib)
-    ahead_s = lookahead_s(config)
-    for g in guests:
-        if g.pending is None and g.base_kib < g.floor_kib:
-            ledger.give(g.name, g.floor_kib - g.base_kib, Action.CLAMP, "below its floor")
-            clamped.add(g.name)
-        elif _settled(g) and g.base_kib > g.ceiling_kib and g.guest_class is not GuestClass.STARVING:
-            spare_kib = max(0, (g.free_kib or 0) - g.buffer_kib(ahead_s))
-            over_kib = g.base_kib - g.ceiling_kib
-            if spare_kib < over_kib:
-                ledger.notes.append(
-                    f"{g.name}: {kib_to_mib(over_kib):.0f} MiB above its max_mib, {kib_to_mib(spare_kib):.0f} MiB "
-                    "of it free to take now: the rest waits until its programs free it"
-                )
-            if ledger.take(g.name, min(over_kib, step_kib, spare_kib), Action.CLAMP, "above its max_mib"):
-                clamped.add(g.name)
-    return clamped
+    def lower(
+        self, g: _Guest, want_kib: int, rule: Rule, stop_kib: int | None = None, least_kib: int = MIN_MOVE_KIB
+    ) -> int:
+        """Lower g by up to want_kib, never below its low (or stop_kib) nor its floor; returns what was taken."""
+        stop_kib = max(g.band.low_kib if stop_kib is None else stop_kib, g.band.floor_kib)
+        if stop_kib >= g.target_kib:
+            return 0
+        return self.move(g, max(stop_kib, g.target_kib - max(0, want_kib)), rule, least_kib)
 
+    def raise_(self, g: _Guest, want_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
+        """Raise g by up to want_kib from where its balloon is (never below balloon.current), within its
+        ceiling; returns what it got."""
+        start_kib = max(g.target_kib, g.dom.current_kib) if g.guest_class is GuestClass.STARVING else g.target_kib
+        got_kib = min(want_kib, g.band.ceiling_kib - start_kib)
+        if got_kib < KIB_PER_MIB:  # given nothing, a lowering on its way is not undone either
+            return 0
+        return self.move(g, start_kib + max(0, got_kib), rule, least_kib)
 
-def _relieve_host(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> int:
-    """Below the guard, take memory back until the host is above it again; returns the shortfall.
-
-    Memory on its way back (balloons still inflating to an earlier target) counts first. Then the guests
-    with the most reclaimable memory above their buffer give up to relief_step_mib each, in that order,
-    until what QEMU must release covers the deficit. Never a starving guest, never below a floor, never a
-    guest without trusted stats. A guest whose free memory QEMU never backed gives the host nothing; its
-    reclaim is not counted toward the deficit.
-    """
-    if not ledger.deficit_kib:
-        return 0
-    ahead_s = lookahead_s(config)
-    on_way_kib = sum(ledger.backed_above_kib(g, g.base_kib) for g in guests if g.pending)
-    need_kib = ledger.deficit_kib + RELIEF_MARGIN_KIB - on_way_kib
-    step_kib = mib_to_kib(config.host.relief_step_mib)
-    candidates = [
-        g
-        for g in guests
-        if _settled(g)
-        and g.name not in skip
-        and g.guest_class is not GuestClass.STARVING
-        and (g.free_kib or 0) > g.buffer_kib(ahead_s)
-    ]
-    candidates.sort(key=lambda g: (-((g.free_kib or 0) - g.buffer_kib(ahead_s)), g.name))
-    guard_mib = config.host.min_available_mib
-    available_mib = kib_to_mib(guard_mib * KIB_PER_MIB - ledger.deficit_kib)
-    for g in candidates:
-        if need_kib <= 0:
-            break
-        spare_kib = (g.free_kib or 0) - g.buffer_kib(ahead_s)
-        released_before_kib = ledger.backed_above_kib(g, ledger.target_kib[g.name])
-        ledger.take(
-            g.name,
-            min(step_kib, spare_kib),
-            Action.RELIEVE,
-            f"host available {available_mib:.0f} MiB < guard {guard_mib} MiB: {kib_to_mib(g.free_kib or 0):.0f} "
-            f"MiB {g.figure}, {kib_to_mib(g.buffer_kib(ahead_s)):.0f} MiB kept",
+    def lendable_kib(self) -> int:
+        """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
+        ramp asks for more), beyond what each needs to last until memcoord can act again: that margin may come to
+        the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant."""
+        held_kib = sum(self._held(g) for g in self.guests)
+        margins_kib = sum(
+            min(self._held(g), max(0, g.target_kib - g.survive_kib))
+            for g in self.guests
+            if g.target_kib >= g.band.low_kib
         )
-        need_kib -= ledger.backed_above_kib(g, ledger.target_kib[g.name]) - released_before_kib
-    return max(0, need_kib - RELIEF_MARGIN_KIB)
+        return min(margins_kib, max(0, self.budget_kib - self.keep_kib + held_kib))  # never the guard itself
 
+    # -- the steps, in decide's order
+    def clamp(self) -> None:
+        """Below the floor: raised to it, even with the host below its guard (safe without stats). Above the
+        ceiling: lowered a reclaim step at a time, never below what the guest needs (a ceiling lowered under
+        what its programs use waits until they free it)."""
+        step_kib = mib_to_kib(self.config.guest.reclaim_step_mib)
+        for g in self.guests:
+            if g.base_kib < g.band.floor_kib and g.dom.current_kib < g.band.floor_kib:
+                self.move(g, g.band.floor_kib, Rule.FLOOR, least_kib=0)
+            elif g.settled and g.base_kib > g.band.ceiling_kib and g.guest_class is not GuestClass.STARVING:
+                stop_kib = max(g.band.ceiling_kib, g.need_kib)
+                if stop_kib > g.band.ceiling_kib:
+                    self.notes.append(
+                        f"{g.name}: above its ceiling, but its programs need {kib_to_mib(g.need_kib):.0f} MiB: the "
+                        "rest waits until they free it"
+                    )
+                self.lower(g, step_kib, Rule.CEILING, stop_kib=stop_kib, least_kib=0)
 
-def _reclaim_allowed(guests: list[_Guest], host_available_kib: int, config: Config) -> bool:
-    """Default profile: always. Production profile (host.target_available_mib): only while the host is
-    below its comfort target or a guest is starving."""
-    target_mib = config.host.target_available_mib
-    if not target_mib or host_available_kib < mib_to_kib(target_mib):
-        return True
-    return any(g.guest_class is GuestClass.STARVING for g in guests)
+    def relieve(self, deficit_kib: int) -> int:
+        """Relief: from what lies above each guest's high, then between its low and high (its recent peak is
+        kept while others have more to give), largest first, a relief step each, until what QEMU must release
+        covers the deficit (memory on its way back counts first; memory QEMU never backed gives nothing).
+        Returns what it could not find."""
+        config = self.config
+        on_way_kib = sum(
+            _backed_above_kib(g, g.base_kib, config) for g in self.guests if g.base_kib < g.dom.current_kib
+        )
+        need_kib = deficit_kib + RELIEF_MARGIN_KIB - on_way_kib
+        step_kib = mib_to_kib(config.host.relief_step_mib)
+        for line in ("high", "low"):
+            stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
+            donors = [
+                g
+                for g in self.guests
+                if g.settled and g.target_kib > stop[g.name] and g.guest_class is not GuestClass.STARVING
+            ]
+            for g in sorted(donors, key=lambda g: (stop[g.name] - g.target_kib, g.name)):
+                if need_kib <= 0:
+                    break
+                before_kib = _backed_above_kib(g, g.target_kib, config)
+                self.lower(g, step_kib - (g.base_kib - g.target_kib), Rule.RELIEF, stop[g.name], least_kib=0)
+                need_kib -= _backed_above_kib(g, g.target_kib, config) - before_kib
+        return max(0, need_kib - RELIEF_MARGIN_KIB)
 
+    def reclaim(self, allowed: bool, just_raised: set[str]) -> None:
+        """Each idle guest above its high, on a sample new this tick (never twice on one set of figures), gives
+        a reclaim step toward its high; not one memcoord just raised (taking a grant back before it is used
+        makes the two ping-pong)."""
+        step_kib = mib_to_kib(self.config.guest.reclaim_step_mib)
+        for g in self.guests:
+            if (
+                allowed
+                and g.guest_class is GuestClass.WASTEFUL
+                and g.new_sample
+                and g.settled
+                and g.rule is None
+                and g.name not in just_raised
+            ):
+                self.reclaimed_kib += self.lower(g, step_kib, Rule.RECLAIM, stop_kib=g.band.high_kib)
 
-def peak_floor_kib(g: _Guest, config: Config) -> int:
-    """Idle reclaim stops where the guest's recent peak would just reach its starving line again: a guest
-    that burst once in the last peak_hold_s keeps room for the next burst instead of being regrown into it."""
-    if not g.sample or not config.guest.peak_hold_s:
-        return 0
-    # Used memory is counted against the guest's own total; the balloon's size also holds what the kernel
-    # keeps for itself (balloon.current - MemTotal).
-    total_kib = g.dom.own_total_kib
-    kernel_kib = g.dom.current_kib - total_kib if total_kib is not None else 0
-    return g.sample.peak_used_kib + kernel_kib + g.starving_kib
+    def fill(
+        self,
+        wants_kib: dict[str, int],
+        rule: Rule,
+        amount_kib: int,
+        beyond_budget: bool = False,
+        least_kib: int = MIN_MOVE_KIB,
+    ) -> None:
+        """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
+        (water-filling: max-min fair by weight), in O(n log n)."""
+        by_name = {g.name: g for g in self.guests}
+        wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
+        left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
+        weight = sum(by_name[n].weight for _, n, _ in wants)
+        for i, (_per_weight, name, want_kib) in enumerate(wants):
+            g = by_name[name]
+            share_kib = _whole_mib(int(left_kib * g.weight / weight)) if weight else 0
+            if want_kib <= share_kib or i == len(wants) - 1:
+                share_kib = min(want_kib, left_kib)
+            left_kib -= self.raise_(g, share_kib, rule, least_kib)
+            weight -= g.weight
 
+    def unmet_kib(self, survive: bool = False) -> dict[str, int]:
+        """What each guest below its low still lacks to reach it (survive: to last until memcoord can act
+        again)."""
+        lines = {g.name: g.survive_kib if survive else g.band.low_kib for g in self.guests}
+        return {
+            g.name: lines[g.name] - g.target_kib
+            for g in self.guests
+            if g.guest_class is GuestClass.STARVING and lines[g.name] - g.target_kib >= KIB_PER_MIB
+        }
 
-def _reclaim_wasteful(guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]) -> int:
-    """One reclaim step from each wasteful idle guest seen on a new sample, never past its wasteful line (the
-    buffer a burst has until memcoord can react) nor below its recent peak (`peak_floor_kib`); returns the
-    pool."""
-    pool_kib = 0
-    step_kib = mib_to_kib(config.guest.reclaim_step_mib)
-    for g in guests:
-        # An old sample predates memcoord's last reclaim: never reclaim twice on one set of figures.
-        if g.guest_class is GuestClass.WASTEFUL and g.new_sample and _settled(g) and g.name not in skip:
-            pool_kib += ledger.take(
-                g.name,
-                min(
-                    step_kib, (g.free_kib or 0) - g.wasteful_kib, ledger.target_kib[g.name] - peak_floor_kib(g, config)
-                ),
-                Action.RECLAIM,
-                f"idle with {kib_to_mib(g.free_kib or 0):.0f} MiB {g.figure} >= wasteful "
-                f"{kib_to_mib(g.wasteful_kib):.0f} MiB",
-            )
-    return pool_kib
-
-
-def grow_want_kib(g: _Guest, config: Config) -> int:
-    """What a starving guest should get: enough to stay above its starving line, with its ramp, until
-    memcoord can look again (twice over), and never less than a grow step."""
-    horizon_s = g.age_s + lookahead_s(config)
-    need_kib = g.starving_kib - (g.free_kib or 0) + int(RAMP_SAFETY * g.ramp_kib_per_s * horizon_s)
-    return max(g.grow_step_kib, need_kib)
-
-
-def _contends(g: _Guest, ledger: _Ledger) -> bool:
-    """A busy guest with room to grow that starves within CONTENDER_HORIZON_S at its ramp."""
-    return (
-        g.guest_class is GuestClass.BUSY
-        and ledger.room_kib(g.name) > 0
-        and g.projected_free_kib(CONTENDER_HORIZON_S) <= g.starving_kib
-    )
-
-
-def contender_need(g: _Guest, ledger: _Ledger) -> int:
-    """What a contender will lack within CONTENDER_HORIZON_S at its ramp (to stay at its starving line)."""
-    return min(ledger.room_kib(g.name), max(0, g.starving_kib - g.projected_free_kib(CONTENDER_HORIZON_S)))
-
-
-def _grow_starving(
-    guests: list[_Guest], ledger: _Ledger, config: Config, skip: set[str]
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Each starving guest grows by `grow_want_kib`. When the headroom cannot give everyone who needs memory
-    soon what they want (the starving, and busy guests about to starve), each busy contender keeps a share per
-    head in the headroom, but no more than it will lack (`contender_need`), for the tick in which it starves; the
-    starving share the rest by `_level_shares_kib`.
-    Returns what each grown guest got, and what each starving guest wanted but did not get."""
-    # (In name order, as `decide` lists the guests: the plan does not depend on libvirt's order.)
-    starving = [g for g in guests if g.guest_class is GuestClass.STARVING and g.name not in skip]
-    want_kib = {g.name: max(0, min(grow_want_kib(g, config), ledger.room_kib(g.name))) for g in starving}
-    contender_needs_kib = [contender_need(g, ledger) for g in guests if _contends(g, ledger)]
-    share_kib: dict[str, int | None] = dict.fromkeys(want_kib)
-    if starving and sum(want_kib.values()) + sum(contender_needs_kib) > ledger.headroom_kib:
-        # Per head, so that equal guests ramping a tick apart grow alike (four equal hogs under a guard); capped
-        # by need, so that fifty slow ramps a few MiB short in ten seconds do not leave a guest starving now a
-        # fiftieth of the headroom.
-        headroom_kib = max(0, ledger.headroom_kib)
-        per_head_kib = headroom_kib // (len(starving) + len(contender_needs_kib))
-        budget_kib = headroom_kib - sum(min(per_head_kib, need_kib) for need_kib in contender_needs_kib)
-        # Levelled on free memory as the guests report it: a ramp measured over one second is too noisy to
-        # rank guests by (it put one of four equal hogs 60 MiB ahead of the others, and it outlived them).
-        share_kib.update(_level_shares_kib([(g.name, g.free_kib or 0, want_kib[g.name]) for g in starving], budget_kib))
-    grown: dict[str, int] = {}
-    unmet_kib: dict[str, int] = {}
-    for g in starving:
-        if want_kib[g.name] <= 0:
-            continue
-        got_kib = ledger.give(g.name, want_kib[g.name], Action.GROW, g.why, share_kib=share_kib[g.name])
-        if got_kib < want_kib[g.name]:
-            unmet_kib[g.name] = want_kib[g.name] - got_kib
-        if got_kib:
-            grown[g.name] = got_kib
-    return grown, unmet_kib
-
-
-def _level_shares_kib(needs: list[tuple[str, int, int]], budget_kib: int) -> dict[str, int]:
-    """A scarce budget shared by levelling (water-filling): (name, free, want) each get up to what they want,
-    the lowest free raised first, so that they end as even as the budget allows. Equal
-    shares would keep whatever unevenness earlier ticks left (a guest a tick behind stays behind, its process
-    dies first, and its memory then goes to the others); levelling lets it catch up."""
-
-    def given_kib(level_kib: int) -> int:
-        return sum(min(want, max(0, level_kib - free)) for _, free, want in needs)
-
-    low_kib = min(free for _, free, _ in needs)
-    high_kib = max(free + want for _, free, want in needs)
-    while high_kib - low_kib > KIB_PER_MIB:
-        mid_kib = (low_kib + high_kib) // 2
-        if given_kib(mid_kib) <= budget_kib:
-            low_kib = mid_kib
-        else:
-            high_kib = mid_kib
-    shares_kib = {name: _whole_mib(min(want, max(0, low_kib - free))) for name, free, want in needs}
-    # What the search and whole MiB left over goes a MiB at a time to the lowest level that still wants some.
-    left_kib = budget_kib - sum(shares_kib.values())
-    while left_kib >= KIB_PER_MIB:
-        open_needs = [
-            (free + shares_kib[name], name) for name, free, want in needs if want - shares_kib[name] >= KIB_PER_MIB
+    def take_for(self, unmet_kib: int, rule: Rule, still_growing: set[str]) -> None:
+        """For guests below low the budget cannot lift: others give, from above their high (SURPLUS) or from
+        between their low and high (COMFORT), page cache first, then the most first, a relief step each at
+        most, until what the others lack is covered. It reaches them through the host on the next ticks (at once
+        where it was an untouched grant)."""
+        step_kib = mib_to_kib(self.config.host.relief_step_mib)
+        stop = {g.name: g.band.high_kib if rule is Rule.SURPLUS else g.band.low_kib for g in self.guests}
+        donors = [
+            g
+            for g in self.guests
+            if g.settled
+            and g.rule is None
+            and g.target_kib > stop[g.name]
+            and g.name not in still_growing
+            and g.guest_class is not GuestClass.STARVING
         ]
-        if not open_needs:
-            break
-        shares_kib[min(open_needs)[1]] += KIB_PER_MIB
-        left_kib -= KIB_PER_MIB
-    return shares_kib
-
-
-def _take_for_the_starving(
-    guests: list[_Guest], ledger: _Ledger, config: Config, unmet_kib: int, skip: set[str]
-) -> None:
-    """What the headroom could not give the starving, guests holding more than their buffer give back: the
-    busy too (a guest ramping slowly with 800 MiB free needs a fraction of it), most spare first, at most
-    relief_step_mib each. Memory the donors had touched reaches the starving through the host on the next
-    ticks; grants they never touched at once (`_grow_from_returned_grants`)."""
-    if unmet_kib <= 0:
-        return
-
-    spare_kib = {
-        g.name: min(
-            (g.free_kib or 0) - max(g.wasteful_kib, g.buffer_kib(CONTENDER_HORIZON_S)),
-            ledger.target_kib[g.name] - peak_floor_kib(g, config),
-        )
-        for g in guests
-        if g.guest_class in (GuestClass.BUSY, GuestClass.IDLE, GuestClass.WASTEFUL)
-        and _settled(g)
-        and g.name not in skip
-        and not ledger.lowered(g.name)
-    }
-    donors = sorted((g for g in guests if spare_kib.get(g.name, 0) > 0), key=lambda g: (-spare_kib[g.name], g.name))
-    step_kib = mib_to_kib(config.host.relief_step_mib)
-    for g in donors:
-        if unmet_kib <= 0:
-            break
-        unmet_kib -= ledger.take(
-            g.name,
-            min(step_kib, spare_kib[g.name], unmet_kib),
-            Action.RECLAIM,
-            f"for starving guests the host cannot feed: {kib_to_mib(g.free_kib or 0):.0f} MiB {g.figure}, "
-            f"{kib_to_mib((g.free_kib or 0) - spare_kib[g.name]):.0f} MiB kept",
-        )
-
-
-def busy_need_kib(g: _Guest) -> int:
-    """What a busy guest can use of the pool: up to its wasteful line plus what its ramp takes in
-    CONTENDER_HORIZON_S. More would sit free in it, held back from the host (a grant is kept by the guard), until
-    it is idle and reclaimed again."""
-    return max(0, g.wasteful_kib + int(g.ramp_kib_per_s * CONTENDER_HORIZON_S) - (g.free_kib or 0))
-
-
-def _steady_again(g: _Guest) -> bool:
-    """Idle or wasteful on a sample new this tick: its use stopped moving."""
-    return g.new_sample and g.guest_class in (GuestClass.IDLE, GuestClass.WASTEFUL)
-
-
-def _grow_from_returned_grants(
-    guests: list[_Guest], ledger: _Ledger, unmet_kib: dict[str, int], grown: dict[str, int], returned_kib: int
-) -> None:
-    """Grants the donors never touched were only held back by the guard, not backed by QEMU: taking them back
-    is headroom now (returned_kib), and it goes to the starving in this tick, the least free first. (The rest
-    of the headroom stays where `_grow_starving` left it: kept for busy guests about to starve.)"""
-    for g in sorted((g for g in guests if g.name in unmet_kib), key=lambda g: (g.free_kib or 0, g.name)):
-        if returned_kib < KIB_PER_MIB:
-            break
-        got_kib = ledger.give(g.name, min(unmet_kib[g.name], returned_kib), Action.GROW, "grants others did not use")
-        returned_kib -= got_kib
-        if got_kib:
-            grown[g.name] = grown.get(g.name, 0) + got_kib
-
-
-def survival_need_kib(g: _Guest, ledger: _Ledger, config: Config) -> int:
-    """What a ramping guest lacks, at the target planned so far, not to run out of memory altogether before
-    memcoord can act again."""
-    free_kib = (g.free_kib or 0) + ledger.target_kib[g.name] - g.base_kib
-    return max(0, int(g.ramp_kib_per_s * (g.age_s + lookahead_s(config))) - free_kib)
-
-
-def _grow_to_survive(guests: list[_Guest], ledger: _Ledger, config: Config, grown: dict[str, int]) -> None:
-    """A starving guest that will run out of memory before memcoord can act again, at its ramp, is lent what it
-    lacks from memory the guard holds back for guests that are not starving: their grants and ramps may come
-    to the host's memory later, or never; its OOM kill comes now. Never from the guard itself: lent memory is
-    still inside host available - min_available_mib. If the lenders do touch theirs, relief answers."""
-    for g in sorted(
-        (g for g in guests if g.guest_class is GuestClass.STARVING), key=lambda g: (g.free_kib or 0, g.name)
-    ):
-        need_kib = survival_need_kib(g, ledger, config)
-        if need_kib <= 0 or ledger.lendable_kib <= 0:
-            continue
-        got_kib = ledger.give(g.name, need_kib, Action.GROW, LENT_REASON, lend=True)
-        if got_kib:
-            grown[g.name] = grown.get(g.name, 0) + got_kib
-
-
-def _share_pool_with_busy(guests: list[_Guest], ledger: _Ledger, pool_kib: int, just_lowered: set[str]) -> None:
-    """Busy guests share what is left of the pool, each up to `busy_need_kib` (the rest stays with the host);
-    not one memcoord just lowered (its stats lag the balloon, and giving back what was just taken makes the two
-    ping-pong), nor one whose balloon is still moving."""
-    busy = [
-        g
-        for g in guests
-        if g.guest_class is GuestClass.BUSY and g.pending is None and g.name not in just_lowered and busy_need_kib(g)
-    ]
-    for i, g in enumerate(busy):
-        if pool_kib <= 0:
-            break
-        share_kib = min(pool_kib // (len(busy) - i), busy_need_kib(g))
-        pool_kib -= ledger.give(g.name, share_kib, Action.GROW, "busy: share of memory reclaimed this tick")
-
-
-def _collect_idle_tax(guests: list[_Guest], ledger: _Ledger, config: Config, grown: list[str], skip: set[str]) -> None:
-    """Each idle guest pays idle_tax_mib to the guests that grew, no more than they still have room for, and
-    not below halfway between its starving and wasteful lines: a tax, not a drain (taxed on every tick that
-    someone grows, an idle guest would otherwise lose the buffer its next burst needs)."""
-    tax_kib = mib_to_kib(config.guest.idle_tax_mib)
-    room_kib = sum(ledger.room_kib(n) for n in grown)
-    if not grown or not tax_kib or room_kib <= 0:
-        return
-    collected_kib = 0
-    for g in guests:
-        if g.guest_class is GuestClass.IDLE and _settled(g) and not ledger.lowered(g.name) and g.name not in skip:
-            if collected_kib >= room_kib:
+        for g in sorted(donors, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
+            if unmet_kib <= 0:
                 break
-            keep_kib = (g.starving_kib + g.wasteful_kib) // 2
-            collected_kib += ledger.take(
-                g.name,
-                min(tax_kib, room_kib - collected_kib, (g.free_kib or 0) - keep_kib),
-                Action.TAX,
-                "idle tax while others grow",
-            )
-    for i, name in enumerate(grown):
-        share_kib = collected_kib // (len(grown) - i)
-        collected_kib -= ledger.give(name, share_kib, Action.GROW, "idle tax received")
+            unmet_kib -= self.lower(g, min(step_kib, unmet_kib), rule, stop_kib=stop[g.name])
+
+    def tax(self, just_raised: set[str]) -> None:
+        """The seed's idle tax: while a guest below low still lacks memory, each idle guest pays idle_tax_mib
+        (a configured trickle: its moves are made whatever their size), never below the middle of its band (a tax,
+        not a drain), and what it pays goes to the guests below low in this tick: no more is taken than the host
+        has above its guard beyond this tick's growth (the balloons taking it back within a second)."""
+        room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
+        tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
+        for g in self.guests:
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
+                stop_kib = (g.band.low_kib + g.band.high_kib) // 2
+                collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib, 0)
+        self.fill(self.unmet_kib(), Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
+
+    def changes(self) -> tuple[Change, ...]:
+        out = []
+        for g in self.guests:
+            if g.rule is not None and g.target_kib != g.base_kib:
+                why = g.reason()
+                out.append(Change(g.name, g.rule.action, g.base_kib, g.target_kib, why.text(), why))
+        return tuple(out)
+
+
+def _backed_above_kib(g: _Guest, target_kib: int, config: Config) -> int:
+    """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
+    if g.dom.rss_kib is None:
+        return 0
+    return max(0, g.dom.rss_kib - mib_to_kib(config.host.guest_overhead_mib) - target_kib)
 
 
 # -- the whole tick ------------------------------------------------------------------------------------------
 def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
     now_s = snapshot.taken_at_s
-    managed = sorted((d for d in snapshot.domains if config.manages(d.name, d.settings)), key=lambda d: d.name)
-    guests = [_look_at(d, state, config, now_s) for d in managed]
+    guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
+    budget_kib = _budget_kib(snapshot, guests, config)  # 3
     just_raised = {n for n, t in state.raised_at_s.items() if now_s - t <= config.stale_after_s}
-    # A guest memcoord just grew keeps its grant while it may still grow into it; one steady again on a new
-    # sample (its burst has peaked) may give back what it did not use, to a guest starving now.
-    still_growing = {g.name for g in guests if g.name in just_raised and not _steady_again(g)}
-    ledger = _Ledger(snapshot.host.available_kib, guests, config, still_growing)
-
-    clamped = _clamp_to_bounds(guests, ledger, config)
-    shortfall_kib = _relieve_host(guests, ledger, config, skip=clamped)
-    lowered = {g.name for g in guests if ledger.lowered(g.name)} | clamped
-    just_lowered = {n for n, t in state.lowered_at_s.items() if now_s - t <= config.stale_after_s}
-    pool_kib = 0
-    if _reclaim_allowed(guests, snapshot.host.available_kib, config):
-        # Not a guest memcoord just grew: taking back a grant before it is used makes the two ping-pong.
-        pool_kib = _reclaim_wasteful(guests, ledger, config, skip=lowered | just_raised)
-    # Below the guard nobody grows (but to a floor): relief's memory reaches others once the host shows it.
-    if ledger.deficit_kib:
-        ledger.notes.append(f"host guard: host {kib_to_mib(ledger.deficit_kib):.0f} MiB below it, nobody grows")
-    else:
-        grown, unmet_kib = _grow_starving(guests, ledger, config, skip=clamped)
-        headroom_before_kib = ledger.headroom_kib
-        _take_for_the_starving(guests, ledger, config, sum(unmet_kib.values()), skip=clamped | still_growing)
-        returned_kib = ledger.headroom_kib - headroom_before_kib
-        _grow_from_returned_grants(guests, ledger, unmet_kib, grown, returned_kib)
-        _grow_to_survive(guests, ledger, config, grown)
-        # The pool goes to the starving first: what they got came out of it, the rest is the busy guests'.
-        pool_kib = max(0, pool_kib - sum(grown.values()))
-        _share_pool_with_busy(guests, ledger, pool_kib, just_lowered | lowered)
-        _collect_idle_tax(guests, ledger, config, list(grown), skip=just_raised)
-
-    plan = Plan(
-        ledger.changes(),
+    # A guest memcoord just grew keeps its grant while it may still grow into it; one steady again on a new sample
+    # (its burst has peaked) may give back what it did not use.
+    still_growing = {
+        g.name for g in guests if g.name in just_raised and not (g.new_sample and g.sample and g.sample.steady)
+    }
+    plan = _Allocation(guests, budget_kib, config)  # 4
+    plan.clamp()
+    shortfall_kib = 0
+    pressured = _under_pressure(snapshot, config)
+    # Relief answers memory the host lacks now (below its guard, or what a starting VM needs, or pressure), not
+    # grants the guard holds: those may never be touched, and lending spends them on purpose.
+    deficit_kib = max(0, -(budget_kib + sum(g.held_kib for g in guests)))
+    if deficit_kib or pressured:
+        shortfall_kib = plan.relieve(deficit_kib)
+        plan.keep_kib = RELIEF_MARGIN_KIB
+        pressure = ", under memory pressure: nobody grows" if pressured else ""
+        plan.notes.append(f"host {kib_to_mib(deficit_kib):.0f} MiB short of its guard{pressure}: relief")
+    if not pressured:
+        target_kib = mib_to_kib(config.host.target_available_mib)
+        starving = any(g.guest_class is GuestClass.STARVING for g in guests)
+        plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving, just_raised)
+        wants_kib = {g.name: g.grow_to_kib - g.target_kib for g in guests if g.guest_class is GuestClass.STARVING}
+        plan.fill(wants_kib, Rule.NEED, plan.budget_kib)
+        # Short of what the starving need: surpluses first, then what the guard holds for others' grants and
+        # others' comfort, only for what a guest lacks to last until memcoord can act again; then the idle tax.
+        if plan.unmet_kib():
+            plan.take_for(sum(plan.unmet_kib().values()), Rule.SURPLUS, still_growing)
+            plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
+        if plan.unmet_kib(survive=True):
+            plan.fill(plan.unmet_kib(survive=True), Rule.LENT, plan.lendable_kib(), beyond_budget=True)
+        if plan.unmet_kib(survive=True):
+            plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT, still_growing)
+            plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
+        if plan.unmet_kib():
+            plan.tax(just_raised)
+        pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
+        busy = {
+            g.name: g.band.high_kib - g.target_kib
+            for g in guests
+            if g.guest_class is GuestClass.BUSY and g.settled and g.name not in state.lowered_at_s and g.rule is None
+        }
+        plan.fill(busy, Rule.POOL, pool_kib)
+    out = Plan(
+        plan.changes(),  # 5
         {g.name: g.guest_class for g in guests},
-        ledger.headroom_kib,
-        tuple(ledger.notes),
-        host_deficit_kib=ledger.deficit_kib,
+        plan.budget_kib,
+        tuple(plan.notes),
+        host_deficit_kib=max(0, mib_to_kib(config.host.min_available_mib) - snapshot.host.available_kib),
         relief_shortfall_kib=shortfall_kib,
-    )
-    return plan, _next_state(guests, state, just_lowered, just_raised, ledger)
+        bands={g.name: g.band for g in guests},
+        refused={g.name: g.refused for g in guests if g.refused},
+        unmet_kib={g.name: g.grow_to_kib - g.target_kib for g in guests
+                   if g.guest_class is GuestClass.STARVING and g.grow_to_kib - g.target_kib >= KIB_PER_MIB},
+    )  # fmt: skip
+    return out, _next_state(guests, state, now_s, config)
 
 
-def _next_state(
-    guests: list[_Guest], state: PolicyState, just_lowered: set[str], just_raised: set[str], ledger: _Ledger
-) -> PolicyState:
-    """What the next tick needs: samples, pending targets, recent lowerings, and grants still untouched.
+def _next_state(guests: list[_Guest], state: PolicyState, now_s: float, config: Config) -> PolicyState:
+    """What the next tick needs: samples, pending targets, recent lowerings and raises, grants still held.
 
-    A grant shrinks as the guest touches it (QEMU's RSS grows into it) and is dropped once the guest is
-    steady on a new sample past the first seconds after it was raised: it is not growing into it, and if it
-    does later, relief answers.
-    """
+    A grant is dropped once QEMU backs it (the guard holds nothing for it), once the bound has passed, and once
+    the guest is steady on a new sample past the first seconds after it was raised: it is not growing into it,
+    and if it does later, relief answers."""
+    recent_s = config.stale_after_s
     granted_kib = {}
     for g in guests:
-        grant_kib = min(g.grant_kib, ledger.draw_kib(g, g.base_kib) if g.grant_kib else 0)
-        if g.new_sample and g.guest_class in (GuestClass.IDLE, GuestClass.WASTEFUL) and g.name not in just_raised:
+        grant_kib = min(state.granted_kib.get(g.name, 0), g.held_kib)
+        raised_at_s = state.raised_at_s.get(g.name)
+        steady_again = g.new_sample and g.sample is not None and g.sample.steady
+        if steady_again and (raised_at_s is None or now_s - raised_at_s > recent_s):
             grant_kib = 0
         if grant_kib > 0:
             granted_kib[g.name] = grant_kib
+    names = {g.name for g in guests}
     return PolicyState(
         samples={g.name: g.sample for g in guests if g.sample is not None},
         pending={g.name: g.pending for g in guests if g.pending is not None},
-        lowered_at_s={n: t for n, t in state.lowered_at_s.items() if n in just_lowered},
+        lowered_at_s={n: t for n, t in state.lowered_at_s.items() if n in names and now_s - t <= recent_s},
         granted_kib=granted_kib,
-        raised_at_s={n: t for n, t in state.raised_at_s.items() if n in just_raised},
+        raised_at_s={n: t for n, t in state.raised_at_s.items() if n in names and now_s - t <= silence_limit_s(config)},
     )

@@ -26,8 +26,12 @@ class DeadlineSpent(HypervisorError):
 
 
 class Hypervisor(Protocol):
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        """All running domains' balloon stats and the host's memory, in one call where the backend allows."""
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        """All running domains' balloon stats and the host's memory, in one call where the backend allows.
+
+        only: sample these running domains and no other (those it no longer finds are left out). The daemon asks
+        for it while a libvirt hook waits for make-room: libvirtd holds the starting domain's lock while it runs
+        the hook, and a call that lists every domain waits for that lock until the hook returns."""
         ...
 
     def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
@@ -45,7 +49,34 @@ class Hypervisor(Protocol):
 
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         """Set each domain's balloon target; a failure is reported per change, never raised. Changes left when
-        the deadline is spent get SKIPPED_DEADLINE."""
+        the deadline is spent get SKIPPED_DEADLINE. A call sent but not answered in time is reported with its
+        outcome unknown (`ApplyResult(change, why, unknown=True)`), never as failed: it may still land."""
         ...
 
     def close(self) -> None: ...
+
+
+class Over:
+    """A view of a hypervisor over a real one (dry run's, the undo record's): the calls it does not change pass
+    through to `real`; a subclass gives sample and apply their own meaning."""
+
+    def __init__(self, real: Hypervisor) -> None:
+        self.real = real
+
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        return self.real.sample(deadline_s) if only is None else self.real.sample(deadline_s, only)
+
+    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
+        return self.real.ensure_stats_period(names, period_s, deadline_s=deadline_s)
+
+    def stats_period_failures(self) -> Mapping[str, str]:
+        return self.real.stats_period_failures()
+
+    def domain_names(self, deadline_s: float | None = None) -> set[str]:
+        return self.real.domain_names(deadline_s=deadline_s)
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
+        return self.real.apply(changes, deadline_s=deadline_s)
+
+    def close(self) -> None:
+        self.real.close()

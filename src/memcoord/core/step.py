@@ -1,17 +1,17 @@
 """One tick of the loop, the same for the daemon and the simulator: sample -> managed filter -> stats period ->
-decide -> apply -> record what was applied.
+decide -> apply -> record what was (or may have been) applied.
 
 `Service.tick` wraps it with its reporting (journal, STATUS, metrics, deadline); `sim_run.run` wraps it with
 its measurements. Neither calls `decide` itself, so neither can forget to tell the policy what was applied:
 that is what makes the next ticks wait for a balloon on its way instead of growing a guest twice.
 
 A policy is a pair of pure functions over an explicit state (`LoopPolicy`): memcoord's own is `MEMCOORD`
-(`policy.decide` and `policy.applied` over a `PolicyState`).
+(`policy.decide` and `policy.applied` over a `PolicyState`); bench/ runs its peers through the same interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 
 
 class LoopPolicy(Protocol):
-    """What the loop needs of a policy: a plan from a snapshot of the managed guests, and a new state once the
-    loop knows which of the plan's changes were really set."""
+    """What the loop needs of a policy: a state to start from, a plan from a snapshot of the managed guests, and a
+    new state once the loop knows which of the plan's changes were really set. The name labels its runs."""
+
+    name: str
+
+    def first_state(self, config: Config) -> Any: ...
 
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]: ...
 
@@ -33,7 +37,12 @@ class LoopPolicy(Protocol):
 
 
 class _Memcoord:
-    """memcoord's policy: `policy.decide` and `policy.applied`."""
+    """memcoord's policy: `policy.decide` and `policy.applied` over a `PolicyState`."""
+
+    name = "memcoord"
+
+    def first_state(self, config: Config) -> PolicyState:
+        return PolicyState()
 
     def decide(self, snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, Any]:
         return decide(snapshot, state, config)
@@ -73,13 +82,24 @@ def step(
     state: Any,
     loop_policy: LoopPolicy = MEMCOORD,
     deadline_s: float | None = None,
+    reserved_kib: Callable[[Snapshot], int] | None = None,
+    only: frozenset[str] | None = None,
 ) -> StepResult:
     """One tick. Raises HypervisorError when the hypervisor cannot be sampled (nothing else is then done).
 
-    Only the changes the hypervisor accepted are recorded as applied, at the snapshot's time (the clock the
-    policy's timing is on: the guests' own stats timestamps are compared with it).
+    reserved_kib: what the host holds above its guard for a VM about to start (make-room), given the sample; the
+    snapshot carries it (`HostStats.reserved_kib`) to the policy and to whoever reports the tick. only: sample
+    just these domains (`Hypervisor.sample`), while a domain is being started.
+
+    The changes the hypervisor accepted, and those whose outcome is unknown (sent, no answer in time), are
+    recorded as applied, at the snapshot's time (the clock the policy's timing is on: the guests' own stats
+    timestamps are compared with it); failed and skipped ones are not.
     """
-    snapshot = hypervisor.sample(deadline_s=deadline_s)
+    snapshot = hypervisor.sample(deadline_s=deadline_s) if only is None else hypervisor.sample(deadline_s, only)
+    if reserved_kib is not None:
+        snapshot = replace(snapshot, host=replace(snapshot.host, reserved_kib=reserved_kib(snapshot)))
+    # The guard and the profile's values scale with the host's memory: the policy reads them resolved.
+    config = config.for_host(snapshot.host.total_kib)
     seen = managed_snapshot(snapshot, config)
     managed = tuple(d.name for d in seen.domains)
     failures = hypervisor.ensure_stats_period(managed, config.loop.stats_period_s, deadline_s=deadline_s)
@@ -87,7 +107,9 @@ def step(
     results: list[ApplyResult] = []
     if plan.changes:
         results = hypervisor.apply(plan.changes, deadline_s=deadline_s)
-        state = loop_policy.applied(state, [r.change for r in results if r.ok], snapshot.taken_at_s)
+        # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
+        # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
+        state = loop_policy.applied(state, [r.change for r in results if r.may_have_landed], snapshot.taken_at_s)
     attempted = tuple(r for r in results if r.error != SKIPPED_DEADLINE)
     return StepResult(
         snapshot=snapshot,

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from memcoord.core.port import Hypervisor
 
-if TYPE_CHECKING:
-    from memcoord.hypervisor.domain_settings import MetadataValidator
 
-
-def connect(uri: str, validate_metadata: MetadataValidator | None = None) -> Hypervisor:
+def connect(uri: str) -> Hypervisor:
     """The adapter for a URI: `sim:` runs a simulated host in real time, anything else is libvirt.
 
     `sim:///demo` (or any other sim: URI) is the built-in three-guest host; `sim:///PATH.toml` builds the host
     of a `memcoord simulate` scenario file, e.g. a hundred guests to measure a scrape, or a guest that stays
-    starving (the Prometheus tests use both).
-
-    validate_metadata: how the libvirt adapter checks a domain's memcoord metadata (default: in this process,
-    with pydantic; `memcoord run` passes a ChildMetadataValidator). The simulated host has no XML to check."""
+    starving (the Prometheus tests use both)."""
     if uri.startswith("sim:"):
         path = uri.removeprefix("sim://")
         if path.endswith(".toml"):
@@ -30,9 +22,7 @@ def connect(uri: str, validate_metadata: MetadataValidator | None = None) -> Hyp
         return demo_host(realtime=True)
     from memcoord.hypervisor.libvirt import LibvirtHypervisor
 
-    if validate_metadata is None:
-        return LibvirtHypervisor(uri)
-    return LibvirtHypervisor(uri, validate_metadata)
+    return LibvirtHypervisor(uri)
 
 
 def known_domain_names(uri: str, timeout_s: float) -> set[str]:

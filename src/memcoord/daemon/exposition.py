@@ -1,22 +1,29 @@
 """The Prometheus side of the metrics (see metrics.py): metric families built at scrape time from memcoord's
 counts and its latest published view, the registry and the HTTP(S) endpoint. The only module that imports the
-client library, and imported only when the endpoint is enabled or the text is asked for.
+client library.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import ssl
+import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 from prometheus_client.utils import floatToGoString
 
 from memcoord import __version__
+from memcoord.core.config import MetricsConfig
+from memcoord.daemon.metrics import Metrics
 
-if TYPE_CHECKING:
-    from memcoord.daemon.metrics import Metrics
+log = logging.getLogger("memcoord")
 
 BYTES_PER_KIB = 1024
 
@@ -29,26 +36,140 @@ DOMAIN_GAUGES = (
     ("floor", "floor_kib", "Lowest target memcoord may set (guest.min_mib or the domain's min_mib); managed only"),
     ("ceiling", "ceiling_kib", "Highest target memcoord may set (the maximum, or the domain's max_mib); managed only"),
 )
+# The host's sizes: (metric, the view's host key, help). A key an older view lacks reads 0.
+HOST_GAUGES = (
+    ("memcoord_host_available_bytes", "available_kib", "Host memory available"),
+    ("memcoord_host_total_bytes", "total_kib", "Host memory in total"),
+    (
+        "memcoord_host_guard_bytes",
+        "guard_kib",
+        "Host available memory growth may not go below ([host] min_available_mib)",
+    ),
+    (
+        "memcoord_host_below_guard_bytes",
+        "below_guard_kib",
+        "How far host available memory is below the guard (0 when at or above it); relief works on it",
+    ),
+    (
+        "memcoord_host_reserved_bytes",
+        "reserved_kib",
+        "Memory held above the guard for a VM about to start (memcoord make-room; 0: none)",
+    ),
+    (
+        "memcoord_host_freeable_bytes",
+        "freeable_kib",
+        "What memcoord could give the host back now without taking any guest below its low line (balloons above "
+        "their bands' low, as far as QEMU backs them)",
+    ),
+    (
+        "memcoord_guest_floors_bytes",
+        "floors_kib",
+        "The managed guests' floors, summed: memory memcoord never takes back, whatever the host needs",
+    ),
+    (
+        "memcoord_relief_shortfall_bytes",
+        "relief_shortfall_kib",
+        "Part of the host's deficit the guests' reclaimable memory could not cover this tick (0: none)",
+    ),
+)
 
 
-def registry(metrics: Metrics) -> CollectorRegistry:
-    """A registry of its own for one Metrics object: its counts, the gauges of its view, and the client library's
-    process_* series (the daemon's own RSS, CPU, open files: what an alert on memcoord itself reads)."""
-    out = CollectorRegistry()
-    out.register(_CountsCollector(metrics))
-    out.register(_ViewCollector(metrics.get_view))
-    ProcessCollector(registry=out)
-    return out
+class Endpoint:
+    """The registry over one Metrics object (its counts, the gauges of its view, and the client library's process_*
+    series: the daemon's own RSS, CPU and open files, what an alert on memcoord itself reads) and the HTTP(S) server
+    that serves it; each Endpoint has its own registry, so tests can run several services in one process."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.registry = CollectorRegistry()
+        self.registry.register(_CountsCollector(metrics))
+        self.registry.register(_ViewCollector(metrics.get_view))
+        ProcessCollector(registry=self.registry)
+        self._server: Any = None
+        self._bound: tuple[Any, ...] | None = None
+
+    def serve(self, m: MetricsConfig) -> None:
+        """Start (or move) the endpoint; a port already taken is logged, not fatal: balloons matter more.
+
+        A reload restarts it when any setting changed, or when a certificate or key file did (renewed in place)."""
+        address, port = m.bind
+        files = (m.certfile, m.keyfile, m.client_cafile)
+        bound = (address, port, m.client_auth_required, *files, *(_mtime(f) for f in files))
+        if self._bound == bound:
+            return
+        self.shutdown()
+        scheme = "https" if m.tls else "http"
+        shown = f"[{address}]" if ":" in address else address
+        try:
+            tls = tls_context(m.certfile, m.keyfile, m.client_cafile, m.client_auth_required) if m.tls else None
+            self._server = start_server(port, address, self.registry, tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a name that does not resolve too
+            log.error("metrics endpoint not started on %s://%s:%d: %s", scheme, shown, port, exc)
+            self.metrics.count_error("metrics")
+            return
+        self._bound = bound
+        auth = ""
+        if m.client_cafile:
+            auth = ", client certificate required" if m.client_auth_required else ", client certificates verified"
+        log.info("metrics on %s://%s:%d/metrics%s", scheme, shown, port, auth)
+        exposed = m.plain_http_exposed()
+        if exposed:
+            log.warning("%s", exposed)
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self._bound = None
+
+    def text(self) -> bytes:
+        """What a scrape returns, without HTTP (for tests and debugging)."""
+        return generate_latest(self.registry)
 
 
-def text(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+def tls_context(certfile: str, keyfile: str, client_cafile: str, client_auth_required: bool) -> ssl.SSLContext:
+    """The endpoint's TLS. With a client CA, every certificate a scraper presents is verified against it
+    (CERT_OPTIONAL: one from another CA fails the handshake); client_auth_required also refuses a scraper that
+    presents none (CERT_REQUIRED). prometheus_client's own TLS is not used: with client_auth_required false it
+    asks for no certificate at all (CERT_NONE), and with the key inside certfile it serves plain HTTP."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile or None)
+    if client_cafile:
+        context.load_verify_locations(cafile=client_cafile)
+        context.verify_mode = ssl.CERT_REQUIRED if client_auth_required else ssl.CERT_OPTIONAL
+    return context
 
 
-def start_server(port: int, address: str, registry: CollectorRegistry, tls: dict[str, Any]) -> Any:
-    """The endpoint's HTTP(S) server, serving in a thread of its own; what shutdown() and server_close() stop."""
-    server, _thread = start_http_server(port, addr=address, registry=registry, **tls)
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def start_server(port: int, address: str, registry: CollectorRegistry, tls: ssl.SSLContext | None) -> Any:
+    """The endpoint's HTTP(S) server, serving in a thread of its own; what shutdown() and server_close() stop.
+    The socket is wrapped in TLS before the first connection is accepted."""
+    family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    server = make_server(str(sockaddr[0]), port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
 
 
 class _CountsCollector:
@@ -83,7 +204,7 @@ class _CountsCollector:
         cumulative, buckets = 0, []
         for bound_s, n in zip((*c.tick_bounds_s, float("inf")), c.tick_bucket_counts, strict=True):
             cumulative += n
-            buckets.append((floatToGoString(bound_s), cumulative))
+            buckets.append((floatToGoString(bound_s), cumulative))  # type: ignore[no-untyped-call]
         yield HistogramMetricFamily(
             "memcoord_tick_duration_seconds",
             "Time to sample, decide and apply one tick",
@@ -150,24 +271,14 @@ class _ViewCollector:
         yield classes
         host = view["host"]
         if host is not None:
-            yield GaugeMetricFamily(
-                "memcoord_host_available_bytes", "Host memory available", value=host["available_kib"] * BYTES_PER_KIB
-            )
-            yield GaugeMetricFamily(
-                "memcoord_host_guard_bytes",
-                "Host available memory growth may not go below ([host] min_available_mib)",
-                value=host["guard_kib"] * BYTES_PER_KIB,
-            )
-            yield GaugeMetricFamily(
-                "memcoord_host_below_guard_bytes",
-                "How far host available memory is below the guard (0 when at or above it); relief works on it",
-                value=host.get("below_guard_kib", 0) * BYTES_PER_KIB,
-            )
-            yield GaugeMetricFamily(
-                "memcoord_relief_shortfall_bytes",
-                "Part of the host's deficit the guests' reclaimable memory could not cover this tick (0: none)",
-                value=host.get("relief_shortfall_kib", 0) * BYTES_PER_KIB,
-            )
+            for name, key, doc in HOST_GAUGES:
+                yield GaugeMetricFamily(name, doc, value=host.get(key, 0) * BYTES_PER_KIB)
+            if host.get("pressure_some_avg10") is not None:
+                yield GaugeMetricFamily(
+                    "memcoord_host_memory_pressure_ratio",
+                    "Share of the last 10 s some task on the host waited for memory (PSI memory some avg10)",
+                    value=host["pressure_some_avg10"] / 100,
+                )
         yield GaugeMetricFamily(
             "memcoord_hypervisor_up", "1 when the last tick reached the hypervisor", value=int(view["hypervisor_ok"])
         )

@@ -10,12 +10,13 @@ import logging
 import os
 import sys
 
-from memcoord.core.model import ApplyResult, kib_to_mib
+from memcoord.core.model import ApplyResult, Outcome, kib_to_mib
 
 log = logging.getLogger("memcoord")
 
 # Each action kind's MESSAGE_ID is defined with the kind (model.Action.message_id).
 MESSAGE_ID_SET_MEMORY_FAILED = "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c05"
+MESSAGE_ID_SET_MEMORY_UNKNOWN = "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c08"
 # The daemon's own life, so that `journalctl MESSAGE_ID=...` finds every start, loss or failed reload.
 LIFECYCLE_IDS = {
     "started": "6f1d2a0c7b1e4a4f9d3c0e5b8a7f6c10",
@@ -61,7 +62,8 @@ def setup(verbose: bool = False) -> None:
 
 
 def action(result: ApplyResult, dry_run: bool) -> None:
-    """One record per setMemory: which guest, what, from -> to, why; a warning when it failed."""
+    """One record per setMemory: which guest, what, from -> to, why, and its outcome (MEMCOORD_OUTCOME: set,
+    failed, unknown); a warning when it failed or its outcome is unknown."""
     c = result.change
     fields = {
         "MEMCOORD_DOMAIN": c.domain,
@@ -70,10 +72,20 @@ def action(result: ApplyResult, dry_run: bool) -> None:
         "MEMCOORD_TO_KIB": c.to_kib,
         "MEMCOORD_REASON": c.reason,
         "MEMCOORD_DRY_RUN": int(dry_run),
+        "MEMCOORD_OUTCOME": str(result.outcome),
         "MESSAGE_ID": c.action.message_id,
     }
     what = f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f} -> {kib_to_mib(c.to_kib):.0f} MiB ({c.reason})"
-    if result.error is not None:
+    if result.outcome is Outcome.UNKNOWN:
+        fields["MEMCOORD_ERROR"] = str(result.error)
+        fields["MESSAGE_ID"] = MESSAGE_ID_SET_MEMORY_UNKNOWN
+        log.warning(
+            "setMemory outcome unknown (it may still land; counted as set until the balloon's size tells): %s: %s",
+            what,
+            result.error,
+            extra=fields,
+        )
+    elif result.error is not None:
         fields["MEMCOORD_ERROR"] = result.error
         fields["MESSAGE_ID"] = MESSAGE_ID_SET_MEMORY_FAILED
         log.warning("setMemory failed: %s: %s", what, result.error, extra=fields)

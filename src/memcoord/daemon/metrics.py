@@ -1,12 +1,10 @@
 """Prometheus metrics: one memcoord per host, Prometheus aggregates the fleet.
 
 What the observer counts (actions, errors, reloads, ticks, tick durations, starving time) is kept here as plain
-numbers. They become metric families only when scraped (exposition.py), together with the per-domain sizes, host
-memory and guest classes of the latest published view: a domain that stops or is undefined disappears from the
-scrape instead of freezing at its last value. The client library and its HTTP server are a few MiB that a daemon
-with the endpoint off (the default) does not need, so exposition.py, which imports them, is imported only when the
-endpoint is enabled or the text is asked for. Each Metrics object has its own counts and registry, so tests can
-run several services in one process.
+numbers. They become metric families only when scraped (exposition.py, which reads these counts and knows the
+client library), together with the per-domain sizes, host memory and guest classes of the latest published
+view: a domain that stops or is undefined disappears from the scrape instead of freezing at its last value.
+Each Metrics object has its own counts, so tests can run several services in one process.
 """
 
 from __future__ import annotations
@@ -14,23 +12,26 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from memcoord.core.config import Config, MetricsConfig
-
-log = logging.getLogger("memcoord")
+from memcoord.core.config import Config
 
 # Every kind of error, created at 0 so that increase() and rate() see the first one (a series that starts at 1
 # has no earlier sample to rise from).
-ERROR_KINDS = ("hypervisor", "set_memory", "stats_period", "reload", "state_file", "timeline", "metrics")
+# set_memory: refused or not sent; set_memory_unknown: sent, no answer in time (it may still land).
+ERROR_KINDS = (
+    "hypervisor",
+    "set_memory",
+    "set_memory_unknown",
+    "stats_period",
+    "reload",
+    "state_file",
+    "timeline",
+    "metrics",
+)
 RELOAD_RESULTS = ("success", "failure")
 
 # Ticks are one bulk stats call and a few setMemory calls: milliseconds normally, seconds when libvirt is slow.
@@ -79,7 +80,7 @@ class Counts:
 
 
 class Metrics:
-    """The counts the observer updates, and the HTTP endpoint that shows them with the view."""
+    """The counts the observer updates, and the view a scrape shows with them (get_view)."""
 
     def __init__(self, get_view: Callable[[], dict[str, Any] | None]) -> None:
         self.get_view = get_view
@@ -94,9 +95,6 @@ class Metrics:
         self._reload_ok = 0
         self._reload_ok_at_s = 0.0
         self._config_hash = 0
-        self._registry: CollectorRegistry | None = None
-        self._server: Any = None
-        self._bound: tuple[Any, ...] | None = None
 
     # -- what the observer counts ----------------------------------------------------------------------------
     def count_action(self, domain: str, action: str) -> None:
@@ -156,65 +154,3 @@ class Metrics:
                 reload_ok_at_s=self._reload_ok_at_s,
                 config_hash=self._config_hash,
             )
-
-    # -- the Prometheus side ----------------------------------------------------------------------------------
-    @property
-    def registry(self) -> CollectorRegistry:
-        """The registry a scrape reads (built, and the client library imported, on first use)."""
-        if self._registry is None:
-            from memcoord.daemon import exposition
-
-            self._registry = exposition.registry(self)
-        return self._registry
-
-    def serve(self, m: MetricsConfig) -> None:
-        """Start (or move) the HTTP(S) endpoint; a port already taken is logged, not fatal: balloons matter more.
-
-        A reload restarts it when any setting changed, or when a certificate or key file did (renewed in place)."""
-        address, port = m.bind
-        files = (m.certfile, m.keyfile, m.client_cafile)
-        bound = (address, port, m.client_auth_required, *files, *(_mtime(f) for f in files))
-        if self._bound == bound:
-            return
-        self.shutdown()
-        tls: dict[str, Any] = {}
-        if m.tls:
-            tls = {
-                "certfile": m.certfile,
-                "keyfile": m.keyfile or None,
-                "client_cafile": m.client_cafile or None,
-                "client_auth_required": m.client_auth_required,
-            }
-        scheme = "https" if m.tls else "http"
-        shown = f"[{address}]" if ":" in address else address
-        from memcoord.daemon import exposition
-
-        try:
-            self._server = exposition.start_server(port, address, self.registry, tls)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a name that does not resolve too
-            log.error("metrics endpoint not started on %s://%s:%d: %s", scheme, shown, port, exc)
-            self.count_error("metrics")
-            return
-        self._bound = bound
-        auth = ", client certificate required" if m.client_auth_required else ""
-        log.info("metrics on %s://%s:%d/metrics%s", scheme, shown, port, auth)
-
-    def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-            self._bound = None
-
-    def exposition(self) -> bytes:
-        """What a scrape returns, without HTTP (for tests and debugging)."""
-        from memcoord.daemon import exposition
-
-        return exposition.text(self.registry)
-
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime if path else None
-    except OSError:
-        return None

@@ -15,14 +15,14 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, mib_to_kib
+from memcoord.core.config import Config
+from memcoord.core.model import ApplyResult, GuestClass, Outcome, Plan, Snapshot, mib_to_kib
+from memcoord.core.room import floors_kib, freeable_kib
 from memcoord.daemon import state, timeline
+from memcoord.daemon.exposition import Endpoint
 from memcoord.daemon.metrics import Metrics
-
-if TYPE_CHECKING:
-    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -59,6 +59,7 @@ class Observer:
         self.last_tick_duration_s: float | None = None
         self.view: dict[str, Any] | None = None
         self.metrics = Metrics(lambda: self.view)
+        self.endpoint = Endpoint(self.metrics)
         self._recorder: timeline.Recorder | None = None
         self._gid: int | None = None
         self._logged: set[str] = set()
@@ -70,8 +71,6 @@ class Observer:
     def config(self) -> Config:
         """The config configure() was given; the defaults before that (an Observer used on its own)."""
         if self._config is None:
-            from memcoord.core.config import Config  # the daemon configures first, and never loads pydantic for this
-
             self._config = Config()
         return self._config
 
@@ -142,6 +141,7 @@ class Observer:
                 "to_kib": c.to_kib,
                 "reason": c.reason,
                 "error": result.error,
+                "outcome": str(result.outcome),
             }
             actions.append(action)
             self.last_actions[c.domain] = {**action, "at_s": now_s, "dry_run": dry_run}
@@ -149,6 +149,9 @@ class Observer:
                 self.metrics.count_action(c.domain, str(c.action))
                 if not dry_run:
                     self.targets_kib[c.domain] = c.to_kib
+            elif result.outcome is Outcome.UNKNOWN:
+                what = f"setMemory {c.domain} {c.to_kib} KiB, outcome unknown: {result.error}"
+                self._error("set_memory_unknown", what)
             else:
                 self._error("set_memory", f"setMemory {c.domain} {c.to_kib} KiB: {result.error}")
         running = {d.name for d in snapshot.domains}
@@ -176,9 +179,9 @@ class Observer:
     def stop(self) -> None:
         """The daemon exits: say so in the state file (status then reports when), close everything."""
         self._serving = False
-        self._managed: set[str] = set()
-        self._last_tick_done_s: float | None = None
-        self.metrics.shutdown()
+        self._managed = set()
+        self._last_tick_done_s = None
+        self.endpoint.shutdown()
         if self.view is not None and self.publish_enabled:
             now_s = time.time()
             self.view = {**self.view, "running": False, "stopped_at_s": now_s, "updated_at_s": now_s}
@@ -205,9 +208,9 @@ class Observer:
     def _serve(self) -> None:
         m = self.config.metrics
         if self.publish_enabled and m.enabled:
-            self.metrics.serve(m)
+            self.endpoint.serve(m)
         else:
-            self.metrics.shutdown()
+            self.endpoint.shutdown()
 
     def _error(self, kind: str, message: str) -> None:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
@@ -250,15 +253,20 @@ class Observer:
                         "metadata": None if d.settings is None else dict(d.settings.metadata),
                         "min_guarantee_kib": None if d.settings is None else d.settings.min_guarantee_kib,
                         "stats_period_error": self.period_failing.get(d.name),
+                        "refused": plan.refused.get(d.name),
                     }
                 )
             host = {
                 "available_kib": snap.host.available_kib,
                 "total_kib": snap.host.total_kib,
-                "guard_kib": mib_to_kib(cfg.host.min_available_mib),
+                "guard_kib": mib_to_kib(cfg.guard_mib(snap.host.total_kib)),
                 "headroom_kib": plan.host_headroom_kib,
                 "below_guard_kib": plan.host_deficit_kib,
                 "relief_shortfall_kib": plan.relief_shortfall_kib,
+                "reserved_kib": snap.host.reserved_kib,
+                "pressure_some_avg10": snap.host.pressure_some_avg10,
+                "freeable_kib": freeable_kib(snap, plan.bands, mib_to_kib(cfg.host.guest_overhead_mib)),
+                "floors_kib": floors_kib(plan.bands),
             }
         return {
             "version": state.SCHEMA_VERSION,

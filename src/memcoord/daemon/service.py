@@ -25,21 +25,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from memcoord.core.config_rules import ConfigError
+from memcoord.core.config import Config, ConfigError
+from memcoord.core.config import load as load_config
 from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
 from memcoord.core.policy import PolicyState
 from memcoord.core.port import Hypervisor, HypervisorError
 from memcoord.core.step import StepResult, step
-from memcoord.daemon import config_view, journal, memory
+from memcoord.daemon import journal, memory
 from memcoord.daemon.notify import Notifier
 from memcoord.daemon.observe import Observer
+from memcoord.daemon.room import RoomDesk
 from memcoord.hypervisor.domain_settings import warn_unmatched_overrides
 from memcoord.hypervisor.dry_run import DryRunHypervisor
-
-if TYPE_CHECKING:
-    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -51,6 +49,35 @@ RELIEF_WARN_TICKS = 5
 # fires even when a tick is slow; 12 s without a watchdog.
 TICK_BUDGET_S = 12.0
 TICK_BUDGET_WATCHDOG_SHARE = 0.4
+
+
+class Episodes:
+    """Troubles the journal reports once when they start and once when they end, however many ticks they last:
+    one per key (a guest's name), or one in all (key None)."""
+
+    def __init__(self) -> None:
+        self._open: set[str | None] = set()
+
+    def start(self, key: str | None = None) -> bool:
+        """True when the trouble starts now (report it); False while it lasts."""
+        if key in self._open:
+            return False
+        self._open.add(key)
+        return True
+
+    def end(self, key: str | None = None) -> bool:
+        """True when a trouble that was on ends now (report the recovery)."""
+        if key not in self._open:
+            return False
+        self._open.discard(key)
+        return True
+
+    def forget(self, key: str | None = None) -> None:
+        """Drop a trouble without a recovery to report (its guest is gone)."""
+        self._open.discard(key)
+
+    def __contains__(self, key: str | None) -> bool:
+        return key in self._open
 
 
 @dataclass(frozen=True)
@@ -81,7 +108,10 @@ def status_line(
     counts = ", ".join(f"{plan.count(c)} {c}" for c in GuestClass if plan.count(c))
     managed = len(plan.classes)
     line = f"{managed} domains" + (f" ({counts})" if counts else "")
-    line += f"; host available {_gib(snapshot.host.available_kib)}, guard {config.host.min_available_mib} MiB"
+    guard_mib = config.guard_mib(snapshot.host.total_kib)
+    line += f"; host available {_gib(snapshot.host.available_kib)}, guard {guard_mib} MiB"
+    if snapshot.host.reserved_kib:
+        line += f"; holding {kib_to_mib(snapshot.host.reserved_kib):.0f} MiB for a VM about to start"
     if plan.host_deficit_kib:
         line += f"; BELOW GUARD by {kib_to_mib(plan.host_deficit_kib):.0f} MiB, relieving"
         if plan.relief_shortfall_kib:
@@ -104,12 +134,8 @@ class Service:
         notifier: Notifier | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
-        load_config: Callable[[Path], Config] = config_view.load,
     ) -> None:
         self.config_path = config_path
-        # What a reload reads the file with: by default validated in a child process, so that the daemon never
-        # holds pydantic (config_view.py); it raises ConfigError as config.load does.
-        self.load_config = load_config
         # Monotonic seconds: the tick's deadline and how long a guest's stats have been missing. The real
         # adapters compare the deadline with time.monotonic(), the default; a fake clock is for tests on the simulator.
         self.clock = clock
@@ -126,7 +152,7 @@ class Service:
         self.last_action = "none yet"
         self.reload_note = ""
         self._status_line = "starting"
-        self._lost_reason: str | None = None
+        self._lost = Episodes()  # the hypervisor unreachable
         self._backoff_s = BACKOFF_START_S
         self._should_exit = False
         self._reload_requested = False
@@ -135,15 +161,22 @@ class Service:
         # holds no file descriptors.
         self._wake_fds: tuple[int, int] | None = None
         self._wakeup_fd_installed = False
+        # make-room: its socket is opened by run() (a Service only ticked by a test listens on nothing).
+        self.room = RoomDesk(self.clock)
+        self._tick_now = False
+        # The domains the last tick sampled: while a domain is being started, only these are sampled (see tick()).
+        self._sampled: frozenset[str] | None = None
         self._untrusted_since: dict[str, float] = {}
-        self._untrusted_reported: set[str] = set()
-        self._relief_short = False
+        self._untrusted = Episodes()  # guests whose stats are missing or stale, past the time a new guest needs
+        self._relief_short = Episodes()  # relief short of the host's deficit, for RELIEF_WARN_TICKS or more
         self._short_ticks = 0
         self._period_failing: dict[str, str] = {}
-        self._over_deadline = False
+        self._over_deadline = Episodes()  # ticks running out of their deadline
         self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # In dry run, the last decision logged for each guest: the same one is not logged again.
         self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
+        # The last setMemory failure logged for each guest: the same one is not logged again every tick.
+        self._failing_logged: dict[str, str] = {}
         # Observability (state file, metrics, timeline); a bare Observer only keeps the view in memory.
         self.observer = observer or Observer(publish=False)
         self.observer.configure(config_path, self.config)
@@ -192,13 +225,8 @@ class Service:
         """Re-read the config file; on any error keep running with the old one and say so."""
         self.notifier.reloading()
         try:
-            new = self.overrides.apply(self.load_config(self.config_path))
+            new = self.overrides.apply(load_config(self.config_path))
         except ConfigError as exc:
-            if self._should_exit:
-                # A stop during the reload also ends the validating child (systemd signals the whole cgroup):
-                # that is no verdict on the file.
-                log.info("config reload abandoned: stopping", extra=journal.lifecycle("reload-failed"))
-                return
             self.reload_note = f"reload failed, still running the previous config: {exc}".replace("\n", "; ")
             log.error(
                 "config reload failed, keeping the running config:\n%s", exc, extra=journal.lifecycle("reload-failed")
@@ -213,9 +241,9 @@ class Service:
                 # the service reported is about the old host's guests, which may share names with the new ones.
                 self.state = PolicyState()
                 self._untrusted_since.clear()
-                self._untrusted_reported.clear()
+                self._untrusted = Episodes()
                 self._period_failing = {}
-                self._lost_reason = None
+                self._lost = Episodes()
                 self._backoff_s = BACKOFF_START_S
             if new.loop.dry_run != self.config.loop.dry_run:
                 # Into or out of dry run: the policy's pending targets and grants were (or were not) really set.
@@ -225,6 +253,8 @@ class Service:
             self.config = new
             self._overrides_checked = False
             self.observer.configure(self.config_path, new)
+            if self._wake_fds is not None:  # running: the socket follows the file
+                self.room.configure(new)
             self.reload_note = ""
             log.info("config reloaded from %s", self.config_path, extra=journal.lifecycle("reload-ok"))
         self.notifier.ready()
@@ -252,14 +282,26 @@ class Service:
         """Sample, decide, apply, report. False when the hypervisor could not be reached."""
         started_s = self.clock()
         budget_s = self.tick_budget_s()
+        # A libvirt hook asking for room runs while libvirtd holds the starting domain's lock; a stats call over
+        # every domain would wait for it until the hook gives up. Meanwhile only the domains already running are
+        # sampled (by handle: nothing waits for the starting one).
+        starting = self.room.starting()
+        only = None if not starting or self._sampled is None else self._sampled - starting
         try:
-            done = step(self._acting_hypervisor(), self.config, self.state, deadline_s=started_s + budget_s)
+            done = step(
+                self._acting_hypervisor(),
+                self.config,
+                self.state,
+                deadline_s=started_s + budget_s,
+                reserved_kib=self.room.reserved_kib,
+                only=only,
+            )
         except HypervisorError as exc:
-            if self._lost_reason is None:
+            self.room.answer(None, None)
+            if self._lost.start():
                 log.error(
                     "lost the hypervisor, retrying with backoff: %s", exc, extra=journal.lifecycle("hypervisor-lost")
                 )
-            self._lost_reason = str(exc)
             if self.ticks == 0:
                 self._status_line = f"{self._waiting()}, retrying: {exc}"
             else:
@@ -267,16 +309,17 @@ class Service:
             self._send_status()
             self.observer.tick_failed(str(exc), self.clock() - started_s, next_in_s=self._backoff_s)
             return False
-        if self._lost_reason is not None:
+        if self._lost.end():
             log.info(
                 "hypervisor reachable again at %s", self.config.libvirt.uri, extra=journal.lifecycle("hypervisor-back")
             )
-            self._lost_reason = None
         self._backoff_s = BACKOFF_START_S
         if not self._overrides_checked:
             self._overrides_checked = warn_unmatched_overrides(self.hypervisor, self.config, started_s + budget_s)
         self.state = done.state
+        self._sampled = frozenset(d.name for d in done.snapshot.domains)
         self._report_step(done, started_s, budget_s)
+        self.room.answer(done.snapshot, done.plan.host_headroom_kib)
         if self.exit_when_idle and not done.managed:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
             self._should_exit = True
@@ -299,6 +342,8 @@ class Service:
         dry_run = self.config.loop.dry_run
         for result in done.results:
             if dry_run and not self._first_dry_run_log(result):
+                continue
+            if not self._first_failure_log(result):
                 continue
             journal.action(result, dry_run)
         if done.results:
@@ -326,6 +371,19 @@ class Service:
         self._status_line = status_line(plan, snapshot, self.config, self.last_action, self._period_failing)
         self._send_status()
 
+    def _first_failure_log(self, result: ApplyResult) -> bool:
+        """False for a failure that repeats the guest's last one word for word: the policy asks again every tick,
+        and a lasting cause (the size record unwritable, a guest refusing setMemory) must not flood the journal.
+        The metrics and the state file still count each one."""
+        name = result.change.domain
+        if result.ok:
+            self._failing_logged.pop(name, None)
+            return True
+        if self._failing_logged.get(name) == result.error:
+            return False
+        self._failing_logged[name] = result.error or ""
+        return True
+
     def _first_dry_run_log(self, result: ApplyResult) -> bool:
         """True the first time dry run decides this move for this guest; a repeat of the last one is not logged."""
         c = result.change
@@ -341,16 +399,15 @@ class Service:
         Only once the shortfall has lasted RELIEF_WARN_TICKS ticks: right after a start the guests have no
         stats yet, and one tick's shortfall may be covered by balloons still on their way."""
         self._short_ticks = self._short_ticks + 1 if plan.relief_shortfall_kib else 0
-        if self._short_ticks >= RELIEF_WARN_TICKS and not self._relief_short:
-            self._relief_short = True
-            log.warning(
-                "host %.0f MiB below its guard and the guests hold only part of that above their buffers "
-                "(%.0f MiB short): something outside memcoord's guests is using host memory",
-                kib_to_mib(plan.host_deficit_kib),
-                kib_to_mib(plan.relief_shortfall_kib),
-            )
-        elif self._relief_short and not plan.host_deficit_kib:
-            self._relief_short = False
+        if self._short_ticks >= RELIEF_WARN_TICKS:
+            if self._relief_short.start():
+                log.warning(
+                    "host %.0f MiB below its guard and the guests hold only part of that above their buffers "
+                    "(%.0f MiB short): something outside memcoord's guests is using host memory",
+                    kib_to_mib(plan.host_deficit_kib),
+                    kib_to_mib(plan.relief_shortfall_kib),
+                )
+        elif not plan.host_deficit_kib and self._relief_short.end():
             log.info("host back above its guard")
 
     def _waiting(self) -> str:
@@ -366,8 +423,7 @@ class Service:
     def _report_deadline(self, spent: bool, duration_s: float, budget_s: float, skipped: int) -> None:
         """One line when ticks start running out of their deadline, one when they fit again."""
         if spent:
-            if not self._over_deadline:
-                self._over_deadline = True
+            if self._over_deadline.start():
                 log.warning(
                     "tick took %.1f s, its deadline is %.1f s: %d setMemory call(s) and any stats period left"
                     " were skipped, to be retried next tick (a guest's QEMU or libvirtd is not answering)",
@@ -376,45 +432,53 @@ class Service:
                     skipped,
                     extra=journal.lifecycle("deadline-spent"),
                 )
-        elif self._over_deadline:
-            self._over_deadline = False
+        elif self._over_deadline.end():
             log.info("ticks fit their %.1f s deadline again", budget_s, extra=journal.lifecycle("deadline-ok"))
 
     def _report_untrusted(self, plan: Plan, snapshot: Snapshot, now_s: float) -> None:
-        """One line when a guest's balloon stats are missing or stale for longer than a new guest needs to
-        start reporting (it is left alone meanwhile), one line when they flow again. now_s: the service's
-        monotonic clock; how long the stats have been missing is measured on it, not on wall time."""
+        """One line when a guest's balloon stats are missing, stale or impossible (`Plan.refused`) for longer than
+        a new guest needs to start reporting (it is left alone meanwhile), one line when they flow again. now_s:
+        the service's monotonic clock; how long the stats have been missing is measured on it, not on wall
+        time."""
         for name, guest_class in plan.classes.items():
-            if guest_class in (GuestClass.NO_STATS, GuestClass.STALE):
+            if not guest_class.trusted:
                 since_s = self._untrusted_since.setdefault(name, now_s)
-                if name not in self._untrusted_reported and now_s - since_s >= self.config.stale_after_s:
-                    self._untrusted_reported.add(name)
+                if now_s - since_s >= self.config.stale_after_s and self._untrusted.start(name):
                     dom = next(d for d in snapshot.domains if d.name == name)
-                    detail = (
-                        f"last update {snapshot.taken_at_s - dom.last_update_s:.0f} s ago"
-                        if guest_class is GuestClass.STALE and dom.last_update_s
-                        else "no balloon driver or stats period"
-                    )
+                    if guest_class is GuestClass.BAD_STATS:
+                        detail = f"impossible: {plan.refused.get(name)}"
+                    elif guest_class is GuestClass.STALE and dom.last_update_s:
+                        detail = f"last update {snapshot.taken_at_s - dom.last_update_s:.0f} s ago"
+                    else:
+                        detail = "no balloon driver or stats period"
                     log.warning("%s: %s balloon stats (%s): left alone until they flow", name, guest_class, detail)
             else:
                 self._untrusted_since.pop(name, None)
-                if name in self._untrusted_reported:
-                    self._untrusted_reported.discard(name)
+                if self._untrusted.end(name):
                     log.info("%s: balloon stats flowing again", name)
         for name in set(self._untrusted_since) - set(plan.classes):
             self._untrusted_since.pop(name)
-            self._untrusted_reported.discard(name)
+            self._untrusted.forget(name)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
-        """Wait for the next tick, waking early for a signal (or request_stop/request_reload)."""
+        """Wait for the next tick, waking early for a signal (or request_stop/request_reload), and serving
+        make-room askers meanwhile: a new request ends the wait (`_tick_now`), so that relief starts at once."""
         wake_r = self._wake_pipe()[0]
-        readable, _w, _x = select.select([wake_r], [], [], seconds)
-        if readable:
-            # Empty the pipe: the flags say what happened, however many signals wrote to it.
-            with contextlib.suppress(BlockingIOError):
-                while os.read(wake_r, 4096):
-                    pass
+        until_s = time.monotonic() + seconds
+        while True:
+            readable, _w, _x = select.select([wake_r, *self.room.fds()], [], [], max(0.0, until_s - time.monotonic()))
+            room_fds = set(readable) - {wake_r}
+            if room_fds and self.room.handle(room_fds):
+                self._tick_now = True
+            if wake_r in readable:
+                # Empty the pipe: the flags say what happened, however many signals wrote to it.
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 4096):
+                        pass
+                return
+            if not readable or self._tick_now or time.monotonic() >= until_s:
+                return
 
     def run(self) -> int:
         log.info(
@@ -426,6 +490,7 @@ class Service:
             extra=journal.lifecycle("started"),
         )
         self._wake_pipe()
+        self.room.configure(self.config)
         self.observer.start()
         # Ready as soon as the config is loaded and the loop runs, not after the first tick: with libvirtd down
         # at boot that tick never comes, and `systemctl start` would block until the start timeout and fail.
@@ -440,13 +505,9 @@ class Service:
                 reloaded = self._reload_requested
                 if reloaded:
                     self._reload_requested = False
-                    # The validating child may take up to its timeout: the watchdog hears from us on both sides.
-                    self.notifier.watchdog()
                     self.reload()
-                    self.notifier.watchdog()
-                    if self._should_exit:
-                        break
                 started_s = self.clock()
+                self._tick_now = False
                 ok = self.tick()
                 if (ok and self.ticks == 1) or reloaded:
                     # The start (or the reload) is over: what it needed and no longer does goes back.
@@ -459,7 +520,7 @@ class Service:
                 else:
                     wait_s, self._backoff_s = self._backoff_s, min(self._backoff_s * 2, BACKOFF_MAX_S)
                 watchdog_s = self.notifier.watchdog_interval_s()
-                while wait_s > 0 and not self._should_exit and not self._reload_requested:
+                while wait_s > 0 and not self._should_exit and not self._reload_requested and not self._tick_now:
                     slice_s = min(wait_s, watchdog_s / 2) if watchdog_s else wait_s
                     self._sleep(slice_s)
                     wait_s -= slice_s
@@ -469,6 +530,7 @@ class Service:
             self._ignore_signals()
             self.notifier.stopping()
             self.observer.stop()
+            self.room.close()
             log.info("memcoord stopping after %d ticks", self.ticks, extra=journal.lifecycle("stopping"))
             self.hypervisor.close()
             self._close_wakeup()

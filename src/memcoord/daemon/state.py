@@ -15,7 +15,10 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
     stats_period_failing {domain: error} (stats period not set yet, being retried), skipped_last_tick (changes
     the tick's deadline left for the next tick),
     config {path, loaded_at_s, reload ("never" | "ok" | "failed"), reload_error, reloads_ok, reloads_failed},
-    host {available_kib, total_kib, guard_kib, headroom_kib},
+    host {available_kib, total_kib, guard_kib, headroom_kib, below_guard_kib, relief_shortfall_kib, reserved_kib (held
+          above the guard for a VM about to start: make-room), pressure_some_avg10 (host PSI, percent; null: none),
+          freeable_kib (what relief could take back now without any guest below its band's low line, as QEMU
+          backs it), floors_kib (the managed guests' floors, summed)},
     errors {count, by_kind {kind: n}, last, last_at_s},
     domains [{name, managed, class, current_kib, max_kib, target_kib, unused_kib, usable_kib, stats_age_s,
               stats_updated_at_s (the guest's own timestamp of its stats), stats_period_error,
@@ -25,9 +28,12 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
               "libvirt_max", "default"; null when unmanaged),
               excluded_by (why an unmanaged domain is left alone: "libvirt.domains", "config" or "metadata"
               for enabled = false, "unread" while its settings are not read yet, "bad-metadata" while its
-              metadata has a key that cannot be believed; null when managed),
+              metadata has a key that cannot be believed; "no-balloon", "hostdev", "hugepages"
+              or "locked" when its definition says ballooning cannot help it (model.Unballoonable); null when
+              managed),
               metadata {key: value} (the valid keys of its memcoord metadata; null while unread),
-              min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null)}]
+              min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null),
+              refused (why the policy treats its last sample as no sample, class "bad-stats"; else null)}]
 """
 
 from __future__ import annotations

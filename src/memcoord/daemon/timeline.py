@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from memcoord.core.model import KIB_PER_MIB, Action
+from memcoord.core.model import KIB_PER_MIB, Action, Outcome
 
 log = logging.getLogger("memcoord")
 
@@ -91,10 +91,11 @@ class TimelineAction:
     reason: str
     error: str | None
     dry_run: bool
+    outcome: Outcome = Outcome.SET
 
     @property
     def applied(self) -> bool:
-        """setMemory was called and worked (not a dry run, not failed)."""
+        """setMemory was called and worked (not a dry run, not failed, not of unknown outcome)."""
         return self.error is None and not self.dry_run
 
 
@@ -115,9 +116,15 @@ def actions(line: dict[str, Any], where: str = "<timeline>") -> list[TimelineAct
     out = []
     for act in line.get("actions", []):
         try:
-            kind = Action(act["action"])
+            kind = Action(act["action"])  # type: ignore[call-arg]  # a lookup by value; mypy sees Action.__new__
         except ValueError:
             raise TimelineError(f"{where}: actions: unknown action {act['action']!r}") from None
+        # Lines from before outcomes were recorded: an error meant a failure.
+        outcome_text = act.get("outcome") or (Outcome.SET if act.get("error") is None else Outcome.FAILED)
+        try:
+            outcome = Outcome(outcome_text)
+        except ValueError:
+            raise TimelineError(f"{where}: actions: unknown outcome {outcome_text!r}") from None
         out.append(
             TimelineAction(
                 t_s=float(line["t_s"]),
@@ -128,6 +135,7 @@ def actions(line: dict[str, Any], where: str = "<timeline>") -> list[TimelineAct
                 reason=act.get("reason", ""),
                 error=act.get("error"),
                 dry_run=bool(line.get("dry_run", False)),
+                outcome=outcome,
             )
         )
     return out

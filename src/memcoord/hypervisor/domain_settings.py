@@ -1,5 +1,6 @@
 """Per-domain settings that travel with the VM: memcoord's element in the domain's libvirt `<metadata>`,
-libvirt's own `<memtune><min_guarantee>`, and whether its balloon deflates on the guest's OOM.
+libvirt's own `<memtune><min_guarantee>`, whether its balloon deflates on the guest's OOM, and whether ballooning
+can help it at all (a balloon device; no VFIO device, hugepages or locked memory).
 
 The bulk stats call does not return a domain's definition, and reading it (XMLDesc) for every guest on every
 tick would cost a round trip per guest on a host with thousands. So the adapter keeps what it read per domain
@@ -8,33 +9,28 @@ event), after a reconnect (events may have been missed), or on a slow timer. Par
 in, its settings and the problems with them out; the caller logs each problem once.
 
 The keys of memcoord's element are checked by the model that checks a `[domains."NAME"]` table (DomainOverride),
-so that both accept the same values with the same messages. That model needs pydantic, which the daemon never
-imports (config_view.py): the check is a function of the keys' texts alone (check_metadata), which commands and
-tests run in-process and `memcoord run` runs in a child process (ChildMetadataValidator), kept by content.
+so that both accept the same values with the same messages (check_metadata).
 
-Which key wins (config file, metadata, min_guarantee, default) is the config's business (ConfigRules.floor/ceiling,
-config_rules.py).
+Which key wins (config file, metadata, min_guarantee, default) is the config's business (Config.floor/ceiling,
+config.py).
 """
 
 from __future__ import annotations
 
-import json
+import difflib
 import logging
-import subprocess
 import threading
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from memcoord.core.config_rules import VALIDATE_COMMAND
-from memcoord.core.model import DomainSettings
+from pydantic import ValidationError
+
+from memcoord.core.config import Config, DomainOverride
+from memcoord.core.model import DomainSettings, Unballoonable
 from memcoord.core.port import Hypervisor, HypervisorError
-
-if TYPE_CHECKING:
-    from memcoord.core.config import Config
 
 log = logging.getLogger("memcoord")
 
@@ -49,15 +45,6 @@ PREFIX = "memcoord"
 ELEMENT = "settings"
 # A domain's settings are read again this often even without an event (a missed one, a driver without them).
 REFRESH_S = 300.0
-# A metadata checking child imports pydantic and builds the models (a tenth of a second or more on a loaded
-# host); one that takes longer than this is given up on, and none is started for a while after a failure.
-METADATA_CHECK_TIMEOUT_S = 5.0
-METADATA_RETRY_S = 10.0
-# A child is not started with less time than this left before the tick's deadline (it costs 0.1-0.3 s, more on a
-# loaded host): the domain is read again next tick.
-METADATA_CHECK_MIN_S = 0.5
-# Distinct metadata contents kept checked (a few hundred bytes each).
-METADATA_CACHE_SIZE = 1024
 
 _UNIT_KIB = {
     "b": 1 / 1024,
@@ -83,8 +70,6 @@ class Parsed:
 
     settings: DomainSettings
     problems: tuple[str, ...] = ()
-    # The metadata could not be checked (not that it is wrong): read the domain again on the next tick.
-    recheck: bool = False
 
 
 def _element(key: str) -> str:
@@ -104,36 +89,15 @@ def _why(err: Any, known: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class MetadataCheck:
-    """What the models make of the keys of memcoord's metadata element: the valid values, and one problem per
-    invalid key. The problems do not name the domain (the caller puts its name in front): the same keys and
-    values check the same on every guest, so one check serves all guests that carry them."""
+    """What the model makes of the keys of memcoord's metadata element: the valid values, and one problem per
+    invalid key (not naming the domain: the caller puts its name in front)."""
 
     values: Mapping[str, Any]
     problems: tuple[str, ...] = ()
 
 
-class MetadataUnchecked(Exception):
-    """The metadata could not be checked at all (the checking process failed or took too long); the message
-    says why. Not a verdict on the metadata: it is checked again on a later read."""
-
-
-class MetadataValidator(Protocol):
-    def __call__(self, data: Mapping[str, str], deadline_s: float | None = None) -> MetadataCheck:
-        """Check the element's keys (text values); raises MetadataUnchecked when it cannot, never more than
-        deadline_s (time.monotonic()) allows."""
-        ...
-
-
-def check_metadata(data: Mapping[str, str], deadline_s: float | None = None) -> MetadataCheck:
-    """The check itself, with the model that validates a `[domains."NAME"]` table (DomainOverride), in this
-    process. It imports pydantic: `memcoord run` does not, and checks through ChildMetadataValidator instead.
-    deadline_s is not needed here (no call that can hang)."""
-    if not data:  # nothing to check, and no reason to load the models
-        return MetadataCheck({})
-    from pydantic import ValidationError
-
-    from memcoord.core.config import DomainOverride
-
+def check_metadata(data: Mapping[str, str]) -> MetadataCheck:
+    """The element's keys (their texts) checked by the model that validates a `[domains."NAME"]` table."""
     problems = []
     try:
         override = DomainOverride.model_validate(dict(data), strict=False)
@@ -164,93 +128,9 @@ def check_metadata(data: Mapping[str, str], deadline_s: float | None = None) -> 
     return MetadataCheck({k: getattr(override, k) for k in override.model_fields_set}, tuple(problems))
 
 
-class ChildMetadataValidator:
-    """check_metadata in a short-lived child process (`python -m memcoord.daemon.validate --metadata`, the same
-    interpreter), for `memcoord run`, which never imports pydantic (config_view.py) and is given this one.
-
-    A child costs a tenth of a second or more, and the settings are read within a small share of a tick
-    (SETTINGS_READ_BUDGET_S in hypervisor/libvirt.py); many guests carry the same metadata, so checks are kept
-    by content. A child that fails or takes longer than timeout_s raises MetadataUnchecked; for retry_s after
-    that no new one is started (a broken interpreter must not cost every tick a process), the same reason is
-    raised at once.
-    """
-
-    def __init__(
-        self,
-        timeout_s: float = METADATA_CHECK_TIMEOUT_S,
-        retry_s: float = METADATA_RETRY_S,
-        command: Sequence[str] = (*VALIDATE_COMMAND, "--metadata"),
-        cache_size: int = METADATA_CACHE_SIZE,
-    ) -> None:
-        self.timeout_s = timeout_s
-        self.retry_s = retry_s
-        self.command = tuple(command)
-        self.cache_size = cache_size
-        self.children = 0  # processes started: what the cache saves is visible to tests and benchmarks
-        self._checked: dict[tuple[tuple[str, str], ...], MetadataCheck] = {}
-        self._failed: tuple[float, str] | None = None  # (monotonic seconds when retried, why)
-
-    def __call__(self, data: Mapping[str, str], deadline_s: float | None = None) -> MetadataCheck:
-        if not data:
-            return MetadataCheck({})
-        key = tuple(sorted(data.items()))
-        checked = self._checked.get(key)
-        if checked is not None:
-            return checked
-        now_s = time.monotonic()
-        if self._failed is not None and now_s < self._failed[0]:
-            raise MetadataUnchecked(self._failed[1])
-        timeout_s = self.timeout_s if deadline_s is None else min(self.timeout_s, deadline_s - now_s)
-        if timeout_s < METADATA_CHECK_MIN_S:
-            raise MetadataUnchecked("the tick's deadline left no time for it")
-        try:
-            checked = self._run(data, timeout_s)
-        except MetadataUnchecked as exc:
-            if timeout_s >= self.timeout_s:  # a child given its full time failed: not one every tick
-                self._failed = (time.monotonic() + self.retry_s, str(exc))
-            raise
-        self._failed = None
-        if len(self._checked) >= self.cache_size:
-            del self._checked[next(iter(self._checked))]  # the oldest
-        self._checked[key] = checked
-        return checked
-
-    def _run(self, data: Mapping[str, str], timeout_s: float) -> MetadataCheck:
-        self.children += 1
-        what = "the metadata checking process"
-        try:
-            done = subprocess.run(
-                self.command, input=json.dumps(dict(data)).encode(), capture_output=True, timeout=timeout_s, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise MetadataUnchecked(f"{what} took more than {timeout_s:.1f} s") from None
-        except OSError as exc:
-            raise MetadataUnchecked(f"cannot start {what} ({self.command[0]}): {exc.strerror or exc}") from None
-        try:
-            result = json.loads(done.stdout)
-        except ValueError:
-            result = None
-        if done.returncode == 0 and isinstance(result, dict):
-            values, problems = result.get("values"), result.get("problems")
-            if (
-                isinstance(values, dict)
-                and set(values) <= set(data)
-                and all(isinstance(v, int | float) for v in values.values())  # bool is an int
-                and isinstance(problems, list)
-                and all(isinstance(p, str) for p in problems)
-            ):
-                return MetadataCheck(values, tuple(problems))
-        stderr = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise MetadataUnchecked(
-            f"{what} exited with {done.returncode}" + (f": {stderr[-1]}" if stderr else " without a result")
-        )
-
-
-def _metadata(
-    name: str, root: ET.Element, validate: MetadataValidator, deadline_s: float | None
-) -> tuple[dict[str, Any], list[str], list[str]]:
+def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str], list[str]]:
     """The valid per-domain keys of memcoord's metadata element, one problem per invalid one, and notes that
-    invalidate nothing (settings under an old namespace). Raises MetadataUnchecked when validate does."""
+    invalidate nothing (settings under an old namespace)."""
     for namespace in (NAMESPACE, *OLD_NAMESPACES):
         element = root.find(f"./metadata/{{{namespace}}}{ELEMENT}")
         if element is not None:
@@ -283,28 +163,69 @@ def _metadata(
         else:
             data[key] = text
     # The same model validates a [domains."NAME"] table and the metadata.
-    checked = validate(data, deadline_s=deadline_s)
+    checked = check_metadata(data)
     return dict(checked.values), problems + [f"{name}: {problem}" for problem in checked.problems], notes
+
+
+def _size_kib(element: ET.Element) -> int | None:
+    """A libvirt size element (`<memory unit='MiB'>512</memory>`) in KiB; None when it is not a size."""
+    text, unit = (element.text or "").strip(), element.get("unit", "KiB")
+    factor = _UNIT_KIB.get(unit.lower())
+    if factor is None or not (text.isascii() and text.isdigit()):
+        return None
+    return int(int(text) * factor)
 
 
 def _min_guarantee_kib(name: str, root: ET.Element) -> tuple[int | None, list[str]]:
     element = root.find("./memtune/min_guarantee")
     if element is None:
         return None, []
-    text, unit = (element.text or "").strip(), element.get("unit", "KiB")
-    factor = _UNIT_KIB.get(unit.lower())
-    if factor is None or not (text.isascii() and text.isdigit()):
+    kib = _size_kib(element)
+    if kib is None:
+        text, unit = (element.text or "").strip(), element.get("unit", "KiB")
         return None, [f"{name}: <memtune><min_guarantee unit={unit!r}> = {text!r}: not a size; ignored"]
-    return int(int(text) * factor) or None, []
+    return kib or None, []
 
 
-def parse_domain_xml(
-    name: str, xml_text: str, validate: MetadataValidator = check_metadata, deadline_s: float | None = None
-) -> Parsed:
+def start_memory_kib(xml_text: str) -> tuple[str, int]:
+    """(name, KiB) of what a domain starts with, from its libvirt XML: `<currentMemory>` (the balloon's size
+    once its driver runs), else `<memory>`. ValueError saying what is missing or wrong."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise ValueError(f"domain XML does not parse: {exc}") from None
+    name = (root.findtext("name") or "").strip()
+    for tag in ("currentMemory", "memory"):
+        element = root.find(tag)
+        if element is not None:
+            kib = _size_kib(element)
+            if not kib:
+                raise ValueError(f"domain XML <{tag}> = {(element.text or '').strip()!r}: not a size")
+            return name, kib
+    raise ValueError("domain XML has no <currentMemory> nor <memory>")
+
+
+def unballoonable(root: ET.Element) -> Unballoonable | None:
+    """Why ballooning cannot help the guest this definition describes, or None when it can."""
+    balloon = root.find("./devices/memballoon")
+    if balloon is None or balloon.get("model") == "none":
+        return Unballoonable.NO_BALLOON
+    # PCI and mediated devices go through VFIO (so does an SR-IOV interface of type hostdev); USB and SCSI
+    # passthrough do not pin guest memory.
+    if root.find("./devices/interface[@type='hostdev']") is not None or any(
+        h.get("type") in ("pci", "mdev") for h in root.iterfind("./devices/hostdev")
+    ):
+        return Unballoonable.HOSTDEV
+    if root.find("./memoryBacking/hugepages") is not None:
+        return Unballoonable.HUGEPAGES
+    if root.find("./memoryBacking/locked") is not None:
+        return Unballoonable.LOCKED
+    return None
+
+
+def parse_domain_xml(name: str, xml_text: str) -> Parsed:
     """A domain's settings from its libvirt XML (virDomainGetXMLDesc). Never raises: what cannot be read is a
-    problem; a problem in memcoord's metadata makes the settings `metadata_invalid` (the guest is left alone).
-    validate checks the metadata's keys (check_metadata in this process, or a ChildMetadataValidator); when it
-    cannot, the guest is left alone and the result says `recheck`."""
+    problem; a problem in memcoord's metadata makes the settings `metadata_invalid` (the guest is left alone)."""
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
@@ -312,23 +233,14 @@ def parse_domain_xml(
             DomainSettings(metadata_invalid=True),
             (f"{name}: its libvirt XML does not parse ({exc}); memcoord leaves the guest alone",),
         )
-    try:
-        metadata, problems, notes = _metadata(name, root, validate, deadline_s)
-    except MetadataUnchecked as exc:
-        return Parsed(
-            DomainSettings(metadata_invalid=True),
-            (
-                f"{name}: its memcoord metadata could not be checked ({exc}); memcoord leaves the guest alone and"
-                " reads it again next tick",
-            ),
-            recheck=True,
-        )
+    metadata, problems, notes = _metadata(name, root)
     min_guarantee_kib, mg_problems = _min_guarantee_kib(name, root)
     settings = DomainSettings(
         metadata=MappingProxyType(metadata),
         min_guarantee_kib=min_guarantee_kib,
         metadata_invalid=bool(problems),
         deflate_on_oom=root.find("./devices/memballoon[@autodeflate='on']") is not None,
+        unballoonable=unballoonable(root),
     )
     return Parsed(settings, tuple(problems + notes + mg_problems))
 
@@ -381,16 +293,11 @@ class SettingsCache:
             self._changed |= {u for u in uuids if u in self._entries}
 
     def store(self, uuid: str, parsed: Parsed, now_s: float) -> list[str]:
-        """Keep what was read; returns the problems not reported for this domain before (report them).
-
-        Metadata that could not be checked this time (`recheck`) keeps the settings last read for the domain,
-        if any: a guest memcoord manages must not become unmanaged, its grant and pending target forgotten,
-        because a checking process was slow once."""
+        """Keep what was read; returns the problems not reported for this domain before (report them)."""
         entry = self._entries.get(uuid)
         logged = entry.logged if entry is not None else frozenset()
         new = [p for p in parsed.problems if p not in logged]
-        settings = entry.settings if parsed.recheck and entry is not None else parsed.settings
-        self._entries[uuid] = _Entry(settings, now_s, frozenset(parsed.problems))
+        self._entries[uuid] = _Entry(parsed.settings, now_s, frozenset(parsed.problems))
         return new
 
     def get(self, uuid: str) -> DomainSettings | None:
@@ -415,8 +322,6 @@ def unmatched_overrides(config: Config, domain_names: Collection[str]) -> list[s
         text = f'[domains."{name}"] matches no running or defined domain on {config.libvirt.uri}: it has no effect'
         if any(c in name for c in "*?["):
             text += " (domain names there are exact, not globs)"
-        import difflib  # only when there is a name to match: the daemon rarely needs it
-
         close = difflib.get_close_matches(name, list(domain_names), n=1)
         if close:
             text += f"; did you mean {close[0]!r}?"

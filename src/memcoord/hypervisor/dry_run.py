@@ -15,11 +15,11 @@ real stats keep flowing, so a guest whose programs grow is still seen growing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from memcoord.core.model import ApplyResult, Change, DomainStats, HostStats, Snapshot
-from memcoord.core.port import Hypervisor
+from memcoord.core.port import Hypervisor, Over
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,19 +52,20 @@ def released_kib(dom: DomainStats, target_kib: int) -> int:
     return max(0, touched_kib - target_kib)
 
 
-class DryRunHypervisor:
+class DryRunHypervisor(Over):
     """The Hypervisor port over a real one, for dry run: reads pass through with the would-be targets laid over
-    them, setMemory is never called."""
+    them, setMemory is never called. The stats period is set (Over's): reading stats is not acting on a guest,
+    and dry run must see what the daemon would."""
 
     def __init__(self, real: Hypervisor) -> None:
-        self.real = real
+        super().__init__(real)
         self.would_be: dict[str, WouldBe] = {}
         self._real_kib: dict[str, int] = {}  # each guest's real balloon size at the last sample
         # What the real hypervisor said at the last sample: metrics and status show the real sizes.
         self.last_real: Snapshot | None = None
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
-        snapshot = self.last_real = self.real.sample(deadline_s=deadline_s)
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
+        snapshot = self.last_real = self.real.sample(deadline_s) if only is None else self.real.sample(deadline_s, only)
         real = {d.name: d for d in snapshot.domains}
         self._real_kib = {d.name: d.current_kib for d in snapshot.domains}
         self.would_be = {
@@ -79,16 +80,6 @@ class DryRunHypervisor:
         host = HostStats(available_kib=snapshot.host.available_kib + freed_kib, total_kib=snapshot.host.total_kib)
         return replace(snapshot, host=host, domains=domains)
 
-    def ensure_stats_period(self, names: Iterable[str], period_s: int, deadline_s: float | None = None) -> list[str]:
-        # Reading stats is not acting on a guest: dry run sets the period so that it sees what the daemon would.
-        return self.real.ensure_stats_period(names, period_s, deadline_s=deadline_s)
-
-    def stats_period_failures(self) -> Mapping[str, str]:
-        return self.real.stats_period_failures()
-
-    def domain_names(self, deadline_s: float | None = None) -> set[str]:
-        return self.real.domain_names(deadline_s=deadline_s)
-
     def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
         results = []
         for change in changes:
@@ -96,6 +87,3 @@ class DryRunHypervisor:
             self.would_be[change.domain] = WouldBe(change.to_kib, real_kib)
             results.append(ApplyResult(change))
         return results
-
-    def close(self) -> None:
-        self.real.close()

@@ -21,12 +21,14 @@ lifecycle events, after a reconnect and on a slow timer, in at most SETTINGS_REA
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -35,13 +37,7 @@ import psutil
 
 from memcoord.core.model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
 from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
-from memcoord.hypervisor.domain_settings import (
-    MetadataValidator,
-    Parsed,
-    SettingsCache,
-    check_metadata,
-    parse_domain_xml,
-)
+from memcoord.hypervisor.domain_settings import Parsed, SettingsCache, parse_domain_xml
 
 log = logging.getLogger("memcoord")
 
@@ -167,6 +163,25 @@ def is_local(uri: str) -> bool:
     return not urlsplit(uri).hostname
 
 
+PSI_MEMORY_PATH = Path("/proc/pressure/memory")
+
+
+def memory_pressure_some_avg10(path: Path = PSI_MEMORY_PATH) -> float | None:
+    """The host's PSI memory `some avg10` (percent of the last 10 s in which some task waited for memory), read
+    from the kernel's file (psutil has no PSI); None where the kernel gives none (no CONFIG_PSI, booted psi=0:
+    the file is missing or refuses reads) or the line is not as documented."""
+    try:
+        with path.open(encoding="ascii") as f:
+            for line in f:
+                kind, _, fields = line.partition(" ")
+                if kind == "some":
+                    values = dict(field.split("=", 1) for field in fields.split() if "=" in field)
+                    return float(values["avg10"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
 def domain_stats(name: str, stats: dict[str, int], settings: DomainSettings | None = NO_SETTINGS) -> DomainStats | None:
     """The record as DomainStats; None without current and maximum, which nothing safe can be decided on."""
 
@@ -189,6 +204,18 @@ def domain_stats(name: str, stats: dict[str, int], settings: DomainSettings | No
     )
 
 
+def remote_available_kib(node: Mapping[str, int], qemu_rss_kib: int) -> int:
+    """Memory available on a host known only by libvirt's node stats (free, buffers, cached: no MemAvailable).
+
+    `cached` holds shmem, and guest RAM backed by memfd or a shared file is shmem: counted whole, a guest touching
+    its memory would not lower the host's available memory at all. Every such page is mapped by its QEMU and so
+    in that domain's RSS (qemu_rss_kib: the sum over all running domains), so the page cache beyond that sum
+    cannot be guest RAM: free + buffers + max(0, cached - qemu_rss_kib). It is a lower bound: where the guests'
+    RAM is anonymous (libvirt's default) their RSS is not in `cached`, and the cache counts only beyond it."""
+    cached_kib = max(0, node.get("cached", 0) - qemu_rss_kib)
+    return node.get("free", 0) + node.get("buffers", 0) + cached_kib
+
+
 def balloon_period_s(domain_xml: str) -> int | None:
     """The stats period in a domain's live XML: 0 without one (libvirt writes no <stats> for 0), None without
     a balloon device."""
@@ -199,38 +226,49 @@ def balloon_period_s(domain_xml: str) -> int | None:
     return int(stats.get("period", "0")) if stats is not None else 0
 
 
-def defined_domain_names(uri: str, timeout_s: float) -> set[str]:
-    """Every domain at uri, running or defined, over a read-only connection given up after timeout_s."""
+def _read_only(uri: str, what: str, fn: Callable[[libvirt.virConnect], T], timeout_s: float) -> T:
+    """fn on a read-only connection to uri, given up after timeout_s; HypervisorError naming the URI."""
     _quiet_libvirt_errors()
 
-    def names() -> set[str]:
+    def call() -> T:
         conn = libvirt.openReadOnly(uri)
         try:
-            return {dom.name() for dom in conn.listAllDomains(0)}
+            return fn(conn)
         finally:
             conn.close()
 
     try:
-        return _Call("listAllDomains", names).wait(timeout_s)
+        return _Call(what, call).wait(timeout_s)
     except TimeoutError:
         raise HypervisorError(f"{uri}: no answer in {timeout_s:.0f} s") from None
     except libvirt.libvirtError as exc:
         raise HypervisorError(f"{uri}: {exc.get_error_message()}") from None
 
 
+def defined_domain_names(uri: str, timeout_s: float) -> set[str]:
+    """Every domain at uri, running or defined, over a read-only connection given up after timeout_s."""
+    return _read_only(uri, "listAllDomains", lambda conn: {dom.name() for dom in conn.listAllDomains(0)}, timeout_s)
+
+
+def domain_xml(uri: str, name: str, timeout_s: float) -> str:
+    """A domain's definition (its inactive XML, what it starts with), read-only, given up after timeout_s."""
+    return str(
+        _read_only(
+            uri, "XMLDesc", lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), timeout_s
+        )
+    )
+
+
 class LibvirtHypervisor:
-    def __init__(self, uri: str, validate_metadata: MetadataValidator = check_metadata) -> None:
-        """validate_metadata checks a domain's memcoord metadata: by default in this process with the models
-        (they import pydantic); `memcoord run` gives a ChildMetadataValidator, which checks in a child."""
+    def __init__(self, uri: str) -> None:
         self.uri = uri
-        self._validate_metadata = validate_metadata
         self._conn: libvirt.virConnect | None = None
         self._opening: _Call[libvirt.virConnect] | None = None
         self._domains: dict[str, libvirt.virDomain] = {}
         # (uuid, domain id, period): a restarted domain gets a new id and needs its period set again.
         self._period_set: set[tuple[str, int, int]] = set()
         self._period_retry: dict[tuple[str, int, int], _PeriodRetry] = {}
-        self._abandoned: list[_Call[object]] = []
+        self._abandoned: list[_Call[Any]] = []
         self._settings = SettingsCache()
         self._settings_unreadable: dict[str, str] = {}
         self._event_ids: list[int] = []
@@ -242,7 +280,7 @@ class LibvirtHypervisor:
             return self._conn
         if self._opening is None:
             self._opening = _Call("open", lambda: libvirt.open(self.uri))
-        timeout_s = CONNECT_TIMEOUT_S
+        timeout_s: float = CONNECT_TIMEOUT_S
         if deadline_s is not None:
             timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
         try:
@@ -277,16 +315,29 @@ class LibvirtHypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 self._event_ids.append(conn.domainEventRegisterAny(None, event, changed, None))
 
-    def _drop(self) -> None:
+    def _drop(self, deadline_s: float | None = None) -> None:
+        """Forget the connection; deregister its events and close it in a call of its own, waited for no longer
+        than any other call (CALL_TIMEOUT_S, or until the deadline). Both are round trips to libvirtd: a daemon
+        that accepts but does not answer holds them until keepalive gives up, or for good when its event loop
+        still answers keepalive while its workers hang."""
         conn, self._conn = self._conn, None
         self._domains = {}
-        if conn is not None:
-            for event_id in self._event_ids:
+        event_ids, self._event_ids = self._event_ids, []
+        if conn is None:
+            return
+
+        def close() -> None:
+            for event_id in event_ids:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(event_id)
-            self._event_ids = []
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
+
+        timeout_s = CALL_TIMEOUT_S
+        if deadline_s is not None:
+            timeout_s = max(0.0, min(timeout_s, deadline_s - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            _Call("close", close).wait(timeout_s)  # unanswered, it goes on in its thread: the next tick reconnects
 
     def _bounded(self, what: str, fn: Callable[[], T], deadline_s: float | None = None) -> T:
         """Run one libvirt call, giving up after CALL_TIMEOUT_S or at the deadline, whichever comes first (the
@@ -299,7 +350,7 @@ class LibvirtHypervisor:
         self._abandoned = [call for call in self._abandoned if not call.done.is_set()]
         if len(self._abandoned) >= MAX_ABANDONED_CALLS:
             self._abandoned = []
-            self._drop()
+            self._drop(deadline_s)
             raise HypervisorError(f"{self.uri}: {MAX_ABANDONED_CALLS} calls unanswered, reconnecting")
         call = _Call(what, fn)
         try:
@@ -308,18 +359,31 @@ class LibvirtHypervisor:
             self._abandoned.append(call)
             raise TimeoutError(f"{what}: no answer from {self.uri} in {timeout_s:.1f} s") from None
 
-    def _host(self, conn: libvirt.virConnect, deadline_s: float | None) -> HostStats:
+    def _host(
+        self,
+        conn: libvirt.virConnect,
+        records: Sequence[tuple[libvirt.virDomain, Mapping[str, int]]],
+        deadline_s: float | None,
+    ) -> HostStats:
+        """The host's memory: MemAvailable (psutil) here; on a remote host libvirt's node stats, read by
+        remote_available_kib() against what the running domains' QEMUs hold (records: this tick's stats)."""
         if is_local(self.uri):
             vm = psutil.virtual_memory()
-            return HostStats(available_kib=vm.available // 1024, total_kib=vm.total // 1024)
+            return HostStats(
+                available_kib=vm.available // 1024,
+                total_kib=vm.total // 1024,
+                pressure_some_avg10=memory_pressure_some_avg10(),
+            )
+        # A remote host's PSI is not in libvirt's node stats: its pressure is not measured (None).
         node = self._bounded(
             "getMemoryStats", lambda: conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS), deadline_s
         )
-        available_kib = node.get("free", 0) + node.get("buffers", 0) + node.get("cached", 0)
-        return HostStats(available_kib=available_kib, total_kib=node.get("total", 0))
+        # A domain whose RSS libvirt did not give may hold up to its maximum.
+        qemu_kib = sum(int(stats.get("balloon.rss") or stats.get("balloon.maximum") or 0) for _dom, stats in records)
+        return HostStats(available_kib=remote_available_kib(node, qemu_kib), total_kib=node.get("total", 0))
 
     @contextlib.contextmanager
-    def _errors_as_hypervisor_error(self, conn: libvirt.virConnect) -> Iterator[None]:
+    def _errors_as_hypervisor_error(self, conn: libvirt.virConnect, deadline_s: float | None) -> Iterator[None]:
         """A libvirt error or a call with no answer as HypervisorError naming the URI.
 
         Only a lost connection is worth a new one: dropping a good connection for an error of one call (a domain
@@ -328,19 +392,24 @@ class LibvirtHypervisor:
             yield
         except libvirt.libvirtError as exc:
             if connection_lost(conn, exc):
-                self._drop()
+                self._drop(deadline_s)
             raise HypervisorError(f"{self.uri}: {exc.get_error_message()}") from None
         except TimeoutError as exc:
             raise HypervisorError(str(exc)) from None
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
         conn = self._connection(deadline_s)
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
-        with self._errors_as_hypervisor_error(conn):
-            records = self._bounded(
-                "getAllDomainStats", lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON, flags), deadline_s
-            )
-            host = self._host(conn, deadline_s)
+        balloon = libvirt.VIR_DOMAIN_STATS_BALLOON
+        with self._errors_as_hypervisor_error(conn, deadline_s):
+            if only is None:
+                records = self._bounded("getAllDomainStats", lambda: conn.getAllDomainStats(balloon, flags), deadline_s)
+            else:  # the handles of the last sample: looked up one by one, no lock on any other domain is waited for
+                handles = [dom for name, dom in self._domains.items() if name in only]
+                records = handles and self._bounded(
+                    "domainListGetStats", lambda: conn.domainListGetStats(handles, balloon, flags), deadline_s
+                )
+            host = self._host(conn, records, deadline_s)
         taken_at_s = time.time()
         self._domains = {dom.name(): dom for dom, _stats in records}
         uuids = {dom.UUIDString(): dom for dom, _stats in records}  # the handle's own, no round trip
@@ -387,7 +456,7 @@ class LibvirtHypervisor:
                 continue
             self._settings_unreadable.pop(uuid, None)
             try:
-                parsed = parse_domain_xml(dom.name(), xml_text, self._validate_metadata, deadline_s)
+                parsed = parse_domain_xml(dom.name(), xml_text)
             except Exception as exc:  # it promises not to raise; if it ever does, the loop goes on without the guest
                 parsed = Parsed(
                     DomainSettings(metadata_invalid=True),
@@ -395,12 +464,10 @@ class LibvirtHypervisor:
                 )
             for problem in self._settings.store(uuid, parsed, time.monotonic()):
                 log.warning("%s", problem, extra={"MEMCOORD_DOMAIN": dom.name(), "MEMCOORD_EVENT": "bad-settings"})
-            if parsed.recheck:
-                self._settings.retry([uuid])
 
     def domain_names(self, deadline_s: float | None = None) -> set[str]:
         conn = self._connection(deadline_s)
-        with self._errors_as_hypervisor_error(conn):
+        with self._errors_as_hypervisor_error(conn, deadline_s):
             doms = self._bounded("listAllDomains", lambda: conn.listAllDomains(0), deadline_s)
             return {dom.name() for dom in doms}
 
@@ -437,7 +504,7 @@ class LibvirtHypervisor:
             try:
                 self._bounded(
                     "setMemoryStatsPeriod",
-                    lambda dom=dom: dom.setMemoryStatsPeriod(period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    functools.partial(dom.setMemoryStatsPeriod, period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
                     deadline_s,
                 )
             except DeadlineSpent:
@@ -477,7 +544,7 @@ class LibvirtHypervisor:
         periods: dict[str, int | None] = {}
         for name, dom in self._domains.items():
             try:
-                xml = self._bounded("XMLDesc", lambda dom=dom: dom.XMLDesc(0), deadline_s)
+                xml = self._bounded("XMLDesc", functools.partial(dom.XMLDesc, 0), deadline_s)
             except (libvirt.libvirtError, TimeoutError, HypervisorError):
                 periods[name] = None
                 continue
@@ -494,14 +561,20 @@ class LibvirtHypervisor:
             try:
                 self._bounded(
                     "setMemory",
-                    lambda dom=dom, c=change: dom.setMemoryFlags(c.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                    functools.partial(dom.setMemoryFlags, change.to_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE),
                     deadline_s,
                 )
             except DeadlineSpent:
                 results.append(ApplyResult(change, SKIPPED_DEADLINE))
+            except TimeoutError as exc:
+                # Sent and given up on: the call goes on in its thread and may still land.
+                results.append(ApplyResult(change, str(exc), unknown=True))
             except libvirt.libvirtError as exc:
-                results.append(ApplyResult(change, exc.get_error_message()))
-            except (TimeoutError, HypervisorError) as exc:
+                # The connection lost: libvirtd may have read the request and may carry it out (a connection
+                # lost before the call was sent cannot be told apart here, and counting it as set is the safe side).
+                lost = connection_lost(dom.connect(), exc)  # the handle's own connection, no round trip
+                results.append(ApplyResult(change, exc.get_error_message(), unknown=lost))
+            except HypervisorError as exc:  # too many calls unanswered: this one was not sent
                 results.append(ApplyResult(change, str(exc)))
             else:
                 results.append(ApplyResult(change))

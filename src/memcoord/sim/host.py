@@ -16,13 +16,29 @@ programs' demand and an inflating balloon evict it first, so a program is OOM-ki
 the guest's whole size. The guest reports `unused` (MemFree) = current - used - cache and `usable` (MemAvailable)
 = current - used: the kernel's own reserve inside MemAvailable is a few MiB and is left out to keep the two
 figures easy to check. Cached pages are touched pages, so QEMU backs them (they count in RSS, i.e. in host memory).
+A reader may say its MemAvailable counts only part of its cache (`FileReader.available_pct`): a real guest
+streaming its disk was seen reporting less MemAvailable as its cache filled, and read as ramping.
+
+A lying guest (`SimGuest.claimed_unused_kib`, `claimed_usable_kib`) reports fixed figures whatever it holds; the
+run still judges it by the truth.
 
 The host's own use can change over time (`HostPressure`: a host process taking memory, ramped, then freed), on
 top of a fixed `host_other_used_kib`.
+
+A guest may boot during the run (`SimGuest.boot_s`): until then it is not running (not sampled, holds no host
+memory); it starts at its first `advance` past that time, unless the caller holds its start (`hold_start`: the run
+does, while a libvirt hook asks memcoord for room). Booted, it holds its kernel's memory and what its workload
+touches, as any guest.
+
+Host memory pressure (PSI): with `thrash_below_kib`, the host's own processes stall on memory while its available
+memory is below that line (their page cache is squeezed out and read again), in proportion to how far below: the
+share of time stalled, averaged over 10 s as the kernel's `some avg10` is (an exponential average), is what the
+host reports (`HostStats.pressure_some_avg10`). Without it the host reports no PSI (None).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +74,7 @@ class SimGuest:
     reader: FileReader | None = None
     has_balloon_stats: bool = True
     # What the guest's libvirt definition would say (metadata, min_guarantee): it travels with the guest.
-    settings: DomainSettings = NO_SETTINGS
+    settings: DomainSettings | None = NO_SETTINGS  # None: not read yet (memcoord plan seeds unread guests)
     current_kib: int = 0
     used_kib: int = KERNEL_USED_KIB
     cache_kib: int = 0
@@ -71,6 +87,11 @@ class SimGuest:
     # What the QEMU process holds beyond the guest's pages (its own code, device state, TCG or KVM structures):
     # host memory the guest never gives back. libvirt's RSS figure includes it.
     overhead_kib: int = 0
+    # When it boots (simulated seconds); None: running from the start.
+    boot_s: float | None = None
+    # A lying (hostile or broken) guest reports these as unused and usable whatever it holds; None: the truth.
+    claimed_unused_kib: int | None = None
+    claimed_usable_kib: int | None = None
 
     @property
     def unused_kib(self) -> int:
@@ -97,8 +118,15 @@ class SimulatedHypervisor:
         realtime: bool = False,
         host_other_used_kib: int = 0,
         host_pressure: Sequence[HostPressure] = (),
+        thrash_below_kib: int | None = None,
     ) -> None:
-        self.guests = {g.name: g for g in guests}
+        all_guests = list(guests)
+        self.guests = {g.name: g for g in all_guests if g.boot_s is None or g.boot_s <= start_s}
+        # Guests that boot later, and those whose boot is held (a hook asking for room first).
+        self.not_booted = {g.name: g for g in all_guests if g.name not in self.guests}
+        self.held_starts: set[str] = set()
+        self.thrash_below_kib = thrash_below_kib
+        self.pressure_avg10 = 0.0
         self.host_total_kib = host_total_kib
         self.host_other_used_kib = host_other_used_kib
         self.host_pressure = tuple(host_pressure)
@@ -124,12 +152,40 @@ class SimulatedHypervisor:
         return max(0, self.host_total_kib - self.host_held_kib())
 
     def _host(self) -> HostStats:
-        return HostStats(available_kib=self.host_available_kib(), total_kib=self.host_total_kib)
+        pressure = None if self.thrash_below_kib is None else round(self.pressure_avg10, 2)
+        return HostStats(
+            available_kib=self.host_available_kib(), total_kib=self.host_total_kib, pressure_some_avg10=pressure
+        )
+
+    def due_to_boot(self, until_s: float) -> list[SimGuest]:
+        """Guests not booted yet whose boot time comes by until_s."""
+        return [g for g in self.not_booted.values() if g.boot_s is not None and g.boot_s <= until_s]
+
+    def hold_start(self, name: str, held: bool) -> None:
+        """Hold a guest's boot (it stays down past its boot time) or let it boot at the next advance."""
+        if held:
+            self.held_starts.add(name)
+        else:
+            self.held_starts.discard(name)
+
+    def _boot_due(self) -> None:
+        for g in self.due_to_boot(self.now_s):
+            if g.name not in self.held_starts:
+                del self.not_booted[g.name]
+                self.guests[g.name] = g
+
+    def _stall_share(self) -> float:
+        """Percent of the time the host's processes stall on memory now (see the module docstring)."""
+        if not self.thrash_below_kib:
+            return 0.0
+        below_kib = self.thrash_below_kib - self.host_available_kib()
+        return 100.0 * min(1.0, max(0.0, below_kib / self.thrash_below_kib))
 
     def advance(self, dt_s: float) -> None:
         """Move time forward: balloons converge, workloads grow (or die), caches fill or are evicted, guests
         refresh their stats."""
         self.now_s += dt_s
+        self._boot_due()
         step_kib = int(self.balloon_rate_kib_per_s * dt_s)
         now_s = self.now_s
         for g in self.guests.values():
@@ -155,11 +211,17 @@ class SimulatedHypervisor:
             period_s = self.stats_period_s.get(g.name, 0)
             if g.has_balloon_stats and period_s and now_s - g.last_update_s >= period_s:
                 g.last_update_s = int(now_s)
-                g.reported_unused_kib = g.unused_kib
-                g.reported_usable_kib = g.usable_kib
+                g.reported_unused_kib = g.unused_kib if g.claimed_unused_kib is None else g.claimed_unused_kib
+                if g.claimed_usable_kib is not None:
+                    g.reported_usable_kib = g.claimed_usable_kib
+                else:
+                    uncounted_kib = 0 if reader is None else int(g.cache_kib * (100 - reader.available_pct) / 100)
+                    g.reported_usable_kib = g.usable_kib - uncounted_kib
                 g.reported_current_kib = g.current_kib
+        if self.thrash_below_kib is not None:
+            self.pressure_avg10 += (self._stall_share() - self.pressure_avg10) * (1 - math.exp(-dt_s / 10.0))
 
-    def sample(self, deadline_s: float | None = None) -> Snapshot:
+    def sample(self, deadline_s: float | None = None, only: frozenset[str] | None = None) -> Snapshot:
         if not self.reachable:
             raise HypervisorError("simulated hypervisor unreachable")
         self.sample_calls += 1
@@ -181,6 +243,7 @@ class SimulatedHypervisor:
                 settings=g.settings,
             )
             for g in self.guests.values()
+            if only is None or g.name in only
         )
         return Snapshot(host=self._host(), domains=domains, taken_at_s=self.now_s)
 

@@ -11,18 +11,60 @@ starves when that falls to `guest.starving_mib`: a guest full of page cache is n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from memcoord.core.config import Config
-from memcoord.core.model import KIB_PER_MIB, Change, Plan, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState
+from memcoord.core.model import KIB_PER_MIB, Snapshot, mib_to_kib
+from memcoord.core.room import Reservation, live, reserved_kib
 from memcoord.core.step import MEMCOORD, LoopPolicy, step
 from memcoord.sim.host import KERNEL_USED_KIB
-from memcoord.sim.policies import BalloonPolicy, MemcoordPolicy, PolicyFactory
-from memcoord.sim.policies import make as make_policy
 from memcoord.sim.scenario import SIM_EPOCH_S, Scenario, build_host
+
+# The host counts as under memory pressure while its PSI some avg10 is above this (RunReport.host_pressure_s): the
+# line `bench/compare.py`'s memcoord-psi run relieves at.
+PRESSURE_LINE_PCT = 10.0
+
+
+class _Hook:
+    """memcoord's libvirt hook on the simulated host: a guest about to boot asks for its room (start size + QEMU's
+    overhead) and boots once the tick's budget covers it, or when the hook gives up (fails open)."""
+
+    def __init__(self, hv: Any, config: Config, timeout_s: float) -> None:
+        self.hv = hv
+        self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
+        self.hold_s = config.room.hold_s
+        self.timeout_s = timeout_s
+        self.reservations: list[Reservation] = []
+        self.asked_at_s: dict[str, float] = {}
+        self.waits_s: dict[str, float] = {}
+
+    def step(self, until_s: float) -> None:
+        """Guests booting by until_s ask now (their boot is held meanwhile); a hook whose time is up gives up
+        and lets its guest boot (it fails open)."""
+        for g in self.hv.due_to_boot(until_s):
+            if g.name not in self.asked_at_s:
+                self.asked_at_s[g.name] = self.hv.now_s
+                want_kib = g.target_kib + self.overhead_kib
+                self.reservations.append(Reservation(want_kib, g.name, self.hv.now_s + self.hold_s))
+                self.hv.hold_start(g.name, True)
+        for name in list(self.hv.held_starts):
+            if self.hv.now_s - self.asked_at_s[name] >= self.timeout_s:
+                self._release(name)
+
+    def reserved_kib(self, snapshot: Snapshot) -> int:
+        self.reservations = live(self.reservations, snapshot, snapshot.taken_at_s)
+        return reserved_kib(self.reservations, snapshot)
+
+    def answer(self, budget_kib: int) -> None:
+        """After a tick: the waiting guests boot once the budget covers their room."""
+        if budget_kib >= 0:
+            for name in list(self.hv.held_starts):
+                self._release(name)
+
+    def _release(self, name: str) -> None:
+        self.waits_s[name] = self.hv.now_s - self.asked_at_s[name]
+        self.hv.hold_start(name, False)
 
 
 @dataclass(frozen=True)
@@ -46,13 +88,14 @@ def check_demand(scenario: Scenario, min_available_mib: float, duration_s: float
     """Replay the scenario's demand on a fresh host, without a policy and without kills."""
     duration_s = scenario.duration_s if duration_s is None else duration_s
     hv = build_host(scenario)
-    guests = list(hv.guests.values())
+    guests = [*hv.guests.values(), *hv.not_booted.values()]
     peak_need_kib = 0
     over_max: set[str] = set()
     for i in range(max(1, round(duration_s / scenario.step_s)) + 1):
         hv.now_s = SIM_EPOCH_S + i * scenario.step_s
-        need_kib = hv.host_used_kib() + sum(g.overhead_kib for g in guests)
-        for g in guests:
+        up = [g for g in guests if g.boot_s is None or g.boot_s <= hv.now_s]
+        need_kib = hv.host_used_kib() + sum(g.overhead_kib for g in up)
+        for g in up:
             want_kib = KERNEL_USED_KIB + g.workload.demand_kib(hv.now_s)
             if want_kib > g.max_kib:
                 over_max.add(g.name)
@@ -63,24 +106,6 @@ def check_demand(scenario: Scenario, min_available_mib: float, duration_s: float
         room_mib=scenario.host.total_mib - min_available_mib,
         over_max=tuple(sorted(over_max)),
     )
-
-
-class _ChangesOnly:
-    """A peer policy (an object whose decide(snapshot) returns changes and keeps its own state) as a loop
-    policy: its state is the object itself, and what was applied is nothing it records."""
-
-    def decide(self, snapshot: Snapshot, state: BalloonPolicy, config: Config) -> tuple[Plan, BalloonPolicy]:
-        return Plan(changes=state.decide(snapshot), classes={}, host_headroom_kib=0), state
-
-    def applied(self, state: BalloonPolicy, changes: Iterable[Change], now_s: float) -> BalloonPolicy:
-        return state
-
-
-def _loop_policy(policy_name: str | PolicyFactory, config: Config) -> tuple[LoopPolicy, Any]:
-    """The loop policy and its first state: memcoord's own runs as in the daemon, a peer through _ChangesOnly."""
-    if policy_name == "memcoord" or policy_name is MemcoordPolicy:
-        return MEMCOORD, PolicyState()
-    return _ChangesOnly(), make_policy(policy_name, config)
 
 
 @dataclass
@@ -136,6 +161,10 @@ class RunReport:
     # Seconds the host's available memory was below host.min_available_mib: in all, and the longest spell.
     host_below_guard_s: float = 0.0
     host_longest_below_guard_s: float = 0.0
+    # Seconds the host's PSI (some avg10) was above PRESSURE_LINE_PCT; None where the scenario models no PSI.
+    host_pressure_s: float | None = None
+    # Guests booted during the run: how long each waited for its room (make-room), in boot order.
+    boot_waits_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def oom_kills(self) -> int:
@@ -176,7 +205,7 @@ class RunReport:
 def run(
     scenario: Scenario,
     config: Config,
-    policy_name: str | PolicyFactory = "memcoord",
+    policy: LoopPolicy = MEMCOORD,
     duration_s: float | None = None,
     record: bool = False,
 ) -> RunReport:
@@ -190,34 +219,42 @@ def run(
     """
     duration_s = scenario.duration_s if duration_s is None else duration_s
     hv = build_host(scenario)
-    loop_policy, state = _loop_policy(policy_name, config)
-    label = state.name if loop_policy is not MEMCOORD else "memcoord"
+    state = policy.first_state(config)
     step_s = scenario.step_s
     n_steps = max(1, round(duration_s / step_s))
     tick_every = max(1, round(config.loop.interval_s / step_s))
     starving_kib = mib_to_kib(config.guest.starving_mib)
-    reports = {g.name: GuestReport(g.name, g.max_kib / KIB_PER_MIB) for g in hv.guests.values()}
+    all_guests = [*hv.guests.values(), *hv.not_booted.values()]
+    reports = {g.name: GuestReport(g.name, g.max_kib / KIB_PER_MIB) for g in all_guests}
+    # The hook is memcoord's: the peers have no make-room (their hosts start guests at once).
+    hook = _Hook(hv, config, scenario.host.hook_timeout_s) if scenario.host.make_room and policy is MEMCOORD else None
+    pressure_s: float | None = None if scenario.host.thrash_below_mib is None else 0.0
     timeline = Timeline() if record else None
     host_min_kib, host_min_at_s = hv.host_available_kib(), 0.0
-    guard_kib = mib_to_kib(config.host.min_available_mib)
+    guard_kib = mib_to_kib(config.guard_mib(hv.host_total_kib))
     below_guard_s = longest_below_s = 0.0
     below_since_s: float | None = None
 
     for i in range(n_steps):
         t_s = i * step_s
+        if hook is not None:
+            hook.step(hv.now_s + step_s)
         if i % tick_every == 0:
-            done = step(hv, config, state, loop_policy)
+            done = step(hv, config, state, policy, reserved_kib=None if hook is None else hook.reserved_kib)
             state = done.state
+            if hook is not None:
+                hook.answer(done.plan.host_headroom_kib)
             for result in done.results:
                 if result.ok:
                     reports[result.change.domain].balloon_changes += 1
             if timeline is not None:
                 timeline.t_s.append(t_s)
                 timeline.host_available_mib.append(hv.host_available_kib() / KIB_PER_MIB)
-                for g in hv.guests.values():
-                    timeline.current_mib.setdefault(g.name, []).append(g.current_kib / KIB_PER_MIB)
-                    timeline.used_mib.setdefault(g.name, []).append(g.used_kib / KIB_PER_MIB)
-                    timeline.cache_mib.setdefault(g.name, []).append(g.cache_kib / KIB_PER_MIB)
+                for g in all_guests:
+                    up = g.name in hv.guests  # a guest not booted yet has nothing
+                    timeline.current_mib.setdefault(g.name, []).append(g.current_kib / KIB_PER_MIB if up else 0.0)
+                    timeline.used_mib.setdefault(g.name, []).append(g.used_kib / KIB_PER_MIB if up else 0.0)
+                    timeline.cache_mib.setdefault(g.name, []).append(g.cache_kib / KIB_PER_MIB if up else 0.0)
         hv.advance(step_s)
         now_s = t_s + step_s
         for g in hv.guests.values():
@@ -236,6 +273,8 @@ def run(
             elif rep._starving_since_s is not None:
                 rep.relief_s.append(now_s - rep._starving_since_s)
                 rep._starving_since_s = None
+        if pressure_s is not None and hv.pressure_avg10 > PRESSURE_LINE_PCT:
+            pressure_s += step_s
         available_kib = hv.host_available_kib()
         if available_kib < host_min_kib:
             host_min_kib, host_min_at_s = available_kib, now_s
@@ -247,7 +286,7 @@ def run(
         else:
             below_since_s = None
 
-    for g in hv.guests.values():
+    for g in all_guests:
         rep = reports[g.name]
         rep.oom_kills = g.oom_kills
         rep.final_size_mib = g.current_kib / KIB_PER_MIB
@@ -256,7 +295,7 @@ def run(
             rep.relief_s.append(n_steps * step_s - rep._starving_since_s)
     return RunReport(
         scenario=scenario.name,
-        policy=label,
+        policy=policy.name,
         duration_s=n_steps * step_s,
         starving_mib=config.guest.starving_mib,
         host_total_mib=hv.host_total_kib / KIB_PER_MIB,
@@ -264,7 +303,9 @@ def run(
         host_min_at_s=host_min_at_s,
         guests=list(reports.values()),
         timeline=timeline,
-        host_guard_mib=config.host.min_available_mib,
+        host_guard_mib=config.guard_mib(hv.host_total_kib),
         host_below_guard_s=below_guard_s,
         host_longest_below_guard_s=longest_below_s,
+        host_pressure_s=pressure_s,
+        boot_waits_s={} if hook is None else hook.waits_s,
     )

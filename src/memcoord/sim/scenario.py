@@ -106,12 +106,21 @@ class CacheSpec(_Model):
     file_mib: float = Field(gt=0)
     start_s: float = Field(0, ge=0)
     stop_s: float | None = Field(None, gt=0)
+    # The share of the cache the guest counts in its MemAvailable (a real guest streaming its disk counted less).
+    available_pct: float = Field(100, ge=0, le=100)
 
     @model_validator(mode="after")
     def _stop_after_start(self) -> CacheSpec:
         if self.stop_s is not None and self.stop_s <= self.start_s:
             raise ValueError(f"stop_s ({self.stop_s}) must be after start_s ({self.start_s})")
         return self
+
+
+class ClaimsSpec(_Model):
+    """A lying guest: its balloon stats report these figures whatever it holds (absent: the truth)."""
+
+    unused_mib: float | None = Field(None, ge=0)
+    usable_mib: float | None = Field(None, ge=0)
 
 
 WorkloadSpec = Annotated[IdleSpec | GrowSpec | BurstSpec | SawtoothSpec | TraceSpec, Field(discriminator="kind")]
@@ -127,6 +136,9 @@ class GuestSpec(_Model):
     balloon_stats: bool = True
     workload: WorkloadSpec = IdleSpec(kind="idle")
     cache: CacheSpec | None = None
+    # The guest boots at this time (not running before); its workload's and cache's times count from its boot.
+    boot_s: float | None = Field(None, ge=0)
+    claims: ClaimsSpec | None = None
 
     @model_validator(mode="after")
     def _start_within_max(self) -> GuestSpec:
@@ -160,6 +172,12 @@ class HostSpec(_Model):
     pressure: tuple[PressureSpec, ...] = ()
     # What each guest's QEMU process holds beyond the guest's own pages (counted in its RSS, never given back).
     qemu_overhead_mib: int = Field(0, ge=0)
+    # The host's processes stall on memory (PSI) while its available memory is below this; absent: no PSI.
+    thrash_below_mib: int | None = Field(None, gt=0)
+    # memcoord's libvirt hook is installed: a guest booting during the run first asks memcoord for room
+    # (make-room) and boots once the room is there, or after hook_timeout_s.
+    make_room: bool = False
+    hook_timeout_s: float = Field(5.0, gt=0)
 
 
 class Scenario(_Model):
@@ -265,7 +283,12 @@ def _reader(spec: CacheSpec | None, offset_s: float) -> FileReader | None:
         file_kib=mib_to_kib(spec.file_mib),
         start_s=t0_s + spec.start_s,
         stop_s=None if spec.stop_s is None else t0_s + spec.stop_s,
+        available_pct=spec.available_pct,
     )
+
+
+def _claimed_kib(mib: float | None) -> int | None:
+    return None if mib is None else mib_to_kib(mib)
 
 
 def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHypervisor:
@@ -276,8 +299,9 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
         width = len(str(spec.count))
         for i in range(spec.count):
             name = spec.name if spec.count == 1 else f"{spec.name}-{i + 1:0{width}d}"
-            offset_s = rng.uniform(0, spec.stagger_s) if spec.stagger_s else 0.0
+            offset_s = (rng.uniform(0, spec.stagger_s) if spec.stagger_s else 0.0) + (spec.boot_s or 0.0)
             workload = _workload(scenario, spec.workload, offset_s, rng.randrange(2**32))
+            claims = spec.claims or ClaimsSpec()
             guests.append(
                 SimGuest(
                     name,
@@ -287,6 +311,9 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
                     reader=_reader(spec.cache, offset_s),
                     has_balloon_stats=spec.balloon_stats,
                     overhead_kib=mib_to_kib(scenario.host.qemu_overhead_mib),
+                    boot_s=None if spec.boot_s is None else SIM_EPOCH_S + spec.boot_s,
+                    claimed_unused_kib=_claimed_kib(claims.unused_mib),
+                    claimed_usable_kib=_claimed_kib(claims.usable_mib),
                 )
             )
     return SimulatedHypervisor(
@@ -305,4 +332,5 @@ def build_host(scenario: Scenario, realtime: bool = False) -> SimulatedHyperviso
             for p in scenario.host.pressure
         ],
         realtime=realtime,
+        thrash_below_kib=None if scenario.host.thrash_below_mib is None else mib_to_kib(scenario.host.thrash_below_mib),
     )

@@ -215,6 +215,8 @@ class FileReader:
     file_kib: int
     start_s: float = 0.0
     stop_s: float | None = None
+    # The share of the cached pages the guest's MemAvailable (balloon.usable) counts; the rest it reports as used.
+    available_pct: float = 100.0
 
     def reading(self, t_s: float) -> bool:
         return t_s >= self.start_s and (self.stop_s is None or t_s < self.stop_s)

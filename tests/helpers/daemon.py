@@ -22,13 +22,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def memcoord(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a subprocess, as an admin would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "memcoord.cli", *args], capture_output=True, text=True, timeout=timeout_s
-    )
-
-
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, every_s: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:

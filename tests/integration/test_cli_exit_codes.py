@@ -19,23 +19,7 @@ from pathlib import Path
 
 import pytest
 
-MEMCOORD = Path(sys.executable).parent / "memcoord"
-EX_USAGE, EX_NOINPUT, EX_CONFIG = os.EX_USAGE, os.EX_NOINPUT, os.EX_CONFIG  # 64, 66, 78 (sysexits.h)
-
-
-def memcoord(*args: str, prefix: tuple[str, ...] = (), timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
-    assert MEMCOORD.exists(), f"console script not installed at {MEMCOORD} (pip install -e .)"
-    return subprocess.run(
-        [*prefix, str(MEMCOORD), *args], capture_output=True, text=True, timeout=timeout_s, check=False
-    )
-
-
-def assert_clean_failure(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stdout == "", proc.stdout
-    for needle in needles:
-        assert needle in proc.stderr, (needle, proc.stderr)
+from tests.helpers.cli import EX_CONFIG, EX_NOINPUT, EX_USAGE, MEMCOORD, assert_clean_failure, memcoord
 
 
 @pytest.fixture
@@ -162,3 +146,47 @@ def test_fifo_without_writer_blocks_like_cat(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == EX_CONFIG and "guest.min_mib = 0" in err, err
+
+
+# `memcoord run` as the unit starts it, with a given Python prelude: exit 78 is the unit's "do not restart"
+# (RestartPreventExitStatus=78), so it must mean an invalid file and nothing else.
+RUN_WITH = "import sys{prelude}; from memcoord.cli import main; sys.exit(main(sys.argv[1:]))"
+NO_PYDANTIC = "; sys.modules['pydantic'] = None"  # a broken install: importing pydantic fails
+NO_CHILD = (  # any attempt to start a process fails, as with a moved or missing interpreter
+    "; import subprocess, os"
+    "; subprocess.Popen.__init__ = lambda *a, **k: (_ for _ in ()).throw(OSError('no process may start'))"
+    "; os.posix_spawn = os.fork = lambda *a, **k: (_ for _ in ()).throw(OSError('no process may start'))"
+)
+IDLE = '[libvirt]\nuri = "test:///default"\ndomains = ["none-such-*"]\n[status]\npath = "{state}"\n'
+
+
+@pytest.mark.parametrize(
+    ("case", "prelude", "text", "code"),
+    [
+        ("invalid file", "", "[guest]\nmin_mib = 0\n", EX_CONFIG),
+        ("missing file", "", None, EX_NOINPUT),
+        ("pydantic broken", NO_PYDANTIC, IDLE, 1),
+        ("no process can start", NO_CHILD, IDLE, os.EX_OK),
+    ],
+)
+def test_run_exits_78_for_an_invalid_file_and_for_nothing_else(
+    case: str, prelude: str, text: str | None, code: int, tmp_path: Path
+) -> None:
+    """Validation is in the daemon's own process: nothing but the file's content can make it exit 78. A start
+    that fails for another reason exits with another code (systemd restarts it), and a daemon that cannot start
+    any process validates and runs all the same."""
+    path = tmp_path / "memcoord.toml"
+    if text is not None:
+        path.write_text(text.format(state=tmp_path / "state.json"))
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_WITH.format(prelude=prelude), "run", "--config", str(path), "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == code, (case, proc.returncode, proc.stderr[-2000:])
+    if case == "pydantic broken":
+        assert "import of pydantic halted" in proc.stderr
+    if code == os.EX_OK:
+        assert "no running domain to coordinate, exiting" in proc.stderr, proc.stderr[-2000:]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.obs_daemon import SIM_GUESTS, Daemon, wait_for
+from tests.helpers.daemon import SIM_GUESTS, Daemon, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is a Debian package of `make deps`")
 

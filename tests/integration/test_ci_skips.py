@@ -9,7 +9,8 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-CONFTEST = (Path(__file__).resolve().parents[1] / "conftest.py").read_text()
+REPO = Path(__file__).resolve().parents[2]
+CONFTEST = (REPO / "tests" / "conftest.py").read_text()
 
 SKIPPING = """
 import pytest
@@ -37,6 +38,7 @@ def _run(p: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None) ->
         monkeypatch.delenv("CI", raising=False)
     else:
         monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the conftest's own imports (tests.helpers)
     return p.runpytest_subprocess("-rfEsxX")
 
 
@@ -101,6 +103,7 @@ def test_markers_are_strict(project: pytest.Pytester, monkeypatch: pytest.Monkey
     """pyproject's addopts carry --strict-markers: a misspelt marker is an error, here with the same option."""
     project.makepyfile(test_m="import pytest\n\n@pytest.mark.rael\ndef test_a():\n    pass\n")
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
     result = project.runpytest_subprocess("--strict-markers")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*'rael' not found in `markers` configuration option*"])

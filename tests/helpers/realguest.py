@@ -15,6 +15,9 @@ from lab import analysis
 from lab.session import LabRun
 from lab.timeline import Timeline
 
+# memcoord's first ticks (the idle guests' first reclaim) before any hog starts.
+BASELINE_S = 4
+
 
 def hog_state(run: LabRun, i: int) -> str:
     return run.lab.guest(i).console.state.hog_state

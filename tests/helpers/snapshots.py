@@ -1,0 +1,68 @@
+"""Hand-made snapshots for the policy's tests: guests with given sizes and stats, seen once or twice."""
+
+from __future__ import annotations
+
+from memcoord.core.config import Config
+from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState, decide
+
+GIB_KIB = mib_to_kib(1024)
+NOW_S = 10_000
+
+
+def dom(
+    name: str,
+    current_mib: int,
+    unused_mib: int | None,
+    *,
+    usable_mib: int | None = None,
+    max_mib: int = 2048,
+    last_s: int = NOW_S,
+    rss_mib: int | None = None,
+) -> DomainStats:
+    """A guest; usable is unused unless given (no page cache). Unless given, QEMU backs all of it (rss is
+    current plus the default 128 MiB overhead): a guest that touched all its memory once."""
+    if usable_mib is None:
+        usable_mib = unused_mib
+    return DomainStats(
+        name=name,
+        current_kib=mib_to_kib(current_mib),
+        max_kib=mib_to_kib(max_mib),
+        unused_kib=None if unused_mib is None else mib_to_kib(unused_mib),
+        usable_kib=None if usable_mib is None else mib_to_kib(usable_mib),
+        rss_kib=mib_to_kib(current_mib + 128 if rss_mib is None else rss_mib),
+        last_update_s=last_s if unused_mib is not None else None,
+    )
+
+
+def snap(*doms: DomainStats, available_mib: int = 16384, now_s: float = NOW_S) -> Snapshot:
+    return Snapshot(HostStats(mib_to_kib(available_mib), 24 * GIB_KIB), tuple(doms), now_s)
+
+
+def two_ticks(first: Snapshot, second: Snapshot, config: Config | None = None):
+    """Decide on `first` to build history, then on `second`; returns the second plan."""
+    config = config or Config()
+    _plan, state = decide(first, PolicyState(), config)
+    plan, _state = decide(second, state, config)
+    return plan
+
+
+def steady(*doms: DomainStats, available_mib: int = 16384, config: Config | None = None):
+    """The same guests seen twice, one second apart, with unchanged stats."""
+    later = tuple(bump(d) for d in doms)
+    return two_ticks(
+        snap(*doms, available_mib=available_mib, now_s=NOW_S),
+        snap(*later, available_mib=available_mib, now_s=NOW_S + 1),
+        config,
+    )
+
+
+def bump(d: DomainStats, seconds: int = 1) -> DomainStats:
+    fields = {f: getattr(d, f) for f in DomainStats.__slots__}
+    if d.last_update_s is not None:
+        fields["last_update_s"] = d.last_update_s + seconds
+    return DomainStats(**fields)
+
+
+def by_name(plan):
+    return {c.domain: c for c in plan.changes}

@@ -1,0 +1,228 @@
+"""A setMemory whose outcome is unknown (sent, no answer in time) may still land: step() records it with the
+policy like an accepted one, and the journal, the metrics and the timeline say "outcome unknown"."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from memcoord.admin.status import render
+from memcoord.core.config import Config, parse
+from memcoord.core.model import Action, ApplyResult, Change, Outcome, Plan, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState
+from memcoord.core.port import SKIPPED_DEADLINE
+from memcoord.core.step import step
+from memcoord.daemon import timeline
+from memcoord.daemon.observe import Observer
+from memcoord.daemon.service import Service
+from memcoord.hypervisor.libvirt import LibvirtHypervisor
+from memcoord.sim.host import Hog, SimGuest, SimulatedHypervisor
+
+SIM_START_S = 1_000_000.0  # SimulatedHypervisor's default start
+
+
+def _change(name: str, action: Action, from_mib: int, to_mib: int) -> Change:
+    return Change(name, action, mib_to_kib(from_mib), mib_to_kib(to_mib), "test")
+
+
+class _Scripted:
+    """A policy that plans the given changes once and keeps what applied() is told."""
+
+    def __init__(self, changes: Sequence[Change]) -> None:
+        self.changes = tuple(changes)
+        self.told: list[Change] = []
+
+    def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]:
+        return Plan(changes=self.changes, classes={}, host_headroom_kib=0), state
+
+    def applied(self, state: Any, changes: Iterable[Change], now_s: float) -> Any:
+        self.told.extend(changes)
+        return state
+
+
+class _Answers:
+    """A simulated host whose apply() answers each change as scripted by its domain name."""
+
+    def __init__(self, sim: SimulatedHypervisor, outcomes: dict[str, str]) -> None:
+        self.sim, self.outcomes = sim, outcomes
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sim, name)
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
+        out = []
+        for c in changes:
+            kind = self.outcomes[c.domain]
+            if kind == "set":
+                out.extend(self.sim.apply([c]))
+            elif kind == "unknown":
+                out.append(ApplyResult(c, "setMemory: no answer in 1.0 s", unknown=True))
+            elif kind == "skipped":
+                out.append(ApplyResult(c, SKIPPED_DEADLINE))
+            else:
+                out.append(ApplyResult(c, "refused"))
+        return out
+
+
+def test_step_tells_the_policy_of_accepted_and_unknown_changes_never_of_failed_or_skipped_ones() -> None:
+    names = ("set", "unknown", "failed", "skipped")
+    guests = [SimGuest(n, max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024)) for n in names]
+    sim = SimulatedHypervisor(guests, host_total_kib=mib_to_kib(16384))
+    changes = [
+        _change("set", Action.GROW, 1024, 1100),
+        _change("unknown", Action.RECLAIM, 1024, 900),
+        _change("failed", Action.GROW, 1024, 1100),
+        _change("skipped", Action.GROW, 1024, 1100),
+    ]
+    policy = _Scripted(changes)
+    done = step(_Answers(sim, {n: n for n in names}), Config(), None, policy)  # type: ignore[arg-type]
+    assert [c.domain for c in policy.told] == ["set", "unknown"]
+    assert {r.change.domain: r.outcome for r in done.results} == {
+        "set": Outcome.SET,
+        "unknown": Outcome.UNKNOWN,
+        "failed": Outcome.FAILED,
+    }
+    assert done.skipped == 1
+
+
+class _LandsLate:
+    """A host whose setMemory calls get no answer in time while `unanswered` is set, and land `lag` ticks later
+    (as a call left running in its thread does once the QEMU monitor or libvirtd wakes up)."""
+
+    def __init__(self, sim: SimulatedHypervisor, lag: int) -> None:
+        self.sim, self.lag, self.unanswered = sim, lag, True
+        self.sent: list[Change] = []
+        self._landing: list[tuple[int, Change]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sim, name)
+
+    def tick(self) -> None:
+        """One tick passed: what is due lands."""
+        due = [c for t, c in self._landing if t <= 1]
+        self._landing = [(t - 1, c) for t, c in self._landing if t > 1]
+        self.sim.apply(due)
+
+    def apply(self, changes: Sequence[Change], deadline_s: float | None = None) -> list[ApplyResult]:
+        if not self.unanswered:
+            return self.sim.apply(changes)
+        self.sent.extend(changes)
+        self._landing.extend((self.lag, c) for c in changes)
+        return [ApplyResult(c, f"setMemory: no answer from sim in {1.0:.1f} s", unknown=True) for c in changes]
+
+
+def _grower() -> SimGuest:
+    return SimGuest(
+        "grower",
+        max_kib=mib_to_kib(4096),
+        target_kib=mib_to_kib(1024),
+        workload=Hog(mib_to_kib(60), start_s=SIM_START_S),
+    )
+
+
+def test_a_grow_of_unknown_outcome_is_held_while_it_may_land_not_granted_twice(tmp_path: Path) -> None:
+    """The grower starves; its first grow gets no answer and lands two ticks later. Counted as set (policy.applied
+    then holds it in the guard), it is not sent again while on its way: a second call would queue behind the
+    hung one, and the policy would be deciding from a balloon size that is no longer the truth."""
+    grower = _grower()
+    sim = SimulatedHypervisor([grower], host_total_kib=mib_to_kib(16384))
+    late = _LandsLate(sim, lag=2)
+    late.unanswered = False
+    config = parse("[loop]\ninterval_s = 1.0\n")
+    state: Any = PolicyState()
+    for _ in range(40):  # until the policy grows it (stats flow, the hog makes it starve)
+        late.unanswered = True
+        done = step(late, config, state)  # type: ignore[arg-type]
+        state = done.state
+        late.tick()
+        sim.advance(1.0)
+        if late.sent:
+            break
+    assert len(late.sent) == 1 and late.sent[0].action is Action.GROW, late.sent
+    first = late.sent[0]
+    for _ in range(2):  # the two ticks before it lands: the guest still looks as before, and still starves
+        done = step(late, config, state)  # type: ignore[arg-type]
+        state = done.state
+        late.tick()
+        sim.advance(1.0)
+    assert late.sent == [first], f"grown again before its first grow landed: {late.sent}"
+    assert grower.target_kib == first.to_kib  # and the first did land
+
+
+def test_journal_metrics_and_timeline_say_outcome_unknown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sim = SimulatedHypervisor([_grower()], host_total_kib=mib_to_kib(16384))
+    late = _LandsLate(sim, lag=1)
+    cfg = tmp_path / "memcoord.toml"
+    cfg.write_text(f'[timeline]\npath = "{tmp_path / "timeline.jsonl"}"\n')
+    observer = Observer()
+    service = Service(cfg, parse(cfg.read_text()), lambda _uri: late, observer=observer)  # type: ignore[arg-type,return-value]
+    caplog.set_level(logging.INFO, logger="memcoord")
+    observer.start()
+    try:
+        for _ in range(40):
+            assert service.tick()
+            late.tick()
+            sim.advance(1.0)
+            if late.sent:
+                break
+    finally:
+        observer.stop()
+    assert late.sent, "the policy never grew the grower: nothing to report"
+    warnings = [r for r in caplog.records if "setMemory outcome unknown" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING, [r.getMessage() for r in caplog.records]
+    assert warnings[0].__dict__["MEMCOORD_OUTCOME"] == "unknown"
+    assert not [r for r in caplog.records if "setMemory failed" in r.getMessage()]
+    scrape = observer.endpoint.text().decode()
+    assert 'memcoord_errors_total{kind="set_memory_unknown"} 1.0' in scrape, scrape
+    assert 'memcoord_errors_total{kind="set_memory"} 0.0' in scrape, scrape
+    lines = [json.loads(x) for x in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    acts = [a for line in lines for a in timeline.actions(line)]
+    assert [a.outcome for a in acts] == [Outcome.UNKNOWN] and not acts[0].applied, acts
+    assert observer.view is not None
+    assert any("OUTCOME UNKNOWN: setMemory: no answer" in line for line in render(observer.view)), render(observer.view)
+
+
+class _Dom:
+    """A libvirt domain handle whose setMemoryFlags raises the given error, or hangs for hang_s."""
+
+    def __init__(self, code: int = 0, domain: int = 0, alive: bool = True, hang_s: float = 0.0) -> None:
+        self.code, self.domain, self.alive, self.hang_s = code, domain, alive, hang_s
+
+    def setMemoryFlags(self, _kib: int, _flags: int) -> int:
+        if self.hang_s:
+            time.sleep(self.hang_s)
+            return 0
+        exc = libvirt.libvirtError("injected")
+        exc.err = (self.code, self.domain, "injected error", libvirt.VIR_ERR_ERROR, None, None, None, 0, 0)
+        raise exc
+
+    def connect(self) -> _Dom:
+        return self
+
+    def isAlive(self) -> int:
+        return int(self.alive)
+
+
+@pytest.mark.parametrize(
+    ("dom", "outcome"),
+    [
+        (_Dom(libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_FROM_DOMAIN), Outcome.FAILED),  # refused
+        (_Dom(libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU), Outcome.FAILED),  # not running
+        (_Dom(libvirt.VIR_ERR_RPC, libvirt.VIR_FROM_RPC), Outcome.UNKNOWN),  # the connection broke under it
+        (_Dom(libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, alive=False), Outcome.UNKNOWN),
+        (_Dom(hang_s=0.5), Outcome.UNKNOWN),  # no answer before the deadline
+    ],
+    ids=["refused", "not-running", "rpc-error", "connection-dead", "no-answer"],
+)
+def test_the_libvirt_adapter_tells_a_failed_set_memory_from_one_of_unknown_outcome(dom: _Dom, outcome: Outcome) -> None:
+    hv = LibvirtHypervisor("qemu:///system")
+    hv._domains = {"g": dom}  # type: ignore[dict-item]
+    [result] = hv.apply([_change("g", Action.GROW, 1024, 1100)], deadline_s=time.monotonic() + 0.2)
+    assert result.outcome is outcome, result
