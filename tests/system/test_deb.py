@@ -250,8 +250,9 @@ def test_2_previous_installs_offline_unit_not_enabled(ct: Container, release: Re
     assert where["memcoord"].startswith(release.code + "/"), where
     pydantic_home = f"{release.code}/lib/" if release.name == "bookworm" else "/usr/lib/python3/dist-packages/"
     assert where["pydantic"].startswith(pydantic_home), where
+    # dh_python3 writes "#! /usr/bin/python3" (a blank after #!, which the kernel skips); the venv's has none.
     shebang = ct.run(["head", "-1", "/usr/bin/memcoord"]).stdout.strip()
-    assert shebang.removesuffix("3") == f"#!{release.interpreter}".removesuffix("3"), shebang
+    assert shebang.replace("#! ", "#!").removesuffix("3") == f"#!{release.interpreter}".removesuffix("3"), shebang
     if release.name == "trixie":
         depends = {d.split()[0] for d in field(debs["current"].path, "Depends").split(", ")}
         assert depends >= TRIXIE_DEPENDS, TRIXIE_DEPENDS - depends
