@@ -8,7 +8,7 @@ VENV ?= .venv
 DEBS = python3 python3-venv python3-pip python3-libvirt python3-systemd \
        qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients \
        busybox-static linux-image-amd64 cpio gcc libc6-dev systemd-container debootstrap tmux \
-       prometheus
+       prometheus lintian
 
 .PHONY: deps venv preflight test lint demo
 
@@ -34,8 +34,8 @@ test: deps preflight venv lint  ## every test, real libvirtd and guests included
 	$(VENV)/bin/pytest -v
 
 lint: venv  ## everything that ships or tests; mypy: strict on memcoord.core and memcoord.daemon ([tool.mypy])
-	$(VENV)/bin/ruff check src tests lab bench scripts
-	$(VENV)/bin/ruff format --check src tests lab bench scripts
+	$(VENV)/bin/ruff check src tests lab bench scripts packaging/build-deb
+	$(VENV)/bin/ruff format --check src tests lab bench scripts packaging/build-deb
 	$(VENV)/bin/mypy
 
 PREFIX ?= /opt/memcoord
@@ -88,23 +88,22 @@ uninstall:
 demo: deps venv  ## README command 1: 4 real guests, the real memcoord, a live table, a PNG in artifacts/demo/
 	$(VENV)/bin/python -m lab.demo
 
-# The Debian package (README: "Install"): dh-virtualenv, built from a copy of the tree; needs PyPI now, not at install.
-# DEB_VERSION=... builds another package version (for upgrade tests). Output: dist/memcoord_<version>_amd64.deb
-DEB_BUILD_DEPS = dh-virtualenv debhelper build-essential python3-venv python3-libvirt python3-systemd
+# The Debian package (README: "Install"), built from a copy of the tree into dist/. `make deb` builds the package
+# of this machine's release here (installing its Build-Depends); `make deb RELEASE=trixie` (or bookworm) builds that
+# release's package in a fresh root of that release (debootstrap once, cached; systemd-nspawn). Debian 13: pybuild
+# on Debian's libraries, no network. Debian 12: dh-virtualenv, PyPI at build time, not at install.
+# DEB_VERSION=... builds another package version (for upgrade tests).
 DEB_OUT ?= dist
+DEB_ARGS = $(if $(RELEASE),--release $(RELEASE),--install-build-deps) $(if $(DEB_VERSION),--version $(DEB_VERSION))
 
-.PHONY: deb deb-deps man
+.PHONY: deb man
 
-deb-deps:  ## what `make deb` needs (as root)
-	@missing=$$(for p in $(DEB_BUILD_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+deb:  ## dist/memcoord_<version>_<arch>.deb (as root)
+	packaging/build-deb $(DEB_ARGS) $(DEB_OUT)
 
-deb: deb-deps
-	MEMCOORD_DEB_VERSION=$(DEB_VERSION) packaging/build-deb $(DEB_OUT)
-
-# memcoord(8), memcoord.toml(5) and the bash completion, generated from the code, into build/ (`man -l build/man/memcoord.8`)
+# memcoord(8), memcoord.toml(5), the bash completion and the journal catalog, generated from the code, into build/
+# (`man -l build/man/memcoord.8`)
 man: venv
 	$(VENV)/bin/python -m memcoord.buildtime.manpage build/man
 	$(VENV)/bin/python -m memcoord.buildtime.completion > build/memcoord.bash-completion
+	$(VENV)/bin/python -m memcoord.buildtime.catalog > build/memcoord.catalog

@@ -37,6 +37,7 @@ import tomli_w
 
 from bench.real_soak import pss_kib, status_kib
 from lab.coordinator import SHIPPED_CONFIG, memcoord_command
+from memcoord.hypervisor.domain_settings import NAMESPACE
 
 TICK_WAIT_S = 60.0
 # Large packages: --modules lists those the daemon has loaded.
@@ -139,7 +140,7 @@ def write_config(work: Path, uri: str, domains: list[str]) -> Path:
     return path
 
 
-METADATA_NS = "https://memcoord.example/xmlns/1"
+METADATA_NS = NAMESPACE
 METADATA_BODIES = (
     "<memcoord:min_mib>600</memcoord:min_mib><memcoord:max_mib>1800</memcoord:max_mib>",
     "<memcoord:min_mib>2G</memcoord:min_mib>",

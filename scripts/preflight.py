@@ -26,6 +26,8 @@ TOOLS = {
     "setpriv": "util-linux",
     "tmux": "tmux",
     "promtool": "prometheus",
+    "lintian": "lintian",
+    "journalctl": "systemd",
     "gcc": "gcc",
     "cpio": "cpio",
     "busybox": "busybox-static",

@@ -1,14 +1,13 @@
-"""A Debian 12 container booted with systemd-nspawn: real systemd 252 as PID 1, the host's libvirt socket bound in.
+"""A Debian container booted with systemd-nspawn: real systemd (252 in Debian 12, 257 in Debian 13) as PID 1, the
+host's libvirt socket bound in.
 
-The Debian root is built once with debootstrap and cached as a tarball under the cache dir (MEMCOORD_TEST_CACHE,
-default /var/cache/memcoord-test); each test session unpacks a fresh copy, so `make install` always runs on a
-clean system.
+The Debian root is built once per release and package list with debootstrap and cached as a tarball under the
+cache dir (MEMCOORD_TEST_CACHE, default /var/cache/memcoord-test; lab/debroot.py); each test unpacks a fresh copy,
+so `make install` and the packages always run on a clean system.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
 import shutil
@@ -18,38 +17,14 @@ import tarfile
 import time
 from pathlib import Path
 
-CACHE = Path(os.environ.get("MEMCOORD_TEST_CACHE", "/var/cache/memcoord-test"))
-MIRROR = os.environ.get("MEMCOORD_TEST_MIRROR", "http://deb.debian.org/debian")
-# systemd as init; procps for /bin/kill (ExecReload); make + python3-* so README's `make install` finds its
-# apt packages already there (it still runs apt-get, which then needs no network), and so the .deb's dependencies
-# are there as on a KVM host; man-db for `man memcoord`.
-PACKAGES = [
-    "systemd",
-    "systemd-sysv",
-    "dbus",
-    "procps",
-    "make",
-    "ca-certificates",
-    "python3",
-    "python3-venv",
-    "python3-libvirt",
-    "python3-systemd",
-    "man-db",
-]
-# A stock Debian 12 libvirt host on top: its own libvirtd (socket-activated by systemd, polkit for the read-write
-# socket, the `libvirt` group and the polkit rule that grants it access), for running the unit as a user.
-# iptables, libvirt-daemon-system-systemd and libpam-systemd (polkitd's logind) are the alternatives apt would pick:
-# debootstrap does not choose among alternatives.
-LIBVIRT_HOST_PACKAGES = [
-    *PACKAGES,
-    "libvirt-daemon-system",
-    "libvirt-daemon-system-systemd",
-    "libvirt-daemon-driver-qemu",
-    "libvirt-clients",
-    "polkitd",
-    "libpam-systemd",
-    "iptables",
-]
+from lab import debroot
+from lab.debroot import CACHE
+
+__all__ = ["CACHE", "LIBVIRT_HOST_PACKAGES", "PACKAGES", "Container", "exposure", "repo_files"]
+
+# The Debian roots and their package lists live in lab/debroot.py, shared with `make deb RELEASE=...`.
+PACKAGES = debroot.BOOKWORM
+LIBVIRT_HOST_PACKAGES = debroot.BOOKWORM_LIBVIRT_HOST
 # The environment of an admin's root shell, not the test runner's (no PIP_*, no VIRTUAL_ENV, no pager).
 ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -59,36 +34,6 @@ ENV = {
     "SYSTEMD_PAGER": "",
     "SYSTEMD_COLORS": "0",
 }
-
-
-def base_tarball(packages: list[str] = PACKAGES) -> Path:
-    """Return the cached Debian 12 root tarball, building it with debootstrap (about a minute) if absent."""
-    key = hashlib.sha256(f"bookworm {MIRROR} {' '.join(packages)}".encode()).hexdigest()[:12]
-    tarball = CACHE / f"bookworm-systemd-{key}.tar"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if tarball.exists():
-            return tarball
-        work = CACHE / f"debootstrap-{key}"
-        shutil.rmtree(work, ignore_errors=True)
-        subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(packages)}",
-                "bookworm",
-                str(work),
-                MIRROR,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        tmp = tarball.with_suffix(".partial")
-        subprocess.run(["tar", "-C", str(work), "-cf", str(tmp), "."], check=True)
-        tmp.rename(tarball)
-        shutil.rmtree(work)
-    return tarball
 
 
 def repo_files(repo: Path) -> list[str]:
@@ -106,12 +51,18 @@ class Container:
     """One booted container; `run` executes a command inside it (all namespaces of its PID 1)."""
 
     def __init__(
-        self, name: str, workdir: Path, packages: list[str] = PACKAGES, bind_host_libvirt: bool = True
+        self,
+        name: str,
+        workdir: Path,
+        packages: list[str] = PACKAGES,
+        bind_host_libvirt: bool = True,
+        release: str = "bookworm",
     ) -> None:
         """bind_host_libvirt: see the host's libvirtd through /run/libvirt; False for a root with its own."""
         self.name = name
         self.workdir = workdir
         self.packages = packages
+        self.release = release
         self.bind_host_libvirt = bind_host_libvirt
         self.root = workdir / "root"
         self.log_path = workdir / "nspawn.log"
@@ -121,8 +72,7 @@ class Container:
     def prepare(self, repo: Path, dest: str = "/root/memcoord") -> None:
         """Unpack a fresh root and copy the repository into it (as an admin's clone would be)."""
         shutil.rmtree(self.workdir, ignore_errors=True)
-        self.root.mkdir(parents=True)
-        subprocess.run(["tar", "-C", str(self.root), "-xf", str(base_tarball(self.packages))], check=True)
+        debroot.unpack(self.release, self.packages, self.root)
         target = self.root / dest.lstrip("/")
         with tarfile.open(self.workdir / "repo.tar", "w") as tar:
             for f in repo_files(repo):
@@ -131,7 +81,9 @@ class Container:
         subprocess.run(["tar", "-C", str(target), "-xf", str(self.workdir / "repo.tar")], check=True)
         # The host's trust store: where HTTPS goes through an inspecting proxy, pip in the container needs its CA,
         # exactly as pip on the host does. On an ordinary network this is the same Mozilla bundle.
-        shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc/ssl/certs/ca-certificates.crt")
+        # (A root without ca-certificates has no pip to feed.)
+        if (self.root / "etc/ssl/certs").is_dir():
+            shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc/ssl/certs/ca-certificates.crt")
         (self.root / "etc/hostname").write_text(self.name + "\n")
 
     def boot(self, timeout: float = 90, private_network: bool = False) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import tomli_w
 
+from memcoord.hypervisor.domain_settings import NAMESPACE
+
 # libvirt's test driver keeps a domain's definition (its <metadata> included) but reports no balloon stats, and a
 # guest without them is not in memcoord's sample. This runs the real `memcoord run` with the driver's bulk stats
 # given the two figures the test driver does know for each domain (virDomainGetInfo: current and maximum KiB);
@@ -30,7 +32,7 @@ libvirt.virConnect.getAllDomainStats = with_balloon
 from memcoord.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-METADATA_NS = "https://memcoord.example/xmlns/1"
+METADATA_NS = NAMESPACE
 
 
 def _test_domain(name: str, uuid_tail: int, settings: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +23,7 @@ from memcoord.daemon.observe import Observer
 from memcoord.daemon.service import Service
 from memcoord.hypervisor.domain_settings import (
     NAMESPACE,
+    OLD_NAMESPACES,
     Parsed,
     SettingsCache,
     parse_domain_xml,
@@ -71,6 +73,26 @@ def test_metadata_as_virsh_writes_it_and_as_an_admin_may():
         assert parsed.problems == ()
         assert dict(parsed.settings.metadata) == {"min_mib": 1024, "max_mib": 4096, "enabled": False}
         assert parsed.settings.min_guarantee_kib is None
+
+
+def test_settings_under_the_old_namespace_are_read_and_named():
+    """0.3's placeholder namespace is still read (its settings apply, the guest stays managed), with a note on how to
+    move them; a domain that has both is read from the current one."""
+    (old,) = OLD_NAMESPACES
+    body = "<memcoord:min_mib>1024</memcoord:min_mib><max_mib>4096</max_mib>"
+    parsed = parse_domain_xml("web1", domain_xml(settings_xml(body).replace(NAMESPACE, old)))
+    assert dict(parsed.settings.metadata) == {"min_mib": 1024, "max_mib": 4096}
+    assert not parsed.settings.metadata_invalid
+    (note,) = parsed.problems
+    assert "web1" in note and old in note and f"virsh metadata web1 {NAMESPACE} --key memcoord" in note, note
+    both = settings_xml("<min_mib>2048</min_mib>") + settings_xml(body).replace(NAMESPACE, old)
+    parsed = parse_domain_xml("web1", domain_xml(both))
+    assert dict(parsed.settings.metadata) == {"min_mib": 2048} and parsed.problems == ()
+
+
+def test_the_namespace_is_a_uri_no_one_else_owns():
+    assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", NAMESPACE)
+    assert NAMESPACE not in OLD_NAMESPACES
 
 
 def test_no_metadata_and_another_programs_metadata_set_nothing():

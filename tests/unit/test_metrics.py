@@ -122,6 +122,23 @@ def test_operator_series_floor_ceiling_reload_and_hash(tmp_path: Path):
     )
 
 
+def test_process_series_are_the_daemons_own(tmp_path: Path):
+    """process_* (the client library's process collector) describe this process: its RSS and start time."""
+    import psutil
+
+    cfg = tmp_path / "memcoord.toml"
+    cfg.write_text("")
+    service = Service(cfg, parse(""), lambda _uri: demo_host(), observer=Observer(publish=False))
+    service.tick()
+    found = samples(service.observer.endpoint.text().decode())
+    me = psutil.Process()
+    rss = found["process_resident_memory_bytes"][0].value
+    assert 0.5 * me.memory_info().rss < rss < 2 * me.memory_info().rss, (rss, me.memory_info().rss)
+    assert abs(found["process_start_time_seconds"][0].value - me.create_time()) < 2
+    assert found["process_cpu_seconds_total"][0].value > 0
+    assert found["process_open_fds"][0].value > 0
+
+
 def test_starving_seconds_count_the_time_a_guest_starves(tmp_path: Path):
     """A guest held at a 512 MiB ceiling while its program wants 460 MiB stays starving; the others never do."""
     sim = demo_host()

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import inspect
 import os
 import pkgutil
 import re
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Iterator
@@ -73,6 +75,26 @@ dry_run = true
 [domains."db1"]
 min_mib = 4096
 """
+# memcoord(8)'s EXAMPLES: what each does, then the commands.
+EXAMPLES_8 = (
+    ("See what memcoord would do to each guest now, before it does anything:", "memcoord plan"),
+    (
+        "Check a changed config file, then apply it without a restart:",
+        "memcoord check-config /etc/memcoord.toml && systemctl reload memcoord",
+    ),
+    (
+        "Start it now and at every boot, then follow its actions:",
+        "systemctl enable --now memcoord\njournalctl -u memcoord -f",
+    ),
+    (
+        "Why a guest's memory changed: every action on it, each with its explanation from the journal's catalog:",
+        "journalctl -x -u memcoord MEMCOORD_DOMAIN=web1",
+    ),
+    (
+        "Hand the guests back to manual control, before removing the package:",
+        "systemctl stop memcoord\nmemcoord restore",
+    ),
+)
 UNITS = {"_mib": "MiB", "_kib": "KiB", "_pct": "percent", "_per_s": "per second", "_s": "seconds"}
 
 
@@ -81,6 +103,31 @@ def esc(text: str) -> str:
     """Text for a roff line: backslashes and hyphens escaped, no line starting with a control character."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
     return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n"))
+
+
+def inline(text: str) -> str:
+    """Text for a roff line (esc), with `code` spans in bold without their backticks."""
+    return re.sub(r"`([^`]+)`", r"\\fB\1\\fR", esc(text))
+
+
+def example(text: str) -> list[str]:
+    """An example block: indented, in a fixed-width font, line by line as given."""
+    return [".RS 4", ".EX", esc(text.rstrip("\n")), ".EE", ".RE"]
+
+
+def prose(text: str) -> list[str]:
+    """A docstring as roff: paragraphs (blank-line separated) as .PP, blocks indented deeper than the text as
+    example blocks (.EX/.EE, kept line by line), `code` spans in bold without their backticks."""
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", inspect.cleandoc(text)):
+        lines = block.split("\n")
+        if out:
+            out.append(".PP")
+        if all(line.startswith("    ") for line in lines):
+            out += example(textwrap.dedent(block))
+        else:
+            out.append(inline(" ".join(block.split())))
+    return out
 
 
 def _header(name: str, section: int, title: str) -> list[str]:
@@ -220,7 +267,7 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
     for name, help_text, sub in subs:
         lines += [".SS " + esc(name), f".B {esc(_usage(sub))}", ".PP", esc(sentence(help_text))]
         if sub.description and sub.description != help_text:
-            lines += [".PP", esc(sub.description)]
+            lines += [".PP", inline(sub.description)]
         for action in arguments(sub):
             lines += [".TP", _argument_term(sub, action), esc(_argument_help(sub, action))]
     lines += [".SH OPTIONS", "Before the command:"]
@@ -257,9 +304,13 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
         "\\fI/var/lib/memcoord/\\fR",
         "The unit's state directory: the place for \\fBtimeline.path\\fR.",
         ".TP",
-        "\\fI/lib/systemd/system/memcoord.service\\fR",
-        "The unit (Debian package; \\fBmake install\\fR puts it in /etc/systemd/system). Change it with "
-        "\\fBsystemctl edit memcoord\\fR.",
+        "\\fI/usr/lib/systemd/system/memcoord.service\\fR",
+        "The unit of the Debian package (/lib/systemd/system on Debian 12; \\fBmake install\\fR puts it in "
+        "/etc/systemd/system). Change it with \\fBsystemctl edit memcoord\\fR.",
+        ".TP",
+        "\\fI/usr/lib/systemd/catalog/memcoord.catalog\\fR",
+        "What each of memcoord's journal records means, shown by \\fBjournalctl \\-x\\fR (the package runs "
+        "\\fBjournalctl \\-\\-update\\-catalog\\fR through systemd's trigger).",
         ".TP",
         "\\fI/usr/share/memcoord/\\fR",
         "Prometheus alert rules, scrape config and Grafana dashboard; the unit drop-in that lets a central "
@@ -274,15 +325,14 @@ def memcoord_8(parser: argparse.ArgumentParser | None = None) -> str:
         "The daemon's make-room socket (\\fBroom.socket\\fR), mode 0660, group \\fBstatus.group\\fR.",
         ".TP",
         "\\fI/opt/venvs/memcoord/\\fR",
-        "The Python environment of the Debian package (pydantic and the other dependencies from PyPI; libvirt and "
-        "systemd bindings from Debian).",
+        "The Python environment of the Debian 12 package (pydantic and the other dependencies from PyPI; libvirt "
+        "and systemd bindings from Debian). The Debian 13 package has none: it uses Debian's python3 libraries.",
         ".SH EXAMPLES",
-        ".nf",
-        "memcoord check\\-config /etc/memcoord.toml && systemctl reload memcoord",
-        "systemctl enable \\-\\-now memcoord",
-        "journalctl \\-u memcoord \\-f",
-        "memcoord status",
-        ".fi",
+    ]
+    for i, (what, commands) in enumerate(EXAMPLES_8):
+        lines += [".PP"] if i else []
+        lines += [esc(what), *example(commands)]
+    lines += [
         ".SH SEE ALSO",
         "\\fBmemcoord.toml\\fR(5), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1), \\fBvirsh\\fR(1)",
     ]
@@ -377,7 +427,7 @@ def _key_entry(key: str, field: FieldInfo) -> list[str]:
     if b := bounds(field):
         facts.append(b)
     facts.append(f"default {_default_text(field)}")
-    lines = [".TP", f"\\fB{esc(key)}\\fR ({esc('; '.join(facts))})", esc(field.description or "")]
+    lines = [".TP", f"\\fB{esc(key)}\\fR ({esc('; '.join(facts))})", inline(field.description or "")]
     if example := _example(key, field):
         lines += [".br", f"Example: \\fB{esc(example)}\\fR"]
     return lines
@@ -401,14 +451,12 @@ def memcoord_toml_5() -> str:
         "Units are in the key names: \\fB_mib\\fR MiB (1024 KiB), \\fB_pct\\fR percent, \\fB_s\\fR seconds. "
         "Check a change, then apply it without a restart:",
         ".PP",
-        ".EX",
-        "memcoord check\\-config /etc/memcoord.toml && systemctl reload memcoord",
-        ".EE",
+        *example("memcoord check-config /etc/memcoord.toml && systemctl reload memcoord"),
     ]
     for table, model, keyed in sections():
         lines += [f".SH [{esc(table)}]"]
         if model.__doc__:
-            lines += [esc(" ".join(model.__doc__.split()))]
+            lines += prose(model.__doc__)
         if keyed:
             lines += [
                 ".PP",
@@ -426,16 +474,10 @@ def memcoord_toml_5() -> str:
         ".SH EXAMPLES",
         "A first config on a host: only the guests meant, decisions logged but not carried out, a floor for the "
         "database:",
-        ".PP",
-        ".EX",
-        esc(FIRST_CONFIG.rstrip()),
-        ".EE",
+        *example(FIRST_CONFIG),
         ".PP",
         "The defaults, as \\fBmemcoord print\\-config\\fR prints them for an empty file:",
-        ".PP",
-        ".EX",
-        esc(dump(Config()).rstrip()),
-        ".EE",
+        *example(dump(Config())),
         ".SH FILES",
         ".TP",
         "\\fI/etc/memcoord.toml\\fR",

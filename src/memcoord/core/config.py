@@ -310,21 +310,26 @@ class DomainOverride(_Section):
     migration takes them along:
 
         <metadata>
-          <memcoord:settings xmlns:memcoord="https://memcoord.example/xmlns/1">
+          <memcoord:settings xmlns:memcoord="urn:uuid:cb4040ed-7dd6-4676-9bfe-b48496c781ce">
             <memcoord:min_mib>1024</memcoord:min_mib>
             <memcoord:max_mib>4096</memcoord:max_mib>
             <memcoord:enabled>true</memcoord:enabled>
           </memcoord:settings>
         </metadata>
 
-    set on a running guest with `virsh metadata DOMAIN https://memcoord.example/xmlns/1 --key memcoord
-    --set '<settings><min_mib>1024</min_mib></settings>' --live --config`; memcoord sees a change within a
-    tick (libvirt's metadata-change event). Each key is taken, per key, from the first of: this table, the
-    metadata, libvirt's `<memtune><min_guarantee>` (the floor only; the QEMU driver refuses to define it, other
-    drivers and older definitions may have it), the global default (guest.min_mib; the libvirt maximum for the
-    ceiling). An invalid metadata key (not a number, min_mib above max_mib, an unknown key) is logged once,
-    naming the domain, the element and the value, and the next source applies.
-    `memcoord status` shows where each guest's floor and ceiling came from.
+    Set them on a running guest (and in its definition) with:
+
+        virsh metadata DOMAIN urn:uuid:cb4040ed-7dd6-4676-9bfe-b48496c781ce --key memcoord \\
+          --set '<settings><min_mib>1024</min_mib></settings>' --live --config
+
+    memcoord sees a change within a tick (libvirt's metadata-change event). Settings under 0.3's namespace
+    `https://memcoord.example/xmlns/1` are still read in this release, with a warning saying how to move them.
+    Each key is taken, per key, from the first of: this table, the metadata, libvirt's
+    `<memtune><min_guarantee>` (the floor only; the QEMU driver refuses to define it, other drivers and older
+    definitions may have it), the global default (guest.min_mib; the libvirt maximum for the ceiling). An invalid
+    metadata key (not a number, min_mib above max_mib, an unknown key) is logged once, naming the domain, the
+    element and the value, and the next source applies. `memcoord status` shows where each guest's floor and
+    ceiling came from.
     """
 
     min_mib: int | None = Field(

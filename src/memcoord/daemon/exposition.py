@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 from prometheus_client.utils import floatToGoString
@@ -75,14 +75,16 @@ HOST_GAUGES = (
 
 
 class Endpoint:
-    """The registry over one Metrics object (its counts, then the gauges of its view) and the HTTP(S) server that
-    serves it; each Endpoint has its own registry, so tests can run several services in one process."""
+    """The registry over one Metrics object (its counts, the gauges of its view, and the client library's process_*
+    series: the daemon's own RSS, CPU and open files, what an alert on memcoord itself reads) and the HTTP(S) server
+    that serves it; each Endpoint has its own registry, so tests can run several services in one process."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.registry = CollectorRegistry()
         self.registry.register(_CountsCollector(metrics))
         self.registry.register(_ViewCollector(metrics.get_view))
+        ProcessCollector(registry=self.registry)
         self._server: Any = None
         self._bound: tuple[Any, ...] | None = None
 

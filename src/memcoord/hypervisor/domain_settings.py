@@ -34,7 +34,13 @@ from memcoord.core.port import Hypervisor, HypervisorError
 
 log = logging.getLogger("memcoord")
 
-NAMESPACE = "https://memcoord.example/xmlns/1"
+# memcoord's XML namespace in a domain's <metadata>. libvirt asks each application for a namespace URI of its own;
+# the project owns no domain name, so it is a UUID URN (RFC 9562): unique without anyone's registry, and never
+# taken over by whoever buys a lapsed domain. README "Settings that follow the VM" says so.
+NAMESPACE = "urn:uuid:cb4040ed-7dd6-4676-9bfe-b48496c781ce"
+# Namespaces of earlier releases, still read (NAMESPACE wins when a domain has both), so that settings written
+# under them are not silently dropped; each read says how to move them. The placeholder of 0.3 is read in 0.4 only.
+OLD_NAMESPACES = ("https://memcoord.example/xmlns/1",)
 PREFIX = "memcoord"
 ELEMENT = "settings"
 # A domain's settings are read again this often even without an event (a missed one, a driver without them).
@@ -122,11 +128,22 @@ def check_metadata(data: Mapping[str, str]) -> MetadataCheck:
     return MetadataCheck({k: getattr(override, k) for k in override.model_fields_set}, tuple(problems))
 
 
-def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
-    """The valid per-domain keys of memcoord's metadata element, and one problem per invalid one."""
-    element = root.find(f"./metadata/{{{NAMESPACE}}}{ELEMENT}")
-    if element is None:
-        return {}, []
+def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The valid per-domain keys of memcoord's metadata element, one problem per invalid one, and notes that
+    invalidate nothing (settings under an old namespace)."""
+    for namespace in (NAMESPACE, *OLD_NAMESPACES):
+        element = root.find(f"./metadata/{{{namespace}}}{ELEMENT}")
+        if element is not None:
+            break
+    else:
+        return {}, [], []
+    notes = []
+    if namespace != NAMESPACE:
+        notes.append(
+            f"{name}: memcoord metadata under the old namespace {namespace}, read in this release only: move it with"
+            f" virsh metadata {name} {NAMESPACE} --key {PREFIX} --set '<{ELEMENT}>...</{ELEMENT}>' --live --config,"
+            f" then virsh metadata {name} {namespace} --remove --live --config"
+        )
     problems = []
     data: dict[str, str] = {}
     duplicates: set[str] = set()
@@ -137,7 +154,7 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
         ns = ns.lstrip("{")
         text = "".join(child.itertext()).strip()
         # `virsh metadata --set` puts the children in memcoord's namespace; a hand-written one may not.
-        if ns and ns != NAMESPACE:
+        if ns and ns != namespace:
             problems.append(f"{name}: metadata {_element(key)} in namespace {ns!r}: unknown key, ignored")
         elif key in data or key in duplicates:
             problems.append(f"{name}: metadata {_element(key)} = {text!r}: given twice; both ignored")
@@ -147,7 +164,7 @@ def _metadata(name: str, root: ET.Element) -> tuple[dict[str, Any], list[str]]:
             data[key] = text
     # The same model validates a [domains."NAME"] table and the metadata.
     checked = check_metadata(data)
-    return dict(checked.values), problems + [f"{name}: {problem}" for problem in checked.problems]
+    return dict(checked.values), problems + [f"{name}: {problem}" for problem in checked.problems], notes
 
 
 def _size_kib(element: ET.Element) -> int | None:
@@ -216,7 +233,7 @@ def parse_domain_xml(name: str, xml_text: str) -> Parsed:
             DomainSettings(metadata_invalid=True),
             (f"{name}: its libvirt XML does not parse ({exc}); memcoord leaves the guest alone",),
         )
-    metadata, problems = _metadata(name, root)
+    metadata, problems, notes = _metadata(name, root)
     min_guarantee_kib, mg_problems = _min_guarantee_kib(name, root)
     settings = DomainSettings(
         metadata=MappingProxyType(metadata),
@@ -225,7 +242,7 @@ def parse_domain_xml(name: str, xml_text: str) -> Parsed:
         deflate_on_oom=root.find("./devices/memballoon[@autodeflate='on']") is not None,
         unballoonable=unballoonable(root),
     )
-    return Parsed(settings, tuple(problems + mg_problems))
+    return Parsed(settings, tuple(problems + notes + mg_problems))
 
 
 @dataclass
