@@ -289,7 +289,7 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
                 result.violations.append(
                     f"tick {tick}: {c.domain} set to {c.to_kib} KiB above its ceiling {ceiling_kib}"
                 )
-            if c.to_kib < c.from_kib and c.to_kib < config.floor_kib(c.domain):
+            if c.to_kib < c.from_kib and c.to_kib < config.floor_kib(c.domain, g.max_kib):
                 result.violations.append(f"tick {tick}: {c.domain} lowered to {c.to_kib} KiB below its floor")
             if not config.manages(c.domain):
                 result.violations.append(f"tick {tick}: {c.domain} is not managed but was changed")

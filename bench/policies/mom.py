@@ -93,7 +93,7 @@ class MomPolicy:
             cur_kib = dom.current_kib
             max_kib = self.config.ceiling_kib(dom.name, dom.max_kib)
             used_kib = _avg(hist.balloon_cur_kib) - _avg(hist.mem_unused_kib)
-            balloon_min_kib = min(self.config.floor_kib(dom.name), used_kib + guest_free_percent * cur_kib)
+            balloon_min_kib = min(self.config.floor_kib(dom.name, dom.max_kib), used_kib + guest_free_percent * cur_kib)
             if pressure:
                 size_kib = max(cur_kib * (1 - MAX_BALLOON_CHANGE_PERCENT), balloon_min_kib)
                 if size_kib > cur_kib:

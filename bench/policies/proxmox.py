@@ -124,7 +124,7 @@ class ProxmoxPolicy:
         for dom in snapshot.domains:
             if not self.config.manages(dom.name):
                 continue
-            floor_kib = self.config.floor_kib(dom.name)
+            floor_kib = self.config.floor_kib(dom.name, dom.max_kib)
             maxmem_kib = self.config.ceiling_kib(dom.name, dom.max_kib)
             vms[dom.name] = _Vm(dom.current_kib, min(floor_kib, maxmem_kib), maxmem_kib, dom.unused_kib)
         host = snapshot.host

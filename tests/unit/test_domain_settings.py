@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memcoord.admin import status
-from memcoord.core.config import Config, DomainOverride, Source, parse
+from memcoord.core.config import Config, ConfigError, DomainOverride, Source, parse
 from memcoord.core.model import Action, DomainSettings, Unballoonable, mib_to_kib
 from memcoord.core.policy import PolicyState, decide
 from memcoord.daemon.observe import Observer
@@ -220,17 +220,33 @@ def test_metadata_that_cannot_be_believed_leaves_the_guest_alone(body: str):
     assert told.manages("web1", parsed.settings)
 
 
+def test_guest_min_pct_scales_the_default_floor_with_the_guests_maximum():
+    """min_mib = 256 is no floor for a 32 GiB guest: with min_pct = 10 its floor is 3276 MiB (whole MiB), a 1 GiB
+    guest keeps min_mib; a VM's own floor below the scaled one is passed over, the config file's is not; a
+    metadata ceiling is raised to it."""
+    config = parse("[guest]\nmin_pct = 10\n")
+    assert config.floor("big", mib_to_kib(32768)) == (mib_to_kib(3276), Source.DEFAULT)
+    assert config.floor("small", mib_to_kib(1024)) == (mib_to_kib(256), Source.DEFAULT)
+    low_meta = DomainSettings(MappingProxyType({"min_mib": 1024, "max_mib": 2048}))
+    assert config.floor("big", mib_to_kib(32768), low_meta) == (mib_to_kib(3276), Source.DEFAULT)
+    assert config.ceiling("big", mib_to_kib(32768), low_meta) == (mib_to_kib(3276), Source.METADATA)
+    by_file = parse('[guest]\nmin_pct = 10\n[domains."big"]\nmin_mib = 1024\n')
+    assert by_file.floor("big", mib_to_kib(32768)) == (mib_to_kib(1024), Source.CONFIG)
+    with pytest.raises(ConfigError, match=r"guest\.min_pct"):
+        parse("[guest]\nmin_pct = 101\n")
+
+
 def test_the_vms_own_definition_cannot_take_a_bound_below_the_hosts_floor():
     """Metadata travels with the VM between hosts and templates: a floor or ceiling below guest.min_mib from it
     is not believed; the config file's own may go lower."""
     config = Config()
     tiny = DomainSettings(MappingProxyType({"min_mib": 1, "max_mib": 64}), min_guarantee_kib=64)
-    assert config.floor("g", tiny) == (mib_to_kib(256), Source.DEFAULT)
+    assert config.floor("g", mib_to_kib(4096), tiny) == (mib_to_kib(256), Source.DEFAULT)
     assert config.ceiling("g", mib_to_kib(4096), tiny) == (mib_to_kib(256), Source.METADATA)
     guaranteed = DomainSettings(MappingProxyType({"min_mib": 1}), min_guarantee_kib=mib_to_kib(1024))
-    assert config.floor("g", guaranteed) == (mib_to_kib(1024), Source.MIN_GUARANTEE)
+    assert config.floor("g", mib_to_kib(4096), guaranteed) == (mib_to_kib(1024), Source.MIN_GUARANTEE)
     by_file = Config.model_validate({"domains": {"g": {"min_mib": 64, "max_mib": 128}}})
-    assert by_file.floor("g", tiny) == (mib_to_kib(64), Source.CONFIG)
+    assert by_file.floor("g", mib_to_kib(4096), tiny) == (mib_to_kib(64), Source.CONFIG)
     assert by_file.ceiling("g", mib_to_kib(4096), tiny) == (mib_to_kib(128), Source.CONFIG)
 
 
@@ -311,9 +327,9 @@ MG_KIB = mib_to_kib(700)
 )
 def test_config_beats_metadata_beats_min_guarantee_beats_default(config_text, settings, floor, ceiling):
     config = parse(config_text)
-    assert config.floor("web1", settings) == floor
+    assert config.floor("web1", MAX_KIB, settings) == floor
     assert config.ceiling("web1", MAX_KIB, settings) == ceiling
-    assert config.floor_kib("web1", settings) == floor[0]
+    assert config.floor_kib("web1", MAX_KIB, settings) == floor[0]
     assert config.ceiling_kib("web1", MAX_KIB, settings) == ceiling[0]
 
 
@@ -657,7 +673,7 @@ def test_each_bound_comes_from_the_first_source_that_sets_it(
         ((m, s) for m, s in floors if m is not None and (s is Source.CONFIG or m >= default_mib)),
         (default_mib, Source.DEFAULT),
     )
-    assert config.floor("g", settings) == (mib_to_kib(mib), source)
+    assert config.floor("g", mib_to_kib(4096), settings) == (mib_to_kib(mib), source)
     ceilings = [(table.get("max_mib"), Source.CONFIG), (metadata.get("max_mib"), Source.METADATA)]
     mib, source = next(((m, s) for m, s in ceilings if m is not None), (max_mib, Source.LIBVIRT_MAX))
     if source is Source.METADATA:

@@ -215,6 +215,13 @@ def test_a_reclaim_step_smaller_than_the_hysteresis_is_made():
     assert by_name(steady(dom("a", 1024, 900), config=config))["a"].delta_kib == -mib_to_kib(4)
 
 
+def test_reclaim_stops_at_a_floor_scaled_with_the_guests_maximum():
+    """guest.min_pct = 25: an idle 4 GiB guest with 3.5 GiB free is reclaimed toward its high, never below 1 GiB."""
+    config = parse("[guest]\nmin_pct = 25\nwasteful_pct = 0\n")
+    assert by_name(steady(dom("a", 1100, 1000, max_mib=4096), config=config))["a"].to_kib == mib_to_kib(1024)
+    assert steady(dom("a", 1024, 900, max_mib=4096), config=config).changes == ()
+
+
 def test_per_domain_floor_and_ceiling():
     config = parse('[domains."a"]\nmin_mib = 900\n[domains."b"]\nmax_mib = 1000\n')
     plan = steady(dom("a", 1000, 800), dom("b", 1500, 400), config=config)
@@ -912,7 +919,7 @@ def test_the_guard_holds_all_a_ramping_guest_has_never_touched():
     """r ramps 50 MiB/s at 2 GiB with 1100 MiB QEMU never backed (its size plus overhead, less its RSS): it
     touches all of that before it needs more, so the guard holds all of it, not only the 300 MiB its ramp reaches
     before memcoord can act again. s, steady just below its starving line, gets none of the 500 MiB above the
-    guard (on real guests, four hogs ramping from 512 MiB guests took the host 692 MiB below its guard while the
+    guard (on real guests, four hogs ramping from 512 MiB guests took the host 246 MiB below its guard while the
     guard held only what their ramps reached). The budget is short, the host is not: nobody is relieved; r gives
     from above its high for s, which lowers what the guard holds for it by as much."""
     plan = two_ticks(*_r_and_s((1100, 948), (1050, 948), (100, 100), above_guard_mib=500))

@@ -152,7 +152,7 @@ def cases(draw: st.DrawFn) -> tuple[Snapshot, PolicyState, Config]:
 
 
 def _floor_kib(config: Config, d: DomainStats) -> int:
-    return min(config.floor_kib(d.name), config.ceiling_kib(d.name, d.max_kib))
+    return min(config.floor_kib(d.name, d.max_kib), config.ceiling_kib(d.name, d.max_kib))
 
 
 @SETTINGS
@@ -170,7 +170,7 @@ def test_targets_stay_between_floor_and_max(case: tuple[Snapshot, PolicyState, C
         if c.to_kib < c.from_kib:
             assert c.to_kib >= _floor_kib(config, d), c
             # never lowered below the configured floor unless the admin's max_mib asks for less
-            assert c.to_kib >= min(config.floor_kib(d.name), config.ceiling_kib(d.name, d.max_kib)), c
+            assert c.to_kib >= min(config.floor_kib(d.name, d.max_kib), config.ceiling_kib(d.name, d.max_kib)), c
         else:
             assert c.to_kib <= config.ceiling_kib(d.name, d.max_kib), c
             assert c.to_kib <= d.max_kib, c
@@ -408,7 +408,7 @@ def sim_hosts(draw: st.DrawFn) -> tuple[SimulatedHypervisor, Config, set[str]]:
             workload = Idle()
         elif kind == "resident":
             # An idle guest with a resident program: it fits in the guest's floor minus the kernel.
-            used_kib = draw(st.integers(0, max(0, config.floor_kib(name) - KERNEL_USED_KIB - 8 * MIB)))
+            used_kib = draw(st.integers(0, max(0, config.floor_kib(name, max_kib) - KERNEL_USED_KIB - 8 * MIB)))
             used_kib = min(used_kib, start_kib - KERNEL_USED_KIB - 8 * MIB)
             workload = Idle(used_kib=max(0, used_kib))
         elif kind == "hog":
@@ -433,7 +433,7 @@ def sim_hosts(draw: st.DrawFn) -> tuple[SimulatedHypervisor, Config, set[str]]:
 def test_simulated_idle_guests_survive_many_ticks(host: tuple[SimulatedHypervisor, Config, set[str]], dt_s) -> None:
     sim, config, idle = host
     state = PolicyState()
-    floors = {g.name: config.floor_kib(g.name) for g in sim.guests.values()}
+    floors = {g.name: config.floor_kib(g.name, g.max_kib) for g in sim.guests.values()}
     for _tick in range(300):
         snapshot = sim.sample()
         sim.ensure_stats_period([d.name for d in snapshot.domains], config.loop.stats_period_s)

@@ -377,7 +377,7 @@ def steady_why(dom: DomainStats, guest_class: GuestClass, config: Config, plan: 
             f"{_mib(plan.host_headroom_kib)}, {_mib(unmet_kib)} wanted"
         )
     if guest_class is GuestClass.WASTEFUL:
-        floor_kib = config.floor_kib(dom.name, dom.settings)
+        floor_kib = config.floor_kib(dom.name, dom.max_kib, dom.settings)
         if dom.current_kib <= floor_kib:
             where = f"at its floor {_mib(floor_kib)}"
         elif band is not None and dom.current_kib - band.high_kib < KIB_PER_MIB:
@@ -449,7 +449,8 @@ def build_report(
     }
     for dom in sorted(snapshot.domains, key=lambda d: d.name):
         floor_kib = min(
-            config.floor_kib(dom.name, dom.settings), config.ceiling_kib(dom.name, dom.max_kib, dom.settings)
+            config.floor_kib(dom.name, dom.max_kib, dom.settings),
+            config.ceiling_kib(dom.name, dom.max_kib, dom.settings),
         )
         common: dict[str, Any] = {
             "name": dom.name,

@@ -172,6 +172,13 @@ class GuestConfig(_Section):
         gt=0,
         description='memcoord never sets a guest below this (a [domains."NAME"] min_mib overrides it for one guest).',
     )
+    min_pct: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="The floor as a share of the guest's libvirt maximum: no guest is set below max(min_mib, this "
+        "share of its maximum), so that one key gives a 32 GiB guest a floor in proportion. 0: min_mib alone.",
+    )
     idle_tax_mib: int = Field(
         2,
         ge=0,
@@ -326,10 +333,10 @@ class DomainOverride(_Section):
     `https://memcoord.example/xmlns/1` are still read in this release, with a warning saying how to move them.
     Each key is taken, per key, from the first of: this table, the metadata, libvirt's
     `<memtune><min_guarantee>` (the floor only; the QEMU driver refuses to define it, other drivers and older
-    definitions may have it), the global default (guest.min_mib; the libvirt maximum for the ceiling). An invalid
-    metadata key (not a number, min_mib above max_mib, an unknown key) is logged once, naming the domain, the
-    element and the value, and the next source applies. `memcoord status` shows where each guest's floor and
-    ceiling came from.
+    definitions may have it), the global default (guest.min_mib and guest.min_pct; the libvirt maximum for the
+    ceiling). An invalid metadata key (not a number, min_mib above max_mib, an unknown key) is logged once,
+    naming the domain, the element and the value, and the next source applies. `memcoord status` shows where
+    each guest's floor and ceiling came from.
     """
 
     min_mib: int | None = Field(
@@ -651,15 +658,22 @@ class Config(_Section):
             return "bad-metadata"
         return None if enabled is None or enabled[0] else str(enabled[1])
 
-    def floor(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
-        """The lowest target for a domain (KiB) and where it came from: min_mib, else min_guarantee, else
-        guest.min_mib."""
-        default_kib = mib_to_kib(self.guest.min_mib)
+    def default_floor_kib(self, max_kib: int) -> int:
+        """The floor of a guest of max_kib that nothing else sets: max(guest.min_mib, guest.min_pct of max_kib),
+        in whole MiB."""
+        share_kib = int(max_kib * self.guest.min_pct / 100)
+        return max(mib_to_kib(self.guest.min_mib), share_kib - share_kib % 1024)
+
+    def floor(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
+        """The lowest target for a domain of max_kib (its libvirt maximum), in KiB, and where it came from:
+        min_mib, else min_guarantee, else the default floor (guest.min_mib and guest.min_pct)."""
+        default_kib = self.default_floor_kib(max_kib)
         found = self.domain_setting(name, "min_mib", settings)
         if found is not None and found[1] is Source.CONFIG:
             return mib_to_kib(found[0]), found[1]
-        # Only the config file may set a floor below guest.min_mib: a VM's own definition (metadata, min_guarantee)
-        # travels between hosts and templates, and must not let memcoord squeeze it below the host's own floor.
+        # Only the config file may set a floor below the default floor: a VM's own definition (metadata,
+        # min_guarantee) travels between hosts and templates, and must not let memcoord squeeze it below the host's
+        # own floor.
         # A source below it is passed over for the next one.
         candidates = [] if found is None else [(mib_to_kib(found[0]), found[1])]
         if settings is not None and settings.min_guarantee_kib:
@@ -669,8 +683,8 @@ class Config(_Section):
                 return floor_kib, source
         return default_kib, Source.DEFAULT
 
-    def floor_kib(self, name: str, settings: DomainSettings | None = NO_SETTINGS) -> int:
-        return self.floor(name, settings)[0]
+    def floor_kib(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> int:
+        return self.floor(name, max_kib, settings)[0]
 
     def ceiling(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> tuple[int, Source]:
         """The highest target for a domain (KiB): its libvirt maximum, lowered by a max_mib, and where it came
@@ -679,8 +693,8 @@ class Config(_Section):
         if found is None:
             return max_kib, Source.LIBVIRT_MAX
         ceiling_kib = mib_to_kib(found[0])
-        if found[1] is not Source.CONFIG:  # as for the floor: the VM's definition never goes below guest.min_mib
-            ceiling_kib = max(ceiling_kib, mib_to_kib(self.guest.min_mib))
+        if found[1] is not Source.CONFIG:  # as for the floor: the VM's definition never goes below the default floor
+            ceiling_kib = max(ceiling_kib, self.default_floor_kib(max_kib))
         return (ceiling_kib, found[1]) if ceiling_kib < max_kib else (max_kib, Source.LIBVIRT_MAX)
 
     def ceiling_kib(self, name: str, max_kib: int, settings: DomainSettings | None = NO_SETTINGS) -> int:

@@ -311,7 +311,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
         pending = None  # arrived, or believed where it is after the stale time (a guest that will not give pages)
     base_kib = pending.target_kib if pending else dom.current_kib
     ceiling_kib = config.ceiling_kib(name, dom.max_kib, dom.settings)
-    floor_kib = min(config.floor_kib(name, dom.settings), ceiling_kib)
+    floor_kib = min(config.floor_kib(name, dom.max_kib, dom.settings), ceiling_kib)
     lowered_at_s = state.lowered_at_s.get(name)
     moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
     prev = state.samples.get(name)
@@ -407,7 +407,7 @@ def _held_kib(
         return grant_kib
     unbacked_kib = max(0, base_kib + clock.overhead_kib - dom.rss_kib)
     # A ramping guest touches all of it before it needs more: on real guests four hogs ramping from 512 MiB
-    # guests (a quarter of a GiB each never backed) took the host 692 MiB below its guard while the guard held
+    # guests (a quarter of a GiB each never backed) took the host 246 MiB below its guard while the guard held
     # only what their ramps reached.
     return unbacked_kib if reach_kib else min(grant_kib, unbacked_kib)
 

@@ -230,7 +230,7 @@ class Observer:
         if snap is not None and plan is not None:
             for d in sorted(snap.domains, key=lambda d: d.name):
                 managed = d.name in plan.classes
-                floor_kib, floor_source = cfg.floor(d.name, d.settings)
+                floor_kib, floor_source = cfg.floor(d.name, d.max_kib, d.settings)
                 ceiling_kib, ceiling_source = cfg.ceiling(d.name, d.max_kib, d.settings)
                 domains.append(
                     {
