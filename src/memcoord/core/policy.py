@@ -12,7 +12,8 @@ in. `decide` reads top to bottom as one model:
    line, or its recent peak (guest.peak_hold_s). A guest without a sane, fresh sample is held where it is.
 3. budget: host available - host.min_available_mib - memory held for a VM about to start - what the guard holds
    for each guest (`_held_kib`): of what QEMU does not back yet, all of it while the guest ramps, else its grant
-   (host-side figures only, never a guest's claim; nothing for a guest silent longer than the bound). A lowering gives back what QEMU backs above its new target in the same tick.
+   (host-side figures only, never a guest's claim; nothing for a guest silent longer than the bound). A lowering
+   gives back what QEMU backs above its new target in the same tick.
 4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
    under memory pressure, relief from above high, then above low, largest first (`relieve`; under pressure
    nobody grows); idle guests above high give a reclaim step (`reclaim`); guests below low grow toward their
