@@ -43,7 +43,10 @@ NEW_MIB = 768
 OVERHEAD_MIB = 128  # [host] guest_overhead_mib: QEMU's share beyond the guest's own memory
 NEW_HOG_MIB = 500  # what the new guest's own process touches (a 768 MiB guest has ~700 MiB MemTotal)
 BUDGET_MIB = 300  # above the guard when the new guest is started: well short of NEW_MIB + OVERHEAD_MIB
-HOOK_TIMEOUT_S = 8
+# Relief moves each donor by relief_step_mib (256) a round, and a round waits for the donor's report from after its
+# balloon moved (about 4 s): the ~600 MiB this start lacks takes 2-3 rounds (6.6 s in one run, over 7 s in a
+# loaded CI run, where an 8 s hook gave up 138 MiB short).
+HOOK_TIMEOUT_S = 12
 TOLERANCE_MIB = 64  # host memory other processes may take meanwhile
 
 
