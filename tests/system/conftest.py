@@ -70,19 +70,16 @@ def lab(container: Container) -> Iterator[Lab]:
 
 @pytest.fixture
 def unit(container: Container, lab: Lab) -> Unit:
-    """memcoord running under systemd with BASE_CONFIG, guests reset to their start size and idle.
+    """memcoord started under systemd with BASE_CONFIG on guests reset to their start size and idle.
 
-    A running daemon gets BASE_CONFIG before the guests are reset: under the previous test's config (test 3
-    raises the starving threshold above what an idle guest at its start size has free) it would grow them back
-    while they settle."""
+    The daemon is stopped while the guests are reset: a running one still moving a balloon toward the previous
+    test's target (a guest it grew there) sets it again over the reset, and under the previous test's config (test
+    3 raises the starving threshold above what an idle guest at its start size has free) it would grow them back."""
     u = Unit(container)
-    running = u.show("ActiveState")["ActiveState"] == "active"
-    if running:
-        u.reload_config(BASE_CONFIG)
-    else:
-        u.write_config(BASE_CONFIG)
+    if u.show("ActiveState")["ActiveState"] == "active":
+        u.systemctl("stop", UNIT)
+    u.write_config(BASE_CONFIG)
     reset_guests(lab)
-    if not running:
-        u.systemctl("reset-failed", UNIT, check=False)
-        u.systemctl("start", UNIT)
+    u.systemctl("reset-failed", UNIT, check=False)
+    u.systemctl("start", UNIT)
     return u
