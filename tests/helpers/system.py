@@ -15,7 +15,6 @@ from typing import TypeVar
 import libvirt
 
 from lab.lab import Lab
-from memcoord.daemon.journal import LIFECYCLE_IDS
 from tests.helpers.container import Container
 
 T = TypeVar("T")
@@ -126,19 +125,6 @@ class Unit:
     def write_config(self, text: str) -> None:
         """Replace /etc/memcoord.toml."""
         self.ct.write("/etc/memcoord.toml", text)
-
-    def reload_config(self, text: str, timeout_s: float = 30) -> None:
-        """Replace /etc/memcoord.toml and reload the running daemon; return once it logged that the new config
-        runs. `systemctl reload` can return before that: the daemon acts on SIGHUP between ticks."""
-        self.write_config(text)
-        mark = self.cursor()
-        self.systemctl("reload", UNIT)
-
-        def reloaded() -> bool:
-            entries = self.journal(mark, f"MESSAGE_ID={LIFECYCLE_IDS['reload-ok']}")
-            return any(int(e["__REALTIME_TIMESTAMP"]) > int(mark) for e in entries)
-
-        assert wait_until(reloaded, timeout_s), self.messages(mark)[-20:]
 
     def main_pid(self) -> int:
         """The unit's MainPID (0 when not running)."""
