@@ -235,30 +235,38 @@ class Reason:
         def mib(kib: int) -> str:
             return f"{kib_to_mib(kib):.0f} MiB"
 
-        b = self.band
+        b, rule = self.band, self.rule
         free = "no figures" if self.free_kib is None else f"{mib(self.free_kib)} {self.figure}"
-        ramp = f", ramping {kib_to_mib(int(self.ramp_kib_per_s)):.0f} MiB/s" if self.ramp_kib_per_s else ""
-        late = f", stats {self.age_s:.0f} s old" if self.age_s >= 2 else ""
         band = f"band {mib(b.low_kib)}..{mib(b.high_kib)} ({b.why})"
         budget = f"host budget {mib(self.budget_kib)}"
-        text = {
-            Rule.FLOOR: f"below its floor {mib(b.floor_kib)}",
-            Rule.CEILING: f"above its ceiling {mib(b.ceiling_kib)}; never below its low",
+        if rule in (Rule.NEED, Rule.LENT):
+            ramp = f", ramping {kib_to_mib(int(self.ramp_kib_per_s)):.0f} MiB/s" if self.ramp_kib_per_s else ""
+            late = f", stats {self.age_s:.0f} s old" if self.age_s >= 2 else ""
+            how = f", weight {self.weight}" if rule is Rule.NEED else ": lent what the guard holds for others' grants"
+            return f"below its low ({free}{ramp}{late}), {budget}{how}; {band}"
+        if rule is Rule.FLOOR:
+            text = f"below its floor {mib(b.floor_kib)}"
+        elif rule is Rule.CEILING:
+            text = f"above its ceiling {mib(b.ceiling_kib)}; never below its low"
+        elif rule is Rule.RELIEF:
             # A budget still positive when relief runs: the host's memory pressure (PSI) asked for it.
-            Rule.RELIEF: (
+            text = (
                 f"host under memory pressure ({budget}): from above its low"
                 if self.budget_kib >= 0
                 else f"host short ({budget}: below its guard, or room held for a VM about to start): from above its low"
-            ),
-            Rule.RECLAIM: "idle above its high: a reclaim step",
-            Rule.NEED: f"below its low ({free}{ramp}{late}), {budget}, weight {self.weight}",
-            Rule.LENT: f"below its low ({free}{ramp}{late}), {budget}: lent what the guard holds for others' grants",
-            Rule.POOL: "busy below its high: share of memory reclaimed this tick",
-            Rule.SURPLUS: f"for a guest below its low the host cannot lift ({budget}): from above its high",
-            Rule.COMFORT: f"for a guest below its low the host cannot lift ({budget}): from between its low and high",
-            Rule.TAX: "idle tax for a guest below its low that grows",
-        }[self.rule]
-        return f"{text}; {band}" if self.rule in (Rule.NEED, Rule.LENT) else f"{text}; {free}, {band}"
+            )
+        elif rule is Rule.RECLAIM:
+            text = "idle above its high: a reclaim step"
+        elif rule is Rule.POOL:
+            text = "busy below its high: share of memory reclaimed this tick"
+        elif rule is Rule.SURPLUS:
+            text = f"for a guest below its low the host cannot lift ({budget}): from above its high"
+        elif rule is Rule.COMFORT:
+            text = f"for a guest below its low the host cannot lift ({budget}): from between its low and high"
+        else:
+            assert rule is Rule.TAX, rule
+            text = "idle tax for a guest below its low that grows"
+        return f"{text}; {free}, {band}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,7 +160,11 @@ def refusal(dom: DomainStats, moving: bool) -> str | None:
             return f"{name} is negative"
     if dom.usable_kib is not None and dom.unused_kib is None:
         return "usable without unused (one report carries both)"
-    return impossible(replace(dom, current_kib=dom.max_kib) if moving else dom)
+    why = impossible(dom)
+    # Each bound is as loose at the maximum as at any size below it: a sample possible at its own size is there too.
+    if moving and (why or dom.current_kib > dom.max_kib):
+        return impossible(replace(dom, current_kib=dom.max_kib))
+    return why
 
 
 def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending: Pending | None) -> Sample | None:
@@ -448,6 +452,8 @@ class _Allocation:
         self.config = config
         self.notes: list[str] = []
         self.reclaimed_kib = 0
+        self.by_name = {g.name: g for g in guests}
+        self.starving = [g for g in guests if g.guest_class is GuestClass.STARVING]  # a class holds all tick
 
     def move(self, g: _Guest, to_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
         """Set g's target (whole MiB from where it is), unless that moves it less than least_kib; returns how far
@@ -572,11 +578,15 @@ class _Allocation:
     ) -> None:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
         (water-filling: max-min fair by weight), in O(n log n)."""
-        by_name = {g.name: g for g in self.guests}
-        wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
         left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
+        if left_kib < KIB_PER_MIB:  # every share would be less than a MiB: nobody moves
+            return
+        by_name = self.by_name
+        wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
         weight = sum(by_name[n].weight for _, n, _ in wants)
         for i, (_per_weight, name, want_kib) in enumerate(wants):
+            if left_kib < KIB_PER_MIB:
+                break
             g = by_name[name]
             share_kib = _whole_mib(int(left_kib * g.weight / weight)) if weight else 0
             if want_kib <= share_kib or i == len(wants) - 1:
@@ -587,11 +597,10 @@ class _Allocation:
     def unmet_kib(self, survive: bool = False) -> dict[str, int]:
         """What each guest below its low still lacks to reach it (survive: to last until memcoord can act
         again)."""
-        lines = {g.name: g.survive_kib if survive else g.band.low_kib for g in self.guests}
         return {
-            g.name: lines[g.name] - g.target_kib
-            for g in self.guests
-            if g.guest_class is GuestClass.STARVING and lines[g.name] - g.target_kib >= KIB_PER_MIB
+            g.name: lack_kib
+            for g in self.starving
+            if (lack_kib := (g.survive_kib if survive else g.band.low_kib) - g.target_kib) >= KIB_PER_MIB
         }
 
     def take_for(self, unmet_kib: int, rule: Rule, still_growing: set[str]) -> None:
@@ -623,8 +632,8 @@ class _Allocation:
         balloons taking it back within a second)."""
         wants_kib = {
             g.name: g.band.ceiling_kib - g.target_kib
-            for g in self.guests
-            if g.guest_class is GuestClass.STARVING and (g.target_kib > g.base_kib or g.target_kib < g.band.low_kib)
+            for g in self.starving
+            if g.target_kib > g.base_kib or g.target_kib < g.band.low_kib
         }
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
         room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
@@ -730,10 +739,11 @@ def _next_state(guests: list[_Guest], state: PolicyState, now_s: float, config: 
         if grant_kib > 0:
             granted_kib[g.name] = grant_kib
     names = {g.name for g in guests}
+    silence_s = silence_limit_s(config)
     return PolicyState(
         samples={g.name: g.sample for g in guests if g.sample is not None},
         pending={g.name: g.pending for g in guests if g.pending is not None},
         lowered_at_s={n: t for n, t in state.lowered_at_s.items() if n in names and now_s - t <= recent_s},
         granted_kib=granted_kib,
-        raised_at_s={n: t for n, t in state.raised_at_s.items() if n in names and now_s - t <= silence_limit_s(config)},
+        raised_at_s={n: t for n, t in state.raised_at_s.items() if n in names and now_s - t <= silence_s},
     )

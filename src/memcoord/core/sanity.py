@@ -28,14 +28,13 @@ def impossible(dom: DomainStats) -> str | None:
     (MemTotal, the same report), or any of them above the balloon's size (for a guest whose balloon deflates
     on OOM, its total less what the balloon holds: `DomainStats.own_total_kib`)."""
     total_kib = dom.own_total_kib
-    size = f"its balloon's {_mib(dom.current_kib)}"
     if total_kib is not None and total_kib > dom.current_kib + TOLERANCE_KIB:
-        return f"its total (MemTotal) {_mib(total_kib)} is more than {size}"
+        return f"its total (MemTotal) {_mib(total_kib)} is more than its balloon's {_mib(dom.current_kib)}"
     for figure, kib in (("usable (MemAvailable)", dom.usable_kib), ("unused (MemFree)", dom.unused_kib)):
         if kib is None:
             continue
         if total_kib is not None and kib > total_kib + TOLERANCE_KIB:
             return f"{figure} {_mib(kib)} is more than its total (MemTotal) {_mib(total_kib)}"
         if kib > dom.current_kib + TOLERANCE_KIB:
-            return f"{figure} {_mib(kib)} is more than {size}"
+            return f"{figure} {_mib(kib)} is more than its balloon's {_mib(dom.current_kib)}"
     return None
