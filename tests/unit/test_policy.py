@@ -1003,3 +1003,30 @@ def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_from_a_roomy_host()
     changes = by_name(steady(dom("i", 512, 324), dom("j", 512, 324), dom("s", 512, 100)))
     assert changes["i"].delta_kib == changes["j"].delta_kib == -mib_to_kib(2)
     assert changes["s"].delta_kib == mib_to_kib(300 + 2 + 2)
+
+
+def test_a_balloon_set_elsewhere_is_not_taken_for_memcoords_target():
+    """memcoord grew a 512 -> 812; before the balloon got there an admin set 400 (`virsh setmem`). The guest is at
+    400 with 5 MiB free: it is starving now, not on its way to 812 (for the stale time it was left alone)."""
+    config = Config()
+    plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), config)
+    state = applied(state, plan.changes, NOW_S)
+    plan, state = decide(snap(dom("a", 400, 5, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    assert plan.classes["a"] is GuestClass.STARVING
+    change = by_name(plan)["a"]
+    assert (change.action, change.from_kib) == (Action.GROW, mib_to_kib(400))
+
+
+def test_a_lowering_overtaken_from_above_is_not_memcoords_target():
+    """memcoord reclaimed b 1024 -> 924; meanwhile the balloon went up to 1200 (set elsewhere): b's base is where
+    its balloon is, and memcoord's next lowering starts from there, not from 924 (which would raise it)."""
+    config = Config()
+    first = snap(dom("b", 1024, 900))
+    _p, state = decide(first, PolicyState(), config)
+    plan, state = decide(snap(dom("b", 1024, 900, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    assert by_name(plan)["b"].to_kib == mib_to_kib(924)
+    state = applied(state, plan.changes, NOW_S + 1)
+    plan, state = decide(snap(dom("b", 1200, 1076, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
+    assert "b" not in state.pending
+    for c in plan.changes:
+        assert c.from_kib == mib_to_kib(1200)

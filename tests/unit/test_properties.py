@@ -131,7 +131,10 @@ def states(draw: st.DrawFn, snapshot: Snapshot) -> PolicyState:
     for d in snapshot.domains:
         if draw(st.integers(0, 3)) == 0:
             target_kib = max(MIB, d.current_kib + draw(st.sampled_from([-300, -50, 50, 300, 1000])) * MIB)
-            pending[d.name] = Pending(min(target_kib, d.max_kib), NOW_S - draw(st.sampled_from([0.5, 1, 3, 60])))
+            set_at_s = NOW_S - draw(st.sampled_from([0.5, 1, 3, 60]))
+            # Set from where the balloon is, or from elsewhere (an admin set it meanwhile).
+            from_kib = max(MIB, d.current_kib + draw(st.sampled_from([0, 0, -200, 200])) * MIB)
+            pending[d.name] = Pending(min(target_kib, d.max_kib), set_at_s, from_kib)
         if draw(st.integers(0, 3)) == 0:
             granted[d.name] = draw(st.integers(1, 2048)) * MIB
         if draw(st.integers(0, 4)) == 0:

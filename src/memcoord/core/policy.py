@@ -104,10 +104,18 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A target memcoord set that the balloon has not reached yet, and when it was set."""
+    """A target memcoord set that the balloon has not reached yet, when it was set, and where it was set from."""
 
     target_kib: int
     set_at_s: float
+    from_kib: int
+
+    def overtaken(self, current_kib: int) -> bool:
+        """The balloon moved away from the target, past where it was set from: something else set it (an admin's
+        `virsh setmem`, a deflate-on-OOM guest), and memcoord's target no longer says where it is heading."""
+        if self.target_kib > self.from_kib:
+            return current_kib < self.from_kib - SETTLED_TOLERANCE_KIB
+        return current_kib > self.from_kib + SETTLED_TOLERANCE_KIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +136,7 @@ def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> Poli
     passes. balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
     would grow a guest twice for one need."""
     changes = list(changes)
-    pending = {**state.pending, **{c.domain: Pending(c.to_kib, now_s) for c in changes}}
+    pending = {**state.pending, **{c.domain: Pending(c.to_kib, now_s, c.from_kib) for c in changes}}
     lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if _lowers(c)}}
     raised_at_s = {**state.raised_at_s, **{c.domain: now_s for c in changes if not _lowers(c)}}
     granted_kib = dict(state.granted_kib)
@@ -310,9 +318,12 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     name, now_s = dom.name, clock.now_s
     pending = state.pending.get(name)
     if pending is not None and (
-        abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB or now_s - pending.set_at_s > clock.stale_s
+        abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
+        or now_s - pending.set_at_s > clock.stale_s
+        or pending.overtaken(dom.current_kib)
     ):
-        pending = None  # arrived, or believed where it is after the stale time (a guest that will not give pages)
+        # Arrived; believed where it is after the stale time (a guest that will not give pages); or set elsewhere.
+        pending = None
     base_kib = pending.target_kib if pending else dom.current_kib
     ceiling_kib = config.ceiling_kib(name, dom.max_kib, dom.settings)
     floor_kib = min(config.floor_kib(name, dom.max_kib, dom.settings), ceiling_kib)
