@@ -20,7 +20,8 @@ in. `decide` reads top to bottom as one model:
    band, a scarce budget split by weight (`fill`); what it could not lift them by comes from others' surplus
    above high, then (for what a guest lacks to last until memcoord can act again) what the guard holds for
    others' grants (`lendable_kib`) and others' comfort between low and high, page cache first (`take_for`),
-   then the idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again).
+   and toward its low others' page cache; then the idle tax (`tax`); busy guests below high share what was
+   reclaimed (`fill` again).
 5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
@@ -614,11 +615,13 @@ class _Allocation:
             if (lack_kib := (g.survive_kib if survive else g.band.low_kib) - g.target_kib) >= KIB_PER_MIB
         }
 
-    def take_for(self, unmet_kib: int, rule: Rule, still_growing: set[str]) -> None:
+    def take_for(self, unmet_kib: int, rule: Rule, still_growing: set[str], cache_only: bool = False) -> None:
         """For guests below low the budget cannot lift: others give, from above their high (SURPLUS) or from
         between their low and high (COMFORT), page cache first, then the most first, a relief step each at
         most, until what the others lack is covered. It reaches them through the host on the next ticks (at once
-        where it was an untouched grant)."""
+        where it was an untouched grant). cache_only: each gives no more than its page cache, which its kernel drops
+        without a process losing memory (seen on real guests: a reader kept ~350 MiB of page cache while its
+        neighbour's process was OOM killed with the host at its guard)."""
         step_kib = mib_to_kib(self.config.host.relief_step_mib)
         stop = {g.name: g.band.high_kib if rule is Rule.SURPLUS else g.band.low_kib for g in self.guests}
         donors = [
@@ -629,11 +632,13 @@ class _Allocation:
             and g.target_kib > stop[g.name]
             and g.name not in still_growing
             and g.guest_class is not GuestClass.STARVING
+            and (g.cache_kib >= MIN_MOVE_KIB or not cache_only)
         ]
         for g in sorted(donors, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
             if unmet_kib <= 0:
                 break
-            unmet_kib -= self.lower(g, min(step_kib, unmet_kib), rule, stop_kib=stop[g.name])
+            want_kib = min(step_kib, unmet_kib, g.cache_kib) if cache_only else min(step_kib, unmet_kib)
+            unmet_kib -= self.lower(g, want_kib, rule, stop_kib=stop[g.name])
 
     def tax(self, just_raised: set[str]) -> None:
         """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, each idle guest
@@ -701,7 +706,9 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         wants_kib = {g.name: g.grow_to_kib - g.target_kib for g in guests if g.guest_class is GuestClass.STARVING}
         plan.fill(wants_kib, Rule.NEED, plan.budget_kib)
         # Short of what the starving need: surpluses first, then what the guard holds for others' grants and
-        # others' comfort, only for what a guest lacks to last until memcoord can act again; then the idle tax.
+        # others' comfort, only for what a guest lacks to last until memcoord can act again; others' page cache
+        # toward its low (comfort taken further, from guests without cache, moved OOM kills to them in
+        # bench/compare.py's bursts, fleet-50 and sawtooth); then the idle tax.
         if plan.unmet_kib():
             plan.take_for(sum(plan.unmet_kib().values()), Rule.SURPLUS, still_growing)
             plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
@@ -710,6 +717,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         if plan.unmet_kib(survive=True):
             plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT, still_growing)
             plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
+        if plan.unmet_kib():
+            plan.take_for(sum(plan.unmet_kib().values()), Rule.COMFORT, still_growing, cache_only=True)
         plan.tax(just_raised)
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
