@@ -47,6 +47,7 @@ class CoordinatorAction:
     from_mib: int
     to_mib: int
     reason: str
+    rule: str | None  # the policy's step (`model.Rule`), None from a timeline older than the field
 
 
 def _mono_s(t_wall_s: float) -> float:
@@ -62,6 +63,7 @@ def _action(act: mc_timeline.TimelineAction) -> CoordinatorAction:
         round(act.from_kib / KIB_PER_MIB),
         round(act.to_kib / KIB_PER_MIB),
         act.reason,
+        None if act.rule is None else str(act.rule),
     )
 
 

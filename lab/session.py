@@ -124,6 +124,7 @@ class LabRun:
                 from_mib=a.from_mib,
                 to_mib=a.to_mib,
                 reason=a.reason,
+                rule=a.rule,
             )
 
         hypervisor_error: list[str | None] = [None]  # the previous tick's (None: reachable)

@@ -1030,3 +1030,24 @@ def test_a_lowering_overtaken_from_above_is_not_memcoords_target():
     assert "b" not in state.pending
     for c in plan.changes:
         assert c.from_kib == mib_to_kib(1200)
+
+
+def test_page_cache_others_hold_goes_to_a_guest_below_its_low_when_the_host_has_nothing():
+    """Seen on real guests and in cat-readers: with the host at its guard, a reader kept its page cache while its
+    neighbour's program grew into an OOM kill. n is below its low (60 MiB usable) and lasts until memcoord can act
+    again; r holds 300 MiB of page cache between its low and high: it gives toward n's low, no more than its
+    cache, never below its own low. i holds as much usable memory but no cache: it pays no more than the tax."""
+    plan = steady(
+        dom("n", 1300, 60),
+        dom("r", 1000, 30, usable_mib=330),
+        dom("i", 1000, 330),
+        available_mib=Config().host.min_available_mib,
+    )
+    assert plan.classes["n"] is GuestClass.STARVING
+    given = by_name(plan)["r"]
+    assert given.why is not None and given.why.rule is Rule.COMFORT
+    n_short_kib = plan.bands["n"].low_kib - mib_to_kib(1300)
+    assert mib_to_kib(32) <= -given.delta_kib <= min(n_short_kib, mib_to_kib(300))
+    assert given.to_kib >= plan.bands["r"].low_kib
+    i_change = by_name(plan).get("i")
+    assert i_change is None or i_change.why.rule is Rule.TAX

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from memcoord.core.config import Config
-from memcoord.core.model import Action, ApplyResult, Change, Plan
+from memcoord.core.model import Action, ApplyResult, Change, Plan, Rule
 from memcoord.daemon import journal, timeline
 from memcoord.daemon.observe import Observer
 from memcoord.daemon.timeline import Event, Series
@@ -101,6 +101,25 @@ def test_metrics_and_timeline_label_every_kind_by_its_value(tmp_path: Path):
     assert counted == {kind.value for kind in KINDS}
     (line,) = timeline.read_lines(path)
     assert [a.action for a in timeline.actions(line)] == KINDS
+
+
+def test_the_timeline_records_the_policy_step_of_each_change(tmp_path: Path):
+    """Tools read why a guest moved as data (`model.Reason.rule`), not from the reason's words."""
+    from memcoord.core.policy import PolicyState, decide
+    from tests.helpers.snapshots import dom, snap
+
+    path = tmp_path / "timeline.jsonl"
+    config = Config.model_validate({"timeline": {"path": str(path)}})
+    observer = Observer()
+    observer.configure(tmp_path / "memcoord.toml", config)
+    plan, _ = decide(snap(dom("a", 512, 100)), PolicyState(), Config())
+    observer.tick_done(demo_host().sample(), plan, [ApplyResult(c) for c in plan.changes], 0.01)
+    observer.stop()
+    (line,) = timeline.read_lines(path)
+    assert [(a.domain, a.rule) for a in timeline.actions(line)] == [("a", Rule.NEED)]
+    line["actions"][0]["rule"] = "bribe"
+    with pytest.raises(timeline.TimelineError, match="unknown rule 'bribe'"):
+        timeline.actions(line, "t.jsonl:1")
 
 
 def test_an_unknown_kind_in_a_timeline_is_an_error_that_names_it():

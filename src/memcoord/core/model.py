@@ -209,8 +209,8 @@ class Rule(StrEnum):
     # the guard itself).
     LENT = "lent", Action.GROW
     POOL = "pool", Action.GROW  # busy below its high: a share of what was reclaimed this tick
-    # For a guest below its low the budget cannot lift: from above the giver's high, or (only for what a guest
-    # lacks to last until memcoord can act again) from between its low and high.
+    # For a guest below its low the budget cannot lift: from above the giver's high, or from between its low and
+    # high: what the guest lacks to last until memcoord can act again, and toward its low the giver's page cache.
     SURPLUS = "surplus", Action.RECLAIM
     COMFORT = "comfort", Action.RECLAIM
     TAX = "tax", Action.TAX  # idle: the idle tax, for a guest below its low that grows (the seed's rule)

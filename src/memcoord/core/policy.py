@@ -20,7 +20,8 @@ in. `decide` reads top to bottom as one model:
    band, a scarce budget split by weight (`fill`); what it could not lift them by comes from others' surplus
    above high, then (for what a guest lacks to last until memcoord can act again) what the guard holds for
    others' grants (`lendable_kib`) and others' comfort between low and high, page cache first (`take_for`),
-   then the idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again).
+   and toward its low others' page cache; then the idle tax (`tax`); busy guests below high share what was
+   reclaimed (`fill` again).
 5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
@@ -282,6 +283,11 @@ class _Guest:
     cache_kib: int = 0  # page cache (usable - unused)
     age_s: float = 0.0
     late: bool = False  # its stats are late, and it is grown on its projection
+    # memcoord raised it within the stale time: taking the grant back before it is used makes the two ping-pong;
+    # still_growing: and it is not steady again on a new sample (a burst that peaked may give back what it did
+    # not use).
+    just_raised: bool = False
+    still_growing: bool = False
     refused: str | None = None
     pending: Pending | None = None
     target_kib: int = 0
@@ -342,6 +348,9 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
                base_kib, 0, base_kib, GuestClass.NO_STATS, config.weight(name, dom.settings), held_kib, sample,
                sample is not None and sample is not prev, refused=refused, pending=pending,
                target_kib=base_kib)  # fmt: skip
+    raised_at_s = state.raised_at_s.get(name)
+    g.just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
+    g.still_growing = g.just_raised and not (g.new_sample and sample is not None and sample.steady)
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
     if refused:
         g.guest_class = GuestClass.BAD_STATS
@@ -560,7 +569,7 @@ class _Allocation:
                 need_kib -= _backed_above_kib(g, g.target_kib, config) - before_kib
         return max(0, need_kib - RELIEF_MARGIN_KIB)
 
-    def reclaim(self, allowed: bool, just_raised: set[str]) -> None:
+    def reclaim(self, allowed: bool) -> None:
         """Each idle guest above its high, on a sample new this tick (never twice on one set of figures), gives
         a reclaim step toward its high; not one memcoord just raised (taking a grant back before it is used
         makes the two ping-pong). A configured step smaller than MIN_MOVE_KIB is a trickle the admin chose: it is
@@ -574,7 +583,7 @@ class _Allocation:
                 and g.new_sample
                 and g.settled
                 and g.rule is None
-                and g.name not in just_raised
+                and not g.just_raised
             ):
                 least_kib = 0 if g.band.high_kib == g.band.floor_kib else min(MIN_MOVE_KIB, step_kib)
                 self.reclaimed_kib += self.lower(g, step_kib, Rule.RECLAIM, g.band.high_kib, least_kib)
@@ -614,11 +623,13 @@ class _Allocation:
             if (lack_kib := (g.survive_kib if survive else g.band.low_kib) - g.target_kib) >= KIB_PER_MIB
         }
 
-    def take_for(self, unmet_kib: int, rule: Rule, still_growing: set[str]) -> None:
+    def take_for(self, unmet_kib: int, rule: Rule, cache_only: bool = False) -> None:
         """For guests below low the budget cannot lift: others give, from above their high (SURPLUS) or from
         between their low and high (COMFORT), page cache first, then the most first, a relief step each at
         most, until what the others lack is covered. It reaches them through the host on the next ticks (at once
-        where it was an untouched grant)."""
+        where it was an untouched grant). cache_only: each gives no more than its page cache, which its kernel drops
+        without a process losing memory (seen on real guests: a reader kept ~350 MiB of page cache while its
+        neighbour's process was OOM killed with the host at its guard)."""
         step_kib = mib_to_kib(self.config.host.relief_step_mib)
         stop = {g.name: g.band.high_kib if rule is Rule.SURPLUS else g.band.low_kib for g in self.guests}
         donors = [
@@ -627,15 +638,17 @@ class _Allocation:
             if g.settled
             and g.rule is None
             and g.target_kib > stop[g.name]
-            and g.name not in still_growing
+            and not g.still_growing
             and g.guest_class is not GuestClass.STARVING
+            and (g.cache_kib >= MIN_MOVE_KIB or not cache_only)
         ]
         for g in sorted(donors, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
             if unmet_kib <= 0:
                 break
-            unmet_kib -= self.lower(g, min(step_kib, unmet_kib), rule, stop_kib=stop[g.name])
+            want_kib = min(step_kib, unmet_kib, g.cache_kib) if cache_only else min(step_kib, unmet_kib)
+            unmet_kib -= self.lower(g, want_kib, rule, stop_kib=stop[g.name])
 
-    def tax(self, just_raised: set[str]) -> None:
+    def tax(self) -> None:
         """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, each idle guest
         pays idle_tax_mib (a configured trickle: its moves are made whatever their size), never below the middle
         of its band (a tax, not a drain), and it goes to those guests in this tick, up to their ceilings: no more
@@ -650,7 +663,7 @@ class _Allocation:
         room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
         tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
         for g in self.guests:
-            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and g.name not in just_raised:
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and not g.just_raised:
                 stop_kib = (g.band.low_kib + g.band.high_kib) // 2
                 collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib, 0)
         self.fill(wants_kib, Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
@@ -676,12 +689,6 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     now_s = snapshot.taken_at_s
     guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
     budget_kib = _budget_kib(snapshot, guests, config)  # 3
-    just_raised = {n for n, t in state.raised_at_s.items() if now_s - t <= config.stale_after_s}
-    # A guest memcoord just grew keeps its grant while it may still grow into it; one steady again on a new sample
-    # (its burst has peaked) may give back what it did not use.
-    still_growing = {
-        g.name for g in guests if g.name in just_raised and not (g.new_sample and g.sample and g.sample.steady)
-    }
     plan = _Allocation(guests, budget_kib, config)  # 4
     plan.clamp()
     shortfall_kib = 0
@@ -697,20 +704,24 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     if not pressured:
         target_kib = mib_to_kib(config.host.target_available_mib)
         starving = any(g.guest_class is GuestClass.STARVING for g in guests)
-        plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving, just_raised)
+        plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving)
         wants_kib = {g.name: g.grow_to_kib - g.target_kib for g in guests if g.guest_class is GuestClass.STARVING}
         plan.fill(wants_kib, Rule.NEED, plan.budget_kib)
         # Short of what the starving need: surpluses first, then what the guard holds for others' grants and
-        # others' comfort, only for what a guest lacks to last until memcoord can act again; then the idle tax.
+        # others' comfort, only for what a guest lacks to last until memcoord can act again; others' page cache
+        # toward its low (comfort taken further, from guests without cache, moved OOM kills to them in
+        # bench/compare.py's bursts, fleet-50 and sawtooth); then the idle tax.
         if plan.unmet_kib():
-            plan.take_for(sum(plan.unmet_kib().values()), Rule.SURPLUS, still_growing)
+            plan.take_for(sum(plan.unmet_kib().values()), Rule.SURPLUS)
             plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
         if plan.unmet_kib(survive=True):
             plan.fill(plan.unmet_kib(survive=True), Rule.LENT, plan.lendable_kib(), beyond_budget=True)
         if plan.unmet_kib(survive=True):
-            plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT, still_growing)
+            plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT)
             plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
-        plan.tax(just_raised)
+        if plan.unmet_kib():
+            plan.take_for(sum(plan.unmet_kib().values()), Rule.COMFORT, cache_only=True)
+        plan.tax()
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
             g.name: g.band.high_kib - g.target_kib

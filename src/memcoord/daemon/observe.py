@@ -140,6 +140,7 @@ class Observer:
                 "from_kib": c.from_kib,
                 "to_kib": c.to_kib,
                 "reason": c.reason,
+                "rule": None if c.why is None else str(c.why.rule),
                 "error": result.error,
                 "outcome": str(result.outcome),
             }

@@ -3,7 +3,7 @@
 Why JSON lines: one self-contained line per tick, appended and flushed, so a crash loses at most a line, the
 file can be tailed or grepped, and a reader can stop at any line. Sizes are KiB, as everywhere in memcoord.
 A line is {"t_s", "dry_run", "host": {...} | null, "domains": [{name, class, current_kib, max_kib, target_kib,
-unused_kib, usable_kib}], "actions": [{domain, action, from_kib, to_kib, reason, error}], "error"}; t_s is the
+unused_kib, usable_kib}], "actions": [{domain, action, from_kib, to_kib, reason, rule, error}], "error"}; t_s is the
 tick's wall-clock time (epoch).
 
 This is the only timeline format memcoord reads. Tools that watch the daemon (the lab, the fault tests) read
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from memcoord.core.model import KIB_PER_MIB, Action, Outcome
+from memcoord.core.model import KIB_PER_MIB, Action, Outcome, Rule
 
 log = logging.getLogger("memcoord")
 
@@ -92,6 +92,7 @@ class TimelineAction:
     error: str | None
     dry_run: bool
     outcome: Outcome = Outcome.SET
+    rule: Rule | None = None  # the policy's step that moved the guest (`model.Reason.rule`)
 
     @property
     def applied(self) -> bool:
@@ -125,6 +126,11 @@ def actions(line: dict[str, Any], where: str = "<timeline>") -> list[TimelineAct
             outcome = Outcome(outcome_text)
         except ValueError:
             raise TimelineError(f"{where}: actions: unknown outcome {outcome_text!r}") from None
+        rule_text = act.get("rule")
+        try:
+            rule = None if rule_text is None else Rule(rule_text)  # type: ignore[call-arg]  # a lookup by value
+        except ValueError:
+            raise TimelineError(f"{where}: actions: unknown rule {rule_text!r}") from None
         out.append(
             TimelineAction(
                 t_s=float(line["t_s"]),
@@ -136,6 +142,7 @@ def actions(line: dict[str, Any], where: str = "<timeline>") -> list[TimelineAct
                 error=act.get("error"),
                 dry_run=bool(line.get("dry_run", False)),
                 outcome=outcome,
+                rule=rule,
             )
         )
     return out
