@@ -28,7 +28,7 @@ from typing import Any
 
 import tomli_w
 
-from memcoord.core.model import KIB_PER_MIB
+from memcoord.core.model import KIB_PER_MIB, Rule
 from memcoord.daemon import timeline as mc_timeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ class CoordinatorAction:
     from_mib: int
     to_mib: int
     reason: str
-    rule: str | None  # the policy's step (`model.Rule`), None from a timeline older than the field
+    rule: Rule | None  # the policy's step, None from a timeline older than the field
 
 
 def _mono_s(t_wall_s: float) -> float:
@@ -63,7 +63,7 @@ def _action(act: mc_timeline.TimelineAction) -> CoordinatorAction:
         round(act.from_kib / KIB_PER_MIB),
         round(act.to_kib / KIB_PER_MIB),
         act.reason,
-        None if act.rule is None else str(act.rule),
+        act.rule,
     )
 
 

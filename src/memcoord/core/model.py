@@ -263,9 +263,10 @@ class Reason:
             text = f"for a guest below its low the host cannot lift ({budget}): from above its high"
         elif rule is Rule.COMFORT:
             text = f"for a guest below its low the host cannot lift ({budget}): from between its low and high"
-        else:
-            assert rule is Rule.TAX, rule
+        elif rule is Rule.TAX:
             text = "idle tax for a guest below its low that grows"
+        else:
+            raise ValueError(f"no words for rule {rule!r}")
         return f"{text}; {free}, {band}"
 
 

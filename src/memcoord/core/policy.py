@@ -113,7 +113,8 @@ class Pending:
 
     def overtaken(self, current_kib: int) -> bool:
         """The balloon moved away from the target, past where it was set from: something else set it (an admin's
-        `virsh setmem`, a deflate-on-OOM guest), and memcoord's target no longer says where it is heading."""
+        `virsh setmem`; a deflate-on-OOM guest deflating above a lowering), and memcoord's target no longer says
+        where it is heading."""
         if self.target_kib > self.from_kib:
             return current_kib < self.from_kib - SETTLED_TOLERANCE_KIB
         return current_kib > self.from_kib + SETTLED_TOLERANCE_KIB
@@ -137,7 +138,12 @@ def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> Poli
     passes. balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
     would grow a guest twice for one need."""
     changes = list(changes)
-    pending = {**state.pending, **{c.domain: Pending(c.to_kib, now_s, c.from_kib) for c in changes}}
+    pending = dict(state.pending)
+    for c in changes:
+        # A change from a target still on its way, the same way: the balloon set out from where the first did.
+        prev = pending.get(c.domain)
+        same_way = prev is not None and (prev.target_kib > prev.from_kib) == (c.to_kib > c.from_kib)
+        pending[c.domain] = Pending(c.to_kib, now_s, prev.from_kib if prev is not None and same_way else c.from_kib)
     lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if _lowers(c)}}
     raised_at_s = {**state.raised_at_s, **{c.domain: now_s for c in changes if not _lowers(c)}}
     granted_kib = dict(state.granted_kib)
@@ -708,9 +714,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         wants_kib = {g.name: g.grow_to_kib - g.target_kib for g in guests if g.guest_class is GuestClass.STARVING}
         plan.fill(wants_kib, Rule.NEED, plan.budget_kib)
         # Short of what the starving need: surpluses first, then what the guard holds for others' grants and
-        # others' comfort, only for what a guest lacks to last until memcoord can act again; others' page cache
-        # toward its low (comfort taken further, from guests without cache, moved OOM kills to them in
-        # bench/compare.py's bursts, fleet-50 and sawtooth); then the idle tax.
+        # others' comfort, only for what a guest lacks to last until memcoord can act again (a giver's program
+        # memory is its own buffer against its next burst); others' page cache toward its low; then the idle tax.
         if plan.unmet_kib():
             plan.take_for(sum(plan.unmet_kib().values()), Rule.SURPLUS)
             plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
@@ -720,6 +725,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT)
             plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
         if plan.unmet_kib():
+            # It reaches them through the host on the next ticks (spent at once, it cost fleet-50 two OOM kills).
             plan.take_for(sum(plan.unmet_kib().values()), Rule.COMFORT, cache_only=True)
         plan.tax()
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
