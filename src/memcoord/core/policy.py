@@ -716,17 +716,17 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         # Short of what the starving need: surpluses first, then what the guard holds for others' grants and
         # others' comfort, only for what a guest lacks to last until memcoord can act again (a giver's program
         # memory is its own buffer against its next burst); others' page cache toward its low; then the idle tax.
-        if plan.unmet_kib():
-            plan.take_for(sum(plan.unmet_kib().values()), Rule.SURPLUS)
+        if unmet := plan.unmet_kib():
+            plan.take_for(sum(unmet.values()), Rule.SURPLUS)
             plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
-        if plan.unmet_kib(survive=True):
-            plan.fill(plan.unmet_kib(survive=True), Rule.LENT, plan.lendable_kib(), beyond_budget=True)
-        if plan.unmet_kib(survive=True):
-            plan.take_for(sum(plan.unmet_kib(survive=True).values()), Rule.COMFORT)
+        if unmet := plan.unmet_kib(survive=True):
+            plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)
+        if unmet := plan.unmet_kib(survive=True):
+            plan.take_for(sum(unmet.values()), Rule.COMFORT)
             plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
-        if plan.unmet_kib():
+        if unmet := plan.unmet_kib():
             # It reaches them through the host on the next ticks (spent at once, it cost fleet-50 two OOM kills).
-            plan.take_for(sum(plan.unmet_kib().values()), Rule.COMFORT, cache_only=True)
+            plan.take_for(sum(unmet.values()), Rule.COMFORT, cache_only=True)
         plan.tax()
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
