@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from memcoord.core.model import (
     KIB_PER_MIB,
@@ -83,9 +83,11 @@ SILENCE_LIMIT_STALE_PERIODS = 3
 
 
 # -- state -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """The last sane stats sample the policy saw for a domain, folded into its history."""
+class Sample(NamedTuple):
+    """The last sane stats sample the policy saw for a domain, folded into its history.
+
+    A named tuple, not a frozen dataclass: one is built per guest and tick, and a frozen dataclass's __init__
+    costs three times as much (an object.__setattr__ per field)."""
 
     last_update_s: int
     free_kib: int  # usable, or unused where the guest does not report usable
@@ -275,11 +277,9 @@ class _Guest:
     dom: DomainStats
     name: str
     base_kib: int  # where its balloon is heading: the pending target, else balloon.current
-    band: Band
     need_kib: int  # its low before floor and ceiling: a lowered ceiling never takes it below this
     survive_kib: int  # below this it runs out of memory before memcoord can act again, at its ramp
     grow_to_kib: int  # where growth aims: its low, or a grow step up if more
-    guest_class: GuestClass
     weight: int
     held_kib: int  # what the guard holds for its grant
     sample: Sample | None = None
@@ -299,6 +299,9 @@ class _Guest:
     target_kib: int = 0
     rule: Rule | None = None
     budget_kib: int = 0  # the host budget when its rule moved it
+    # Set by `_look_at` on every way out, once each: a band is built once per guest and tick.
+    band: Band = field(init=False)
+    guest_class: GuestClass = field(init=False)
 
     def reason(self) -> Reason:
         assert self.rule is not None
@@ -349,19 +352,17 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
     ramp_kib = int(ramp_kib_per_s * (min(age_s, clock.silence_s) + clock.lookahead_s))
     held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, int(RAMP_SAFETY * ramp_kib))
-    kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
-    g = _Guest(dom, name, base_kib, Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "no sane stats: held where it is"),
-               base_kib, 0, base_kib, GuestClass.NO_STATS, config.weight(name, dom.settings), held_kib, sample,
-               sample is not None and sample is not prev, refused=refused, pending=pending,
-               target_kib=base_kib)  # fmt: skip
+    new_sample = sample is not None and sample is not prev
     raised_at_s = state.raised_at_s.get(name)
-    g.just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
-    g.still_growing = g.just_raised and not (g.new_sample and sample is not None and sample.steady)
+    just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
+    g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, config.weight(name, dom.settings), held_kib, sample,
+               new_sample, refused=refused, pending=pending, target_kib=base_kib, just_raised=just_raised,
+               still_growing=just_raised and not (new_sample and sample is not None and sample.steady))  # fmt: skip
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
-    if refused:
-        g.guest_class = GuestClass.BAD_STATS
-        return g
-    if sample is None:
+    kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
+    if refused or sample is None:
+        g.guest_class = GuestClass.BAD_STATS if refused else GuestClass.NO_STATS
+        g.band = Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "no sane stats: held where it is")
         return g
     g.age_s = age_s
     fresh = age_s <= clock.stale_s
