@@ -33,7 +33,6 @@ Free memory is `balloon.usable` (MemAvailable) where the guest reports it, else 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple
@@ -254,7 +253,6 @@ def thresholds_kib(config: Config, size_kib: int) -> tuple[int, int, int]:
     return _thresholds_kib(config.guest, size_kib)
 
 
-@functools.lru_cache(maxsize=4096)  # a host has a few guest sizes, asked for by every guest on every tick
 def _thresholds_kib(g: GuestConfig, size_kib: int) -> tuple[int, int, int]:
     starving_kib = max(mib_to_kib(g.starving_mib), int(size_kib * g.starving_pct / 100))
     wasteful_kib = max(
@@ -320,12 +318,23 @@ class _Clock:
     lookahead_s: float
     overhead_kib: int
     peak_hold_s: float
+    guest: GuestConfig
+    # A host has a few guest sizes, and every guest asks for its size's thresholds: each size's are worked out
+    # once per tick.
+    thresholds: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     @staticmethod
     def of(config: Config, now_s: float) -> _Clock:
         overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
         return _Clock(now_s, config.stale_after_s, silence_limit_s(config), lookahead_s(config), overhead_kib,
-                      config.guest.peak_hold_s)  # fmt: skip
+                      config.guest.peak_hold_s, config.guest)  # fmt: skip
+
+    def thresholds_kib(self, size_kib: int) -> tuple[int, int, int]:
+        """`thresholds_kib` of this tick's config."""
+        found = self.thresholds.get(size_kib)
+        if found is None:
+            found = self.thresholds[size_kib] = _thresholds_kib(self.guest, size_kib)
+        return found
 
 
 def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock) -> _Guest:
@@ -367,7 +376,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     g.age_s = age_s
     fresh = age_s <= clock.stale_s
     # Sized on the guest's configured size, not where its balloon is now.
-    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
+    starving_kib, wasteful_kib, grow_step_kib = clock.thresholds_kib(ceiling_kib)
     # What it holds whatever its balloon's size: its use by its own total and its kernel's share of the balloon;
     # without its own total, the balloon's size the report saw less its free memory.
     by_total = sample.used_by_total
