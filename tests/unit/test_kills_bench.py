@@ -1,0 +1,30 @@
+"""bench/kills.py: each OOM kill of a memcoord run, found where the run counts it, with the ticks before it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from bench.kills import describe, trace
+from memcoord.core.config import Config
+from memcoord.sim.run import run
+from memcoord.sim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+# vm2 grows without bound to its 2048 MiB maximum: the one kill of this scenario, whatever the policy.
+SCENARIO = ROOT / "scenarios" / "course-3-grow-free.toml"
+
+
+def test_finds_the_kills_the_run_counts_and_shows_the_ticks_before() -> None:
+    ticks, kills = trace(SCENARIO, Config())
+    report = run(load_scenario(SCENARIO), Config())
+    by_guest = {g.name: g.oom_kills for g in report.guests if g.oom_kills}
+    assert by_guest, "the scenario no longer kills: pick another for this test"
+    assert Counter(k.guest for k in kills) == by_guest
+    lines = describe(ticks, kills, n_ticks=3)
+    kill = kills[0]
+    at = lines.index(f"KILL {kill.guest} at t={kill.t_s:.1f} s")
+    shown = lines[at + 1 : at + 7]
+    # Three ticks before it, each with the host's figures and the guest's own line.
+    assert sum(line.startswith("  t=") for line in shown) == 3, shown
+    assert sum(line.startswith(f"    {kill.guest}: size ") for line in shown) == 3, shown
