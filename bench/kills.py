@@ -1,14 +1,19 @@
 """Why each OOM kill of a memcoord run happened: the guest, the time, and what the policy saw and did before it.
 
     .venv/bin/python bench/kills.py scenarios/fleet-50.toml [--profile prod] [--ticks 6] [--config FILE]
+    .venv/bin/python bench/kills.py scenarios/fleet-50.toml --seeds 1-12    # kills and time below guard per seed
 
 Runs the scenario through the daemon's own tick (`step.step`) on the simulator, as `bench/compare.py` does
 (without memcoord's libvirt hook: on a scenario with `host.make_room` the run differs from compare's), and for
 each kill prints the ticks before it. Per tick, for the host: its available memory above the guard, the budget
 before the plan (`policy.host_headroom_kib`), what the guard held for grants not yet backed (available - guard -
-budget), and what guests backed anew in the next LOOKAHEAD_S (QEMU's RSS growth, all guests: at least what the
+budget), and what guests backed anew in the next LOOKAHEAD_S (QEMU's RSS growth, all guests: no less than what the
 holders touched); for the killed guest: its true size and use (the simulator's), the policy's view of it (stats age,
 class, ramp, band) and the changes made to it, with their rule.
+
+With --seeds, the same scenario drawn with each seed instead (`sim.run.run`, as `bench/compare.py` runs it): its
+kills and seconds below the guard per seed, for both profiles and the peers. One seed's count moves by a few kills
+with any change to who gets memory when; a change to the model should be judged on many.
 
 Last, the scenario's demand against the host (`check_demand`, page cache left out) with each guest's starving line
 on top: where that does not fit, some guest must sit at or below its starving line, whatever a policy does.
@@ -26,12 +31,13 @@ from memcoord.core.config import load as load_config
 from memcoord.core.model import KIB_PER_MIB, Plan, Snapshot, mib_to_kib
 from memcoord.core.policy import PolicyState, host_headroom_kib
 from memcoord.core.step import MEMCOORD, step
-from memcoord.sim.run import check_demand
+from memcoord.sim.run import check_demand, run
 from memcoord.sim.scenario import SIM_EPOCH_S, build_host, load_scenario
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.compare import prod_config
+from bench.compare import PROD_NAME, prod_config
+from bench.policies import POLICIES
 
 # How far ahead "backed anew" looks: a sample's age plus memcoord's lookahead (stats period + tick + balloon move)
 # under the default config.
@@ -130,14 +136,35 @@ def describe(ticks: list[Tick], kills: list[Kill], n_ticks: int) -> list[str]:
     return out
 
 
+def by_seed(scenario_path: Path, config: Config, seeds: range) -> list[str]:
+    """Per run (memcoord's two profiles, the peers): kills and seconds below the guard for each seed, and totals."""
+    scenario = load_scenario(scenario_path)
+    runs = [("memcoord", config, MEMCOORD), (PROD_NAME, prod_config(config), MEMCOORD)]
+    runs += [(name, config, loop) for name, loop in POLICIES.items() if loop is not MEMCOORD]
+    out = []
+    for name, cfg, loop in runs:
+        reports = [run(scenario.model_copy(update={"seed": seed}), cfg, loop) for seed in seeds]
+        kills = [r.oom_kills for r in reports]
+        below_s = sum(r.host_below_guard_s for r in reports)
+        out.append(f"{name:14s} kills {sum(kills):4d}  below guard {below_s:6.1f} s  per seed {kills}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("scenario", type=Path)
     parser.add_argument("--config", type=Path, help="config file (default: built-in defaults)")
     parser.add_argument("--profile", choices=["default", "prod"], default="default")
     parser.add_argument("--ticks", type=int, default=6, help="seconds before each kill to show")
+    parser.add_argument("--seeds", help="FIRST-LAST: kills per seed instead of the kills' ticks")
     args = parser.parse_args(argv)
     config = load_config(args.config) if args.config else Config()
+    if args.seeds:
+        first, _, last = args.seeds.partition("-")
+        seeds = range(int(first), int(last or first) + 1)
+        print(f"{args.scenario.name}, seeds {seeds.start}-{seeds.stop - 1}:")
+        print("\n".join(by_seed(args.scenario, config, seeds)))
+        return 0
     if args.profile == "prod":
         config = prod_config(config)
     ticks, kills = trace(args.scenario, config)

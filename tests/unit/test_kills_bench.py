@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from bench.kills import describe, trace
+from bench.kills import by_seed, describe, trace
 from memcoord.core.config import Config
 from memcoord.sim.run import run
 from memcoord.sim.scenario import load_scenario
@@ -28,3 +28,11 @@ def test_finds_the_kills_the_run_counts_and_shows_the_ticks_before() -> None:
     # Three ticks before it, each with the host's figures and the guest's own line.
     assert sum(line.startswith("  t=") for line in shown) == 3, shown
     assert sum(line.startswith(f"    {kill.guest}: size ") for line in shown) == 3, shown
+
+
+def test_by_seed_counts_the_runs_compare_makes() -> None:
+    scenario = load_scenario(SCENARIO)
+    lines = by_seed(SCENARIO, Config(), range(scenario.seed, scenario.seed + 1))
+    kills = run(scenario, Config()).oom_kills
+    assert lines[0].split()[:3] == ["memcoord", "kills", str(kills)], lines
+    assert [line.split()[0] for line in lines] == ["memcoord", "memcoord-prod", "mom", "proxmox"]
