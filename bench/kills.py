@@ -28,11 +28,11 @@ from pathlib import Path
 
 from memcoord.core.config import Config
 from memcoord.core.config import load as load_config
-from memcoord.core.model import KIB_PER_MIB, Plan, Snapshot, mib_to_kib
+from memcoord.core.model import KIB_PER_MIB, Plan, Rule, Snapshot, mib_to_kib
 from memcoord.core.policy import PolicyState, host_headroom_kib
 from memcoord.core.step import MEMCOORD, step
 from memcoord.sim.run import check_demand, run
-from memcoord.sim.scenario import SIM_EPOCH_S, build_host, load_scenario
+from memcoord.sim.scenario import SIM_EPOCH_S, Scenario, build_host, load_scenario
 
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +42,9 @@ from bench.policies import POLICIES
 # How far ahead "backed anew" looks: a sample's age plus memcoord's lookahead (stats period + tick + balloon move)
 # under the default config.
 LOOKAHEAD_S = 4
+# How far back the killed guest's own lowerings are summed: longer than the gaps between the shipped scenarios'
+# bursts and sawtooth periods, so a lowering since the guest's last peak shows.
+LOOKBACK_S = 60
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,8 @@ class Kill:
     guest: str
 
 
-def trace(scenario_path: Path, config: Config) -> tuple[list[Tick], list[Kill]]:
+def trace(scenario: Scenario, config: Config) -> tuple[list[Tick], list[Kill]]:
     """Run the scenario with memcoord; every tick as the policy saw it, and every kill."""
-    scenario = load_scenario(scenario_path)
     hv = build_host(scenario)
     state = MEMCOORD.first_state(config)
     tick_every = max(1, round(config.loop.interval_s / scenario.step_s))
@@ -98,6 +100,18 @@ def backed_anew_kib(ticks: list[Tick], i: int) -> int:
     return sum(max([0, *(t[n][2] - rss for t in later if n in t)]) for n, (_, _, rss) in now.items())
 
 
+def lowerings_mib(ticks: list[Tick], kill: Kill) -> dict[str, int]:
+    """What memcoord took from the killed guest in the LOOKBACK_S before its kill, MiB by rule."""
+    out: dict[str, int] = {}
+    for t in ticks:
+        if kill.t_s - LOOKBACK_S <= t.t_s <= kill.t_s:
+            for c in t.plan.changes:
+                if c.domain == kill.guest and c.to_kib < c.from_kib:
+                    rule = c.why.rule.value if c.why else c.action.value
+                    out[rule] = out.get(rule, 0) + (c.from_kib - c.to_kib) // KIB_PER_MIB
+    return out
+
+
 def describe(ticks: list[Tick], kills: list[Kill], n_ticks: int) -> list[str]:
     def mib(kib: int) -> str:
         return f"{kib // KIB_PER_MIB}"
@@ -105,6 +119,8 @@ def describe(ticks: list[Tick], kills: list[Kill], n_ticks: int) -> list[str]:
     out = []
     for kill in kills:
         out.append(f"KILL {kill.guest} at t={kill.t_s:.1f} s")
+        taken = ", ".join(f"{rule} {n}" for rule, n in sorted(lowerings_mib(ticks, kill).items()))
+        out.append(f"  taken from it in the {LOOKBACK_S} s before (MiB): {taken or 'nothing'}")
         for i, t in enumerate(ticks):
             if not kill.t_s - n_ticks <= t.t_s <= kill.t_s:
                 continue
@@ -137,7 +153,8 @@ def describe(ticks: list[Tick], kills: list[Kill], n_ticks: int) -> list[str]:
 
 
 def by_seed(scenario_path: Path, config: Config, seeds: range) -> list[str]:
-    """Per run (memcoord's two profiles, the peers): kills and seconds below the guard for each seed, and totals."""
+    """Per run (memcoord's two profiles, the peers): kills and seconds below the guard for each seed, and totals;
+    for memcoord, how many of the kills came to a guest that gave comfort in the LOOKBACK_S before."""
     scenario = load_scenario(scenario_path)
     runs = [("memcoord", config, MEMCOORD), (PROD_NAME, prod_config(config), MEMCOORD)]
     runs += [(name, config, loop) for name, loop in POLICIES.items() if loop is not MEMCOORD]
@@ -146,7 +163,14 @@ def by_seed(scenario_path: Path, config: Config, seeds: range) -> list[str]:
         reports = [run(scenario.model_copy(update={"seed": seed}), cfg, loop) for seed in seeds]
         kills = [r.oom_kills for r in reports]
         below_s = sum(r.host_below_guard_s for r in reports)
-        out.append(f"{name:14s} kills {sum(kills):4d}  below guard {below_s:6.1f} s  per seed {kills}")
+        line = f"{name:14s} kills {sum(kills):4d}  below guard {below_s:6.1f} s  per seed {kills}"
+        if loop is MEMCOORD:
+            gave = 0
+            for seed in seeds:
+                ticks, seed_kills = trace(scenario.model_copy(update={"seed": seed}), cfg)
+                gave += sum(1 for k in seed_kills if Rule.COMFORT.value in lowerings_mib(ticks, k))
+            line += f"; {gave} of them had given comfort in the {LOOKBACK_S} s before"
+        out.append(line)
     return out
 
 
@@ -167,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.profile == "prod":
         config = prod_config(config)
-    ticks, kills = trace(args.scenario, config)
+    ticks, kills = trace(load_scenario(args.scenario), config)
     print(f"{args.scenario.name}, {args.profile} profile: {len(kills)} OOM kills")
     print("\n".join(describe(ticks, kills, args.ticks)))
     scenario = load_scenario(args.scenario)

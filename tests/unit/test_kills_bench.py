@@ -16,7 +16,7 @@ SCENARIO = ROOT / "scenarios" / "course-3-grow-free.toml"
 
 
 def test_finds_the_kills_the_run_counts_and_shows_the_ticks_before() -> None:
-    ticks, kills = trace(SCENARIO, Config())
+    ticks, kills = trace(load_scenario(SCENARIO), Config())
     report = run(load_scenario(SCENARIO), Config())
     by_guest = {g.name: g.oom_kills for g in report.guests if g.oom_kills}
     assert by_guest, "the scenario no longer kills: pick another for this test"
@@ -24,7 +24,8 @@ def test_finds_the_kills_the_run_counts_and_shows_the_ticks_before() -> None:
     lines = describe(ticks, kills, n_ticks=3)
     kill = kills[0]
     at = lines.index(f"KILL {kill.guest} at t={kill.t_s:.1f} s")
-    shown = lines[at + 1 : at + 7]
+    assert lines[at + 1].startswith("  taken from it in the 60 s before (MiB): "), lines[at + 1]
+    shown = lines[at + 2 : at + 8]
     # Three ticks before it, each with the host's figures and the guest's own line.
     assert sum(line.startswith("  t=") for line in shown) == 3, shown
     assert sum(line.startswith(f"    {kill.guest}: size ") for line in shown) == 3, shown
