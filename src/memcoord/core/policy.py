@@ -15,13 +15,13 @@ in. `decide` reads top to bottom as one model:
    (host-side figures only, never a guest's claim; nothing for a guest silent longer than the bound). A lowering
    gives back what QEMU backs above its new target in the same tick.
 4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
-   under memory pressure, relief from above high, then above low, largest first (`relieve`; under pressure
-   nobody grows); idle guests above high give a reclaim step (`reclaim`); guests below low grow toward their
-   band, a scarce budget split by weight (`fill`); what it could not lift them by comes from others' surplus
-   above high, then (for what a guest lacks to last until memcoord can act again) what the guard holds for
-   others' grants (`lendable_kib`) and others' comfort between low and high, page cache first (`take_for`),
-   and toward its low others' page cache; then the idle tax (`tax`); busy guests below high share what was
-   reclaimed (`fill` again).
+   under memory pressure, relief from above high, then above low (`give`; under pressure nobody grows); idle
+   guests above high give a reclaim step (`reclaim`); guests below low grow toward their band, a scarce budget
+   split by weight (`fill`); what it could not lift them by others give (`give`): their surplus above high,
+   then (for what a guest lacks to last until memcoord can act again) what the guard holds for others' grants
+   (`lendable_kib`) and others' comfort between low and high, and toward its low others' page cache; then the
+   idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again). Whoever gives, page cache
+   goes first, then the most above its line.
 5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from memcoord.core.model import (
     KIB_PER_MIB,
@@ -549,32 +549,6 @@ class _Allocation:
                     )
                 self.lower(g, step_kib, Rule.CEILING, stop_kib=stop_kib, least_kib=0)
 
-    def relieve(self, deficit_kib: int) -> int:
-        """Relief: from what lies above each guest's high, then between its low and high (its recent peak is
-        kept while others have more to give), largest first, a relief step each, until what QEMU must release
-        covers the deficit (memory on its way back counts first; memory QEMU never backed gives nothing).
-        Returns what it could not find."""
-        config = self.config
-        on_way_kib = sum(
-            _backed_above_kib(g, g.base_kib, config) for g in self.guests if g.base_kib < g.dom.current_kib
-        )
-        need_kib = deficit_kib + RELIEF_MARGIN_KIB - on_way_kib
-        step_kib = mib_to_kib(config.host.relief_step_mib)
-        for line in ("high", "low"):
-            stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
-            donors = [
-                g
-                for g in self.guests
-                if g.settled and g.target_kib > stop[g.name] and g.guest_class is not GuestClass.STARVING
-            ]
-            for g in sorted(donors, key=lambda g: (stop[g.name] - g.target_kib, g.name)):
-                if need_kib <= 0:
-                    break
-                before_kib = _backed_above_kib(g, g.target_kib, config)
-                self.lower(g, step_kib - (g.base_kib - g.target_kib), Rule.RELIEF, stop[g.name], least_kib=0)
-                need_kib -= _backed_above_kib(g, g.target_kib, config) - before_kib
-        return max(0, need_kib - RELIEF_MARGIN_KIB)
-
     def reclaim(self, allowed: bool) -> None:
         """Each idle guest above its high, on a sample new this tick (never twice on one set of figures), gives
         a reclaim step toward its high; not one memcoord just raised (taking a grant back before it is used
@@ -629,30 +603,39 @@ class _Allocation:
             if (lack_kib := (g.survive_kib if survive else g.band.low_kib) - g.target_kib) >= KIB_PER_MIB
         }
 
-    def take_for(self, unmet_kib: int, rule: Rule, cache_only: bool = False) -> None:
-        """For guests below low the budget cannot lift: others give, from above their high (SURPLUS) or from
-        between their low and high (COMFORT), page cache first, then the most first, a relief step each at
-        most, until what the others lack is covered. It reaches them through the host on the next ticks (at once
-        where it was an untouched grant). cache_only: each gives no more than its page cache, which its kernel drops
-        without a process losing memory (seen on real guests: a reader kept ~350 MiB of page cache while its
-        neighbour's process was OOM killed with the host at its guard)."""
+    def give(self, need_kib: int, rule: Rule, line: Literal["high", "low"], cache_only: bool = False) -> int:
+        """Others give toward a need, page cache first (their kernel drops it without a process losing memory),
+        then the most above its line first, each down to its band's `line` (and its floor), a relief step in the
+        tick at most, until the need is covered; returns what was not. Starving guests never give. cache_only:
+        each gives no more than its page cache.
+
+        For the host (RELIEF) what counts is what QEMU releases (memory it never backed gives the host nothing),
+        and each gives its whole step, a safety move made whatever its size. For the starving (SURPLUS, COMFORT)
+        what counts is what each gives, which reaches them through the host on the next ticks (at once where it
+        was an untouched grant), and a guest memcoord is still growing keeps its grant (taking it back before it
+        is used makes the two ping-pong)."""
+        for_host = rule is Rule.RELIEF
         step_kib = mib_to_kib(self.config.host.relief_step_mib)
-        stop = {g.name: g.band.high_kib if rule is Rule.SURPLUS else g.band.low_kib for g in self.guests}
-        donors = [
+        stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
+        givers = [
             g
             for g in self.guests
             if g.settled
-            and g.rule is None
             and g.target_kib > stop[g.name]
-            and not g.still_growing
             and g.guest_class is not GuestClass.STARVING
+            and (for_host or (g.rule is None and not g.still_growing))
             and (g.cache_kib >= MIN_MOVE_KIB or not cache_only)
         ]
-        for g in sorted(donors, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
-            if unmet_kib <= 0:
+        for g in sorted(givers, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
+            if need_kib <= 0:
                 break
-            want_kib = min(step_kib, unmet_kib, g.cache_kib) if cache_only else min(step_kib, unmet_kib)
-            unmet_kib -= self.lower(g, want_kib, rule, stop_kib=stop[g.name])
+            want_kib = step_kib - (g.base_kib - g.target_kib) if for_host else min(step_kib, need_kib)
+            want_kib = min(want_kib, g.cache_kib) if cache_only else want_kib
+            released_before_kib = _backed_above_kib(g, g.target_kib, self.config)
+            given_kib = self.lower(g, want_kib, rule, stop[g.name], least_kib=0 if for_host else MIN_MOVE_KIB)
+            released_kib = _backed_above_kib(g, g.target_kib, self.config) - released_before_kib
+            need_kib -= released_kib if for_host else given_kib
+        return max(0, need_kib)
 
     def tax(self) -> None:
         """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, each idle guest
@@ -703,7 +686,10 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     # grants the guard holds: those may never be touched, and lending spends them on purpose.
     deficit_kib = max(0, -(budget_kib + sum(g.held_kib for g in guests)))
     if deficit_kib or pressured:
-        shortfall_kib = plan.relieve(deficit_kib)
+        # From above high, then above low; what QEMU is already giving back counts first.
+        on_way_kib = sum(_backed_above_kib(g, g.base_kib, config) for g in guests if g.base_kib < g.dom.current_kib)
+        need_kib = plan.give(deficit_kib + RELIEF_MARGIN_KIB - on_way_kib, Rule.RELIEF, "high")
+        shortfall_kib = max(0, plan.give(need_kib, Rule.RELIEF, "low") - RELIEF_MARGIN_KIB)
         plan.keep_kib = RELIEF_MARGIN_KIB
         pressure = ", under memory pressure: nobody grows" if pressured else ""
         plan.notes.append(f"host {kib_to_mib(deficit_kib):.0f} MiB short of its guard{pressure}: relief")
@@ -717,16 +703,16 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         # others' comfort, only for what a guest lacks to last until memcoord can act again (a giver's program
         # memory is its own buffer against its next burst); others' page cache toward its low; then the idle tax.
         if unmet := plan.unmet_kib():
-            plan.take_for(sum(unmet.values()), Rule.SURPLUS)
+            plan.give(sum(unmet.values()), Rule.SURPLUS, "high")
             plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
         if unmet := plan.unmet_kib(survive=True):
             plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)
         if unmet := plan.unmet_kib(survive=True):
-            plan.take_for(sum(unmet.values()), Rule.COMFORT)
+            plan.give(sum(unmet.values()), Rule.COMFORT, "low")
             plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
         if unmet := plan.unmet_kib():
             # It reaches them through the host on the next ticks (spent at once, it cost fleet-50 two OOM kills).
-            plan.take_for(sum(unmet.values()), Rule.COMFORT, cache_only=True)
+            plan.give(sum(unmet.values()), Rule.COMFORT, "low", cache_only=True)
         plan.tax()
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
