@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config) if args.config else Config()
     if args.seeds:
         first, _, last = args.seeds.partition("-")
+        if not first.isdigit() or not (last or first).isdigit() or int(last or first) < int(first):
+            parser.error(f"--seeds: expected FIRST-LAST with FIRST <= LAST, got {args.seeds!r}")
         seeds = range(int(first), int(last or first) + 1)
         print(f"{args.scenario.name}, seeds {seeds.start}-{seeds.stop - 1}:")
         print("\n".join(by_seed(args.scenario, config, seeds)))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from bench.kills import by_seed, describe, trace
+import pytest
+
+from bench.kills import by_seed, describe, main, trace
 from memcoord.core.config import Config
 from memcoord.sim.run import run
 from memcoord.sim.scenario import load_scenario
@@ -37,3 +39,11 @@ def test_by_seed_counts_the_runs_compare_makes() -> None:
     kills = run(scenario, Config()).oom_kills
     assert lines[0].split()[:3] == ["memcoord", "kills", str(kills)], lines
     assert [line.split()[0] for line in lines] == ["memcoord", "memcoord-prod", "mom", "proxmox"]
+
+
+@pytest.mark.parametrize("seeds", ["x", "5-2", "1-y"])
+def test_a_bad_seed_range_is_refused_by_name(seeds: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([str(SCENARIO), "--seeds", seeds])
+    assert exc.value.code == 2
+    assert f"--seeds: expected FIRST-LAST with FIRST <= LAST, got {seeds!r}" in capsys.readouterr().err
