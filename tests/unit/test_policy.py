@@ -6,6 +6,7 @@ import dataclasses
 
 from memcoord.core.config import Config, parse
 from memcoord.core.model import (
+    KIB_PER_MIB,
     Action,
     Change,
     DomainSettings,
@@ -870,6 +871,25 @@ def test_a_deflate_on_oom_guest_whose_report_sees_a_reclaim_before_libvirt_does_
         plan, state = decide(snap(_autodeflate(current_mib, 568, t), now_s=t + 0.8), state, config)
         assert all(c.action is not Action.GROW for c in plan.changes), (t, plan.changes)
         assert plan.classes["d"] is not GuestClass.STARVING, (t, plan)
+    assert state.samples["d"].ramp_kib_per_s == 0
+
+
+def test_a_deflate_on_oom_guest_whose_report_sees_a_grow_before_libvirt_does_is_not_grown_again():
+    """The other way: a second after memcoord grew it, the guest's report already counts the balloon's deflate
+    as free memory while libvirt's balloon.current still has it where it was; a second later both agree. Its
+    programs' use never moved; read as MemTotal - (max - current) - free, the second report looks like the grow's
+    size per second of new use, and the guest would be grown again (and again) on a ramp of its own balloon."""
+    config = Config()
+    _p, state = decide(snap(_autodeflate(748, 60, NOW_S)), PolicyState(), config)
+    plan, state = decide(snap(_autodeflate(748, 60, NOW_S + 1), now_s=NOW_S + 1), state, config)
+    grow = by_name(plan)["d"]
+    assert grow.action is Action.GROW
+    state = applied(state, plan.changes, NOW_S + 1)
+    grown_mib = grow.delta_kib // KIB_PER_MIB
+    to_mib = grow.to_kib // KIB_PER_MIB
+    for t, current_mib in ((NOW_S + 2, 748), (NOW_S + 3, to_mib), (NOW_S + 4, to_mib)):
+        plan, state = decide(snap(_autodeflate(current_mib, 60 + grown_mib, t), now_s=t + 0.8), state, config)
+        assert all(c.action is not Action.GROW for c in plan.changes), (t, plan.changes)
     assert state.samples["d"].ramp_kib_per_s == 0
 
 
