@@ -365,6 +365,18 @@ def test_late_stats_of_a_ramping_guest_are_a_reason_to_grow():
     assert "ramping 60 MiB/s, stats 7 s old" in by_name(plan)["late"].reason
 
 
+def test_a_ramp_that_pauses_for_one_report_still_has_room_made_for_it():
+    """A program allocating in spurts: 150 MiB in one second, then a report with no new use. Its next spurt comes
+    before memcoord can act again; the ramp is remembered (halved), and the guest is grown now. Forgotten at
+    the first quiet report, the guest would be idle with 450 MiB free, and the next spurt would meet only that."""
+    config = Config()
+    _p, state = decide(snap(dom("a", 1024, 600, last_s=NOW_S), now_s=NOW_S), PolicyState(), config)
+    _p, state = decide(snap(dom("a", 1024, 450, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    plan, state = decide(snap(dom("a", 1024, 450, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
+    assert plan.classes["a"] is GuestClass.STARVING, plan.bands["a"]
+    assert by_name(plan)["a"].action is Action.GROW
+
+
 def test_late_stats_without_a_ramp_stay_untouched():
     first = snap(dom("a", 1024, 100, last_s=NOW_S), now_s=NOW_S)
     second = snap(dom("a", 1024, 100, last_s=NOW_S + 1), now_s=NOW_S + 9)
