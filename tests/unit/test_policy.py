@@ -833,6 +833,30 @@ def test_nothing_is_lent_that_the_lender_touches_before_memcoord_can_act_again()
     assert 0 < lent_kib <= mib_to_kib(300)
 
 
+def test_a_guest_memcoord_is_still_growing_keeps_its_grant_for_itself():
+    """a was grown a second ago and ramps into its grant: s's need does not take it back (taking a grant back
+    before it is used makes the two ping-pong, and a is the next to run out)."""
+    plan = _lender_and_burst(300, a_was_free_mib=1200, a_was_rss_mib=848 + 128, raised_at_s={"a": NOW_S})
+    assert plan.classes["s"] is GuestClass.STARVING  # precondition: s needs what others could give
+    assert "a" not in by_name(plan), plan.changes
+
+
+def test_a_guest_memcoord_just_raised_is_not_reclaimed_on_its_first_quiet_reports():
+    """a was grown a second ago, and its next reports show it idle above its high (the burst that asked for it
+    paused): it keeps the grant until the stale time has passed since the grow, then gives a reclaim step."""
+    first = snap(dom("a", 1536, 900, last_s=NOW_S + 1), now_s=NOW_S + 1)
+    second = snap(dom("a", 1536, 900, last_s=NOW_S + 2), now_s=NOW_S + 2)
+    just = PolicyState(raised_at_s={"a": NOW_S})
+    _p, state = decide(first, just, Config())
+    plan, _ = decide(second, state, Config())
+    assert plan.classes["a"] is GuestClass.WASTEFUL
+    assert plan.changes == ()
+    long_ago = PolicyState(raised_at_s={"a": NOW_S + 1 - Config().stale_after_s - 1})
+    _p, state = decide(first, long_ago, Config())
+    plan, _ = decide(second, state, Config())
+    assert by_name(plan)["a"].action is Action.RECLAIM
+
+
 # -- deflate-on-OOM guests ---------------------------------------------------------------------------------------
 def _autodeflate(current_mib: int, usable_mib: int, last_s: int) -> DomainStats:
     """A 2 GiB guest with <memballoon autodeflate='on'>: its MemTotal stays at 1988 MiB whatever the balloon holds,
