@@ -162,6 +162,18 @@ def test_the_tax_leaves_an_idle_guest_half_way_between_its_lines():
     assert "j" not in changes
 
 
+def test_a_guest_memcoord_just_raised_pays_no_tax():
+    """i was grown a second ago and is idle on its next reports: taxing it would take back, 2 MiB a tick, what it
+    was just given for its own need (and grow it again later)."""
+    doms = (dom("i", 1024, 300), dom("s", 512, 50))
+    later = snap(*(_bump(d) for d in doms), now_s=NOW_S + 1)
+    for raised_at_s, taxed in ((NOW_S - 1, False), (NOW_S - Config().stale_after_s - 1, True)):
+        _p, state = decide(snap(*doms), PolicyState(raised_at_s={"i": raised_at_s}), Config())
+        plan, _ = decide(later, state, Config())
+        assert plan.classes["i"] is GuestClass.IDLE and by_name(plan)["s"].action is Action.GROW
+        assert ("i" in by_name(plan)) is taxed, (raised_at_s, plan.changes)
+
+
 def test_no_tax_when_nobody_grows():
     plan = steady(dom("i", 1024, 250))
     assert plan.classes["i"] is GuestClass.IDLE
