@@ -6,6 +6,7 @@ import dataclasses
 
 from memcoord.core.config import Config, parse
 from memcoord.core.model import (
+    KIB_PER_MIB,
     Action,
     Change,
     DomainSettings,
@@ -159,6 +160,18 @@ def test_the_tax_leaves_an_idle_guest_half_way_between_its_lines():
     changes = by_name(_with_grant(doms, {"g": 100}, available_mib=1024 + 100))
     assert changes["i"].delta_kib == -mib_to_kib(1)
     assert "j" not in changes
+
+
+def test_a_guest_memcoord_just_raised_pays_no_tax():
+    """i was grown a second ago and is idle on its next reports: taxing it would take back, 2 MiB a tick, what it
+    was just given for its own need (and grow it again later)."""
+    doms = (dom("i", 1024, 300), dom("s", 512, 50))
+    later = snap(*(_bump(d) for d in doms), now_s=NOW_S + 1)
+    for raised_at_s, taxed in ((NOW_S - 1, False), (NOW_S - Config().stale_after_s - 1, True)):
+        _p, state = decide(snap(*doms), PolicyState(raised_at_s={"i": raised_at_s}), Config())
+        plan, _ = decide(later, state, Config())
+        assert plan.classes["i"] is GuestClass.IDLE and by_name(plan)["s"].action is Action.GROW
+        assert ("i" in by_name(plan)) is taxed, (raised_at_s, plan.changes)
 
 
 def test_no_tax_when_nobody_grows():
@@ -362,6 +375,18 @@ def test_late_stats_of_a_ramping_guest_are_a_reason_to_grow():
     plan, _ = decide(third, state, Config())
     assert plan.classes["late"] is GuestClass.STARVING
     assert "ramping 60 MiB/s, stats 7 s old" in by_name(plan)["late"].reason
+
+
+def test_a_ramp_that_pauses_for_one_report_still_has_room_made_for_it():
+    """A program allocating in spurts: 150 MiB in one second, then a report with no new use. Its next spurt comes
+    before memcoord can act again; the ramp is remembered (halved), and the guest is grown now. Forgotten at
+    the first quiet report, the guest would be idle with 450 MiB free, and the next spurt would meet only that."""
+    config = Config()
+    _p, state = decide(snap(dom("a", 1024, 600, last_s=NOW_S), now_s=NOW_S), PolicyState(), config)
+    _p, state = decide(snap(dom("a", 1024, 450, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
+    plan, state = decide(snap(dom("a", 1024, 450, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
+    assert plan.classes["a"] is GuestClass.STARVING, plan.bands["a"]
+    assert by_name(plan)["a"].action is Action.GROW
 
 
 def test_late_stats_without_a_ramp_stay_untouched():
@@ -820,6 +845,30 @@ def test_nothing_is_lent_that_the_lender_touches_before_memcoord_can_act_again()
     assert 0 < lent_kib <= mib_to_kib(300)
 
 
+def test_a_guest_memcoord_is_still_growing_keeps_its_grant_for_itself():
+    """a was grown a second ago and ramps into its grant: s's need does not take it back (taking a grant back
+    before it is used makes the two ping-pong, and a is the next to run out)."""
+    plan = _lender_and_burst(300, a_was_free_mib=1200, a_was_rss_mib=848 + 128, raised_at_s={"a": NOW_S})
+    assert plan.classes["s"] is GuestClass.STARVING  # precondition: s needs what others could give
+    assert "a" not in by_name(plan), plan.changes
+
+
+def test_a_guest_memcoord_just_raised_is_not_reclaimed_on_its_first_quiet_reports():
+    """a was grown a second ago, and its next reports show it idle above its high (the burst that asked for it
+    paused): it keeps the grant until the stale time has passed since the grow, then gives a reclaim step."""
+    first = snap(dom("a", 1536, 900, last_s=NOW_S + 1), now_s=NOW_S + 1)
+    second = snap(dom("a", 1536, 900, last_s=NOW_S + 2), now_s=NOW_S + 2)
+    just = PolicyState(raised_at_s={"a": NOW_S})
+    _p, state = decide(first, just, Config())
+    plan, _ = decide(second, state, Config())
+    assert plan.classes["a"] is GuestClass.WASTEFUL
+    assert plan.changes == ()
+    long_ago = PolicyState(raised_at_s={"a": NOW_S + 1 - Config().stale_after_s - 1})
+    _p, state = decide(first, long_ago, Config())
+    plan, _ = decide(second, state, Config())
+    assert by_name(plan)["a"].action is Action.RECLAIM
+
+
 # -- deflate-on-OOM guests ---------------------------------------------------------------------------------------
 def _autodeflate(current_mib: int, usable_mib: int, last_s: int) -> DomainStats:
     """A 2 GiB guest with <memballoon autodeflate='on'>: its MemTotal stays at 1988 MiB whatever the balloon holds,
@@ -870,6 +919,25 @@ def test_a_deflate_on_oom_guest_whose_report_sees_a_reclaim_before_libvirt_does_
         plan, state = decide(snap(_autodeflate(current_mib, 568, t), now_s=t + 0.8), state, config)
         assert all(c.action is not Action.GROW for c in plan.changes), (t, plan.changes)
         assert plan.classes["d"] is not GuestClass.STARVING, (t, plan)
+    assert state.samples["d"].ramp_kib_per_s == 0
+
+
+def test_a_deflate_on_oom_guest_whose_report_sees_a_grow_before_libvirt_does_is_not_grown_again():
+    """The other way: a second after memcoord grew it, the guest's report already counts the balloon's deflate
+    as free memory while libvirt's balloon.current still has it where it was; a second later both agree. Its
+    programs' use never moved; read as MemTotal - (max - current) - free, the second report looks like the grow's
+    size per second of new use, and the guest would be grown again (and again) on a ramp of its own balloon."""
+    config = Config()
+    _p, state = decide(snap(_autodeflate(748, 60, NOW_S)), PolicyState(), config)
+    plan, state = decide(snap(_autodeflate(748, 60, NOW_S + 1), now_s=NOW_S + 1), state, config)
+    grow = by_name(plan)["d"]
+    assert grow.action is Action.GROW
+    state = applied(state, plan.changes, NOW_S + 1)
+    grown_mib = grow.delta_kib // KIB_PER_MIB
+    to_mib = grow.to_kib // KIB_PER_MIB
+    for t, current_mib in ((NOW_S + 2, 748), (NOW_S + 3, to_mib), (NOW_S + 4, to_mib)):
+        plan, state = decide(snap(_autodeflate(current_mib, 60 + grown_mib, t), now_s=t + 0.8), state, config)
+        assert all(c.action is not Action.GROW for c in plan.changes), (t, plan.changes)
     assert state.samples["d"].ramp_kib_per_s == 0
 
 

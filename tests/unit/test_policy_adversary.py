@@ -428,3 +428,21 @@ def test_memfree_above_memavailable_by_the_kernels_reserves_is_a_sane_sample():
     )
     plan = ticks([snap(real, above_guard_mib=16384)])[-1]
     assert plan.classes["r"] is not GuestClass.BAD_STATS, plan.refused
+
+
+def test_a_report_from_the_size_before_memcoords_lowering_is_a_sane_sample():
+    """memcoord reclaimed a wasteful guest 1024 -> 924 MiB; the balloon is there, and the guest's next report,
+    taken as it began to burst, still counts the total it had before (MemTotal 1000 MiB, above its balloon's
+    924). Possible for a balloon that just moved: refused, the bursting guest would be held where it is (as any
+    guest without a sane sample is) while it runs out of memory."""
+    t = NOW_S
+    plans = ticks(
+        [
+            snap(guest("b", 1024, 800, total_mib=1000, last_s=t), now_s=t),
+            snap(guest("b", 1024, 800, total_mib=1000, last_s=t + 1), now_s=t + 1),
+            snap(guest("b", 924, 40, total_mib=1000, last_s=t + 2), now_s=t + 2.5),
+        ]
+    )
+    assert lowering_mib(plans[1], "b") == 100, plans[1]  # precondition: memcoord lowered it
+    assert plans[2].classes["b"] is GuestClass.STARVING, plans[2].refused
+    assert growth_mib(plans[2], "b") > 0, plans[2]

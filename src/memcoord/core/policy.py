@@ -653,11 +653,7 @@ class _Allocation:
         of its band (a tax, not a drain), and it goes to those guests in this tick, up to their ceilings: no more
         is taken than they can receive, nor than the host has above its guard beyond this tick's growth (the
         balloons taking it back within a second)."""
-        wants_kib = {
-            g.name: g.band.ceiling_kib - g.target_kib
-            for g in self.starving
-            if g.target_kib > g.base_kib or g.target_kib < g.band.low_kib
-        }
+        wants_kib = {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
         room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
         tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
@@ -728,7 +724,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         busy = {
             g.name: g.band.high_kib - g.target_kib
             for g in guests
-            if g.guest_class is GuestClass.BUSY and g.settled and g.name not in state.lowered_at_s and g.rule is None
+            if g.guest_class is GuestClass.BUSY and g.settled and g.rule is None
         }
         plan.fill(busy, Rule.POOL, pool_kib)
     out = Plan(
