@@ -159,6 +159,12 @@ CASES = (
          "            plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)\n",
          "            pass\n",
          "test_policy.py::test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others"),
+    Case("no-pool-share-right-after-a-lowering",
+         "on real guests a just-lowered guest's stats lagged its balloon and the pool grew it back (1174 -> 1074 -> "
+         "1174, again); over simulator seeds 1-12 the production profile's fleet-50 loses a guest more without it",
+         " and g.name not in state.lowered_at_s and g.rule is None",
+         " and g.rule is None",
+         "test_policy.py::test_a_guest_just_lowered_gets_no_share_of_the_pool"),
     Case("givers-keep-a-grant-being-grown-into",
          "taking a grant back before it is used makes the two ping-pong, and the giver is the next to run out",
          "(for_host or (g.rule is None and not g.still_growing))",

@@ -479,10 +479,12 @@ def test_a_guest_just_lowered_gets_no_share_of_the_pool():
     plan, state = decide(second, state, config)
     assert {c.domain for c in plan.changes} == {"w", "x"}
     state = applied(state, plan.changes, NOW_S + 1)
-    # x's balloon arrived but its stats moved oddly (busy); w is still wasteful and gives a step to the pool.
-    third = snap(dom("w", 924, 700, last_s=NOW_S + 2), dom("x", 924, 760, last_s=NOW_S + 2), now_s=NOW_S + 2)
+    # Three seconds on, both balloons arrived and both guests settled; x's stats moved oddly (busy, below its
+    # high), w is still wasteful and gives a step to the pool: x gets none of it within the stale time.
+    third = snap(dom("w", 924, 700, last_s=NOW_S + 4), dom("x", 924, 200, last_s=NOW_S + 4), now_s=NOW_S + 4)
     plan, _ = decide(third, state, config)
-    assert plan.classes["x"] is GuestClass.BUSY
+    assert plan.classes["x"] is GuestClass.BUSY and plan.bands["x"].high_kib > mib_to_kib(924)
+    assert by_name(plan)["w"].action is Action.RECLAIM
     assert "x" not in by_name(plan)
 
 

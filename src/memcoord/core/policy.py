@@ -712,7 +712,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         busy = {
             g.name: g.band.high_kib - g.target_kib
             for g in guests
-            if g.guest_class is GuestClass.BUSY and g.settled and g.rule is None
+            if g.guest_class is GuestClass.BUSY and g.settled and g.name not in state.lowered_at_s and g.rule is None
         }
         plan.fill(busy, Rule.POOL, pool_kib)
     out = Plan(
