@@ -16,7 +16,7 @@ from memcoord.core.model import (
     Snapshot,
     mib_to_kib,
 )
-from memcoord.core.policy import PolicyState, applied, decide, host_headroom_kib, thresholds_kib
+from memcoord.core.policy import Pending, PolicyState, applied, decide, host_headroom_kib, thresholds_kib
 from tests.helpers.snapshots import NOW_S, by_name, dom, snap, steady, two_ticks
 from tests.helpers.snapshots import bump as _bump
 
@@ -172,6 +172,28 @@ def test_a_guest_memcoord_just_raised_pays_no_tax():
         plan, _ = decide(later, state, Config())
         assert plan.classes["i"] is GuestClass.IDLE and by_name(plan)["s"].action is Action.GROW
         assert ("i" in by_name(plan)) is taxed, (raised_at_s, plan.changes)
+
+
+def test_a_starving_guest_given_nothing_keeps_the_lowering_on_its_way():
+    """r was lowered 1024 -> 924 MiB a moment ago and its balloon has not moved yet; now it starves, with two
+    other starving guests and 1 MiB above the guard. Its share is less than a MiB: it is given nothing, and the
+    lowering on its way stands (the host counts on what it brings back; relief counts it as coming). Grown from
+    where its balloon is, as a guest given memory is, it would be set back to 1024 MiB for nothing."""
+    config = Config()
+    guard_mib = config.host.min_available_mib
+
+    def doms(k: int) -> tuple[DomainStats, ...]:
+        return (
+            dom("a", 512, 140, last_s=NOW_S + k),
+            dom("r", 1024, 100, last_s=NOW_S + k, rss_mib=924 + 128),
+            dom("z", 1536, 20, max_mib=4096, last_s=NOW_S + k),
+        )
+
+    _p, state = decide(snap(*doms(0), available_mib=guard_mib), PolicyState(), config)
+    state = dataclasses.replace(state, pending={"r": Pending(mib_to_kib(924), NOW_S + 0.5, mib_to_kib(1024))})
+    plan, _ = decide(snap(*doms(1), available_mib=guard_mib + 1, now_s=NOW_S + 1), state, config)
+    assert plan.classes["r"] is GuestClass.STARVING
+    assert plan.changes == (), plan.changes
 
 
 def test_no_tax_when_nobody_grows():
@@ -457,10 +479,12 @@ def test_a_guest_just_lowered_gets_no_share_of_the_pool():
     plan, state = decide(second, state, config)
     assert {c.domain for c in plan.changes} == {"w", "x"}
     state = applied(state, plan.changes, NOW_S + 1)
-    # x's balloon arrived but its stats moved oddly (busy); w is still wasteful and gives a step to the pool.
-    third = snap(dom("w", 924, 700, last_s=NOW_S + 2), dom("x", 924, 760, last_s=NOW_S + 2), now_s=NOW_S + 2)
+    # Three seconds on, both balloons arrived and both guests settled; x's stats moved oddly (busy, below its
+    # high), w is still wasteful and gives a step to the pool: x gets none of it within the stale time.
+    third = snap(dom("w", 924, 700, last_s=NOW_S + 4), dom("x", 924, 200, last_s=NOW_S + 4), now_s=NOW_S + 4)
     plan, _ = decide(third, state, config)
-    assert plan.classes["x"] is GuestClass.BUSY
+    assert plan.classes["x"] is GuestClass.BUSY and plan.bands["x"].high_kib > mib_to_kib(924)
+    assert by_name(plan)["w"].action is Action.RECLAIM
     assert "x" not in by_name(plan)
 
 

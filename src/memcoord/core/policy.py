@@ -594,13 +594,11 @@ class _Allocation:
         by_name = self.by_name
         wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
         weight = sum(by_name[n].weight for _, n, _ in wants)
-        for i, (_per_weight, name, want_kib) in enumerate(wants):
+        for _per_weight, name, want_kib in wants:
             if left_kib < KIB_PER_MIB:
                 break
             g = by_name[name]
-            share_kib = _whole_mib(int(left_kib * g.weight / weight)) if weight else 0
-            if want_kib <= share_kib or i == len(wants) - 1:
-                share_kib = min(want_kib, left_kib)
+            share_kib = min(want_kib, _whole_mib(int(left_kib * g.weight / weight)))  # the last: all that is left
             left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
 
@@ -724,7 +722,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         busy = {
             g.name: g.band.high_kib - g.target_kib
             for g in guests
-            if g.guest_class is GuestClass.BUSY and g.settled and g.rule is None
+            if g.guest_class is GuestClass.BUSY and g.settled and g.name not in state.lowered_at_s and g.rule is None
         }
         plan.fill(busy, Rule.POOL, pool_kib)
     out = Plan(

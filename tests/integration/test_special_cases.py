@@ -1,0 +1,228 @@
+"""Each special case of the policy, and the test that fails without it.
+
+The policy is a model (sanitize -> bands -> budget -> allocate), but real guests taught it cases the model alone
+does not cover: a balloon's move read as use, a report from before a lowering, a grant taken back before it is
+used. Each stays only as a named step with a test that fails without it. A row here names the case, why it is
+there, the code in src/memcoord/core/policy.py that makes it, what that code becomes with the case taken out, and
+the test that must then fail. The taken-out policy runs in a child process on a copy of the package.
+
+A row whose code is no longer in policy.py fails with its name: whoever rewrites a special case says here what
+it became, and which test still pins it. A case no test pins is either redundant (take it out) or untested (write
+the test first).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from tests.helpers.repo import REPO
+
+POLICY = REPO / "src" / "memcoord" / "core" / "policy.py"
+
+
+class Case(NamedTuple):
+    name: str
+    why: str
+    code: str
+    without: str
+    test: str
+
+
+# fmt: off
+CASES = (
+    Case("balloon-move-is-not-use",
+         "without the guest's own total, a balloon move between two reports would read as use",
+         "reads_use = (by_total or not moved) and not total_lags and not inflated",
+         "reads_use = not total_lags and not inflated",
+         "test_policy.py::test_a_guest_whose_balloon_is_still_moving_is_not_grown_again"),
+    Case("deflate-on-oom-total-lags",
+         "a deflate-on-OOM guest's total is taken at balloon.current, a second behind its own report",
+         "reads_use = (by_total or not moved) and not total_lags and not inflated",
+         "reads_use = (by_total or not moved) and not inflated",
+         "test_policy.py::test_a_deflate_on_oom_guest_whose_report_sees_a_grow_before_libvirt_does_is_not_grown_again"),
+    Case("inflating-balloon-drops-cache",
+         "an inflating balloon makes the kernel drop page cache: MemAvailable falls by more than the balloon took",
+         "reads_use = (by_total or not moved) and not total_lags and not inflated",
+         "reads_use = (by_total or not moved) and not total_lags",
+         "test_policy.py::test_a_balloon_that_inflated_between_two_reports_is_not_read_as_a_ramp"),
+    Case("kernel-share-from-a-report-at-rest",
+         "libvirt's balloon size lags the guest's report while it moves",
+         "    if moved or pending is not None:\n        kernel_kib = prev.kernel_kib\n",
+         "",
+         "test_policy.py::test_a_report_taken_while_the_balloon_inflates_does_not_undo_the_lowering"),
+    Case("ramp-remembered",
+         "a program allocating in spurts: one quiet report does not end its ramp",
+         "ramp_kib_per_s = max(rate_kib_per_s, prev.ramp_kib_per_s * RAMP_DECAY, 0.0)",
+         "ramp_kib_per_s = max(rate_kib_per_s, 0.0)",
+         "test_policy.py::test_a_ramp_that_pauses_for_one_report_still_has_room_made_for_it"),
+    Case("pending-believed-after-stale-time",
+         "a guest that will not give pages leaves memcoord's target unreached forever",
+         "        or now_s - pending.set_at_s > clock.stale_s\n",
+         "",
+         "test_policy.py::test_a_balloon_that_never_arrives_is_believed_after_the_stale_time"),
+    Case("pending-overtaken",
+         "a balloon set elsewhere (virsh setmem, deflate on OOM) is not heading to memcoord's target",
+         "        or pending.overtaken(dom.current_kib)\n",
+         "",
+         "test_policy.py::test_a_balloon_set_elsewhere_is_not_taken_for_memcoords_target"),
+    Case("pending-chain-keeps-its-start",
+         "a second grow on the way keeps where the balloon set out from",
+         "prev.from_kib if prev is not None and same_way else c.from_kib",
+         "c.from_kib",
+         "test_policy.py::test_a_second_grow_on_the_way_is_not_taken_for_a_balloon_set_elsewhere"),
+    Case("report-from-before-a-lowering",
+         "a report from the size a moving balloon had is possible: bounded at the maximum",
+         "refused = refusal(dom, moving) if",
+         "refused = refusal(dom, False) if",
+         "test_policy_adversary.py::test_a_report_from_the_size_before_memcoords_lowering_is_a_sane_sample"),
+    Case("late-stats-grown-on-projection",
+         "a busy guest's stats come late: its ramp is a reason to grow",
+         "g.late = not fresh and age_s <= clock.silence_s and ramp_kib_per_s > 0 and base_kib <= need_kib",
+         "g.late = False",
+         "test_policy.py::test_late_stats_of_a_ramping_guest_are_a_reason_to_grow"),
+    Case("late-guest-grows-only-to-its-low",
+         "a guest grown on its projection gets no grow step beyond it: the grant is bounded",
+         "base_kib + (grow_step_kib if fresh else 0)",
+         "base_kib + grow_step_kib",
+         "test_policy_adversary.py::test_a_silent_guests_grant_on_extrapolation_is_bounded"),
+    Case("settle-after-a-lowering",
+         "figures from just after a lowering may predate the balloon's arrival",
+         "sample.last_update_s >= lowered_at_s + SETTLE_S",
+         "sample.last_update_s >= lowered_at_s",
+         "test_sim_room.py::test_with_the_hook_the_new_guest_waits_for_its_room_and_the_host_stays_above_its_guard"),
+    Case("recent-peak-expires",
+         "the production profile holds a guest's peak for peak_hold_s, not for ever",
+         "if used_kib >= peak_used_kib or dom.last_update_s - peak_at_s > peak_hold_s:",
+         "if used_kib >= peak_used_kib:",
+         "test_policy.py::test_the_peak_floor_stops_reclaim_at_the_peak"),
+    Case("guard-holds-a-ramping-guests-untouched-memory",
+         "on real guests four ramping hogs took the host 246 MiB below its guard when only their reach was held",
+         "return unbacked_kib if reach_kib else min(grant_kib, unbacked_kib)",
+         "return min(grant_kib, unbacked_kib)",
+         "test_policy.py::test_the_guard_holds_all_a_ramping_guest_has_never_touched"),
+    Case("grant-released-once-steady",
+         "a guest steady again is not growing into its grant: the guard stops holding it",
+         "            grant_kib = 0\n        if grant_kib > 0:",
+         "            pass\n        if grant_kib > 0:",
+         "test_policy.py::test_a_grant_is_dropped_once_the_guest_is_steady"),
+    Case("starving-grows-from-its-balloon",
+         "a deflate-on-OOM guest may be above memcoord's pending lowering: a grow never inflates it",
+         "start_kib = max(g.target_kib, g.dom.current_kib) if g.guest_class is GuestClass.STARVING else g.target_kib",
+         "start_kib = g.target_kib",
+         "test_policy_adversary.py::test_a_grow_never_lowers_a_deflate_on_oom_guests_balloon"),
+    Case("given-nothing-keeps-the-lowering",
+         "a starving guest's share of less than a MiB does not undo a lowering on its way",
+         "        if got_kib < KIB_PER_MIB:  # given nothing, a lowering on its way is not undone either\n"
+         "            return 0\n",
+         "",
+         "test_policy.py::test_a_starving_guest_given_nothing_keeps_the_lowering_on_its_way"),
+    Case("ceiling-waits-for-need",
+         "a ceiling lowered under what the programs use waits until they free it",
+         "                stop_kib = max(g.band.ceiling_kib, g.need_kib)\n",
+         "                stop_kib = g.band.ceiling_kib\n",
+         "test_policy.py::test_a_lowered_ceiling_never_takes_a_guest_below_its_low"),
+    Case("production-reclaims-below-its-comfort-target",
+         "the production profile keeps idle memory while the host is comfortable",
+         "plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving)",
+         "plan.reclaim(True)",
+         "test_policy.py::test_production_profile_keeps_idle_memory_while_the_host_is_comfortable"),
+    Case("reclaim-once-per-sample",
+         "never twice on one set of figures",
+         "                and g.new_sample\n                and g.settled\n",
+         "                and g.settled\n",
+         "test_properties.py::test_a_sample_already_seen_is_not_reclaimed_again"),
+    Case("reclaim-spares-the-just-raised",
+         "taking a grant back before it is used makes the two ping-pong",
+         "                and not g.just_raised\n            ):",
+         "            ):",
+         "test_policy.py::test_a_guest_memcoord_just_raised_is_not_reclaimed_on_its_first_quiet_reports"),
+    Case("last-reclaim-step-to-the-floor",
+         "a high pinned at the floor is configuration: hysteresis would leave the guest short of it",
+         "least_kib = 0 if g.band.high_kib == g.band.floor_kib else min(MIN_MOVE_KIB, step_kib)",
+         "least_kib = min(MIN_MOVE_KIB, step_kib)",
+         "test_policy.py::test_the_last_reclaim_step_to_a_floor_is_made_whatever_its_size"),
+    Case("surplus-refilled",
+         "what donors give back at once (untouched grants) goes to the starving in the same tick",
+         "            plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave"
+         " back\n",
+         "",
+         "test_policy.py::test_a_busy_guest_far_above_its_needs_gives_to_a_starving_one_the_host_cannot_feed"),
+    Case("lend-what-the-guard-holds",
+         "the guard's hold for others' grants beyond their survival may come later or never; an OOM kill comes now",
+         "            plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)\n",
+         "            pass\n",
+         "test_policy.py::test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others"),
+    Case("no-pool-share-right-after-a-lowering",
+         "on real guests a just-lowered guest's stats lagged its balloon and the pool grew it back (1174 -> 1074 -> "
+         "1174, again); over simulator seeds 1-12 the production profile's fleet-50 loses a guest more without it",
+         " and g.name not in state.lowered_at_s and g.rule is None",
+         " and g.rule is None",
+         "test_policy.py::test_a_guest_just_lowered_gets_no_share_of_the_pool"),
+    Case("givers-keep-a-grant-being-grown-into",
+         "taking a grant back before it is used makes the two ping-pong, and the giver is the next to run out",
+         "(for_host or (g.rule is None and not g.still_growing))",
+         "(for_host or g.rule is None)",
+         "test_policy.py::test_a_guest_memcoord_is_still_growing_keeps_its_grant_for_itself"),
+    Case("others-page-cache-toward-the-low",
+         "a reader kept its cache while its neighbour's process was OOM killed (real guests)",
+         '            plan.give(sum(unmet.values()), Rule.COMFORT, "low", cache_only=True)',
+         "            pass",
+         "test_policy.py::test_page_cache_others_hold_goes_to_a_guest_below_its_low_when_the_host_has_nothing"),
+    Case("tax-no-more-than-fits",
+         "idle guests do not pay for what the grown guest has no room for",
+         "        room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))\n",
+         "",
+         "test_policy.py::test_no_tax_is_taken_that_the_grown_guest_has_no_room_for"),
+    Case("tax-stops-half-way",
+         "a tax, not a drain: the idle guest keeps room for its own next burst",
+         "stop_kib = (g.band.low_kib + g.band.high_kib) // 2",
+         "stop_kib = g.band.low_kib",
+         "test_policy.py::test_the_tax_leaves_an_idle_guest_half_way_between_its_lines"),
+    Case("tax-spares-the-just-raised",
+         "what a guest was just given for its own need is not taxed back",
+         "g.rule is None and not g.just_raised:\n                stop_kib",
+         "g.rule is None:\n                stop_kib",
+         "test_policy.py::test_a_guest_memcoord_just_raised_pays_no_tax"),
+)
+# fmt: on
+
+
+def test_each_case_has_its_own_name_and_test():
+    assert len({c.name for c in CASES}) == len(CASES)
+    for c in CASES:
+        path, _, test = c.test.partition("::")
+        assert f"def {test}(" in (REPO / "tests" / "unit" / path).read_text(), f"{c.name}: no {c.test}"
+
+
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("without")
+    shutil.copytree(REPO / "src" / "memcoord", root / "memcoord", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_case_is_pinned_by_its_test(case: Case, package_copy: Path):
+    source = POLICY.read_text()
+    assert source.count(case.code) == 1, (
+        f"{case.name}: its code is no longer (once) in {POLICY.relative_to(REPO)}; say here what it became"
+    )
+    (package_copy / "memcoord" / "core" / "policy.py").write_text(source.replace(case.code, case.without))
+    env = {**os.environ, "PYTHONPATH": f"{package_copy}{os.pathsep}{REPO}", "PYTHONDONTWRITEBYTECODE": "1"}
+    which = subprocess.run(
+        [sys.executable, "-c", "import memcoord.core.policy as p; print(p.__file__)"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert which.stdout.strip().startswith(str(package_copy)), which.stdout  # the copy, not the installed package
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", f"tests/unit/{case.test}"],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 1, f"{case.name}: {case.test} passes without the case ({case.why})\n{run.stdout[-2000:]}"
