@@ -33,10 +33,9 @@ Free memory is `balloon.usable` (MemAvailable) where the guest reports it, else 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from memcoord.core.model import (
     KIB_PER_MIB,
@@ -83,9 +82,11 @@ SILENCE_LIMIT_STALE_PERIODS = 3
 
 
 # -- state -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """The last sane stats sample the policy saw for a domain, folded into its history."""
+class Sample(NamedTuple):
+    """The last sane stats sample the policy saw for a domain, folded into its history.
+
+    A named tuple, not a frozen dataclass: one is built per guest and tick, and a frozen dataclass's __init__
+    costs three times as much (an object.__setattr__ per field)."""
 
     last_update_s: int
     free_kib: int  # usable, or unused where the guest does not report usable
@@ -252,7 +253,6 @@ def thresholds_kib(config: Config, size_kib: int) -> tuple[int, int, int]:
     return _thresholds_kib(config.guest, size_kib)
 
 
-@functools.lru_cache(maxsize=4096)  # a host has a few guest sizes, asked for by every guest on every tick
 def _thresholds_kib(g: GuestConfig, size_kib: int) -> tuple[int, int, int]:
     starving_kib = max(mib_to_kib(g.starving_mib), int(size_kib * g.starving_pct / 100))
     wasteful_kib = max(
@@ -275,11 +275,9 @@ class _Guest:
     dom: DomainStats
     name: str
     base_kib: int  # where its balloon is heading: the pending target, else balloon.current
-    band: Band
     need_kib: int  # its low before floor and ceiling: a lowered ceiling never takes it below this
     survive_kib: int  # below this it runs out of memory before memcoord can act again, at its ramp
     grow_to_kib: int  # where growth aims: its low, or a grow step up if more
-    guest_class: GuestClass
     weight: int
     held_kib: int  # what the guard holds for its grant
     sample: Sample | None = None
@@ -299,6 +297,9 @@ class _Guest:
     target_kib: int = 0
     rule: Rule | None = None
     budget_kib: int = 0  # the host budget when its rule moved it
+    # Set by `_look_at` on every way out, once each: a band is built once per guest and tick.
+    band: Band = field(init=False)
+    guest_class: GuestClass = field(init=False)
 
     def reason(self) -> Reason:
         assert self.rule is not None
@@ -317,12 +318,23 @@ class _Clock:
     lookahead_s: float
     overhead_kib: int
     peak_hold_s: float
+    guest: GuestConfig
+    # A host has a few guest sizes, and every guest asks for its size's thresholds: each size's are worked out
+    # once per tick.
+    thresholds: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     @staticmethod
     def of(config: Config, now_s: float) -> _Clock:
         overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
         return _Clock(now_s, config.stale_after_s, silence_limit_s(config), lookahead_s(config), overhead_kib,
-                      config.guest.peak_hold_s)  # fmt: skip
+                      config.guest.peak_hold_s, config.guest)  # fmt: skip
+
+    def thresholds_kib(self, size_kib: int) -> tuple[int, int, int]:
+        """`thresholds_kib` of this tick's config."""
+        found = self.thresholds.get(size_kib)
+        if found is None:
+            found = self.thresholds[size_kib] = _thresholds_kib(self.guest, size_kib)
+        return found
 
 
 def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock) -> _Guest:
@@ -349,24 +361,22 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
     ramp_kib = int(ramp_kib_per_s * (min(age_s, clock.silence_s) + clock.lookahead_s))
     held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, int(RAMP_SAFETY * ramp_kib))
-    kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
-    g = _Guest(dom, name, base_kib, Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "no sane stats: held where it is"),
-               base_kib, 0, base_kib, GuestClass.NO_STATS, config.weight(name, dom.settings), held_kib, sample,
-               sample is not None and sample is not prev, refused=refused, pending=pending,
-               target_kib=base_kib)  # fmt: skip
+    new_sample = sample is not None and sample is not prev
     raised_at_s = state.raised_at_s.get(name)
-    g.just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
-    g.still_growing = g.just_raised and not (g.new_sample and sample is not None and sample.steady)
+    just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
+    g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, config.weight(name, dom.settings), held_kib, sample,
+               new_sample, refused=refused, pending=pending, target_kib=base_kib, just_raised=just_raised,
+               still_growing=just_raised and not (new_sample and sample is not None and sample.steady))  # fmt: skip
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
-    if refused:
-        g.guest_class = GuestClass.BAD_STATS
-        return g
-    if sample is None:
+    kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
+    if refused or sample is None:
+        g.guest_class = GuestClass.BAD_STATS if refused else GuestClass.NO_STATS
+        g.band = Band(floor_kib, kept_kib, kept_kib, ceiling_kib, "no sane stats: held where it is")
         return g
     g.age_s = age_s
     fresh = age_s <= clock.stale_s
     # Sized on the guest's configured size, not where its balloon is now.
-    starving_kib, wasteful_kib, grow_step_kib = thresholds_kib(config, ceiling_kib)
+    starving_kib, wasteful_kib, grow_step_kib = clock.thresholds_kib(ceiling_kib)
     # What it holds whatever its balloon's size: its use by its own total and its kernel's share of the balloon;
     # without its own total, the balloon's size the report saw less its free memory.
     by_total = sample.used_by_total
