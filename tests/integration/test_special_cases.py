@@ -14,6 +14,7 @@ the test first).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,7 @@ CASES = (
          "figures from just after a lowering may predate the balloon's arrival",
          "sample.last_update_s >= lowered_at_s + SETTLE_S",
          "sample.last_update_s >= lowered_at_s",
-         "test_sim_room.py::test_with_the_hook_the_new_guest_waits_for_its_room_and_the_host_stays_above_its_guard"),
+         "test_policy.py::test_no_second_reclaim_on_figures_from_before_the_balloon_arrived"),
     Case("recent-peak-expires",
          "the production profile holds a guest's peak for peak_hold_s, not for ever",
          "if used_kib >= peak_used_kib or dom.last_update_s - peak_at_s > peak_hold_s:",
@@ -133,6 +134,11 @@ CASES = (
          "plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving)",
          "plan.reclaim(True)",
          "test_policy.py::test_production_profile_keeps_idle_memory_while_the_host_is_comfortable"),
+    Case("relief-counts-memory-on-its-way",
+         "a lowering whose balloon has not moved yet is memory coming back: relief does not take it twice",
+         "deficit_kib + RELIEF_MARGIN_KIB - on_way_kib, Rule.RELIEF",
+         "deficit_kib + RELIEF_MARGIN_KIB, Rule.RELIEF",
+         "test_policy.py::test_relief_waits_for_memory_already_on_its_way_back"),
     Case("reclaim-once-per-sample",
          "never twice on one set of figures",
          "                and g.new_sample\n                and g.settled\n",
@@ -201,10 +207,30 @@ def test_each_case_has_its_own_name_and_test():
         assert f"def {test}(" in (REPO / "tests" / "unit" / path).read_text(), f"{c.name}: no {c.test}"
 
 
+def _pytest(package: Path, *tests: str) -> subprocess.CompletedProcess[str]:
+    """The named tests in a child process on the package copy. Without CI in its environment: a skipped test is a
+    pass there, never taken for a failure."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(PYTHONPATH=f"{package}{os.pathsep}{REPO}", PYTHONDONTWRITEBYTECODE="1")
+    which = subprocess.run(
+        [sys.executable, "-c", "import memcoord.core.policy as p; print(p.__file__)"],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert which.stdout.strip().startswith(str(package)), which.stdout  # the copy, not the installed package
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "--hypothesis-seed=0",
+         *(f"tests/unit/{t}" for t in tests)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the package, on which every case's test passes as it is."""
     root = tmp_path_factory.mktemp("without")
     shutil.copytree(REPO / "src" / "memcoord", root / "memcoord", ignore=shutil.ignore_patterns("__pycache__"))
+    run = _pytest(root, *sorted({c.test for c in CASES}))
+    assert run.returncode == 0, f"the cases' tests fail on the package as it is:\n{run.stdout[-3000:]}"
     return root
 
 
@@ -214,15 +240,13 @@ def test_the_case_is_pinned_by_its_test(case: Case, package_copy: Path):
     assert source.count(case.code) == 1, (
         f"{case.name}: its code is no longer (once) in {POLICY.relative_to(REPO)}; say here what it became"
     )
-    (package_copy / "memcoord" / "core" / "policy.py").write_text(source.replace(case.code, case.without))
-    env = {**os.environ, "PYTHONPATH": f"{package_copy}{os.pathsep}{REPO}", "PYTHONDONTWRITEBYTECODE": "1"}
-    which = subprocess.run(
-        [sys.executable, "-c", "import memcoord.core.policy as p; print(p.__file__)"],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert which.stdout.strip().startswith(str(package_copy)), which.stdout  # the copy, not the installed package
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", f"tests/unit/{case.test}"],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+    policy = package_copy / "memcoord" / "core" / "policy.py"
+    policy.write_text(source.replace(case.code, case.without))
+    try:
+        run = _pytest(package_copy, case.test)
+    finally:
+        policy.write_text(source)
     assert run.returncode == 1, f"{case.name}: {case.test} passes without the case ({case.why})\n{run.stdout[-2000:]}"
+    # It fails where the test checks the policy's decision, not on an error inside the edited package.
+    where = re.findall(r"^(\S+\.py):\d+: ", run.stdout, flags=re.MULTILINE)
+    assert where and all("/tests/unit/" in w for w in where), f"{case.name}: failed elsewhere:\n{run.stdout[-2000:]}"

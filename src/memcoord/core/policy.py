@@ -20,8 +20,8 @@ in. `decide` reads top to bottom as one model:
    split by weight (`fill`); what it could not lift them by others give (`give`): their surplus above high,
    then (for what a guest lacks to last until memcoord can act again) what the guard holds for others' grants
    (`lendable_kib`) and others' comfort between low and high, and toward its low others' page cache; then the
-   idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again). Whoever gives, page cache
-   goes first, then the most above its line.
+   idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again). For the host the most above
+   its line gives first; for the starving, the most page cache first.
 5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
@@ -85,7 +85,7 @@ SILENCE_LIMIT_STALE_PERIODS = 3
 class Sample(NamedTuple):
     """The last sane stats sample the policy saw for a domain, folded into its history.
 
-    A named tuple, not a frozen dataclass: one is built per guest and tick, and a frozen dataclass's __init__
+    A named tuple, not a frozen dataclass: one is built per guest and new report, and a frozen dataclass's __init__
     costs three times as much (an object.__setattr__ per field)."""
 
     last_update_s: int
@@ -321,7 +321,7 @@ class _Clock:
     guest: GuestConfig
     # A host has a few guest sizes, and every guest asks for its size's thresholds: each size's are worked out
     # once per tick.
-    thresholds: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    thresholds_kib_by_size_kib: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     @staticmethod
     def of(config: Config, now_s: float) -> _Clock:
@@ -331,9 +331,9 @@ class _Clock:
 
     def thresholds_kib(self, size_kib: int) -> tuple[int, int, int]:
         """`thresholds_kib` of this tick's config."""
-        found = self.thresholds.get(size_kib)
+        found = self.thresholds_kib_by_size_kib.get(size_kib)
         if found is None:
-            found = self.thresholds[size_kib] = _thresholds_kib(self.guest, size_kib)
+            found = self.thresholds_kib_by_size_kib[size_kib] = _thresholds_kib(self.guest, size_kib)
         return found
 
 
@@ -612,16 +612,16 @@ class _Allocation:
         }
 
     def give(self, need_kib: int, rule: Rule, line: Literal["high", "low"], cache_only: bool = False) -> int:
-        """Others give toward a need, page cache first (their kernel drops it without a process losing memory),
-        then the most above its line first, each down to its band's `line` (and its floor), a relief step in the
-        tick at most, until the need is covered; returns what was not. Starving guests never give. cache_only:
-        each gives no more than its page cache.
+        """Others give toward a need, each down to its band's `line` (and its floor), a relief step in the tick
+        at most, until the need is covered; returns what was not. Starving guests never give.
 
-        For the host (RELIEF) what counts is what QEMU releases (memory it never backed gives the host nothing),
-        and each gives its whole step, a safety move made whatever its size. For the starving (SURPLUS, COMFORT)
-        what counts is what each gives, which reaches them through the host on the next ticks (at once where it
-        was an untouched grant), and a guest memcoord is still growing keeps its grant (taking it back before it
-        is used makes the two ping-pong)."""
+        For the host (RELIEF) the most above its line gives first, each its whole step (a safety move made
+        whatever its size), and what counts is what QEMU releases (memory it never backed gives the host
+        nothing). For the starving (SURPLUS, COMFORT) the guest with the most page cache gives first (its kernel
+        drops cache without a process losing memory), then the most above its line; what counts is what each
+        gives, which reaches them through the host on the next ticks (at once where it was an untouched grant);
+        and a guest memcoord is still growing keeps its grant (taking it back before it is used makes the two
+        ping-pong). cache_only: each gives no more than its page cache."""
         for_host = rule is Rule.RELIEF
         step_kib = mib_to_kib(self.config.host.relief_step_mib)
         stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
@@ -634,7 +634,8 @@ class _Allocation:
             and (for_host or (g.rule is None and not g.still_growing))
             and (g.cache_kib >= MIN_MOVE_KIB or not cache_only)
         ]
-        for g in sorted(givers, key=lambda g: (-g.cache_kib, stop[g.name] - g.target_kib, g.name)):
+        cache_first = (lambda g: 0) if for_host else (lambda g: -g.cache_kib)
+        for g in sorted(givers, key=lambda g: (cache_first(g), stop[g.name] - g.target_kib, g.name)):
             if need_kib <= 0:
                 break
             want_kib = step_kib - (g.base_kib - g.target_kib) if for_host else min(step_kib, need_kib)
