@@ -193,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.profile == "prod":
         config = prod_config(config)
-    ticks, kills = trace(load_scenario(args.scenario), config)
+    scenario = load_scenario(args.scenario)
+    ticks, kills = trace(scenario, config)
     print(f"{args.scenario.name}, {args.profile} profile: {len(kills)} OOM kills")
     print("\n".join(describe(ticks, kills, args.ticks)))
-    scenario = load_scenario(args.scenario)
     demand = check_demand(scenario, config.host.min_available_mib)
     # An upper bound where guests boot during the run (their lines count from the start).
     with_lines_mib = demand.peak_need_mib + sum(g.count for g in scenario.guests) * config.guest.starving_mib

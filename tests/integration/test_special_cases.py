@@ -212,11 +212,6 @@ def _pytest(package: Path, *tests: str) -> subprocess.CompletedProcess[str]:
     pass there, never taken for a failure."""
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env.update(PYTHONPATH=f"{package}{os.pathsep}{REPO}", PYTHONDONTWRITEBYTECODE="1")
-    which = subprocess.run(
-        [sys.executable, "-c", "import memcoord.core.policy as p; print(p.__file__)"],
-        env=env, capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    assert which.stdout.strip().startswith(str(package)), which.stdout  # the copy, not the installed package
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "--hypothesis-seed=0",
          *(f"tests/unit/{t}" for t in tests)],
@@ -229,6 +224,12 @@ def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the package, on which every case's test passes as it is."""
     root = tmp_path_factory.mktemp("without")
     shutil.copytree(REPO / "src" / "memcoord", root / "memcoord", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{REPO}"}
+    which = subprocess.run(
+        [sys.executable, "-c", "import memcoord.core.policy as p; print(p.__file__)"],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert which.stdout.strip().startswith(str(root)), which.stdout  # the copy, not the installed package
     run = _pytest(root, *sorted({c.test for c in CASES}))
     assert run.returncode == 0, f"the cases' tests fail on the package as it is:\n{run.stdout[-3000:]}"
     return root

@@ -634,8 +634,7 @@ class _Allocation:
             and (for_host or (g.rule is None and not g.still_growing))
             and (g.cache_kib >= MIN_MOVE_KIB or not cache_only)
         ]
-        cache_first = (lambda g: 0) if for_host else (lambda g: -g.cache_kib)
-        for g in sorted(givers, key=lambda g: (cache_first(g), stop[g.name] - g.target_kib, g.name)):
+        for g in sorted(givers, key=lambda g: (0 if for_host else -g.cache_kib, stop[g.name] - g.target_kib, g.name)):
             if need_kib <= 0:
                 break
             want_kib = step_kib - (g.base_kib - g.target_kib) if for_host else min(step_kib, need_kib)
