@@ -26,6 +26,7 @@ MAX_MIB = 2048
 START_MIB = 512
 NEAR_MAX_MIB = 150  # "within ~150 MiB of its max"
 HOG_PAGE_US = 100  # 40 MiB/s, the fast end of the scenarios' 100-500 us: keeps them short
+SHARE_FLOOR = 0.75  # scenario 2: what each guest holds when the first hog dies, at least, of an equal share
 RECLAIM_DEADLINE_S = 90
 HANDOUT_MIB = 1536  # scenario 2/3 host guard: what may be handed out beyond the start
 
@@ -130,8 +131,15 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         # guest whose noisy ramp had it grown first may peak above that for a few seconds, and what it gave back
         # before anyone died went to the others.
         held_mib = {g: analysis.value_at(tl, g, "current_mib", t_first_kill_s) - start_mib[g] for g in names}
+        # Each guest held at least SHARE_FLOOR of an equal share. Not a bound on the spread: who keeps a little more
+        # is noise, and the rules allow it. A band counts its sample's age, so a guest whose reports reach libvirt
+        # later in each second is rightly held higher (CI: guest 3's stats 1.2 s old at every sample and guest 1's
+        # 0.2 s, guest 3 kept 960 MiB); and the surplus taken for a guest still short comes from the most above its
+        # line first, so of two alike givers one may give all of it (run: 1042 -> 840 MiB, its twin 1043 -> 999).
+        # Spreads of the held amounts: 11-14 % in five runs, 35 % and 42 % in those two; the least held 86 % of an
+        # equal share in both. A run of an earlier policy held one guest at 62 %.
         mean_mib = sum(held_mib.values()) / len(held_mib)
-        spread_mib = max(held_mib.values()) - min(held_mib.values())
+        least_share = min(held_mib.values()) / max(mean_mib, 1)
         # Memory handed out at any one time (the guard should bind near HANDOUT_MIB) ...
         times = sorted({r["t_s"] for r in tl.rows if r["t_s"] >= t_hog_s})
         handed_out_mib = max(
@@ -158,15 +166,16 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         print(
             f"\nscenario 2: guard {guard_mib} MiB, growth per guest until the first OOM kill "
             f"{sorted(growth_mib.values())} MiB (until the end {sorted(growth_all_mib.values())} MiB), held at the "
-            f"first kill {sorted(held_mib.values())} MiB, spread {spread_mib:.0f} MiB = "
-            f"{100 * spread_mib / max(mean_mib, 1):.0f}% of the mean; handed out at most "
-            f"{handed_out_mib:.0f} MiB; host lowest {lowest[1]:.0f} MiB at t={lowest[0]} s; before the first kill "
-            f"(t={t_first_kill_s:.0f} s) {before_kill_mib:.0f} MiB handed out and {room_mib - left_mib:.0f} of the "
-            f"{room_mib:.0f} MiB the host had above its guard in use"
+            f"first kill {sorted(held_mib.values())} MiB, the least {100 * least_share:.0f}% of an equal share; "
+            f"handed out at most {handed_out_mib:.0f} MiB; host lowest {lowest[1]:.0f} MiB at t={lowest[0]} s; "
+            f"before the first kill (t={t_first_kill_s:.0f} s) {before_kill_mib:.0f} MiB handed out and "
+            f"{room_mib - left_mib:.0f} of the {room_mib:.0f} MiB the host had above its guard in use"
         )
 
         assert all(v > 0 for v in growth_mib.values()), f"not every guest grew: {growth_mib}"
-        assert spread_mib < 0.3 * mean_mib, f"held at the first kill: {held_mib}, spread >= 30% of the mean"
+        assert least_share >= SHARE_FLOOR, (
+            f"held at the first kill: {held_mib}, the least < {SHARE_FLOOR:.0%} of the mean"
+        )
         # "About" 1.5 GiB: the guard is set from one reading of the host's available memory, which drifts by
         # ~100 MiB over a run on a live machine (1688 MiB seen with the host 238 MiB above its guard). What must
         # hold exactly is the guard itself, below.
