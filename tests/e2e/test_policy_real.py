@@ -5,7 +5,8 @@ a. page cache is not hunger: a guest full of page cache (it reads its disk) is n
 b. host pressure is relieved: a host process pushes the host below its guard and memcoord takes memory
    back from the guests holding backed, reclaimable memory (cache) until the host is above it again;
 c. the headroom that exists: with H MiB above the guard, a growing guest next to three idle ones gets
-   most of H before its process is OOM killed.
+   most of H before its process is OOM killed;
+d. a balloon set elsewhere (an admin's `virsh setmem`) while memcoord's grow is on its way is taken where it is.
 
 As in test_course.py every assertion is on the recorded timeline (libvirt's balloon sizes, the guests'
 own stats, OOM kills from the consoles, the host's available memory), and every scenario prints its
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import psutil
 import pytest
 
@@ -27,7 +29,7 @@ from lab.hosthog import HostHog
 from lab.image import GuestImage
 from lab.session import LabRun
 from lab.timeline import ACTION_EVENT, Timeline
-from memcoord.core.model import Action, Rule
+from memcoord.core.model import KIB_PER_MIB, Action, Rule
 from tests.helpers.realguest import (
     BASELINE_S,
     HOST_DRIFT_MIB,
@@ -400,3 +402,71 @@ def test_starving_guest_gets_the_headroom_that_exists(guest_image: GuestImage, l
         assert_always(tl, oom_ok={grower: 0.0})  # where the headroom ends: _assert_served says how far it got
 
     retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+
+
+# d. A balloon set elsewhere. What the guest's programs hold: a 512 MiB guest is then below its starving line
+# (150 MiB usable), but not out of memory at 490 MiB either.
+HOLD_MIB = 240
+ADMIN_MIB = 490  # below where memcoord's grow set out from (512): the balloon is no longer on its way there
+D_INTERVAL_S = 3.0  # ticks 3 s apart: stale after 3 x 1 s stats period + 2 x 3 s = 9 s
+
+
+def test_a_balloon_set_elsewhere_is_taken_where_it_is(guest_image: GuestImage, lab_prefix: str, run_dir: Path) -> None:
+    """memcoord grows a starving guest; before its balloon gets there, an admin sets it lower (`virsh setmem`).
+
+    The guest is paused while memcoord grows it, so its balloon cannot move before the admin's setmem: the
+    balloon then goes to the admin's size, below where memcoord's grow set out from. memcoord must take the
+    guest where its balloon is, and grow it again from there at its next ticks; believing its own target, it
+    would leave a starving guest alone until that target's stale time (9 s here) had passed."""
+
+    def scenario(attempt_dir: Path) -> None:
+        title = "d: a balloon set elsewhere while memcoord's grow is on its way"
+        with LabRun(lab_prefix, attempt_dir, n=1, max_mib=MAX_MIB, current_mib=START_MIB, image=guest_image,
+                    title=title) as run:  # fmt: skip
+            (name,) = run.lab.names
+            dom = run.lab.guest(1).domain
+            run.lab.start_hog(1, "hold", size_mib=HOLD_MIB, hold_s=3600, page_us=20)
+            run.wait_until(lambda: hog_state(run, 1) == "holding", 60, "the hog holding")
+            time.sleep(2)  # the guest's next stats report shows it
+            dom.suspend()
+            run.mark("suspended", name)
+            run.start_memcoord({"loop": {"interval_s": D_INTERVAL_S}})
+            memcoord = run.memcoord
+            assert memcoord is not None
+            run.wait_until(lambda: any(a.domain == name for a in memcoord.actions), 15, "memcoord's grow")
+            first = memcoord.actions[0]
+            at_grow_mib = run.lab.balloon_stats()[name]["balloon.current"] // KIB_PER_MIB
+            dom.setMemoryFlags(ADMIN_MIB * KIB_PER_MIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            dom.resume()
+            t_resumed_s = run.t_s()
+            run.mark("admin_setmem", name, to_mib=ADMIN_MIB)
+            run.wait_until(lambda: len(memcoord.actions) > 1, 20, "memcoord's next move")
+            second = memcoord.actions[1]
+            time.sleep(2)
+        tl = run.timeline
+        arrived = analysis.first_t_s(tl, name, "current_mib", lambda v: v <= ADMIN_MIB + 4)
+        print(
+            f"\nd: memcoord {first.action} {first.from_mib} -> {first.to_mib} MiB with the balloon held at "
+            f"{at_grow_mib} MiB (guest paused); the admin set {ADMIN_MIB} MiB, the balloon there at t={arrived} s; "
+            f"memcoord then {second.action} {second.from_mib} -> {second.to_mib} MiB, "
+            f"{second.t_mono_s - first.t_mono_s:.1f} s after its first move ({second.reason})"
+        )
+
+        # The premise: memcoord grew the guest and its balloon could not follow before the admin's setmem.
+        assert (first.action, first.from_mib) == (str(Action.GROW), START_MIB), first
+        assert at_grow_mib <= START_MIB + 4, f"the balloon moved to {at_grow_mib} MiB before the admin's setmem"
+        assert arrived is not None, f"the balloon never reached the admin's {ADMIN_MIB} MiB"
+        # Taken where it is: grown again from the admin's size, within two ticks, long before its first target's
+        # stale time.
+        assert second.action == str(Action.GROW) and abs(second.from_mib - ADMIN_MIB) <= 4, second
+        assert second.t_mono_s - first.t_mono_s < 2 * D_INTERVAL_S + 1, (
+            f"grown again {second.t_mono_s - first.t_mono_s:.1f} s after its first grow: memcoord waited for a "
+            "target nobody was heading to"
+        )
+        # The always rules, but for the pause this scenario made; the guest runs again once resumed.
+        paused = f"{name}: not running from t="
+        violations = analysis.invariant_violations(tl, floor_mib=guest_cfg(tl)["min_mib"])
+        assert [v for v in violations if not v.startswith(paused)] == [], violations
+        assert all(r["alive"] for r in tl.for_guest(name) if r["t_s"] >= t_resumed_s + 2), "not running after resume"
+
+    retry_once_on_outage(scenario, run_dir)
