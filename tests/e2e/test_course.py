@@ -178,10 +178,15 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         assert least_share >= SHARE_FLOOR, (
             f"held at the first kill: {held_mib}, the least < {SHARE_FLOOR:.0%} of the mean"
         )
-        # "About" 1.5 GiB: the guard is set from one reading of the host's available memory, which drifts by
-        # ~100 MiB over a run on a live machine (1688 MiB seen with the host 238 MiB above its guard). What must
-        # hold exactly is the guard itself, below.
-        assert handed_out_mib <= HANDOUT_MIB + 250, f"{handed_out_mib:.0f} MiB handed out, guard allowed ~{HANDOUT_MIB}"
+        # "About" 1.5 GiB while the four hogs run: the guard is set from one reading of the host's available memory,
+        # which drifts by ~100 MiB over a run on a live machine (1688 MiB seen with the host 238 MiB above its
+        # guard). After the first kill the balloons' sum says less: a dead hog's guest keeps its size until its
+        # lowering lands, and what the guard held for the memory QEMU never backed there is lent to a survivor (CI:
+        # 1841 MiB at t=26 s, 331 MiB of it lent, the host 428 MiB above its guard). What must hold exactly is the
+        # guard itself, below, over the whole run.
+        assert before_kill_mib <= HANDOUT_MIB + 250, (
+            f"{before_kill_mib:.0f} MiB handed out before the first OOM kill, the guard allowed ~{HANDOUT_MIB}"
+        )
         assert before_kill_mib >= 0.75 * HANDOUT_MIB, (
             f"only {before_kill_mib:.0f} MiB handed out before the first OOM kill; the guard allowed ~{HANDOUT_MIB}"
         )
