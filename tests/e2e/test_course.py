@@ -142,11 +142,12 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         # guests that ask at once is pinned by test_policy.py::test_a_scarce_budget_is_split_by_weight.
         mean_mib = sum(held_mib.values()) / len(held_mib)
         least_share = min(held_mib.values()) / max(mean_mib, 1)
-        # Memory handed out at any one time (the guard should bind near HANDOUT_MIB) ...
+        # Memory handed out at each sample (the guard should bind near HANDOUT_MIB while the four hogs run) ...
         times = sorted({r["t_s"] for r in tl.rows if r["t_s"] >= t_hog_s})
-        handed_out_mib = max(
-            sum(analysis.value_at(tl, g, "current_mib", t) - start_mib[g] for g in names) for t in times
-        )
+        handed_out_at_mib = {
+            t: sum(analysis.value_at(tl, g, "current_mib", t) - start_mib[g] for g in names) for t in times
+        }
+        handed_out_mib = max(handed_out_at_mib.values())
         # ... and the host's lowest available memory while the hogs ran.
         lowest = min(((t, v) for t, v in tl.host_available_mib() if t >= t_hog_s), key=lambda p: p[1])
         # The lower bound: until the first kill the hogs were stopped by the guard, not by a policy holding back.
@@ -160,11 +161,7 @@ def test_four_growers_under_host_guard(guest_image: GuestImage, lab_prefix: str,
         host_mib = tl.host_available_mib()
         room_mib = next(v for t, v in host_mib if t >= t_hog_s) - guard_mib
         left_mib = min(v for t, v in host_mib if t_hog_s <= t <= t_first_kill_s) - guard_mib
-        before_kill_mib = max(
-            sum(analysis.value_at(tl, g, "current_mib", t) - start_mib[g] for g in names)
-            for t in times
-            if t <= t_first_kill_s
-        )
+        before_kill_mib = max(v for t, v in handed_out_at_mib.items() if t <= t_first_kill_s)
         print(
             f"\nscenario 2: guard {guard_mib} MiB, growth per guest until the first OOM kill "
             f"{sorted(growth_mib.values())} MiB (until the end {sorted(growth_all_mib.values())} MiB), held at the "
