@@ -16,12 +16,9 @@ in. `decide` reads top to bottom as one model:
    gives back what QEMU backs above its new target in the same tick.
 4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
    under memory pressure, relief from above high, then above low (`give`; under pressure nobody grows); idle
-   guests above high give a reclaim step (`reclaim`); guests below low grow toward their band, a scarce budget
-   split by weight (`fill`); what it could not lift them by others give (`give`): their surplus above high,
-   then (for what a guest lacks to last until memcoord can act again) what the guard holds for others' grants
-   (`lendable_kib`) and others' comfort between low and high, and toward its low others' page cache; then the
-   idle tax (`tax`); busy guests below high share what was reclaimed (`fill` again). For the host the most above
-   its line gives first; for the starving, the most page cache first.
+   guests above high give a reclaim step (`reclaim`); guests below low grow from each source in
+   `FOR_THE_STARVING` in turn, a scarce amount split by weight (`fill`); then the idle tax (`tax`); busy guests
+   below high share what was reclaimed (`fill` again).
 5. changes: one per guest that moved, with its typed reason (`model.Reason`).
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
@@ -79,6 +76,10 @@ RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 # The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
 # projection this long at most, and what the guard holds for a grant is released after it.
 SILENCE_LIMIT_STALE_PERIODS = 3
+
+# How far growth lifts a guest below its low: a grow step (its grow target), its low, or only what lasts it until
+# memcoord can act again.
+Aim = Literal["grow", "low", "survive"]
 
 
 # -- state -----------------------------------------------------------------------------------------------
@@ -300,6 +301,11 @@ class _Guest:
     # Set by `_look_at` on every way out, once each: a band is built once per guest and tick.
     band: Band = field(init=False)
     guest_class: GuestClass = field(init=False)
+
+    def aim_kib(self, aim: Aim) -> int:
+        """Where growth toward `aim` takes it: its grow target, its low, or what lasts it until memcoord can act
+        again."""
+        return self.grow_to_kib if aim == "grow" else self.band.low_kib if aim == "low" else self.survive_kib
 
     def reason(self) -> Reason:
         assert self.rule is not None
@@ -602,14 +608,9 @@ class _Allocation:
             left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
 
-    def unmet_kib(self, survive: bool = False) -> dict[str, int]:
-        """What each guest below its low still lacks to reach it (survive: to last until memcoord can act
-        again)."""
-        return {
-            g.name: lack_kib
-            for g in self.starving
-            if (lack_kib := (g.survive_kib if survive else g.band.low_kib) - g.target_kib) >= KIB_PER_MIB
-        }
+    def unmet_kib(self, aim: Aim) -> dict[str, int]:
+        """What each guest below its low still lacks to reach its `aim`."""
+        return {g.name: lack_kib for g in self.starving if (lack_kib := g.aim_kib(aim) - g.target_kib) >= KIB_PER_MIB}
 
     def give(self, need_kib: int, rule: Rule, line: Literal["high", "low"], cache_only: bool = False) -> int:
         """Others give toward a need, each down to its band's `line` (and its floor), a relief step in the tick
@@ -678,6 +679,30 @@ def _backed_above_kib(g: _Guest, target_kib: int, config: Config) -> int:
 
 
 # -- the whole tick ------------------------------------------------------------------------------------------
+class _Source(NamedTuple):
+    """One place guests below their low get memory from."""
+
+    aim: Aim  # how far it lifts them
+    # Others give first: as which rule, down to which line of their band, page cache only (None: nobody gives).
+    giver: tuple[Rule, Literal["high", "low"], bool] | None
+    # Then what lifts them: the host budget (with what the givers' untouched grants gave back at once), what the
+    # guard holds for others' grants ("lent"), or nothing this tick (what was given reaches them through the host).
+    lift: Literal["budget", "lent"] | None
+
+
+# Where guests below their low get memory from, in decide's order: what costs others least first. A giver's
+# memory between its low and high is its own buffer against its next burst, so it is lent only for what a guest
+# lacks to last until memcoord can act again ("survive"); only its page cache goes toward the guest's low.
+FOR_THE_STARVING = (
+    _Source("grow", None, "budget"),  # the host budget: to its low, or a grow step up if more
+    _Source("low", (Rule.SURPLUS, "high", False), "budget"),  # others' surplus above their high
+    _Source("survive", None, "lent"),  # what the guard holds for others' grants beyond their own need
+    _Source("survive", (Rule.COMFORT, "low", False), "budget"),  # others' comfort between their low and high
+    # Others' page cache: spent at once rather than through the host, it cost fleet-50 two OOM kills.
+    _Source("low", (Rule.COMFORT, "low", True), None),
+)
+
+
 def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
     now_s = snapshot.taken_at_s
     guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
@@ -701,22 +726,15 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         target_kib = mib_to_kib(config.host.target_available_mib)
         starving = any(g.guest_class is GuestClass.STARVING for g in guests)
         plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving)
-        wants_kib = {g.name: g.grow_to_kib - g.target_kib for g in guests if g.guest_class is GuestClass.STARVING}
-        plan.fill(wants_kib, Rule.NEED, plan.budget_kib)
-        # Short of what the starving need: surpluses first, then what the guard holds for others' grants and
-        # others' comfort, only for what a guest lacks to last until memcoord can act again (a giver's program
-        # memory is its own buffer against its next burst); others' page cache toward its low; then the idle tax.
-        if unmet := plan.unmet_kib():
-            plan.give(sum(unmet.values()), Rule.SURPLUS, "high")
-            plan.fill(plan.unmet_kib(), Rule.NEED, plan.budget_kib)  # untouched grants the donors gave back
-        if unmet := plan.unmet_kib(survive=True):
-            plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)
-        if unmet := plan.unmet_kib(survive=True):
-            plan.give(sum(unmet.values()), Rule.COMFORT, "low")
-            plan.fill(plan.unmet_kib(survive=True), Rule.NEED, plan.budget_kib)
-        if unmet := plan.unmet_kib():
-            # It reaches them through the host on the next ticks (spent at once, it cost fleet-50 two OOM kills).
-            plan.give(sum(unmet.values()), Rule.COMFORT, "low", cache_only=True)
+        for aim, giver, lift in FOR_THE_STARVING:
+            if not (unmet := plan.unmet_kib(aim)):
+                continue
+            if giver is not None:
+                plan.give(sum(unmet.values()), *giver)
+            if lift == "budget":
+                plan.fill(plan.unmet_kib(aim), Rule.NEED, plan.budget_kib)
+            elif lift == "lent":
+                plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)
         plan.tax()
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
@@ -734,9 +752,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         relief_shortfall_kib=shortfall_kib,
         bands={g.name: g.band for g in guests},
         refused={g.name: g.refused for g in guests if g.refused},
-        unmet_kib={g.name: g.grow_to_kib - g.target_kib for g in guests
-                   if g.guest_class is GuestClass.STARVING and g.grow_to_kib - g.target_kib >= KIB_PER_MIB},
-    )  # fmt: skip
+        unmet_kib=plan.unmet_kib("grow"),
+    )
     return out, _next_state(guests, state, now_s, config)
 
 
