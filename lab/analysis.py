@@ -74,7 +74,7 @@ def invariant_violations(
     out: list[str] = []
     for guest in timeline.guests:
         rows = timeline.for_guest(guest)
-        dead = [r["t_s"] for r in rows if not r["alive"]]
+        dead = [r["t_s"] for r in rows if not r["alive"] and not r.get("paused")]
         if dead:
             out.append(f"{guest}: not running from t={dead[0]} s (guest kernel died or domain stopped)")
         low = [

@@ -35,6 +35,7 @@ ROW_FIELDS = (
     "t_s",
     "guest",
     "alive",
+    "paused",
     "current_mib",
     "unused_mib",
     "usable_mib",
@@ -249,6 +250,8 @@ class Recorder:
                 "t_s": t_s,
                 "guest": g.name,
                 "alive": s.get("state.state") == libvirt.VIR_DOMAIN_RUNNING and not cs.panicked,
+                # Paused by someone (memcoord never pauses a guest): not running, and not dead either.
+                "paused": s.get("state.state") == libvirt.VIR_DOMAIN_PAUSED,
                 "current_mib": _mib(s, "balloon.current"),
                 "unused_mib": _mib(s, "balloon.unused"),
                 "usable_mib": _mib(s, "balloon.usable"),

@@ -466,13 +466,12 @@ def test_a_balloon_set_elsewhere_is_taken_where_it_is(guest_image: GuestImage, l
             f"grown again {second.t_mono_s - first.t_mono_s:.1f} s after its first grow: memcoord waited for a "
             "target nobody was heading to"
         )
-        # The always rules, but for the pause this scenario made: the guest is not running only while paused (and
-        # the recorder's next sample after the resume), and it runs on after.
-        paused = f"{name}: not running from t="
-        violations = analysis.invariant_violations(tl, floor_mib=guest_cfg(tl)["min_mib"])
-        assert [v for v in violations if not v.startswith(paused)] == [], violations
-        stopped = [r["t_s"] for r in tl.for_guest(name) if not r["alive"]]
-        assert all(t_suspended_s <= t <= t_resumed_s + 1.5 for t in stopped), f"not running at {stopped}"
+        # The always rules hold (a paused guest is not a dead one), and the guest was paused only while this
+        # scenario held it (a sample in flight at the resume may show it); it runs on after.
+        assert analysis.invariant_violations(tl, floor_mib=guest_cfg(tl)["min_mib"]) == []
+        paused = [r["t_s"] for r in tl.for_guest(name) if r["paused"]]
+        assert paused, "the recorder never saw the guest paused"
+        assert all(t_suspended_s <= t <= t_resumed_s + 1.5 for t in paused), f"paused at {paused}"
         after = [r for r in tl.for_guest(name) if r["t_s"] > t_resumed_s + 1.5]
         assert len(after) >= AFTER_S, f"{len(after)} samples after the resume"
 
