@@ -27,6 +27,7 @@ from pathlib import Path
 from memcoord.admin.simulate import format_table
 from memcoord.core.config import Config
 from memcoord.core.model import KIB_PER_MIB, mib_to_kib
+from memcoord.core.step import decide_paused
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Hog, HostPressure, Idle, Sawtooth
 
@@ -120,7 +121,7 @@ def _ticks(
             gc.collect()
             tracemalloc.start()
         started = time.perf_counter()
-        plan, state = loop_policy.decide(snapshot, state, config)
+        plan, state = decide_paused(loop_policy, snapshot, state, config)
         elapsed_s = time.perf_counter() - started
         if traced:
             peak_b = max(peak_b, tracemalloc.get_traced_memory()[1])
