@@ -241,20 +241,19 @@ class Reason:
     age_s: float = 0.0
 
     def text(self) -> str:
-        mib = _mib
         b, rule = self.band, self.rule
-        free = "no figures" if self.free_kib is None else f"{mib(self.free_kib)} {self.figure}"
-        band = f"band {mib(b.low_kib)}..{mib(b.high_kib)} ({b.why})"
-        budget = f"host budget {mib(self.budget_kib)}"
+        free = "no figures" if self.free_kib is None else f"{_mib(self.free_kib)} {self.figure}"
+        band = f"band {_mib(b.low_kib)}..{_mib(b.high_kib)} ({b.why})"
+        budget = f"host budget {_mib(self.budget_kib)}"
         if rule in (Rule.NEED, Rule.LENT):
             ramp = f", ramping {kib_to_mib(int(self.ramp_kib_per_s)):.0f} MiB/s" if self.ramp_kib_per_s else ""
             late = f", stats {self.age_s:.0f} s old" if self.age_s >= 2 else ""
             how = f", weight {self.weight}" if rule is Rule.NEED else ": lent what the guard holds for others' grants"
             return f"below its low ({free}{ramp}{late}), {budget}{how}; {band}"
         if rule is Rule.FLOOR:
-            text = f"below its floor {mib(b.floor_kib)}"
+            text = f"below its floor {_mib(b.floor_kib)}"
         elif rule is Rule.CEILING:
-            text = f"above its ceiling {mib(b.ceiling_kib)}; never below its low"
+            text = f"above its ceiling {_mib(b.ceiling_kib)}; never below its low"
         elif rule is Rule.RELIEF:
             # A budget still positive when relief runs: the host's memory pressure (PSI) asked for it.
             text = (
