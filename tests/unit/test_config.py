@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
+from memcoord.core import config as config_module
 from memcoord.core.config import Config, ConfigError, ConfigFileError, dump, load, parse
+from memcoord.core.model import NO_SETTINGS, DomainSettings, mib_to_kib
 from tests.helpers.repo import REPO
 
 SHIPPED = REPO / "etc" / "memcoord.toml"
@@ -128,6 +131,48 @@ def test_the_profile_is_one_key_and_its_values_scale_with_the_host():
     # A key the file sets wins over the profile.
     own = parse('[host]\nprofile = "production"\ntarget_available_mib = 3072\n[guest]\npeak_hold_s = 0\n')
     assert (own.for_host(512 * gib).host.target_available_mib, own.for_host(512 * gib).guest.peak_hold_s) == (3072, 0)
+    # The same object for the same host on every tick, so that what it found for each domain lasts.
+    assert production.for_host(512 * gib) is big
+    assert production.for_host(24 * gib) is small
+
+
+def test_what_the_config_means_for_a_domain_is_found_once_and_again_when_its_inputs_change():
+    """`domain_rules`: exclusion, floor, ceiling and weight, as the single methods give them; kept while the
+    domain's maximum, its settings object and the config's values are the same."""
+    text = '[guest]\nmin_mib = 512\n[domains."web1"]\nweight = 300\nmax_mib = 3000\n'
+    config = parse(text)
+    max_kib = mib_to_kib(4096)
+    floor_1024 = DomainSettings(MappingProxyType({"min_mib": 1024}))
+    rules = config.domain_rules("web1", max_kib, floor_1024)
+    assert (rules.exclusion, rules.floor_kib, rules.ceiling_kib, rules.weight) == (
+        None,
+        mib_to_kib(1024),
+        mib_to_kib(3000),
+        300,
+    )
+    assert config.domain_rules("web1", max_kib, floor_1024) is rules
+    # A new maximum, new settings (libvirt's metadata changed): found again.
+    assert config.domain_rules("web1", mib_to_kib(2048), floor_1024).ceiling_kib == mib_to_kib(2048)
+    off = DomainSettings(MappingProxyType({"enabled": False}))
+    assert config.domain_rules("web1", max_kib, off).exclusion == "metadata"
+    assert config.domain_rules("web2", max_kib, None).exclusion == "unread"
+    assert config.domain_rules("web2", max_kib, NO_SETTINGS).floor_kib == mib_to_kib(512)
+    # A copy with other values finds its own (pydantic's copy would carry what this one found).
+    lower = config.model_copy(update={"guest": config.guest.model_copy(update={"min_mib": 256})})
+    assert lower.domain_rules("web2", max_kib, NO_SETTINGS).floor_kib == mib_to_kib(256)
+    assert config.model_copy().domain_rules("web2", max_kib, NO_SETTINGS).floor_kib == mib_to_kib(512)
+    # What it keeps is no part of the config's value.
+    assert config == parse(text)
+    assert dump(config) == dump(parse(text))
+
+
+def test_what_the_config_keeps_for_domains_is_bounded(monkeypatch: pytest.MonkeyPatch):
+    """A host that starts guests under new names for months does not grow the daemon without bound."""
+    monkeypatch.setattr(config_module, "DOMAIN_RULES_KEPT", 3)
+    config = Config()
+    for i in range(10):
+        assert config.domain_rules(f"ci-runner-{i}", mib_to_kib(2048), NO_SETTINGS).exclusion is None
+    assert len(config._domain_rules_kept) <= 3
 
 
 def test_new_keys_defaults_and_bad_values():

@@ -15,10 +15,10 @@ import ipaddress
 import json
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -29,6 +29,12 @@ from memcoord.core.model import NO_SETTINGS, DomainSettings, mib_to_kib
 DEFAULT_LISTEN = "127.0.0.1:9749"
 # A guest's weight in a scarce split when neither the config file nor its metadata sets one.
 DEFAULT_WEIGHT = 100
+# `Config.domain_rules` keeps what it found for at most this many domain names, then starts over: a host that
+# starts and removes guests for months (CI runners with a new name each) does not grow the daemon without bound.
+DOMAIN_RULES_KEPT = 65536
+# `Config.for_host` keeps the config it resolved for at most this many host sizes (the size changes only when
+# memory is hot-plugged).
+HOST_SIZES_KEPT = 4
 
 
 class ConfigError(Exception):
@@ -62,6 +68,17 @@ class Source(StrEnum):
     MIN_GUARANTEE = "min_guarantee"
     LIBVIRT_MAX = "libvirt_max"
     DEFAULT = "default"
+
+
+class DomainRules(NamedTuple):
+    """What the config means for one domain of a libvirt maximum and settings (`Config.domain_rules`)."""
+
+    max_kib: int
+    settings: DomainSettings | None
+    exclusion: str | None  # why memcoord leaves it alone (`Config.exclusion`), None when it manages it
+    floor_kib: int
+    ceiling_kib: int
+    weight: int
 
 
 class _Section(BaseModel):
@@ -625,6 +642,48 @@ class Config(_Section):
     room: RoomConfig = RoomConfig()
 
     # -- what the config means for one domain -----------------------------------------------------------------
+    def domain_rules(self, name: str, max_kib: int, settings: DomainSettings | None) -> DomainRules:
+        """`exclusion()`, `floor_kib()`, `ceiling_kib()` and `weight()` of one domain, found once per (name,
+        max_kib, settings) and kept while this config lives: the loop asks for every domain on every tick, and
+        they change only with the domain's maximum, its settings (a new object when its metadata changes) or the
+        config (a reload builds a new one)."""
+        kept = self._domain_rules_kept
+        found = kept.get(name)
+        if found is not None and found.max_kib == max_kib and found.settings is settings:
+            return found
+        found = DomainRules(
+            max_kib,
+            settings,
+            self.exclusion(name, settings),
+            self.floor_kib(name, max_kib, settings),
+            self.ceiling_kib(name, max_kib, settings),
+            self.weight(name, settings),
+        )
+        if len(kept) >= DOMAIN_RULES_KEPT:
+            kept.clear()
+        kept[name] = found
+        return found
+
+    @functools.cached_property
+    def _domain_rules_kept(self) -> dict[str, DomainRules]:
+        """What `domain_rules` found, by domain name. A cached property lives in the instance's __dict__, which
+        pydantic leaves out of equality, dumps and repr; `model_copy` drops it from a copy with other values."""
+        return {}
+
+    @functools.cached_property
+    def _for_host_kept(self) -> dict[int, Config]:
+        """What `for_host` resolved, by host size, where it differs from this config."""
+        return {}
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Config:
+        """pydantic's copy, without what this config found for its domains and hosts when the copy's values
+        differ (pydantic copies the instance's __dict__, cached properties with it)."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            copied.__dict__.pop("_domain_rules_kept", None)
+            copied.__dict__.pop("_for_host_kept", None)
+        return copied
+
     def domain_setting(self, name: str, key: str, settings: DomainSettings | None) -> tuple[Any, Source] | None:
         """A per-domain key from the config file's `[domains."NAME"]` (what the file sets there), else from the
         domain's metadata; None when neither sets it."""
@@ -727,7 +786,14 @@ class Config(_Section):
 
     def for_host(self, host_total_kib: int) -> Config:
         """This config with what scales with the host resolved into the keys the policy reads: the guard
-        (host.min_available_mib) and the profile's comfort target and peak hold. Itself when nothing changes."""
+        (host.min_available_mib) and the profile's comfort target and peak hold. Itself when nothing changes.
+
+        The same object on every call for a host size, so that what it finds for each domain (`domain_rules`)
+        lasts from tick to tick."""
+        kept = self._for_host_kept
+        found = kept.get(host_total_kib)
+        if found is not None:
+            return found
         host = {
             "min_available_mib": self.guard_mib(host_total_kib),
             "target_available_mib": self.target_available_mib(host_total_kib),
@@ -739,7 +805,12 @@ class Config(_Section):
             update["host"] = self.host.model_copy(update=host)
         if guest:
             update["guest"] = self.guest.model_copy(update=guest)
-        return self.model_copy(update=update) if update else self
+        if not update:
+            return self
+        if len(kept) >= HOST_SIZES_KEPT:
+            kept.clear()
+        found = kept[host_total_kib] = self.model_copy(update=update)
+        return found
 
     @property
     def stale_after_s(self) -> float:

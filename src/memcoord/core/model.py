@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import NamedTuple
 
 KIB_PER_MIB = 1024
 
@@ -174,13 +175,15 @@ class Action(StrEnum):
 LOWERING_ACTIONS = frozenset({Action.RECLAIM, Action.TAX, Action.RELIEVE})
 
 
-@dataclass(frozen=True, slots=True)
-class Band:
+class Band(NamedTuple):
     """Where a guest should be, in balloon sizes (KiB): floor <= low <= high <= ceiling.
 
     Below low it needs memory now (its starving line plus what its ramp takes until memcoord can act again); above
     high while idle it holds memory it does not need (its wasteful line, or its recent peak). why: how low and high
-    were found, for the journal and `memcoord plan`."""
+    were found, for the journal and `memcoord plan`.
+
+    A named tuple, not a frozen dataclass: the policy builds one per guest and tick, and a frozen dataclass's
+    __init__ costs three times as much (an object.__setattr__ per field)."""
 
     floor_kib: int
     low_kib: int
@@ -216,6 +219,12 @@ class Rule(StrEnum):
     TAX = "tax", Action.TAX  # idle: the idle tax, for a guest below its low that grows (the seed's rule)
 
 
+def _mib(kib: int) -> str:
+    """A size for the journal's words. Not nested in `Reason.text`: a busy tick renders thousands of reasons, and
+    a nested function is built anew on every call."""
+    return f"{kib_to_mib(kib):.0f} MiB"
+
+
 @dataclass(frozen=True, slots=True)
 class Reason:
     """Why a guest moves, as data: the rule, the guest's band, the host budget and the guest's weight when it was
@@ -232,22 +241,19 @@ class Reason:
     age_s: float = 0.0
 
     def text(self) -> str:
-        def mib(kib: int) -> str:
-            return f"{kib_to_mib(kib):.0f} MiB"
-
         b, rule = self.band, self.rule
-        free = "no figures" if self.free_kib is None else f"{mib(self.free_kib)} {self.figure}"
-        band = f"band {mib(b.low_kib)}..{mib(b.high_kib)} ({b.why})"
-        budget = f"host budget {mib(self.budget_kib)}"
+        free = "no figures" if self.free_kib is None else f"{_mib(self.free_kib)} {self.figure}"
+        band = f"band {_mib(b.low_kib)}..{_mib(b.high_kib)} ({b.why})"
+        budget = f"host budget {_mib(self.budget_kib)}"
         if rule in (Rule.NEED, Rule.LENT):
             ramp = f", ramping {kib_to_mib(int(self.ramp_kib_per_s)):.0f} MiB/s" if self.ramp_kib_per_s else ""
             late = f", stats {self.age_s:.0f} s old" if self.age_s >= 2 else ""
             how = f", weight {self.weight}" if rule is Rule.NEED else ": lent what the guard holds for others' grants"
             return f"below its low ({free}{ramp}{late}), {budget}{how}; {band}"
         if rule is Rule.FLOOR:
-            text = f"below its floor {mib(b.floor_kib)}"
+            text = f"below its floor {_mib(b.floor_kib)}"
         elif rule is Rule.CEILING:
-            text = f"above its ceiling {mib(b.ceiling_kib)}; never below its low"
+            text = f"above its ceiling {_mib(b.ceiling_kib)}; never below its low"
         elif rule is Rule.RELIEF:
             # A budget still positive when relief runs: the host's memory pressure (PSI) asked for it.
             text = (

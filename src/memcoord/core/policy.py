@@ -51,7 +51,7 @@ from memcoord.core.model import (
 from memcoord.core.sanity import impossible
 
 if TYPE_CHECKING:
-    from memcoord.core.config import Config, GuestConfig
+    from memcoord.core.config import Config, DomainRules, GuestConfig
 
 # Stats that move less than this between two samples count as unchanged: smaller moves are noise.
 STEADY_TOLERANCE_KIB = KIB_PER_MIB
@@ -343,8 +343,8 @@ class _Clock:
         return found
 
 
-def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock) -> _Guest:
-    """The guest's sample, class and band, found once."""
+def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _Clock) -> _Guest:
+    """The guest's sample, class and band, found once. rules: what the config means for it."""
     name, now_s = dom.name, clock.now_s
     pending = state.pending.get(name)
     if pending is not None and (
@@ -355,8 +355,8 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
         # Arrived; believed where it is after the stale time (a guest that will not give pages); or set elsewhere.
         pending = None
     base_kib = pending.target_kib if pending else dom.current_kib
-    ceiling_kib = config.ceiling_kib(name, dom.max_kib, dom.settings)
-    floor_kib = min(config.floor_kib(name, dom.max_kib, dom.settings), ceiling_kib)
+    ceiling_kib = rules.ceiling_kib
+    floor_kib = min(rules.floor_kib, ceiling_kib)
     lowered_at_s = state.lowered_at_s.get(name)
     moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
     prev = state.samples.get(name)
@@ -370,7 +370,7 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
     new_sample = sample is not None and sample is not prev
     raised_at_s = state.raised_at_s.get(name)
     just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
-    g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, config.weight(name, dom.settings), held_kib, sample,
+    g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, rules.weight, held_kib, sample,
                new_sample, refused=refused, pending=pending, target_kib=base_kib, just_raised=just_raised,
                still_growing=just_raised and not (new_sample and sample is not None and sample.steady))  # fmt: skip
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
@@ -429,8 +429,9 @@ def _look_at(dom: DomainStats, state: PolicyState, config: Config, clock: _Clock
 
 def _managed(snapshot: Snapshot, state: PolicyState, config: Config) -> list[_Guest]:
     clock = _Clock.of(config, snapshot.taken_at_s)
-    doms = sorted((d for d in snapshot.domains if config.manages(d.name, d.settings)), key=lambda d: d.name)
-    return [_look_at(d, state, config, clock) for d in doms]
+    ruled = ((d, config.domain_rules(d.name, d.max_kib, d.settings)) for d in snapshot.domains)
+    managed = sorted(((d, r) for d, r in ruled if r.exclusion is None), key=lambda dr: dr[0].name)
+    return [_look_at(d, rules, state, clock) for d, rules in managed]
 
 
 def bands(snapshot: Snapshot, state: PolicyState, config: Config) -> dict[str, Band]:
