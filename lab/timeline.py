@@ -250,8 +250,10 @@ class Recorder:
                 "t_s": t_s,
                 "guest": g.name,
                 "alive": s.get("state.state") == libvirt.VIR_DOMAIN_RUNNING and not cs.panicked,
-                # Paused by someone (memcoord never pauses a guest): not running, and not dead either.
-                "paused": s.get("state.state") == libvirt.VIR_DOMAIN_PAUSED,
+                # Paused by a user (a scenario's own pause; memcoord never pauses a guest): not running, and not
+                # dead either. QEMU's own pauses (I/O error, watchdog, crash) are not this.
+                "paused": s.get("state.state") == libvirt.VIR_DOMAIN_PAUSED
+                and s.get("state.reason") == libvirt.VIR_DOMAIN_PAUSED_USER,
                 "current_mib": _mib(s, "balloon.current"),
                 "unused_mib": _mib(s, "balloon.unused"),
                 "usable_mib": _mib(s, "balloon.usable"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import tomllib
 from pathlib import Path
 from types import MappingProxyType
@@ -161,9 +163,21 @@ def test_what_the_config_means_for_a_domain_is_found_once_and_again_when_its_inp
     lower = config.model_copy(update={"guest": config.guest.model_copy(update={"min_mib": 256})})
     assert lower.domain_rules("web2", max_kib, NO_SETTINGS).floor_kib == mib_to_kib(256)
     assert config.model_copy().domain_rules("web2", max_kib, NO_SETTINGS).floor_kib == mib_to_kib(512)
-    # What it keeps is no part of the config's value.
+    # What it keeps is no part of the config's value, and does not stop it being copied or pickled.
     assert config == parse(text)
     assert dump(config) == dump(parse(text))
+    for copied in (copy.deepcopy(config), config.model_copy(deep=True), pickle.loads(pickle.dumps(config))):
+        assert copied == config and copied.domain_rules("web1", max_kib, floor_1024) == rules
+
+
+def test_a_copy_with_other_values_resolves_its_own_host():
+    """`for_host` keeps what it resolved per host size; a copy with other values (here the production profile)
+    resolves its own, not the original's."""
+    host_kib = 512 * 1024 * 1024
+    density = Config()
+    assert density.for_host(host_kib).host.target_available_mib == 0  # kept by density now
+    production = density.model_copy(update={"host": density.host.model_copy(update={"profile": "production"})})
+    assert production.for_host(host_kib).host.target_available_mib == production.target_available_mib(host_kib) > 0
 
 
 def test_what_the_config_keeps_for_domains_is_bounded(monkeypatch: pytest.MonkeyPatch):

@@ -32,9 +32,11 @@ DEFAULT_WEIGHT = 100
 # `Config.domain_rules` keeps what it found for at most this many domain names, then starts over: a host that
 # starts and removes guests for months (CI runners with a new name each) does not grow the daemon without bound.
 DOMAIN_RULES_KEPT = 65536
-# `Config.for_host` keeps the config it resolved for at most this many host sizes (the size changes only when
-# memory is hot-plugged).
+# `Config.for_host` keeps the config it resolved for at most this many host sizes (few: the size moves with
+# hot-plugged memory, or with the host's own balloon where the host is itself a VM).
 HOST_SIZES_KEPT = 4
+# Where the Config keeps what it found for domains and hosts: in its __dict__, as cached properties.
+_KEPT = ("_domain_rules_kept", "_for_host_kept")
 
 
 class ConfigError(Exception):
@@ -680,9 +682,23 @@ class Config(_Section):
         differ (pydantic copies the instance's __dict__, cached properties with it)."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
-            copied.__dict__.pop("_domain_rules_kept", None)
-            copied.__dict__.pop("_for_host_kept", None)
+            for key in _KEPT:
+                copied.__dict__.pop(key, None)
         return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Config:
+        """pydantic's deep copy, starting over what was found for domains and hosts (their settings hold read-only
+        mappings, which do not copy)."""
+        memo = {} if memo is None else memo
+        for key in _KEPT:
+            if key in self.__dict__:
+                memo[id(self.__dict__[key])] = {}
+        return super().__deepcopy__(memo)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """pydantic's pickled state, without what was found for domains and hosts (as for a deep copy)."""
+        state = super().__getstate__()
+        return {**state, "__dict__": {k: v for k, v in state["__dict__"].items() if k not in _KEPT}}
 
     def domain_setting(self, name: str, key: str, settings: DomainSettings | None) -> tuple[Any, Source] | None:
         """A per-domain key from the config file's `[domains."NAME"]` (what the file sets there), else from the

@@ -680,12 +680,19 @@ def _backed_above_kib(g: _Guest, target_kib: int, config: Config) -> int:
 
 
 # -- the whole tick ------------------------------------------------------------------------------------------
+class _Giver(NamedTuple):
+    """Others giving toward guests below their low (`_Allocation.give`)."""
+
+    rule: Rule  # what the lowering is called
+    line: Literal["high", "low"]  # each gives down to this line of its band
+    cache_only: bool = False  # each gives no more than its page cache
+
+
 class _Source(NamedTuple):
     """One place guests below their low get memory from."""
 
     aim: Aim  # how far it lifts them
-    # Others give first: as which rule, down to which line of their band, page cache only (None: nobody gives).
-    giver: tuple[Rule, Literal["high", "low"], bool] | None
+    giver: _Giver | None  # others give first (None: nobody gives)
     # Then what lifts them: the host budget (with what the givers' untouched grants gave back at once), what the
     # guard holds for others' grants ("lent"), or nothing this tick (what was given reaches them through the host).
     lift: Literal["budget", "lent"] | None
@@ -696,11 +703,11 @@ class _Source(NamedTuple):
 # lacks to last until memcoord can act again ("survive"); only its page cache goes toward the guest's low.
 FOR_THE_STARVING = (
     _Source("grow", None, "budget"),  # the host budget: to its low, or a grow step up if more
-    _Source("low", (Rule.SURPLUS, "high", False), "budget"),  # others' surplus above their high
+    _Source("low", _Giver(Rule.SURPLUS, "high"), "budget"),  # others' surplus above their high
     _Source("survive", None, "lent"),  # what the guard holds for others' grants beyond their own need
-    _Source("survive", (Rule.COMFORT, "low", False), "budget"),  # others' comfort between their low and high
+    _Source("survive", _Giver(Rule.COMFORT, "low"), "budget"),  # others' comfort between their low and high
     # Others' page cache: spent at once rather than through the host, it cost fleet-50 two OOM kills.
-    _Source("low", (Rule.COMFORT, "low", True), None),
+    _Source("low", _Giver(Rule.COMFORT, "low", cache_only=True), None),
 )
 
 
@@ -730,10 +737,10 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         for aim, giver, lift in FOR_THE_STARVING:
             if not (unmet := plan.unmet_kib(aim)):
                 continue
-            if giver is not None:
-                plan.give(sum(unmet.values()), *giver)
+            if giver is not None:  # starving guests never give: what they lack is as it was
+                plan.give(sum(unmet.values()), giver.rule, giver.line, giver.cache_only)
             if lift == "budget":
-                plan.fill(plan.unmet_kib(aim), Rule.NEED, plan.budget_kib)
+                plan.fill(unmet, Rule.NEED, plan.budget_kib)
             elif lift == "lent":
                 plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)
         plan.tax()

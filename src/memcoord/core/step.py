@@ -78,9 +78,8 @@ def decide_paused(loop_policy: LoopPolicy, snapshot: Snapshot, state: Any, confi
 
     A decision makes several objects per guest, nearly all freed by their reference counts when the tick is
     over: left running, the collector stops the decision every 700 new objects to look for cycles there are
-    none of, and about every second tick goes through all the process's older objects too (10,000 guests: about
-    40 collections a tick, 20-47 ms for the oldest generation). bench/scale.py times this call, collection
-    included.
+    none of, and every few ticks goes through all the process's older objects too. bench/scale.py times this
+    call, collection included.
     """
     if not gc.isenabled():
         return loop_policy.decide(snapshot, state, config)
