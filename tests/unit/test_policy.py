@@ -140,15 +140,27 @@ TAX_20 = parse("[guest]\nidle_tax_mib = 20\n")
 
 def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_and_it_goes_to_the_starving():
     """The host budget is spent (its 100 MiB above the guard are held for g's untouched grant) and the starving
-    guest lacks 51 MiB to its low: each idle guest pays the tax (a trickle by configuration: moves too small to be
-    worth making otherwise), and it goes to the starving guest in the same tick (the host has it above its
-    guard): a starving guest next to idle ones must not wait for a second."""
+    guest lacks 51 MiB to its low: the idle guests pay the tax, 2 MiB each (a trickle by configuration: moves too
+    small to be worth making otherwise), and it goes to the starving guest in the same tick (the host has it
+    above its guard): a starving guest next to idle ones must not wait for a second. i has a MiB more to spare
+    than g, so i pays it all, in one move."""
     g = dom("g", 1024, 300, rss_mib=924 + 128)  # idle too; 100 MiB of its balloon never touched
-    plan = _with_grant([dom("i", 1024, 300), dom("s", 512, 100), g], {"g": 100}, available_mib=1024 + 100)
+    plan = _with_grant([dom("i", 1024, 301), dom("s", 512, 100), g], {"g": 100}, available_mib=1024 + 100)
     changes = by_name(plan)
-    assert changes["i"].action is changes["g"].action is Action.TAX
-    assert changes["i"].delta_kib == changes["g"].delta_kib == -mib_to_kib(2)
+    assert changes["i"].action is Action.TAX and "g" not in changes
+    assert changes["i"].delta_kib == -mib_to_kib(2 + 2)
     assert changes["s"].delta_kib == mib_to_kib(2 + 2)
+
+
+def test_the_tax_is_paid_by_the_idle_guests_with_the_most_to_spare_in_moves_worth_making():
+    """Twenty idle guests owe 2 MiB each while s grows: 40 MiB, paid by the two with the most above the middle of
+    their band, in moves of MIN_MOVE_KIB (32 MiB) and what is left, not in twenty setMemory calls of 2 MiB. On
+    the next ticks the guests with the most left pay in turn."""
+    idle = [dom(f"i{n:02d}", 1024, 300 + n) for n in range(20)]
+    changes = by_name(steady(*idle, dom("s", 512, 100)))
+    taxed = {n: -c.delta_kib for n, c in changes.items() if c.action is Action.TAX}
+    assert taxed == {"i19": mib_to_kib(32), "i18": mib_to_kib(8)}
+    assert changes["s"].delta_kib == mib_to_kib(300 + 40)
 
 
 def test_the_tax_leaves_an_idle_guest_half_way_between_its_lines():
@@ -1094,12 +1106,34 @@ def test_a_report_while_memcoord_lowers_the_balloon_is_not_read_as_a_ramp():
     assert state.samples["r"].ramp_kib_per_s == 0
 
 
+def test_idle_guests_alike_take_turns_paying_the_tax():
+    """Three idle guests alike, a guest that stays starving (its programs use all it is given): each tick one
+    pays the three's tax, and the next tick the ones with more left pay, so each pays in turn, as each paid its
+    own trickle before (the course's first scenario on real guests)."""
+    config = Config()
+    sizes_mib = {"i1": 512, "i2": 512, "i3": 512, "s": 512}
+    state, paid = PolicyState(), dict.fromkeys(("i1", "i2", "i3"), 0)
+    for tick in range(6):
+        now_s = NOW_S + tick
+        doms = [dom(n, m, 100 if n == "s" else m - 188, last_s=int(now_s)) for n, m in sizes_mib.items()]
+        plan, state = decide(snap(*doms, now_s=now_s), state, config)
+        state = applied(state, plan.changes, now_s)
+        for c in plan.changes:
+            sizes_mib[c.domain] = c.to_kib // KIB_PER_MIB
+            if c.action is Action.TAX:
+                paid[c.domain] += -c.delta_kib // KIB_PER_MIB
+    assert all(plan.classes[n] is GuestClass.IDLE for n in paid)
+    # Each paid, and none more than one tick's tax (2 MiB for each of the three) more than another.
+    assert min(paid.values()) > 0 and max(paid.values()) - min(paid.values()) <= 3 * 2, paid
+
+
 def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_from_a_roomy_host():
-    """The seed's rule: if a starving guest grows, each idle guest pays the tax, and it goes to the starving. The
+    """The seed's rule: if a starving guest grows, the idle guests pay the tax, and it goes to the starving. The
     host has plenty: the grower gets its grow step from the host and the tax on top (as in the course's first
-    scenario, where idle 512 MiB guests give back a little at a time while a hog grows)."""
+    scenario, where idle 512 MiB guests give back a little at a time while a hog grows). i and j have as much to
+    spare: i pays both their 2 MiB this tick (first by name), and j has more left for the next."""
     changes = by_name(steady(dom("i", 512, 324), dom("j", 512, 324), dom("s", 512, 100)))
-    assert changes["i"].delta_kib == changes["j"].delta_kib == -mib_to_kib(2)
+    assert changes["i"].delta_kib == -mib_to_kib(2 + 2) and "j" not in changes
     assert changes["s"].delta_kib == mib_to_kib(300 + 2 + 2)
 
 

@@ -54,8 +54,9 @@ ACTIONS: dict[Action, tuple[str, str]] = {
     ),
     Action.TAX: (
         "Idle tax taken from guest @MEMCOORD_DOMAIN@",
-        "A guest below its low line needed memory the host could not give, so each idle guest pays up to "
-        "guest.idle_tax_mib toward it: the guest @MEMCOORD_DOMAIN@ went from @MEMCOORD_FROM_KIB@ KiB to "
+        "A guest below its low line grew, so the idle guests pay guest.idle_tax_mib each toward it, collected "
+        "from those with the most to spare in moves of 32 MiB: the guest @MEMCOORD_DOMAIN@ went from "
+        "@MEMCOORD_FROM_KIB@ KiB to "
         "@MEMCOORD_TO_KIB@ KiB. It never pays from below its own low line or its floor. Set guest.idle_tax_mib = 0 "
         "to turn the tax off.",
     ),

@@ -69,7 +69,8 @@ RAMP_DECAY = 0.5
 SETTLE_S = 2.0
 # A move smaller than this buys a guest no room it can use, and costs a setMemory, a balloon's move and a journal
 # line: such moves wait until they are worth making (the band's hysteresis). Floors, ceilings and relief, which
-# keep guests and the host safe, move whatever it takes, and so does the idle tax (a trickle by configuration).
+# keep guests and the host safe, move whatever it takes, and so does an idle tax smaller than this (a trickle by
+# configuration).
 MIN_MOVE_KIB = 32 * KIB_PER_MIB
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
@@ -648,19 +649,28 @@ class _Allocation:
         return max(0, need_kib)
 
     def tax(self) -> None:
-        """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, each idle guest
-        pays idle_tax_mib (a configured trickle: its moves are made whatever their size), never below the middle
-        of its band (a tax, not a drain), and it goes to those guests in this tick, up to their ceilings: no more
-        is taken than they can receive, nor than the host has above its guard beyond this tick's growth (the
-        balloons taking it back within a second)."""
+        """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, idle guests pay
+        idle_tax_mib each, and it goes to those guests in this tick, up to their ceilings: no more is taken than
+        they can receive, nor than the host has above its guard beyond this tick's growth (the balloons taking it
+        back within a second). The idle guests with the most above the middle of their band pay the whole of it,
+        each a move worth making (MIN_MOVE_KIB, or idle_tax_mib if more), never below that middle (a tax, not a
+        drain): the same memory as each paying its own trickle, in a few setMemory calls instead of one per idle
+        guest, and the next tick's payers are the ones that have the most left."""
         wants_kib = {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
         room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
-        tax_kib, collected_kib = mib_to_kib(self.config.guest.idle_tax_mib), 0
-        for g in self.guests:
-            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and not g.just_raised:
-                stop_kib = (g.band.low_kib + g.band.high_kib) // 2
-                collected_kib += self.lower(g, min(tax_kib, room_kib - collected_kib), Rule.TAX, stop_kib, 0)
+        tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
+        payers = [
+            (g, (g.band.low_kib + g.band.high_kib) // 2)
+            for g in self.guests
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and not g.just_raised
+        ]
+        owed_kib, collected_kib = min(tax_kib * len(payers), room_kib), 0
+        for g, stop_kib in sorted(payers, key=lambda p: (p[1] - p[0].target_kib, p[0].name)):
+            if collected_kib >= owed_kib:
+                break
+            share_kib = min(max(tax_kib, MIN_MOVE_KIB), owed_kib - collected_kib)
+            collected_kib += self.lower(g, share_kib, Rule.TAX, stop_kib, 0)
         self.fill(wants_kib, Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
 
     def changes(self) -> tuple[Change, ...]:
