@@ -9,7 +9,8 @@ each kill prints the ticks before it. Per tick, for the host: its available memo
 before the plan (`policy.host_headroom_kib`), what the guard held for grants not yet backed (available - guard -
 budget), and what guests backed anew in the next LOOKAHEAD_S (QEMU's RSS growth, all guests: no less than what the
 holders touched); for the killed guest: its true size and use (the simulator's), the policy's view of it (stats age,
-class, ramp, band) and the changes made to it, with their rule.
+class, ramp, band) and the changes made to it, with their rule. First, every change planned in the run, counted by
+rule.
 
 With --seeds, the same scenario drawn with each seed instead (`sim.run.run`, as `bench/compare.py` runs it): its
 kills and seconds below the guard per seed, for both profiles and the peers. One seed's count moves by a few kills
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     scenario = load_scenario(args.scenario)
     ticks, kills = trace(scenario, config)
     print(f"{args.scenario.name}, {args.profile} profile: {len(kills)} OOM kills")
+    by_rule = Counter(c.why.rule.value for t in ticks for c in t.plan.changes if c.why is not None)
+    print("changes planned, by rule: " + ", ".join(f"{rule} {n}" for rule, n in by_rule.most_common()))
     print("\n".join(describe(ticks, kills, args.ticks)))
     demand = check_demand(scenario, config.host.min_available_mib)
     # An upper bound where guests boot during the run (their lines count from the start).

@@ -47,3 +47,14 @@ def test_a_bad_seed_range_is_refused_by_name(seeds: str, capsys: pytest.CaptureF
         main([str(SCENARIO), "--seeds", seeds])
     assert exc.value.code == 2
     assert f"--seeds: expected FIRST-LAST with FIRST <= LAST, got {seeds!r}" in capsys.readouterr().err
+
+
+def test_counts_every_change_planned_by_its_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    ticks, _kills = trace(load_scenario(SCENARIO), Config())
+    planned = Counter(c.why.rule.value for t in ticks for c in t.plan.changes)
+    assert main([str(SCENARIO)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    prefix = "changes planned, by rule: "
+    assert line.startswith(prefix), line
+    shown = {rule: int(n) for rule, n in (part.split() for part in line.removeprefix(prefix).split(", "))}
+    assert shown == planned and len(shown) > 1, (shown, planned)
