@@ -3,6 +3,7 @@ integration test and lives in tests/integration. This guard makes any attempt fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +17,15 @@ class StartsAProcess(AssertionError):
 
 def _refuse(*_args: object, **_kwargs: object) -> None:
     raise StartsAProcess("a unit test starts no process: move it to tests/integration")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def matplotlib_font_cache() -> None:
+    """matplotlib builds its font cache the first time it is imported on a machine, by running fc-list: build it
+    before the guard below, so that the unit tests that draw a plot pass on a new machine whatever ran before."""
+    # Without the plot extra, the tests that draw fail on their own import, naming it.
+    with contextlib.suppress(ImportError):
+        import matplotlib.font_manager  # noqa: F401
 
 
 # Module-scoped, so that it is in place before a module's own fixtures (a daemon started once per module).
