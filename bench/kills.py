@@ -10,7 +10,7 @@ before the plan (`policy.host_headroom_kib`), what the guard held for grants not
 budget), and what guests backed anew in the next LOOKAHEAD_S (QEMU's RSS growth, all guests: no less than what the
 holders touched); for the killed guest: its true size and use (the simulator's), the policy's view of it (stats age,
 class, ramp, band) and the changes made to it, with their rule. First, every change planned in the run, counted by
-rule.
+rule, with the memory each rule moved.
 
 With --seeds, the same scenario drawn with each seed instead (`sim.run.run`, as `bench/compare.py` runs it): its
 kills and seconds below the guard per seed, for both profiles and the peers. One seed's count moves by a few kills
@@ -198,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     scenario = load_scenario(args.scenario)
     ticks, kills = trace(scenario, config)
     print(f"{args.scenario.name}, {args.profile} profile: {len(kills)} OOM kills")
-    by_rule = Counter(c.why.rule.value for t in ticks for c in t.plan.changes if c.why is not None)
-    print("changes planned, by rule: " + ", ".join(f"{rule} {n}" for rule, n in by_rule.most_common()))
+    by_rule, moved_kib = Counter[str](), Counter[str]()
+    for c in (c for t in ticks for c in t.plan.changes if c.why is not None):
+        by_rule[c.why.rule.value] += 1
+        moved_kib[c.why.rule.value] += abs(c.delta_kib)
+    shown = [f"{rule} {n} ({moved_kib[rule] // KIB_PER_MIB} MiB)" for rule, n in by_rule.most_common()]
+    print("changes planned, by rule (MiB moved): " + (", ".join(shown) or "none"))
     print("\n".join(describe(ticks, kills, args.ticks)))
     demand = check_demand(scenario, config.host.min_available_mib)
     # An upper bound where guests boot during the run (their lines count from the start).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -51,10 +52,14 @@ def test_a_bad_seed_range_is_refused_by_name(seeds: str, capsys: pytest.CaptureF
 
 def test_counts_every_change_planned_by_its_rule(capsys: pytest.CaptureFixture[str]) -> None:
     ticks, _kills = trace(load_scenario(SCENARIO), Config())
-    planned = Counter(c.why.rule.value for t in ticks for c in t.plan.changes)
+    changes = [c for t in ticks for c in t.plan.changes if c.why is not None]
+    planned = Counter(c.why.rule.value for c in changes if c.why is not None)
+    moved_mib = {
+        rule: sum(abs(c.delta_kib) for c in changes if c.why and c.why.rule.value == rule) // 1024 for rule in planned
+    }
     assert main([str(SCENARIO)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
-    prefix = "changes planned, by rule: "
+    prefix = "changes planned, by rule (MiB moved): "
     assert line.startswith(prefix), line
-    shown = {rule: int(n) for rule, n in (part.split() for part in line.removeprefix(prefix).split(", "))}
-    assert shown == planned and len(shown) > 1, (shown, planned)
+    shown = {rule: (int(n), int(mib)) for rule, n, mib in re.findall(r"(\w+) (\d+) \((\d+) MiB\)", line)}
+    assert shown == {rule: (n, moved_mib[rule]) for rule, n in planned.items()} and len(shown) > 1, (shown, planned)

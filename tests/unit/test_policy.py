@@ -163,6 +163,20 @@ def test_the_tax_is_paid_by_the_idle_guests_with_the_most_to_spare_in_moves_wort
     assert changes["s"].delta_kib == mib_to_kib(300 + 40)
 
 
+def test_an_idle_guest_owes_no_more_tax_than_it_has_above_the_middle_of_its_band():
+    """Each idle guest owes the tax, or what it has above the middle of its band if less: a, b and c (9.5, 4.5 and
+    1.5 MiB above it) owe 2, 2 and 1 MiB, and the seventeen at their middle nothing, so 5 MiB is taken, from a.
+    With idle_tax_mib = 20 they owe 9, 4 and 1 MiB: a, which has the most, pays only down to its middle, and b
+    and c pay the rest."""
+    spare = [dom("a", 1024, 260), dom("b", 1024, 255), dom("c", 1024, 252)]
+    at_middle = [dom(f"m{n:02d}", 1024, 250) for n in range(17)]
+    for config, expected_mib in ((Config(), {"a": 5}), (TAX_20, {"a": 9, "b": 4, "c": 1})):
+        changes = by_name(steady(*spare, *at_middle, dom("s", 512, 100), config=config))
+        taxed = {n: -c.delta_kib // KIB_PER_MIB for n, c in changes.items() if c.action is Action.TAX}
+        assert taxed == expected_mib, (config.guest.idle_tax_mib, taxed)
+        assert changes["s"].delta_kib == mib_to_kib(300 + sum(expected_mib.values()))
+
+
 def test_the_tax_leaves_an_idle_guest_half_way_between_its_lines():
     """Taxed on every tick someone starves, an idle guest would lose the buffer its own next burst needs: the
     tax stops at the middle of its band, 250.5 MiB above its programs' use (252 MiB free: a whole MiB above it;
@@ -1112,19 +1126,22 @@ def test_idle_guests_alike_take_turns_paying_the_tax():
     own trickle before (the course's first scenario on real guests)."""
     config = Config()
     sizes_mib = {"i1": 512, "i2": 512, "i3": 512, "s": 512}
-    state, paid = PolicyState(), dict.fromkeys(("i1", "i2", "i3"), 0)
+    state, paid, payers_per_tick = PolicyState(), dict.fromkeys(("i1", "i2", "i3"), 0), []
     for tick in range(6):
         now_s = NOW_S + tick
         doms = [dom(n, m, 100 if n == "s" else m - 188, last_s=int(now_s)) for n, m in sizes_mib.items()]
         plan, state = decide(snap(*doms, now_s=now_s), state, config)
         state = applied(state, plan.changes, now_s)
+        payers_per_tick.append(sum(c.action is Action.TAX for c in plan.changes))
         for c in plan.changes:
             sizes_mib[c.domain] = c.to_kib // KIB_PER_MIB
             if c.action is Action.TAX:
                 paid[c.domain] += -c.delta_kib // KIB_PER_MIB
-    assert all(plan.classes[n] is GuestClass.IDLE for n in paid)
-    # Each paid, and none more than one tick's tax (2 MiB for each of the three) more than another.
+        assert all(plan.classes[n] is GuestClass.IDLE for n in paid) or tick == 0, plan.classes
+    # Each paid, and none more than one tick's tax (2 MiB for each of the three) more than another, in one
+    # setMemory a tick: three 2 MiB moves would be one each.
     assert min(paid.values()) > 0 and max(paid.values()) - min(paid.values()) <= 3 * 2, paid
+    assert max(payers_per_tick) == 1 and sum(payers_per_tick) >= 3, payers_per_tick
 
 
 def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_from_a_roomy_host():

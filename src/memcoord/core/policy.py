@@ -649,28 +649,29 @@ class _Allocation:
         return max(0, need_kib)
 
     def tax(self) -> None:
-        """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, idle guests pay
-        idle_tax_mib each, and it goes to those guests in this tick, up to their ceilings: no more is taken than
-        they can receive, nor than the host has above its guard beyond this tick's growth (the balloons taking it
-        back within a second). The idle guests with the most above the middle of their band pay the whole of it,
-        each a move worth making (MIN_MOVE_KIB, or idle_tax_mib if more), never below that middle (a tax, not a
-        drain): the same memory as each paying its own trickle, in a few setMemory calls instead of one per idle
-        guest, and the next tick's payers are the ones that have the most left."""
+        """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, each idle guest owes
+        idle_tax_mib (or what it has above the middle of its band, if less: a tax, not a drain), and it goes to
+        those guests in this tick, up to their ceilings: no more is taken than they can receive, nor than the host
+        has above its guard beyond this tick's growth (the balloons taking it back within a second). What is owed
+        is paid by the idle guests with the most above the middle of their band, each in a move worth making
+        (MIN_MOVE_KIB, or idle_tax_mib if more), never below that middle: a few setMemory calls instead of one per
+        idle guest, and the next tick's payers are the ones that have the most left."""
         wants_kib = {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
         room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
         room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
         tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
-        payers = [
-            (g, (g.band.low_kib + g.band.high_kib) // 2)
-            for g in self.guests
-            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and not g.just_raised
-        ]
-        owed_kib, collected_kib = min(tax_kib * len(payers), room_kib), 0
-        for g, stop_kib in sorted(payers, key=lambda p: (p[1] - p[0].target_kib, p[0].name)):
+        payers, owed_kib = [], 0
+        for g in self.guests:
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and not g.just_raised:
+                middle_kib = (g.band.low_kib + g.band.high_kib) // 2
+                payers.append((middle_kib - g.target_kib, g.name, g, middle_kib))
+                owed_kib += _whole_mib(min(tax_kib, max(0, g.target_kib - middle_kib)))
+        owed_kib, collected_kib = min(owed_kib, room_kib), 0
+        for _, _, g, middle_kib in sorted(payers):
             if collected_kib >= owed_kib:
                 break
             share_kib = min(max(tax_kib, MIN_MOVE_KIB), owed_kib - collected_kib)
-            collected_kib += self.lower(g, share_kib, Rule.TAX, stop_kib, 0)
+            collected_kib += self.lower(g, share_kib, Rule.TAX, middle_kib, 0)
         self.fill(wants_kib, Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
 
     def changes(self) -> tuple[Change, ...]:
