@@ -54,11 +54,11 @@ ACTIONS: dict[Action, tuple[str, str]] = {
     ),
     Action.TAX: (
         "Idle tax taken from guest @MEMCOORD_DOMAIN@",
-        "A guest below its low line grew, so the idle guests pay guest.idle_tax_mib each toward it, collected "
-        "from those with the most to spare in moves of 32 MiB: the guest @MEMCOORD_DOMAIN@ went from "
-        "@MEMCOORD_FROM_KIB@ KiB to "
-        "@MEMCOORD_TO_KIB@ KiB. It never pays from below its own low line or its floor. Set guest.idle_tax_mib = 0 "
-        "to turn the tax off.",
+        "A guest below its low line grew, so each idle guest owes guest.idle_tax_mib toward it, collected from "
+        "those with the most to spare in moves of 32 MiB (or guest.idle_tax_mib, if more): the guest "
+        "@MEMCOORD_DOMAIN@ went from @MEMCOORD_FROM_KIB@ KiB to "
+        "@MEMCOORD_TO_KIB@ KiB. It never pays from below the middle of its band (half-way between its low and high "
+        "lines) or its floor. Set guest.idle_tax_mib = 0 to turn the tax off.",
     ),
     Action.CLAMP: (
         "Guest @MEMCOORD_DOMAIN@ moved into its bounds",

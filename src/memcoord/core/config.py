@@ -201,9 +201,9 @@ class GuestConfig(_Section):
     idle_tax_mib: int = Field(
         2,
         ge=0,
-        description="In a tick where a starving guest grows, this much per idle guest is taken from the idle guests "
-        "and given to the starving: the guests with the most to spare pay it, in moves of 32 MiB (or this much, if "
-        "more), never below the middle of their band.",
+        description="In a tick where a starving guest grows, each idle guest owes this much (or what it has above "
+        "the middle of its band, if less), given to the starving: the guests with the most to spare pay it, in moves "
+        "of 32 MiB (or this much, if more), never below the middle of their band.",
     )
     # Idle reclaim never takes a guest below the most its programs used in this many seconds (plus its
     # starving line): a guest that bursts keeps room for the next burst.
