@@ -275,7 +275,8 @@ def test_the_generator_reaches_growth_on_late_stats() -> None:
 @SETTINGS
 @given(cases())
 def test_no_lowering_takes_a_guest_below_its_low(case: tuple[Snapshot, PolicyState, Config]) -> None:
-    """Reclaim, relief, clamp, comfort and tax all stop at the guest's low (bands() says the same as the plan)."""
+    """Reclaim, relief, clamp, comfort and tax all stop at the guest's low (bands() says the same as the plan); the
+    tax stops at the middle of the band, and takes no more than idle_tax_mib for each idle guest."""
     snapshot, state, config = case
     plan, _ = decide(snapshot, state, config)
     assert plan.bands == bands(snapshot, state, config)
@@ -284,6 +285,11 @@ def test_no_lowering_takes_a_guest_below_its_low(case: tuple[Snapshot, PolicySta
         assert band.floor_kib <= band.low_kib <= band.high_kib <= band.ceiling_kib, band
         if c.delta_kib < 0:
             assert c.to_kib >= band.low_kib, (c, band)
+        if c.action is Action.TAX:
+            assert c.to_kib >= (band.low_kib + band.high_kib) // 2, (c, band)
+    idle = sum(cls is GuestClass.IDLE for cls in plan.classes.values())
+    taxed_kib = -sum(c.delta_kib for c in plan.changes if c.action is Action.TAX)
+    assert taxed_kib <= idle * mib_to_kib(config.guest.idle_tax_mib), plan.changes
 
 
 @SETTINGS
