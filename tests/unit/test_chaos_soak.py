@@ -32,17 +32,24 @@ def test_invariants_hold_every_tick_under_random_faults(tmp_path: Path, seed: in
     assert result.ok_ticks >= TICKS * 0.95
 
 
-def _soak_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broken) -> list[str]:  # type: ignore[no-untyped-def]
+def _soak_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broken, seeds=(2,)) -> list[str]:  # type: ignore[no-untyped-def]
+    """The violations of the first of `seeds` (5,000 ticks each) that has any; seed 2: the host is tight within the
+    first 200 ticks."""
     import memcoord.core.step as step_mod
 
     decide = step_mod.decide
     monkeypatch.setattr(step_mod, "decide", lambda snapshot, state, config: broken(decide, snapshot, state, config))
     logging.getLogger("memcoord").setLevel(logging.CRITICAL)
+    violations: list[str] = []
     try:
-        result, _hv = soak(5_000, 2, tmp_path)  # seed 2: the host is tight within the first 200 ticks
+        for seed in seeds:
+            (tmp_path / str(seed)).mkdir()
+            violations = soak(5_000, seed, tmp_path / str(seed))[0].violations
+            if violations:
+                break
     finally:
         logging.getLogger("memcoord").setLevel(logging.NOTSET)
-    return result.violations
+    return violations
 
 
 def test_the_soak_catches_a_policy_that_grows_past_its_ceilings(
@@ -58,7 +65,9 @@ def test_the_soak_catches_a_policy_that_grows_past_its_ceilings(
         )
         return dataclasses.replace(plan, changes=changes), new_state
 
-    violations = _soak_with(monkeypatch, tmp_path, greedy)
+    # Whether one of 5,000 ticks grows a guest within 1 GiB of its ceiling but not of its maximum is a matter of the
+    # run's path: three seeds, so that a change to the order of the loop's calls does not blunt the check.
+    violations = _soak_with(monkeypatch, tmp_path, greedy, seeds=(1, 3, 6))
     assert any("above its ceiling" in v for v in violations), violations
 
 
