@@ -94,8 +94,8 @@ SET_MEMORY_FAILED = (
     "its size; memcoord decides again on the next tick from what the guest then reports. Repeated failures for "
     "one guest point at the guest (no balloon driver, a paused or migrating guest) or at libvirtd; the metric "
     'memcoord_errors_total{kind="set_memory"} counts them. A growth whose error says "not sent" was held back: '
-    "a lowering in the same tick failed, and the growth may have counted on the memory it gives back; it is "
-    "decided again on the next tick.",
+    "a lowering in the same tick failed, and the plan counted on the memory it gives back; it is decided again "
+    "on the next tick.",
 )
 
 SET_MEMORY_UNKNOWN = (

@@ -12,12 +12,12 @@ A policy is a pair of pure functions over an explicit state (`LoopPolicy`): memc
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from memcoord.core.model import ApplyResult, Change, Plan, Rule, Snapshot
-from memcoord.core.policy import PolicyState, applied, decide
+from memcoord.core.policy import PolicyState, applied, backed_above_kib, decide
 from memcoord.core.port import SKIPPED_DEADLINE, Hypervisor
 
 if TYPE_CHECKING:
@@ -106,19 +106,28 @@ HELD_BACK = "not sent: a lowering in this tick failed, and the plan counted on w
 
 
 def apply_lowerings_first(
-    hypervisor: Hypervisor, changes: Sequence[Change], deadline_s: float | None = None
+    hypervisor: Hypervisor, plan: Plan, snapshot: Snapshot, config: Config, deadline_s: float | None = None
 ) -> list[ApplyResult]:
     """Set the plan's lowerings, then its growths. A plan may grow guests on what its lowerings give back in the
-    same tick (relief, surplus, the idle tax): when one of them is not set, the growths are held back and decided
-    again on the next tick's figures, so that they cannot take the host below its guard on memory that did not
-    come back. A raise to a guest's floor is its due whatever the host has, and is set all the same. A lowering
-    the deadline left unsent leaves no time for the growths either: they are left for the next tick too."""
-    lowerings = [c for c in changes if c.delta_kib < 0]
+    same tick (relief, surplus, the idle tax): when lowerings that would have given the host memory are not set,
+    and the budget the plan left does not cover it, the growths are held back and decided again on the next
+    tick's figures, so that they cannot take the host below its guard on memory that did not come back. A
+    lowering that fails and would have given nothing back holds nothing back: a guest whose setMemory always
+    fails (a paused or migrating guest) cannot stop the others growing. A raise to a guest's floor is its due
+    whatever the host has, and is set all the same. A lowering the deadline left unsent leaves no time for the
+    growths either: they are left for the next tick too."""
+    lowerings = [c for c in plan.changes if c.delta_kib < 0]
     results = hypervisor.apply(lowerings, deadline_s=deadline_s) if lowerings else []
-    growths = [c for c in changes if c.delta_kib >= 0]
+    growths = [c for c in plan.changes if c.delta_kib >= 0]
     if any(r.error == SKIPPED_DEADLINE for r in results):
         return results + [ApplyResult(c, SKIPPED_DEADLINE) for c in growths]
-    if any(not r.may_have_landed for r in results):
+    domains = {d.name: d for d in snapshot.domains}
+    missing_kib = sum(
+        backed_above_kib(d, r.change.to_kib, config) - backed_above_kib(d, r.change.from_kib, config)
+        for r in results
+        if not r.may_have_landed and (d := domains.get(r.change.domain)) is not None
+    )
+    if missing_kib > max(0, plan.host_headroom_kib):
         held = [c for c in growths if c.why is None or c.why.rule is not Rule.FLOOR]
         results += [ApplyResult(c, HELD_BACK) for c in held]
         growths = [c for c in growths if c not in held]
@@ -155,7 +164,7 @@ def step(
     plan, state = decide_paused(loop_policy, seen, state, config)
     results: list[ApplyResult] = []
     if plan.changes:
-        results = apply_lowerings_first(hypervisor, plan.changes, deadline_s)
+        results = apply_lowerings_first(hypervisor, plan, seen, config, deadline_s)
         # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
         # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
         state = loop_policy.applied(state, [r.change for r in results if r.may_have_landed], snapshot.taken_at_s)
