@@ -93,9 +93,7 @@ SET_MEMORY_FAILED = (
     "(@MEMCOORD_ACTION@ from @MEMCOORD_FROM_KIB@ KiB to @MEMCOORD_TO_KIB@ KiB): @MEMCOORD_ERROR@. The guest keeps "
     "its size; memcoord decides again on the next tick from what the guest then reports. Repeated failures for "
     "one guest point at the guest (no balloon driver, a paused or migrating guest) or at libvirtd; the metric "
-    'memcoord_errors_total{kind="set_memory"} counts them. A growth whose error says "not sent" was held back: '
-    "a lowering in the same tick failed, and the plan counted on the memory it gives back; it is decided again "
-    "on the next tick.",
+    'memcoord_errors_total{kind="set_memory"} counts them.',
 )
 
 SET_MEMORY_UNKNOWN = (

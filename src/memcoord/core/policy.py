@@ -507,11 +507,11 @@ class _Allocation:
         if not delta_kib or abs(delta_kib) < least_kib:
             return 0
         held_before_kib = self._held(g)
-        backed_before_kib = backed_above_kib(g.dom, g.target_kib, self.config)
+        backed_before_kib = _backed_above_kib(g, g.target_kib, self.config)
         cost_kib = max(0, g.target_kib + delta_kib - max(g.target_kib, g.dom.current_kib)) if delta_kib > 0 else 0
         g.rule, g.budget_kib = rule, self.budget_kib
         g.target_kib += delta_kib
-        released_kib = backed_above_kib(g.dom, g.target_kib, self.config) - backed_before_kib
+        released_kib = _backed_above_kib(g, g.target_kib, self.config) - backed_before_kib
         self.budget_kib += held_before_kib - self._held(g) - cost_kib + max(0, released_kib)
         return abs(delta_kib)
 
@@ -642,9 +642,9 @@ class _Allocation:
                 break
             want_kib = step_kib - (g.base_kib - g.target_kib) if for_host else min(step_kib, need_kib)
             want_kib = min(want_kib, g.cache_kib) if cache_only else want_kib
-            released_before_kib = backed_above_kib(g.dom, g.target_kib, self.config)
+            released_before_kib = _backed_above_kib(g, g.target_kib, self.config)
             given_kib = self.lower(g, want_kib, rule, stop[g.name], least_kib=0 if for_host else MIN_MOVE_KIB)
-            released_kib = backed_above_kib(g.dom, g.target_kib, self.config) - released_before_kib
+            released_kib = _backed_above_kib(g, g.target_kib, self.config) - released_before_kib
             need_kib -= released_kib if for_host else given_kib
         return max(0, need_kib)
 
@@ -683,12 +683,11 @@ class _Allocation:
         return tuple(out)
 
 
-def backed_above_kib(dom: DomainStats, target_kib: int, config: Config) -> int:
-    """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back to the host
-    as the balloon inflates to target_kib (host-side: its RSS, never a figure the guest reports)."""
-    if dom.rss_kib is None:
+def _backed_above_kib(g: _Guest, target_kib: int, config: Config) -> int:
+    """Memory QEMU backs for this guest beyond target_kib (plus its overhead): what it must give back."""
+    if g.dom.rss_kib is None:
         return 0
-    return max(0, dom.rss_kib - mib_to_kib(config.host.guest_overhead_mib) - target_kib)
+    return max(0, g.dom.rss_kib - mib_to_kib(config.host.guest_overhead_mib) - target_kib)
 
 
 # -- the whole tick ------------------------------------------------------------------------------------------
@@ -736,7 +735,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     deficit_kib = max(0, -(budget_kib + sum(g.held_kib for g in guests)))
     if deficit_kib or pressured:
         # From above high, then above low; what QEMU is already giving back counts first.
-        on_way_kib = sum(backed_above_kib(g.dom, g.base_kib, config) for g in guests if g.base_kib < g.dom.current_kib)
+        on_way_kib = sum(_backed_above_kib(g, g.base_kib, config) for g in guests if g.base_kib < g.dom.current_kib)
         need_kib = plan.give(deficit_kib + RELIEF_MARGIN_KIB - on_way_kib, Rule.RELIEF, "high")
         shortfall_kib = max(0, plan.give(need_kib, Rule.RELIEF, "low") - RELIEF_MARGIN_KIB)
         plan.keep_kib = RELIEF_MARGIN_KIB

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from memcoord.core.model import ApplyResult, Change, Plan, Rule, Snapshot
-from memcoord.core.policy import PolicyState, applied, backed_above_kib, decide
+from memcoord.core.policy import PolicyState, applied, decide
 from memcoord.core.port import SKIPPED_DEADLINE, Hypervisor
 
 if TYPE_CHECKING:
@@ -60,7 +60,9 @@ class StepResult:
     """What one tick saw and did, for the caller to report or measure.
 
     results: the changes tried, each with its outcome; changes skipped because the deadline was spent are not
-    among them (they were not attempted and are decided again next tick), only counted in `skipped`.
+    among them (they were not attempted and are decided again next tick), only counted in `skipped`; nor are
+    growths held back because a lowering they counted on failed (`apply_lowerings_first`), counted in
+    `held_back`.
     """
 
     snapshot: Snapshot  # every running domain, managed or not
@@ -70,6 +72,7 @@ class StepResult:
     results: tuple[ApplyResult, ...]
     skipped: int
     state: Any  # the policy state for the next tick
+    held_back: int = 0
 
 
 def decide_paused(loop_policy: LoopPolicy, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]:
@@ -101,36 +104,31 @@ def managed_snapshot(snapshot: Snapshot, config: Config) -> Snapshot:
     )
 
 
-# ApplyResult.error of a growth not sent because a lowering in the same tick failed.
-HELD_BACK = "not sent: a lowering in this tick failed, and the plan counted on what it gives back; decided again"
+# ApplyResult.error of a growth not sent because lowerings in the same tick the plan counted on failed: not a
+# failure of the change (the service does not warn about it, and counts it apart); decided again next tick.
+HELD_BACK = "not sent: a lowering in this tick that it counted on failed"
 
 
-def apply_lowerings_first(
-    hypervisor: Hypervisor, plan: Plan, snapshot: Snapshot, config: Config, deadline_s: float | None = None
-) -> list[ApplyResult]:
+def apply_lowerings_first(hypervisor: Hypervisor, plan: Plan, deadline_s: float | None = None) -> list[ApplyResult]:
     """Set the plan's lowerings, then its growths. A plan may grow guests on what its lowerings give back in the
-    same tick (relief, surplus, the idle tax): when lowerings that would have given the host memory are not set,
-    and the budget the plan left does not cover it, the growths are held back and decided again on the next
-    tick's figures, so that they cannot take the host below its guard on memory that did not come back. A
-    lowering that fails and would have given nothing back holds nothing back: a guest whose setMemory always
-    fails (a paused or migrating guest) cannot stop the others growing. A raise to a guest's floor is its due
-    whatever the host has, and is set all the same. A lowering the deadline left unsent leaves no time for the
-    growths either: they are left for the next tick too."""
+    same tick (relief, surplus, the idle tax): when lowerings fail, and what they would have given back is more
+    than the budget the plan left, the growths are held back (HELD_BACK) and decided again on the next tick's
+    figures, so that they cannot take the host below its guard on memory that did not come back. Where the plan
+    left enough, a failed lowering holds nothing back: a guest whose setMemory always fails (a migrating guest, an
+    ACL) cannot stop the others growing on a host with room. A raise to a guest's floor is its due whatever the
+    host has, and is set all the same. A lowering of unknown outcome may have landed and counts as set, as the
+    policy counts it. A lowering the deadline left unsent leaves no time for the growths either: they are left
+    for the next tick too."""
     lowerings = [c for c in plan.changes if c.delta_kib < 0]
     results = hypervisor.apply(lowerings, deadline_s=deadline_s) if lowerings else []
     growths = [c for c in plan.changes if c.delta_kib >= 0]
     if any(r.error == SKIPPED_DEADLINE for r in results):
         return results + [ApplyResult(c, SKIPPED_DEADLINE) for c in growths]
-    domains = {d.name: d for d in snapshot.domains}
-    missing_kib = sum(
-        backed_above_kib(d, r.change.to_kib, config) - backed_above_kib(d, r.change.from_kib, config)
-        for r in results
-        if not r.may_have_landed and (d := domains.get(r.change.domain)) is not None
-    )
+    missing_kib = sum(-r.change.delta_kib for r in results if not r.may_have_landed)
     if missing_kib > max(0, plan.host_headroom_kib):
-        held = [c for c in growths if c.why is None or c.why.rule is not Rule.FLOOR]
-        results += [ApplyResult(c, HELD_BACK) for c in held]
-        growths = [c for c in growths if c not in held]
+        floors = [c for c in growths if c.why is not None and c.why.rule is Rule.FLOOR]
+        results += [ApplyResult(c, HELD_BACK) for c in growths if c.why is None or c.why.rule is not Rule.FLOOR]
+        growths = floors
     return results + (hypervisor.apply(growths, deadline_s=deadline_s) if growths else [])
 
 
@@ -164,17 +162,19 @@ def step(
     plan, state = decide_paused(loop_policy, seen, state, config)
     results: list[ApplyResult] = []
     if plan.changes:
-        results = apply_lowerings_first(hypervisor, plan, seen, config, deadline_s)
+        results = apply_lowerings_first(hypervisor, plan, deadline_s)
         # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
         # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
         state = loop_policy.applied(state, [r.change for r in results if r.may_have_landed], snapshot.taken_at_s)
-    attempted = tuple(r for r in results if r.error != SKIPPED_DEADLINE)
+    attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK))
+    held_back = sum(r.error == HELD_BACK for r in results)
     return StepResult(
         snapshot=snapshot,
         managed=managed,
         period_failures=tuple(failures),
         plan=plan,
         results=attempted,
-        skipped=len(results) - len(attempted),
+        skipped=len(results) - len(attempted) - held_back,
         state=state,
+        held_back=held_back,
     )

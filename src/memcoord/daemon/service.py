@@ -346,8 +346,14 @@ class Service:
             if not self._first_failure_log(result):
                 continue
             journal.action(result, dry_run)
+        if done.held_back:
+            log.info(
+                "%d growth(s) held back: a lowering this tick counted on failed; decided again next tick",
+                done.held_back,
+            )
         if done.results:
-            c = done.results[-1].change
+            # The last change that may have landed (lowerings are sent first, the growths after them).
+            c = next((r for r in reversed(done.results) if r.may_have_landed), done.results[-1]).change
             self.last_action = (
                 f"{c.action} {c.domain} {kib_to_mib(c.from_kib):.0f}->{kib_to_mib(c.to_kib):.0f} MiB"
                 f" at {time.strftime('%H:%M:%S')}"
