@@ -178,6 +178,29 @@ def test_an_unrecordable_guest_is_not_changed_and_said_once(tmp_path: Path, capl
     assert any("again" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
 
 
+def test_a_record_that_cannot_be_written_stops_only_the_guests_not_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state directory fills up: a guest recorded before is still changed, tick after tick; one that is not
+    recorded yet waits until the record can be written."""
+    record = UndoRecord(tmp_path / FILE_NAME)
+    sim = _sim()
+    hv = RecordingHypervisor(sim, record, URI)
+    hv.sample()
+    assert hv.apply([_reclaim("web", 1536, 1436)])[0].ok
+
+    def full(_hosts: object) -> None:
+        raise RecordError(f"{record.path}: cannot write the record: No space left on device")
+
+    monkeypatch.setattr(record, "_write", full)
+    for from_mib in (1436, 1336):
+        hv.sample()
+        web, db = hv.apply([_reclaim("web", from_mib, from_mib - 100), _reclaim("db", 1024, 924)])
+        assert web.ok, web
+        assert not db.ok and db.error is not None and db.error.startswith(NOT_RECORDED)
+    assert sim.guests["web"].target_kib == mib_to_kib(1236) and sim.guests["db"].target_kib == mib_to_kib(1024)
+
+
 def test_the_daemon_logs_a_repeated_failure_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The policy asks again every tick; the same failure is one journal line, the metrics count each."""
     (tmp_path / FILE_NAME).write_text("garbage")

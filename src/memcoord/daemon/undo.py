@@ -273,7 +273,7 @@ class RecordingHypervisor(Over):
                     exc,
                     extra={"MEMCOORD_EVENT": "undo-record-failed"},
                 )
-            self._stamp = None
+            # The file is as it was (it is replaced whole or not at all): the guests recorded in it still are.
             return {name: f"{NOT_RECORDED}: {exc}" for name in new}
         self._stamp = self.record.stamp()
         if self._failing is not None:
