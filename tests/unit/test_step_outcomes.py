@@ -311,3 +311,30 @@ def test_step_holds_back_growths_on_a_failed_lowering_and_counts_them_apart() ->
     assert host.calls == [["r"]]
     assert [r.change.domain for r in done.results] == ["r"] and not done.results[0].ok
     assert (done.held_back, done.skipped, policy.told) == (1, 0, [])
+
+
+def test_the_service_says_held_back_growths_once_a_spell_and_never_as_failed_setmemory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three ticks whose relief fails and growth is held back, then one that goes through: one INFO line for the
+    spell, no "setMemory failed" for the growth, and the status's last action is not the growth never sent."""
+    import memcoord.core.step as step_mod
+
+    host = _apply_host({"a": "set", "r": "failed"})
+    changes = (_change("a", Action.GROW, 1024, 1100), _change("r", Action.RELIEVE, 1024, 900))
+    ticks = iter([changes] * 3 + [changes[:1]])
+    monkeypatch.setattr(
+        step_mod, "decide", lambda *_: (Plan(changes=next(ticks), classes={}, host_headroom_kib=0), PolicyState())
+    )
+    cfg = tmp_path / "memcoord.toml"
+    cfg.write_text(f'[status]\npath = "{tmp_path / "state.json"}"\n')
+    service = Service(cfg, parse(cfg.read_text()), lambda _uri: host, observer=Observer(publish=False))  # type: ignore[arg-type,return-value]
+    caplog.set_level(logging.DEBUG, logger="memcoord")
+    for _ in range(3):
+        assert service.tick()
+        assert "grow a" not in service.last_action
+    said = [r for r in caplog.records if "held back" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO, logging.DEBUG, logging.DEBUG]
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("setMemory failed")]
+    assert failed and all(" r " in m for m in failed), failed
+    assert service.tick() and service.last_action.startswith("grow a")

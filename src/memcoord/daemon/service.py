@@ -150,6 +150,7 @@ class Service:
         self.ready = False
         self.ticks = 0
         self.last_action = "none yet"
+        self._holding_back = False  # the last tick held growths back (said once a spell)
         self.reload_note = ""
         self._status_line = "starting"
         self._lost = Episodes()  # the hypervisor unreachable
@@ -347,10 +348,13 @@ class Service:
                 continue
             journal.action(result, dry_run)
         if done.held_back:
-            log.info(
+            # Said once a spell: a giver whose setMemory keeps failing on a tight host holds growth back each tick.
+            log.log(
+                logging.DEBUG if self._holding_back else logging.INFO,
                 "%d growth(s) held back: a lowering this tick counted on failed; decided again next tick",
                 done.held_back,
             )
+        self._holding_back = done.held_back > 0
         if done.results:
             # The last change that may have landed (lowerings are sent first, the growths after them).
             c = next((r for r in reversed(done.results) if r.may_have_landed), done.results[-1]).change
