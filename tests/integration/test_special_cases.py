@@ -187,13 +187,13 @@ CASES = (
          "test_policy.py::test_no_tax_is_taken_that_the_grown_guest_has_no_room_for"),
     Case("tax-stops-half-way",
          "a tax, not a drain: the idle guest keeps room for its own next burst",
-         "stop_kib = (g.band.low_kib + g.band.high_kib) // 2",
-         "stop_kib = g.band.low_kib",
+         "middle_kib = (g.band.low_kib + g.band.high_kib) // 2",
+         "middle_kib = g.band.low_kib",
          "test_policy.py::test_the_tax_leaves_an_idle_guest_half_way_between_its_lines"),
     Case("tax-spares-the-just-raised",
          "what a guest was just given for its own need is not taxed back",
-         "g.rule is None and not g.just_raised:\n                stop_kib",
-         "g.rule is None:\n                stop_kib",
+         "g.rule is None and not g.just_raised:\n                middle_kib",
+         "g.rule is None:\n                middle_kib",
          "test_policy.py::test_a_guest_memcoord_just_raised_pays_no_tax"),
 )
 # fmt: on
