@@ -167,14 +167,13 @@ def step(
         # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
         state = loop_policy.applied(state, [r.change for r in results if r.may_have_landed], snapshot.taken_at_s)
     attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK))
-    held_back = sum(r.error == HELD_BACK for r in results)
     return StepResult(
         snapshot=snapshot,
         managed=managed,
         period_failures=tuple(failures),
         plan=plan,
         results=attempted,
-        skipped=len(results) - len(attempted) - held_back,
+        skipped=sum(r.error == SKIPPED_DEADLINE for r in results),
         state=state,
-        held_back=held_back,
+        held_back=sum(r.error == HELD_BACK for r in results),
     )

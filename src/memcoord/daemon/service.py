@@ -150,7 +150,6 @@ class Service:
         self.ready = False
         self.ticks = 0
         self.last_action = "none yet"
-        self._holding_back = False  # the last tick held growths back (said once a spell)
         self.reload_note = ""
         self._status_line = "starting"
         self._lost = Episodes()  # the hypervisor unreachable
@@ -173,6 +172,7 @@ class Service:
         self._short_ticks = 0
         self._period_failing: dict[str, str] = {}
         self._over_deadline = Episodes()  # ticks running out of their deadline
+        self._held_back = Episodes()  # ticks whose growths were held back for a failed lowering
         self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # In dry run, the last decision logged for each guest: the same one is not logged again.
         self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
@@ -350,11 +350,12 @@ class Service:
         if done.held_back:
             # Said once a spell: a giver whose setMemory keeps failing on a tight host holds growth back each tick.
             log.log(
-                logging.DEBUG if self._holding_back else logging.INFO,
+                logging.INFO if self._held_back.start() else logging.DEBUG,
                 "%d growth(s) held back: a lowering this tick counted on failed; decided again next tick",
                 done.held_back,
             )
-        self._holding_back = done.held_back > 0
+        else:
+            self._held_back.end()
         if done.results:
             # The last change that may have landed (lowerings are sent first, the growths after them).
             c = next((r for r in reversed(done.results) if r.may_have_landed), done.results[-1]).change
