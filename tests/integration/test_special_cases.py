@@ -195,6 +195,16 @@ CASES = (
          "g.rule is None and not g.just_raised:\n                middle_kib",
          "g.rule is None:\n                middle_kib",
          "test_policy.py::test_a_guest_memcoord_just_raised_pays_no_tax"),
+    Case("no-progress-balloon",
+         "a balloon that did not move when asked was asked again every stale time: the host stayed below its guard",
+         "            no_progress_at_s = now_s  # asked to give, and its balloon did not move\n",
+         "            pass\n",
+         "test_no_progress.py::test_a_balloon_that_does_not_move_is_not_asked_again_while_another_guest_can_give"),
+    Case("no-progress-refused",
+         "a guest whose lowering the hypervisor refuses was asked again every tick, and nobody else",
+         "no_progress_at_s = {**state.no_progress_at_s, **{c.domain: now_s for c in failed if _lowers(c)}}",
+         "no_progress_at_s = dict(state.no_progress_at_s)",
+         "test_no_progress.py::test_a_guest_whose_lowering_is_refused_is_asked_again_only_after_the_pause"),
 )
 # fmt: on
 

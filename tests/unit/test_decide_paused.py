@@ -44,7 +44,7 @@ class _Watching:
             raise RuntimeError("the policy failed")
         return Plan(changes=(), classes={}, host_headroom_kib=0), state
 
-    def applied(self, state: Any, changes: Iterable[Change], now_s: float) -> Any:
+    def applied(self, state: Any, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Any:
         return state
 
 

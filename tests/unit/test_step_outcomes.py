@@ -38,12 +38,14 @@ class _Scripted:
     def __init__(self, changes: Sequence[Change]) -> None:
         self.changes = tuple(changes)
         self.told: list[Change] = []
+        self.refused: list[Change] = []
 
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]:
         return Plan(changes=self.changes, classes={}, host_headroom_kib=0), state
 
-    def applied(self, state: Any, changes: Iterable[Change], now_s: float) -> Any:
+    def applied(self, state: Any, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Any:
         self.told.extend(changes)
+        self.refused.extend(failed)
         return state
 
 
@@ -71,7 +73,7 @@ class _Answers:
         return out
 
 
-def test_step_tells_the_policy_of_accepted_and_unknown_changes_never_of_failed_or_skipped_ones() -> None:
+def test_step_tells_the_policy_which_changes_may_have_landed_and_which_were_refused() -> None:
     names = ("set", "unknown", "failed", "skipped")
     guests = [SimGuest(n, max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024)) for n in names]
     sim = SimulatedHypervisor(guests, host_total_kib=mib_to_kib(16384))
@@ -84,6 +86,7 @@ def test_step_tells_the_policy_of_accepted_and_unknown_changes_never_of_failed_o
     policy = _Scripted(changes)
     done = step(_Answers(sim, {n: n for n in names}), Config(), None, policy)  # type: ignore[arg-type]
     assert sorted(c.domain for c in policy.told) == ["set", "unknown"]
+    assert [c.domain for c in policy.refused] == ["failed"]  # a skipped change was not refused: it was not sent
     assert {r.change.domain: r.outcome for r in done.results} == {
         "set": Outcome.SET,
         "unknown": Outcome.UNKNOWN,

@@ -77,6 +77,12 @@ RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 # The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
 # projection this long at most, and what the guard holds for a grant is released after it.
 SILENCE_LIMIT_STALE_PERIODS = 3
+# A guest that did not give when asked (its lowering's setMemory failed, or its balloon did not move toward the
+# target in the stale time) is not asked to give again for this many stale-stats periods: others give instead, so
+# that one such guest (a migrating one, a stuck balloon driver) cannot keep the host below its guard or a starving
+# guest waiting on memory that never comes (qmemman leaves a domain that makes no progress out the same way). It is
+# asked again after that, in case the cause has passed.
+NO_PROGRESS_STALE_PERIODS = 6
 
 # How far growth lifts a guest below its low: a grow step (its grow target), its low, or only what lasts it until
 # memcoord can act again.
@@ -133,13 +139,16 @@ class PolicyState:
     granted_kib: dict[str, int] = field(default_factory=dict)
     # When memcoord last raised each guest.
     raised_at_s: dict[str, float] = field(default_factory=dict)
+    # When each guest last did not give when asked (NO_PROGRESS_STALE_PERIODS).
+    no_progress_at_s: dict[str, float] = field(default_factory=dict)
 
 
-def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> PolicyState:
+def applied(state: PolicyState, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> PolicyState:
     """Record changes that MAY have been set (accepted, or their outcome unknown): the next ticks wait for those
     balloons, and the guard holds what was granted until the guest's balloon and QEMU show it, or the bound
     passes. balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
-    would grow a guest twice for one need."""
+    would grow a guest twice for one need. failed: changes the hypervisor refused; a guest whose lowering was
+    refused is not asked to give again for a while (NO_PROGRESS_STALE_PERIODS)."""
     changes = list(changes)
     pending = dict(state.pending)
     for c in changes:
@@ -154,7 +163,8 @@ def applied(state: PolicyState, changes: Iterable[Change], now_s: float) -> Poli
         # Lowering takes the untouched grant first (the balloon takes free pages).
         granted_kib[c.domain] = max(0, granted_kib.get(c.domain, 0) + c.delta_kib)
     granted_kib = {n: g for n, g in granted_kib.items() if g}
-    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s)
+    no_progress_at_s = {**state.no_progress_at_s, **{c.domain: now_s for c in failed if _lowers(c)}}
+    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s, no_progress_at_s)
 
 
 def _lowers(change: Change) -> bool:
@@ -246,6 +256,11 @@ def silence_limit_s(config: Config) -> float:
     return SILENCE_LIMIT_STALE_PERIODS * config.stale_after_s
 
 
+def no_progress_pause_s(config: Config) -> float:
+    """How long a guest that did not give when asked is not asked again."""
+    return NO_PROGRESS_STALE_PERIODS * config.stale_after_s
+
+
 def thresholds_kib(config: Config, size_kib: int) -> tuple[int, int, int]:
     """(starving, wasteful, grow step) for a guest of size_kib: each max(MiB, % of the guest).
 
@@ -284,7 +299,9 @@ class _Guest:
     held_kib: int  # what the guard holds for its grant
     sample: Sample | None = None
     new_sample: bool = False
-    settled: bool = False  # trusted figures, a balloon at rest, and a report from after its last lowering
+    # trusted figures, a balloon at rest, a report from after its last lowering, and it gave when last asked
+    settled: bool = False
+    no_progress_at_s: float | None = None  # when it last did not give when asked, within the pause
     free_kib: int | None = None  # at base_kib
     cache_kib: int = 0  # page cache (usable - unused)
     age_s: float = 0.0
@@ -322,6 +339,7 @@ class _Clock:
     now_s: float
     stale_s: float  # stats older than this are not trusted
     silence_s: float  # the bound on silence (`silence_limit_s`)
+    no_progress_s: float  # how long a guest that did not give when asked is not asked again
     lookahead_s: float
     overhead_kib: int
     peak_hold_s: float
@@ -333,7 +351,8 @@ class _Clock:
     @staticmethod
     def of(config: Config, now_s: float) -> _Clock:
         overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
-        return _Clock(now_s, config.stale_after_s, silence_limit_s(config), lookahead_s(config), overhead_kib,
+        return _Clock(now_s, config.stale_after_s, silence_limit_s(config), no_progress_pause_s(config),
+                      lookahead_s(config), overhead_kib,
                       config.guest.peak_hold_s, config.guest)  # fmt: skip
 
     def thresholds_kib(self, size_kib: int) -> tuple[int, int, int]:
@@ -348,13 +367,19 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     """The guest's sample, class and band, found once. rules: what the config means for it."""
     name, now_s = dom.name, clock.now_s
     pending = state.pending.get(name)
+    no_progress_at_s = state.no_progress_at_s.get(name)
     if pending is not None and (
         abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
         or now_s - pending.set_at_s > clock.stale_s
         or pending.overtaken(dom.current_kib)
     ):
         # Arrived; believed where it is after the stale time (a guest that will not give pages); or set elsewhere.
+        asked_kib = pending.from_kib - pending.target_kib
+        if asked_kib > SETTLED_TOLERANCE_KIB >= abs(dom.current_kib - pending.from_kib):
+            no_progress_at_s = now_s  # asked to give, and its balloon did not move
         pending = None
+    if no_progress_at_s is not None and now_s - no_progress_at_s > clock.no_progress_s:
+        no_progress_at_s = None
     base_kib = pending.target_kib if pending else dom.current_kib
     ceiling_kib = rules.ceiling_kib
     floor_kib = min(rules.floor_kib, ceiling_kib)
@@ -371,8 +396,9 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     new_sample = sample is not None and sample is not prev
     raised_at_s = state.raised_at_s.get(name)
     just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
-    g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, rules.weight, held_kib, sample,
-               new_sample, refused=refused, pending=pending, target_kib=base_kib, just_raised=just_raised,
+    g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, rules.weight, held_kib, sample, new_sample,
+               no_progress_at_s=no_progress_at_s, refused=refused, pending=pending, target_kib=base_kib,
+               just_raised=just_raised,
                still_growing=just_raised and not (new_sample and sample is not None and sample.steady))  # fmt: skip
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
     kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
@@ -416,7 +442,12 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
         why += f"; recent peak {sample.peak_used_kib // KIB_PER_MIB} MiB held"
     low_kib = min(max(need_kib, floor_kib), ceiling_kib)
     g.band = Band(floor_kib, low_kib, min(max(high_kib, low_kib), ceiling_kib), ceiling_kib, why)
-    g.settled = fresh and pending is None and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
+    g.settled = (
+        fresh
+        and pending is None
+        and no_progress_at_s is None
+        and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
+    )
     if base_kib < need_kib:
         g.guest_class = GuestClass.STARVING
     elif not sample.steady:
@@ -727,6 +758,12 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
     budget_kib = _budget_kib(snapshot, guests, config)  # 3
     plan = _Allocation(guests, budget_kib, config)  # 4
+    pause_s = no_progress_pause_s(config)
+    plan.notes.extend(
+        f"{g.name}: its balloon did not move when asked to give: not asked again for {pause_s:.0f} s"
+        for g in guests
+        if g.no_progress_at_s == now_s
+    )
     plan.clamp()
     shortfall_kib = 0
     pressured = _under_pressure(snapshot, config)
@@ -800,4 +837,5 @@ def _next_state(guests: list[_Guest], state: PolicyState, now_s: float, config: 
         lowered_at_s={n: t for n, t in state.lowered_at_s.items() if n in names and now_s - t <= recent_s},
         granted_kib=granted_kib,
         raised_at_s={n: t for n, t in state.raised_at_s.items() if n in names and now_s - t <= silence_s},
+        no_progress_at_s={g.name: g.no_progress_at_s for g in guests if g.no_progress_at_s is not None},
     )

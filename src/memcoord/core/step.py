@@ -34,7 +34,7 @@ class LoopPolicy(Protocol):
 
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]: ...
 
-    def applied(self, state: Any, changes: Iterable[Change], now_s: float) -> Any: ...
+    def applied(self, state: Any, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Any: ...
 
 
 class _Memcoord:
@@ -48,8 +48,10 @@ class _Memcoord:
     def decide(self, snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, Any]:
         return decide(snapshot, state, config)
 
-    def applied(self, state: PolicyState, changes: Iterable[Change], now_s: float) -> PolicyState:
-        return applied(state, changes, now_s)
+    def applied(
+        self, state: PolicyState, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()
+    ) -> PolicyState:
+        return applied(state, changes, now_s, failed)
 
 
 MEMCOORD: LoopPolicy = _Memcoord()
@@ -73,6 +75,9 @@ class StepResult:
     skipped: int
     state: Any  # the policy state for the next tick
     held_back: int = 0
+    # The plan's headroom less what its lowerings that did not land would have given back: what make-room is
+    # answered from, so that a VM about to start is not told of room on memory that did not come back.
+    headroom_kib: int = 0
 
 
 def decide_paused(loop_policy: LoopPolicy, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]:
@@ -109,6 +114,11 @@ def managed_snapshot(snapshot: Snapshot, config: Config) -> Snapshot:
 HELD_BACK = "not sent: a lowering in this tick that it counted on failed"
 
 
+def not_given_back_kib(results: Iterable[ApplyResult]) -> int:
+    """What the lowerings among results that did not land (refused, or not sent) would have given back."""
+    return sum(-r.change.delta_kib for r in results if r.change.delta_kib < 0 and not r.may_have_landed)
+
+
 def apply_lowerings_first(hypervisor: Hypervisor, plan: Plan, deadline_s: float | None = None) -> list[ApplyResult]:
     """Set the plan's lowerings, then its growths. A plan may grow guests on what its lowerings give back in the
     same tick (relief, surplus, the idle tax): when lowerings fail, and what they would have given back is more
@@ -124,8 +134,7 @@ def apply_lowerings_first(hypervisor: Hypervisor, plan: Plan, deadline_s: float 
     growths = [c for c in plan.changes if c.delta_kib >= 0]
     if any(r.error == SKIPPED_DEADLINE for r in results):
         return results + [ApplyResult(c, SKIPPED_DEADLINE) for c in growths]
-    missing_kib = sum(-r.change.delta_kib for r in results if not r.may_have_landed)
-    if missing_kib > max(0, plan.host_headroom_kib):
+    if not_given_back_kib(results) > max(0, plan.host_headroom_kib):
         floors = [c for c in growths if c.why is not None and c.why.rule is Rule.FLOOR]
         results += [ApplyResult(c, HELD_BACK) for c in growths if c.why is None or c.why.rule is not Rule.FLOOR]
         growths = floors
@@ -165,7 +174,10 @@ def step(
         results = apply_lowerings_first(hypervisor, plan, deadline_s)
         # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
         # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
-        state = loop_policy.applied(state, [r.change for r in results if r.may_have_landed], snapshot.taken_at_s)
+        # A refused change tells the policy too: a guest that did not give when asked is not asked again at once.
+        refused = [r.change for r in results if not r.may_have_landed and r.error not in (SKIPPED_DEADLINE, HELD_BACK)]
+        landed = [r.change for r in results if r.may_have_landed]
+        state = loop_policy.applied(state, landed, snapshot.taken_at_s, refused)
     attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK))
     return StepResult(
         snapshot=snapshot,
@@ -176,4 +188,5 @@ def step(
         skipped=sum(r.error == SKIPPED_DEADLINE for r in results),
         state=state,
         held_back=sum(r.error == HELD_BACK for r in results),
+        headroom_kib=plan.host_headroom_kib - not_given_back_kib(results),
     )

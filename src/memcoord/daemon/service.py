@@ -320,7 +320,7 @@ class Service:
         self.state = done.state
         self._sampled = frozenset(d.name for d in done.snapshot.domains)
         self._report_step(done, started_s, budget_s)
-        self.room.answer(done.snapshot, done.plan.host_headroom_kib)
+        self.room.answer(done.snapshot, done.headroom_kib)
         if self.exit_when_idle and not done.managed:
             log.info("no running domain to coordinate, exiting (--exit-when-idle)")
             self._should_exit = True

@@ -92,6 +92,8 @@ class SimGuest:
     # A lying (hostile or broken) guest reports these as unused and usable whatever it holds; None: the truth.
     claimed_unused_kib: int | None = None
     claimed_usable_kib: int | None = None
+    # False: a balloon that does not inflate when asked (a stuck balloon driver; a guest that cannot give pages).
+    inflates: bool = True
 
     @property
     def unused_kib(self) -> int:
@@ -190,7 +192,7 @@ class SimulatedHypervisor:
         now_s = self.now_s
         for g in self.guests.values():
             gap_kib = g.target_kib - g.current_kib
-            if gap_kib:
+            if gap_kib > 0 or (gap_kib < 0 and g.inflates):
                 g.current_kib += max(-step_kib, min(step_kib, gap_kib))
             want_kib = KERNEL_USED_KIB + g.workload.demand_kib(now_s)
             if want_kib > g.current_kib:  # even with the whole page cache dropped it does not fit

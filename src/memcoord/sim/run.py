@@ -243,7 +243,7 @@ def run(
             done = step(hv, config, state, policy, reserved_kib=None if hook is None else hook.reserved_kib)
             state = done.state
             if hook is not None:
-                hook.answer(done.plan.host_headroom_kib)
+                hook.answer(done.headroom_kib)
             for result in done.results:
                 if result.ok:
                     reports[result.change.domain].balloon_changes += 1
