@@ -77,11 +77,12 @@ RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 # The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
 # projection this long at most, and what the guard holds for a grant is released after it.
 SILENCE_LIMIT_STALE_PERIODS = 3
-# A guest that did not give when asked (its lowering's setMemory failed, or its balloon did not move toward the
-# target in the stale time) is not asked to give again for this many stale-stats periods: others give instead, so
-# that one such guest (a migrating one, a stuck balloon driver) cannot keep the host below its guard or a starving
-# guest waiting on memory that never comes (qmemman leaves a domain that makes no progress out the same way). It is
-# asked again after that, in case the cause has passed.
+# A guest that did not give when asked (its lowering's setMemory failed, or its balloon did not move in the stale
+# time) balks for this many stale-stats periods: it gives only as a last resort, once every other guest has given
+# down to its low, and makes no move that is not for safety (reclaim, tax, ceiling). Asked first every time, one
+# such guest (a migrating one, a stuck balloon driver) kept the host below its guard while another guest could
+# have given what it lacked (qmemman leaves a domain that makes no progress out the same way). Last, not never: a
+# guest refused once by a passing error, and the only one that can give, is asked again at once, as before.
 NO_PROGRESS_STALE_PERIODS = 6
 
 # How far growth lifts a guest below its low: a grow step (its grow target), its low, or only what lasts it until
@@ -299,8 +300,7 @@ class _Guest:
     held_kib: int  # what the guard holds for its grant
     sample: Sample | None = None
     new_sample: bool = False
-    # trusted figures, a balloon at rest, a report from after its last lowering, and it gave when last asked
-    settled: bool = False
+    settled: bool = False  # trusted figures, a balloon at rest, and a report from after its last lowering
     no_progress_at_s: float | None = None  # when it last did not give when asked, within the pause
     free_kib: int | None = None  # at base_kib
     cache_kib: int = 0  # page cache (usable - unused)
@@ -319,6 +319,11 @@ class _Guest:
     # Set by `_look_at` on every way out, once each: a band is built once per guest and tick.
     band: Band = field(init=False)
     guest_class: GuestClass = field(init=False)
+
+    @property
+    def balks(self) -> bool:
+        """It did not give when last asked (NO_PROGRESS_STALE_PERIODS)."""
+        return self.no_progress_at_s is not None
 
     def aim_kib(self, aim: Aim) -> int:
         """Where growth toward `aim` takes it: its grow target, its low, or what lasts it until memcoord can act
@@ -368,18 +373,17 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     name, now_s = dom.name, clock.now_s
     pending = state.pending.get(name)
     no_progress_at_s = state.no_progress_at_s.get(name)
-    if pending is not None and (
-        abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
-        or now_s - pending.set_at_s > clock.stale_s
-        or pending.overtaken(dom.current_kib)
-    ):
-        # Arrived; believed where it is after the stale time (a guest that will not give pages); or set elsewhere.
-        asked_kib = pending.from_kib - pending.target_kib
-        if asked_kib > SETTLED_TOLERANCE_KIB >= abs(dom.current_kib - pending.from_kib):
-            no_progress_at_s = now_s  # asked to give, and its balloon did not move
-        pending = None
-    if no_progress_at_s is not None and now_s - no_progress_at_s > clock.no_progress_s:
-        no_progress_at_s = None
+    if pending is not None:
+        arrived = abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
+        expired = now_s - pending.set_at_s > clock.stale_s
+        # Believed where it is after the stale time; a guest asked to give whose balloon did not move balks.
+        still_kib = abs(dom.current_kib - pending.from_kib)
+        if expired and not arrived and pending.target_kib < pending.from_kib and still_kib <= SETTLED_TOLERANCE_KIB:
+            no_progress_at_s = now_s
+        if arrived or expired or pending.overtaken(dom.current_kib):  # (overtaken: set elsewhere)
+            pending = None
+    if no_progress_at_s is not None and not 0 <= now_s - no_progress_at_s <= clock.no_progress_s:
+        no_progress_at_s = None  # (a wall clock set back does not make it last)
     base_kib = pending.target_kib if pending else dom.current_kib
     ceiling_kib = rules.ceiling_kib
     floor_kib = min(rules.floor_kib, ceiling_kib)
@@ -442,12 +446,7 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
         why += f"; recent peak {sample.peak_used_kib // KIB_PER_MIB} MiB held"
     low_kib = min(max(need_kib, floor_kib), ceiling_kib)
     g.band = Band(floor_kib, low_kib, min(max(high_kib, low_kib), ceiling_kib), ceiling_kib, why)
-    g.settled = (
-        fresh
-        and pending is None
-        and no_progress_at_s is None
-        and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
-    )
+    g.settled = fresh and pending is None and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
     if base_kib < need_kib:
         g.guest_class = GuestClass.STARVING
     elif not sample.steady:
@@ -589,7 +588,12 @@ class _Allocation:
         for g in self.guests:
             if g.base_kib < g.band.floor_kib and g.dom.current_kib < g.band.floor_kib:
                 self.move(g, g.band.floor_kib, Rule.FLOOR, least_kib=0)
-            elif g.settled and g.base_kib > g.band.ceiling_kib and g.guest_class is not GuestClass.STARVING:
+            elif (
+                g.settled
+                and not g.balks
+                and g.base_kib > g.band.ceiling_kib
+                and g.guest_class is not GuestClass.STARVING
+            ):
                 stop_kib = max(g.band.ceiling_kib, g.need_kib)
                 if stop_kib > g.band.ceiling_kib:
                     self.notes.append(
@@ -611,6 +615,7 @@ class _Allocation:
                 and g.guest_class is GuestClass.WASTEFUL
                 and g.new_sample
                 and g.settled
+                and not g.balks
                 and g.rule is None
                 and not g.just_raised
             ):
@@ -645,7 +650,9 @@ class _Allocation:
         """What each guest below its low still lacks to reach its `aim`."""
         return {g.name: lack_kib for g in self.starving if (lack_kib := g.aim_kib(aim) - g.target_kib) >= KIB_PER_MIB}
 
-    def give(self, need_kib: int, rule: Rule, line: Literal["high", "low"], cache_only: bool = False) -> int:
+    def give(
+        self, need_kib: int, rule: Rule, line: Literal["high", "low"], cache_only: bool = False, balkers: bool = False
+    ) -> int:
         """Others give toward a need, each down to its band's `line` (and its floor), a relief step in the tick
         at most, until the need is covered; returns what was not. Starving guests never give.
 
@@ -655,7 +662,8 @@ class _Allocation:
         drops cache without a process losing memory), then the most above its line; what counts is what each
         gives, which reaches them through the host on the next ticks (at once where it was an untouched grant);
         and a guest memcoord is still growing keeps its grant (taking it back before it is used makes the two
-        ping-pong). cache_only: each gives no more than its page cache."""
+        ping-pong). cache_only: each gives no more than its page cache. balkers: only the guests that did not give
+        when last asked give, and only they (a last resort: NO_PROGRESS_STALE_PERIODS)."""
         for_host = rule is Rule.RELIEF
         step_kib = mib_to_kib(self.config.host.relief_step_mib)
         stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
@@ -667,6 +675,7 @@ class _Allocation:
             and g.guest_class is not GuestClass.STARVING
             and (for_host or (g.rule is None and not g.still_growing))
             and (g.cache_kib >= MIN_MOVE_KIB or not cache_only)
+            and g.balks == balkers
         ]
         for g in sorted(givers, key=lambda g: (0 if for_host else -g.cache_kib, stop[g.name] - g.target_kib, g.name)):
             if need_kib <= 0:
@@ -693,7 +702,7 @@ class _Allocation:
         tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
         payers, owed_kib = [], 0
         for g in self.guests:
-            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and not g.just_raised:
+            if g.guest_class is GuestClass.IDLE and g.settled and not g.balks and g.rule is None and not g.just_raised:
                 middle_kib = (g.band.low_kib + g.band.high_kib) // 2
                 payers.append((middle_kib - g.target_kib, g.name, g, middle_kib))
                 owed_kib += _whole_mib(min(tax_kib, max(0, g.target_kib - middle_kib)))
@@ -728,6 +737,7 @@ class _Giver(NamedTuple):
     rule: Rule  # what the lowering is called
     line: Literal["high", "low"]  # each gives down to this line of its band
     cache_only: bool = False  # each gives no more than its page cache
+    balkers: bool = False  # only the guests that did not give when last asked give (NO_PROGRESS_STALE_PERIODS)
 
 
 class _Source(NamedTuple):
@@ -750,6 +760,8 @@ FOR_THE_STARVING = (
     _Source("survive", _Giver(Rule.COMFORT, "low"), "budget"),  # others' comfort between their low and high
     # Others' page cache: spent at once rather than through the host, it cost fleet-50 two OOM kills.
     _Source("low", _Giver(Rule.COMFORT, "low", cache_only=True), None),
+    # The last resort: guests that did not give when last asked.
+    _Source("survive", _Giver(Rule.COMFORT, "low", balkers=True), "budget"),
 )
 
 
@@ -774,7 +786,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         # From above high, then above low; what QEMU is already giving back counts first.
         on_way_kib = sum(_backed_above_kib(g, g.base_kib, config) for g in guests if g.base_kib < g.dom.current_kib)
         need_kib = plan.give(deficit_kib + RELIEF_MARGIN_KIB - on_way_kib, Rule.RELIEF, "high")
-        shortfall_kib = max(0, plan.give(need_kib, Rule.RELIEF, "low") - RELIEF_MARGIN_KIB)
+        need_kib = plan.give(need_kib, Rule.RELIEF, "low")
+        shortfall_kib = max(0, plan.give(need_kib, Rule.RELIEF, "low", balkers=True) - RELIEF_MARGIN_KIB)
         plan.keep_kib = RELIEF_MARGIN_KIB
         pressure = ", under memory pressure: nobody grows" if pressured else ""
         plan.notes.append(f"host {kib_to_mib(deficit_kib):.0f} MiB short of its guard{pressure}: relief")
@@ -786,7 +799,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             if not (unmet := plan.unmet_kib(aim)):
                 continue
             if giver is not None:  # starving guests never give: what they lack is as it was
-                plan.give(sum(unmet.values()), giver.rule, giver.line, giver.cache_only)
+                plan.give(sum(unmet.values()), giver.rule, giver.line, giver.cache_only, giver.balkers)
             if lift == "budget":
                 plan.fill(unmet, Rule.NEED, plan.budget_kib)
             elif lift == "lent":

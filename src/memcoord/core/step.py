@@ -158,7 +158,8 @@ def step(
 
     The changes the hypervisor accepted, and those whose outcome is unknown (sent, no answer in time), are
     recorded as applied, at the snapshot's time (the clock the policy's timing is on: the guests' own stats
-    timestamps are compared with it); failed and skipped ones are not.
+    timestamps are compared with it); failed and skipped ones are not. The policy is told of the failed ones
+    apart (`LoopPolicy.applied`'s failed): a guest whose lowering was refused gives last for a while.
     """
     snapshot = hypervisor.sample(deadline_s=deadline_s) if only is None else hypervisor.sample(deadline_s, only)
     if reserved_kib is not None:
