@@ -126,8 +126,9 @@ def states(draw: st.DrawFn, snapshot: Snapshot) -> PolicyState:
         )
     earlier = Snapshot(host=snapshot.host, domains=tuple(prev), taken_at_s=NOW_S - 1)
     _plan, state = decide(earlier, PolicyState(), _everything(draw(configs())))
-    # Balloons still on their way to a target memcoord set, grants not yet touched, guests lowered just now.
-    pending, granted, lowered = {}, {}, {}
+    # Balloons still on their way to a target memcoord set, grants not yet touched, guests lowered just now, guests
+    # that did not give when last asked.
+    pending, granted, lowered, balked = {}, {}, {}, {}
     for d in snapshot.domains:
         if draw(st.integers(0, 3)) == 0:
             target_kib = max(MIB, d.current_kib + draw(st.sampled_from([-300, -50, 50, 300, 1000])) * MIB)
@@ -139,7 +140,9 @@ def states(draw: st.DrawFn, snapshot: Snapshot) -> PolicyState:
             granted[d.name] = draw(st.integers(1, 2048)) * MIB
         if draw(st.integers(0, 4)) == 0:
             lowered[d.name] = NOW_S - draw(st.sampled_from([0.5, 2, 60]))
-    return PolicyState(state.samples, pending, lowered, granted)
+        if draw(st.integers(0, 4)) == 0:
+            balked[d.name] = NOW_S - draw(st.sampled_from([1, 10, 600]))
+    return PolicyState(state.samples, pending, lowered, granted, no_progress_at_s=balked)
 
 
 def _everything(config: Config) -> Config:
