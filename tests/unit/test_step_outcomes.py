@@ -35,13 +35,13 @@ def _change(name: str, action: Action, from_mib: int, to_mib: int) -> Change:
 class _Scripted:
     """A policy that plans the given changes once and keeps what applied() is told."""
 
-    def __init__(self, changes: Sequence[Change]) -> None:
-        self.changes = tuple(changes)
+    def __init__(self, changes: Sequence[Change], headroom_mib: int = 0) -> None:
+        self.changes, self.headroom_kib = tuple(changes), mib_to_kib(headroom_mib)
         self.told: list[Change] = []
         self.refused: list[Change] = []
 
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]:
-        return Plan(changes=self.changes, classes={}, host_headroom_kib=0), state
+        return Plan(changes=self.changes, classes={}, host_headroom_kib=self.headroom_kib), state
 
     def applied(self, state: Any, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Any:
         self.told.extend(changes)
@@ -67,14 +67,16 @@ class _Answers:
             elif kind == "unknown":
                 out.append(ApplyResult(c, "setMemory: no answer in 1.0 s", unknown=True))
             elif kind == "skipped":
-                out.append(ApplyResult(c, SKIPPED_DEADLINE))
+                out.append(ApplyResult(c, SKIPPED_DEADLINE, sent=False))
+            elif kind == "gone":
+                out.append(ApplyResult(c, "domain is gone", sent=False))
             else:
                 out.append(ApplyResult(c, "refused"))
         return out
 
 
 def test_step_tells_the_policy_which_changes_may_have_landed_and_which_were_refused() -> None:
-    names = ("set", "unknown", "failed", "skipped")
+    names = ("set", "unknown", "failed", "skipped", "gone")
     guests = [SimGuest(n, max_kib=mib_to_kib(2048), target_kib=mib_to_kib(1024)) for n in names]
     sim = SimulatedHypervisor(guests, host_total_kib=mib_to_kib(16384))
     changes = [
@@ -82,15 +84,18 @@ def test_step_tells_the_policy_which_changes_may_have_landed_and_which_were_refu
         _change("unknown", Action.RECLAIM, 1024, 900),
         _change("failed", Action.GROW, 1024, 1100),
         _change("skipped", Action.GROW, 1024, 1100),
+        _change("gone", Action.RECLAIM, 1024, 900),
     ]
-    policy = _Scripted(changes)
+    policy = _Scripted(changes, headroom_mib=1024)  # what the failed lowering did not give back holds nothing back
     done = step(_Answers(sim, {n: n for n in names}), Config(), None, policy)  # type: ignore[arg-type]
     assert sorted(c.domain for c in policy.told) == ["set", "unknown"]
-    assert [c.domain for c in policy.refused] == ["failed"]  # a skipped change was not refused: it was not sent
+    # Neither a skipped change nor one to a domain gone from the adapter's list was refused: neither was sent.
+    assert [c.domain for c in policy.refused] == ["failed"]
     assert {r.change.domain: r.outcome for r in done.results} == {
         "set": Outcome.SET,
         "unknown": Outcome.UNKNOWN,
         "failed": Outcome.FAILED,
+        "gone": Outcome.FAILED,
     }
     assert done.skipped == 1
 
@@ -228,7 +233,16 @@ def test_the_libvirt_adapter_tells_a_failed_set_memory_from_one_of_unknown_outco
     hv = LibvirtHypervisor("qemu:///system")
     hv._domains = {"g": dom}  # type: ignore[dict-item]
     [result] = hv.apply([_change("g", Action.GROW, 1024, 1100)], deadline_s=time.monotonic() + 0.2)
-    assert result.outcome is outcome, result
+    assert result.outcome is outcome and result.sent, result
+
+
+def test_the_libvirt_adapter_says_which_changes_it_never_sent() -> None:
+    """A domain gone from its list, and a call not made for the deadline: failures that say nothing of the guest
+    (the policy does not take them for a guest that did not give)."""
+    hv = LibvirtHypervisor("qemu:///system")
+    hv._domains = {"g": _Dom(libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_FROM_DOMAIN)}  # type: ignore[dict-item]
+    gone, late = hv.apply([_change("h", Action.RECLAIM, 1024, 900), _change("g", Action.RECLAIM, 1024, 900)], 0.0)
+    assert (gone.sent, gone.outcome, late.sent, late.error) == (False, Outcome.FAILED, False, SKIPPED_DEADLINE)
 
 
 class _Calls(_Answers):

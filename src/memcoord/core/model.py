@@ -327,11 +327,14 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """One change and what became of it. error: why it failed, or why its outcome is unknown; None when set."""
+    """One change and what became of it. error: why it failed, or why its outcome is unknown; None when set.
+    sent: False for a change never put to the hypervisor (the domain gone from its list, the tick's deadline spent,
+    a growth held back, no undo record): such a failure says nothing of the guest."""
 
     change: Change
     error: str | None = None
     unknown: bool = False
+    sent: bool = True
 
     def __post_init__(self) -> None:
         if self.unknown and self.error is None:

@@ -133,10 +133,10 @@ def apply_lowerings_first(hypervisor: Hypervisor, plan: Plan, deadline_s: float 
     results = hypervisor.apply(lowerings, deadline_s=deadline_s) if lowerings else []
     growths = [c for c in plan.changes if c.delta_kib >= 0]
     if any(r.error == SKIPPED_DEADLINE for r in results):
-        return results + [ApplyResult(c, SKIPPED_DEADLINE) for c in growths]
+        return results + [ApplyResult(c, SKIPPED_DEADLINE, sent=False) for c in growths]
     if not_given_back_kib(results) > max(0, plan.host_headroom_kib):
         floors = [c for c in growths if c.why is not None and c.why.rule is Rule.FLOOR]
-        results += [ApplyResult(c, HELD_BACK) for c in growths if c.why is None or c.why.rule is not Rule.FLOOR]
+        results += [ApplyResult(c, HELD_BACK, sent=False) for c in growths if c not in floors]
         growths = floors
     return results + (hypervisor.apply(growths, deadline_s=deadline_s) if growths else [])
 
@@ -175,8 +175,8 @@ def step(
         results = apply_lowerings_first(hypervisor, plan, deadline_s)
         # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
         # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
-        # A refused change tells the policy too: a guest that did not give when asked is not asked again at once.
-        refused = [r.change for r in results if not r.may_have_landed and r.error not in (SKIPPED_DEADLINE, HELD_BACK)]
+        # The hypervisor's refusals tell the policy too: a guest that did not give when asked gives last for a while.
+        refused = [r.change for r in results if r.sent and not r.may_have_landed]
         landed = [r.change for r in results if r.may_have_landed]
         state = loop_policy.applied(state, landed, snapshot.taken_at_s, refused)
     attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK))

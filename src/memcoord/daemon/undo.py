@@ -247,7 +247,7 @@ class RecordingHypervisor(Over):
         refused = self._record_first(changes)
         allowed = [c for c in changes if c.domain not in refused]
         done = iter(self.real.apply(allowed, deadline_s=deadline_s) if allowed else [])
-        return [ApplyResult(c, refused[c.domain]) if c.domain in refused else next(done) for c in changes]
+        return [ApplyResult(c, refused[c.domain], sent=False) if c.domain in refused else next(done) for c in changes]
 
     def _record_first(self, changes: Sequence[Change]) -> dict[str, str]:
         """Record every guest of changes not recorded yet; the guests that could not be, with the error."""

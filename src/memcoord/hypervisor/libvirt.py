@@ -556,7 +556,7 @@ class LibvirtHypervisor:
         for change in changes:
             dom = self._domains.get(change.domain)
             if dom is None:
-                results.append(ApplyResult(change, "domain is gone"))
+                results.append(ApplyResult(change, "domain is gone", sent=False))
                 continue
             try:
                 self._bounded(
@@ -565,7 +565,7 @@ class LibvirtHypervisor:
                     deadline_s,
                 )
             except DeadlineSpent:
-                results.append(ApplyResult(change, SKIPPED_DEADLINE))
+                results.append(ApplyResult(change, SKIPPED_DEADLINE, sent=False))
             except TimeoutError as exc:
                 # Sent and given up on: the call goes on in its thread and may still land.
                 results.append(ApplyResult(change, str(exc), unknown=True))
@@ -575,7 +575,7 @@ class LibvirtHypervisor:
                 lost = connection_lost(dom.connect(), exc)  # the handle's own connection, no round trip
                 results.append(ApplyResult(change, exc.get_error_message(), unknown=lost))
             except HypervisorError as exc:  # too many calls unanswered: this one was not sent
-                results.append(ApplyResult(change, str(exc)))
+                results.append(ApplyResult(change, str(exc), sent=False))
             else:
                 results.append(ApplyResult(change))
         return results

@@ -268,7 +268,7 @@ class SimulatedHypervisor:
         for change in changes:
             guest = self.guests.get(change.domain)
             if guest is None:
-                results.append(ApplyResult(change, "domain is gone"))
+                results.append(ApplyResult(change, "domain is gone", sent=False))
             elif not 0 < change.to_kib <= guest.max_kib:
                 results.append(ApplyResult(change, f"target {change.to_kib} KiB outside 1..{guest.max_kib}"))
             else:
