@@ -7,10 +7,13 @@ about to start is not told of room on a relief that was refused."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from memcoord.admin import makeroom
 from memcoord.core.config import Config, parse
@@ -187,3 +190,20 @@ def test_a_small_lowering_that_arrived_short_is_not_taken_for_a_balloon_that_did
     state = dataclasses.replace(state, pending={"g": Pending(start_kib - 6 * MIB, sim.now_s - 10.0, start_kib)})
     _plan, state = decide(sim.sample(), state, Config())
     assert state.no_progress_at_s == {}
+
+
+def test_the_journal_says_once_when_a_guest_starts_to_give_last_and_once_when_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck = SimGuest("stuck", max_kib=4096 * MIB, target_kib=3072 * MIB, rss_kib=3072 * MIB, inflates=False)
+    sim = _host_below_guard(stuck)
+    cfg = tmp_path / "memcoord.toml"
+    cfg.write_text('[host]\nprofile = "production"\n')
+    service = Service(cfg, parse(cfg.read_text()), lambda _uri: sim, observer=Observer(publish=False))
+    caplog.set_level(logging.INFO, logger="memcoord")
+    for _ in range(int(no_progress_pause_s(service.config)) + 10):
+        assert service.tick()
+        sim.advance(1.0)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("stuck: ")]
+    assert [level for level, _ in said] == [logging.WARNING, logging.INFO], said
+    assert "did not give memory when asked" in said[0][1] and "for up to 30 s" in said[0][1], said

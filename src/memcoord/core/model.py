@@ -310,6 +310,8 @@ class Plan:
     bands: Mapping[str, Band] = field(default_factory=dict)
     refused: Mapping[str, str] = field(default_factory=dict)
     unmet_kib: Mapping[str, int] = field(default_factory=dict)
+    # The guests that did not give when last asked: they give last, for a while (policy.NO_PROGRESS_STALE_PERIODS).
+    balking: frozenset[str] = frozenset()
 
     def count(self, guest_class: GuestClass) -> int:
         return sum(1 for c in self.classes.values() if c is guest_class)

@@ -770,12 +770,6 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
     budget_kib = _budget_kib(snapshot, guests, config)  # 3
     plan = _Allocation(guests, budget_kib, config)  # 4
-    pause_s = no_progress_pause_s(config)
-    plan.notes.extend(
-        f"{g.name}: its balloon did not move when asked to give: not asked again for {pause_s:.0f} s"
-        for g in guests
-        if g.no_progress_at_s == now_s
-    )
     plan.clamp()
     shortfall_kib = 0
     pressured = _under_pressure(snapshot, config)
@@ -822,6 +816,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         bands={g.name: g.band for g in guests},
         refused={g.name: g.refused for g in guests if g.refused},
         unmet_kib=plan.unmet_kib("grow"),
+        balking=frozenset(g.name for g in guests if g.balks),
     )
     return out, _next_state(guests, state, now_s, config)
 

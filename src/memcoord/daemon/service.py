@@ -21,7 +21,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -29,7 +29,7 @@ from types import FrameType
 from memcoord.core.config import Config, ConfigError
 from memcoord.core.config import load as load_config
 from memcoord.core.model import ApplyResult, GuestClass, Plan, Snapshot, kib_to_mib
-from memcoord.core.policy import PolicyState
+from memcoord.core.policy import PolicyState, no_progress_pause_s
 from memcoord.core.port import Hypervisor, HypervisorError
 from memcoord.core.step import StepResult, step
 from memcoord.daemon import journal, memory
@@ -75,6 +75,10 @@ class Episodes:
     def forget(self, key: str | None = None) -> None:
         """Drop a trouble without a recovery to report (its guest is gone)."""
         self._open.discard(key)
+
+    def forget_all_but(self, keys: Collection[str]) -> None:
+        """Drop the troubles of every guest not among keys (gone), without a recovery to report."""
+        self._open = {k for k in self._open if k is None or k in keys}
 
     def __contains__(self, key: str | None) -> bool:
         return key in self._open
@@ -173,6 +177,7 @@ class Service:
         self._period_failing: dict[str, str] = {}
         self._over_deadline = Episodes()  # ticks running out of their deadline
         self._held_back = Episodes()  # ticks whose growths were held back for a failed lowering
+        self._balking = Episodes()  # guests that did not give when asked, and give last for a while
         self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # In dry run, the last decision logged for each guest: the same one is not logged again.
         self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
@@ -243,6 +248,7 @@ class Service:
                 self.state = PolicyState()
                 self._untrusted_since.clear()
                 self._untrusted = Episodes()
+                self._balking = Episodes()
                 self._period_failing = {}
                 self._lost = Episodes()
                 self._backoff_s = BACKOFF_START_S
@@ -338,6 +344,7 @@ class Service:
         self._report_period(dict(self.hypervisor.stats_period_failures()), managed)
         self._report_untrusted(plan, snapshot, self.clock())
         self._report_relief(plan)
+        self._report_balking(plan)
         for note in plan.notes:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
@@ -470,6 +477,23 @@ class Service:
         for name in set(self._untrusted_since) - set(plan.classes):
             self._untrusted_since.pop(name)
             self._untrusted.forget(name)
+
+    def _report_balking(self, plan: Plan) -> None:
+        """One line when a guest starts to give last for not giving when asked, one when it gives as the others
+        again. libvirt's refusals have their own "setMemory failed" lines; a balloon that did not move has only
+        this one."""
+        for name in plan.classes:
+            if name in plan.balking:
+                if self._balking.start(name):
+                    log.warning(
+                        "%s: did not give memory when asked (libvirt refused, or its balloon did not move): it gives"
+                        " only after every other guest has, for up to %.0f s",
+                        name,
+                        no_progress_pause_s(self.config),
+                    )
+            elif self._balking.end(name):
+                log.info("%s: asked to give memory as the other guests again", name)
+        self._balking.forget_all_but(plan.classes)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
