@@ -7,6 +7,7 @@ about to start is not told of room on a relief that was refused."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from memcoord.admin import makeroom
+from memcoord.admin import makeroom, status
 from memcoord.core.config import Config, parse
 from memcoord.core.model import Action, ApplyResult, Change, mib_to_kib
 from memcoord.core.policy import Pending, PolicyState, applied, decide, no_progress_pause_s
@@ -192,18 +193,23 @@ def test_a_small_lowering_that_arrived_short_is_not_taken_for_a_balloon_that_did
     assert state.no_progress_at_s == {}
 
 
-def test_the_journal_says_once_when_a_guest_starts_to_give_last_and_once_when_it_ends(
+def test_the_journal_says_once_when_a_guest_starts_to_give_last_and_once_when_it_ends_and_status_shows_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stuck = SimGuest("stuck", max_kib=4096 * MIB, target_kib=3072 * MIB, rss_kib=3072 * MIB, inflates=False)
     sim = _host_below_guard(stuck)
     cfg = tmp_path / "memcoord.toml"
-    cfg.write_text('[host]\nprofile = "production"\n')
-    service = Service(cfg, parse(cfg.read_text()), lambda _uri: sim, observer=Observer(publish=False))
+    cfg.write_text(f'[status]\npath = "{tmp_path / "state.json"}"\n[host]\nprofile = "production"\n')
+    service = Service(cfg, parse(cfg.read_text(), cfg), lambda _uri: sim, observer=Observer())
     caplog.set_level(logging.INFO, logger="memcoord")
+    shown = []
     for _ in range(int(no_progress_pause_s(service.config)) + 10):
         assert service.tick()
         sim.advance(1.0)
+        view = json.loads((tmp_path / "state.json").read_text())
+        shown.append(any(line.startswith("GIVES LAST: stuck ") for line in status.render(view)))
+    # memcoord status says it while it lasts: from the stale time after the ask, for the pause.
+    assert 20 <= sum(shown) <= no_progress_pause_s(service.config) + 1 and not shown[0] and not shown[-1], shown
     said = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("stuck: ")]
     assert [level for level, _ in said] == [logging.WARNING, logging.INFO], said
     assert "did not give memory when asked" in said[0][1] and "for up to 30 s" in said[0][1], said

@@ -82,6 +82,15 @@ def _refusals(view: dict[str, Any]) -> list[str]:
     ]
 
 
+def _balking(view: dict[str, Any]) -> list[str]:
+    """One line per guest that gives last for not giving when asked (.get: an older daemon's state file)."""
+    return [
+        f"GIVES LAST: {d['name']} did not give memory when asked (libvirt refused, or its balloon did not move)"
+        for d in view["domains"]
+        if d.get("balks")
+    ]
+
+
 COLUMNS = (
     "DOMAIN",
     "CLASS",
@@ -146,6 +155,7 @@ def render(view: dict[str, Any], now_s: float | None = None) -> list[str]:
     for name, error in sorted(view.get("stats_period_failing", {}).items()):
         lines.append(f"STATS PERIOD NOT SET on {name} (left alone, retrying with backoff): {error}")
     lines += _refusals(view)
+    lines += _balking(view)
     if view.get("skipped_last_tick"):
         lines.append(f"LAST TICK RAN OUT OF TIME: {view['skipped_last_tick']} change(s) left for the next tick")
     errors = view["errors"]

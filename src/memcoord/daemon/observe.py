@@ -255,6 +255,7 @@ class Observer:
                         "min_guarantee_kib": None if d.settings is None else d.settings.min_guarantee_kib,
                         "stats_period_error": self.period_failing.get(d.name),
                         "refused": plan.refused.get(d.name),
+                        "balks": d.name in plan.balking,
                     }
                 )
             host = {
