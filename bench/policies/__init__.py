@@ -41,7 +41,14 @@ class PeerLoop:
     def decide(self, snapshot: Snapshot, state: Peer, config: Config) -> tuple[Plan, Peer]:
         return Plan(changes=state.decide(snapshot), classes={}, host_headroom_kib=0), state
 
-    def applied(self, state: Peer, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Peer:
+    def applied(
+        self,
+        state: Peer,
+        changes: Iterable[Change],
+        now_s: float,
+        failed: Iterable[Change] = (),
+        unknown: Iterable[Change] = (),
+    ) -> Peer:
         return state
 
 

@@ -44,7 +44,14 @@ class _Watching:
             raise RuntimeError("the policy failed")
         return Plan(changes=(), classes={}, host_headroom_kib=0), state
 
-    def applied(self, state: Any, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Any:
+    def applied(
+        self,
+        state: Any,
+        changes: Iterable[Change],
+        now_s: float,
+        failed: Iterable[Change] = (),
+        unknown: Iterable[Change] = (),
+    ) -> Any:
         return state
 
 

@@ -43,8 +43,15 @@ class _Scripted:
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]:
         return Plan(changes=self.changes, classes={}, host_headroom_kib=self.headroom_kib), state
 
-    def applied(self, state: Any, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Any:
-        self.told.extend(changes)
+    def applied(
+        self,
+        state: Any,
+        changes: Iterable[Change],
+        now_s: float,
+        failed: Iterable[Change] = (),
+        unknown: Iterable[Change] = (),
+    ) -> Any:
+        self.told.extend([*changes, *unknown])
         self.refused.extend(failed)
         return state
 

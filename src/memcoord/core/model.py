@@ -341,6 +341,8 @@ class ApplyResult:
     def __post_init__(self) -> None:
         if self.unknown and self.error is None:
             raise ValueError("an unknown outcome says why (error)")
+        if not self.sent and (self.error is None or self.unknown):
+            raise ValueError("a change never sent failed, and says why (error)")
 
     @property
     def outcome(self) -> Outcome:

@@ -79,7 +79,8 @@ RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 SILENCE_LIMIT_STALE_PERIODS = 3
 # A guest that did not give when asked (its lowering's setMemory failed, or its balloon did not move in the stale
 # time) balks for this many stale-stats periods: it gives only as a last resort, once every other guest has given
-# down to its low, and makes no move that is not for safety (reclaim, tax, ceiling). Asked first every time, one
+# what it would (relief, and each source of FOR_THE_STARVING, run again for it), and makes no move that is not for
+# safety (reclaim, tax, ceiling). Asked first every time, one
 # such guest (a migrating one, a stuck balloon driver) kept the host below its guard while another guest could
 # have given what it lacked (qmemman leaves a domain that makes no progress out the same way). Last, not never: a
 # guest refused once by a passing error, and the only one that can give, is asked again at once, as before.
@@ -115,11 +116,13 @@ class Sample(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A target memcoord set that the balloon has not reached yet, when it was set, and where it was set from."""
+    """A target memcoord set that the balloon has not reached yet, when it was set, and where it was set from.
+    confirmed: the hypervisor accepted it (not a call whose outcome is unknown, which may never have reached QEMU)."""
 
     target_kib: int
     set_at_s: float
     from_kib: int
+    confirmed: bool = True
 
     def overtaken(self, current_kib: int) -> bool:
         """The balloon moved away from the target, past where it was set from: something else set it (an admin's
@@ -144,19 +147,28 @@ class PolicyState:
     no_progress_at_s: dict[str, float] = field(default_factory=dict)
 
 
-def applied(state: PolicyState, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> PolicyState:
-    """Record changes that MAY have been set (accepted, or their outcome unknown): the next ticks wait for those
-    balloons, and the guard holds what was granted until the guest's balloon and QEMU show it, or the bound
-    passes. balloon.current is where the balloon is, not where it is going: deciding again from it while it moves
-    would grow a guest twice for one need. failed: changes the hypervisor refused; a guest whose lowering was
-    refused is not asked to give again for a while (NO_PROGRESS_STALE_PERIODS)."""
-    changes = list(changes)
+def applied(
+    state: PolicyState,
+    changes: Iterable[Change],
+    now_s: float,
+    failed: Iterable[Change] = (),
+    unknown: Iterable[Change] = (),
+) -> PolicyState:
+    """Record changes that MAY have been set (changes: accepted; unknown: sent, no answer in time): the next ticks
+    wait for those balloons, and the guard holds what was granted until the guest's balloon and QEMU show it, or
+    the bound passes. balloon.current is where the balloon is, not where it is going: deciding again from it while
+    it moves would grow a guest twice for one need. failed: changes the hypervisor refused; a guest whose lowering
+    was refused gives last for a while (NO_PROGRESS_STALE_PERIODS), and so does one whose accepted lowering its
+    balloon does not follow."""
+    unsure = list(unknown)
+    changes = [*changes, *unsure]
     pending = dict(state.pending)
     for c in changes:
         # A change from a target still on its way, the same way: the balloon set out from where the first did.
         prev = pending.get(c.domain)
         same_way = prev is not None and (prev.target_kib > prev.from_kib) == (c.to_kib > c.from_kib)
-        pending[c.domain] = Pending(c.to_kib, now_s, prev.from_kib if prev is not None and same_way else c.from_kib)
+        from_kib = prev.from_kib if prev is not None and same_way else c.from_kib
+        pending[c.domain] = Pending(c.to_kib, now_s, from_kib, confirmed=c not in unsure)
     lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if _lowers(c)}}
     raised_at_s = {**state.raised_at_s, **{c.domain: now_s for c in changes if not _lowers(c)}}
     granted_kib = dict(state.granted_kib)
@@ -376,9 +388,9 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     if pending is not None:
         arrived = abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
         expired = now_s - pending.set_at_s > clock.stale_s
-        # Believed where it is after the stale time; a guest asked to give whose balloon did not move balks.
-        still_kib = abs(dom.current_kib - pending.from_kib)
-        if expired and not arrived and pending.target_kib < pending.from_kib and still_kib <= SETTLED_TOLERANCE_KIB:
+        # Believed where it is after the stale time; a guest whose balloon did not follow an accepted lowering balks.
+        lowering = pending.confirmed and pending.target_kib < pending.from_kib
+        if expired and not arrived and lowering and abs(dom.current_kib - pending.from_kib) <= SETTLED_TOLERANCE_KIB:
             no_progress_at_s = now_s
         if arrived or expired or pending.overtaken(dom.current_kib):  # (overtaken: set elsewhere)
             pending = None
@@ -760,8 +772,10 @@ FOR_THE_STARVING = (
     _Source("survive", _Giver(Rule.COMFORT, "low"), "budget"),  # others' comfort between their low and high
     # Others' page cache: spent at once rather than through the host, it cost fleet-50 two OOM kills.
     _Source("low", _Giver(Rule.COMFORT, "low", cache_only=True), None),
-    # The last resort: guests that did not give when last asked.
+    # The last resort, the same rows again: guests that did not give when last asked (NO_PROGRESS_STALE_PERIODS).
+    _Source("low", _Giver(Rule.SURPLUS, "high", balkers=True), "budget"),
     _Source("survive", _Giver(Rule.COMFORT, "low", balkers=True), "budget"),
+    _Source("low", _Giver(Rule.COMFORT, "low", cache_only=True, balkers=True), None),
 )
 
 
@@ -781,6 +795,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         on_way_kib = sum(_backed_above_kib(g, g.base_kib, config) for g in guests if g.base_kib < g.dom.current_kib)
         need_kib = plan.give(deficit_kib + RELIEF_MARGIN_KIB - on_way_kib, Rule.RELIEF, "high")
         need_kib = plan.give(need_kib, Rule.RELIEF, "low")
+        need_kib = plan.give(need_kib, Rule.RELIEF, "high", balkers=True)  # the last resort, the same way
         shortfall_kib = max(0, plan.give(need_kib, Rule.RELIEF, "low", balkers=True) - RELIEF_MARGIN_KIB)
         plan.keep_kib = RELIEF_MARGIN_KIB
         pressure = ", under memory pressure: nobody grows" if pressured else ""
@@ -789,7 +804,10 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         target_kib = mib_to_kib(config.host.target_available_mib)
         starving = any(g.guest_class is GuestClass.STARVING for g in guests)
         plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving)
+        balking = any(g.balks for g in guests)
         for aim, giver, lift in FOR_THE_STARVING:
+            if giver is not None and giver.balkers and not balking:
+                continue  # (its lift would spend what the rows before it left for the next ticks)
             if not (unmet := plan.unmet_kib(aim)):
                 continue
             if giver is not None:  # starving guests never give: what they lack is as it was

@@ -34,7 +34,14 @@ class LoopPolicy(Protocol):
 
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]: ...
 
-    def applied(self, state: Any, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()) -> Any: ...
+    def applied(
+        self,
+        state: Any,
+        changes: Iterable[Change],
+        now_s: float,
+        failed: Iterable[Change] = (),
+        unknown: Iterable[Change] = (),
+    ) -> Any: ...
 
 
 class _Memcoord:
@@ -49,9 +56,14 @@ class _Memcoord:
         return decide(snapshot, state, config)
 
     def applied(
-        self, state: PolicyState, changes: Iterable[Change], now_s: float, failed: Iterable[Change] = ()
+        self,
+        state: PolicyState,
+        changes: Iterable[Change],
+        now_s: float,
+        failed: Iterable[Change] = (),
+        unknown: Iterable[Change] = (),
     ) -> PolicyState:
-        return applied(state, changes, now_s, failed)
+        return applied(state, changes, now_s, failed, unknown)
 
 
 MEMCOORD: LoopPolicy = _Memcoord()
@@ -177,8 +189,9 @@ def step(
         # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
         # The hypervisor's refusals tell the policy too: a guest that did not give when asked gives last for a while.
         refused = [r.change for r in results if r.sent and not r.may_have_landed]
-        landed = [r.change for r in results if r.may_have_landed]
-        state = loop_policy.applied(state, landed, snapshot.taken_at_s, refused)
+        accepted = [r.change for r in results if r.ok]
+        unknown = [r.change for r in results if r.unknown]
+        state = loop_policy.applied(state, accepted, snapshot.taken_at_s, refused, unknown)
     attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK))
     return StepResult(
         snapshot=snapshot,

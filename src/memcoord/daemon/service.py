@@ -21,7 +21,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -75,10 +75,6 @@ class Episodes:
     def forget(self, key: str | None = None) -> None:
         """Drop a trouble without a recovery to report (its guest is gone)."""
         self._open.discard(key)
-
-    def forget_all_but(self, keys: Collection[str]) -> None:
-        """Drop the troubles of every guest not among keys (gone), without a recovery to report."""
-        self._open = {k for k in self._open if k is None or k in keys}
 
     def __contains__(self, key: str | None) -> bool:
         return key in self._open
@@ -178,6 +174,7 @@ class Service:
         self._over_deadline = Episodes()  # ticks running out of their deadline
         self._held_back = Episodes()  # ticks whose growths were held back for a failed lowering
         self._balking = Episodes()  # guests that did not give when asked, and give last for a while
+        self._balked_at: dict[str, float] = {}  # when each of them last balked (the service's clock)
         self._overrides_checked = False  # [domains."NAME"] names checked against libvirt's (at start, on reload)
         # In dry run, the last decision logged for each guest: the same one is not logged again.
         self._dry_run_logged: dict[str, tuple[str, int, int]] = {}
@@ -249,6 +246,7 @@ class Service:
                 self._untrusted_since.clear()
                 self._untrusted = Episodes()
                 self._balking = Episodes()
+                self._balked_at.clear()
                 self._period_failing = {}
                 self._lost = Episodes()
                 self._backoff_s = BACKOFF_START_S
@@ -344,7 +342,7 @@ class Service:
         self._report_period(dict(self.hypervisor.stats_period_failures()), managed)
         self._report_untrusted(plan, snapshot, self.clock())
         self._report_relief(plan)
-        self._report_balking(plan)
+        self._report_balking(plan, self.clock())
         for note in plan.notes:
             log.debug("%s", note)
         dry_run = self.config.loop.dry_run
@@ -478,22 +476,29 @@ class Service:
             self._untrusted_since.pop(name)
             self._untrusted.forget(name)
 
-    def _report_balking(self, plan: Plan) -> None:
-        """One line when a guest starts to give last for not giving when asked, one when it gives as the others
-        again. libvirt's refusals have their own "setMemory failed" lines; a balloon that did not move has only
-        this one."""
+    def _report_balking(self, plan: Plan, now_s: float) -> None:
+        """One line when a guest starts to give last for not giving when asked, one when it has not balked for a
+        whole pause since (a balloon stuck for good balks again each time its pause ends: that is one spell, not a
+        line a minute). libvirt's refusals have their own "setMemory failed" lines; a balloon that did not move
+        has only this one."""
+        pause_s = no_progress_pause_s(self.config)
         for name in plan.classes:
             if name in plan.balking:
+                self._balked_at[name] = now_s
                 if self._balking.start(name):
                     log.warning(
                         "%s: did not give memory when asked (libvirt refused, or its balloon did not move): it gives"
-                        " only after every other guest has, for up to %.0f s",
+                        " only after every other guest has, for up to %.0f s at a time",
                         name,
-                        no_progress_pause_s(self.config),
+                        pause_s,
                     )
-            elif self._balking.end(name):
-                log.info("%s: asked to give memory as the other guests again", name)
-        self._balking.forget_all_but(plan.classes)
+            elif name in self._balked_at and now_s - self._balked_at[name] > pause_s:
+                del self._balked_at[name]
+                if self._balking.end(name):
+                    log.info("%s: gives memory as the other guests again (it has not balked for %.0f s)", name, pause_s)
+        for name in set(self._balked_at) - set(plan.classes):
+            del self._balked_at[name]
+            self._balking.forget(name)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
