@@ -1,8 +1,9 @@
-"""A guest that does not give when asked (its lowering refused by the hypervisor, or its balloon not moving) balks
-for a while: it is asked to give last, after every other guest (policy.NO_PROGRESS_STALE_PERIODS). Without that,
-the one guest with the most to give was asked first tick after tick, and the host stayed below its guard while
-another guest could give. Last, not never: when it is the only one that can give, it is still asked. And a guest
-about to start is not told of room on a relief that was refused."""
+"""A guest that does not give when asked (its lowering refused by libvirt, or its balloon not following an accepted
+one) balks for a while: relief asks it after every other guest, and each source for the starving after the others
+(policy.NO_PROGRESS_STALE_PERIODS). Without that, the one guest with the most to give was asked first tick after
+tick, and the host stayed below its guard while another guest could give. Only the order changes: when it is the
+only one that can give, it is asked as before. And a guest about to start is not told of room on a relief that
+was refused."""
 
 from __future__ import annotations
 
@@ -79,10 +80,10 @@ def test_a_balloon_that_does_not_move_is_not_asked_again_while_another_guest_can
     sim = _host_below_guard(stuck)
     pause_s = no_progress_pause_s(PRODUCTION)
     available_mib, sent = _run(sim, sim, PRODUCTION, int(pause_s))
-    asked = [c for c in sent if c.domain == "stuck"]
-    # Asked once; its balloon stays put for the stale time; then the giver gives, and the host is above its guard
-    # for the rest of the pause (on main it stayed 44 MiB below, "stuck" asked every stale time).
-    assert len(asked) == 1 and asked[0].action is Action.RELIEVE, asked
+    relieved = [c for c in sent if c.domain == "stuck" and c.action is Action.RELIEVE]
+    # Relief asks it once; its balloon stays put for the stale time; then the giver gives, and the host is above its
+    # guard for the rest of the pause (on main it stayed 44 MiB below, "stuck" relieved every stale time).
+    assert len(relieved) == 1, relieved
     above = [i for i, mib in enumerate(available_mib) if mib >= 1024]
     assert above and above[0] <= PRODUCTION.stale_after_s + 4, available_mib
     assert all(mib >= 1024 for mib in available_mib[above[0] :]), available_mib
@@ -95,27 +96,12 @@ def test_a_guest_whose_lowering_is_refused_is_asked_again_only_after_the_pause()
     hv = _Refuses(sim, "refuser")
     pause_s = no_progress_pause_s(PRODUCTION)
     available_mib, _sent = _run(hv, sim, PRODUCTION, int(pause_s) + 10)
-    # Refused on the first tick; asked again on the second as the last resort (the giver's balloon is still
-    # settling from its own relief, so nobody else can give); then not until the pause is over, when the production
-    # profile's reclaim (the host below its comfort target) asks again. On main: 40 times in 40 ticks, the host
-    # below its guard throughout.
-    assert len(hv.refused) == 3, hv.refused
+    # Relief is refused on the first tick, and asks it again on the second, the last resort (the giver's balloon is
+    # still settling from its own relief, so nobody else can give); then the giver gives. On main relief asked it
+    # every tick, the host below its guard throughout. (Its reclaim, not a safety move, is asked as on main.)
+    relieved = [c for c in hv.refused if c.action is Action.RELIEVE]
+    assert len(relieved) == 2, relieved
     assert all(mib >= 1024 for mib in available_mib[3:]), available_mib
-
-
-def test_a_starving_guest_is_not_left_waiting_on_a_balloon_that_does_not_move() -> None:
-    """The host has no budget; "stuck" holds the most above its high and gives first for the starving, but its
-    balloon does not move. The starving guest gets the giver's surplus instead, and no process is killed. (This
-    held before the pause too, the stale time being short against the hog's ramp: it is here so that the pause
-    does not break it.)"""
-    stuck = SimGuest("stuck", max_kib=4096 * MIB, target_kib=3072 * MIB, rss_kib=3072 * MIB, inflates=False)
-    ramp = Hog(40 * MIB, start_s=SIM_START_S + 5, limit_kib=1400 * MIB)
-    hog = SimGuest("hog", max_kib=4096 * MIB, target_kib=1024 * MIB, workload=ramp)
-    giver = SimGuest("giver", max_kib=4096 * MIB, target_kib=2048 * MIB, rss_kib=2048 * MIB, workload=Idle(200 * MIB))
-    sim = SimulatedHypervisor([stuck, hog, giver], host_total_kib=8192 * MIB, host_other_used_kib=900 * MIB)
-    _run(sim, sim, PRODUCTION, 60)
-    assert hog.oom_kills == 0 and hog.current_kib > 1400 * MIB, (hog.oom_kills, hog.current_kib // MIB)
-    assert stuck.current_kib == 3072 * MIB
 
 
 def test_make_room_is_not_told_of_room_on_a_relief_that_was_refused(tmp_path: Path) -> None:
@@ -174,9 +160,8 @@ def test_a_sole_giver_refused_once_still_gives_to_a_starving_guest() -> None:
         free_mib.append((hog.current_kib - hog.used_kib) // MIB)
     assert len(hv.refused) == 1
     assert hog.oom_kills == 0 and hog.current_kib > 1400 * MIB, (hog.oom_kills, hog.current_kib // MIB)
-    # It is given what lifts it, not just what keeps it alive until the next tick: never down to its starving line
-    # (150 MiB by default; on main, 407 MiB at the least).
-    assert min(free_mib) > 150, free_mib
+    # As on main: one refusal costs it nothing (on main, 407 MiB free at the least).
+    assert min(free_mib) >= 400, free_mib
 
 
 def test_only_a_refused_lowering_makes_a_guest_balk() -> None:
@@ -216,7 +201,7 @@ def test_the_journal_says_once_when_a_guest_starts_to_give_last_and_once_when_it
     caplog.set_level(logging.INFO, logger="memcoord")
     pause_s = int(no_progress_pause_s(service.config))
     shown, balked_again = [], False
-    for tick in range(4 * pause_s):
+    for tick in range(5 * pause_s):
         assert service.tick()
         sim.advance(1.0)
         view = json.loads((tmp_path / "state.json").read_text())

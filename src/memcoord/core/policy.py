@@ -77,13 +77,12 @@ RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 # The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
 # projection this long at most, and what the guard holds for a grant is released after it.
 SILENCE_LIMIT_STALE_PERIODS = 3
-# A guest that did not give when asked (its lowering's setMemory failed, or its balloon did not move in the stale
-# time) balks for this many stale-stats periods: it gives only as a last resort, once every other guest has given
-# what it would (relief, and each source of FOR_THE_STARVING, run again for it), and makes no move that is not for
-# safety (reclaim, tax, ceiling). Asked first every time, one
-# such guest (a migrating one, a stuck balloon driver) kept the host below its guard while another guest could
-# have given what it lacked (qmemman leaves a domain that makes no progress out the same way). Last, not never: a
-# guest refused once by a passing error, and the only one that can give, is asked again at once, as before.
+# A guest that did not give when asked (libvirt refused its lowering, or its balloon did not follow an accepted one
+# in the stale time) balks for this many stale-stats periods: relief asks it only after every other guest has given
+# down to its low, and each source for the starving asks it after the others. Asked first every time, one such
+# guest (a migrating one, a stuck balloon driver) kept the host below its guard while another guest could have
+# given what it lacked (qmemman leaves a domain that makes no progress out the same way). Only the order changes:
+# asked at all, it is asked as before, so a guest refused once by a passing error costs nobody anything.
 NO_PROGRESS_STALE_PERIODS = 6
 
 # How far growth lifts a guest below its low: a grow step (its grow target), its low, or only what lasts it until
@@ -600,12 +599,7 @@ class _Allocation:
         for g in self.guests:
             if g.base_kib < g.band.floor_kib and g.dom.current_kib < g.band.floor_kib:
                 self.move(g, g.band.floor_kib, Rule.FLOOR, least_kib=0)
-            elif (
-                g.settled
-                and not g.balks
-                and g.base_kib > g.band.ceiling_kib
-                and g.guest_class is not GuestClass.STARVING
-            ):
+            elif g.settled and g.base_kib > g.band.ceiling_kib and g.guest_class is not GuestClass.STARVING:
                 stop_kib = max(g.band.ceiling_kib, g.need_kib)
                 if stop_kib > g.band.ceiling_kib:
                     self.notes.append(
@@ -627,7 +621,6 @@ class _Allocation:
                 and g.guest_class is GuestClass.WASTEFUL
                 and g.new_sample
                 and g.settled
-                and not g.balks
                 and g.rule is None
                 and not g.just_raised
             ):
@@ -663,7 +656,12 @@ class _Allocation:
         return {g.name: lack_kib for g in self.starving if (lack_kib := g.aim_kib(aim) - g.target_kib) >= KIB_PER_MIB}
 
     def give(
-        self, need_kib: int, rule: Rule, line: Literal["high", "low"], cache_only: bool = False, balkers: bool = False
+        self,
+        need_kib: int,
+        rule: Rule,
+        line: Literal["high", "low"],
+        cache_only: bool = False,
+        who: Literal["all", "others", "balkers"] = "all",
     ) -> int:
         """Others give toward a need, each down to its band's `line` (and its floor), a relief step in the tick
         at most, until the need is covered; returns what was not. Starving guests never give.
@@ -674,8 +672,8 @@ class _Allocation:
         drops cache without a process losing memory), then the most above its line; what counts is what each
         gives, which reaches them through the host on the next ticks (at once where it was an untouched grant);
         and a guest memcoord is still growing keeps its grant (taking it back before it is used makes the two
-        ping-pong). cache_only: each gives no more than its page cache. balkers: only the guests that did not give
-        when last asked give, and only they (a last resort: NO_PROGRESS_STALE_PERIODS)."""
+        ping-pong). cache_only: each gives no more than its page cache. Guests that did not give when last asked
+        give after the others (NO_PROGRESS_STALE_PERIODS); who: all, or only the others, or only those."""
         for_host = rule is Rule.RELIEF
         step_kib = mib_to_kib(self.config.host.relief_step_mib)
         stop = {g.name: g.band.high_kib if line == "high" else g.band.low_kib for g in self.guests}
@@ -687,9 +685,10 @@ class _Allocation:
             and g.guest_class is not GuestClass.STARVING
             and (for_host or (g.rule is None and not g.still_growing))
             and (g.cache_kib >= MIN_MOVE_KIB or not cache_only)
-            and g.balks == balkers
+            and (who == "all" or g.balks == (who == "balkers"))
         ]
-        for g in sorted(givers, key=lambda g: (0 if for_host else -g.cache_kib, stop[g.name] - g.target_kib, g.name)):
+        givers.sort(key=lambda g: (g.balks, 0 if for_host else -g.cache_kib, stop[g.name] - g.target_kib, g.name))
+        for g in givers:
             if need_kib <= 0:
                 break
             want_kib = step_kib - (g.base_kib - g.target_kib) if for_host else min(step_kib, need_kib)
@@ -714,7 +713,7 @@ class _Allocation:
         tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
         payers, owed_kib = [], 0
         for g in self.guests:
-            if g.guest_class is GuestClass.IDLE and g.settled and not g.balks and g.rule is None and not g.just_raised:
+            if g.guest_class is GuestClass.IDLE and g.settled and g.rule is None and not g.just_raised:
                 middle_kib = (g.band.low_kib + g.band.high_kib) // 2
                 payers.append((middle_kib - g.target_kib, g.name, g, middle_kib))
                 owed_kib += _whole_mib(min(tax_kib, max(0, g.target_kib - middle_kib)))
@@ -749,7 +748,6 @@ class _Giver(NamedTuple):
     rule: Rule  # what the lowering is called
     line: Literal["high", "low"]  # each gives down to this line of its band
     cache_only: bool = False  # each gives no more than its page cache
-    balkers: bool = False  # only the guests that did not give when last asked give (NO_PROGRESS_STALE_PERIODS)
 
 
 class _Source(NamedTuple):
@@ -772,10 +770,6 @@ FOR_THE_STARVING = (
     _Source("survive", _Giver(Rule.COMFORT, "low"), "budget"),  # others' comfort between their low and high
     # Others' page cache: spent at once rather than through the host, it cost fleet-50 two OOM kills.
     _Source("low", _Giver(Rule.COMFORT, "low", cache_only=True), None),
-    # The last resort, the same rows again: guests that did not give when last asked (NO_PROGRESS_STALE_PERIODS).
-    _Source("low", _Giver(Rule.SURPLUS, "high", balkers=True), "budget"),
-    _Source("survive", _Giver(Rule.COMFORT, "low", balkers=True), "budget"),
-    _Source("low", _Giver(Rule.COMFORT, "low", cache_only=True, balkers=True), None),
 )
 
 
@@ -791,12 +785,13 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
     # grants the guard holds: those may never be touched, and lending spends them on purpose.
     deficit_kib = max(0, -(budget_kib + sum(g.held_kib for g in guests)))
     if deficit_kib or pressured:
-        # From above high, then above low; what QEMU is already giving back counts first.
-        on_way_kib = sum(_backed_above_kib(g, g.base_kib, config) for g in guests if g.base_kib < g.dom.current_kib)
-        need_kib = plan.give(deficit_kib + RELIEF_MARGIN_KIB - on_way_kib, Rule.RELIEF, "high")
-        need_kib = plan.give(need_kib, Rule.RELIEF, "low")
-        need_kib = plan.give(need_kib, Rule.RELIEF, "high", balkers=True)  # the last resort, the same way
-        shortfall_kib = max(0, plan.give(need_kib, Rule.RELIEF, "low", balkers=True) - RELIEF_MARGIN_KIB)
+        # From above high, then above low (those that did not give when last asked after everyone else); what
+        # QEMU is already giving back counts first.
+        need_kib = deficit_kib + RELIEF_MARGIN_KIB
+        need_kib -= sum(_backed_above_kib(g, g.base_kib, config) for g in guests if g.base_kib < g.dom.current_kib)
+        for who in ("others", "balkers"):
+            need_kib = plan.give(plan.give(need_kib, Rule.RELIEF, "high", who=who), Rule.RELIEF, "low", who=who)
+        shortfall_kib = max(0, need_kib - RELIEF_MARGIN_KIB)
         plan.keep_kib = RELIEF_MARGIN_KIB
         pressure = ", under memory pressure: nobody grows" if pressured else ""
         plan.notes.append(f"host {kib_to_mib(deficit_kib):.0f} MiB short of its guard{pressure}: relief")
@@ -804,14 +799,11 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
         target_kib = mib_to_kib(config.host.target_available_mib)
         starving = any(g.guest_class is GuestClass.STARVING for g in guests)
         plan.reclaim(not target_kib or snapshot.host.available_kib < target_kib or starving)
-        balking = any(g.balks for g in guests)
         for aim, giver, lift in FOR_THE_STARVING:
-            if giver is not None and giver.balkers and not balking:
-                continue  # (its lift would spend what the rows before it left for the next ticks)
             if not (unmet := plan.unmet_kib(aim)):
                 continue
             if giver is not None:  # starving guests never give: what they lack is as it was
-                plan.give(sum(unmet.values()), giver.rule, giver.line, giver.cache_only, giver.balkers)
+                plan.give(sum(unmet.values()), giver.rule, giver.line, giver.cache_only)
             if lift == "budget":
                 plan.fill(unmet, Rule.NEED, plan.budget_kib)
             elif lift == "lent":

@@ -487,8 +487,8 @@ class Service:
                 self._balked_at[name] = now_s
                 if self._balking.start(name):
                     log.warning(
-                        "%s: did not give memory when asked (libvirt refused, or its balloon did not move): it gives"
-                        " only after every other guest has, for up to %.0f s at a time",
+                        "%s: did not give memory when asked (libvirt refused, or its balloon did not move): it is"
+                        " asked after the other guests, for up to %.0f s at a time",
                         name,
                         pause_s,
                     )

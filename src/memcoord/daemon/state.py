@@ -35,7 +35,7 @@ Schema (version 1), sizes in KiB, times in epoch seconds:
               min_guarantee_kib (libvirt's <memtune><min_guarantee>, or null),
               refused (why the policy treats its last sample as no sample, class "bad-stats"; else null),
               balks (it did not give memory when last asked: libvirt refused, or its balloon did not move; it
-              gives only after every other guest has, for a while)}]
+              is asked after the other guests, for a while)}]
 """
 
 from __future__ import annotations
