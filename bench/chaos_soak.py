@@ -11,8 +11,9 @@ Invariants checked on every tick, on the changes the simulated host really accep
   - no lowering below the guest's floor, no target above its ceiling (max or max_mib override);
   - growth never takes the host below its guard: a tick grows guests by no more than the host's available
     memory (as the simulated host has it) above `min_available_mib`, less what memcoord granted in the last
-    GRANT_TICKS ticks that the guests have not touched yet, so even when the grown guests touch all of it the host
-    stays at its guard;
+    GRANT_TICKS ticks that the guests have not touched yet (but for a guest whose stats are older than the bound on
+    silence: the policy releases what the guard holds for it, by design), so even when the grown guests touch all
+    of it the host stays at its guard;
   - the loop never stops: tick() never raises, and a reachable tick returns True.
 Reported, not a violation: ticks after which the host would be below its guard if every managed guest filled its
 whole target (the policy does not reserve idle guests' untouched memory, by design), counted apart when a managed
@@ -35,6 +36,7 @@ import psutil
 
 from memcoord.core import config as config_mod
 from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, Rule, Snapshot, mib_to_kib
+from memcoord.core.policy import silence_limit_s
 from memcoord.core.port import HypervisorError
 from memcoord.daemon.service import Service
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
@@ -305,11 +307,18 @@ def soak(ticks: int, seed: int, work_dir: Path, log_every: int = 0) -> tuple[Res
             # given to a guest starving now.
             # (The idle tax paid to the starving in the same tick is lent the same way.)
             lent = any(c.why is not None and c.why.rule in (Rule.LENT, Rule.TAX) for c in hv.accepted)
-            lowered = {c.domain: c.to_kib for c in hv.accepted if c.delta_kib < 0}
+            # Where each earlier grant may still be touched up to: the target, but for a guest changed this tick,
+            # its lowered target, or the target before this tick's growth (which is counted apart, as grown_kib).
+            was_kib = {c.domain: c.to_kib if c.delta_kib < 0 else c.from_kib for c in hv.accepted}
+            # The guard holds nothing for a guest silent longer than the bound (issue 20: what it holds for a silent
+            # guest is released after a bounded time): its grant is outside the promise, as a frozen guest's is.
+            silence_s = silence_limit_s(config)
             still_kib = sum(
-                min(granted_kib, max(0, lowered.get(name, hv.guests[name].target_kib) - hv.guests[name].rss_kib))
+                min(granted_kib, max(0, was_kib.get(name, hv.guests[name].target_kib) - hv.guests[name].rss_kib))
                 for name, (at_tick, granted_kib) in grants.items()
-                if name in hv.guests and tick - at_tick <= GRANT_TICKS
+                if name in hv.guests
+                and tick - at_tick <= GRANT_TICKS
+                and hv.now_s - hv.guests[name].last_update_s <= silence_s
             )
             outstanding_kib = min(outstanding_kib, still_kib)
             # What this tick's lowerings make QEMU give back (the pages it backs above the new target) funds

@@ -19,7 +19,7 @@ import pytest
 
 from memcoord.admin import makeroom, status
 from memcoord.core.config import Config, parse
-from memcoord.core.model import Action, ApplyResult, Change, mib_to_kib
+from memcoord.core.model import Action, ApplyResult, Change, GuestClass, Rule, mib_to_kib
 from memcoord.core.policy import Pending, PolicyState, applied, decide, no_progress_pause_s
 from memcoord.core.step import step
 from memcoord.daemon.observe import Observer
@@ -164,11 +164,72 @@ def test_a_sole_giver_refused_once_still_gives_to_a_starving_guest() -> None:
     assert min(free_mib) >= 400, free_mib
 
 
-def test_only_a_refused_lowering_makes_a_guest_balk() -> None:
+def test_refused_lowerings_are_counted_a_refused_growth_is_not_and_one_that_lands_starts_again() -> None:
     lowering = Change("a", Action.RELIEVE, 2048 * MIB, 1792 * MIB, "test")
     growth = Change("b", Action.GROW, 1024 * MIB, 1280 * MIB, "test")
     state = applied(PolicyState(), [], 100.0, failed=[lowering, growth])
-    assert state.no_progress_at_s == {"a": 100.0}
+    state = applied(state, [], 101.0, failed=[lowering, growth])
+    assert state.refusals == {"a": (101.0, 2)}
+    assert applied(state, [lowering], 102.0).refusals == {}
+
+
+def test_one_passing_refusal_costs_a_neighbour_nothing() -> None:
+    """big, far above its high, has one lowering refused just as the host falls 150 MiB below its guard; b sits
+    inside its band. big is asked again on the next tick and gives; b keeps its buffer, and survives the 480 MiB
+    burst it makes a few seconds later (when one refusal made big balk, relief took 256 MiB from b, and the burst
+    killed a process in b)."""
+
+    class Sum:
+        def __init__(self, *parts: Any) -> None:
+            self.parts = parts
+
+        def demand_kib(self, now_s: float) -> int:
+            return sum(p.demand_kib(now_s) for p in self.parts)
+
+        def killed(self, now_s: float) -> None:
+            for p in self.parts:
+                p.killed(now_s)
+
+    config = parse('[host]\nprofile = "production"\nguest_overhead_mib = 0\n')
+    big = SimGuest("big", max_kib=4096 * MIB, target_kib=3072 * MIB, rss_kib=3072 * MIB, workload=Idle(600 * MIB))
+    burst = Hog(300 * MIB, start_s=SIM_START_S + 16, limit_kib=480 * MIB)
+    b = SimGuest(
+        "b", max_kib=4096 * MIB, target_kib=2048 * MIB, rss_kib=2048 * MIB, workload=Sum(Idle(1500 * MIB), burst)
+    )
+    sim = SimulatedHypervisor([big, b], host_total_kib=8192 * MIB, host_other_used_kib=(8192 - 5120 - 1500) * MIB)
+    hv = _Refuses(sim, "big", times=1)
+    hv.name = ""  # armed at t = 10
+    state: Any = PolicyState()
+    b_lowered = []
+    for t in range(40):
+        if t == 10:
+            sim.host_other_used_kib += sim.host_available_kib() - (1024 - 150) * MIB
+            hv.name = "big"
+        done = step(hv, config, state)
+        state = done.state
+        b_lowered += [c for c in done.plan.changes if c.domain == "b" and c.delta_kib < 0]
+        sim.advance(1.0)
+    assert len(hv.refused) == 1
+    assert not b_lowered and b.oom_kills == 0, (b_lowered, b.oom_kills)
+
+
+def test_a_balking_guest_gives_to_the_starving_after_the_others_and_still_gives_when_it_is_the_only_one() -> None:
+    """No budget: a starving guest gets the others' surplus. x balks and has the most; y does not: y gives first.
+    With y gone, x gives all the same."""
+    starving = SimGuest("s", max_kib=4096 * MIB, target_kib=1024 * MIB, workload=Idle(950 * MIB))
+    x = SimGuest("x", max_kib=4096 * MIB, target_kib=3072 * MIB, rss_kib=3072 * MIB, workload=Idle(300 * MIB))
+    y = SimGuest("y", max_kib=4096 * MIB, target_kib=2048 * MIB, rss_kib=2048 * MIB, workload=Idle(300 * MIB))
+    for guests, giver in (([starving, x, y], "y"), ([starving, x], "x")):
+        used_kib = sum(g.target_kib for g in guests)
+        sim = SimulatedHypervisor(
+            guests, host_total_kib=8192 * MIB, host_other_used_kib=8192 * MIB - used_kib - 1024 * MIB
+        )
+        sim.ensure_stats_period([g.name for g in guests], 1)
+        sim.advance(1.0)  # their first reports: x and y busy (not reclaimed), s starving
+        plan, _ = decide(sim.sample(), PolicyState(no_progress_at_s={"x": sim.now_s}), Config())
+        assert plan.classes["s"] is GuestClass.STARVING and plan.balking == {"x"}
+        givers = [c.domain for c in plan.changes if c.why is not None and c.why.rule is Rule.SURPLUS]
+        assert givers == [giver], plan.changes
 
 
 def test_a_small_lowering_that_arrived_short_is_not_taken_for_a_balloon_that_did_not_move() -> None:

@@ -77,13 +77,17 @@ RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
 # The bound on silence, in stale-stats periods: a guest whose stats stopped while it ramped is grown on its
 # projection this long at most, and what the guard holds for a grant is released after it.
 SILENCE_LIMIT_STALE_PERIODS = 3
-# A guest that did not give when asked (libvirt refused its lowering, or its balloon did not follow an accepted one
-# in the stale time) balks for this many stale-stats periods: relief asks it only after every other guest has given
-# down to its low, and each source for the starving asks it after the others. Asked first every time, one such
-# guest (a migrating one, a stuck balloon driver) kept the host below its guard while another guest could have
-# given what it lacked (qmemman leaves a domain that makes no progress out the same way). Only the order changes:
-# asked at all, it is asked as before, so a guest refused once by a passing error costs nobody anything.
+# A guest that did not give when asked (its balloon did not follow an accepted lowering in the stale time, or libvirt
+# refused its lowerings twice within the stale time) balks for this many stale-stats periods: relief asks it only
+# after every other guest has given down to its low, and each source for the starving asks it after the others.
+# Asked first every time, one such guest (a migrating one, a stuck balloon driver) kept the host below its guard
+# while another guest could have given what it lacked (qmemman leaves a domain that makes no progress out the same
+# way). Only the order changes. One refusal alone is no evidence (a passing error: a lock, a monitor hiccup), and
+# made a neighbour give its buffer, then be OOM-killed by its next burst, when the guest refused would have given
+# on the next tick.
 NO_PROGRESS_STALE_PERIODS = 6
+# Refusals of one guest's lowerings within the stale time that make it balk.
+REFUSALS_TO_BALK = 2
 
 # How far growth lifts a guest below its low: a grow step (its grow target), its low, or only what lasts it until
 # memcoord can act again.
@@ -144,6 +148,8 @@ class PolicyState:
     raised_at_s: dict[str, float] = field(default_factory=dict)
     # When each guest last did not give when asked (NO_PROGRESS_STALE_PERIODS).
     no_progress_at_s: dict[str, float] = field(default_factory=dict)
+    # Each guest's refused lowerings in a row, each within the stale time of the one before: (the last's time, count).
+    refusals: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 def applied(
@@ -175,8 +181,10 @@ def applied(
         # Lowering takes the untouched grant first (the balloon takes free pages).
         granted_kib[c.domain] = max(0, granted_kib.get(c.domain, 0) + c.delta_kib)
     granted_kib = {n: g for n, g in granted_kib.items() if g}
-    no_progress_at_s = {**state.no_progress_at_s, **{c.domain: now_s for c in failed if _lowers(c)}}
-    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s, no_progress_at_s)
+    refusals = {n: r for n, r in state.refusals.items() if not any(c.domain == n and _lowers(c) for c in changes)}
+    for name in {c.domain for c in failed if _lowers(c)}:
+        refusals[name] = (now_s, refusals.get(name, (now_s, 0))[1] + 1)
+    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s, state.no_progress_at_s, refusals)
 
 
 def _lowers(change: Change) -> bool:
@@ -269,7 +277,7 @@ def silence_limit_s(config: Config) -> float:
 
 
 def no_progress_pause_s(config: Config) -> float:
-    """How long a guest that did not give when asked is not asked again."""
+    """How long a guest that did not give when asked is asked after the others."""
     return NO_PROGRESS_STALE_PERIODS * config.stale_after_s
 
 
@@ -355,7 +363,7 @@ class _Clock:
     now_s: float
     stale_s: float  # stats older than this are not trusted
     silence_s: float  # the bound on silence (`silence_limit_s`)
-    no_progress_s: float  # how long a guest that did not give when asked is not asked again
+    no_progress_s: float  # how long a guest that did not give when asked is asked after the others
     lookahead_s: float
     overhead_kib: int
     peak_hold_s: float
@@ -384,6 +392,9 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     name, now_s = dom.name, clock.now_s
     pending = state.pending.get(name)
     no_progress_at_s = state.no_progress_at_s.get(name)
+    refused_at_s, refusals = state.refusals.get(name, (0.0, 0))
+    if refusals >= REFUSALS_TO_BALK:
+        no_progress_at_s = max(no_progress_at_s or refused_at_s, refused_at_s)
     if pending is not None:
         arrived = abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
         expired = now_s - pending.set_at_s > clock.stale_s
@@ -856,4 +867,6 @@ def _next_state(guests: list[_Guest], state: PolicyState, now_s: float, config: 
         granted_kib=granted_kib,
         raised_at_s={n: t for n, t in state.raised_at_s.items() if n in names and now_s - t <= silence_s},
         no_progress_at_s={g.name: g.no_progress_at_s for g in guests if g.no_progress_at_s is not None},
+        # A refusal is forgotten once the stale time passes without another.
+        refusals={n: r for n, r in state.refusals.items() if n in names and now_s - r[0] <= recent_s},
     )
