@@ -162,9 +162,8 @@ def applied(
     """Record changes that MAY have been set (changes: accepted; unknown: sent, no answer in time): the next ticks
     wait for those balloons, and the guard holds what was granted until the guest's balloon and QEMU show it, or
     the bound passes. balloon.current is where the balloon is, not where it is going: deciding again from it while
-    it moves would grow a guest twice for one need. failed: changes the hypervisor refused; a guest whose lowering
-    was refused gives last for a while (NO_PROGRESS_STALE_PERIODS), and so does one whose accepted lowering its
-    balloon does not follow."""
+    it moves would grow a guest twice for one need. failed: changes the hypervisor refused, counted against the
+    guest (REFUSALS_TO_BALK); a lowering that may have landed starts the count again."""
     unsure = list(unknown)
     changes = [*changes, *unsure]
     pending = dict(state.pending)
