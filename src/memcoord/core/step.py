@@ -170,8 +170,8 @@ def step(
 
     The changes the hypervisor accepted, and those whose outcome is unknown (sent, no answer in time), are
     recorded as applied, at the snapshot's time (the clock the policy's timing is on: the guests' own stats
-    timestamps are compared with it); failed and skipped ones are not. The policy is told of the failed ones
-    apart (`LoopPolicy.applied`'s failed): a guest whose lowering was refused gives last for a while.
+    timestamps are compared with it); failed and skipped ones are not. The policy is told of the refused ones
+    apart (`LoopPolicy.applied`'s failed): a guest whose lowerings keep being refused is asked last for a while.
     """
     snapshot = hypervisor.sample(deadline_s=deadline_s) if only is None else hypervisor.sample(deadline_s, only)
     if reserved_kib is not None:
@@ -187,7 +187,7 @@ def step(
         results = apply_lowerings_first(hypervisor, plan, deadline_s)
         # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
         # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
-        # The hypervisor's refusals tell the policy too: a guest that did not give when asked gives last for a while.
+        # The hypervisor's refusals tell the policy too: a guest whose lowerings keep being refused is asked last.
         refused = [r.change for r in results if r.sent and not r.may_have_landed]
         accepted = [r.change for r in results if r.ok]
         unknown = [r.change for r in results if r.unknown]
