@@ -91,14 +91,14 @@ def test_a_balloon_that_does_not_move_is_not_asked_again_while_another_guest_can
 
 
 def test_a_guest_whose_lowering_is_refused_is_asked_again_only_after_the_pause() -> None:
+    """Relief is refused on the first two ticks (one refusal is no evidence: on the second tick it is still the
+    first asked); then it balks, the giver gives, and the host is above its guard. On main relief asked it every
+    tick, the host below its guard throughout. (Its reclaim, not a safety move, is asked as on main.)"""
     big = SimGuest("refuser", max_kib=4096 * MIB, target_kib=3072 * MIB, rss_kib=3072 * MIB)
     sim = _host_below_guard(big)
     hv = _Refuses(sim, "refuser")
     pause_s = no_progress_pause_s(PRODUCTION)
     available_mib, _sent = _run(hv, sim, PRODUCTION, int(pause_s) + 10)
-    # Relief is refused on the first tick, and asks it again on the second, the last resort (the giver's balloon is
-    # still settling from its own relief, so nobody else can give); then the giver gives. On main relief asked it
-    # every tick, the host below its guard throughout. (Its reclaim, not a safety move, is asked as on main.)
     relieved = [c for c in hv.refused if c.action is Action.RELIEVE]
     assert len(relieved) == 2, relieved
     assert all(mib >= 1024 for mib in available_mib[3:]), available_mib
