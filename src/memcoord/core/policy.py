@@ -181,9 +181,12 @@ def applied(
         granted_kib[c.domain] = max(0, granted_kib.get(c.domain, 0) + c.delta_kib)
     granted_kib = {n: g for n, g in granted_kib.items() if g}
     refusals = {n: r for n, r in state.refusals.items() if not any(c.domain == n and _lowers(c) for c in changes)}
+    no_progress_at_s = dict(state.no_progress_at_s)
     for name in {c.domain for c in failed if _lowers(c)}:
         refusals[name] = (now_s, refusals.get(name, (now_s, 0))[1] + 1)
-    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s, state.no_progress_at_s, refusals)
+        if refusals[name][1] >= REFUSALS_TO_BALK:
+            no_progress_at_s[name] = now_s
+    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s, no_progress_at_s, refusals)
 
 
 def _lowers(change: Change) -> bool:
@@ -391,9 +394,6 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     name, now_s = dom.name, clock.now_s
     pending = state.pending.get(name)
     no_progress_at_s = state.no_progress_at_s.get(name)
-    refused_at_s, refusals = state.refusals.get(name, (0.0, 0))
-    if refusals >= REFUSALS_TO_BALK:
-        no_progress_at_s = max(no_progress_at_s or refused_at_s, refused_at_s)
     if pending is not None:
         arrived = abs(dom.current_kib - pending.target_kib) <= SETTLED_TOLERANCE_KIB
         expired = now_s - pending.set_at_s > clock.stale_s
