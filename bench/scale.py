@@ -131,7 +131,7 @@ def _ticks(
             tracemalloc.stop()
         results = hv.apply(plan.changes)
         started = time.perf_counter()
-        state = loop_policy.applied(state, [r.change for r in results if r.ok], snapshot.taken_at_s)
+        state = loop_policy.applied(state, results, snapshot.taken_at_s)
         elapsed_s += time.perf_counter() - started
         if tick >= 2:
             times_ms.append(elapsed_s * 1000)

@@ -8,11 +8,11 @@ bench/scale.py pick policies by name from POLICIES, memcoord's own (`step.MEMCOO
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from memcoord.core.config import Config
-from memcoord.core.model import Change, Plan, Snapshot
+from memcoord.core.model import ApplyResult, Change, Plan, Snapshot
 from memcoord.core.step import MEMCOORD, LoopPolicy
 
 from .mom import MomPolicy
@@ -41,14 +41,7 @@ class PeerLoop:
     def decide(self, snapshot: Snapshot, state: Peer, config: Config) -> tuple[Plan, Peer]:
         return Plan(changes=state.decide(snapshot), classes={}, host_headroom_kib=0), state
 
-    def applied(
-        self,
-        state: Peer,
-        changes: Iterable[Change],
-        now_s: float,
-        failed: Iterable[Change] = (),
-        unknown: Iterable[Change] = (),
-    ) -> Peer:
+    def applied(self, state: Peer, results: Sequence[ApplyResult], now_s: float) -> Peer:
         return state
 
 

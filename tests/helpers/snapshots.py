@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from memcoord.core.config import Config
-from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.core.model import ApplyResult, Change, DomainStats, HostStats, Snapshot, mib_to_kib
 from memcoord.core.policy import PolicyState, decide
 
 GIB_KIB = mib_to_kib(1024)
@@ -66,3 +68,8 @@ def bump(d: DomainStats, seconds: int = 1) -> DomainStats:
 
 def by_name(plan):
     return {c.domain: c for c in plan.changes}
+
+
+def accepted(changes: Iterable[Change]) -> list[ApplyResult]:
+    """Each change as the hypervisor accepted it (what `policy.applied` is told of a tick where all went well)."""
+    return [ApplyResult(c) for c in changes]

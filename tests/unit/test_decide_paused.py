@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
 
 from memcoord.core.config import Config
-from memcoord.core.model import Change, HostStats, Plan, Snapshot, mib_to_kib
+from memcoord.core.model import ApplyResult, HostStats, Plan, Snapshot, mib_to_kib
 from memcoord.core.step import decide_paused, step
 from memcoord.sim.host import SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Idle
@@ -44,14 +44,7 @@ class _Watching:
             raise RuntimeError("the policy failed")
         return Plan(changes=(), classes={}, host_headroom_kib=0), state
 
-    def applied(
-        self,
-        state: Any,
-        changes: Iterable[Change],
-        now_s: float,
-        failed: Iterable[Change] = (),
-        unknown: Iterable[Change] = (),
-    ) -> Any:
+    def applied(self, state: Any, results: Sequence[ApplyResult], now_s: float) -> Any:
         return state
 
 

@@ -167,10 +167,17 @@ def test_a_sole_giver_refused_once_still_gives_to_a_starving_guest() -> None:
 def test_refused_lowerings_are_counted_a_refused_growth_is_not_and_one_that_lands_starts_again() -> None:
     lowering = Change("a", Action.RELIEVE, 2048 * MIB, 1792 * MIB, "test")
     growth = Change("b", Action.GROW, 1024 * MIB, 1280 * MIB, "test")
-    state = applied(PolicyState(), [], 100.0, failed=[lowering, growth])
-    state = applied(state, [], 101.0, failed=[lowering, growth])
-    assert state.refusals == {"a": (101.0, 2)}
-    assert applied(state, [lowering], 102.0).refusals == {}
+    never_sent = Change("c", Action.RELIEVE, 2048 * MIB, 1792 * MIB, "test")
+    refused = [ApplyResult(lowering, "refused"), ApplyResult(growth, "refused"),
+               ApplyResult(never_sent, "domain gone", sent=False)]  # fmt: skip
+    state = applied(PolicyState(), refused, 100.0)
+    assert state.refusals == {"a": (100.0, 1)} and not state.no_progress_at_s and not state.pending
+    state = applied(state, refused, 101.0)
+    assert state.refusals == {"a": (101.0, 2)} and state.no_progress_at_s == {"a": 101.0}
+    assert applied(state, [ApplyResult(lowering)], 102.0).refusals == {}
+    # A lowering whose outcome is unknown may have landed: it starts the count again, and is waited for.
+    maybe = applied(state, [ApplyResult(lowering, "no answer", unknown=True)], 102.0)
+    assert maybe.refusals == {} and not maybe.pending["a"].confirmed
 
 
 def test_one_passing_refusal_costs_a_neighbour_nothing() -> None:

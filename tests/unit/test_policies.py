@@ -9,7 +9,7 @@ from bench.policies import POLICIES, MomPolicy, ProxmoxPolicy, policy
 from bench.policies.proxmox import MAX_CHANGE_KIB, compute_alg1
 from bench.policies.proxmox import _Vm as Vm
 from memcoord.core.config import Config
-from memcoord.core.model import DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.core.model import ApplyResult, DomainStats, HostStats, Snapshot, mib_to_kib
 
 T0_S = 1_000_000.0
 
@@ -46,7 +46,7 @@ def test_a_peer_runs_through_the_loop_interface_with_a_fresh_state_per_run() -> 
     s = snap(T0_S, 6000, [("a", 1000, 500)])
     plan, state = mom.decide(s, first, config)
     assert state is first and plan.changes == MomPolicy(config).decide(s) != ()
-    assert mom.applied(state, plan.changes, T0_S) is first
+    assert mom.applied(state, [ApplyResult(c) for c in plan.changes], T0_S) is first
 
 
 def test_mom_grows_every_guest_5_percent_when_the_host_is_free_and_only_every_10_s() -> None:

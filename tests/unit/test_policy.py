@@ -17,7 +17,7 @@ from memcoord.core.model import (
     mib_to_kib,
 )
 from memcoord.core.policy import Pending, PolicyState, applied, decide, host_headroom_kib, thresholds_kib
-from tests.helpers.snapshots import NOW_S, by_name, dom, snap, steady, two_ticks
+from tests.helpers.snapshots import NOW_S, accepted, by_name, dom, snap, steady, two_ticks
 from tests.helpers.snapshots import bump as _bump
 
 
@@ -458,7 +458,7 @@ def test_a_guest_whose_balloon_is_still_moving_is_not_grown_again():
     """The simulator showed 312 -> 612, then 562 -> 864: a second grow decided while the first was on its way."""
     config = Config()
     plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), config)
-    state = applied(state, plan.changes, NOW_S)
+    state = applied(state, accepted(plan.changes), NOW_S)
     # One second later the balloon is half-way and the guest's stats still say starving.
     plan, state = decide(snap(dom("a", 662, 60, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert plan.changes == ()
@@ -473,7 +473,7 @@ def test_a_reclaim_on_its_way_does_not_stop_a_burst_from_growing():
     _p, state = decide(snap(dom("t", 512, 495)), PolicyState(), config)
     plan, state = decide(snap(dom("t", 512, 495, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert by_name(plan)["t"].to_kib == mib_to_kib(412)
-    state = applied(state, plan.changes, NOW_S + 1)
+    state = applied(state, accepted(plan.changes), NOW_S + 1)
     # The balloon has not moved yet and a burst takes 250 MiB in one second.
     plan, _ = decide(snap(dom("t", 512, 145, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
     change = by_name(plan)["t"]
@@ -485,7 +485,7 @@ def test_a_reclaim_on_its_way_does_not_stop_a_burst_from_growing():
 def test_a_balloon_that_never_arrives_is_believed_after_the_stale_time():
     config = Config()
     plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), config)
-    state = applied(state, plan.changes, NOW_S)
+    state = applied(state, accepted(plan.changes), NOW_S)
     later_s = NOW_S + config.stale_after_s + 1
     plan, _ = decide(snap(dom("a", 600, 40, last_s=int(later_s)), now_s=later_s), state, config)
     assert by_name(plan)["a"].from_kib == mib_to_kib(600)
@@ -504,7 +504,7 @@ def test_a_guest_just_lowered_gets_no_share_of_the_pool():
     second = snap(dom("w", 1024, 800, last_s=NOW_S + 1), dom("x", 1024, 800, last_s=NOW_S + 1), now_s=NOW_S + 1)
     plan, state = decide(second, state, config)
     assert {c.domain for c in plan.changes} == {"w", "x"}
-    state = applied(state, plan.changes, NOW_S + 1)
+    state = applied(state, accepted(plan.changes), NOW_S + 1)
     # Three seconds on, both balloons arrived and both guests settled; x's stats moved oddly (busy, below its
     # high), w is still wasteful and gives a step to the pool: x gets none of it within the stale time.
     third = snap(dom("w", 924, 700, last_s=NOW_S + 4), dom("x", 924, 200, last_s=NOW_S + 4), now_s=NOW_S + 4)
@@ -554,7 +554,7 @@ def test_idle_neighbours_untouched_memory_does_not_wall_off_the_headroom():
 def test_host_guard_keeps_memory_granted_until_the_guest_touches_it():
     config = Config()
     plan, state = decide(snap(dom("s", 512, 50), available_mib=1024 + 1000), PolicyState(), config)
-    state = applied(state, plan.changes, NOW_S)
+    state = applied(state, accepted(plan.changes), NOW_S)
     assert state.granted_kib == {"s": mib_to_kib(300)}
     # s's balloon arrived at 812 MiB; QEMU still backs only 512 + 128 MiB of it. t starves next to it.
     s_arrived = dom("s", 812, 350, last_s=NOW_S + 1, rss_mib=512 + 128)
@@ -585,7 +585,7 @@ def test_the_guard_counts_a_pending_grow_at_its_target():
     """While guest a's balloon moves to 812 MiB, the host must keep those 300 MiB for it."""
     config = Config()
     plan, state = decide(snap(dom("a", 512, 50), available_mib=1024 + 450), PolicyState(), config)
-    state = applied(state, plan.changes, NOW_S)
+    state = applied(state, accepted(plan.changes), NOW_S)
     a_moving = dom("a", 600, 40, last_s=NOW_S + 1, rss_mib=512)
     second = snap(a_moving, dom("b", 512, 50), available_mib=1024 + 450, now_s=NOW_S + 1)
     plan, _ = decide(second, state, config)
@@ -741,7 +741,7 @@ def test_relief_waits_for_memory_already_on_its_way_back():
     QEMU is giving back counts, and h, between its low and high, is not relieved for the same deficit."""
     config = Config()
     plan = steady(dom("g", 2048, 1500), dom("h", 2048, 300), available_mib=1024 - 100, config=config)
-    state = applied(PolicyState(), plan.changes, NOW_S)
+    state = applied(PolicyState(), accepted(plan.changes), NOW_S)
     assert [c.domain for c in plan.changes if c.action is Action.RELIEVE] == ["g"]
     plan, _ = decide(
         snap(
@@ -838,7 +838,7 @@ def test_no_second_reclaim_on_figures_from_before_the_balloon_arrived():
     _p, state = decide(snap(dom("w", 1024, 800)), PolicyState(), config)
     plan, state = decide(snap(dom("w", 1024, 800, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert by_name(plan)["w"].to_kib == mib_to_kib(924)
-    state = applied(state, plan.changes, NOW_S + 1)
+    state = applied(state, accepted(plan.changes), NOW_S + 1)
     plan, state = decide(snap(dom("w", 924, 700, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
     assert plan.classes["w"] is GuestClass.WASTEFUL and plan.changes == ()
     plan, _ = decide(snap(dom("w", 924, 700, last_s=NOW_S + 3), now_s=NOW_S + 3), state, config)
@@ -950,7 +950,7 @@ def test_a_deflate_on_oom_guest_is_reclaimed_step_by_step_without_reading_the_ba
     plan, state = decide(snap(_autodeflate(1024, 700, NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert plan.classes["d"] is GuestClass.WASTEFUL
     assert by_name(plan)["d"].to_kib == mib_to_kib(924)
-    state = applied(state, plan.changes, NOW_S + 1)
+    state = applied(state, accepted(plan.changes), NOW_S + 1)
     # The balloon took 100 MiB of its free memory; MemTotal did not move.
     for t in (NOW_S + 2, NOW_S + 3):
         plan, state = decide(snap(_autodeflate(924, 600, t), now_s=t), state, config)
@@ -969,7 +969,7 @@ def test_a_deflate_on_oom_guest_whose_report_sees_a_reclaim_before_libvirt_does_
     _p, state = decide(snap(_autodeflate(848, 668, NOW_S)), PolicyState(), config)
     plan, state = decide(snap(_autodeflate(848, 668, NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert by_name(plan)["d"].to_kib == mib_to_kib(748)
-    state = applied(state, plan.changes, NOW_S + 1)
+    state = applied(state, accepted(plan.changes), NOW_S + 1)
     # Each report is 0.8 s old when memcoord reads it, as on the real guest.
     for t, current_mib in ((NOW_S + 2, 847), (NOW_S + 3, 748), (NOW_S + 4, 748)):
         plan, state = decide(snap(_autodeflate(current_mib, 568, t), now_s=t + 0.8), state, config)
@@ -988,7 +988,7 @@ def test_a_deflate_on_oom_guest_whose_report_sees_a_grow_before_libvirt_does_is_
     plan, state = decide(snap(_autodeflate(748, 60, NOW_S + 1), now_s=NOW_S + 1), state, config)
     grow = by_name(plan)["d"]
     assert grow.action is Action.GROW
-    state = applied(state, plan.changes, NOW_S + 1)
+    state = applied(state, accepted(plan.changes), NOW_S + 1)
     grown_mib = grow.delta_kib // KIB_PER_MIB
     to_mib = grow.to_kib // KIB_PER_MIB
     for t, current_mib in ((NOW_S + 2, 748), (NOW_S + 3, to_mib), (NOW_S + 4, to_mib)):
@@ -1076,7 +1076,7 @@ def test_a_report_taken_while_the_balloon_inflates_does_not_undo_the_lowering():
     plan, state = decide(snap(idle(512, 325, 457, NOW_S), available_mib=below_guard_mib), state, config)
     (relief,) = plan.changes
     assert relief.why.rule is Rule.RELIEF and relief.to_kib < mib_to_kib(512)
-    state = applied(state, plan.changes, NOW_S)
+    state = applied(state, accepted(plan.changes), NOW_S)
     later = snap(idle(511, 152, 284, NOW_S + 1), available_mib=below_guard_mib, now_s=NOW_S + 1)
     plan, _state = decide(later, state, config)
     assert not [c for c in plan.changes if c.delta_kib > 0], plan.changes
@@ -1115,7 +1115,7 @@ def test_a_report_while_memcoord_lowers_the_balloon_is_not_read_as_a_ramp():
 
     _p, state = decide(snap(reader(512, 273, 457, NOW_S)), PolicyState(), Config())
     lowering = Change("r", Action.RELIEVE, mib_to_kib(512), mib_to_kib(420), "relief")
-    state = applied(state, [lowering], NOW_S)
+    state = applied(state, accepted([lowering]), NOW_S)
     _p, state = decide(snap(reader(511, 100, 365, NOW_S + 1), now_s=NOW_S + 1), state, Config())
     assert state.samples["r"].ramp_kib_per_s == 0
 
@@ -1131,7 +1131,7 @@ def test_idle_guests_alike_take_turns_paying_the_tax():
         now_s = NOW_S + tick
         doms = [dom(n, m, 100 if n == "s" else m - 188, last_s=int(now_s)) for n, m in sizes_mib.items()]
         plan, state = decide(snap(*doms, now_s=now_s), state, config)
-        state = applied(state, plan.changes, now_s)
+        state = applied(state, accepted(plan.changes), now_s)
         payers_per_tick.append(sum(c.action is Action.TAX for c in plan.changes))
         for c in plan.changes:
             sizes_mib[c.domain] = c.to_kib // KIB_PER_MIB
@@ -1159,7 +1159,7 @@ def test_a_balloon_set_elsewhere_is_not_taken_for_memcoords_target():
     400 with 5 MiB free: it is starving now, not on its way to 812 (for the stale time it was left alone)."""
     config = Config()
     plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), config)
-    state = applied(state, plan.changes, NOW_S)
+    state = applied(state, accepted(plan.changes), NOW_S)
     plan, state = decide(snap(dom("a", 400, 5, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert plan.classes["a"] is GuestClass.STARVING
     change = by_name(plan)["a"]
@@ -1174,7 +1174,7 @@ def test_a_lowering_overtaken_from_above_is_not_memcoords_target():
     _p, state = decide(first, PolicyState(), config)
     plan, state = decide(snap(dom("b", 1024, 900, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert by_name(plan)["b"].to_kib == mib_to_kib(924)
-    state = applied(state, plan.changes, NOW_S + 1)
+    state = applied(state, accepted(plan.changes), NOW_S + 1)
     plan, state = decide(snap(dom("b", 1200, 1076, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
     assert "b" not in state.pending
     # Once its figures are from after the lowering's settle time, its next reclaim step starts from 1200.
@@ -1190,10 +1190,10 @@ def test_a_second_grow_on_the_way_is_not_taken_for_a_balloon_set_elsewhere():
     balloon set elsewhere, it was cut back: 600 -> 900, a "grow" that lowered a ramping guest's target)."""
     config = Config()
     plan, state = decide(snap(dom("a", 512, 50)), PolicyState(), config)
-    state = applied(state, plan.changes, NOW_S)
+    state = applied(state, accepted(plan.changes), NOW_S)
     assert state.pending["a"].target_kib == mib_to_kib(812)
     second = dataclasses.replace(plan.changes[0], from_kib=mib_to_kib(812), to_kib=mib_to_kib(1112))
-    state = applied(state, [second], NOW_S + 1)
+    state = applied(state, accepted([second]), NOW_S + 1)
     plan, state = decide(snap(dom("a", 600, 20, last_s=NOW_S + 2), now_s=NOW_S + 2), state, config)
     assert state.pending["a"].target_kib == mib_to_kib(1112)
     assert all(c.to_kib >= mib_to_kib(1112) for c in plan.changes)

@@ -28,7 +28,7 @@ from memcoord.core.model import (
     mib_to_kib,
 )
 from memcoord.core.policy import PolicyState, applied, decide
-from tests.helpers.snapshots import dom
+from tests.helpers.snapshots import accepted, dom
 
 NOW_S = 10_000
 CONFIG = Config()
@@ -72,7 +72,7 @@ def ticks(snapshots: Sequence[Snapshot], config: Config = CONFIG) -> list[Plan]:
     state, plans = PolicyState(), []
     for s in snapshots:
         plan, state = decide(s, state, config)
-        state = applied(state, plan.changes, s.taken_at_s)
+        state = applied(state, accepted(plan.changes), s.taken_at_s)
         plans.append(plan)
     return plans
 
@@ -84,7 +84,7 @@ def run(build: Callable[[int, dict[str, int]], Snapshot], n: int, config: Config
     for k in range(n):
         s = build(k, targets_mib)
         plan, state = decide(s, state, config)
-        state = applied(state, plan.changes, s.taken_at_s)
+        state = applied(state, accepted(plan.changes), s.taken_at_s)
         targets_mib.update({c.domain: c.to_kib // 1024 for c in plan.changes})
         plans.append(plan)
     return plans
@@ -277,7 +277,9 @@ def test_a_grow_never_lowers_a_deflate_on_oom_guests_balloon():
     state = PolicyState()
     for t in (NOW_S, NOW_S + 1):
         _plan, state = decide(snap(autodeflate(1800, 600, t), now_s=t), state, config)
-    state = applied(state, [Change("d", Action.RELIEVE, mib_to_kib(1800), mib_to_kib(1000), "test")], NOW_S + 1)
+    state = applied(
+        state, accepted([Change("d", Action.RELIEVE, mib_to_kib(1800), mib_to_kib(1000), "test")]), NOW_S + 1
+    )
     plan, _ = decide(snap(autodeflate(1700, 500, NOW_S + 2), now_s=NOW_S + 2), state, config)
     grows = [c for c in changes_of(plan, "d") if c.action is Action.GROW]
     assert all(c.to_kib >= mib_to_kib(1700) for c in grows), grows

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ def _change(name: str, action: Action, from_mib: int, to_mib: int) -> Change:
 
 
 class _Scripted:
-    """A policy that plans the given changes once and keeps what applied() is told."""
+    """A policy that plans the given changes once and keeps what applied() is told: the changes that may have
+    landed, and those the hypervisor refused, as `policy.applied` reads them."""
 
     def __init__(self, changes: Sequence[Change], headroom_mib: int = 0) -> None:
         self.changes, self.headroom_kib = tuple(changes), mib_to_kib(headroom_mib)
@@ -43,16 +44,9 @@ class _Scripted:
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]:
         return Plan(changes=self.changes, classes={}, host_headroom_kib=self.headroom_kib), state
 
-    def applied(
-        self,
-        state: Any,
-        changes: Iterable[Change],
-        now_s: float,
-        failed: Iterable[Change] = (),
-        unknown: Iterable[Change] = (),
-    ) -> Any:
-        self.told.extend([*changes, *unknown])
-        self.refused.extend(failed)
+    def applied(self, state: Any, results: Sequence[ApplyResult], now_s: float) -> Any:
+        self.told.extend(r.change for r in results if r.may_have_landed)
+        self.refused.extend(r.change for r in results if r.sent and not r.may_have_landed)
         return state
 
 

@@ -243,15 +243,18 @@ def settle(
     last_change_s: dict[str, float] = {}
     at_rest_s: dict[str, float] = {}
 
-    def record(results: Iterable[ApplyResult], t_s: float) -> list[Change]:
+    def record(results: Iterable[ApplyResult], t_s: float) -> bool:
+        """Note when each balloon was last set; whether any was."""
         done = [r.change for r in results if r.ok]
         for change in done:
             last_change_s[change.domain] = t_s
             at_rest_s.pop(change.domain, None)
-        return done
+        return bool(done)
 
     hv.ensure_stats_period(managed, config.loop.stats_period_s)
-    state = MEMCOORD.applied(state, record(hv.apply(plan_now.changes), 0.0), snapshot.taken_at_s)
+    first = hv.apply(plan_now.changes)
+    record(first, 0.0)
+    state = MEMCOORD.applied(state, first, snapshot.taken_at_s)
     interval_s = config.loop.interval_s
     steps = max(1, round(interval_s / SIM_STEP_S))
     t_s, quiet_since_s = 0.0, 0.0

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from memcoord.core.model import (
     KIB_PER_MIB,
     LOWERING_ACTIONS,
+    ApplyResult,
     Band,
     Change,
     DomainStats,
@@ -152,27 +153,24 @@ class PolicyState:
     refusals: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
-def applied(
-    state: PolicyState,
-    changes: Iterable[Change],
-    now_s: float,
-    failed: Iterable[Change] = (),
-    unknown: Iterable[Change] = (),
-) -> PolicyState:
-    """Record changes that MAY have been set (changes: accepted; unknown: sent, no answer in time): the next ticks
-    wait for those balloons, and the guard holds what was granted until the guest's balloon and QEMU show it, or
-    the bound passes. balloon.current is where the balloon is, not where it is going: deciding again from it while
-    it moves would grow a guest twice for one need. failed: changes the hypervisor refused, counted against the
-    guest (REFUSALS_TO_BALK); a lowering that may have landed starts the count again."""
-    unsure = list(unknown)
-    changes = [*changes, *unsure]
+def applied(state: PolicyState, results: Iterable[ApplyResult], now_s: float) -> PolicyState:
+    """Record what became of the plan's changes. One that may have been set (accepted, or sent with no answer in
+    time): the next ticks wait for its balloon, and the guard holds what was granted until the guest's balloon and
+    QEMU show it, or the bound passes. balloon.current is where the balloon is, not where it is going: deciding
+    again from it while it moves would grow a guest twice for one need. A lowering the hypervisor refused counts
+    against the guest (REFUSALS_TO_BALK); one that may have landed starts the count again; one never sent says
+    nothing of the guest."""
+    results = list(results)
+    landed = [r for r in results if r.may_have_landed]
     pending = dict(state.pending)
-    for c in changes:
+    for r in landed:
+        c = r.change
         # A change from a target still on its way, the same way: the balloon set out from where the first did.
         prev = pending.get(c.domain)
         same_way = prev is not None and (prev.target_kib > prev.from_kib) == (c.to_kib > c.from_kib)
         from_kib = prev.from_kib if prev is not None and same_way else c.from_kib
-        pending[c.domain] = Pending(c.to_kib, now_s, from_kib, confirmed=c not in unsure)
+        pending[c.domain] = Pending(c.to_kib, now_s, from_kib, confirmed=r.ok)
+    changes = [r.change for r in landed]
     lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if _lowers(c)}}
     raised_at_s = {**state.raised_at_s, **{c.domain: now_s for c in changes if not _lowers(c)}}
     granted_kib = dict(state.granted_kib)
@@ -182,7 +180,8 @@ def applied(
     granted_kib = {n: g for n, g in granted_kib.items() if g}
     refusals = {n: r for n, r in state.refusals.items() if not any(c.domain == n and _lowers(c) for c in changes)}
     no_progress_at_s = dict(state.no_progress_at_s)
-    for name in {c.domain for c in failed if _lowers(c)}:
+    refused = {r.change.domain for r in results if r.sent and not r.may_have_landed and _lowers(r.change)}
+    for name in refused:
         refusals[name] = (now_s, refusals.get(name, (now_s, 0))[1] + 1)
         if refusals[name][1] >= REFUSALS_TO_BALK:
             no_progress_at_s[name] = now_s

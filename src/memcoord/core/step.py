@@ -12,11 +12,11 @@ A policy is a pair of pure functions over an explicit state (`LoopPolicy`): memc
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from memcoord.core.model import ApplyResult, Change, Plan, Rule, Snapshot
+from memcoord.core.model import ApplyResult, Plan, Rule, Snapshot
 from memcoord.core.policy import PolicyState, applied, decide
 from memcoord.core.port import SKIPPED_DEADLINE, Hypervisor
 
@@ -34,14 +34,7 @@ class LoopPolicy(Protocol):
 
     def decide(self, snapshot: Snapshot, state: Any, config: Config) -> tuple[Plan, Any]: ...
 
-    def applied(
-        self,
-        state: Any,
-        changes: Iterable[Change],
-        now_s: float,
-        failed: Iterable[Change] = (),
-        unknown: Iterable[Change] = (),
-    ) -> Any: ...
+    def applied(self, state: Any, results: Sequence[ApplyResult], now_s: float) -> Any: ...
 
 
 class _Memcoord:
@@ -55,15 +48,8 @@ class _Memcoord:
     def decide(self, snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, Any]:
         return decide(snapshot, state, config)
 
-    def applied(
-        self,
-        state: PolicyState,
-        changes: Iterable[Change],
-        now_s: float,
-        failed: Iterable[Change] = (),
-        unknown: Iterable[Change] = (),
-    ) -> PolicyState:
-        return applied(state, changes, now_s, failed, unknown)
+    def applied(self, state: PolicyState, results: Sequence[ApplyResult], now_s: float) -> PolicyState:
+        return applied(state, results, now_s)
 
 
 MEMCOORD: LoopPolicy = _Memcoord()
@@ -168,10 +154,11 @@ def step(
     snapshot carries it (`HostStats.reserved_kib`) to the policy and to whoever reports the tick. only: sample
     just these domains (`Hypervisor.sample`), while a domain is being started.
 
-    The changes the hypervisor accepted, and those whose outcome is unknown (sent, no answer in time), are
-    recorded as applied, at the snapshot's time (the clock the policy's timing is on: the guests' own stats
-    timestamps are compared with it); failed and skipped ones are not. The policy is told of the refused ones
-    apart (`LoopPolicy.applied`'s failed): a guest whose lowerings keep being refused is asked last for a while.
+    The policy is told what became of every change (`LoopPolicy.applied`), at the snapshot's time (the clock the
+    policy's timing is on: the guests' own stats timestamps are compared with it). One whose outcome is unknown
+    (sent, no answer in time) may land any time: it counts as set, so that the guard holds a grow and a lowering
+    starts the settle wait until the balloon's own size says what happened. A guest whose lowerings the
+    hypervisor keeps refusing is asked last for a while; a change never sent says nothing of its guest.
     """
     snapshot = hypervisor.sample(deadline_s=deadline_s) if only is None else hypervisor.sample(deadline_s, only)
     if reserved_kib is not None:
@@ -185,13 +172,7 @@ def step(
     results: list[ApplyResult] = []
     if plan.changes:
         results = apply_lowerings_first(hypervisor, plan, deadline_s)
-        # A change whose outcome is unknown may land any time: recorded like an accepted one, so that the guard
-        # holds a grow and a lowering starts the settle wait until the balloon's own size says what happened.
-        # The hypervisor's refusals tell the policy too: a guest whose lowerings keep being refused is asked last.
-        refused = [r.change for r in results if r.sent and not r.may_have_landed]
-        accepted = [r.change for r in results if r.ok]
-        unknown = [r.change for r in results if r.unknown]
-        state = loop_policy.applied(state, accepted, snapshot.taken_at_s, refused, unknown)
+        state = loop_policy.applied(state, results, snapshot.taken_at_s)
     attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK))
     return StepResult(
         snapshot=snapshot,
