@@ -14,9 +14,18 @@ from memcoord.core.model import (
     GuestClass,
     Rule,
     Snapshot,
+    kib_to_mib,
     mib_to_kib,
 )
-from memcoord.core.policy import Pending, PolicyState, applied, decide, host_headroom_kib, thresholds_kib
+from memcoord.core.policy import (
+    RAMP_HOLD_S,
+    Pending,
+    PolicyState,
+    applied,
+    decide,
+    host_headroom_kib,
+    thresholds_kib,
+)
 from tests.helpers.snapshots import NOW_S, accepted, by_name, dom, snap, steady, two_ticks
 from tests.helpers.snapshots import bump as _bump
 
@@ -1052,6 +1061,24 @@ def test_the_guard_holds_all_a_ramping_guest_has_never_touched():
     assert plan.host_headroom_kib == mib_to_kib(500 - 1100) + given_kib
     assert "s" not in by_name(plan)
     assert not any(c.why.rule is Rule.RELIEF for c in plan.changes)
+
+
+def test_a_slow_ramp_holds_only_what_it_reaches_in_ramp_hold_s_and_a_starving_neighbour_grows():
+    """a, a 16 GiB guest that touched 2 GiB, grows an honest 2 MiB/s: the guard holds what that ramp touches in
+    RAMP_HOLD_S (1200 MiB), not the 14 GiB it would need two hours to reach. b, steady at 70 MiB free, grows from
+    the host's 8 GiB above its guard (held whole, a's memory left b nothing, and b ran out of memory)."""
+    available_mib = Config().host.min_available_mib + 8192
+
+    def ticks(k: int) -> Snapshot:
+        a = dom("a", 16384, 14000 - 2 * k, max_mib=16384, last_s=NOW_S + k, rss_mib=2048 + 128)
+        b = dom("b", 2048, 70, max_mib=4096, last_s=NOW_S + k)
+        return snap(a, b, available_mib=available_mib, now_s=NOW_S + k)
+
+    plan = two_ticks(ticks(0), ticks(1))
+    held_mib = 8192 - kib_to_mib(plan.host_headroom_kib + by_name(plan)["b"].delta_kib)
+    assert held_mib == 2 * RAMP_HOLD_S, held_mib
+    grow = by_name(plan)["b"]
+    assert grow.why.rule is Rule.NEED and grow.to_kib >= plan.bands["b"].low_kib, grow
 
 
 def test_an_idle_guest_a_little_above_its_high_is_left_there():
