@@ -1081,6 +1081,49 @@ def test_a_slow_ramp_holds_only_what_it_reaches_in_ramp_hold_s_and_a_starving_ne
     assert grow.why.rule is Rule.NEED and grow.to_kib >= plan.bands["b"].low_kib, grow
 
 
+def _before_and_after_a_clock_step(*after: DomainStats, step_s: int = 600, below_guard_mib: int = 0):
+    """a and q seen idle three times (q with 2 GiB free), then the wall clock steps back step_s: the plan on
+    `after`, stamped on the new clock."""
+    config, state = Config(), PolicyState()
+    for k in range(3):
+        idle = (
+            dom("a", 3072, 624, max_mib=4096, last_s=NOW_S + k),
+            dom("q", 4096, 2048, max_mib=4096, last_s=NOW_S + k),
+        )
+        _plan, state = decide(snap(*idle, now_s=NOW_S + k), state, config)
+    available_mib = config.host.min_available_mib - below_guard_mib if below_guard_mib else 16384
+    return decide(snap(*after, available_mib=available_mib, now_s=NOW_S + 3 - step_s), state, config)[0]
+
+
+def test_after_the_wall_clock_steps_back_a_guests_new_reports_are_read():
+    """Stamped 600 s before its last report, a's new report (10 MiB free) is its history begun again, not a report
+    older than the last: a is grown at once (its old report was kept, counted 0 s old, for the 600 s of the step)."""
+    plan = _before_and_after_a_clock_step(dom("a", 3072, 10, max_mib=4096, last_s=NOW_S + 3 - 600))
+    assert plan.classes["a"] is GuestClass.STARVING
+    assert by_name(plan)["a"].why.rule is Rule.NEED
+
+
+def test_after_the_wall_clock_steps_back_no_guest_gives_on_figures_from_before_the_step():
+    """The host is 500 MiB below its guard just after the clock stepped back 600 s. a reports on the new clock that
+    its programs now hold all but 34 MiB; q is silent since the step, its last report stamped after now. Neither
+    gives: a starves (relief took it to its pre-step low, under what it now holds), and q's report from before the
+    step is not a sample (relief took 256 MiB from it on figures of unknown age)."""
+    q_before = dom("q", 4096, 2048, max_mib=4096, last_s=NOW_S + 2)
+    a_after = dom("a", 3072, 34, max_mib=4096, last_s=NOW_S + 3 - 600)
+    plan = _before_and_after_a_clock_step(a_after, q_before, below_guard_mib=500)
+    assert plan.classes["a"] is GuestClass.STARVING and plan.classes["q"] is GuestClass.BAD_STATS
+    assert "the wall clock stepped back" in plan.refused["q"]
+    assert not [c for c in plan.changes if c.delta_kib < 0], plan.changes
+
+
+def test_a_starving_guest_a_little_below_its_ceiling_is_grown_to_it():
+    """26 MiB below its ceiling with 32 MiB free: less than a move worth making (MIN_MOVE_KIB), but no larger one
+    can come, and it was left there starving on a roomy host."""
+    plan = steady(dom("a", 4070, 32, max_mib=4096))
+    assert plan.classes["a"] is GuestClass.STARVING
+    assert by_name(plan)["a"].to_kib == mib_to_kib(4096)
+
+
 def test_an_idle_guest_a_little_above_its_high_is_left_there():
     """The band's hysteresis: 20 MiB above its high is not worth a balloon move (MIN_MOVE_KIB); 40 MiB is."""
     assert steady(dom("w", 1024, 370)).changes == ()

@@ -4,8 +4,10 @@ No I/O, no clock, no logging: the same inputs always give the same plan, whateve
 in. `decide` reads top to bottom as one model:
 
 1. sanitize: each guest's stats are untrusted input. A sample a guest could not have taken (`refusal`: free
-   memory above its own total or its balloon's size, a report from a balloon size it no longer has) is
-   no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its recent peak).
+   memory above its own total or its balloon's size, a report from a balloon size it no longer has, one stamped
+   after now) is no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its
+   recent peak). Once the wall clock steps back, what the state recorded after now is forgotten
+   (`_forget_the_future`).
 2. bands: from a sane sample, once per guest, floor <= low <= high <= ceiling (`_look_at`, public as `bands`).
    Below `low` the guest needs memory now: its starving line plus what its ramp uses until memcoord can act
    again, counting the sample's age. Above `high` while idle it holds memory it does not need: its wasteful
@@ -159,6 +161,8 @@ class PolicyState:
     no_progress_at_s: dict[str, float] = field(default_factory=dict)
     # Each guest's refused lowerings in a row, each within the stale time of the one before: (the last's time, count).
     refusals: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # The time of the tick that made it: a tick at an earlier time means the wall clock stepped back.
+    at_s: float = 0.0
 
 
 def applied(state: PolicyState, results: Iterable[ApplyResult], now_s: float) -> PolicyState:
@@ -193,7 +197,33 @@ def applied(state: PolicyState, results: Iterable[ApplyResult], now_s: float) ->
         refusals[name] = (now_s, refusals.get(name, (now_s, 0))[1] + 1)
         if refusals[name][1] >= REFUSALS_TO_BALK:
             no_progress_at_s[name] = now_s
-    return PolicyState(state.samples, pending, lowered_at_s, granted_kib, raised_at_s, no_progress_at_s, refusals)
+    return PolicyState(
+        state.samples, pending, lowered_at_s, granted_kib, raised_at_s, no_progress_at_s, refusals, state.at_s
+    )
+
+
+def _forget_the_future(state: PolicyState, now_s: float) -> PolicyState:
+    """The state as it can be known at now_s. The snapshot's time and QEMU's stamps on the guests' stats are the
+    host's wall clock: once it steps back (NTP correcting a clock read as local time at boot), every time recorded
+    since lies after now, a wait measured from it would last as long as the step (hours), a sample stamped then
+    would look fresh all that while, and each later report older than it. Those are forgotten; each guest's
+    history starts again from its next report, as after a restart."""
+    if now_s >= state.at_s:
+        return state
+
+    def before(times: dict[str, float]) -> dict[str, float]:
+        return {n: t for n, t in times.items() if t <= now_s}
+
+    return PolicyState(
+        samples={n: s for n, s in state.samples.items() if s.last_update_s <= now_s},
+        pending={n: p for n, p in state.pending.items() if p.set_at_s <= now_s},
+        lowered_at_s=before(state.lowered_at_s),
+        granted_kib=state.granted_kib,
+        raised_at_s=before(state.raised_at_s),
+        no_progress_at_s=before(state.no_progress_at_s),
+        refusals={n: r for n, r in state.refusals.items() if r[0] <= now_s},
+        at_s=now_s,
+    )
 
 
 def _lowers(change: Change) -> bool:
@@ -419,6 +449,8 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
     prev = state.samples.get(name)
     refused = refusal(dom, moving) if free_figure(dom)[0] is not None and dom.last_update_s else None
+    if dom.last_update_s and dom.last_update_s > now_s + clock.stale_s:
+        refused = f"stamped {dom.last_update_s - now_s:.0f} s after now: the wall clock stepped back"
     sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, pending)
     age_s = max(0.0, now_s - sample.last_update_s) if sample else 0.0
     # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
@@ -489,6 +521,7 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
 
 def _managed(snapshot: Snapshot, state: PolicyState, config: Config) -> list[_Guest]:
     clock = _Clock.of(config, snapshot.taken_at_s)
+    state = _forget_the_future(state, snapshot.taken_at_s)
     ruled = ((d, config.domain_rules(d.name, d.max_kib, d.settings)) for d in snapshot.domains)
     managed = sorted(((d, r) for d, r in ruled if r.exclusion is None), key=lambda dr: dr[0].name)
     return [_look_at(d, rules, state, clock) for d, rules in managed]
@@ -595,12 +628,14 @@ class _Allocation:
 
     def raise_(self, g: _Guest, want_kib: int, rule: Rule, least_kib: int = MIN_MOVE_KIB) -> int:
         """Raise g by up to want_kib from where its balloon is (never below balloon.current), within its
-        ceiling; returns what it got."""
+        ceiling; returns what it got. The last step to the ceiling is made whatever its size: no larger one can
+        follow it (a starving guest 26 MiB below its ceiling was left there with 32 MiB free)."""
         start_kib = max(g.target_kib, g.dom.current_kib) if g.guest_class is GuestClass.STARVING else g.target_kib
         got_kib = min(want_kib, g.band.ceiling_kib - start_kib)
         if got_kib < KIB_PER_MIB:  # given nothing, a lowering on its way is not undone either
             return 0
-        return self.move(g, start_kib + max(0, got_kib), rule, least_kib)
+        to_ceiling = start_kib + got_kib == g.band.ceiling_kib
+        return self.move(g, start_kib + got_kib, rule, 0 if to_ceiling else least_kib)
 
     def lendable_kib(self) -> int:
         """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
@@ -799,6 +834,7 @@ FOR_THE_STARVING = (
 
 def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
     now_s = snapshot.taken_at_s
+    state = _forget_the_future(state, now_s)  # 1: sanitize (the clock)
     guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
     budget_kib = _budget_kib(snapshot, guests, config)  # 3
     plan = _Allocation(guests, budget_kib, config)  # 4
@@ -882,4 +918,5 @@ def _next_state(guests: list[_Guest], state: PolicyState, now_s: float, config: 
         no_progress_at_s={g.name: g.no_progress_at_s for g in guests if g.no_progress_at_s is not None},
         # A refusal is forgotten once the stale time passes without another.
         refusals={n: r for n, r in state.refusals.items() if n in names and now_s - r[0] <= recent_s},
+        at_s=now_s,
     )
