@@ -4,18 +4,17 @@ No I/O, no clock, no logging: the same inputs always give the same plan, whateve
 in. `decide` reads top to bottom as one model:
 
 1. sanitize: each guest's stats are untrusted input. A sample a guest could not have taken (`refusal`: free
-   memory above its own total or its balloon's size, a report from a balloon size it no longer has, one stamped
-   after now) is no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its
-   recent peak). Once the wall clock steps back, what the state recorded after now is forgotten
-   (`_forget_the_future`).
+   memory above its own total or its balloon's size, a report from a balloon size it no longer has) is
+   no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its recent peak). Once
+   the wall clock steps back, the state is brought back to now (`_after_a_clock_step`).
 2. bands: from a sane sample, once per guest, floor <= low <= high <= ceiling (`_look_at`, public as `bands`).
    Below `low` the guest needs memory now: its starving line plus what its ramp uses until memcoord can act
    again, counting the sample's age. Above `high` while idle it holds memory it does not need: its wasteful
    line, or its recent peak (guest.peak_hold_s). A guest without a sane, fresh sample is held where it is.
 3. budget: host available - host.min_available_mib - memory held for a VM about to start - what the guard holds
-   for each guest (`_held_kib`): of what QEMU does not back yet, all of it while the guest ramps, else its grant
-   (host-side figures only, never a guest's claim; nothing for a guest silent longer than the bound). A lowering
-   gives back what QEMU backs above its new target in the same tick.
+   for each guest (`_held_kib`): of what QEMU does not back yet, its grant, and while the guest ramps as much as
+   its ramp touches in RAMP_HOLD_S (host-side figures only, never a guest's claim; nothing for a guest silent
+   longer than the bound). A lowering gives back what QEMU backs above its new target in the same tick.
 4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
    under memory pressure, relief from above high, then above low (`give`; under pressure nobody grows); idle
    guests above high give a reclaim step (`reclaim`); guests below low grow from each source in
@@ -202,26 +201,28 @@ def applied(state: PolicyState, results: Iterable[ApplyResult], now_s: float) ->
     )
 
 
-def _forget_the_future(state: PolicyState, now_s: float) -> PolicyState:
+def _after_a_clock_step(state: PolicyState, now_s: float, stale_s: float) -> PolicyState:
     """The state as it can be known at now_s. The snapshot's time and QEMU's stamps on the guests' stats are the
-    host's wall clock: once it steps back (NTP correcting a clock read as local time at boot), every time recorded
-    since lies after now, a wait measured from it would last as long as the step (hours), a sample stamped then
-    would look fresh all that while, and each later report older than it. Those are forgotten; each guest's
-    history starts again from its next report, as after a restart."""
-    if now_s >= state.at_s:
+    host's wall clock. Once it steps back further than the stale time (NTP correcting a clock read as local time
+    at boot), each later report looks older than the last one before the step and is ignored, and that one looks
+    fresh for as long as the step lasts (hours): those samples are forgotten, each guest's history starting again
+    from its next report, as after a restart. Times recorded since are taken as now: each wait lasts its length
+    from now, and a pending target still says where the balloon is heading (the guard holds a raise on its way).
+    A shorter step only makes reports wait, within what the stale time allows anyway."""
+    if now_s >= state.at_s - stale_s:
         return state
 
-    def before(times: dict[str, float]) -> dict[str, float]:
-        return {n: t for n, t in times.items() if t <= now_s}
+    def no_later(times: dict[str, float]) -> dict[str, float]:
+        return {n: min(t, now_s) for n, t in times.items()}
 
     return PolicyState(
         samples={n: s for n, s in state.samples.items() if s.last_update_s <= now_s},
-        pending={n: p for n, p in state.pending.items() if p.set_at_s <= now_s},
-        lowered_at_s=before(state.lowered_at_s),
+        pending={n: replace(p, set_at_s=min(p.set_at_s, now_s)) for n, p in state.pending.items()},
+        lowered_at_s=no_later(state.lowered_at_s),
         granted_kib=state.granted_kib,
-        raised_at_s=before(state.raised_at_s),
-        no_progress_at_s=before(state.no_progress_at_s),
-        refusals={n: r for n, r in state.refusals.items() if r[0] <= now_s},
+        raised_at_s=no_later(state.raised_at_s),
+        no_progress_at_s=no_later(state.no_progress_at_s),
+        refusals={n: (min(t, now_s), count) for n, (t, count) in state.refusals.items()},
         at_s=now_s,
     )
 
@@ -449,8 +450,6 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
     prev = state.samples.get(name)
     refused = refusal(dom, moving) if free_figure(dom)[0] is not None and dom.last_update_s else None
-    if dom.last_update_s and dom.last_update_s > now_s + clock.stale_s:
-        refused = f"stamped {dom.last_update_s - now_s:.0f} s after now: the wall clock stepped back"
     sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, pending)
     age_s = max(0.0, now_s - sample.last_update_s) if sample else 0.0
     # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
@@ -521,7 +520,7 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
 
 def _managed(snapshot: Snapshot, state: PolicyState, config: Config) -> list[_Guest]:
     clock = _Clock.of(config, snapshot.taken_at_s)
-    state = _forget_the_future(state, snapshot.taken_at_s)
+    state = _after_a_clock_step(state, snapshot.taken_at_s, clock.stale_s)
     ruled = ((d, config.domain_rules(d.name, d.max_kib, d.settings)) for d in snapshot.domains)
     managed = sorted(((d, r) for d, r in ruled if r.exclusion is None), key=lambda dr: dr[0].name)
     return [_look_at(d, rules, state, clock) for d, rules in managed]
@@ -634,7 +633,8 @@ class _Allocation:
         got_kib = min(want_kib, g.band.ceiling_kib - start_kib)
         if got_kib < KIB_PER_MIB:  # given nothing, a lowering on its way is not undone either
             return 0
-        to_ceiling = start_kib + got_kib == g.band.ceiling_kib
+        # (Within SETTLED_TOLERANCE_KIB it is there: QEMU stops a few pages short at times.)
+        to_ceiling = start_kib + got_kib == g.band.ceiling_kib and got_kib > SETTLED_TOLERANCE_KIB
         return self.move(g, start_kib + got_kib, rule, 0 if to_ceiling else least_kib)
 
     def lendable_kib(self) -> int:
@@ -834,7 +834,7 @@ FOR_THE_STARVING = (
 
 def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
     now_s = snapshot.taken_at_s
-    state = _forget_the_future(state, now_s)  # 1: sanitize (the clock)
+    state = _after_a_clock_step(state, now_s, config.stale_after_s)  # 1: sanitize (the clock)
     guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
     budget_kib = _budget_kib(snapshot, guests, config)  # 3
     plan = _Allocation(guests, budget_kib, config)  # 4
