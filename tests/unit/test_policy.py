@@ -1082,6 +1082,23 @@ def test_a_slow_ramp_holds_only_what_it_reaches_in_ramp_hold_s_and_a_starving_ne
     assert grow.why.rule is Rule.NEED and grow.to_kib >= plan.bands["b"].low_kib, grow
 
 
+def test_a_ramping_guest_that_gives_keeps_the_hold_for_what_its_ramp_will_touch():
+    """The host has just the 1200 MiB the guard holds for a's 2 MiB/s ramp above its guard; b is starving. a gives
+    never-backed memory above its high for b: that gives the host nothing now, and what is left unbacked is still
+    more than its ramp touches in RAMP_HOLD_S, so b gets nothing of it (taking the hold down with the lowering grew
+    b by 135 MiB out of memory a's ramp then touched: the host 135 MiB below its guard)."""
+    available_mib = Config().host.min_available_mib + 2 * int(RAMP_HOLD_S)
+
+    def ticks(k: int) -> Snapshot:
+        a = dom("a", 16384, 14000 - 2 * k, max_mib=16384, last_s=NOW_S + k, rss_mib=2048 + 128)
+        b = dom("b", 2048, 70, max_mib=4096, last_s=NOW_S + k)
+        return snap(a, b, available_mib=available_mib, now_s=NOW_S + k)
+
+    plan = two_ticks(ticks(0), ticks(1))
+    assert by_name(plan)["a"].delta_kib < 0 and "b" not in by_name(plan), plan.changes
+    assert plan.host_headroom_kib == 0
+
+
 def _before_and_after_a_clock_step(
     *after: DomainStats, step_s: int = 600, below_guard_mib: int = 0, config: Config | None = None
 ) -> tuple[Plan, PolicyState]:
@@ -1097,10 +1114,18 @@ def _before_and_after_a_clock_step(
 
 def test_after_the_wall_clock_steps_back_a_guests_new_reports_are_read():
     """Stamped 600 s before its last report, a's new report (10 MiB free) is its history begun again, not a report
-    older than the last: a is grown at once (its old report was kept, counted 0 s old, for the 600 s of the step)."""
+    older than the last: a is grown at once (its old report was kept, counted 0 s old, for the 600 s of the step).
+    The same when the first tick after the step still sees the report from before it: QEMU stamps a report when it
+    comes, and the next one is on the new clock."""
     plan, _state = _before_and_after_a_clock_step(dom("a", 3072, 10, max_mib=4096, last_s=NOW_S + 3 - 600))
     assert plan.classes["a"] is GuestClass.STARVING
     assert by_name(plan)["a"].why.rule is Rule.NEED
+    config, now_s = Config(), NOW_S + 3 - 600
+    _plan, state = _before_and_after_a_clock_step(dom("a", 3072, 624, max_mib=4096, last_s=NOW_S + 2))
+    _plan, state = decide(snap(dom("a", 3072, 624, max_mib=4096, last_s=NOW_S + 2), now_s=now_s), state, config)
+    later = snap(dom("a", 3072, 10, max_mib=4096, last_s=now_s + 1), now_s=now_s + 1)
+    plan, _state = decide(later, state, config)
+    assert plan.classes["a"] is GuestClass.STARVING and by_name(plan)["a"].why.rule is Rule.NEED
 
 
 def test_after_the_wall_clock_steps_back_no_guest_gives_on_figures_from_before_the_step():
@@ -1122,6 +1147,34 @@ def test_a_clock_step_back_shorter_than_the_stale_time_forgets_nothing():
     _plan, after = decide(snap(dom("a", 3072, 10, max_mib=4096, last_s=NOW_S + 1), now_s=NOW_S + 1), state, config)
     assert after.samples["a"] == state.samples["a"]
     assert plan.classes["a"] is not GuestClass.STARVING  # its last report, 2 s old at most, is what it knows
+
+
+def test_after_a_clock_step_back_a_guest_lowered_or_raised_before_it_waits_as_long_as_ever():
+    """w was reclaimed, and v raised, just before the clock stepped back 600 s: their settle wait and their wait
+    before a reclaim take their usual length from now. Measured from times left after now, w could not give and v
+    could not be reclaimed for the 600 s of the step."""
+    config = Config()
+    state = PolicyState()
+    for k in range(2):
+        doms = (
+            dom("w", 3072, 2048, max_mib=4096, last_s=NOW_S + k),
+            dom("v", 2048, 1500, max_mib=4096, last_s=NOW_S + k),
+        )
+        _plan, state = decide(snap(*doms, now_s=NOW_S + k), state, config)
+    lowered = Change("w", Action.RECLAIM, mib_to_kib(3072), mib_to_kib(2972), "test")
+    raised = Change("v", Action.GROW, mib_to_kib(1948), mib_to_kib(2048), "test")
+    state = applied(state, accepted([lowered, raised]), NOW_S + 1)
+    start_s = NOW_S + 1 - 600
+    reclaimed = set()
+    for k in range(12):  # the balloons arrived; steady reports on the new clock
+        doms = (
+            dom("w", 2972, 1948, max_mib=4096, last_s=start_s + k),
+            dom("v", 2048, 1500, max_mib=4096, last_s=start_s + k),
+        )
+        plan, state = decide(snap(*doms, now_s=start_s + k), state, config)
+        state = applied(state, accepted(plan.changes), start_s + k)
+        reclaimed |= {c.domain for c in plan.changes if c.why is not None and c.why.rule is Rule.RECLAIM}
+    assert reclaimed == {"w", "v"}, reclaimed
 
 
 def test_a_clock_step_back_keeps_what_the_guard_holds_for_a_raise_on_its_way():

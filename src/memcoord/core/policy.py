@@ -5,8 +5,9 @@ in. `decide` reads top to bottom as one model:
 
 1. sanitize: each guest's stats are untrusted input. A sample a guest could not have taken (`refusal`: free
    memory above its own total or its balloon's size, a report from a balloon size it no longer has) is
-   no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its recent peak). Once
-   the wall clock steps back, the state is brought back to now (`_after_a_clock_step`).
+   no sample; a new sane sample is folded into the guest's history (`_observe`: its ramp, its recent peak; a report
+   stamped long before the last, the wall clock having stepped back, starts it again). The state's times after
+   now are taken as now (`_after_a_clock_step`).
 2. bands: from a sane sample, once per guest, floor <= low <= high <= ceiling (`_look_at`, public as `bands`).
    Below `low` the guest needs memory now: its starving line plus what its ramp uses until memcoord can act
    again, counting the sample's age. Above `high` while idle it holds memory it does not need: its wasteful
@@ -201,22 +202,21 @@ def applied(state: PolicyState, results: Iterable[ApplyResult], now_s: float) ->
     )
 
 
-def _after_a_clock_step(state: PolicyState, now_s: float, stale_s: float) -> PolicyState:
-    """The state as it can be known at now_s. The snapshot's time and QEMU's stamps on the guests' stats are the
-    host's wall clock. Once it steps back further than the stale time (NTP correcting a clock read as local time
-    at boot), each later report looks older than the last one before the step and is ignored, and that one looks
-    fresh for as long as the step lasts (hours): those samples are forgotten, each guest's history starting again
-    from its next report, as after a restart. Times recorded since are taken as now: each wait lasts its length
-    from now, and a pending target still says where the balloon is heading (the guard holds a raise on its way).
-    A shorter step only makes reports wait, within what the stale time allows anyway."""
-    if now_s >= state.at_s - stale_s:
+def _after_a_clock_step(state: PolicyState, now_s: float) -> PolicyState:
+    """The state's times as they can be at now_s. The snapshot's time is the host's wall clock: once it steps back
+    (NTP correcting a clock read as local time at boot), the times recorded since lie after now, and each wait
+    measured from them (a settle wait, a pending target's, a raise's) would last as long as the step (hours). They
+    are taken as now: each wait lasts its length from now, and a pending target still says where the balloon is
+    heading (the guard holds a raise on its way). (The guests' stats are stamped on the same clock: `_observe`
+    starts a guest's history again from a report stamped longer before its last than the stale time.)"""
+    if now_s >= state.at_s:
         return state
 
     def no_later(times: dict[str, float]) -> dict[str, float]:
         return {n: min(t, now_s) for n, t in times.items()}
 
     return PolicyState(
-        samples={n: s for n, s in state.samples.items() if s.last_update_s <= now_s},
+        samples=state.samples,
         pending={n: replace(p, set_at_s=min(p.set_at_s, now_s)) for n, p in state.pending.items()},
         lowered_at_s=no_later(state.lowered_at_s),
         granted_kib=state.granted_kib,
@@ -255,9 +255,11 @@ def refusal(dom: DomainStats, moving: bool) -> str | None:
     return why
 
 
-def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending: Pending | None) -> Sample | None:
-    """Fold a new sane sample into the domain's history; a sample with the same timestamp (or an older one) is
-    not new.
+def _observe(
+    prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending: Pending | None, stale_s: float
+) -> Sample | None:
+    """Fold a new sane sample into the domain's history; a sample with the same timestamp (or one older by less
+    than the stale time) is not new.
 
     A guest is steady when its free memory did not change, or changed exactly as much as the balloon moved (its
     used memory did not change): that is memcoord's doing, not the guest's. Its ramp is its used memory's growth
@@ -270,6 +272,12 @@ def _observe(prev: Sample | None, dom: DomainStats, peak_hold_s: float, pending:
     free_kib, figure = free_figure(dom)
     if free_kib is None or not dom.last_update_s:
         return prev
+    if prev is not None and dom.last_update_s < prev.last_update_s - stale_s:
+        # Stamped longer before the last report than stats stay fresh: the wall clock QEMU stamps them with stepped
+        # back (or the guest's stats are from another host's clock), and its history starts again here. Left as
+        # an old report, every later one looked older still and was ignored for as long as the step (hours),
+        # while the last one before it counted 0 s old.
+        prev = None
     if prev is not None and dom.last_update_s <= prev.last_update_s:
         return prev
     total_kib = dom.own_total_kib
@@ -365,6 +373,7 @@ class _Guest:
     cache_kib: int = 0  # page cache (usable - unused)
     age_s: float = 0.0
     late: bool = False  # its stats are late, and it is grown on its projection
+    touch_kib: int = 0  # what its ramp touches in RAMP_HOLD_S
     # memcoord raised it within the stale time: taking the grant back before it is used makes the two ping-pong;
     # still_growing: and it is not steady again on a new sample (a burst that peaked may give back what it did
     # not use).
@@ -450,19 +459,19 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     moving = pending is not None or (lowered_at_s is not None and now_s - lowered_at_s <= clock.stale_s)
     prev = state.samples.get(name)
     refused = refusal(dom, moving) if free_figure(dom)[0] is not None and dom.last_update_s else None
-    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, pending)
+    sample = prev if refused else _observe(prev, dom, clock.peak_hold_s, pending, clock.stale_s)
     age_s = max(0.0, now_s - sample.last_update_s) if sample else 0.0
     # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
     ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
     ramp_kib = int(ramp_kib_per_s * (min(age_s, clock.silence_s) + clock.lookahead_s))
-    held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, int(RAMP_SAFETY * ramp_kib),
-                         int(ramp_kib_per_s * RAMP_HOLD_S))  # fmt: skip
+    touch_kib = int(ramp_kib_per_s * RAMP_HOLD_S)
+    held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, int(RAMP_SAFETY * ramp_kib), touch_kib)
     new_sample = sample is not None and sample is not prev
     raised_at_s = state.raised_at_s.get(name)
     just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
     g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, rules.weight, held_kib, sample, new_sample,
                no_progress_at_s=no_progress_at_s, refused=refused, pending=pending, target_kib=base_kib,
-               just_raised=just_raised,
+               just_raised=just_raised, touch_kib=touch_kib,
                still_growing=just_raised and not (new_sample and sample is not None and sample.steady))  # fmt: skip
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
     kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
@@ -520,7 +529,7 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
 
 def _managed(snapshot: Snapshot, state: PolicyState, config: Config) -> list[_Guest]:
     clock = _Clock.of(config, snapshot.taken_at_s)
-    state = _after_a_clock_step(state, snapshot.taken_at_s, clock.stale_s)
+    state = _after_a_clock_step(state, snapshot.taken_at_s)
     ruled = ((d, config.domain_rules(d.name, d.max_kib, d.settings)) for d in snapshot.domains)
     managed = sorted(((d, r) for d, r in ruled if r.exclusion is None), key=lambda dr: dr[0].name)
     return [_look_at(d, rules, state, clock) for d, rules in managed]
@@ -593,6 +602,7 @@ class _Allocation:
         self.config = config
         self.notes: list[str] = []
         self.reclaimed_kib = 0
+        self.overhead_kib = mib_to_kib(config.host.guest_overhead_mib)
         self.by_name = {g.name: g for g in guests}
         self.starving = [g for g in guests if g.guest_class is GuestClass.STARVING]  # a class holds all tick
 
@@ -612,9 +622,17 @@ class _Allocation:
         self.budget_kib += held_before_kib - self._held(g) - cost_kib + max(0, released_kib)
         return abs(delta_kib)
 
-    @staticmethod
-    def _held(g: _Guest) -> int:
-        return max(0, g.held_kib - max(0, g.base_kib - g.target_kib))
+    def _held(self, g: _Guest) -> int:
+        """What the guard holds for g at its planned target. A lowering takes its untouched grant first (the
+        balloon takes free pages), but leaves what its ramp touches in RAMP_HOLD_S of what QEMU still has not
+        backed: given to a neighbour, that memory was touched twice (a 16 GiB guest growing 2 MiB/s gave 135 MiB
+        of never-backed memory, and a starving neighbour was grown by 135 MiB out of the hold for its ramp)."""
+        lowered_kib = max(0, g.base_kib - g.target_kib)
+        held_kib = max(0, g.held_kib - lowered_kib)
+        if lowered_kib and g.touch_kib and g.dom.rss_kib is not None:
+            unbacked_kib = g.target_kib + self.overhead_kib - g.dom.rss_kib
+            held_kib = max(held_kib, min(g.touch_kib, unbacked_kib, g.held_kib))
+        return held_kib
 
     def lower(
         self, g: _Guest, want_kib: int, rule: Rule, stop_kib: int | None = None, least_kib: int = MIN_MOVE_KIB
@@ -834,7 +852,7 @@ FOR_THE_STARVING = (
 
 def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan, PolicyState]:
     now_s = snapshot.taken_at_s
-    state = _after_a_clock_step(state, now_s, config.stale_after_s)  # 1: sanitize (the clock)
+    state = _after_a_clock_step(state, now_s)  # 1: sanitize (the clock)
     guests = _managed(snapshot, state, config)  # 1, 2: sanitize, bands
     budget_kib = _budget_kib(snapshot, guests, config)  # 3
     plan = _Allocation(guests, budget_kib, config)  # 4
