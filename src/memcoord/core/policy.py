@@ -70,10 +70,11 @@ RAMP_DECAY = 0.5
 # The guard holds what a ramping guest's ramp touches within this long, at most all QEMU has not backed for it
 # (`_held_kib`): a ramp that needs longer to reach the rest does not hold it from a starving neighbour now. Ten
 # minutes, as long as the production profile holds a guest's peak: the bursts, hogs and sawtooths of the scenarios
-# and the real-guest tests reach what they have not touched well within it (over 24 seeds of every scenario, 2 OOM
-# kills more in 1343 than holding all of it; the four hogs of the course ramp 40 MiB/s into 256 MiB), and a 16 GiB
-# guest that touched 2 GiB and grows 2 MiB/s no longer holds 14 GiB while a neighbour runs out of memory on a host
-# 8 GiB above its guard.
+# and the real-guest tests reach what they have not touched well within it (over 24 seeds of the older scenarios,
+# 1344 OOM kills against 1343 holding all of it; the four hogs of the course ramp 40 MiB/s into 256 MiB), and a
+# 16 GiB guest that touched 2 GiB and grows 2 MiB/s no longer holds 14 GiB while a neighbour runs out of memory on
+# a host 8 GiB above its guard (scenario slow-ramp-neighbour). Where it costs: a slow ramp that speeds up after
+# its neighbours were grown (scenario accelerating-ramp).
 RAMP_HOLD_S = 600.0
 # After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
 # the lowering may predate the balloon's arrival.
