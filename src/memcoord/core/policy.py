@@ -560,11 +560,17 @@ def _held_kib(
         return 0
     if dom.rss_kib is None:
         return grant_kib
-    unbacked_kib = max(0, base_kib + clock.overhead_kib - dom.rss_kib)
+    unbacked_kib = _unbacked_kib(dom.rss_kib, base_kib, clock.overhead_kib)
     # A ramping guest touches what it never touched before it needs more: on real guests four hogs ramping from
     # 512 MiB guests (a quarter of a GiB each never backed) took the host 246 MiB below its guard while the guard
     # held only what their ramps reached. As far as its ramp goes in RAMP_HOLD_S.
     return min(unbacked_kib, max(grant_kib, touch_kib))
+
+
+def _unbacked_kib(rss_kib: int, target_kib: int, overhead_kib: int) -> int:
+    """What QEMU does not back yet of a guest at target_kib (host-side: the target plus QEMU's overhead, less its
+    RSS)."""
+    return max(0, target_kib + overhead_kib - rss_kib)
 
 
 def _budget_kib(snapshot: Snapshot, guests: list[_Guest], config: Config) -> int:
@@ -631,7 +637,7 @@ class _Allocation:
         lowered_kib = max(0, g.base_kib - g.target_kib)
         held_kib = max(0, g.held_kib - lowered_kib)
         if lowered_kib and g.touch_kib and g.dom.rss_kib is not None:
-            unbacked_kib = g.target_kib + self.overhead_kib - g.dom.rss_kib
+            unbacked_kib = _unbacked_kib(g.dom.rss_kib, g.target_kib, self.overhead_kib)
             held_kib = max(held_kib, min(g.touch_kib, unbacked_kib, g.held_kib))
         return held_kib
 
