@@ -184,14 +184,15 @@ def applied(state: PolicyState, results: Iterable[ApplyResult], now_s: float) ->
         from_kib = prev.from_kib if prev is not None and same_way else c.from_kib
         pending[c.domain] = Pending(c.to_kib, now_s, from_kib, confirmed=r.ok)
     changes = [r.change for r in landed]
-    lowered_at_s = {**state.lowered_at_s, **{c.domain: now_s for c in changes if _lowers(c)}}
+    lowered_now = dict.fromkeys((c.domain for c in changes if _lowers(c)), now_s)
+    lowered_at_s = {**state.lowered_at_s, **lowered_now}
     raised_at_s = {**state.raised_at_s, **{c.domain: now_s for c in changes if not _lowers(c)}}
     granted_kib = dict(state.granted_kib)
     for c in changes:
         # Lowering takes the untouched grant first (the balloon takes free pages).
         granted_kib[c.domain] = max(0, granted_kib.get(c.domain, 0) + c.delta_kib)
     granted_kib = {n: g for n, g in granted_kib.items() if g}
-    refusals = {n: r for n, r in state.refusals.items() if not any(c.domain == n and _lowers(c) for c in changes)}
+    refusals = {n: r for n, r in state.refusals.items() if n not in lowered_now}
     no_progress_at_s = dict(state.no_progress_at_s)
     refused = {r.change.domain for r in results if r.sent and not r.may_have_landed and _lowers(r.change)}
     for name in refused:
