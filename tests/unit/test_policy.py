@@ -897,6 +897,42 @@ def test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others()
     assert (changes["a"].why.rule, changes["a"].delta_kib) == (Rule.SURPLUS, -mib_to_kib(256))
 
 
+def _short_of_lasting(above_guard_mib: int):
+    """a: 800 MiB granted and untouched, ramping 10 MiB/s; s: 512 MiB, free 35 -> 20 MiB in a second (15 MiB/s)."""
+    available_mib = Config().host.min_available_mib + above_guard_mib
+    first = snap(dom("a", 2048, 1110, rss_mib=948 + 128), dom("s", 512, 35), available_mib=available_mib)
+    second = snap(
+        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
+        dom("s", 512, 20, last_s=NOW_S + 1),
+        available_mib=available_mib,
+        now_s=NOW_S + 1,
+    )
+    config = parse("[guest]\nidle_tax_mib = 0\n")
+    _plan, state = decide(first, PolicyState(), config)
+    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
+    plan, _state = decide(second, state, config)
+    assert plan.host_headroom_kib < 0  # precondition: nothing for s from the budget
+    return plan
+
+
+def test_a_guest_short_of_lasting_until_memcoord_acts_again_is_lent_it_though_less_than_a_move_worth_making():
+    """s ramps 15 MiB/s with 20 MiB free: it lacks 25 MiB to last the 3 s until memcoord can act again, less than
+    a move worth making (MIN_MOVE_KIB). The budget is below zero (the guard holds a's untouched 800 MiB grant),
+    but the host has 300 MiB above its guard, of which a's ramp reaches 60 MiB before memcoord can act again:
+    waiting for the lack to reach 32 MiB left it no time (scenario accelerating-ramp: an OOM kill with the host GiBs
+    above its guard). It is lent the 25 MiB now."""
+    change = by_name(_short_of_lasting(above_guard_mib=300))["s"]
+    assert (change.why.rule, change.delta_kib) == (Rule.LENT, mib_to_kib(25))
+
+
+def test_a_lend_smaller_than_a_move_worth_making_leaves_what_ramps_reach_before_memcoord_acts_again():
+    """As above, with the host 80 MiB above its guard: a's ramp reaches 60 MiB of it before memcoord can act again,
+    and s is lent the other 20 MiB, not the 25 it lacks (in an overloaded fleet, a few MiB a tick to every guest
+    growing only spread the OOM kills, fleet-50)."""
+    plan = _short_of_lasting(above_guard_mib=80)
+    assert by_name(plan)["s"].delta_kib == mib_to_kib(20)
+
+
 def test_lending_never_reaches_into_the_guard_itself():
     plan = _lender_and_burst(100)
     assert by_name(plan)["s"].delta_kib == mib_to_kib(100)  # all the host has above its guard

@@ -375,6 +375,7 @@ class _Guest:
     cache_kib: int = 0  # page cache (usable - unused)
     age_s: float = 0.0
     late: bool = False  # its stats are late, and it is grown on its projection
+    reach_kib: int = 0  # what its ramp reaches before memcoord can act again (RAMP_SAFETY times)
     touch_kib: int = 0  # what its ramp touches in RAMP_HOLD_S
     # memcoord raised it within the stale time: taking the grant back before it is used makes the two ping-pong;
     # still_growing: and it is not steady again on a new sample (a burst that peaked may give back what it did
@@ -466,14 +467,14 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
     # What its ramp uses until memcoord can act again, counting the sample's age (bounded by the silence limit).
     ramp_kib_per_s = sample.ramp_kib_per_s if sample and not refused else 0.0
     ramp_kib = int(ramp_kib_per_s * (min(age_s, clock.silence_s) + clock.lookahead_s))
-    touch_kib = int(ramp_kib_per_s * RAMP_HOLD_S)
-    held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, int(RAMP_SAFETY * ramp_kib), touch_kib)
+    reach_kib, touch_kib = int(RAMP_SAFETY * ramp_kib), int(ramp_kib_per_s * RAMP_HOLD_S)
+    held_kib = _held_kib(dom, base_kib, state, clock, age_s if sample else None, reach_kib, touch_kib)
     new_sample = sample is not None and sample is not prev
     raised_at_s = state.raised_at_s.get(name)
     just_raised = raised_at_s is not None and now_s - raised_at_s <= clock.stale_s
     g = _Guest(dom, name, base_kib, base_kib, 0, base_kib, rules.weight, held_kib, sample, new_sample,
                no_progress_at_s=no_progress_at_s, refused=refused, pending=pending, target_kib=base_kib,
-               just_raised=just_raised, touch_kib=touch_kib,
+               just_raised=just_raised, reach_kib=reach_kib, touch_kib=touch_kib,
                still_growing=just_raised and not (new_sample and sample is not None and sample.steady))  # fmt: skip
     # Held where it is: a guest with no sane sample, or one too old, moves only to its floor or ceiling.
     kept_kib = min(max(base_kib, floor_kib), ceiling_kib)
@@ -663,17 +664,19 @@ class _Allocation:
         to_ceiling = start_kib + got_kib == g.band.ceiling_kib and got_kib > SETTLED_TOLERANCE_KIB
         return self.move(g, start_kib + got_kib, rule, 0 if to_ceiling else least_kib)
 
-    def lendable_kib(self) -> int:
+    def lendable_kib(self, room_only: bool = False) -> int:
         """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
         ramp asks for more), beyond what each needs to last until memcoord can act again: that margin may come to
-        the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant."""
+        the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant.
+        Never the guard itself; room_only: nor what the holds' ramps reach before memcoord can act again."""
         held_kib = sum(self._held(g) for g in self.guests)
         margins_kib = sum(
             min(self._held(g), max(0, g.target_kib - g.survive_kib))
             for g in self.guests
             if g.target_kib >= g.band.low_kib
         )
-        return min(margins_kib, max(0, self.budget_kib - self.keep_kib + held_kib))  # never the guard itself
+        near_kib = sum(min(self._held(g), g.reach_kib) for g in self.guests) if room_only else 0
+        return min(margins_kib, max(0, self.budget_kib - self.keep_kib + held_kib - near_kib))
 
     # -- the steps, in decide's order
     def clamp(self) -> None:
@@ -841,8 +844,9 @@ class _Source(NamedTuple):
     aim: Aim  # how far it lifts them
     giver: _Giver | None  # others give first (None: nobody gives)
     # Then what lifts them: the host budget (with what the givers' untouched grants gave back at once), what the
-    # guard holds for others' grants ("lent"), or nothing this tick (what was given reaches them through the host).
-    lift: Literal["budget", "lent"] | None
+    # guard holds for others' grants ("lent"; "room": only what the host has beyond their ramps' next seconds), or
+    # nothing this tick (what was given reaches them through the host).
+    lift: Literal["budget", "lent", "room"] | None
 
 
 # Where guests below their low get memory from, in decide's order: what costs others least first. A giver's
@@ -852,6 +856,12 @@ FOR_THE_STARVING = (
     _Source("grow", None, "budget"),  # the host budget: to its low, or a grow step up if more
     _Source("low", _Giver(Rule.SURPLUS, "high"), "budget"),  # others' surplus above their high
     _Source("survive", None, "lent"),  # what the guard holds for others' grants beyond their own need
+    # The same in moves of any size, as far as the host has room above its guard beyond what every guest's ramp
+    # reaches before memcoord can act again: a guest growing 10 MiB/s lacks less than a move worth making until
+    # it has no time left, and was OOM-killed with the host GiBs above its guard while the guard held a slow ramp's
+    # next ten minutes (scenario accelerating-ramp). Where the host has no such room, a few MiB a tick to every
+    # guest growing in an overloaded fleet only spreads its kills (fleet-50).
+    _Source("survive", None, "room"),
     _Source("survive", _Giver(Rule.COMFORT, "low"), "budget"),  # others' comfort between their low and high
     # Others' page cache: spent at once rather than through the host, it cost fleet-50 two OOM kills.
     _Source("low", _Giver(Rule.COMFORT, "low", cache_only=True), None),
@@ -894,6 +904,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
                 plan.fill(unmet, Rule.NEED, plan.budget_kib)
             elif lift == "lent":
                 plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)
+            elif lift == "room":  # a safety move: made whatever its size
+                plan.fill(unmet, Rule.LENT, plan.lendable_kib(room_only=True), beyond_budget=True, least_kib=0)
         plan.tax()
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
