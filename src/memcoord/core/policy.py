@@ -73,8 +73,8 @@ RAMP_DECAY = 0.5
 # and the real-guest tests reach what they have not touched well within it (over 24 seeds of the older scenarios,
 # 1344 OOM kills against 1343 holding all of it; the four hogs of the course ramp 40 MiB/s into 256 MiB), and a
 # 16 GiB guest that touched 2 GiB and grows 2 MiB/s no longer holds 14 GiB while a neighbour runs out of memory on
-# a host 8 GiB above its guard (scenario slow-ramp-neighbour). Where it costs: a slow ramp that speeds up after
-# its neighbours were grown (scenario accelerating-ramp).
+# a host 8 GiB above its guard (scenario slow-ramp-neighbour). A slow ramp that speeds up after its neighbours were
+# grown holds all of it again, and neighbours still growing live on what they are lent (scenario accelerating-ramp).
 RAMP_HOLD_S = 600.0
 # After memcoord lowers a guest, its balloon's move and the guest's next report: figures older than this past
 # the lowering may predate the balloon's arrival.
