@@ -453,8 +453,8 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
             no_progress_at_s = now_s
         if arrived or expired or pending.overtaken(dom.current_kib):  # (overtaken: set elsewhere)
             pending = None
-    if no_progress_at_s is not None and not 0 <= now_s - no_progress_at_s <= clock.no_progress_s:
-        no_progress_at_s = None  # (a wall clock set back does not make it last)
+    if no_progress_at_s is not None and now_s - no_progress_at_s > clock.no_progress_s:
+        no_progress_at_s = None
     base_kib = pending.target_kib if pending else dom.current_kib
     ceiling_kib = rules.ceiling_kib
     floor_kib = min(rules.floor_kib, ceiling_kib)

@@ -15,6 +15,10 @@ from memcoord.core.model import ApplyResult, Change, Snapshot
 # ApplyResult.error of a change not attempted because the tick's deadline was spent: not a failure of the
 # change (the service does not warn about it); the policy decides it again next tick.
 SKIPPED_DEADLINE = "not attempted: the tick's deadline was spent"
+# ApplyResult.error of a change to a domain shut down or undefined since the tick's sample: not a failure (an admin
+# stopping a guest is no error of memcoord's, and the service does not report it); the next sample no longer
+# lists the domain.
+DOMAIN_GONE = "not sent: the domain is gone (shut down or undefined since the sample)"
 
 
 class HypervisorError(Exception):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from memcoord.core.model import ApplyResult, Plan, Rule, Snapshot
 from memcoord.core.policy import PolicyState, applied, decide
-from memcoord.core.port import SKIPPED_DEADLINE, Hypervisor
+from memcoord.core.port import DOMAIN_GONE, SKIPPED_DEADLINE, Hypervisor
 
 if TYPE_CHECKING:
     from memcoord.core.config import Config
@@ -62,7 +62,7 @@ class StepResult:
     results: the changes tried, each with its outcome; changes skipped because the deadline was spent are not
     among them (they were not attempted and are decided again next tick), only counted in `skipped`; nor are
     growths held back because a lowering they counted on failed (`apply_lowerings_first`), counted in
-    `held_back`.
+    `held_back`; nor changes to domains gone since the sample (`port.DOMAIN_GONE`).
     """
 
     snapshot: Snapshot  # every running domain, managed or not
@@ -173,7 +173,7 @@ def step(
     if plan.changes:
         results = apply_lowerings_first(hypervisor, plan, deadline_s)
         state = loop_policy.applied(state, results, snapshot.taken_at_s)
-    attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK))
+    attempted = tuple(r for r in results if r.error not in (SKIPPED_DEADLINE, HELD_BACK, DOMAIN_GONE))
     return StepResult(
         snapshot=snapshot,
         managed=managed,

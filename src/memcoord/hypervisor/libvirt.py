@@ -36,7 +36,7 @@ import libvirt
 import psutil
 
 from memcoord.core.model import NO_SETTINGS, ApplyResult, Change, DomainSettings, DomainStats, HostStats, Snapshot
-from memcoord.core.port import SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
+from memcoord.core.port import DOMAIN_GONE, SKIPPED_DEADLINE, DeadlineSpent, HypervisorError
 from memcoord.hypervisor.domain_settings import Parsed, SettingsCache, parse_domain_xml
 
 log = logging.getLogger("memcoord")
@@ -556,7 +556,7 @@ class LibvirtHypervisor:
         for change in changes:
             dom = self._domains.get(change.domain)
             if dom is None:
-                results.append(ApplyResult(change, "domain is gone", sent=False))
+                results.append(ApplyResult(change, DOMAIN_GONE, sent=False))
                 continue
             try:
                 self._bounded(
@@ -570,6 +570,9 @@ class LibvirtHypervisor:
                 # Sent and given up on: the call goes on in its thread and may still land.
                 results.append(ApplyResult(change, str(exc), unknown=True))
             except libvirt.libvirtError as exc:
+                if _gone(exc):  # destroyed since this tick's sample: it holds no memory of the host's now
+                    results.append(ApplyResult(change, DOMAIN_GONE, sent=False))
+                    continue
                 # The connection lost: libvirtd may have read the request and may carry it out (a connection
                 # lost before the call was sent cannot be told apart here, and counting it as set is the safe side).
                 lost = connection_lost(dom.connect(), exc)  # the handle's own connection, no round trip

@@ -53,7 +53,7 @@ from memcoord.core.model import (
     Snapshot,
     mib_to_kib,
 )
-from memcoord.core.port import HypervisorError
+from memcoord.core.port import DOMAIN_GONE, HypervisorError
 from memcoord.sim.workloads import FileReader, Hog, HostPressure, Idle, Workload
 
 KERNEL_USED_KIB = mib_to_kib(60)
@@ -268,7 +268,7 @@ class SimulatedHypervisor:
         for change in changes:
             guest = self.guests.get(change.domain)
             if guest is None:
-                results.append(ApplyResult(change, "domain is gone", sent=False))
+                results.append(ApplyResult(change, DOMAIN_GONE, sent=False))
             elif not 0 < change.to_kib <= guest.max_kib:
                 results.append(ApplyResult(change, f"target {change.to_kib} KiB outside 1..{guest.max_kib}"))
             else:
