@@ -9,6 +9,7 @@ reported once; a failing setMemory is logged with its domain and value and the t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import signal
@@ -228,7 +229,8 @@ def test_guests_without_usable_stats_are_never_reclaimed_and_reported_once(lab, 
 
 
 def test_set_memory_failures_are_logged_with_domain_and_value(lab, caplog) -> None:  # type: ignore[no-untyped-def]
-    """Above the maximum (real libvirt refuses) and a domain destroyed between sample and apply."""
+    """Above the maximum (real libvirt refuses), through the adapter and through the service; a domain destroyed
+    between sample and apply is no failure."""
     hv = LibvirtHypervisor(URI)
     try:
         snapshot = hv.sample()
@@ -245,46 +247,81 @@ def test_set_memory_failures_are_logged_with_domain_and_value(lab, caplog) -> No
     finally:
         hv.close()
 
-    # Through the service: two guests below the floor get a clamp each; one is destroyed before apply.
+    # Through the service, three guests below the floor (min_mib). First the floor is 600 MiB and va is destroyed
+    # between the tick's sample and its setMemory calls (an admin's shutdown landing mid-tick): that is no
+    # failure (nothing logged, no error counted) and the tick goes on to vb and vc.
     class DestroyBeforeApply(LibvirtHypervisor):
         def apply(self, changes, deadline_s=None):  # type: ignore[no-untyped-def]
             with contextlib.suppress(libvirt.libvirtError):
                 libvirt.open(URI).lookupByName("mcfault-va").destroy()
             return super().apply(changes, deadline_s)
 
-    config = config_mod.parse('[libvirt]\ndomains = ["mcfault-v*"]\n[guest]\nmin_mib = 600\n')
-    with extra_guest(lab, "mcfault-va", 1024, 512) as va, extra_guest(lab, "mcfault-vb", 1024, 512) as vb:
-        # balloon.current starts at the max and falls to currentMemory once the guest's driver loads.
-        # Settled = at most 520 MiB on two readings a second apart (one reading can catch the fall half-way).
-        deadline = time.monotonic() + 60
-        settled = 0
-        while settled < 2:
-            assert time.monotonic() < deadline, "victims' balloons never settled"
-            low = all(d.memoryStats().get("actual", 1 << 40) <= 520 * MIB for d in (va, vb))
-            settled = settled + 1 if low else 0
-            time.sleep(1)
-        service = Service(Path("/dev/null"), config, DestroyBeforeApply)
+    # Then the floor is 1100 MiB, above the guests' 1024 MiB maximum: vc is raised to its maximum, and vb's sample
+    # says its maximum is 1 GiB more than libvirt's (a view gone stale), so its floor is asked for and libvirt
+    # refuses it: a real refusal, logged with its domain and values, and the tick goes on.
+    class VbMaxOverstated(LibvirtHypervisor):
+        def sample(self, deadline_s=None, only=None):  # type: ignore[no-untyped-def]
+            snap = super().sample(deadline_s, only)
+            doms = tuple(
+                dataclasses.replace(d, max_kib=d.max_kib + 1024 * MIB) if d.name == "mcfault-vb" else d
+                for d in snap.domains
+            )
+            return dataclasses.replace(snap, domains=doms)
+
+    def ticks(config_text: str, hypervisor: type[LibvirtHypervisor]) -> Service:
+        service = Service(Path("/dev/null"), config_mod.parse(config_text), hypervisor)
         try:
             with caplog.at_level(logging.DEBUG, logger="memcoord"):
                 assert service.tick()
                 assert service.tick()
         finally:
             service.hypervisor.close()
-    failed = [r for r in caplog.records if "setMemory failed" in r.getMessage()]
-    assert len(failed) == 1, [r.getMessage() for r in caplog.records]
-    message = failed[0].getMessage()
+        return service
+
+    def clamped(name: str, to_mib: int) -> list[str]:
+        to_kib = to_mib * MIB
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if getattr(r, "MEMCOORD_DOMAIN", None) == name
+            and r.MEMCOORD_ACTION == Action.CLAMP
+            and getattr(r, "MESSAGE_ID", None) == Action.CLAMP.message_id
+            and getattr(r, "MEMCOORD_TO_KIB", None) == to_kib
+        ]
+
+    def failed() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "setMemory failed" in r.getMessage()]
+
+    domains = '[libvirt]\ndomains = ["mcfault-v*"]\n'
+    with (
+        extra_guest(lab, "mcfault-va", 1024, 512) as va,
+        extra_guest(lab, "mcfault-vb", 1024, 512) as vb,
+        extra_guest(lab, "mcfault-vc", 1024, 512) as vc,
+    ):
+        # balloon.current starts at the max and falls to currentMemory once the guest's driver loads.
+        # Settled = at most 520 MiB on two readings a second apart (one reading can catch the fall half-way).
+        deadline = time.monotonic() + 60
+        settled = 0
+        while settled < 2:
+            assert time.monotonic() < deadline, "victims' balloons never settled"
+            low = all(d.memoryStats().get("actual", 1 << 40) <= 520 * MIB for d in (va, vb, vc))
+            settled = settled + 1 if low else 0
+            time.sleep(1)
+        service = ticks(domains + "[guest]\nmin_mib = 600\n", DestroyBeforeApply)
+        assert not failed(), [r.getMessage() for r in caplog.records]
+        assert "set_memory" not in service.observer.errors_by_kind, service.observer.errors_by_kind
+        assert clamped("mcfault-vb", 600) and clamped("mcfault-vc", 600), [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        ticks(domains + "[guest]\nmin_mib = 1100\n", VbMaxOverstated)
+    [refused] = failed()
+    message = refused.getMessage()
     # The journal's fields, not the message's wording: which guest, which kind, from where to where.
-    assert failed[0].MEMCOORD_ACTION == Action.CLAMP and failed[0].MESSAGE_ID == journal.MESSAGE_ID_SET_MEMORY_FAILED
-    assert failed[0].MEMCOORD_DOMAIN == "mcfault-va" and failed[0].MEMCOORD_TO_KIB == 600 * MIB
-    assert 500 * MIB <= failed[0].MEMCOORD_FROM_KIB < 520 * MIB, failed[0].MEMCOORD_FROM_KIB
-    clamp_id = Action.CLAMP.message_id
-    applied = [
-        r.getMessage()
-        for r in caplog.records
-        if getattr(r, "MEMCOORD_DOMAIN", None) == "mcfault-vb"
-        and r.MEMCOORD_ACTION == Action.CLAMP
-        and getattr(r, "MESSAGE_ID", None) == clamp_id
-        and r.MEMCOORD_TO_KIB == 600 * MIB
-    ]
-    assert applied, ("the tick did not go on to the next guest", [r.getMessage() for r in caplog.records])
-    print(f"setMemory on a destroyed domain: {message}")
+    assert refused.MEMCOORD_ACTION == Action.CLAMP and refused.MESSAGE_ID == journal.MESSAGE_ID_SET_MEMORY_FAILED
+    assert refused.MEMCOORD_DOMAIN == "mcfault-vb" and refused.MEMCOORD_TO_KIB == 1100 * MIB
+    # (From where its balloon is: on its way to the first part's 600 MiB, or there.)
+    assert 500 * MIB <= refused.MEMCOORD_FROM_KIB <= 605 * MIB, refused.MEMCOORD_FROM_KIB
+    assert clamped("mcfault-vc", 1024), (
+        "the tick did not go on to the next guest",
+        [r.getMessage() for r in caplog.records],
+    )
+    print(f"setMemory refused by libvirt, through the service: {message}")
