@@ -25,7 +25,8 @@ in. `decide` reads top to bottom as one model:
 
 Every lowering (reclaim, relief, clamp, comfort, tax) stops at the guest's low; every growth reaches at least its
 low (as far as budget and ceiling allow) and never sets a balloon below where it is. Starving guests never give.
-A move smaller than MIN_MOVE_KIB waits (the band's hysteresis), but for floors, ceilings, relief and the tax.
+A move smaller than MIN_MOVE_KIB waits (the band's hysteresis), but for floors, ceilings, relief, the tax and what
+a guest lacks to last until memcoord can act again.
 
 Free memory is `balloon.usable` (MemAvailable) where the guest reports it, else `balloon.unused` (MemFree).
 """
@@ -81,8 +82,8 @@ RAMP_HOLD_S = 600.0
 SETTLE_S = 2.0
 # A move smaller than this buys a guest no room it can use, and costs a setMemory, a balloon's move and a journal
 # line: such moves wait until they are worth making (the band's hysteresis). Floors, ceilings and relief, which
-# keep guests and the host safe, move whatever it takes, and so does an idle tax smaller than this (a trickle by
-# configuration).
+# keep guests and the host safe, move whatever it takes, and so does what a guest lacks to last until memcoord can
+# act again when the host has the room (`lend_room`) and an idle tax smaller than this (a trickle by configuration).
 MIN_MOVE_KIB = 32 * KIB_PER_MIB
 # Relief aims this far above the guard, so that the host does not hover on the line.
 RELIEF_MARGIN_KIB = 64 * KIB_PER_MIB
@@ -664,19 +665,25 @@ class _Allocation:
         to_ceiling = start_kib + got_kib == g.band.ceiling_kib and got_kib > SETTLED_TOLERANCE_KIB
         return self.move(g, start_kib + got_kib, rule, 0 if to_ceiling else least_kib)
 
-    def lendable_kib(self, room_only: bool = False) -> int:
+    def lendable_kib(self) -> int:
         """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
         ramp asks for more), beyond what each needs to last until memcoord can act again: that margin may come to
-        the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant.
-        Never the guard itself; room_only: nor what the holds' ramps reach before memcoord can act again."""
+        the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant."""
         held_kib = sum(self._held(g) for g in self.guests)
         margins_kib = sum(
             min(self._held(g), max(0, g.target_kib - g.survive_kib))
             for g in self.guests
             if g.target_kib >= g.band.low_kib
         )
-        near_kib = sum(min(self._held(g), g.reach_kib) for g in self.guests) if room_only else 0
-        return min(margins_kib, max(0, self.budget_kib - self.keep_kib + held_kib - near_kib))
+        return min(margins_kib, max(0, self.budget_kib - self.keep_kib + held_kib))  # never the guard itself
+
+    def room_kib(self) -> int:
+        """What the host has above its guard (and relief's margin) beyond what every guest's ramp reaches before
+        memcoord can act again: memory nobody touches before memcoord can act again, whoever the guard holds it
+        for."""
+        held_kib = sum(self._held(g) for g in self.guests)
+        near_kib = sum(min(self._held(g), g.reach_kib) for g in self.guests)
+        return max(0, self.budget_kib - self.keep_kib + held_kib - near_kib)
 
     # -- the steps, in decide's order
     def clamp(self) -> None:
@@ -722,9 +729,10 @@ class _Allocation:
         amount_kib: int,
         beyond_budget: bool = False,
         least_kib: int = MIN_MOVE_KIB,
+        whole: bool = False,
     ) -> None:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
-        (water-filling: max-min fair by weight), in O(n log n)."""
+        (water-filling: max-min fair by weight), in O(n log n). whole: each gets all it wants or nothing."""
         left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
         if left_kib < KIB_PER_MIB:  # every share would be less than a MiB: nobody moves
             return
@@ -736,8 +744,23 @@ class _Allocation:
                 break
             g = by_name[name]
             share_kib = min(want_kib, _whole_mib(int(left_kib * g.weight / weight)))  # the last: all that is left
+            if whole:
+                share_kib = want_kib if want_kib <= left_kib else 0
             left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
+
+    def lend_room(self, lacks_kib: dict[str, int]) -> None:
+        """Each guest short of lasting until memcoord can act again is lent what it lacks from the host's room
+        (`room_kib`) whatever its size (a safety move), all of it or nothing: part of it buys a setMemory, not the
+        time (40 guests each 28 MiB short of 340 MiB got 8 MiB each, and all ran out). The smallest lacks by
+        weight first. Each guest lent is then lifted to a move worth making (MIN_MOVE_KIB, never past its low)
+        as far as the room goes: not a setMemory of a few MiB every tick."""
+        before_kib = {n: self.by_name[n].target_kib for n in lacks_kib}
+        self.fill(lacks_kib, Rule.LENT, self.room_kib(), beyond_budget=True, least_kib=0, whole=True)
+        lent = [self.by_name[n] for n, t in before_kib.items() if self.by_name[n].target_kib > t]
+        top_ups_kib = {g.name: min(MIN_MOVE_KIB - g.target_kib + before_kib[g.name], g.band.low_kib - g.target_kib)
+                       for g in lent}  # fmt: skip
+        self.fill(top_ups_kib, Rule.LENT, self.room_kib(), beyond_budget=True, least_kib=0)
 
     def unmet_kib(self, aim: Aim) -> dict[str, int]:
         """What each guest below its low still lacks to reach its `aim`."""
@@ -844,8 +867,8 @@ class _Source(NamedTuple):
     aim: Aim  # how far it lifts them
     giver: _Giver | None  # others give first (None: nobody gives)
     # Then what lifts them: the host budget (with what the givers' untouched grants gave back at once), what the
-    # guard holds for others' grants ("lent"; "room": only what the host has beyond their ramps' next seconds), or
-    # nothing this tick (what was given reaches them through the host).
+    # guard holds for others' grants ("lent"), the host's room beyond what every ramp reaches before memcoord can
+    # act again ("room"), or nothing this tick (what was given reaches them through the host).
     lift: Literal["budget", "lent", "room"] | None
 
 
@@ -856,11 +879,9 @@ FOR_THE_STARVING = (
     _Source("grow", None, "budget"),  # the host budget: to its low, or a grow step up if more
     _Source("low", _Giver(Rule.SURPLUS, "high"), "budget"),  # others' surplus above their high
     _Source("survive", None, "lent"),  # what the guard holds for others' grants beyond their own need
-    # The same in moves of any size, as far as the host has room above its guard beyond what every guest's ramp
-    # reaches before memcoord can act again: a guest growing 10 MiB/s lacks less than a move worth making until
-    # it has no time left, and was OOM-killed with the host GiBs above its guard while the guard held a slow ramp's
-    # next ten minutes (scenario accelerating-ramp). Where the host has no such room, a few MiB a tick to every
-    # guest growing in an overloaded fleet only spreads its kills (fleet-50).
+    # The host's room beyond every guest's next seconds, in moves of any size (`lend_room`): a guest growing
+    # 10 MiB/s lacks less than a move worth making until it has no time left, and was OOM-killed with the host
+    # GiBs above its guard while the guard held a slow ramp's next ten minutes (scenario accelerating-ramp).
     _Source("survive", None, "room"),
     _Source("survive", _Giver(Rule.COMFORT, "low"), "budget"),  # others' comfort between their low and high
     # Others' page cache: spent at once rather than through the host, it cost fleet-50 two OOM kills.
@@ -904,8 +925,8 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
                 plan.fill(unmet, Rule.NEED, plan.budget_kib)
             elif lift == "lent":
                 plan.fill(unmet, Rule.LENT, plan.lendable_kib(), beyond_budget=True)
-            elif lift == "room":  # a safety move: made whatever its size
-                plan.fill(unmet, Rule.LENT, plan.lendable_kib(room_only=True), beyond_budget=True, least_kib=0)
+            elif lift == "room":
+                plan.lend_room(unmet)
         plan.tax()
         pool_kib = plan.reclaimed_kib - sum(max(0, g.target_kib - g.base_kib) for g in guests)
         busy = {
