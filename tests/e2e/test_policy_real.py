@@ -6,7 +6,9 @@ b. host pressure is relieved: a host process pushes the host below its guard and
    back from the guests holding backed, reclaimable memory (cache) until the host is above it again;
 c. the headroom that exists: with H MiB above the guard, a growing guest next to three idle ones gets
    most of H before its process is OOM killed;
-d. a balloon set elsewhere (an admin's `virsh setmem`) while memcoord's grow is on its way is taken where it is.
+d. a balloon set elsewhere (an admin's `virsh setmem`) while memcoord's grow is on its way is taken where it is;
+e. a neighbour of a big guest whose ramp the guard holds (an 8 GiB balloon, most of it never touched) is fed and
+   runs past the memory it had.
 
 As in test_course.py every assertion is on the recorded timeline (libvirt's balloon sizes, the guests'
 own stats, OOM kills from the consoles, the host's available memory), and every scenario prints its
@@ -478,25 +480,27 @@ def test_a_balloon_set_elsewhere_is_taken_where_it_is(guest_image: GuestImage, l
     retry_once_on_outage(scenario, run_dir)
 
 
-# -- e. a guest short of lasting is lent what it lacks while the guard holds a big guest's ramp ---------------
+# -- e. a neighbour of a big guest whose ramp the guard holds --------------------------------------------------
 E_BIG_MAX_MIB = 8192  # its balloon at the maximum, most of it never touched: what the guard holds while it ramps
 E_START_MIB = 512
 E_PAGE_US = 390  # 4 KiB per 390 us = 10 MiB/s: both hogs
-E_ROOM_MIB = 2560  # the host above its guard: room for both ramps while they run, far less than the big one's hold
+E_ROOM_MIB = 2560  # the host above its guard: room for both ramps while they run
 # The small guest's hog runs until it has taken this much more than the guest had free when it started: without
 # growing, the guest would have run out of memory.
 E_PAST_MIB = 150
 
 
-def test_a_guest_short_of_lasting_is_lent_what_it_lacks_while_the_guard_holds_a_big_ramp(
+def test_a_neighbour_of_a_big_ramping_guest_survives_past_the_memory_it_had(
     guest_image: GuestImage, lab_prefix: str, run_dir: Path
 ) -> None:
-    """A guest at an 8 GiB balloon, most of it never touched, grows 10 MiB/s: the guard holds what its ramp will
-    touch, all of its untouched GiBs, and the budget is GiBs below zero with the host 2.5 GiB above its guard.
-    A 512 MiB neighbour grows 10 MiB/s too. What it lacks to last until memcoord can act again stays under a
-    move worth making (32 MiB) until it has no time left, so it is lent that in moves of any size from the host's
-    room (seen in the simulator: OOM kills on a host GiBs above its guard, scenario accelerating-ramp). Its
-    process survives well past the memory it had, the host stays at its guard."""
+    """A guest at an 8 GiB balloon, most of it never touched, runs a hog paced at 10 MiB/s: the guard holds what
+    its ramp touches in 10 minutes (`policy.RAMP_HOLD_S`; at the pace the hog really keeps under software
+    emulation, about 2 GiB). A 512 MiB neighbour's process grows too, on a host 2.5 GiB above its guard: it is fed
+    (from the budget, what it is lent, or the big guest's surplus) and runs well past the memory it had, with no
+    OOM kill anywhere and the host at its guard: the real-guest counterpart of the simulator's
+    `slow-ramp-neighbour` and `accelerating-ramp`. (How much of the budget the hold leaves depends on the ramp the
+    big guest's stats show, which the host's load moves: which source feeds the neighbour is printed, not
+    asserted; the simulator's scenarios and the policy's unit tests pin each source.)"""
 
     def scenario(attempt_dir: Path) -> None:
         title = "e: a big guest's ramp held by the guard + a 10 MiB/s neighbour, host 2.5 GiB above its guard"
@@ -525,7 +529,6 @@ def test_a_guest_short_of_lasting_is_lent_what_it_lacks_while_the_guard_holds_a_
         tl = run.timeline
         served = _served(tl, small, t_hog_s, t_end_s)
         small_moves = [a for a in tl.events_of(ACTION_EVENT, small) if t_hog_s <= a["t_s"] <= t_end_s]
-        lent = [a for a in small_moves if a.get("rule") == Rule.LENT]
         big_gave = [a for a in tl.events_of(ACTION_EVENT, big) if a["to_mib"] < a["from_mib"]]
         lowest = host_lowest(tl, t_hog_s, t_end_s)
         print(
@@ -538,7 +541,7 @@ def test_a_guest_short_of_lasting_is_lent_what_it_lacks_while_the_guard_holds_a_
 
         assert_watched(tl, t_mc_s, t_end_s)
         assert not served.killed, f"the small guest's process was OOM killed: {served}"
-        assert lent, f"nothing was lent to the small guest: {small_moves}"
+        assert served.peak_mib > served.start_mib, f"the small guest was not grown: {small_moves}"
         assert lowest[1] >= guard_mib - HOST_DRIFT_MIB, f"host {lowest[1]:.0f} MiB, guard {guard_mib} MiB"
         assert_always(tl)
 
