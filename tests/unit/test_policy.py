@@ -862,20 +862,22 @@ def _lender_and_burst(
     a_was_free_mib: int = 1110,
     a_was_rss_mib: int = 948 + 128,
     bursting: tuple[str, ...] = ("s",),
+    bursting_free_mib: tuple[int, int] = (200, 80),
     **state_changes,  # type: ignore[no-untyped-def]
 ):
     """a: granted 800 MiB it has not touched, 1100 MiB free (10 MiB/s from the default 1110: far from starving);
     each bursting guest: 512 MiB, free 200 -> 80 MiB in a second (120 MiB/s): out of memory in under a second."""
+    was_free_mib, free_mib = bursting_free_mib
     guard_mib = Config().host.min_available_mib
     available_mib = guard_mib + available_above_guard_mib
     first = snap(
         dom("a", 2048, a_was_free_mib, rss_mib=a_was_rss_mib),
-        *(dom(n, 512, 200) for n in bursting),
+        *(dom(n, 512, was_free_mib) for n in bursting),
         available_mib=available_mib,
     )
     second = snap(
         dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        *(dom(n, 512, 80, last_s=NOW_S + 1) for n in bursting),
+        *(dom(n, 512, free_mib, last_s=NOW_S + 1) for n in bursting),
         available_mib=available_mib,
         now_s=NOW_S + 1,
     )
@@ -899,23 +901,10 @@ def test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others()
 
 
 def _short_of_lasting(above_guard_mib: int, short: tuple[str, ...] = ("s",)):
-    """a: 800 MiB granted and untouched, ramping 10 MiB/s (its ramp reaches 60 MiB before memcoord can act again);
-    each guest in short: 512 MiB, free 35 -> 20 MiB in a second (15 MiB/s): 25 MiB short of lasting the 3 s until
-    memcoord can act again, less than a move worth making (MIN_MOVE_KIB)."""
-    available_mib = Config().host.min_available_mib + above_guard_mib
-    first = snap(
-        dom("a", 2048, 1110, rss_mib=948 + 128), *(dom(n, 512, 35) for n in short), available_mib=available_mib
-    )
-    second = snap(
-        dom("a", 2048, 1100, last_s=NOW_S + 1, rss_mib=948 + 128),
-        *(dom(n, 512, 20, last_s=NOW_S + 1) for n in short),
-        available_mib=available_mib,
-        now_s=NOW_S + 1,
-    )
-    config = parse("[guest]\nidle_tax_mib = 0\n")
-    _plan, state = decide(first, PolicyState(), config)
-    state = dataclasses.replace(state, granted_kib={"a": mib_to_kib(800)})
-    plan, _state = decide(second, state, config)
+    """a as in `_lender_and_burst` (its ramp reaches 60 MiB before memcoord can act again); each guest in short:
+    512 MiB, free 35 -> 20 MiB in a second (15 MiB/s): 25 MiB short of lasting the 3 s until memcoord can act
+    again, less than a move worth making (MIN_MOVE_KIB)."""
+    plan = _lender_and_burst(above_guard_mib, bursting=short, bursting_free_mib=(35, 20))
     assert plan.host_headroom_kib < 0  # precondition: nothing for them from the budget
     return plan
 
