@@ -743,9 +743,10 @@ class _Allocation:
             if left_kib < KIB_PER_MIB:
                 break
             g = by_name[name]
-            share_kib = min(want_kib, _whole_mib(int(left_kib * g.weight / weight)))  # the last: all that is left
             if whole:
                 share_kib = want_kib if want_kib <= left_kib else 0
+            else:  # the last: all that is left
+                share_kib = min(want_kib, _whole_mib(int(left_kib * g.weight / weight)))
             left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
 
@@ -757,9 +758,11 @@ class _Allocation:
         as far as the room goes: not a setMemory of a few MiB every tick."""
         before_kib = {n: self.by_name[n].target_kib for n in lacks_kib}
         self.fill(lacks_kib, Rule.LENT, self.room_kib(), beyond_budget=True, least_kib=0, whole=True)
-        lent = [self.by_name[n] for n, t in before_kib.items() if self.by_name[n].target_kib > t]
-        top_ups_kib = {g.name: min(MIN_MOVE_KIB - g.target_kib + before_kib[g.name], g.band.low_kib - g.target_kib)
-                       for g in lent}  # fmt: skip
+        top_ups_kib = {}
+        for name, was_kib in before_kib.items():
+            g = self.by_name[name]
+            if (lent_kib := g.target_kib - was_kib) > 0:
+                top_ups_kib[name] = min(MIN_MOVE_KIB - lent_kib, g.band.low_kib - g.target_kib)
         self.fill(top_ups_kib, Rule.LENT, self.room_kib(), beyond_budget=True, least_kib=0)
 
     def unmet_kib(self, aim: Aim) -> dict[str, int]:
