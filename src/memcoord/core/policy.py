@@ -669,21 +669,24 @@ class _Allocation:
         """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
         ramp asks for more), beyond what each needs to last until memcoord can act again: that margin may come to
         the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant."""
-        held_kib = sum(self._held(g) for g in self.guests)
         margins_kib = sum(
             min(self._held(g), max(0, g.target_kib - g.survive_kib))
             for g in self.guests
             if g.target_kib >= g.band.low_kib
         )
-        return min(margins_kib, max(0, self.budget_kib - self.keep_kib + held_kib))  # never the guard itself
+        return min(margins_kib, max(0, self._above_guard_kib()))  # never the guard itself
 
     def room_kib(self) -> int:
         """What the host has above its guard (and relief's margin) beyond what every guest's ramp reaches before
         memcoord can act again: memory nobody touches before memcoord can act again, whoever the guard holds it
         for."""
-        held_kib = sum(self._held(g) for g in self.guests)
         near_kib = sum(min(self._held(g), g.reach_kib) for g in self.guests)
-        return max(0, self.budget_kib - self.keep_kib + held_kib - near_kib)
+        return max(0, self._above_guard_kib() - near_kib)
+
+    def _above_guard_kib(self) -> int:
+        """What the host has above its guard (and relief's margin) as planned so far: the budget and what the
+        guard holds for grants and ramps."""
+        return self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
 
     # -- the steps, in decide's order
     def clamp(self) -> None:
@@ -822,8 +825,7 @@ class _Allocation:
         (MIN_MOVE_KIB, or idle_tax_mib if more), never below that middle: a few setMemory calls instead of one per
         idle guest, and the next tick's payers are the ones that have the most left."""
         wants_kib = {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
-        room_kib = self.budget_kib - self.keep_kib + sum(self._held(g) for g in self.guests)
-        room_kib = min(room_kib, sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
+        payable_kib = min(self._above_guard_kib(), sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
         tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
         payers, owed_kib = [], 0
         for g in self.guests:
@@ -831,7 +833,7 @@ class _Allocation:
                 middle_kib = (g.band.low_kib + g.band.high_kib) // 2
                 payers.append((middle_kib - g.target_kib, g.name, g, middle_kib))
                 owed_kib += _whole_mib(min(tax_kib, max(0, g.target_kib - middle_kib)))
-        owed_kib, collected_kib = min(owed_kib, room_kib), 0
+        owed_kib, collected_kib = min(owed_kib, payable_kib), 0
         for _, _, g, middle_kib in sorted(payers):
             if collected_kib >= owed_kib:
                 break
