@@ -176,20 +176,25 @@ def by_seed(scenario_path: Path, config: Config, seeds: range) -> list[str]:
     return out
 
 
+def seed_range(text: str) -> range:
+    """--seeds FIRST-LAST (or one seed) as a range, for argparse."""
+    first, _, last = text.partition("-")
+    if not first.isdigit() or not (last or first).isdigit() or int(last or first) < int(first):
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST with FIRST <= LAST, got {text!r}")
+    return range(int(first), int(last or first) + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("scenario", type=Path)
     parser.add_argument("--config", type=Path, help="config file (default: built-in defaults)")
     parser.add_argument("--profile", choices=["default", "prod"], default="default")
     parser.add_argument("--ticks", type=int, default=6, help="seconds before each kill to show")
-    parser.add_argument("--seeds", help="FIRST-LAST: kills per seed instead of the kills' ticks")
+    parser.add_argument("--seeds", type=seed_range, help="FIRST-LAST: kills per seed instead of the kills' ticks")
     args = parser.parse_args(argv)
     config = load_config(args.config) if args.config else Config()
     if args.seeds:
-        first, _, last = args.seeds.partition("-")
-        if not first.isdigit() or not (last or first).isdigit() or int(last or first) < int(first):
-            parser.error(f"--seeds: expected FIRST-LAST with FIRST <= LAST, got {args.seeds!r}")
-        seeds = range(int(first), int(last or first) + 1)
+        seeds = args.seeds
         print(f"{args.scenario.name}, seeds {seeds.start}-{seeds.stop - 1}:")
         print("\n".join(by_seed(args.scenario, config, seeds)))
         return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 if not __package__:  # run as a file (python bench/...py): the repository root makes `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.compare import prod_config
+from bench.kills import seed_range
 from memcoord.core.config import Config
 from memcoord.core.step import MEMCOORD
 from memcoord.sim.run import run
@@ -79,16 +80,13 @@ def report(now: dict[str, Row], before: dict[str, Row] | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="1-48", help="FIRST-LAST (default 1-48)")
+    parser.add_argument("--seeds", type=seed_range, default="1-48", help="FIRST-LAST (default 1-48)")
     parser.add_argument("--scenario", action="append", type=Path, help="only this scenario file (repeatable)")
     parser.add_argument("--out", type=Path, help="write the totals here (JSON), for a later --against")
     parser.add_argument("--against", type=Path, help="an earlier --out: show what moved")
     parser.add_argument("--jobs", type=int, default=2, help="processes (default 2; 1: in this one)")
     args = parser.parse_args(argv)
-    first, _, last = args.seeds.partition("-")
-    if not first.isdigit() or not (last or first).isdigit() or int(last or first) < int(first):
-        parser.error(f"--seeds: expected FIRST-LAST with FIRST <= LAST, got {args.seeds!r}")
-    seeds = range(int(first), int(last or first) + 1)
+    seeds = args.seeds
     paths = args.scenario or sorted(SCENARIOS.glob("*.toml"))
     jobs = [(str(p), seed, profile) for p in paths for seed in seeds for profile in PROFILES]
     if args.jobs > 1:
