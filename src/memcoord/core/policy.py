@@ -733,14 +733,12 @@ class _Allocation:
         beyond_budget: bool = False,
         least_kib: int = MIN_MOVE_KIB,
         whole: bool = False,
-    ) -> int:
+    ) -> None:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
-        (water-filling: max-min fair by weight), in O(n log n); returns what it handed out. whole: each gets all
-        it wants or nothing."""
+        (water-filling: max-min fair by weight), in O(n log n). whole: each gets all it wants or nothing."""
         left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
         if left_kib < KIB_PER_MIB:  # every share would be less than a MiB: nobody moves
-            return 0
-        given_kib = 0
+            return
         by_name = self.by_name
         wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
         weight = sum(by_name[n].weight for _, n, _ in wants)
@@ -752,11 +750,8 @@ class _Allocation:
                 share_kib = want_kib if want_kib <= left_kib else 0
             else:  # the last: all that is left
                 share_kib = min(want_kib, _whole_mib(int(left_kib * g.weight / weight)))
-            raised_kib = self.raise_(g, share_kib, rule, least_kib)
-            left_kib -= raised_kib
-            given_kib += raised_kib
+            left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
-        return given_kib
 
     def lend_room(self, lacks_kib: dict[str, int]) -> None:
         """Each guest short of lasting until memcoord can act again is lent what it lacks from the host's room
@@ -833,11 +828,8 @@ class _Allocation:
         (a share a ceiling or an earlier share cut short of a move) to the others whatever its size: the idle
         guests paid it. Split among every guest below its low whatever the size, it was a setMemory of a MiB or
         two to each, every tick (most of `fleet-50`'s balloon changes in the production profile, BENCHMARKS.md)."""
-
-        def wants_kib() -> dict[str, int]:
-            return {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
-
-        payable_kib = min(self._above_guard_kib(), sum(w for w in wants_kib().values() if w >= KIB_PER_MIB))
+        wants_kib = {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
+        payable_kib = min(self._above_guard_kib(), sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
         tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
         payers, owed_kib = [], 0
         for g in self.guests:
@@ -851,9 +843,11 @@ class _Allocation:
                 break
             share_kib = min(max(tax_kib, MIN_MOVE_KIB), owed_kib - collected_kib)
             collected_kib += self.lower(g, share_kib, Rule.TAX, middle_kib, 0)
-        least_kib = min(MIN_MOVE_KIB, collected_kib)
-        given_kib = self.fill(wants_kib(), Rule.NEED, collected_kib, beyond_budget=True, least_kib=least_kib)
-        self.fill(wants_kib(), Rule.NEED, collected_kib - given_kib, beyond_budget=True, least_kib=0)
+        before_kib = sum(g.target_kib for g in self.starving)
+        self.fill(wants_kib, Rule.NEED, collected_kib, beyond_budget=True, least_kib=min(MIN_MOVE_KIB, collected_kib))
+        left_kib = collected_kib - (sum(g.target_kib for g in self.starving) - before_kib)
+        wants_kib = {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
+        self.fill(wants_kib, Rule.NEED, left_kib, beyond_budget=True, least_kib=0)
 
     def changes(self) -> tuple[Change, ...]:
         out = []
