@@ -175,17 +175,21 @@ def test_the_tax_goes_to_one_starving_guest_in_one_move_not_a_mib_to_each():
     assert "a" not in changes
 
 
-def test_what_a_ceiling_leaves_of_the_tax_goes_to_the_others_whatever_its_size():
-    """The idle guests pay 40 MiB (idle_tax_mib = 20) toward a, b and c, below their low; a is 10 MiB below its
-    ceiling, b and c 40. a takes its 10 MiB (the last step to a ceiling); the 30 MiB left are less than a move each
-    for b and c, and would go back to the host while the idle guests had paid them: b and c share them, 15 each."""
-    g = dom("g", 1024, 300, rss_mib=924 + 128)  # idle too; 100 MiB of its balloon never touched
-    doms = [dom("i", 1024, 301), g, dom("a", 512, 100, max_mib=522), dom("b", 512, 100, max_mib=552),
-            dom("c", 512, 100, max_mib=552)]  # fmt: skip
-    changes = by_name(_with_grant(doms, {"g": 100}, available_mib=1024 + 100, config=TAX_20))
-    paid_kib = -sum(c.delta_kib for c in changes.values() if c.action is Action.TAX)
-    assert paid_kib == mib_to_kib(40)
-    assert {n: changes[n].delta_kib // KIB_PER_MIB for n in "abc"} == {"a": 10, "b": 15, "c": 15}
+def test_no_tax_is_paid_from_memory_a_ramping_guest_touches_before_memcoord_can_act_again():
+    """The host is 100 MiB above its guard, all of it r's never-backed memory, which r, ramping 20 MiB/s, touches
+    within the next seconds. s is below its low: the tax would grow it out of those 100 MiB now (the idle guest's
+    QEMU never backed the memory it gives, so it gives the host nothing back), taking the host below its guard as
+    r ramps. It takes only the host's room beyond every guest's ramp (`room_kib`): none here."""
+    config = Config()
+    # r: between its low and high at its maximum (nothing above its high to give, nor any page cache).
+    first = [dom("i", 1024, 301), dom("s", 512, 100), dom("r", 2048, 340, rss_mib=2048 + 128 - 100)]
+    later = [_bump(first[0]), _bump(first[1]), dom("r", 2048, 320, last_s=NOW_S + 1, rss_mib=2048 + 128 - 100)]
+    available_mib = config.host.min_available_mib + 100
+    _p, state = decide(snap(*first, available_mib=available_mib), PolicyState(), config)
+    plan, state = decide(snap(*later, available_mib=available_mib, now_s=NOW_S + 1), state, config)
+    assert plan.classes["s"] is GuestClass.STARVING and plan.classes["i"] is GuestClass.IDLE
+    assert state.samples["r"].ramp_kib_per_s == mib_to_kib(20) and plan.classes["r"] is GuestClass.BUSY
+    assert plan.changes == (), plan.changes
 
 
 def test_the_tax_is_paid_by_the_idle_guests_with_the_most_to_spare_in_moves_worth_making():
