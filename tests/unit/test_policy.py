@@ -163,35 +163,6 @@ def test_idle_guests_pay_the_tax_when_a_starving_guest_grows_and_it_goes_to_the_
     assert changes["s"].delta_kib == mib_to_kib(2 + 2)
 
 
-def test_the_tax_goes_to_one_starving_guest_in_one_move_not_a_mib_to_each():
-    """As above, with two guests below their low, a and b, alike: the 4 MiB the idle guests pay go to one of them
-    (the last by name, as the weights tie), not 2 MiB to each: a setMemory of a MiB or two to every starving guest
-    on every tick was most of the balloon changes in fleet-50's production profile."""
-    g = dom("g", 1024, 300, rss_mib=924 + 128)  # idle too; 100 MiB of its balloon never touched
-    doms = [dom("i", 1024, 301), dom("a", 512, 100), dom("b", 512, 100), g]
-    changes = by_name(_with_grant(doms, {"g": 100}, available_mib=1024 + 100))
-    assert changes["i"].action is Action.TAX and changes["i"].delta_kib == -mib_to_kib(2 + 2)
-    assert changes["b"].delta_kib == mib_to_kib(2 + 2)
-    assert "a" not in changes
-
-
-def test_no_tax_is_paid_from_memory_a_ramping_guest_touches_before_memcoord_can_act_again():
-    """The host is 100 MiB above its guard, all of it r's never-backed memory, which r, ramping 20 MiB/s, touches
-    within the next seconds. s is below its low: the tax would grow it out of those 100 MiB now (the idle guest's
-    QEMU never backed the memory it gives, so it gives the host nothing back), taking the host below its guard as
-    r ramps. It takes only the host's room beyond every guest's ramp (`room_kib`): none here."""
-    config = Config()
-    # r: between its low and high at its maximum (nothing above its high to give, nor any page cache).
-    first = [dom("i", 1024, 301), dom("s", 512, 100), dom("r", 2048, 340, rss_mib=2048 + 128 - 100)]
-    later = [_bump(first[0]), _bump(first[1]), dom("r", 2048, 320, last_s=NOW_S + 1, rss_mib=2048 + 128 - 100)]
-    available_mib = config.host.min_available_mib + 100
-    _p, state = decide(snap(*first, available_mib=available_mib), PolicyState(), config)
-    plan, state = decide(snap(*later, available_mib=available_mib, now_s=NOW_S + 1), state, config)
-    assert plan.classes["s"] is GuestClass.STARVING and plan.classes["i"] is GuestClass.IDLE
-    assert state.samples["r"].ramp_kib_per_s == mib_to_kib(20) and plan.classes["r"] is GuestClass.BUSY
-    assert plan.changes == (), plan.changes
-
-
 def test_the_tax_is_paid_by_the_idle_guests_with_the_most_to_spare_in_moves_worth_making():
     """Twenty idle guests owe 2 MiB each while s grows: 40 MiB, paid by the two with the most above the middle of
     their band, in moves of MIN_MOVE_KIB (32 MiB) and what is left, not in twenty setMemory calls of 2 MiB. On

@@ -820,16 +820,12 @@ class _Allocation:
         """The seed's idle tax: when a guest below low grows this tick, or still lacks memory, each idle guest owes
         idle_tax_mib (or what it has above the middle of its band, if less: a tax, not a drain), and it goes to
         those guests in this tick, up to their ceilings: no more is taken than they can receive, nor than the host
-        has above its guard beyond what every guest's ramp reaches before memcoord can act again (`room_kib`: the
-        balloons take it back within a second, but what a payer's QEMU never backed gives the host nothing). What
-        is owed is paid by the idle guests with the most above the middle of their band, each in a move worth
-        making (MIN_MOVE_KIB, or idle_tax_mib if more), never below that middle: a few setMemory calls instead of
-        one per idle guest, and the next tick's payers are the ones that have the most left. What was collected
-        goes to them in moves worth making too, or all of it to one (the one that wants the most by weight): split
-        among every guest below its low, it was a setMemory of a MiB or two to each, every tick (two thirds of
-        `fleet-50`'s balloon changes in the production profile, BENCHMARKS.md)."""
+        has above its guard beyond this tick's growth (the balloons taking it back within a second). What is owed
+        is paid by the idle guests with the most above the middle of their band, each in a move worth making
+        (MIN_MOVE_KIB, or idle_tax_mib if more), never below that middle: a few setMemory calls instead of one per
+        idle guest, and the next tick's payers are the ones that have the most left."""
         wants_kib = {g.name: g.band.ceiling_kib - g.target_kib for g in self.starving}
-        payable_kib = min(self.room_kib(), sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
+        payable_kib = min(self._above_guard_kib(), sum(w for w in wants_kib.values() if w >= KIB_PER_MIB))
         tax_kib = mib_to_kib(self.config.guest.idle_tax_mib)
         payers, owed_kib = [], 0
         for g in self.guests:
@@ -843,8 +839,7 @@ class _Allocation:
                 break
             share_kib = min(max(tax_kib, MIN_MOVE_KIB), owed_kib - collected_kib)
             collected_kib += self.lower(g, share_kib, Rule.TAX, middle_kib, 0)
-        least_kib = min(MIN_MOVE_KIB, collected_kib)  # (fill's last guest takes all that is left)
-        self.fill(wants_kib, Rule.NEED, collected_kib, beyond_budget=True, least_kib=least_kib)
+        self.fill(wants_kib, Rule.NEED, collected_kib, beyond_budget=True, least_kib=0)
 
     def changes(self) -> tuple[Change, ...]:
         out = []
