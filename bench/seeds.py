@@ -8,14 +8,18 @@ per scenario): a change to the model is judged here, over many. Each run is the 
 daemon's own tick, as `bench/compare.py` and `bench/kills.py --seeds` run memcoord; the peers are left out (their
 counts do not move with memcoord's code). Per scenario and profile, summed over the seeds: OOM kills, balloon
 changes, seconds below the guard, and the longest spell below it in any run (--out also keeps the idle MiB, the
-mean over the seeds). With --against, each line shows the earlier file's figure -> this tree's, and the lines
-where none of the four moved are left out.
+mean over the seeds, and each seed's kills). With --against, each line shows the earlier file's figure -> this
+tree's, and the lines where none of the four moved are left out; where the kills moved, the mean change in kills
+a seed, seed by seed, and its t (the mean over its standard error): the same seed on both trees is the same
+scenario, so a change is judged against how much one seed's count moves, not the totals' spread. A few kills in
+a total over hundreds of seeds are chance; |t| above 2 seldom is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -32,8 +36,9 @@ from memcoord.sim.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 PROFILES = ("default", "prod")
-# Per scenario and profile: kills, changes, below-guard s (sums), longest below-guard s (max), idle MiB (mean).
-Row = tuple[int, int, float, float, float]
+# Per scenario and profile: kills, changes, below-guard s (sums), longest below-guard s (max), idle MiB (mean),
+# and each seed's kills (by seed, as text: JSON's keys).
+Row = tuple[int, int, float, float, float, dict[str, int]]
 
 
 def one_run(job: tuple[str, int, str]) -> tuple[str, int, str, int, int, float, float, float]:
@@ -49,24 +54,37 @@ def one_run(job: tuple[str, int, str]) -> tuple[str, int, str, int, int, float, 
 def totals(runs: list[list]) -> dict[str, Row]:  # type: ignore[type-arg]
     """Each "scenario profile" summed over its seeds."""
     by: dict[str, list[tuple]] = defaultdict(list)  # type: ignore[type-arg]
-    for name, _seed, profile, *figures in runs:
-        by[f"{name} {profile}"].append(tuple(figures))
+    for name, seed, profile, *figures in runs:
+        by[f"{name} {profile}"].append((*figures, seed))
     return {
         key: (sum(r[0] for r in rs), sum(r[1] for r in rs), round(sum(r[2] for r in rs), 1),
-              round(max(r[3] for r in rs), 1), round(sum(r[4] for r in rs) / len(rs)))
+              round(max(r[3] for r in rs), 1), round(sum(r[4] for r in rs) / len(rs)), {str(r[5]): r[0] for r in rs})
         for key, rs in sorted(by.items())
     }  # fmt: skip
 
 
+def paired(before: dict[str, int], now: dict[str, int]) -> str:
+    """The mean change in kills a seed over the seeds both ran, and its t; "" when fewer than two."""
+    diffs = [now[seed] - before[seed] for seed in now.keys() & before.keys()]
+    if len(diffs) < 2:
+        return ""
+    mean, spread = statistics.fmean(diffs), statistics.stdev(diffs)
+    t = f"{mean / (spread / len(diffs) ** 0.5):.1f}" if spread else "-"
+    return f"{mean:+.2f} a seed, t {t}"
+
+
 def report(now: dict[str, Row], before: dict[str, Row] | None) -> list[str]:
     head = f"{'scenario profile':34s} {'kills':>13s} {'changes':>17s} {'below guard s':>15s} {'longest s':>12s}"
-    lines = [head]
+    lines = [head + ("  kills, seed by seed" if before else "")]
     for key, row in now.items():
         was = before.get(key) if before else None
         if was is not None and tuple(was[:4]) == row[:4]:
             continue
         cells = [f"{w} -> {n}" if was is not None else f"{n}" for w, n in zip(was or row, row[:4], strict=False)]
-        lines.append(f"{key:34s} {cells[0]:>13s} {cells[1]:>17s} {cells[2]:>15s} {cells[3]:>12s}")
+        line = f"{key:34s} {cells[0]:>13s} {cells[1]:>17s} {cells[2]:>15s} {cells[3]:>12s}"
+        if was is not None and was[0] != row[0] and len(was) > 5:
+            line += f"  {paired(was[5], row[5])}"
+        lines.append(line)
     kills, changes = sum(r[0] for r in now.values()), sum(r[1] for r in now.values())
     if before:
         lines.append(

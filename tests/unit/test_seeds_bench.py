@@ -15,8 +15,9 @@ def test_runs_are_summed_per_scenario_and_profile_and_only_what_moved_is_shown(t
     now = seeds.totals(runs)
     assert set(now) == {"course-3-grow-free default", "course-3-grow-free prod"}
     default = [r for r in runs if r[2] == "default"]
-    kills, changes, below_s, longest_s, _idle = now["course-3-grow-free default"]
+    kills, changes, below_s, longest_s, _idle, by_seed = now["course-3-grow-free default"]
     assert (kills, changes) == (sum(r[3] for r in default), sum(r[4] for r in default))
+    assert by_seed == {str(r[1]): r[3] for r in default}
     assert changes > 0 and longest_s <= below_s
     # Against itself nothing moved: only the header and the totals.
     lines = seeds.report(now, now)
@@ -40,3 +41,16 @@ def test_the_command_writes_totals_it_can_read_back(tmp_path: Path, capsys) -> N
         f"all: kills {sum(v[0] for v in written.values())} -> {sum(v[0] for v in written.values())}, "
         f"balloon changes {sum(v[1] for v in written.values())} -> {sum(v[1] for v in written.values())}"
     )
+
+
+def test_kills_that_moved_are_judged_seed_by_seed() -> None:
+    """The mean change a seed and its t, over the seeds both files ran: diffs 1, 1, 2 are +1.33 a seed with a
+    standard error of 0.33."""
+    assert seeds.paired({"1": 3, "2": 5, "3": 4, "9": 0}, {"1": 4, "2": 6, "3": 6}) == "+1.33 a seed, t 4.0"
+    assert seeds.paired({"1": 1, "2": 1}, {"1": 2, "2": 2}) == "+1.00 a seed, t -"  # no spread: no t
+    assert seeds.paired({"1": 1}, {"1": 2}) == ""  # one seed says nothing of the spread
+    row = (7, 10, 0.0, 0.0, 100, {"1": 3, "2": 4})
+    moved = seeds.report({"s default": row}, {"s default": (5, 10, 0.0, 0.0, 100, {"1": 2, "2": 3})})
+    assert "5 -> 7" in moved[1] and moved[1].endswith("+1.00 a seed, t -")
+    # A file written before each seed's kills were kept: the totals only.
+    assert "a seed" not in seeds.report({"s default": row}, {"s default": (5, 10, 0.0, 0.0, 100)})[1]
