@@ -64,13 +64,14 @@ def totals(runs: list[list]) -> dict[str, Row]:  # type: ignore[type-arg]
 
 
 def paired(before: dict[str, int], now: dict[str, int]) -> str:
-    """The mean change in kills a seed over the seeds both ran, and its t; "" when fewer than two."""
+    """The mean change in kills a seed over the seeds both ran (how many), and its t; "" when fewer than two.
+    With many lines judged at once, one of them past |t| 2 may still be chance."""
     diffs = [now[seed] - before[seed] for seed in now.keys() & before.keys()]
     if len(diffs) < 2:
         return ""
     mean, spread = statistics.fmean(diffs), statistics.stdev(diffs)
     t = f"{mean / (spread / len(diffs) ** 0.5):.1f}" if spread else "-"
-    return f"{mean:+.2f} a seed, t {t}"
+    return f"{mean:+.2f} a seed over {len(diffs)}, t {t}"
 
 
 def report(now: dict[str, Row], before: dict[str, Row] | None) -> list[str]:

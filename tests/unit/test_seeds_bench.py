@@ -46,11 +46,11 @@ def test_the_command_writes_totals_it_can_read_back(tmp_path: Path, capsys) -> N
 def test_kills_that_moved_are_judged_seed_by_seed() -> None:
     """The mean change a seed and its t, over the seeds both files ran: diffs 1, 1, 2 are +1.33 a seed with a
     standard error of 0.33."""
-    assert seeds.paired({"1": 3, "2": 5, "3": 4, "9": 0}, {"1": 4, "2": 6, "3": 6}) == "+1.33 a seed, t 4.0"
-    assert seeds.paired({"1": 1, "2": 1}, {"1": 2, "2": 2}) == "+1.00 a seed, t -"  # no spread: no t
+    assert seeds.paired({"1": 3, "2": 5, "3": 4, "9": 0}, {"1": 4, "2": 6, "3": 6}) == "+1.33 a seed over 3, t 4.0"
+    assert seeds.paired({"1": 1, "2": 1}, {"1": 2, "2": 2}) == "+1.00 a seed over 2, t -"  # no spread: no t
     assert seeds.paired({"1": 1}, {"1": 2}) == ""  # one seed says nothing of the spread
     row = (7, 10, 0.0, 0.0, 100, {"1": 3, "2": 4})
     moved = seeds.report({"s default": row}, {"s default": (5, 10, 0.0, 0.0, 100, {"1": 2, "2": 3})})
-    assert "5 -> 7" in moved[1] and moved[1].endswith("+1.00 a seed, t -")
+    assert "5 -> 7" in moved[1] and moved[1].endswith("+1.00 a seed over 2, t -")
     # A file written before each seed's kills were kept: the totals only.
     assert "a seed" not in seeds.report({"s default": row}, {"s default": (5, 10, 0.0, 0.0, 100)})[1]
