@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from memcoord.core.config import Config
-from memcoord.core.model import ApplyResult, Change, DomainStats, HostStats, Snapshot, mib_to_kib
-from memcoord.core.policy import PolicyState, decide
+from memcoord.core.model import KIB_PER_MIB, Action, ApplyResult, Change, DomainStats, HostStats, Snapshot, mib_to_kib
+from memcoord.core.policy import PolicyState, applied, decide
 
 GIB_KIB = mib_to_kib(1024)
 NOW_S = 10_000
@@ -73,3 +74,31 @@ def by_name(plan):
 def accepted(changes: Iterable[Change]) -> list[ApplyResult]:
     """Each change as the hypervisor accepted it (what `policy.applied` is told of a tick where all went well)."""
     return [ApplyResult(c) for c in changes]
+
+
+def tax_only(
+    starving: dict[str, tuple[int, int, int]], ticks: int, config: Config | None = None
+) -> tuple[dict[str, int], int]:
+    """Twenty idle guests pay the idle tax while the host's budget is held from the first tick (g's untouched
+    grant), so that the tax is all the starving guests get; starving: name -> (size, maximum, usable) in MiB, each
+    using all it is given. What each got (only ever grown), and the tax paid, in MiB."""
+    config = config or Config()
+    held = {"g": mib_to_kib(100)}
+    state, sizes_mib = PolicyState(granted_kib=held), {n: size for n, (size, _, _) in starving.items()}
+    got_mib, paid_mib = dict.fromkeys(starving, 0), 0
+    for tick in range(ticks):
+        now_s = NOW_S + tick
+        doms = [dom(f"i{n:02d}", 1024, 320, last_s=now_s) for n in range(20)]
+        doms += [dom("g", 1024, 300, rss_mib=924 + 128, last_s=now_s)]
+        doms += [dom(n, sizes_mib[n], usable, max_mib=m, last_s=now_s) for n, (_, m, usable) in starving.items()]
+        plan, state = decide(snap(*doms, available_mib=1024 + 100, now_s=now_s), state, config)
+        state = applied(state, accepted(plan.changes), now_s)
+        state = replace(state, granted_kib=held)
+        for c in plan.changes:
+            if c.domain in got_mib:
+                assert c.to_kib > c.from_kib, c
+                got_mib[c.domain] += (c.to_kib - c.from_kib) // KIB_PER_MIB
+                sizes_mib[c.domain] = c.to_kib // KIB_PER_MIB
+            elif c.action is Action.TAX:
+                paid_mib += (c.from_kib - c.to_kib) // KIB_PER_MIB
+    return got_mib, paid_mib

@@ -28,7 +28,7 @@ from memcoord.core.policy import (
     host_headroom_kib,
     thresholds_kib,
 )
-from tests.helpers.snapshots import NOW_S, accepted, by_name, dom, snap, steady, two_ticks
+from tests.helpers.snapshots import NOW_S, accepted, by_name, dom, snap, steady, tax_only, two_ticks
 from tests.helpers.snapshots import bump as _bump
 
 
@@ -1338,29 +1338,6 @@ def test_idle_guests_alike_take_turns_paying_the_tax():
     assert max(payers_per_tick) == 1 and sum(payers_per_tick) >= 3, payers_per_tick
 
 
-def _tax_only(starving: dict[str, tuple[int, int]], ticks: int, config: Config) -> tuple[dict[str, int], int]:
-    """Twenty idle guests pay the tax while the host's budget is held from the first tick (g's untouched grant),
-    so that the tax is all the starving guests get; starving: name -> (size, maximum) in MiB, each using all it is
-    given. What each got, and the tax paid, in MiB (the tries at the tax's receipt in BENCHMARKS)."""
-    state, sizes_mib = PolicyState(granted_kib={"g": mib_to_kib(100)}), {n: size for n, (size, _) in starving.items()}
-    got_mib, paid_mib = dict.fromkeys(starving, 0), 0
-    for tick in range(ticks):
-        now_s = NOW_S + tick
-        doms = [dom(f"i{n:02d}", 1024, 320, last_s=now_s) for n in range(20)]
-        doms += [dom("g", 1024, 300, rss_mib=924 + 128, last_s=now_s)]
-        doms += [dom(n, sizes_mib[n], 100, max_mib=m, last_s=now_s) for n, (_, m) in starving.items()]
-        plan, state = decide(snap(*doms, available_mib=1024 + 100, now_s=now_s), state, config)
-        state = applied(state, accepted(plan.changes), now_s)
-        state = dataclasses.replace(state, granted_kib={"g": mib_to_kib(100)})
-        for c in plan.changes:
-            if c.domain in got_mib:
-                got_mib[c.domain] += (c.to_kib - c.from_kib) // KIB_PER_MIB
-                sizes_mib[c.domain] = c.to_kib // KIB_PER_MIB
-            elif c.action is Action.TAX:
-                paid_mib += (c.from_kib - c.to_kib) // KIB_PER_MIB
-    return got_mib, paid_mib
-
-
 def test_the_idle_tax_goes_by_weight_over_the_ticks():
     """Two starving guests of weights 300 and 100 (idle_tax_mib = 8: about 100 MiB a tick, room for more than one
     move worth making): over 60 ticks the lighter gets a quarter of the tax, as a split by weight in each tick
@@ -1368,7 +1345,7 @@ def test_the_idle_tax_goes_by_weight_over_the_ticks():
     (BENCHMARKS, try (4), 882fe73), gave it 12 %: the heavier one took all that was left of the ticks the lighter
     went first."""
     config = parse("[guest]\nidle_tax_mib = 8\n[domains.a]\nweight = 300\n[domains.b]\nweight = 100\n")
-    got_mib, paid_mib = _tax_only({"a": (512, 8192), "b": (512, 8192)}, 60, config)
+    got_mib, paid_mib = tax_only({"a": (512, 8192, 100), "b": (512, 8192, 100)}, 60, config)
     assert got_mib["a"] + got_mib["b"] == paid_mib > 0, (got_mib, paid_mib)  # precondition: all of it is the tax
     assert 0.2 <= got_mib["b"] / paid_mib <= 0.3, got_mib
 
@@ -1377,7 +1354,7 @@ def test_a_starving_guest_near_its_ceiling_receives_the_tax():
     """s2 is 18 MiB below its ceiling, s1 far from its own: less than a move worth making, s2's share is still
     given, as the last step to its ceiling, and every MiB of tax paid reaches a starving guest (a review of a
     receipt in moves worth making, in turns, found it taking a share under 32 MiB from idle guests for nobody)."""
-    got_mib, paid_mib = _tax_only({"s1": (512, 4096), "s2": (1006, 1024)}, 4, Config())
+    got_mib, paid_mib = tax_only({"s1": (512, 4096, 100), "s2": (1006, 1024, 100)}, 4)
     assert got_mib["s2"] == 18 and got_mib["s1"] > 0, got_mib
     assert got_mib["s1"] + got_mib["s2"] == paid_mib, (got_mib, paid_mib)
 
