@@ -159,6 +159,36 @@ def test_a_liar_is_not_grown_on_an_impossible_claim():
     assert [growth_mib(p, "liar") for p in plans] == [0] * HONEST_TICKS
 
 
+# -- one guest takes a scarce budget ---------------------------------------------------------------------------
+# The host is 48 MiB above its guard on every tick: too little for two moves, so one starving guest gets it all.
+# The liar reports no free memory in a bigger guest (it wants more than the honest guest), and never touches what
+# it is given (QEMU backs the 2048 MiB it had); the honest guest uses all it is given.
+SCARCE_TICKS = 60
+
+
+def _scarce_growth_mib(with_liar: bool) -> tuple[int, int]:
+    def build(k: int, targets_mib: dict[str, int]) -> Snapshot:
+        t = NOW_S + k
+        doms = [guest("honest", targets_mib.get("honest", 1024), 100, last_s=t)]
+        if with_liar:
+            doms.append(guest("liar", targets_mib.get("liar", 2048), 0, max_mib=8192, rss_mib=2048 + 128, last_s=t))
+        return snap(*doms, above_guard_mib=48, now_s=t)
+
+    plans = run(build, SCARCE_TICKS)
+    assert [c.domain for c in plans[0].changes] == (["liar"] if with_liar else ["honest"])  # one move a tick
+    return sum(growth_mib(p, "honest") for p in plans), sum(growth_mib(p, "liar") for p in plans)
+
+
+def test_a_guest_that_never_touches_what_it_is_given_does_not_take_a_scarce_budget_from_a_starving_neighbour():
+    """The liar's claim wins the first moves (it wants more), until QEMU shows a move's worth of its balloon
+    it never touched: from then on the honest guest is served first, and gets all it gets alone (on the policy
+    before this rule, 0 MiB in 60 ticks, and the liar 432)."""
+    alone_mib, _ = _scarce_growth_mib(with_liar=False)
+    honest_mib, liar_mib = _scarce_growth_mib(with_liar=True)
+    assert alone_mib >= 1000, alone_mib
+    assert honest_mib == alone_mib, (honest_mib, liar_mib)
+
+
 # -- a grant that never comes back -----------------------------------------------------------------------------
 # A 16 GiB guest at 2 GiB reports 1000 then 800 MiB usable a second apart (200 MiB/s), then never again. QEMU
 # never backs what it is grown (it is silent: hung, or hostile).

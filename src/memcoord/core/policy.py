@@ -397,6 +397,16 @@ class _Guest:
         """It did not give when last asked (NO_PROGRESS_STALE_PERIODS)."""
         return self.no_progress_at_s is not None
 
+    @property
+    def free_belied(self) -> bool:
+        """The host shows a move's worth more of its memory free than it reports (`free_figure`): QEMU has
+        never backed that much of its balloon, and pages never touched are free whatever a guest says. QEMU's
+        own share of its RSS counts as none: the configured overhead is a guess, and a guess too high would find
+        untouched memory in a guest that touched all it has."""
+        free_kib = free_figure(self.dom)[0]
+        rss_kib = self.dom.rss_kib
+        return rss_kib is not None and self.dom.current_kib - rss_kib - (free_kib or 0) >= MIN_MOVE_KIB
+
     def aim_kib(self, aim: Aim) -> int:
         """Where growth toward `aim` takes it: its grow target, its low, or what lasts it until memcoord can act
         again."""
@@ -733,15 +743,24 @@ class _Allocation:
         beyond_budget: bool = False,
         least_kib: int = MIN_MOVE_KIB,
         whole: bool = False,
-    ) -> None:
+    ) -> int:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
-        (water-filling: max-min fair by weight), in O(n log n). whole: each gets all it wants or nothing."""
+        (water-filling: max-min fair by weight), in O(n log n); returns what they got. whole: each gets all it
+        wants or nothing. A guest whose claim of free memory the host belies (`_Guest.free_belied`) is served from
+        what the others leave: claiming to starve on memory it never touched, one took a scarce budget's every
+        move, tick after tick, from a neighbour that did starve."""
+        belied = {n: w for n, w in wants_kib.items() if self.by_name[n].free_belied}
+        if belied and len(belied) < len(wants_kib):
+            others = {n: w for n, w in wants_kib.items() if n not in belied}
+            amount_kib -= self.fill(others, rule, amount_kib, beyond_budget, least_kib, whole)
+            wants_kib = belied
         left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
         if left_kib < KIB_PER_MIB:  # every share would be less than a MiB: nobody moves
-            return
+            return 0
         by_name = self.by_name
         wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
         weight = sum(by_name[n].weight for _, n, _ in wants)
+        got_kib = 0
         for _per_weight, name, want_kib in wants:
             if left_kib < KIB_PER_MIB:
                 break
@@ -750,8 +769,11 @@ class _Allocation:
                 share_kib = want_kib if want_kib <= left_kib else 0
             else:  # the last: all that is left
                 share_kib = min(want_kib, _whole_mib(int(left_kib * g.weight / weight)))
-            left_kib -= self.raise_(g, share_kib, rule, least_kib)
+            raised_kib = self.raise_(g, share_kib, rule, least_kib)
+            left_kib -= raised_kib
+            got_kib += raised_kib
             weight -= g.weight
+        return got_kib
 
     def lend_room(self, lacks_kib: dict[str, int]) -> None:
         """Each guest short of lasting until memcoord can act again is lent what it lacks from the host's room
