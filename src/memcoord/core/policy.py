@@ -399,13 +399,15 @@ class _Guest:
 
     @property
     def free_belied(self) -> bool:
-        """The host shows a move's worth more of its memory free than it reports (`free_figure`): QEMU has
-        never backed that much of its balloon, and pages never touched are free whatever a guest says. QEMU's
-        own share of its RSS counts as none: the configured overhead is a guess, and a guess too high would find
-        untouched memory in a guest that touched all it has."""
-        free_kib = free_figure(self.dom)[0]
-        rss_kib = self.dom.rss_kib
-        return rss_kib is not None and self.dom.current_kib - rss_kib - (free_kib or 0) >= MIN_MOVE_KIB
+        """The host shows a move's worth more of its memory free than it reports free (MemFree, where it
+        reports it: pages never touched are there, and MemAvailable leaves out the kernel's reserves): QEMU has
+        never backed that much of its balloon. QEMU's own share of its RSS counts as none: the configured
+        overhead is a guess, and a guess too high would find untouched memory in a guest that touched all it
+        has. (Memory the host swapped out of QEMU looks untouched too: such a guest waits for the others in a
+        split, never for a loan.)"""
+        dom = self.dom
+        free_kib = dom.unused_kib if dom.unused_kib is not None else dom.usable_kib
+        return dom.rss_kib is not None and dom.current_kib - dom.rss_kib - (free_kib or 0) >= MIN_MOVE_KIB
 
     def aim_kib(self, aim: Aim) -> int:
         """Where growth toward `aim` takes it: its grow target, its low, or what lasts it until memcoord can act
@@ -746,21 +748,24 @@ class _Allocation:
     ) -> int:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
         (water-filling: max-min fair by weight), in O(n log n); returns what they got. whole: each gets all it
-        wants or nothing. A guest whose claim of free memory the host belies (`_Guest.free_belied`) is served from
-        what the others leave: claiming to starve on memory it never touched, one took a scarce budget's every
-        move, tick after tick, from a neighbour that did starve."""
-        belied = {n: w for n, w in wants_kib.items() if self.by_name[n].free_belied}
+        wants or nothing. A share too small to move goes to the guests after it, who want more (by weight).
+
+        A guest whose claim of free memory the host belies (`_Guest.free_belied`) is served from what the others
+        leave, but for a loan (what a guest lacks to last until memcoord can act again): claiming to starve on
+        memory it never touched, one took a scarce budget's every move, tick after tick, from a neighbour that
+        did starve."""
+        got_kib = 0
+        belied = {n: w for n, w in wants_kib.items() if rule is not Rule.LENT and self.by_name[n].free_belied}
         if belied and len(belied) < len(wants_kib):
             others = {n: w for n, w in wants_kib.items() if n not in belied}
-            amount_kib -= self.fill(others, rule, amount_kib, beyond_budget, least_kib, whole)
-            wants_kib = belied
+            got_kib = self.fill(others, rule, amount_kib, beyond_budget, least_kib, whole)
+            amount_kib, wants_kib = amount_kib - got_kib, belied
         left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
         if left_kib < KIB_PER_MIB:  # every share would be less than a MiB: nobody moves
-            return 0
+            return got_kib
         by_name = self.by_name
         wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
         weight = sum(by_name[n].weight for _, n, _ in wants)
-        got_kib = 0
         for _per_weight, name, want_kib in wants:
             if left_kib < KIB_PER_MIB:
                 break
