@@ -24,6 +24,7 @@ from memcoord.core.model import (
     GuestClass,
     HostStats,
     Plan,
+    Rule,
     Snapshot,
     mib_to_kib,
 )
@@ -187,6 +188,48 @@ def test_a_guest_that_never_touches_what_it_is_given_does_not_take_a_scarce_budg
     honest_mib, liar_mib = _scarce_growth_mib(with_liar=True)
     assert alone_mib >= 1000, alone_mib
     assert honest_mib == alone_mib, (honest_mib, liar_mib)
+
+
+def test_free_memory_a_guest_reports_and_the_host_confirms_is_not_belied():
+    """Pages a guest never touched are in its MemFree; MemAvailable leaves out the kernel's reserves, which a big
+    guest keeps free (and QEMU may never back). An honest 8 GiB guest with 450 MiB MemFree, 50 usable and 420 MiB
+    QEMU never backed is served as if QEMU backed all of it (compared with MemAvailable, it lost the move)."""
+
+    def growth(rss_mib: int | None) -> tuple[int, int]:
+        big = guest("big", 8192, 50, unused_mib=450, max_mib=16384, rss_mib=rss_mib)
+        plan, _ = decide(snap(big, guest("small", 1024, 60), above_guard_mib=48), PolicyState(), CONFIG)
+        return growth_mib(plan, "big"), growth_mib(plan, "small")
+
+    assert growth(8192 + 128 - 420) == growth(None)
+    assert growth(None)[0] > 0  # it is the one that gets the move
+
+
+def test_a_loan_is_not_delayed_for_a_guest_whose_memory_the_host_swapped_out():
+    """QEMU's RSS drops when the host swaps a guest's memory out, so an honest guest about to run out can look as if
+    it never touched its balloon. A loan is a safety move: the swapped guest is lent what it lacks from the host's
+    room exactly as it is when QEMU backs all of it, not after a neighbour that wants more."""
+
+    def short_guests_changes(swapped_mib: int) -> list[tuple[Action, int, Rule | None]]:
+        def at(k: int) -> list[DomainStats]:
+            t = NOW_S + k
+            return [
+                # 13 -> 3 MiB usable at 10 MiB/s: 27 MiB short of lasting until memcoord can act again.
+                guest("short", 2048, 13 - 10 * k, max_mib=8192, rss_mib=2048 + 128 - swapped_mib, last_s=t),
+                # 60 -> 30 MiB usable at 30 MiB/s: 60 MiB short.
+                guest("neighbour", 4096, 60 - 30 * k, max_mib=8192, last_s=t),
+                # Ramps 2 MiB/s into 800 MiB it never touched (and reports free): the guard holds them, the budget
+                # is spent, the room is not.
+                guest("slow", 2048, 802 - 2 * k, max_mib=16384, rss_mib=2048 + 128 - 800, last_s=t),
+            ]
+
+        # A second earlier the host was at its guard (nothing to give); now 136 MiB above it, less what the
+        # ramps reach before memcoord can act again: room for one of the two loans when 300 MiB is swapped out.
+        plans = ticks([snap(*at(0), above_guard_mib=0), snap(*at(1), above_guard_mib=136, now_s=NOW_S + 1)])
+        return [(c.action, c.delta_kib // 1024, c.why and c.why.rule) for c in changes_of(plans[-1], "short")]
+
+    backed = short_guests_changes(0)
+    assert backed == [(Action.GROW, 32, Rule.LENT)], backed  # precondition: lent, lifted to a move worth making
+    assert short_guests_changes(300) == backed
 
 
 # -- a grant that never comes back -----------------------------------------------------------------------------
