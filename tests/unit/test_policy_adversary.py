@@ -232,6 +232,41 @@ def test_a_loan_is_not_delayed_for_a_guest_whose_memory_the_host_swapped_out():
     assert short_guests_changes(300) == backed
 
 
+def test_a_guest_whose_memory_the_host_swapped_out_gets_its_weight_share_of_the_budget():
+    """A guest ramping 30 MiB/s with 3 MiB usable, 250 MiB of it swapped out by the host (QEMU's RSS shows it as
+    never touched), beside a guest below its low with 100 MiB free: the budget is split by weight, as between any
+    two guests. (Served after the others, it got nothing, and the host's room left no loan for it.)"""
+
+    def at(k: int) -> list[DomainStats]:
+        t = NOW_S + k
+        return [
+            guest("short", 2048, 3 + 30 * (1 - k), max_mib=8192, rss_mib=2048 + 128 - 250, last_s=t),
+            guest("steady", 4096, 100, max_mib=8192, last_s=t),
+        ]
+
+    plans = ticks([snap(*at(0), above_guard_mib=0), snap(*at(1), above_guard_mib=600, now_s=NOW_S + 1)])
+    short_mib, steady_mib = growth_mib(plans[-1], "short"), growth_mib(plans[-1], "steady")
+    assert short_mib == steady_mib > 90, (short_mib, steady_mib)  # 90: more than it lacks to last (87 MiB)
+
+
+def test_loans_go_to_the_smallest_lack_first_whatever_the_host_shows():
+    """A loan is a safety move, all of it or nothing, the smallest lacks first so that the room covers as many
+    guests as it can: a guest the host belies (300 MiB of it swapped out, 60 MiB short of lasting) does not go
+    before one 27 MiB short when the room covers only one of them."""
+
+    def at(k: int) -> list[DomainStats]:
+        t = NOW_S + k
+        return [
+            guest("short", 2048, 13 - 10 * k, max_mib=8192, last_s=t),
+            guest("belied", 4096, 60 - 30 * k, max_mib=8192, rss_mib=4096 + 128 - 300, last_s=t),
+            guest("slow", 2048, 802 - 2 * k, max_mib=16384, rss_mib=2048 + 128 - 800, last_s=t),
+        ]
+
+    plans = ticks([snap(*at(0), above_guard_mib=0), snap(*at(1), above_guard_mib=264, now_s=NOW_S + 1)])
+    lent = [(c.domain, c.delta_kib // 1024) for c in plans[-1].changes if c.why and c.why.rule is Rule.LENT]
+    assert lent == [("short", 32)]
+
+
 # -- a grant that never comes back -----------------------------------------------------------------------------
 # A 16 GiB guest at 2 GiB reports 1000 then 800 MiB usable a second apart (200 MiB/s), then never again. QEMU
 # never backs what it is grown (it is silent: hung, or hostile).

@@ -344,11 +344,15 @@ _THREE = _scarce(
     63, _starving("vm1", 1024, 2048, 100), _starving("vm2", 2048, 8192, 50), _starving("vm3", 4096, 16384, 0)
 )
 
+# An honest guest QEMU shows 324 MiB it never touched (the host swapped it out), beside a liar that touches all.
+_BELIED = _scarce(330, replace(_starving("vm1", 1024, 2048, 100), rss_kib=600 * MIB), _starving("vm2", 8192, 65536, 0))
+
 
 @SETTINGS
 @given(adversaries())
 @example((_TWO, PolicyState(), Config(), "vm2", _TWO.domains[1]))
 @example((_THREE, PolicyState(), Config(), "vm3", _THREE.domains[2]))
+@example((_BELIED, PolicyState(), Config(), "vm2", _BELIED.domains[1]))
 def test_an_adversarial_guest_changes_no_others_growth_beyond_its_weight_share(
     case: tuple[Snapshot, PolicyState, Config, str, DomainStats],
 ) -> None:

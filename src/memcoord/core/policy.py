@@ -403,8 +403,8 @@ class _Guest:
         reports it: pages never touched are there, and MemAvailable leaves out the kernel's reserves): QEMU has
         never backed that much of its balloon. QEMU's own share of its RSS counts as none: the configured
         overhead is a guess, and a guess too high would find untouched memory in a guest that touched all it
-        has. (Memory the host swapped out of QEMU looks untouched too: such a guest waits for the others in a
-        split, never for a loan.)"""
+        has. (Memory the host swapped out of QEMU, or backs with hugepages, looks untouched too: `fill` gives such
+        a guest its weight's share all the same.)"""
         dom = self.dom
         free_kib = dom.unused_kib if dom.unused_kib is not None else dom.usable_kib
         return dom.rss_kib is not None and dom.current_kib - dom.rss_kib - (free_kib or 0) >= MIN_MOVE_KIB
@@ -745,28 +745,28 @@ class _Allocation:
         beyond_budget: bool = False,
         least_kib: int = MIN_MOVE_KIB,
         whole: bool = False,
-    ) -> int:
+    ) -> None:
         """Split up to amount_kib of the budget among guests by weight, each capped by what it wants
-        (water-filling: max-min fair by weight), in O(n log n); returns what they got. whole: each gets all it
-        wants or nothing. A share too small to move goes to the guests after it, who want more (by weight).
+        (water-filling: max-min fair by weight), in O(n log n). whole: each gets all it wants or nothing. A share
+        too small to move goes to the guests after it, who want more (by weight).
 
-        A guest whose claim of free memory the host belies (`_Guest.free_belied`) is served from what the others
-        leave, but for a loan (what a guest lacks to last until memcoord can act again): claiming to starve on
-        memory it never touched, one took a scarce budget's every move, tick after tick, from a neighbour that
-        did starve."""
-        got_kib = 0
-        belied = {n: w for n, w in wants_kib.items() if rule is not Rule.LENT and self.by_name[n].free_belied}
-        if belied and len(belied) < len(wants_kib):
-            others = {n: w for n, w in wants_kib.items() if n not in belied}
-            got_kib = self.fill(others, rule, amount_kib, beyond_budget, least_kib, whole)
-            amount_kib, wants_kib = amount_kib - got_kib, belied
+        But for a loan (what a guest lacks to last until memcoord can act again, smallest first), a guest whose
+        claim of free memory the host belies (`_Guest.free_belied`) comes first: it gets at most its weight's
+        share, never the shares too small to move that the others leave. Claiming to starve on memory it never
+        touched, with the most wanted, one took a scarce budget's every move, tick after tick, from a neighbour
+        that did starve."""
         left_kib = max(0, amount_kib if beyond_budget else min(amount_kib, self.budget_kib - self.keep_kib))
         if left_kib < KIB_PER_MIB:  # every share would be less than a MiB: nobody moves
-            return got_kib
+            return
         by_name = self.by_name
-        wants = sorted((w / by_name[n].weight, n, w) for n, w in wants_kib.items() if w >= KIB_PER_MIB)
-        weight = sum(by_name[n].weight for _, n, _ in wants)
-        for _per_weight, name, want_kib in wants:
+        loan = rule is Rule.LENT
+        wants = sorted(
+            (loan or not by_name[n].free_belied, w / by_name[n].weight, n, w)
+            for n, w in wants_kib.items()
+            if w >= KIB_PER_MIB
+        )
+        weight = sum(by_name[n].weight for _, _, n, _ in wants)
+        for _believed, _per_weight, name, want_kib in wants:
             if left_kib < KIB_PER_MIB:
                 break
             g = by_name[name]
@@ -774,11 +774,8 @@ class _Allocation:
                 share_kib = want_kib if want_kib <= left_kib else 0
             else:  # the last: all that is left
                 share_kib = min(want_kib, _whole_mib(int(left_kib * g.weight / weight)))
-            raised_kib = self.raise_(g, share_kib, rule, least_kib)
-            left_kib -= raised_kib
-            got_kib += raised_kib
+            left_kib -= self.raise_(g, share_kib, rule, least_kib)
             weight -= g.weight
-        return got_kib
 
     def lend_room(self, lacks_kib: dict[str, int]) -> None:
         """Each guest short of lasting until memcoord can act again is lent what it lacks from the host's room
