@@ -182,8 +182,8 @@ def _scarce_growth_mib(with_liar: bool) -> tuple[int, int]:
 
 def test_a_guest_that_never_touches_what_it_is_given_does_not_take_a_scarce_budget_from_a_starving_neighbour():
     """The liar's claim wins the first moves (it wants more), until QEMU shows a move's worth of its balloon
-    it never touched: from then on the honest guest is served first, and gets all it gets alone (on the policy
-    before this rule, 0 MiB in 60 ticks, and the liar 432)."""
+    it never touched: from then on it gets at most its weight's share (24 MiB, too small to move), the honest
+    guest gets the moves, and all it gets alone (without the rule, 0 MiB in 60 ticks, and the liar 432)."""
     alone_mib, _ = _scarce_growth_mib(with_liar=False)
     honest_mib, liar_mib = _scarce_growth_mib(with_liar=True)
     assert alone_mib >= 1000, alone_mib
@@ -235,7 +235,7 @@ def test_a_loan_is_not_delayed_for_a_guest_whose_memory_the_host_swapped_out():
 def test_a_guest_whose_memory_the_host_swapped_out_gets_its_weight_share_of_the_budget():
     """A guest ramping 30 MiB/s with 3 MiB usable, 250 MiB of it swapped out by the host (QEMU's RSS shows it as
     never touched), beside a guest below its low with 100 MiB free: the budget is split by weight, as between any
-    two guests. (Served after the others, it got nothing, and the host's room left no loan for it.)"""
+    two guests. (Served after the others, it would get nothing, and the host's room would leave no loan for it.)"""
 
     def at(k: int) -> list[DomainStats]:
         t = NOW_S + k
