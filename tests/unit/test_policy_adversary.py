@@ -204,6 +204,13 @@ def test_free_memory_a_guest_reports_and_the_host_confirms_is_not_belied():
     assert growth(None)[0] > 0  # it is the one that gets the move
 
 
+def _ramped(at: Callable[[int], list[DomainStats]], above_guard_mib: int) -> Plan:
+    """The plan on the second of two samples a second apart (`at(0)`, `at(1)`): the host at its guard on the
+    first (nothing is set), above_guard_mib above it on the second, when the guests' ramps show."""
+    plans = ticks([snap(*at(0), above_guard_mib=0), snap(*at(1), above_guard_mib=above_guard_mib, now_s=NOW_S + 1)])
+    return plans[-1]
+
+
 def test_a_loan_is_not_delayed_for_a_guest_whose_memory_the_host_swapped_out():
     """QEMU's RSS drops when the host swaps a guest's memory out, so an honest guest about to run out can look as if
     it never touched its balloon. A loan is a safety move: the swapped guest is lent what it lacks from the host's
@@ -222,10 +229,10 @@ def test_a_loan_is_not_delayed_for_a_guest_whose_memory_the_host_swapped_out():
                 guest("slow", 2048, 802 - 2 * k, max_mib=16384, rss_mib=2048 + 128 - 800, last_s=t),
             ]
 
-        # A second earlier the host was at its guard (nothing to give); now 136 MiB above it, less what the
-        # ramps reach before memcoord can act again: room for one of the two loans when 300 MiB is swapped out.
-        plans = ticks([snap(*at(0), above_guard_mib=0), snap(*at(1), above_guard_mib=136, now_s=NOW_S + 1)])
-        return [(c.action, c.delta_kib // 1024, c.why and c.why.rule) for c in changes_of(plans[-1], "short")]
+        # 136 MiB above the guard, less what the ramps reach before memcoord can act again: room for one of the
+        # two loans when 300 MiB is swapped out.
+        plan = _ramped(at, 136)
+        return [(c.action, c.delta_kib // 1024, c.why and c.why.rule) for c in changes_of(plan, "short")]
 
     backed = short_guests_changes(0)
     assert backed == [(Action.GROW, 32, Rule.LENT)], backed  # precondition: lent, lifted to a move worth making
@@ -244,8 +251,8 @@ def test_a_guest_whose_memory_the_host_swapped_out_gets_its_weight_share_of_the_
             guest("steady", 4096, 100, max_mib=8192, last_s=t),
         ]
 
-    plans = ticks([snap(*at(0), above_guard_mib=0), snap(*at(1), above_guard_mib=600, now_s=NOW_S + 1)])
-    short_mib, steady_mib = growth_mib(plans[-1], "short"), growth_mib(plans[-1], "steady")
+    plan = _ramped(at, 600)
+    short_mib, steady_mib = growth_mib(plan, "short"), growth_mib(plan, "steady")
     assert short_mib == steady_mib > 90, (short_mib, steady_mib)  # 90: more than it lacks to last (87 MiB)
 
 
@@ -262,8 +269,7 @@ def test_loans_go_to_the_smallest_lack_first_whatever_the_host_shows():
             guest("slow", 2048, 802 - 2 * k, max_mib=16384, rss_mib=2048 + 128 - 800, last_s=t),
         ]
 
-    plans = ticks([snap(*at(0), above_guard_mib=0), snap(*at(1), above_guard_mib=264, now_s=NOW_S + 1)])
-    lent = [(c.domain, c.delta_kib // 1024) for c in plans[-1].changes if c.why and c.why.rule is Rule.LENT]
+    lent = [(c.domain, c.delta_kib // 1024) for c in _ramped(at, 264).changes if c.why and c.why.rule is Rule.LENT]
     assert lent == [("short", 32)]
 
 

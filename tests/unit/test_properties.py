@@ -28,6 +28,7 @@ from memcoord.core.policy import (
 )
 from memcoord.sim.host import KERNEL_USED_KIB, SimGuest, SimulatedHypervisor
 from memcoord.sim.workloads import Hog, Idle
+from tests.helpers.snapshots import dom
 
 MIB = 1024
 NOW_S = 1_000_000.0
@@ -330,8 +331,8 @@ def adversaries(draw: st.DrawFn) -> tuple[Snapshot, PolicyState, Config, str, Do
 
 
 def _starving(name: str, current_mib: int, max_mib: int, usable_mib: int) -> DomainStats:
-    return DomainStats(name, current_mib * MIB, max_mib * MIB, usable_mib * MIB, usable_mib * MIB, current_mib * MIB,
-                       (current_mib + 128) * MIB, int(NOW_S))  # fmt: skip
+    d = dom(name, current_mib, usable_mib, max_mib=max_mib, last_s=int(NOW_S))
+    return replace(d, available_kib=d.current_kib)
 
 
 def _scarce(above_guard_mib: int, *doms: DomainStats) -> Snapshot:
