@@ -63,3 +63,21 @@ def test_no_relief_below_the_line_with_the_line_off_or_without_psi() -> None:
     for pct, line_pct in ((5.0, 10.0), (80.0, 0.0), (None, 10.0)):
         _plan, changes = _pressured(pct, line_pct)
         assert not any(c.action is Action.RELIEVE for c in changes.values()), (pct, line_pct, changes)
+
+
+def test_under_pressure_a_guest_short_of_lasting_is_lent_from_the_hosts_room() -> None:
+    """Pressure stops growth, not loans. PSI can be high with GiBs above the guard (the host's own I/O refaulting,
+    a cgroup at its limit): a guest ramping 60 MiB/s toward its OOM was left to it ("nobody grows") with the host
+    8 GiB above its guard. It is lent what it lacks to last until memcoord can act again, from the host's room."""
+    config = parse("[host]\npressure_relief_pct = 10\n")
+    first = snap(dom("ramp", 1024, 100, max_mib=4096))
+    second = snap(dom("ramp", 1024, 40, max_mib=4096, last_s=NOW_S + 1), now_s=NOW_S + 1)
+    first, second = (
+        dataclasses.replace(s, host=dataclasses.replace(s.host, pressure_some_avg10=25.0)) for s in (first, second)
+    )
+    plan = two_ticks(first, second, config)
+    lent = by_name(plan)["ramp"]
+    lacks_mib = 60 * 3 - 40  # its ramp until memcoord can act again (stats period + tick + the balloon's move)
+    assert lent.why is not None and lent.why.rule is Rule.LENT, lent
+    assert lent.delta_kib >= lacks_mib * 1024, lent
+    assert any("under memory pressure" in note for note in plan.notes)

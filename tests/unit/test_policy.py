@@ -900,6 +900,29 @@ def test_a_guest_about_to_run_out_is_lent_what_the_guard_holds_back_for_others()
     assert (changes["a"].why.rule, changes["a"].delta_kib) == (Rule.SURPLUS, -mib_to_kib(256))
 
 
+def test_a_guest_below_its_low_that_does_not_ramp_lends_the_grant_it_will_not_touch():
+    """big (8374 MiB of 16 GiB) is below its starving line (5 % of 16 GiB) with 650 MiB free and no ramp; 150 MiB of
+    it is a grant QEMU has not backed. s ramps 50 MiB/s with 82 MiB free (never touched): 68 MiB short of lasting
+    until memcoord can act again, and the host has 114 MiB above its guard, all of which s's ramp reaches. big will
+    not touch its grant before memcoord can act again: s is lent it. (Counted only for guests at or above their low,
+    the grant stayed held for big while s was OOM-killed.)"""
+    guard_mib = Config().host.min_available_mib
+
+    def at(s_free_mib: int, last_s: int) -> tuple[DomainStats, DomainStats]:
+        return (
+            dom("big", 8374, 650, max_mib=16384, rss_mib=8374 + 128 - 150, last_s=last_s),
+            dom("s", 1142, s_free_mib, rss_mib=1142 + 128 - s_free_mib, last_s=last_s),
+        )
+
+    first = snap(*at(132, NOW_S), available_mib=guard_mib + 114)
+    second = snap(*at(82, NOW_S + 1), available_mib=guard_mib + 114, now_s=NOW_S + 1)
+    _plan, state = decide(first, PolicyState(), Config())
+    plan, _ = decide(second, dataclasses.replace(state, granted_kib={"big": mib_to_kib(150)}), Config())
+    assert plan.classes["big"] is GuestClass.STARVING  # precondition: below its low
+    change = by_name(plan)["s"]
+    assert change.why.rule is Rule.LENT and change.delta_kib >= mib_to_kib(68), plan.changes
+
+
 def _short_of_lasting(above_guard_mib: int, short: tuple[str, ...] = ("s",)):
     """a as in `_lender_and_burst` (its ramp reaches 60 MiB before memcoord can act again); each guest in short:
     512 MiB, free 35 -> 20 MiB in a second (15 MiB/s): 25 MiB short of lasting the 3 s until memcoord can act

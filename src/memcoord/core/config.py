@@ -314,7 +314,8 @@ class HostConfig(_Section):
         ge=0,
         le=100,
         description="When > 0 and the host's memory pressure (PSI `some avg10`, percent) is above this, memcoord "
-        "relieves the host as it does below min_available_mib, and nobody grows. 0: off, the default: host PSI also "
+        "relieves the host as it does below min_available_mib, and nobody grows but for what a guest lacks to last "
+        "until memcoord can act again (lent from the host's room above its guard). 0: off, the default: host PSI also "
         "counts stalls no balloon relieves (a process at its own cgroup's memory limit), so turn it on where host "
         "processes have no memory limits of their own.",
         examples=[10.0],

@@ -208,8 +208,8 @@ class Rule(StrEnum):
     RELIEF = "relief", Action.RELIEVE  # the host budget is negative: taken from above low, largest first
     RECLAIM = "reclaim", Action.RECLAIM  # idle above its high: a reclaim step toward it
     NEED = "need", Action.GROW  # below its low: grown toward its band from the host budget
-    # Below its low, beyond the budget: lent what the guard holds for others' grants above their own low (never
-    # the guard itself).
+    # Short of lasting until memcoord can act again: lent what it lacks, from what the guard holds for others'
+    # grants (never the guard itself) or the host's room beyond what every ramp reaches meanwhile.
     LENT = "lent", Action.GROW
     POOL = "pool", Action.GROW  # busy below its high: a share of what was reclaimed this tick
     # For a guest below its low the budget cannot lift: from above the giver's high, or from between its low and
@@ -248,7 +248,8 @@ class Reason:
         if rule in (Rule.NEED, Rule.LENT):
             ramp = f", ramping {kib_to_mib(int(self.ramp_kib_per_s)):.0f} MiB/s" if self.ramp_kib_per_s else ""
             late = f", stats {self.age_s:.0f} s old" if self.age_s >= 2 else ""
-            how = f", weight {self.weight}" if rule is Rule.NEED else ": lent what the guard holds for others' grants"
+            lent = ": lent what it lacks to last until memcoord can act again"
+            how = f", weight {self.weight}" if rule is Rule.NEED else lent
             return f"below its low ({free}{ramp}{late}), {budget}{how}; {band}"
         if rule is Rule.FLOOR:
             text = f"below its floor {_mib(b.floor_kib)}"

@@ -17,7 +17,7 @@ in. `decide` reads top to bottom as one model:
    its ramp touches in RAMP_HOLD_S (host-side figures only, never a guest's claim; nothing for a guest silent
    longer than the bound). A lowering gives back what QEMU backs above its new target in the same tick.
 4. allocate (`_Allocation`), in this order: floors and ceilings (`clamp`); when the host is below its guard or
-   under memory pressure, relief from above high, then above low (`give`; under pressure nobody grows); idle
+   under memory pressure, relief from above high, then above low (`give`; under pressure only loans grow); idle
    guests above high give a reclaim step (`reclaim`); guests below low grow from each source in
    `FOR_THE_STARVING` in turn, a scarce amount split by weight (`fill`); then the idle tax (`tax`); busy guests
    below high share what was reclaimed (`fill` again).
@@ -679,12 +679,14 @@ class _Allocation:
 
     def lendable_kib(self) -> int:
         """What the guard holds for grants of guests planned at or above their low (their ceiling, for one whose
-        ramp asks for more), beyond what each needs to last until memcoord can act again: that margin may come to
-        the host later or never; an OOM kill comes now. A guest still short of its low will touch its grant."""
+        ramp asks for more), or not ramping, beyond what each needs to last until memcoord can act again: that
+        margin may come to the host later or never; an OOM kill comes now. A ramping guest still short of its low
+        will touch its grant; one that does not ramp will not before memcoord can act again (a big guest below its
+        percentage starving line with hundreds of MiB free held its grant while a neighbour ran out)."""
         margins_kib = sum(
             min(self._held(g), max(0, g.target_kib - g.survive_kib))
             for g in self.guests
-            if g.target_kib >= g.band.low_kib
+            if g.target_kib >= g.band.low_kib or not g.reach_kib
         )
         return min(margins_kib, max(0, self._above_guard_kib()))  # never the guard itself
 
@@ -939,7 +941,7 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             need_kib = plan.give(plan.give(need_kib, Rule.RELIEF, "high", who=who), Rule.RELIEF, "low", who=who)
         shortfall_kib = max(0, need_kib - RELIEF_MARGIN_KIB)
         plan.keep_kib = RELIEF_MARGIN_KIB
-        pressure = ", under memory pressure: nobody grows" if pressured else ""
+        pressure = ", under memory pressure: only loans grow" if pressured else ""
         plan.notes.append(f"host {kib_to_mib(deficit_kib):.0f} MiB short of its guard{pressure}: relief")
     if not pressured:
         target_kib = mib_to_kib(config.host.target_available_mib)
@@ -964,6 +966,9 @@ def decide(snapshot: Snapshot, state: PolicyState, config: Config) -> tuple[Plan
             if g.guest_class is GuestClass.BUSY and g.settled and g.name not in state.lowered_at_s and g.rule is None
         }
         plan.fill(busy, Rule.POOL, pool_kib)
+    else:  # under pressure only what a guest lacks to last is lent, from the host's room (PSI can be high with
+        # GiBs above the guard: the host's own I/O refaulting, a cgroup at its limit)
+        plan.lend_room(plan.unmet_kib("survive"))
     out = Plan(
         plan.changes(),  # 5
         {g.name: g.guest_class for g in guests},
