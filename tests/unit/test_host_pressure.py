@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from memcoord.core.config import parse
-from memcoord.core.model import Action, Change, Plan, Rule
+from memcoord.core.model import Action, Change, Plan, Rule, Snapshot
+from memcoord.core.policy import lookahead_s
 from memcoord.hypervisor.libvirt import PSI_MEMORY_PATH, memory_pressure_some_avg10
 from tests.helpers.snapshots import NOW_S, by_name, dom, snap, two_ticks
 from tests.helpers.snapshots import bump as _bump
@@ -38,14 +39,17 @@ def test_this_kernels_file_reads_as_a_percentage() -> None:
     assert value is not None and 0.0 <= value <= 100.0
 
 
+def _at_psi(s: Snapshot, pct: float | None) -> Snapshot:
+    """The snapshot with the host's PSI memory pressure at pct."""
+    return dataclasses.replace(s, host=dataclasses.replace(s.host, pressure_some_avg10=pct))
+
+
 def _pressured(pct: float | None, line_pct: float) -> tuple[Plan, dict[str, Change]]:
     """Two steady cache-holding guests on a host far above its guard, its PSI at pct, the line at line_pct."""
     config = parse(f"[host]\npressure_relief_pct = {line_pct}\n")
     doms = [dom("cache", 2048, 16, usable_mib=1500), dom("lean", 1024, 300)]
     first, second = snap(*doms), snap(*(_bump(d) for d in doms), now_s=NOW_S + 1)
-    first = dataclasses.replace(first, host=dataclasses.replace(first.host, pressure_some_avg10=pct))
-    second = dataclasses.replace(second, host=dataclasses.replace(second.host, pressure_some_avg10=pct))
-    plan = two_ticks(first, second, config)
+    plan = two_ticks(_at_psi(first, pct), _at_psi(second, pct), config)
     return plan, by_name(plan)
 
 
@@ -72,12 +76,9 @@ def test_under_pressure_a_guest_short_of_lasting_is_lent_from_the_hosts_room() -
     config = parse("[host]\npressure_relief_pct = 10\n")
     first = snap(dom("ramp", 1024, 100, max_mib=4096))
     second = snap(dom("ramp", 1024, 40, max_mib=4096, last_s=NOW_S + 1), now_s=NOW_S + 1)
-    first, second = (
-        dataclasses.replace(s, host=dataclasses.replace(s.host, pressure_some_avg10=25.0)) for s in (first, second)
-    )
-    plan = two_ticks(first, second, config)
+    plan = two_ticks(_at_psi(first, 25.0), _at_psi(second, 25.0), config)
     lent = by_name(plan)["ramp"]
-    lacks_mib = 60 * 3 - 40  # its ramp until memcoord can act again (stats period + tick + the balloon's move)
+    lacks_mib = 60 * lookahead_s(config) - 40  # what its ramp uses until memcoord can act again, less its free
     assert lent.why is not None and lent.why.rule is Rule.LENT, lent
     assert lent.delta_kib >= lacks_mib * 1024, lent
     assert any("under memory pressure" in note for note in plan.notes)
