@@ -17,6 +17,7 @@ numbers before asserting. Each boots its own lab and takes about 1-2 minutes on 
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -546,3 +547,65 @@ def test_a_neighbour_of_a_big_ramping_guest_survives_past_the_memory_it_had(
         assert_always(tl)
 
     retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
+
+
+# -- g. relief asks a guest again as soon as its balloon is there ----------------------------------------------
+G_MIB = 2048  # one guest, at its maximum
+G_UNTOUCHED_MIB = 40  # it touches all it has free but this once and frees it: QEMU backs it
+G_GUARD_BELOW_MIB = 300  # the guard this far below the host's available memory before the host hog ...
+G_DEFICIT_MIB = 700  # ... which then takes this much more: about three relief steps (256 MiB) of the one guest
+G_BOUND_S = 40.0
+
+
+def test_relief_asks_a_guest_again_once_its_balloon_is_there(
+    guest_image: GuestImage, lab_prefix: str, run_dir: Path
+) -> None:
+    """One idle guest holds GiBs of backed free memory above its high; a host process takes the host 700 MiB below
+    its guard. Relief takes a step (256 MiB) a tick from it, and asks it again once its balloon has arrived and
+    its report counts its use by its own total (MemTotal), which the balloon's move does not change. Waiting for
+    a report from two seconds after each lowering left a host 700 MiB below its guard for 5 ticks in a cold
+    review's model, and for as many seconds per relief step here."""
+
+    def scenario(attempt_dir: Path) -> None:
+        title = "g: a host process takes the host 700 MiB below its guard; one guest with GiBs backed and free"
+        with LabRun(lab_prefix, attempt_dir, n=1, max_mib=G_MIB, current_mib=G_MIB, image=guest_image,
+                    title=title) as run:  # fmt: skip
+            (name,) = run.lab.names
+            run.wait_until(lambda: bool(run.latest().get(name, {}).get("usable_mib")), 30, "stats")
+            touch_mib = int(run.latest()[name]["usable_mib"]) - G_UNTOUCHED_MIB
+            run.lab.start_hog(1, "hold", size_mib=touch_mib, hold_s=1, page_us=40)
+            run.wait_until(lambda: hog_state(run, 1) == "exited", 120, "the guest touched its memory")
+            avail_mib = psutil.virtual_memory().available // 2**20
+            guard_mib = int(avail_mib - G_GUARD_BELOW_MIB)
+            # The host above its comfort target: no idle reclaim, only relief lowers the guest.
+            run.start_memcoord({"host": {"min_available_mib": guard_mib, "target_available_mib": guard_mib + 100}})
+            time.sleep(BASELINE_S)
+            t_hog_s = run.t_s()
+            with HostHog(G_GUARD_BELOW_MIB + G_DEFICIT_MIB, image=guest_image):
+                run.wait_until(
+                    lambda: any(v >= guard_mib for _, v in _after_dip(run.timeline, t_hog_s, guard_mib)),
+                    G_BOUND_S,
+                    "host available below the guard, then back at it",
+                )
+                t_end_s = run.t_s()
+        tl = run.timeline
+        host = [(t, v) for t, v in tl.host_available_mib() if t >= t_hog_s]
+        t_dip_s = next((t for t, v in host if v < guard_mib), None)
+        t_back_s = next((t for t, v in host if t_dip_s is not None and t > t_dip_s and v >= guard_mib), None)
+        relieved = [
+            a for a in tl.events_of(ACTION_EVENT, name) if a["action"] == Action.RELIEVE and a["t_s"] >= t_hog_s
+        ]
+        gaps_s = [round(b["t_s"] - a["t_s"], 1) for a, b in itertools.pairwise(relieved)]
+        print(
+            f"\ng: guard {guard_mib} MiB; host first below it at t={t_dip_s} s, back "
+            f"{None if t_back_s is None or t_dip_s is None else round(t_back_s - t_dip_s, 1)} s later; relief "
+            f"{_moves(relieved)}, {gaps_s} s apart"
+        )
+
+        assert_watched(tl, t_hog_s, t_end_s)
+        assert t_dip_s is not None, "the host hog never took the host below its guard"
+        assert len(relieved) >= 2, f"relief took {_moves(relieved)}: the premise is several steps of one guest"
+        assert min(gaps_s) < 1.5, f"relief asked the guest again only after {gaps_s} s"
+        assert_always(tl)
+
+    retry_once_on_outage(scenario, run_dir)

@@ -371,6 +371,8 @@ class _Guest:
     sample: Sample | None = None
     new_sample: bool = False
     settled: bool = False  # trusted figures, a balloon at rest, and a report from after its last lowering
+    # Trusted figures that count its use by its own total (MemTotal), which a balloon's move does not change.
+    fresh_by_total: bool = False
     no_progress_at_s: float | None = None  # when it last did not give when asked, within the pause
     free_kib: int | None = None  # at base_kib
     cache_kib: int = 0  # page cache (usable - unused)
@@ -531,6 +533,7 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
         why += f"; recent peak {sample.peak_used_kib // KIB_PER_MIB} MiB held"
     low_kib = min(max(need_kib, floor_kib), ceiling_kib)
     g.band = Band(floor_kib, low_kib, min(max(high_kib, low_kib), ceiling_kib), ceiling_kib, why)
+    g.fresh_by_total = fresh and by_total
     g.settled = fresh and pending is None and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
     if base_kib < need_kib:
         g.guest_class = GuestClass.STARVING
@@ -811,7 +814,10 @@ class _Allocation:
 
         For the host (RELIEF) the most above its line gives first, each its whole step (a safety move made
         whatever its size), and what counts is what QEMU releases (memory it never backed gives the host
-        nothing). For the starving (SURPLUS, COMFORT) the guest with the most page cache gives first (its kernel
+        nothing); above their high, guests whose use their own total counts (MemTotal, which a balloon's move does
+        not change) are asked a step every tick, from where their balloons are heading: waiting for a report from
+        after each lowering, a relief step every 3 s, kept a host 700 MiB below its guard for 9 s on real guests.
+        For the starving (SURPLUS, COMFORT) the guest with the most page cache gives first (its kernel
         drops cache without a process losing memory), then the most above its line; what counts is what each
         gives, which reaches them through the host on the next ticks (at once where it was an untouched grant);
         and a guest memcoord is still growing keeps its grant (taking it back before it is used makes the two
@@ -823,7 +829,7 @@ class _Allocation:
         givers = [
             g
             for g in self.guests
-            if g.settled
+            if (g.settled or (for_host and line == "high" and g.fresh_by_total))
             and g.target_kib > stop[g.name]
             and g.guest_class is not GuestClass.STARVING
             and (for_host or (g.rule is None and not g.still_growing))
