@@ -8,7 +8,8 @@ c. the headroom that exists: with H MiB above the guard, a growing guest next to
    most of H before its process is OOM killed;
 d. a balloon set elsewhere (an admin's `virsh setmem`) while memcoord's grow is on its way is taken where it is;
 e. a neighbour of a big guest whose ramp the guard holds (an 8 GiB balloon, most of it never touched) is fed and
-   runs past the memory it had.
+   runs past the memory it had;
+f. relief asks a guest holding GiBs above its high a step every tick, not only after its next report.
 
 As in test_course.py every assertion is on the recorded timeline (libvirt's balloon sizes, the guests'
 own stats, OOM kills from the consoles, the host's available memory), and every scenario prints its
@@ -549,12 +550,12 @@ def test_a_neighbour_of_a_big_ramping_guest_survives_past_the_memory_it_had(
     retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
 
 
-# -- g. relief asks a guest again as soon as its balloon is there ----------------------------------------------
-G_MIB = 2048  # one guest, at its maximum
-G_UNTOUCHED_MIB = 40  # it touches all it has free but this once and frees it: QEMU backs it
-G_GUARD_BELOW_MIB = 300  # the guard this far below the host's available memory before the host hog ...
-G_DEFICIT_MIB = 700  # ... which then takes this much more: about three relief steps (256 MiB) of the one guest
-G_BOUND_S = 40.0
+# -- f. relief asks a guest again as soon as its balloon is there ----------------------------------------------
+F_MIB = 2048  # one guest, at its maximum
+F_UNTOUCHED_MIB = 40  # it touches all it has free but this once and frees it: QEMU backs it
+F_GUARD_BELOW_MIB = 300  # the guard this far below the host's available memory before the host hog ...
+F_DEFICIT_MIB = 700  # ... which then takes this much more: about three relief steps (256 MiB) of the one guest
+F_BOUND_S = 40.0
 
 
 def test_relief_asks_a_guest_again_once_its_balloon_is_there(
@@ -567,24 +568,24 @@ def test_relief_asks_a_guest_again_once_its_balloon_is_there(
     review's model, and for as many seconds per relief step here."""
 
     def scenario(attempt_dir: Path) -> None:
-        title = "g: a host process takes the host 700 MiB below its guard; one guest with GiBs backed and free"
-        with LabRun(lab_prefix, attempt_dir, n=1, max_mib=G_MIB, current_mib=G_MIB, image=guest_image,
+        title = "f: a host process takes the host 700 MiB below its guard; one guest with GiBs backed and free"
+        with LabRun(lab_prefix, attempt_dir, n=1, max_mib=F_MIB, current_mib=F_MIB, image=guest_image,
                     title=title) as run:  # fmt: skip
             (name,) = run.lab.names
             run.wait_until(lambda: bool(run.latest().get(name, {}).get("usable_mib")), 30, "stats")
-            touch_mib = int(run.latest()[name]["usable_mib"]) - G_UNTOUCHED_MIB
+            touch_mib = int(run.latest()[name]["usable_mib"]) - F_UNTOUCHED_MIB
             run.lab.start_hog(1, "hold", size_mib=touch_mib, hold_s=1, page_us=40)
             run.wait_until(lambda: hog_state(run, 1) == "exited", 120, "the guest touched its memory")
             avail_mib = psutil.virtual_memory().available // 2**20
-            guard_mib = int(avail_mib - G_GUARD_BELOW_MIB)
+            guard_mib = int(avail_mib - F_GUARD_BELOW_MIB)
             # The host above its comfort target: no idle reclaim, only relief lowers the guest.
             run.start_memcoord({"host": {"min_available_mib": guard_mib, "target_available_mib": guard_mib + 100}})
             time.sleep(BASELINE_S)
             t_hog_s = run.t_s()
-            with HostHog(G_GUARD_BELOW_MIB + G_DEFICIT_MIB, image=guest_image):
+            with HostHog(F_GUARD_BELOW_MIB + F_DEFICIT_MIB, image=guest_image):
                 run.wait_until(
                     lambda: any(v >= guard_mib for _, v in _after_dip(run.timeline, t_hog_s, guard_mib)),
-                    G_BOUND_S,
+                    F_BOUND_S,
                     "host available below the guard, then back at it",
                 )
                 t_end_s = run.t_s()
@@ -597,7 +598,7 @@ def test_relief_asks_a_guest_again_once_its_balloon_is_there(
         ]
         gaps_s = [round(b["t_s"] - a["t_s"], 1) for a, b in itertools.pairwise(relieved)]
         print(
-            f"\ng: guard {guard_mib} MiB; host first below it at t={t_dip_s} s, back "
+            f"\nf: guard {guard_mib} MiB; host first below it at t={t_dip_s} s, back "
             f"{None if t_back_s is None or t_dip_s is None else round(t_back_s - t_dip_s, 1)} s later; relief "
             f"{_moves(relieved)}, {gaps_s} s apart"
         )
