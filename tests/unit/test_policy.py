@@ -769,28 +769,37 @@ def test_relief_waits_for_memory_already_on_its_way_back():
 
 def test_relief_asks_a_guest_whose_use_its_own_total_counts_a_step_a_tick():
     """The host 700 MiB below its guard; big, idle with GiBs above its high, all backed, gives a relief step. A
-    second later its report counts its use by its own total (MemTotal), which the balloon's move does not change:
-    relief asks it for another step below where its balloon is heading, whether the balloon is there yet or not.
-    Waiting for a report from two seconds after each lowering kept a host 700 MiB below its guard for 9 s on real
-    guests (a relief step every 3 s; `tests/e2e/test_policy_real.py::
-    test_relief_asks_a_guest_again_once_its_balloon_is_there`: 3 s now)."""
+    second later its new report counts its use by its own total (MemTotal), which the balloon's move does not
+    change, and its use is steady: relief asks it for another step below where its balloon is heading, whether the
+    balloon is there or on its way. Waiting for a report from two seconds after each lowering kept a host 700 MiB
+    below its guard for 9 s on real guests (a relief step every 3 s; `tests/e2e/test_policy_real.py::
+    test_relief_asks_a_guest_again_once_its_balloon_is_there`: 3 s now). Not on the same report again (its use may
+    have grown since: stacked on one report, relief took a guest bursting 100 MiB/s into an OOM kill in a cold
+    review's model), nor while its use grows, nor while its balloon has not moved (a stuck balloon)."""
     guard_mib = Config().host.min_available_mib
 
-    def at(big_mib: int, last_s: int, available_mib: int) -> Snapshot:
-        big = dataclasses.replace(dom("big", big_mib, big_mib - 3072, max_mib=8192, last_s=last_s),
+    def at(big_mib: int, last_s: int, available_mib: int, used_mib: int = 3072, now_s: int | None = None) -> Snapshot:
+        big = dataclasses.replace(dom("big", big_mib, big_mib - used_mib, max_mib=8192, last_s=last_s),
                                   available_kib=mib_to_kib(big_mib))  # fmt: skip
-        return snap(big, available_mib=available_mib, now_s=last_s)
+        return snap(big, available_mib=available_mib, now_s=last_s if now_s is None else now_s)
 
     config = Config()
     first, state = decide(at(8192, NOW_S, guard_mib - 700), PolicyState(), config)
     assert [(c.domain, c.action) for c in first.changes] == [("big", Action.RELIEVE)]
     state = applied(state, accepted(first.changes), NOW_S)
     to_mib = first.changes[0].to_kib // KIB_PER_MIB
-    for big_mib, freed_mib in ((to_mib, 8192 - to_mib), (8192, 0)):  # the balloon there, or still on its way
-        plan, _ = decide(at(big_mib, NOW_S + 1, guard_mib - 700 + freed_mib), state, config)
+    for big_mib in (to_mib, to_mib + 100):  # the balloon there, or on its way
+        plan, _ = decide(at(big_mib, NOW_S + 1, guard_mib - 700 + 8192 - big_mib), state, config)
         assert [(c.domain, c.action, c.from_kib) for c in plan.changes] == [
             ("big", Action.RELIEVE, first.changes[0].to_kib)
         ], (big_mib, plan.changes)
+    for snapshot in (
+        at(to_mib, NOW_S, guard_mib - 700 + 8192 - to_mib, now_s=NOW_S + 1),  # no new report
+        at(to_mib, NOW_S + 1, guard_mib - 700 + 8192 - to_mib, used_mib=3172),  # its use grew
+        at(8192, NOW_S + 1, guard_mib - 700),  # its balloon did not move
+    ):
+        plan, _ = decide(snapshot, state, config)
+        assert plan.changes == (), plan.changes
 
 
 # -- the production profile -------------------------------------------------------------------------------

@@ -371,8 +371,10 @@ class _Guest:
     sample: Sample | None = None
     new_sample: bool = False
     settled: bool = False  # trusted figures, a balloon at rest, and a report from after its last lowering
-    # Trusted figures that count its use by its own total (MemTotal), which a balloon's move does not change.
-    fresh_by_total: bool = False
+    # A new, steady report that counts its use by its own total (MemTotal), which a balloon's move does not change
+    # (but for a deflate-on-OOM guest's, taken at balloon.current): relief may ask it again before a report from
+    # after its last lowering.
+    steady_by_total: bool = False
     no_progress_at_s: float | None = None  # when it last did not give when asked, within the pause
     free_kib: int | None = None  # at base_kib
     cache_kib: int = 0  # page cache (usable - unused)
@@ -393,6 +395,11 @@ class _Guest:
     # Set by `_look_at` on every way out, once each: a band is built once per guest and tick.
     band: Band = field(init=False)
     guest_class: GuestClass = field(init=False)
+
+    def behind(self, step_kib: int) -> bool:
+        """Its balloon is a step or more from where memcoord set it: a stuck or slow balloon is not asked for more
+        (what it has yet to give counts for the host already)."""
+        return self.dom.current_kib - self.base_kib >= step_kib
 
     @property
     def balks(self) -> bool:
@@ -533,7 +540,10 @@ def _look_at(dom: DomainStats, rules: DomainRules, state: PolicyState, clock: _C
         why += f"; recent peak {sample.peak_used_kib // KIB_PER_MIB} MiB held"
     low_kib = min(max(need_kib, floor_kib), ceiling_kib)
     g.band = Band(floor_kib, low_kib, min(max(high_kib, low_kib), ceiling_kib), ceiling_kib, why)
-    g.fresh_by_total = fresh and by_total
+    # One step per new report, and none while its use grows: a lowering on its way hides a ramp (`_observe`), and
+    # relief stacked on one report took a guest bursting 100 MiB/s into an OOM kill in a cold review's model.
+    deflates = dom.settings is not None and dom.settings.deflate_on_oom
+    g.steady_by_total = fresh and by_total and new_sample and sample.steady and not deflates
     g.settled = fresh and pending is None and (lowered_at_s is None or sample.last_update_s >= lowered_at_s + SETTLE_S)
     if base_kib < need_kib:
         g.guest_class = GuestClass.STARVING
@@ -814,9 +824,10 @@ class _Allocation:
 
         For the host (RELIEF) the most above its line gives first, each its whole step (a safety move made
         whatever its size), and what counts is what QEMU releases (memory it never backed gives the host
-        nothing); above their high, guests whose use their own total counts (MemTotal, which a balloon's move does
-        not change) are asked a step every tick, from where their balloons are heading: waiting for a report from
-        after each lowering, a relief step every 3 s, kept a host 700 MiB below its guard for 9 s on real guests.
+        nothing); above their high, a guest whose use its own total counts (MemTotal, which a balloon's move does
+        not change) is asked a step on each new steady report, from where its balloon is heading, while the
+        balloon is less than a step from there: waiting for a report from after each lowering, a relief step every
+        3 s, kept a host 700 MiB below its guard for 9 s on real guests.
         For the starving (SURPLUS, COMFORT) the guest with the most page cache gives first (its kernel
         drops cache without a process losing memory), then the most above its line; what counts is what each
         gives, which reaches them through the host on the next ticks (at once where it was an untouched grant);
@@ -829,7 +840,7 @@ class _Allocation:
         givers = [
             g
             for g in self.guests
-            if (g.settled or (for_host and line == "high" and g.fresh_by_total))
+            if (g.settled or (for_host and line == "high" and g.steady_by_total and not g.behind(step_kib)))
             and g.target_kib > stop[g.name]
             and g.guest_class is not GuestClass.STARVING
             and (for_host or (g.rule is None and not g.still_growing))
