@@ -44,7 +44,7 @@ OVERHEAD_MIB = 128  # [host] guest_overhead_mib: QEMU's share beyond the guest's
 NEW_HOG_MIB = 500  # what the new guest's own process touches (a 768 MiB guest has ~700 MiB MemTotal)
 BUDGET_MIB = 300  # above the guard when the new guest is started: well short of NEW_MIB + OVERHEAD_MIB
 # Relief takes relief_step_mib (256) a tick from each donor (their cache lies above their high): the ~600 MiB this
-# start lacks takes 2-3 ticks and the balloons' moves (2.9 s in one run; 6.6-8 s when each step waited for the
+# start lacks takes 2-3 ticks and the balloons' moves (4.7 s in one run; 6.6-8 s when each step waited for the
 # donor's report from after the last, about 3 s: an 8 s hook then gave up 138 MiB short in a loaded CI run).
 HOOK_TIMEOUT_S = 12
 TOLERANCE_MIB = 64  # host memory other processes may take meanwhile
