@@ -9,7 +9,8 @@ c. the headroom that exists: with H MiB above the guard, a growing guest next to
 d. a balloon set elsewhere (an admin's `virsh setmem`) while memcoord's grow is on its way is taken where it is;
 e. a neighbour of a big guest whose ramp the guard holds (an 8 GiB balloon, most of it never touched) is fed and
    runs past the memory it had;
-f. relief asks a guest holding GiBs above its high a step every tick, not only after its next report.
+f. relief asks a guest holding GiBs above its high for a step on each new report, not only on one from after its
+   last lowering.
 
 As in test_course.py every assertion is on the recorded timeline (libvirt's balloon sizes, the guests'
 own stats, OOM kills from the consoles, the host's available memory), and every scenario prints its
@@ -550,7 +551,7 @@ def test_a_neighbour_of_a_big_ramping_guest_survives_past_the_memory_it_had(
     retry_once_on_outage(scenario, run_dir, guard_sensitive=True)
 
 
-# -- f. relief asks a guest again as soon as its balloon is there ----------------------------------------------
+# -- f. relief asks a guest above its high again on its next report ---------------------------------------------
 F_MIB = 2048  # one guest, at its maximum
 F_UNTOUCHED_MIB = 40  # it touches all it has free but this once and frees it: QEMU backs it
 F_GUARD_BELOW_MIB = 300  # the guard this far below the host's available memory before the host hog ...
@@ -558,14 +559,14 @@ F_DEFICIT_MIB = 700  # ... which then takes this much more: about three relief s
 F_BOUND_S = 40.0
 
 
-def test_relief_asks_a_guest_again_once_its_balloon_is_there(
+def test_relief_asks_a_guest_above_its_high_again_on_its_next_report(
     guest_image: GuestImage, lab_prefix: str, run_dir: Path
 ) -> None:
     """One idle guest holds GiBs of backed free memory above its high; a host process takes the host 700 MiB below
-    its guard. Relief takes a step (256 MiB) a tick from it, and asks it again once its balloon has arrived and
-    its report counts its use by its own total (MemTotal), which the balloon's move does not change. Waiting for
-    a report from two seconds after each lowering left a host 700 MiB below its guard for 5 ticks in a cold
-    review's model, and for as many seconds per relief step here."""
+    its guard. Relief takes a step (256 MiB) from it and asks it for the next on its next report, which counts its
+    use by its own total (MemTotal, which the balloon's move does not change) and shows that use steady: steps
+    a second or so apart. Waiting for a report from two seconds after each lowering made them 3 s apart here, the
+    host back at its guard 9 s after the dip (4 s now, one run each)."""
 
     def scenario(attempt_dir: Path) -> None:
         title = "f: a host process takes the host 700 MiB below its guard; one guest with GiBs backed and free"

@@ -773,9 +773,9 @@ def test_relief_asks_a_guest_whose_use_its_own_total_counts_a_step_a_tick():
     change, and its use is steady: relief asks it for another step below where its balloon is heading, whether the
     balloon is there or on its way. Waiting for a report from two seconds after each lowering kept a host 700 MiB
     below its guard for 9 s on real guests (a relief step every 3 s; `tests/e2e/test_policy_real.py::
-    test_relief_asks_a_guest_again_once_its_balloon_is_there`: 4 s now). Not on the same report again (its use may
-    have grown since: stacked on one report, relief took a guest bursting 100 MiB/s into an OOM kill in a cold
-    review's model), nor while its use grows, nor while its balloon has not moved (a stuck balloon)."""
+    test_relief_asks_a_guest_above_its_high_again_on_its_next_report`: 4 s now). Not on the same report again
+    (its use may have grown since: stacked on one report, relief took a guest bursting 100 MiB/s into an OOM kill
+    in a cold review's model), nor while its use grows, nor while its balloon has not moved (a stuck balloon)."""
     guard_mib = Config().host.min_available_mib
 
     def at(big_mib: int, last_s: int, available_mib: int, used_mib: int = 3072, now_s: int | None = None) -> Snapshot:
